@@ -1,0 +1,338 @@
+"""Array-namespace dispatch, dtype policy, argument validation and the library's exceptions.
+
+Every public function calls :func:`namespace` once at the top and passes ``xp`` down; nothing below
+this layer asks which library an array came from, except :func:`stop_gradient`, which has to.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import array_api_compat
+import numpy as np
+
+__all__ = [
+    "LogitkitError",
+    "LogitkitTypeError",
+    "LogitkitValueError",
+]
+
+Array = Any
+ArrayT = TypeVar("ArrayT")
+
+
+class LogitkitError(Exception):
+    """Base class of every error logitkit raises on purpose."""
+
+
+class LogitkitValueError(LogitkitError, ValueError):
+    """An argument has the right type but an unacceptable value or shape."""
+
+
+class LogitkitTypeError(LogitkitError, TypeError):
+    """An argument has the wrong type (for example a non-boolean mask or a string array)."""
+
+
+def expected(arg: str, what: str, got: object) -> str:
+    """The one error wording: ``Expected `arg` to be what, but got got``."""
+    return f"Expected `{arg}` to be {what}, but got {_short(got)}"
+
+
+def _short(value: object) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        shape = tuple(value.shape)
+        if math.prod(int(s) for s in shape if s is not None) <= 6 and not is_lazy(value):
+            try:
+                return f"{np.asarray(to_numpy(value)).tolist()!r} (dtype {value.dtype})"
+            except Exception:  # pragma: no cover - exotic arrays
+                pass
+        return f"an array of shape {shape} and dtype {value.dtype}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# namespace dispatch
+# --------------------------------------------------------------------------------------------
+
+
+def is_array(x: object) -> bool:
+    return array_api_compat.is_array_api_obj(x) and not isinstance(x, (int, float, bool, complex))
+
+
+def namespace(*arrays: object) -> Any:
+    """The array namespace shared by ``arrays`` (``None`` and Python scalars are ignored).
+
+    Array-likes that are not arrays (lists, tuples) count as NumPy.
+    """
+    present = [a for a in arrays if a is not None and is_array(a)]
+    if not present:
+        return array_api_compat.array_namespace(np.empty(0))
+    try:
+        return array_api_compat.array_namespace(*present)
+    except TypeError as exc:
+        kinds = sorted({type(a).__module__.split(".")[0] + "." + type(a).__name__ for a in present})
+        raise LogitkitTypeError(
+            expected("the arrays", "from one array library", ", ".join(kinds))
+        ) from exc
+
+
+def as_array(x: object, arg: str, xp: Any, *, numeric: bool = True) -> Array:
+    """``x`` as an array of ``xp``; array-likes become NumPy arrays.  Rejects non-numeric input."""
+    if not is_array(x):
+        if isinstance(x, (str, bytes)) or x is None:
+            raise LogitkitTypeError(expected(arg, "a numeric array", x))
+        try:
+            arr = np.asarray(x)
+        except Exception:
+            raise LogitkitTypeError(expected(arg, "a numeric array", x)) from None
+        if arr.dtype.kind not in "biuf":
+            raise LogitkitTypeError(
+                expected(arg, "a numeric array", f"an array of dtype {arr.dtype}")
+            )
+        x = xp.asarray(arr) if xp is not array_api_compat.numpy else arr
+    if numeric and not is_numeric_dtype(x.dtype, xp):
+        raise LogitkitTypeError(
+            expected(arg, "a real numeric array", f"an array of dtype {x.dtype}")
+        )
+    return x
+
+
+def is_numeric_dtype(dtype: Any, xp: Any) -> bool:
+    try:
+        return bool(xp.isdtype(dtype, ("bool", "integral", "real floating")))
+    except Exception:
+        return False
+
+
+def is_lazy(x: object) -> bool:
+    """True for arrays whose values cannot be read without computing (JAX tracers, Dask)."""
+    is_lazy_array = getattr(array_api_compat, "is_lazy_array", None)
+    if is_lazy_array is not None:
+        try:
+            return bool(is_lazy_array(x))
+        except Exception:  # pragma: no cover
+            return False
+    return False  # pragma: no cover
+
+
+def is_torch(xp: Any) -> bool:
+    return bool(array_api_compat.is_torch_namespace(xp))
+
+
+def is_jax(xp: Any) -> bool:
+    return bool(array_api_compat.is_jax_namespace(xp))
+
+
+def is_numpy(xp: Any) -> bool:
+    return bool(array_api_compat.is_numpy_namespace(xp))
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A NumPy copy (or view) of any supported array, detached from autograd."""
+    if isinstance(x, np.ndarray):
+        return x
+    if array_api_compat.is_torch_array(x):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def stop_gradient(x: Array, xp: Any) -> Array:
+    """``x`` treated as a constant by autodiff (the only backend-specific helper of the math)."""
+    if is_torch(xp):
+        return x.detach()
+    if is_jax(xp):
+        import jax
+
+        return jax.lax.stop_gradient(x)
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# dtype policy
+# --------------------------------------------------------------------------------------------
+
+
+def default_float(xp: Any, x: Array | None = None) -> Any:
+    """The namespace's default real floating dtype (float64 for NumPy, float32 for torch)."""
+    try:
+        info = xp.__array_namespace_info__()
+        device = array_api_compat.device(x) if x is not None else None
+        return info.default_dtypes(device=device)["real floating"]
+    except Exception:  # pragma: no cover - old namespaces
+        return xp.float64 if is_numpy(xp) else xp.float32
+
+
+def _is_low_precision(dtype: Any, xp: Any) -> bool:
+    if dtype == xp.float16:
+        return True
+    bf16 = getattr(xp, "bfloat16", None)
+    if bf16 is None and is_jax(xp):
+        import jax.numpy as jnp
+
+        bf16 = jnp.bfloat16
+    return bf16 is not None and dtype == bf16
+
+
+def compute_dtypes(x: Array, dtype: Any, xp: Any) -> tuple[Any, Any]:
+    """(accumulation dtype, output dtype) for input ``x`` and the user's ``dtype``.
+
+    float16/bfloat16 accumulate in float32 and return the input dtype; integer and boolean input is
+    promoted to the namespace's default floating dtype; an explicit ``dtype`` sets both.
+    """
+    if dtype is not None:
+        if not _is_float_dtype(dtype, xp):
+            raise LogitkitTypeError(expected("dtype", "a real floating dtype", dtype))
+        acc = xp.float32 if _is_low_precision(dtype, xp) else dtype
+        return acc, dtype
+    in_dtype = x.dtype
+    if not xp.isdtype(in_dtype, "real floating"):
+        out = default_float(xp, x)
+        return out, out
+    if _is_low_precision(in_dtype, xp):
+        return xp.float32, in_dtype
+    return in_dtype, in_dtype
+
+
+def _is_float_dtype(dtype: Any, xp: Any) -> bool:
+    try:
+        return bool(xp.isdtype(dtype, "real floating")) or _is_low_precision(dtype, xp)
+    except Exception:
+        return False
+
+
+def astype(x: Array, dtype: Any, xp: Any) -> Array:
+    if x.dtype == dtype:
+        return x
+    return xp.astype(x, dtype)
+
+
+def finfo_max(dtype: Any, xp: Any) -> float:
+    return float(xp.finfo(dtype).max)
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------
+
+
+def normalize_axis(axis: int | Sequence[int], ndim: int, arg: str = "axis") -> tuple[int, ...]:
+    """``axis`` (int or sequence of ints) as a sorted tuple of non-negative axes."""
+    if isinstance(axis, (bool, np.bool_)):
+        raise LogitkitTypeError(expected(arg, "an int or a tuple of ints", axis))
+    if isinstance(axis, numbers.Integral):
+        axes: tuple[Any, ...] = (int(axis),)
+    elif isinstance(axis, Sequence) and not isinstance(axis, str):
+        axes = tuple(axis)
+        if not all(isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in axes):
+            raise LogitkitTypeError(expected(arg, "an int or a tuple of ints", axis))
+    else:
+        raise LogitkitTypeError(expected(arg, "an int or a tuple of ints", axis))
+    out = []
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise LogitkitValueError(
+                expected(arg, f"in [-{ndim}, {ndim}) for an array of {ndim} dimensions", axis)
+            )
+        out.append(int(a) % ndim)
+    if len(set(out)) != len(out):
+        raise LogitkitValueError(expected(arg, "a tuple of distinct axes", axis))
+    return tuple(sorted(out))
+
+
+def broadcast_shapes(arg: str, shape: tuple[int, ...], target: tuple[int, ...]) -> None:
+    """Raise unless an array of ``shape`` broadcasts to ``target`` (without changing ``target``)."""
+    try:
+        result = np.broadcast_shapes(tuple(shape), tuple(target))
+    except ValueError:
+        result = None
+    if result != tuple(target):
+        raise LogitkitValueError(
+            expected(arg, f"broadcastable to shape {tuple(target)}", f"shape {tuple(shape)}")
+        )
+
+
+def check_mask(where: object, shape: tuple[int, ...], xp: Any) -> Array:
+    """Validate a boolean mask broadcastable to ``shape`` and return it broadcast."""
+    where = as_array(where, "where", xp, numeric=False)
+    if where.dtype != xp.bool:
+        raise LogitkitTypeError(expected("where", "a boolean array", f"dtype {where.dtype}"))
+    broadcast_shapes("where", tuple(where.shape), shape)
+    return xp.broadcast_to(where, shape)
+
+
+def _any_true(cond: Array, xp: Any) -> bool:
+    return bool(xp.any(cond))
+
+
+def check_positive_scalar_or_array(
+    value: object, arg: str, xp: Any, *, allow_zero: bool, allow_inf: bool
+) -> Any:
+    """Validate a scalar or array parameter: no NaN, positive (or non-negative), finite if asked."""
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, str):
+        raise LogitkitTypeError(expected(arg, "a real number or array", value))
+    if isinstance(value, numbers.Real):
+        v = float(value)
+        bad = math.isnan(v) or v < 0 or (v == 0 and not allow_zero) or (
+            math.isinf(v) and not allow_inf
+        )
+        if bad:
+            raise LogitkitValueError(expected(arg, _describe(allow_zero, allow_inf), value))
+        return v
+    arr = as_array(value, arg, xp)
+    if is_lazy(arr):
+        return arr
+    a = to_numpy(arr).astype(np.float64)
+    bad_mask = np.isnan(a) | (a < 0)
+    if not allow_zero:
+        bad_mask |= a == 0
+    if not allow_inf:
+        bad_mask |= np.isinf(a)
+    if bad_mask.any():
+        raise LogitkitValueError(
+            expected(arg, _describe(allow_zero, allow_inf), a[bad_mask].ravel()[0].item())
+        )
+    return arr
+
+
+def _describe(allow_zero: bool, allow_inf: bool) -> str:
+    base = "non-negative" if allow_zero else "positive"
+    return base + ("" if allow_inf else " and finite")
+
+
+def check_choice(value: object, arg: str, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise LogitkitValueError(expected(arg, f"one of {options}", value))
+    return value
+
+
+def check_number(
+    value: object,
+    arg: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """A real Python number within [low, high] (ends open when asked)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise LogitkitTypeError(expected(arg, "a real number", value))
+    v = float(value)
+    ok = not math.isnan(v)
+    if ok and low is not None:
+        ok = v > low if low_open else v >= low
+    if ok and high is not None:
+        ok = v < high if high_open else v <= high
+    if not ok:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        rng = f"in {lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
+        raise LogitkitValueError(expected(arg, rng, value))
+    return v
