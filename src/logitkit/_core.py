@@ -462,8 +462,9 @@ def logsumexp(
         1000.6931471805599
         >>> float(logsumexp(np.array([0.0, -1e-20])) - np.log(2))
         0.0
-        >>> logsumexp(np.array([0.0, 0.0]), b=np.array([1.0, -2.0]), return_sign=True)
-        (np.float64(0.0), np.float64(-1.0))
+        >>> lse, sign = logsumexp(np.array([0.0, 0.0]), b=np.array([1.0, -2.0]), return_sign=True)
+        >>> float(lse), float(sign)
+        (0.0, -1.0)
     """
     if not isinstance(keepdims, bool):
         raise LogitkitValueError(expected("keepdims", "a bool", keepdims))
