@@ -136,13 +136,13 @@ def _validate_softcap(softcap: object) -> float | None:
 
 
 def _prepare(
-    x: object,
+    x: Any,
     *,
     axis: Axis,
-    temperature: object,
-    where: object,
-    softcap: object,
-    sink: object,
+    temperature: Any,
+    where: Any,
+    softcap: Any,
+    sink: Any,
     dtype: Any,
 ) -> tuple[_Rows, Any]:
     xp = namespace(x, where, temperature, sink)

@@ -13,7 +13,7 @@ from typing import Any
 
 import array_api_compat
 
-from ._core import Axis, _const, _layout, _param_rows, _to_rows, _from_rows, softmax
+from ._core import Axis, _const, _from_rows, _layout, _param_rows, _to_rows, softmax
 from ._namespace import (
     Array,
     as_array,

@@ -82,7 +82,7 @@ def namespace(*arrays: object) -> Any:
         ) from exc
 
 
-def as_array(x: object, arg: str, xp: Any, *, numeric: bool = True) -> Array:
+def as_array(x: Any, arg: str, xp: Any, *, numeric: bool = True) -> Array:
     """``x`` as an array of ``xp``; array-likes become NumPy arrays.  Rejects non-numeric input."""
     if not is_array(x):
         if isinstance(x, (str, bytes)) or x is None:
@@ -95,7 +95,7 @@ def as_array(x: object, arg: str, xp: Any, *, numeric: bool = True) -> Array:
             raise LogitkitTypeError(
                 expected(arg, "a numeric array", f"an array of dtype {arr.dtype}")
             )
-        x = xp.asarray(arr) if xp is not array_api_compat.numpy else arr
+        x = arr if is_numpy(xp) else xp.asarray(arr)
     if numeric and not is_numeric_dtype(x.dtype, xp):
         raise LogitkitTypeError(
             expected(arg, "a real numeric array", f"an array of dtype {x.dtype}")
@@ -257,7 +257,7 @@ def broadcast_shapes(arg: str, shape: tuple[int, ...], target: tuple[int, ...]) 
         )
 
 
-def check_mask(where: object, shape: tuple[int, ...], xp: Any) -> Array:
+def check_mask(where: Any, shape: tuple[int, ...], xp: Any) -> Array:
     """Validate a boolean mask broadcastable to ``shape`` and return it broadcast."""
     where = as_array(where, "where", xp, numeric=False)
     if where.dtype != xp.bool:
@@ -271,7 +271,7 @@ def _any_true(cond: Array, xp: Any) -> bool:
 
 
 def check_positive_scalar_or_array(
-    value: object, arg: str, xp: Any, *, allow_zero: bool, allow_inf: bool
+    value: Any, arg: str, xp: Any, *, allow_zero: bool, allow_inf: bool
 ) -> Any:
     """Validate a scalar or array parameter: no NaN, positive (or non-negative), finite if asked."""
     if isinstance(value, (bool, np.bool_)) or isinstance(value, str):
