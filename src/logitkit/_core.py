@@ -168,11 +168,11 @@ def _prepare(
         nan = nan & mrows
     nan_row = xp.any(nan, axis=-1, keepdims=True)
 
-    rows = _apply_temperature(rows, temp, mrows, lay, xp)
+    has_sink = sink is not None
+    rows, shift = _apply_temperature(rows, temp, mrows, lay, xp, sink_shift=has_sink)
     if mrows is not None:
         rows = xp.where(mrows, rows, _const(-math.inf, rows, xp))
 
-    has_sink = sink is not None
     if has_sink:
         s = as_array(sink, "sink", xp) if not isinstance(sink, (int, float)) else sink
         if isinstance(s, (int, float)):
@@ -184,44 +184,87 @@ def _prepare(
             col = _param_rows(astype(s, acc, xp), lay, "sink", xp)
             col = xp.broadcast_to(col, (*lay.batch_shape, 1))
         nan_row = nan_row | xp.isnan(col)
+        if shift is not None:
+            # The sink is a logit on the scale of x/T (not divided by T): give it the same shift.
+            col = xp.where(xp.isinf(col), col, col - shift)
         rows = xp.concat([rows, col], axis=-1)
     return _Rows(rows, nan_row, lay, out_dtype, has_sink), xp
 
 
 def _apply_temperature(
-    rows: Array, temp: float | Array, mask: Array | None, lay: _Layout, xp: Any
-) -> Array:
-    """``rows / T`` with the limits T → 0⁺ (one-hot on the arg-max, ties split) and T → ∞."""
+    rows: Array, temp: float | Array, mask: Array | None, lay: _Layout, xp: Any, *,
+    sink_shift: bool,
+) -> tuple[Array, Array | None]:
+    """``(rows − m)/T`` and, if asked, the shift ``m/T`` it took off (``None`` when T = 1).
+
+    ``m`` is the row max over unmasked non-NaN entries (a constant for differentiation, 0 when it
+    is not finite).  Shifting *before* dividing keeps ``x/T`` from overflowing when T is small or
+    ``x`` huge (``[2e9, 3e9] / 1e-30`` in float32 would be ``[inf, inf]``, a wrong tie); the
+    softmax is shift-invariant, so only the sink, which is not divided by T, needs the shift too.
+    Limits: T = 0 gives 0 on the row max and −inf elsewhere (a one-hot, ties split); T = ∞ gives
+    0 on every finite entry (uniform).  ±inf and NaN entries pass through unchanged.
+    """
+    if isinstance(temp, float) and temp == 1.0:
+        return rows, None
+    neg_inf = _const(-math.inf, rows, xp)
+    zero = _const(0.0, rows, xp)
+    live = rows if mask is None else xp.where(mask, rows, neg_inf)
+    m = xp.max(xp.where(xp.isnan(live), neg_inf, live), axis=-1, keepdims=True)
+    m = stop_gradient(m, xp)
+    finite_m = xp.isfinite(m)
+    m_safe = xp.where(finite_m, m, zero)
+    # A row with a +inf is decided by its +inf entries: zero its finite ones so that dividing
+    # them by a tiny T cannot overflow into new +infs.
+    d = xp.where(finite_m | ~xp.isfinite(rows), rows - m_safe, zero)
+    fmax = float(xp.finfo(rows.dtype).max)
     if isinstance(temp, float):
-        if temp == 1.0:
-            return rows
-        if 0.0 < temp < math.inf:
-            return rows / temp
         if temp == 0.0:
-            return _zero_temperature(rows, mask, xp)
-        return _infinite_temperature(rows, xp)
+            return _zero_temperature(d, xp), _zero_temperature_shift(m, sink_shift, xp)
+        if temp == math.inf:
+            return _infinite_temperature(d, xp), (zero if sink_shift else None)
+        t = _const(temp, rows, xp)
+        shift = _divide(m_safe, t, fmax, xp) if sink_shift else None
+        return _divide(d, t, fmax, xp), shift
     t = _param_rows(astype(temp, rows.dtype, xp), lay, "temperature", xp)
-    zero = t == 0
-    inf = t == math.inf
-    t_safe = xp.where(zero | inf, _const(1.0, t, xp), t)
-    out = rows / t_safe
-    out = xp.where(zero, _zero_temperature(rows, mask, xp), out)
-    return xp.where(inf, _infinite_temperature(rows, xp), out)
+    is_zero = t == 0
+    is_inf = t == math.inf
+    t_safe = xp.where(is_zero | is_inf, _const(1.0, t, xp), t)
+    out = _divide(d, t_safe, fmax, xp)
+    out = xp.where(is_zero, _zero_temperature(d, xp), out)
+    out = xp.where(is_inf, _infinite_temperature(d, xp), out)
+    if not sink_shift:
+        return out, None
+    shift = _divide(m_safe, t_safe, fmax, xp)
+    shift = xp.where(is_zero, _zero_temperature_shift(m, True, xp), shift)
+    return out, xp.where(is_inf, _const(0.0, shift, xp), shift)
 
 
-def _zero_temperature(rows: Array, mask: Array | None, xp: Any) -> Array:
-    masked = rows if mask is None else xp.where(mask, rows, _const(-math.inf, rows, xp))
-    nan = xp.isnan(masked)
-    top = xp.max(xp.where(nan, _const(-math.inf, rows, xp), masked), axis=-1, keepdims=True)
-    top = stop_gradient(top, xp)
-    winner = (masked == top) & (top > -math.inf)
-    out = xp.where(winner, _const(math.inf, rows, xp), _const(-math.inf, rows, xp))
-    return xp.where(nan, rows, out)
+def _divide(a: Array, t: Array, fmax: float, xp: Any) -> Array:
+    """``a / t`` for ``t > 0``, giving ±inf where the quotient overflows without computing it
+    (NumPy would warn), so that results that round to ±inf do so silently and exactly."""
+    lim = _const(fmax, a, xp) * xp.minimum(t, _const(1.0, t, xp))
+    q = xp.minimum(xp.maximum(a, -lim), lim) / t
+    q = xp.where(a < -lim, _const(-math.inf, a, xp), q)
+    return xp.where(a > lim, _const(math.inf, a, xp), q)
 
 
-def _infinite_temperature(rows: Array, xp: Any) -> Array:
-    finite = xp.isfinite(rows)
-    return xp.where(finite, _const(0.0, rows, xp), stop_gradient(rows, xp))
+def _zero_temperature(d: Array, xp: Any) -> Array:
+    # The row max (d == 0) wins; constants on both sides, so the limit's derivative is 0.
+    win = xp.where(d == 0, _const(0.0, d, xp), d)
+    return xp.where(d < 0, _const(-math.inf, d, xp), win)
+
+
+def _zero_temperature_shift(m: Array, wanted: bool, xp: Any) -> Array | None:
+    """``lim m/T`` as T → 0⁺: ±inf by the sign of the row max, 0 when it is 0."""
+    if not wanted:
+        return None
+    inf = _const(math.inf, m, xp)
+    return xp.where(m > 0, inf, xp.where(m < 0, -inf, _const(0.0, m, xp)))
+
+
+def _infinite_temperature(d: Array, xp: Any) -> Array:
+    finite = xp.isfinite(d)
+    return xp.where(finite, _const(0.0, d, xp), stop_gradient(d, xp))
 
 
 # --------------------------------------------------------------------------------------------

@@ -169,7 +169,9 @@ def default_float(xp: Any, x: Array | None = None) -> Any:
 
 
 def _is_low_precision(dtype: Any, xp: Any) -> bool:
-    if dtype == xp.float16:
+    # Not every namespace has float16 (array_api_strict does not): look it up, do not assume it.
+    f16 = getattr(xp, "float16", None)
+    if f16 is not None and dtype == f16:
         return True
     bf16 = getattr(xp, "bfloat16", None)
     if bf16 is None and is_jax(xp):
