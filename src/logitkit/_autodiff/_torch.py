@@ -1,0 +1,123 @@
+"""The cross-entropy as a ``torch.autograd.Function`` with the analytic gradient.
+
+Forward runs the row math without autograd and saves the inputs it was given plus four O(N)
+row statistics (the log-sum-exp, the gradient's coefficient, which rows count, which rows are
+special) and the mean's denominator.  Backward recomputes ``p = exp(z − lse)`` into one fresh
+N×K buffer and turns it into the gradient in place, so the peak is the logits plus one N×K.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from . import _ce_rows as rows
+from ._ce_rows import Problem, RowStats
+
+
+class CrossEntropyFunction(torch.autograd.Function):
+    """``loss = reduce(cross_entropy_rows(x, probs; spec))`` for ``x`` of shape ``(N, K)``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Any, probs: Any, spec: Problem, acc: Any, xp: Any) -> Any:
+        pb = replace(spec, x=x.to(acc), probs=None if probs is None else probs.to(acc))
+        stats = rows.forward(pb, xp, differentiable=False)
+        loss = rows.reduce(stats, spec.reduction, xp)
+        ctx.spec = replace(spec, x=None, probs=None)
+        ctx.acc = acc
+        ctx.xp = xp
+        ctx.save_for_backward(x, probs, stats.lse, stats.coef, stats.counted, stats.special,
+                              stats.denom)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, g: Any) -> Any:
+        x, probs, lse, coef, counted, special, denom = ctx.saved_tensors
+        xp, acc = ctx.xp, ctx.acc
+        pb = replace(ctx.spec, x=x.to(acc), probs=None if probs is None else probs.to(acc))
+        if torch.is_grad_enabled():
+            # create_graph=True: recompute the statistics differentiably for higher derivatives.
+            stats = rows.forward(pb, xp, differentiable=True)
+        else:
+            stats = RowStats(None, lse, coef, counted, special, denom)
+        scale = rows.row_scale(stats, pb.reduction, g, xp)
+        gx = gprobs = None
+        if ctx.needs_input_grad[0]:
+            if torch.is_grad_enabled() or bool(special.any()):
+                gx = rows.gradient(pb, stats, scale, xp)
+            else:
+                gx = _lean_gradient(pb, stats, scale, xp)
+            gx = gx.to(x.dtype)
+        if probs is not None and ctx.needs_input_grad[1]:
+            gprobs = rows.target_gradient(pb, stats, scale, xp).to(probs.dtype)
+        return gx, gprobs, None, None, None
+
+
+def _lean_gradient(pb: Problem, stats: RowStats, scale: Any, xp: Any) -> Any:
+    """The gradient written into one N×K buffer (rows without a NaN, +inf or all −inf)."""
+    x = pb.x
+    mask = pb.mask
+    keep_out = None if mask is None else ~mask
+    z = x if keep_out is None else x.masked_fill(keep_out, 0.0)
+    t = None
+    if pb.softcap is not None:
+        t = torch.tanh(z / pb.softcap)
+        z = t * pb.softcap
+    temp = pb.temperature
+    scaled = not (isinstance(temp, float) and temp == 1.0)
+    if scaled:
+        z = z / temp
+    g = torch.sub(z, stats.lse) if z is x else z.sub_(stats.lse)
+    del z
+    g.exp_()
+    if keep_out is not None:
+        g.masked_fill_(keep_out, 0.0)
+    g.mul_(stats.coef)
+    eps = pb.label_smoothing
+    if pb.probs is not None:
+        g.sub_(rows.target_weights(pb, xp))
+    else:
+        wt = rows.label_weight(pb, xp)
+        wt = torch.full_like(stats.lse, wt) if isinstance(wt, float) else wt
+        g.scatter_add_(1, pb.labels[:, None], -(1.0 - eps) * wt)
+        if eps > 0.0:
+            kv = rows.n_valid(pb, xp)
+            if isinstance(kv, int):
+                share: Any = eps / kv
+            else:
+                share = eps / torch.where(kv > 0, kv, torch.ones_like(kv))
+            if pb.weight is not None:
+                share = share * pb.weight
+            if keep_out is not None:
+                share = torch.where(keep_out, 0.0, share)
+            g.sub_(share)
+    if scaled:
+        g.div_(temp)
+    if t is not None:
+        g.mul_(t.mul_(t).neg_().add_(1.0))
+        del t
+    if pb.logit_l2 > 0.0:
+        xs = x if keep_out is None else x.masked_fill(keep_out, 0.0)
+        g.add_(xs, alpha=pb.logit_l2)
+    g.mul_(scale)
+    if keep_out is not None:
+        g.masked_fill_(keep_out, 0.0)
+    return g.masked_fill_(~stats.counted[:, None], 0.0)
+
+
+def cross_entropy(pb: Problem, acc: Any, xp: Any) -> Any:
+    """Apply :class:`CrossEntropyFunction` to a validated problem (rows in the input dtype)."""
+    spec = replace(pb, x=None, probs=None)
+    return CrossEntropyFunction.apply(pb.x, pb.probs, spec, acc, xp)
+
+
+def applies(pb: Problem, weight: Any, temperature: Any, target: Any, logits: Any) -> bool:
+    """Use the adapter when gradients flow to the logits or probability targets only."""
+    if not torch.is_grad_enabled():
+        return False
+    wants = bool(getattr(logits, "requires_grad", False)) or (
+        pb.probs is not None and bool(getattr(target, "requires_grad", False)))
+    constants = not any(bool(getattr(a, "requires_grad", False)) for a in (weight, temperature))
+    return wants and constants

@@ -1,0 +1,1 @@
+"""Implementation of :mod:`logitkit.losses`, one idea per module."""

@@ -1,0 +1,190 @@
+"""Argument checking for the cross-entropy family: turns user input into a row-form ``Problem``."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._autodiff._ce_rows import Problem
+from .._core import Axis, _layout, _Layout, _param_rows, _to_rows, _validate_softcap
+from .._namespace import (
+    LogitkitTypeError,
+    LogitkitValueError,
+    as_array,
+    astype,
+    check_choice,
+    check_mask,
+    check_number,
+    check_positive_scalar_or_array,
+    compute_dtypes,
+    expected,
+    is_lazy,
+    namespace,
+    to_numpy,
+)
+
+REDUCTIONS = ("none", "sum", "mean")
+
+
+@dataclass
+class Checked:
+    """A validated problem plus what is needed to shape the results."""
+
+    pb: Problem  # rows in the input dtype (cast with `cast` before computing)
+    xp: Any
+    lay: _Layout
+    acc: Any  # accumulation dtype
+    out_dtype: Any  # loss dtype
+    grad_dtype: Any  # dlogits dtype
+    logits: Any  # the logits array as given (after `as_array`)
+    target: Any
+    weight: Any  # the weight array as given, or None
+    temperature: Any  # float, or the array as given
+
+
+def check_probability_targets(q: Any, mask: Any, xp: Any, arg: str = "target") -> None:
+    """Eager check that probability targets are non-negative and sum to one (NaN is an error)."""
+    if is_lazy(q):
+        return
+    a = to_numpy(q).astype(np.float64)
+    if a.size == 0:
+        return
+    if np.isnan(a).any() or (a < 0).any():
+        bad = a[np.isnan(a) | (a < 0)].ravel()[0]
+        raise LogitkitValueError(expected(arg, "probabilities (non-negative, not NaN)", bad.item()))
+    sums = a.sum(axis=-1)
+    if mask is not None:
+        rows = to_numpy(mask).any(axis=-1)
+        sums = sums[rows]
+    k = a.shape[-1]
+    eps = float(np.finfo(to_numpy(q).dtype).eps) if to_numpy(q).dtype.kind == "f" else 2.0**-52
+    tol = max(1e-5, 4.0 * math.sqrt(k) * eps)
+    off = np.abs(sums - 1.0) > tol
+    if off.any():
+        raise LogitkitValueError(
+            expected(arg, f"probabilities that sum to 1 over the class axis (within {tol:.1e})",
+                     f"a row summing to {sums[off][0].item()!r}")
+        )
+
+
+def check_options(
+    *, label_smoothing: object, z_loss: object, logit_l2: object, reduction: object
+) -> tuple[float, float, float, str]:
+    eps = check_number(label_smoothing, "label_smoothing", low=0.0, high=1.0)
+    zl = check_number(z_loss, "z_loss", low=0.0, high=math.inf, high_open=True)
+    l2 = check_number(logit_l2, "logit_l2", low=0.0, high=math.inf, high_open=True)
+    red = check_choice(reduction, "reduction", REDUCTIONS)
+    return eps, zl, l2, red
+
+
+def check_cross_entropy(
+    logits: Any,
+    target: Any,
+    *,
+    axis: Axis,
+    ignore_index: Any,
+    weight: Any,
+    label_smoothing: Any,
+    z_loss: Any,
+    logit_l2: Any,
+    temperature: Any,
+    where: Any,
+    softcap: Any,
+    reduction: Any,
+) -> Checked:
+    xp = namespace(logits, target, weight, where, temperature)
+    logits = as_array(logits, "logits", xp)
+    acc, out_dtype = compute_dtypes(logits, None, xp)
+    grad_dtype = out_dtype
+    shape = tuple(logits.shape)
+    if len(shape) == 0:
+        raise LogitkitValueError(expected("logits", "an array with a class axis", "a 0-d array"))
+    lay = _layout(shape, axis)
+    eps, zl, l2, red = check_options(label_smoothing=label_smoothing, z_loss=z_loss,
+                                     logit_l2=logit_l2, reduction=reduction)
+    cap = _validate_softcap(softcap)
+    n = math.prod(lay.batch_shape)
+    k = lay.k
+
+    temp = check_positive_scalar_or_array(temperature, "temperature", xp, allow_zero=False,
+                                          allow_inf=False)
+    if not isinstance(temp, float):
+        t_rows = xp.reshape(_param_rows(astype(temp, acc, xp), lay, "temperature", xp), (n, 1))
+    else:
+        t_rows = temp
+
+    mask = None
+    if where is not None:
+        mask = xp.reshape(_to_rows(check_mask(where, shape, xp), lay, xp), (n, k))
+
+    w = None
+    if weight is not None:
+        weight = as_array(weight, "weight", xp)
+        if tuple(weight.shape) != (k,):
+            raise LogitkitValueError(
+                expected("weight", f"a 1-d array of shape ({k},), one per class",
+                         f"shape {tuple(weight.shape)}"))
+        if not is_lazy(weight):
+            wn = to_numpy(weight).astype(np.float64)
+            bad = ~np.isfinite(wn) | (wn < 0)
+            if bad.any():
+                raise LogitkitValueError(
+                    expected("weight", "non-negative and finite", wn[bad][0].item()))
+        w = astype(weight, acc, xp)
+
+    target = as_array(target, "target", xp, numeric=False)
+    labels = probs = keep = bad_rows = None
+    if xp.isdtype(target.dtype, "integral"):
+        if tuple(target.shape) != lay.batch_shape:
+            raise LogitkitValueError(expected(
+                "target", f"class indices of shape {lay.batch_shape} (the logits' shape without "
+                f"`axis`) or probabilities of shape {shape}", f"shape {tuple(target.shape)}"))
+        if ignore_index is not None and (isinstance(ignore_index, (bool, np.bool_))
+                                         or not isinstance(ignore_index, numbers.Integral)):
+            raise LogitkitTypeError(expected("ignore_index", "an int or None", ignore_index))
+        lab = xp.reshape(astype(target, xp.int64, xp), (n,))
+        valid = (lab >= 0) & (lab < k)
+        if ignore_index is not None:
+            keep = lab != int(ignore_index)
+            valid = valid | ~keep
+        if is_lazy(lab):
+            bad_rows = ~valid
+        elif not bool(xp.all(valid)):
+            got = to_numpy(lab)[~to_numpy(valid)][0].item()
+            raise LogitkitValueError(expected("target", f"class indices in [0, {k})", got))
+        ok = valid if keep is None else valid & keep
+        labels = xp.where(ok, lab, xp.zeros_like(lab))
+    elif xp.isdtype(target.dtype, "real floating"):
+        if tuple(target.shape) != shape:
+            raise LogitkitValueError(expected(
+                "target", f"probabilities of shape {shape} or integer class indices of shape "
+                f"{lay.batch_shape}", f"shape {tuple(target.shape)}"))
+        if ignore_index is not None:
+            raise LogitkitValueError(expected(
+                "ignore_index", "None with probability targets (it applies to class indices)",
+                ignore_index))
+        probs = xp.reshape(_to_rows(target, lay, xp), (n, k))
+        check_probability_targets(probs, mask, xp)
+    else:
+        raise LogitkitTypeError(expected(
+            "target", "integer class indices or floating probabilities",
+            f"an array of dtype {target.dtype}"))
+
+    pb = Problem(
+        x=xp.reshape(_to_rows(logits, lay, xp), (n, k)), labels=labels, probs=probs, mask=mask,
+        weight=w, keep=keep, bad=bad_rows, temperature=t_rows, softcap=cap,
+        label_smoothing=eps, z_loss=zl, logit_l2=l2, reduction=red,
+    )
+    return Checked(pb, xp, lay, acc, out_dtype, grad_dtype, logits, target, weight, temp)
+
+
+def cast(pb: Problem, acc: Any, xp: Any) -> Problem:
+    """The problem with its logits and probability targets in the accumulation dtype."""
+    from dataclasses import replace
+
+    probs = None if pb.probs is None else astype(pb.probs, acc, xp)
+    return replace(pb, x=astype(pb.x, acc, xp), probs=probs)
