@@ -21,7 +21,7 @@ import array_api_compat
 
 from ._namespace import (
     Array,
-    LogitkitValueError,
+    LogitkitTypeError,
     as_array,
     astype,
     broadcast_shapes,
@@ -177,7 +177,7 @@ def _prepare(
         s = as_array(sink, "sink", xp) if not isinstance(sink, (int, float)) else sink
         if isinstance(s, (int, float)):
             if isinstance(s, bool):
-                raise LogitkitValueError(expected("sink", "a real number or array", sink))
+                raise LogitkitTypeError(expected("sink", "a real number or array", sink))
             col = xp.full((*lay.batch_shape, 1), float(s), dtype=acc,
                           device=array_api_compat.device(rows))
         else:
@@ -510,7 +510,7 @@ def logsumexp(
         (0.0, -1.0)
     """
     if not isinstance(keepdims, bool):
-        raise LogitkitValueError(expected("keepdims", "a bool", keepdims))
+        raise LogitkitTypeError(expected("keepdims", "a bool", keepdims))
     rows, xp = _prepare(x, axis=axis, temperature=1.0, where=where, softcap=None, sink=None,
                         dtype=dtype)
     lay = rows.lay

@@ -36,12 +36,18 @@ class LogitkitTypeError(LogitkitError, TypeError):
     """An argument has the wrong type (for example a non-boolean mask or a string array)."""
 
 
+class Described(str):
+    """A description of the value received (``"shape (2, 3)"``), printed as is, not quoted."""
+
+
 def expected(arg: str, what: str, got: object) -> str:
     """The one error wording: ``Expected `arg` to be what, but got got``."""
     return f"Expected `{arg}` to be {what}, but got {_short(got)}"
 
 
 def _short(value: object) -> str:
+    if isinstance(value, Described):
+        return str(value)
     if isinstance(value, str):
         return repr(value)
     if hasattr(value, "shape") and hasattr(value, "dtype"):
@@ -78,7 +84,7 @@ def namespace(*arrays: object) -> Any:
     except TypeError as exc:
         kinds = sorted({type(a).__module__.split(".")[0] + "." + type(a).__name__ for a in present})
         raise LogitkitTypeError(
-            expected("the arrays", "from one array library", ", ".join(kinds))
+            expected("the arrays", "from one array library", Described(", ".join(kinds)))
         ) from exc
 
 
@@ -93,12 +99,12 @@ def as_array(x: Any, arg: str, xp: Any, *, numeric: bool = True) -> Array:
             raise LogitkitTypeError(expected(arg, "a numeric array", x)) from None
         if arr.dtype.kind not in "biuf":
             raise LogitkitTypeError(
-                expected(arg, "a numeric array", f"an array of dtype {arr.dtype}")
+                expected(arg, "a numeric array", Described(f"an array of dtype {arr.dtype}"))
             )
         x = arr if is_numpy(xp) else xp.asarray(arr)
     if numeric and not is_numeric_dtype(x.dtype, xp):
         raise LogitkitTypeError(
-            expected(arg, "a real numeric array", f"an array of dtype {x.dtype}")
+            expected(arg, "a real numeric array", Described(f"an array of dtype {x.dtype}"))
         )
     return x
 
@@ -255,7 +261,8 @@ def broadcast_shapes(arg: str, shape: tuple[int, ...], target: tuple[int, ...]) 
         result = None
     if result != tuple(target):
         raise LogitkitValueError(
-            expected(arg, f"broadcastable to shape {tuple(target)}", f"shape {tuple(shape)}")
+            expected(arg, f"broadcastable to shape {tuple(target)}",
+                     Described(f"shape {tuple(shape)}"))
         )
 
 
@@ -263,7 +270,8 @@ def check_mask(where: Any, shape: tuple[int, ...], xp: Any) -> Array:
     """Validate a boolean mask broadcastable to ``shape`` and return it broadcast."""
     where = as_array(where, "where", xp, numeric=False)
     if where.dtype != xp.bool:
-        raise LogitkitTypeError(expected("where", "a boolean array", f"dtype {where.dtype}"))
+        raise LogitkitTypeError(expected("where", "a boolean array",
+                                         Described(f"dtype {where.dtype}")))
     broadcast_shapes("where", tuple(where.shape), shape)
     return xp.broadcast_to(where, shape)
 
