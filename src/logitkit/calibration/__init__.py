@@ -1,0 +1,33 @@
+"""Post-hoc calibration: temperature scaling, calibration metrics, mergeable statistics, plots.
+
+- :class:`TemperatureScaler` fits one temperature T > 0 on held-out logits (safeguarded Newton
+  on β = 1/T, float64, one pass over the data per iteration).
+- :func:`ece`, :func:`mce`, :func:`brier_score`, :func:`nll`, :func:`accuracy` score
+  probabilities; :class:`CalibrationStats` accumulates the same metrics in O(bins) memory and
+  merges exactly across batches and workers.
+- :func:`reliability_diagram` draws them (matplotlib, optional).
+"""
+
+from __future__ import annotations
+
+from ._diagram import reliability_diagram as reliability_diagram
+from ._metrics import accuracy as accuracy
+from ._metrics import brier_score as brier_score
+from ._metrics import ece as ece
+from ._metrics import mce as mce
+from ._metrics import nll as nll
+from ._stats import CalibrationStats as CalibrationStats
+from ._temperature import CalibrationWarning as CalibrationWarning
+from ._temperature import TemperatureScaler as TemperatureScaler
+
+__all__ = [
+    "CalibrationStats",
+    "CalibrationWarning",
+    "TemperatureScaler",
+    "accuracy",
+    "brier_score",
+    "ece",
+    "mce",
+    "nll",
+    "reliability_diagram",
+]

@@ -1,0 +1,104 @@
+"""Per-chunk sums of the temperature-scaling NLL and its first two derivatives in β = 1/T.
+
+For logits ``z`` (rows ``i``), labels ``y`` and weights ``w``, with ``d = z − max z`` per row
+and ``p = softmax(β d)``:
+
+    nll_i  = log Σ_k exp(β d_ik) − β d_iy
+    grad_i = E_p[d_i] − d_iy                 (d nll_i / dβ)
+    hess_i = Var_p[d_i] ≥ 0                  (d² nll_i / dβ²)
+
+Every Newton step needs only ``(Σ w, Σ w·nll, Σ w·grad, Σ w·hess)`` over all rows, so the fit is
+one pass over the data per step, and chunks (or Dask blocks, or workers) are summed.  Entries
+equal to ``-inf`` are excluded classes (probability 0); a NaN or ``+inf`` makes the sums NaN,
+and a label whose logit is ``-inf`` makes them ``inf`` — the caller reports both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+# -1e300 stands for -inf inside the sums: exp(β·(-1e300)) is 0 for every admissible β, and
+# 0·(-1e300) is 0 where 0·(-inf) would be NaN.
+_FLOOR = -1e300
+
+Sums = tuple[float, float, float, float]
+
+
+def _nll_derivatives(
+    logits_chunk: Any,
+    labels_chunk: Any,
+    beta: float,
+    sample_weight_chunk: Any = None,
+) -> Sums:
+    """``(Σ w, Σ w·nll, Σ w·dnll/dβ, Σ w·d²nll/dβ²)`` for one chunk of rows, in float64.
+
+    A pure NumPy function of its arguments (any float dtype in, float64 sums out), so it can be
+    mapped over the blocks of a Dask array and the four sums added.
+    """
+    z = np.asarray(logits_chunk)
+    if z.shape[0] == 0:
+        return 0.0, 0.0, 0.0, 0.0
+    y = np.asarray(labels_chunk, dtype=np.intp)
+    rows = np.arange(z.shape[0])
+    z64 = z.astype(np.float64, copy=True)
+    m = z64.max(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = np.subtract(z64, m, out=z64)
+        d_y = d[rows, y]  # before the floor: a -inf label logit must give an infinite loss
+        np.maximum(d, _FLOOR, out=d)
+        e = np.exp(beta * d)
+        s0 = e.sum(axis=1)
+        ed = np.multiply(e, d, out=e)
+        s1 = ed.sum(axis=1)
+        s2 = np.einsum("ij,ij->i", ed, d)
+        e1 = s1 / s0
+        var = np.maximum(s2 / s0 - e1 * e1, 0.0)
+        with np.errstate(divide="ignore"):
+            nll = np.log(s0) - beta * d_y
+        grad = e1 - d_y
+    if sample_weight_chunk is None:
+        return float(z.shape[0]), float(nll.sum()), float(grad.sum()), float(var.sum())
+    w = np.asarray(sample_weight_chunk, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return float(w.sum()), float(w @ nll), float(w @ grad), float(w @ var)
+
+
+def nll_sums(
+    z: np.ndarray,
+    y: np.ndarray,
+    beta: float,
+    w: np.ndarray | None,
+    *,
+    chunk_rows: int,
+    from_probs: bool,
+    pool: ThreadPoolExecutor | None = None,
+    progress: Callable[[int], Any] | None = None,
+) -> Sums:
+    """The four sums over all rows of ``z`` (N, K), one chunk of rows at a time.
+
+    Chunks keep the float64 temporaries in cache and the memory bounded; with a thread pool
+    they run in parallel (NumPy releases the GIL inside its loops).  The chunk sums are added in
+    chunk order, so the result does not depend on the number of threads.
+    """
+
+    def one(start: int) -> Sums:
+        stop = start + chunk_rows
+        chunk = z[start:stop]
+        if from_probs:
+            with np.errstate(divide="ignore"):
+                chunk = np.log(chunk.astype(np.float64))
+        return _nll_derivatives(chunk, y[start:stop], beta, None if w is None else w[start:stop])
+
+    starts = range(0, z.shape[0], chunk_rows)
+    parts = pool.map(one, starts) if pool is not None else map(one, starts)
+    totals = [0.0, 0.0, 0.0, 0.0]
+    for start, part in zip(starts, parts, strict=True):
+        for i in range(4):
+            totals[i] += part[i]
+        if progress is not None:
+            progress(min(start + chunk_rows, z.shape[0]) - start)
+    return totals[0], totals[1], totals[2], totals[3]

@@ -1,0 +1,415 @@
+"""Temperature scaling: one positive scalar T fitted by minimising the NLL over β = 1/T."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from .._core import softmax
+from .._namespace import (
+    LogitkitTypeError,
+    LogitkitValueError,
+    as_array,
+    astype,
+    check_number,
+    expected,
+    is_lazy,
+    namespace,
+    to_numpy,
+)
+from ._binning import check_labels
+from ._nll_sums import nll_sums
+
+__all__ = ["CalibrationWarning", "TemperatureScaler"]
+
+_CHUNK_ELEMENTS = 1 << 16  # float64 temporaries of one chunk stay in cache (512 KiB)
+_WARM_START_ROWS = 50_000
+
+
+class CalibrationWarning(UserWarning):
+    """A calibration result that is valid but needs attention (a bound, no convergence)."""
+
+
+def _default_threads() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+class TemperatureScaler:
+    r"""Temperature scaling (Guo et al. 2017): divide the logits by one fitted ``T > 0``.
+
+    ``fit`` minimises the mean (weighted) negative log-likelihood of the labels over the inverse
+    temperature β = 1/T, where it is convex:
+
+    .. math::
+        \mathcal{L}(\beta) = \frac{1}{\sum_i w_i}\sum_i w_i
+            \Bigl(\log\sum_k e^{\beta z_{ik}} - \beta z_{i y_i}\Bigr),\quad
+        \mathcal{L}'(\beta) = \overline{\mathbb{E}_{p}[z] - z_y},\quad
+        \mathcal{L}''(\beta) = \overline{\operatorname{Var}_{p}[z]} \ge 0
+
+    with a safeguarded Newton method in float64: every iteration is one pass over the data in
+    chunks of rows (memory stays bounded), a bracket on β keeps every step inside the region where
+    the optimum lies, and a step that leaves it is replaced by a bisection (geometric mean).
+    Inputs from NumPy, PyTorch or JAX are copied to the host once (NumPy float64 sums); a
+    subsample of rows gives the starting point on large inputs.
+
+    Args:
+        bounds: ``(T_min, T_max)``, default ``(1e-2, 1e3)``: T is clipped to it, so it is always
+            positive and finite.  Random labels drive T to ``T_max``, separable data to
+            ``T_min``; an optimum at a bound emits a :class:`CalibrationWarning`.
+        max_iter: maximum number of Newton iterations (passes over the data).
+        tol: convergence when a Newton step changes β by at most ``tol·β``; the step is then
+            taken (the error after it is of order ``tol²``).
+        from_probs: the inputs to ``fit``, ``transform`` and ``predict_proba`` are probabilities;
+            their natural log is used as the logits (``log 0 = -inf``, that class is excluded).
+            Without it, an input that looks like probabilities triggers a warning.
+        n_threads: threads that sum the chunks (NumPy releases the GIL); ``None`` uses the
+            available cores, at most 8.  The result does not depend on it.
+
+    Attributes:
+        temperature_: the fitted T (a Python float).
+        beta_: ``1 / temperature_``.
+        n_iter_: number of passes over the data.
+        converged_: whether the stopping rule was met (always reported, never hidden).
+        at_bound_: whether the optimum was clipped to a bound.
+        n_classes_: number of classes K (2 for a single binary logit column).
+        nll_: the mean NLL at the last evaluated β (before the final Newton step).
+
+    Note:
+        A 1-D (or single column) input is the logit of class 1 of a binary problem, i.e. the
+        logits ``[0, z]``.  Logits equal to ``-inf`` are excluded classes; NaN or ``+inf``
+        logits, or a ``-inf`` logit on a label, are a ``LogitkitValueError``.  Scaling never
+        changes the arg-max, so accuracy is unchanged.
+
+    Examples:
+        >>> import numpy as np
+        >>> from logitkit.calibration import TemperatureScaler
+        >>> rng = np.random.default_rng(0)
+        >>> true = rng.normal(size=(2000, 5))
+        >>> y = np.array([rng.choice(5, p=np.exp(r) / np.exp(r).sum()) for r in true])
+        >>> ts = TemperatureScaler().fit(3.0 * true, y)   # a model three times too confident
+        >>> print(round(ts.temperature_, 1), ts.converged_)
+        3.0 True
+        >>> ts.predict_proba(np.array([[3.0, 0.0, 0.0, 0.0, 0.0]])).round(3)
+        array([[0.408, 0.148, 0.148, 0.148, 0.148]])
+
+    References:
+        Guo, Pleiss, Sun & Weinberger, "On Calibration of Modern Neural Networks", ICML 2017.
+    """
+
+    def __init__(
+        self,
+        *,
+        bounds: tuple[float, float] = (1e-2, 1e3),
+        max_iter: int = 100,
+        tol: float = 1e-6,
+        from_probs: bool = False,
+        n_threads: int | None = None,
+    ) -> None:
+        self.bounds = bounds
+        self.max_iter = max_iter
+        self.tol = tol
+        self.from_probs = from_probs
+        self.n_threads = n_threads
+
+    # ---------------------------------------------------------------- scikit-learn contract
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values() if p.name != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor arguments, as scikit-learn's ``BaseEstimator.get_params``.
+
+        Args:
+            deep: accepted for compatibility (there are no nested estimators).
+
+        Returns:
+            A dict from argument name to value.
+        """
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> TemperatureScaler:
+        """Set constructor arguments (scikit-learn contract).
+
+        Args:
+            **params: argument names and new values.
+
+        Returns:
+            ``self``.
+        """
+        valid = self._param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise LogitkitValueError(expected("params", f"among {valid}", name))
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__)
+                    .parameters.values() if p.name != "self"}
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if v != defaults[k])
+        return f"TemperatureScaler({args})"
+
+    # ---------------------------------------------------------------- validation
+
+    def _check_params(self) -> tuple[float, float, int, float, int]:
+        b = self.bounds
+        if not isinstance(b, (tuple, list)) or len(b) != 2:
+            raise LogitkitTypeError(expected("bounds", "a pair (T_min, T_max)", b))
+        t_min = check_number(b[0], "bounds[0]", low=0.0, low_open=True, high=math.inf,
+                             high_open=True)
+        t_max = check_number(b[1], "bounds[1]", low=t_min, low_open=True, high=math.inf,
+                             high_open=True)
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, (int, np.integer)) \
+                or self.max_iter < 1:
+            raise LogitkitValueError(expected("max_iter", "a positive int", self.max_iter))
+        tol = check_number(self.tol, "tol", low=0.0, low_open=True, high=1.0)
+        if not isinstance(self.from_probs, bool):
+            raise LogitkitTypeError(expected("from_probs", "a bool", self.from_probs))
+        n = self.n_threads
+        if n is None:
+            n = _default_threads()
+        elif isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise LogitkitValueError(expected("n_threads", "a positive int or None", n))
+        return t_min, t_max, int(self.max_iter), tol, int(n)
+
+    def _host_logits(self, x: Any, arg: str) -> np.ndarray:
+        """``x`` as a NumPy ``(N, K)`` array (a view where possible), validated."""
+        xp = namespace(x)
+        arr = as_array(x, arg, xp)
+        if is_lazy(arr):
+            raise LogitkitTypeError(expected(arg, "a concrete array (fit cannot be traced)", arr))
+        z = to_numpy(arr)
+        if z.dtype.kind != "f":
+            z = z.astype(np.float64)
+        if z.ndim == 1:
+            z = z[:, None]
+        if z.ndim != 2:
+            raise LogitkitValueError(expected(arg, "of shape (N, K) or (N,)", f"shape {z.shape}"))
+        if z.shape[0] == 0:
+            raise LogitkitValueError(expected(arg, "non-empty (at least one row)", "0 rows"))
+        if z.shape[1] == 1:
+            if self.from_probs:
+                p = z[:, 0].astype(np.float64)
+                z = np.stack([1.0 - p, p], axis=1)
+            else:
+                z = np.concatenate([np.zeros_like(z), z], axis=1)
+        if self.from_probs:
+            self._check_probs(z, arg)
+        else:
+            self._warn_if_probs(z, arg)
+        return z
+
+    @staticmethod
+    def _check_probs(z: np.ndarray, arg: str) -> None:
+        lo, hi = float(np.min(z)), float(np.max(z))
+        if not (lo >= 0.0 and hi <= 1.0):  # also catches NaN
+            bad = hi if not hi <= 1.0 else lo
+            raise LogitkitValueError(
+                expected(arg, "probabilities in [0, 1] (from_probs=True)", bad))
+
+    @staticmethod
+    def _warn_if_probs(z: np.ndarray, arg: str) -> None:
+        head = z[:1000]
+        if head.shape[1] >= 2 and np.all(head >= 0) and np.all(head <= 1) \
+                and np.allclose(head.sum(axis=1), 1.0, atol=1e-4):
+            warnings.warn(
+                f"`{arg}` looks like probabilities (rows in [0, 1] summing to 1); temperature "
+                "scaling needs logits. Pass from_probs=True to use their log.",
+                CalibrationWarning, stacklevel=3)
+
+    # ---------------------------------------------------------------- fit
+
+    def fit(self, logits: Any, y: Any, sample_weight: Any = None, *,
+            progress: Any = None) -> TemperatureScaler:
+        """Fit T on held-out logits and labels.
+
+        Args:
+            logits: ``(N, K)`` logits (or ``(N,)`` binary logits; probabilities with
+                ``from_probs=True``), NumPy, PyTorch, JAX or array-like.
+            y: ``(N,)`` integer labels in ``[0, K)``.
+            sample_weight: optional ``(N,)`` non-negative weights (at least one positive).
+            progress: optional callable receiving the number of rows processed after each
+                chunk (the CLI uses it for its progress bar).
+
+        Returns:
+            ``self``, with ``temperature_``, ``beta_``, ``n_iter_``, ``converged_``, ``at_bound_``.
+        """
+        t_min, t_max, max_iter, tol, n_threads = self._check_params()
+        z = self._host_logits(logits, "logits")
+        n, k = z.shape
+        labels = np.asarray(to_numpy(check_labels(y, n, k, namespace(y))), dtype=np.intp)
+        w = None
+        if sample_weight is not None:
+            w = np.asarray(to_numpy(as_array(sample_weight, "sample_weight", namespace(
+                sample_weight))), dtype=np.float64)
+            if w.shape != (n,):
+                raise LogitkitValueError(expected("sample_weight", f"of shape ({n},)",
+                                                  f"shape {w.shape}"))
+            if not np.all(np.isfinite(w)) or np.any(w < 0) or not np.any(w > 0):
+                raise LogitkitValueError(expected(
+                    "sample_weight", "finite, non-negative and not all zero", w))
+        chunk_rows = max(1, _CHUNK_ELEMENTS // k)
+        lo, hi = 1.0 / t_max, 1.0 / t_min
+        beta0 = 1.0
+        pool = ThreadPoolExecutor(n_threads) if n_threads > 1 and n > chunk_rows else None
+        try:
+            if n > 4 * _WARM_START_ROWS:
+                # Start from the optimum of an evenly spaced subsample: a few cheap passes
+                # there save full passes here (Newton converges quadratically from nearby).
+                step = n // _WARM_START_ROWS
+                sub_w = None if w is None else w[::step]
+                if sub_w is None or np.any(sub_w > 0):
+                    res = _newton(z[::step], labels[::step], sub_w, lo, hi, 1.0, 50, tol,
+                                  chunk_rows, self.from_probs, pool, None)
+                    if np.isfinite(res[0]):
+                        beta0 = min(max(res[0], lo), hi)
+            beta, n_iter, converged, at_bound, f = _newton(
+                z, labels, w, lo, hi, beta0, max_iter, tol, chunk_rows, self.from_probs, pool,
+                progress)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+        self.beta_ = float(beta)
+        self.temperature_ = float(1.0 / beta)
+        self.n_iter_ = n_iter
+        self.converged_ = converged
+        self.at_bound_ = at_bound
+        self.n_classes_ = k
+        self.nll_ = f
+        if not converged:
+            warnings.warn(
+                f"Temperature scaling did not converge in {n_iter} iterations "
+                f"(T = {self.temperature_:.6g}); increase max_iter or check the data.",
+                CalibrationWarning, stacklevel=2)
+        elif at_bound:
+            side = "lower" if math.isclose(beta, hi) else "upper"
+            why = ("the data look separable (the NLL keeps falling as T -> 0)"
+                   if side == "lower" else
+                   "the logits carry little information about the labels (T -> inf)")
+            warnings.warn(
+                f"The optimal temperature lies at the {side} bound T = {self.temperature_:.6g}: "
+                f"{why}.", CalibrationWarning, stacklevel=2)
+        return self
+
+    # ---------------------------------------------------------------- transform
+
+    def _check_fitted(self) -> float:
+        t = getattr(self, "temperature_", None)
+        if t is None:
+            raise LogitkitValueError(
+                expected("the TemperatureScaler", "fitted (call fit first)", "an unfitted one"))
+        return float(t)
+
+    def _input(self, logits: Any) -> tuple[Any, Any]:
+        xp = namespace(logits)
+        z = as_array(logits, "logits", xp)
+        if not xp.isdtype(z.dtype, "real floating"):
+            z = astype(z, xp.float64 if hasattr(xp, "float64") else xp.float32, xp)
+        if z.ndim == 1:
+            z = xp.reshape(z, (int(z.shape[0]), 1))
+        if z.ndim != 2:
+            raise LogitkitValueError(
+                expected("logits", "of shape (N, K) or (N,)", f"shape {tuple(z.shape)}"))
+        if int(z.shape[1]) == 1:
+            zero = xp.zeros_like(z)
+            z = xp.concat([1.0 - z, z], axis=1) if self.from_probs else xp.concat([zero, z], 1)
+        if self.from_probs:
+            positive = z > 0
+            one = xp.ones((), dtype=z.dtype)
+            z = xp.where(positive, xp.log(xp.where(positive, z, one)), -math.inf * one)
+        return xp, z
+
+    def transform(self, logits: Any) -> Any:
+        """The scaled logits ``z / T`` (log-probabilities ``/ T`` with ``from_probs``).
+
+        Args:
+            logits: ``(N, K)`` or ``(N,)`` logits (probabilities with ``from_probs``); any
+                supported array library.
+
+        Returns:
+            An array of the input's type, dtype (floating) and device; shape ``(N, K)`` (a binary
+            column becomes ``[0, z / T]``).
+        """
+        t = self._check_fitted()
+        _, z = self._input(logits)
+        return z / t
+
+    def predict_proba(self, logits: Any) -> Any:
+        """Calibrated probabilities ``softmax(z / T)``.
+
+        Args:
+            logits: as for :meth:`transform`.
+
+        Returns:
+            ``(N, K)`` probabilities of the input's array type.
+        """
+        t = self._check_fitted()
+        _, z = self._input(logits)
+        return softmax(z, axis=-1, temperature=t)
+
+    def fit_transform(self, logits: Any, y: Any, sample_weight: Any = None) -> Any:
+        """``fit(logits, y, sample_weight).transform(logits)``."""
+        return self.fit(logits, y, sample_weight).transform(logits)
+
+
+def _newton(
+    z: np.ndarray, y: np.ndarray, w: np.ndarray | None, lo: float, hi: float, beta: float,
+    max_iter: int, tol: float, chunk_rows: int, from_probs: bool,
+    pool: ThreadPoolExecutor | None, progress: Any,
+) -> tuple[float, int, bool, bool, float]:
+    """Safeguarded Newton on β in ``[lo, hi]``: ``(β, passes, converged, at_bound, nll)``.
+
+    ``a < β* < b`` is kept as a bracket from the signs of the derivative; a Newton step that
+    leaves ``(a, b)`` (or a non-positive curvature) is replaced by the geometric mean of the
+    bracket, or by the bound itself while that bound has not been evaluated yet.
+    """
+    a, b = lo, hi
+    a_seen = b_seen = False  # derivative evaluated at the bounds
+    f = math.nan
+    for it in range(1, max_iter + 1):
+        sw, s_nll, s_g, s_h = nll_sums(z, y, beta, w, chunk_rows=chunk_rows,
+                                       from_probs=from_probs, pool=pool, progress=progress)
+        f, g, h = s_nll / sw, s_g / sw, s_h / sw
+        if not (math.isfinite(f) and math.isfinite(g)):
+            raise LogitkitValueError(expected(
+                "logits", "finite (-inf allowed only for classes that are not the label)",
+                "NaN or +inf values" if math.isnan(f) or math.isnan(g)
+                else "-inf on the label's class"))
+        if beta <= lo and g >= 0:
+            return lo, it, True, True, f
+        if beta >= hi and g <= 0:
+            return hi, it, True, True, f
+        if g == 0.0:
+            return beta, it, True, False, f
+        if g > 0:
+            b = beta
+            b_seen = b_seen or beta >= hi
+        else:
+            a = beta
+            a_seen = a_seen or beta <= lo
+        newton = beta - g / h if h > 0 else math.nan
+        if a < newton < b:
+            if abs(newton - beta) <= tol * beta:
+                return newton, it, True, False, f
+            beta = newton
+        elif newton <= a and a == lo and not a_seen:
+            beta = lo
+        elif newton >= b and b == hi and not b_seen:
+            beta = hi
+        else:
+            beta = math.sqrt(a * b)
+            if (b - a) <= tol * a:
+                return beta, it, True, False, f
+    return beta, max_iter, False, False, f
