@@ -10,7 +10,7 @@ from .._namespace import check_choice, to_numpy
 from ._binning import BINNINGS, check_n_bins, prepare, quantile_edges, top_label
 from ._stats import CalibrationStats
 
-__all__ = ["reliability_diagram"]
+__all__ = ["figure_from_stats", "reliability_diagram"]
 
 
 def _stats(probs: Any, y: Any, n_bins: int, binning: str) -> dict[str, Any]:
@@ -97,19 +97,25 @@ def reliability_diagram(
         >>> [ax.get_ylabel() for ax in fig.axes]
         ['accuracy', 'count']
     """
+    n_bins = check_n_bins(n_bins)
+    check_choice(binning, "binning", BINNINGS)
+    panels = [probs] if calibrated is None else [probs, calibrated]
+    stats = [_stats(p, y, n_bins, binning) for p in panels]
+    return figure_from_stats(stats, titles[: len(panels)], figsize=figsize, dpi=dpi)
+
+
+def figure_from_stats(
+    stats: list[dict[str, Any]], titles: Any, *, figsize: tuple[float, float] | None = None,
+    dpi: int = 100,
+) -> Any:
+    """The diagram of :meth:`CalibrationStats.compute` results, one panel each (no raw data)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    n_bins = check_n_bins(n_bins)
-    check_choice(binning, "binning", BINNINGS)
-    panels = [(probs, titles[0])]
-    if calibrated is not None:
-        panels.append((calibrated, titles[1]))
-    stats = [_stats(p, y, n_bins, binning) for p, _ in panels]
-    size = figsize if figsize is not None else (5.0 * len(panels), 5.0)
+    size = figsize if figsize is not None else (5.0 * len(stats), 5.0)
     fig = Figure(figsize=size, dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(1, len(panels))
-    for i, (s, (_, title)) in enumerate(zip(stats, panels, strict=True)):
+    grid = fig.add_gridspec(1, len(stats))
+    for i, (s, title) in enumerate(zip(stats, titles, strict=True)):
         _panel(fig, grid[0, i], s, title)
     return fig
