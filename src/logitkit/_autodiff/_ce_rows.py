@@ -106,7 +106,7 @@ def target_weights(pb: Problem, xp: Any) -> Array | None:
     if eps > 0.0:
         kv = n_valid(pb, xp)
         kv_safe = kv if isinstance(kv, int) else xp.where(kv > 0, kv, _const(1.0, kv, xp))
-        share = eps / kv_safe if isinstance(kv_safe, int) else eps / kv_safe
+        share = eps / kv_safe
         smooth = share if pb.mask is None else xp.where(pb.mask, share, _const(0.0, x, xp))
         y = y + smooth
     if pb.weight is not None:

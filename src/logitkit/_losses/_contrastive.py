@@ -25,6 +25,7 @@ from ._validate import REDUCTIONS
 __all__ = ["clip_loss", "info_nce", "ntxent"]
 
 _LN_100 = math.log(100.0)
+_CLIP_INIT = math.log(1.0 / 0.07)  # CLIP's initial log-scale
 
 
 def _embeddings(x: Any, arg: str, xp: Any) -> Any:
@@ -180,7 +181,7 @@ def clip_loss(
     text_embeddings: Any,
     /,
     *,
-    logit_scale: Any = math.log(1.0 / 0.07),
+    logit_scale: Any = _CLIP_INIT,
     normalize: bool = True,
 ) -> Any:
     r"""CLIP's symmetric contrastive loss: image→text and text→image cross-entropy, averaged.

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .._autodiff._ce_rows import Problem
-from .._core import Axis, _layout, _Layout, _param_rows, _to_rows, _validate_softcap
+from .._core import Axis, _Layout, _layout, _param_rows, _to_rows, _validate_softcap
 from .._namespace import (
     LogitkitTypeError,
     LogitkitValueError,
