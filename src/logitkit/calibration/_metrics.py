@@ -43,7 +43,7 @@ def calibration_error_from_sums(
     largest gap over non-empty bins.  Classwise columns are combined as the mean (l1), the root
     of the mean square (l2) and the max (max), as in Kumar et al. (2019).
     """
-    count, s_conf, s_hit = sums[0], sums[1], sums[2]
+    count, s_conf, s_hit = sums[0, ...], sums[1, ...], sums[2, ...]
     zero = xp.zeros((), dtype=count.dtype)
     one = xp.ones((), dtype=count.dtype)
     nonempty = count > 0

@@ -259,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     }
 
     out.mkdir(parents=True, exist_ok=True)
-    fig = figure_from_stats([before, after], (f"before (T = 1)", f"after (T = {t:.3g})"))
+    fig = figure_from_stats([before, after], ("before (T = 1)", f"after (T = {t:.3g})"))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     atomic_write(out / DIAGRAM, lambda fh: fh.write(buf.getvalue()))
