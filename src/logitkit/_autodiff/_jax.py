@@ -44,7 +44,9 @@ def _ce_fwd(static: tuple, x: Any, labels: Any, probs: Any, mask: Any, keep: Any
             bad: Any) -> Any:
     xp = _xp()
     pb = _problem(static, x, labels, probs, mask, keep, bad)
-    stats = rows.forward(pb, xp, differentiable=False)
+    # Differentiable form: reverse-over-reverse differentiates this forward and the backward
+    # below as ordinary JAX code (the residual lse must carry its own derivative).
+    stats = rows.forward(pb, xp, differentiable=True)
     loss = rows.reduce(stats, pb.reduction, xp)
     residuals = (x, labels, probs, mask, keep, bad, stats.lse, stats.coef, stats.counted,
                  stats.special, stats.denom)
