@@ -17,7 +17,7 @@ from logitkit import LogitkitTypeError, LogitkitValueError, softmax
 from logitkit.calibration import CalibrationStats, accuracy, brier_score, ece, mce, nll
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from conftest import asarray, assert_close, is_type_of, to_numpy  # noqa: E402
+from conftest import asarray, assert_close, is_type_of, to_numpy
 
 
 def _data(n=600, k=5, seed=0, scale=2.0):

@@ -19,7 +19,6 @@ from .._namespace import (
     astype,
     check_number,
     expected,
-    is_lazy,
     namespace,
     to_numpy,
 )
@@ -188,9 +187,11 @@ class TemperatureScaler:
         """``x`` as a NumPy ``(N, K)`` array (a view where possible), validated."""
         xp = namespace(x)
         arr = as_array(x, arg, xp)
-        if is_lazy(arr):
-            raise LogitkitTypeError(expected(arg, "a concrete array (fit cannot be traced)", arr))
-        z = to_numpy(arr)
+        try:
+            z = np.asarray(to_numpy(arr))
+        except Exception:  # a JAX tracer, a lazy array that cannot be read
+            raise LogitkitTypeError(
+                expected(arg, "a concrete array (fit cannot be traced)", arr)) from None
         if z.dtype.kind != "f":
             z = z.astype(np.float64)
         if z.ndim == 1:
@@ -373,12 +374,15 @@ def _newton(
 
     ``a < β* < b`` is kept as a bracket from the signs of the derivative; a Newton step that
     leaves ``(a, b)`` (or a non-positive curvature) is replaced by the geometric mean of the
-    bracket, or by the bound itself while that bound has not been evaluated yet.
+    bracket, or by the bound itself while that bound has not been evaluated yet.  Newton steps
+    that do not shrink (an exponentially flat tail) are expanded geometrically.
     """
     a, b = lo, hi
     a_seen = b_seen = False  # derivative evaluated at the bounds
     f = math.nan
+    last_step = 0.0
     for it in range(1, max_iter + 1):
+        previous = beta
         sw, s_nll, s_g, s_h = nll_sums(z, y, beta, w, chunk_rows=chunk_rows,
                                        from_probs=from_probs, pool=pool, progress=progress)
         f, g, h = s_nll / sw, s_g / sw, s_h / sw
@@ -400,9 +404,14 @@ def _newton(
             a = beta
             a_seen = a_seen or beta <= lo
         newton = beta - g / h if h > 0 else math.nan
+        step = newton - beta
+        if a < newton < b and abs(step) <= tol * beta:
+            return newton, it, True, False, f
+        if step * last_step > 0 and abs(step) > 0.5 * abs(last_step):
+            # Newton is not converging quadratically (an exponentially flat tail, as on
+            # separable data): expand the step geometrically toward the bound.
+            newton = beta + math.copysign(max(abs(step), 2.0 * abs(last_step)), step)
         if a < newton < b:
-            if abs(newton - beta) <= tol * beta:
-                return newton, it, True, False, f
             beta = newton
         elif newton <= a and a == lo and not a_seen:
             beta = lo
@@ -412,4 +421,5 @@ def _newton(
             beta = math.sqrt(a * b)
             if (b - a) <= tol * a:
                 return beta, it, True, False, f
+        last_step = beta - previous
     return beta, max_iter, False, False, f
