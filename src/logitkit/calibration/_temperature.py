@@ -374,13 +374,14 @@ def _newton(
 
     ``a < β* < b`` is kept as a bracket from the signs of the derivative; a Newton step that
     leaves ``(a, b)`` (or a non-positive curvature) is replaced by the geometric mean of the
-    bracket, or by the bound itself while that bound has not been evaluated yet.  Newton steps
-    that do not shrink (an exponentially flat tail) are expanded geometrically.
+    bracket, or by the bound itself while that bound has not been evaluated yet.  A step
+    changes β by a factor of at most 10, and Newton steps that do not shrink (an exponentially
+    flat tail) are expanded geometrically.
     """
     a, b = lo, hi
     a_seen = b_seen = False  # derivative evaluated at the bounds
     f = math.nan
-    last_step = 0.0
+    last_step = last_newton = 0.0
     for it in range(1, max_iter + 1):
         previous = beta
         sw, s_nll, s_g, s_h = nll_sums(z, y, beta, w, chunk_rows=chunk_rows,
@@ -407,10 +408,14 @@ def _newton(
         step = newton - beta
         if a < newton < b and abs(step) <= tol * beta:
             return newton, it, True, False, f
-        if step * last_step > 0 and abs(step) > 0.5 * abs(last_step):
-            # Newton is not converging quadratically (an exponentially flat tail, as on
-            # separable data): expand the step geometrically toward the bound.
+        if step * last_newton > 0 and abs(step) > 0.5 * abs(last_newton):
+            # Newton steps that do not shrink: not the quadratic phase but an exponentially
+            # flat tail (separable data).  Double the previous step toward the bound instead.
             newton = beta + math.copysign(max(abs(step), 2.0 * abs(last_step)), step)
+        last_newton = step
+        # A trust region in log β: one iteration moves β by a factor of at most 10 (the NLL is
+        # nearly linear far from the optimum, where a raw Newton step can leave the bounds).
+        newton = min(max(newton, beta / 10.0), beta * 10.0) if newton == newton else newton
         if a < newton < b:
             beta = newton
         elif newton <= a and a == lo and not a_seen:
