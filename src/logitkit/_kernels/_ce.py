@@ -1,0 +1,274 @@
+"""The fused cross-entropy with its gradient: loss and ``∂loss/∂logits`` in one pass per row.
+
+Per row (class axis last, ``z = softcap(x)/T``, masked classes excluded, ``W_c = w_c·y_c`` the
+weighted smoothed target): pass 1 is the online ``(max, rest, n_top)`` of the softmax kernels;
+pass 2 writes, once, ``g_c = s·([coef·p_c − W_c]/T·softcap'(x_c) + λx_c)`` with
+``coef = Σ_c W_c + 2 c_z lse`` and ``s`` the reduction's scale, and accumulates the cross term
+``Σ_c W_c (z_c − max)`` of the loss ``Σ_c W_c lse − Σ_c W_c z_c + c_z lse² + (λ/2)‖x‖²`` in float64.
+Each gradient element is written after its logit was read, so the gradient may overwrite the
+logits (``out=logits``).  Rows that do not count (ignored label, every class masked) get a zero
+gradient and loss; rows with a NaN, a +inf or nothing finite are flagged and left untouched for
+the dispatcher, which recomputes them with the generic path.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numba
+import numpy as np
+from numba import prange
+
+from ._exp import as_like, vexp
+from ._rows import _OPTS, _POPTS, CHUNK, _chunk_stats, _softcap
+
+
+@numba.njit(**_OPTS)
+def _row_stats(src: Any, mr: Any, has_mask: bool, inv_t: Any) -> tuple[Any, float, float]:
+    m = as_like(-np.inf, inv_t)
+    rest = 0.0
+    n_top = 0.0
+    k = src.size
+    for c0 in range(0, k, CHUNK):
+        c1 = min(c0 + CHUNK, k)
+        mc = mr[c0:c1] if has_mask else mr
+        m, rest, n_top = _chunk_stats(src[c0:c1], mc, has_mask, inv_t, m, rest, n_top)
+        if rest != rest:
+            break
+    return m, rest, n_top
+
+
+@numba.njit(**_POPTS)
+def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any, has_mask: bool,
+            weight: Any, has_weight: bool, counted: Any, eps: float, cz: float, lam: float,
+            cap: Any, inv_t: Any, scale: Any, loss: Any, special: Any, threads: int) -> None:
+    n, k = x.shape
+    nm = mask.shape[0]
+    nblocks = min(n, 8 * threads)
+    plain = not (is_prob or has_mask or has_weight or eps > 0.0 or lam > 0.0 or cap > 0)
+    for b in prange(nblocks):
+        i0 = b * n // nblocks
+        i1 = (b + 1) * n // nblocks
+        ybuf = np.empty(k if cap > 0 else 1, dtype=x.dtype)
+        for i in range(i0, i1):
+            xr = x[i]
+            orow = out[i]
+            if not counted[i]:
+                for c in range(k):
+                    orow[c] = 0
+                loss[i] = 0.0
+                continue
+            mr = mask[min(i, nm - 1)]
+            if cap > 0:
+                _softcap(xr, mr, has_mask, cap, ybuf)
+                src = ybuf
+            else:
+                src = xr
+            m, rest, n_top = _row_stats(src, mr, has_mask, inv_t)
+            if not (-np.inf < m < np.inf) or rest != rest:
+                special[i] = True
+                continue
+            log_s = math.log1p(rest + (n_top - 1.0))
+            lse = float(m) * float(inv_t) + log_s
+            inv_s = as_like(1.0 / (rest + n_top), inv_t)
+            t = labels[min(i, labels.size - 1)]
+            wt = float(weight[t]) if (has_weight and not is_prob) else 1.0
+
+            # Σ_c W_c, before the pass that needs it for the gradient's coefficient.
+            if has_mask:
+                kv = 0.0
+                for c in range(k):
+                    kv += 1.0 if mr[c] else 0.0
+            else:
+                kv = float(k)
+            share = eps / kv
+            if is_prob:
+                qr = probs[i]
+                total = 0.0
+                for c in range(k):
+                    live = mr[c] if has_mask else True
+                    wc = float(weight[c]) if has_weight else 1.0
+                    total += wc * ((1.0 - eps) * float(qr[c]) + (share if live else 0.0))
+            else:
+                sw = kv
+                if has_weight and eps > 0.0:
+                    sw = 0.0
+                    for c in range(k):
+                        live = mr[c] if has_mask else True
+                        sw += float(weight[c]) if live else 0.0
+                total = (1.0 - eps) * wt + share * sw if eps > 0.0 else wt
+            coef = as_like(total + 2.0 * cz * lse, inv_t)
+            g_scale = inv_t * scale
+
+            cross = 0.0
+            sq = 0.0
+            if plain:
+                # (p − y)/T · s; the label's element is fixed after the loop (from d_t read first).
+                d_t = (src[t] - m) * inv_t
+                cs = coef * g_scale
+                for c in range(k):
+                    d = (src[c] - m) * inv_t
+                    orow[c] = vexp(d) * inv_s * cs
+                p_t = vexp(d_t) * inv_s
+                orow[t] = (coef * p_t - as_like(wt, inv_t)) * g_scale
+                cross = wt * float(d_t)
+            else:
+                b_t = (1.0 - eps) * wt
+                ninf = as_like(-np.inf, inv_t)
+                zero = as_like(0.0, inv_t)
+                for c in range(k):
+                    live = mr[c] if has_mask else True
+                    xv = xr[c]
+                    y = src[c] if live else ninf
+                    d = (y - m) * inv_t
+                    p = vexp(d) * inv_s
+                    wc = float(weight[c]) if has_weight else 1.0
+                    if is_prob:
+                        wgt = wc * ((1.0 - eps) * float(probs[i, c]) + (share if live else 0.0))
+                    else:
+                        wgt = (wc * share if live else 0.0) + (b_t if c == t else 0.0)
+                    cross += wgt * float(d) if wgt > 0.0 else 0.0
+                    g = (coef * p - as_like(wgt, inv_t)) * inv_t
+                    if cap > 0:
+                        th = y / cap
+                        g = g * (as_like(1.0, inv_t) - th * th)
+                    if lam > 0.0:
+                        xs = xv if live else zero
+                        g = g + as_like(lam, inv_t) * xs
+                        sq += float(xs) * float(xs)
+                    orow[c] = g * scale if live else zero
+            ce = total * log_s - cross
+            loss[i] = ce + cz * lse * lse + 0.5 * lam * sq
+
+
+def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axis: Any = -1,
+                            ignore_index: Any = None, weight: Any = None,
+                            label_smoothing: Any = 0.0, z_loss: Any = 0.0, logit_l2: Any = 0.0,
+                            temperature: Any = 1.0, where: Any = None, softcap: Any = None,
+                            reduction: str = "mean") -> Any:
+    """``(loss, dlogits)`` by :func:`ce_rows`, or ``None`` when the kernel does not apply.
+
+    The arguments were validated by :func:`logitkit.cross_entropy_with_grad`.
+    """
+    from . import _axis, _float_array, _inv_temperature, _Plan, _scalar, _threads
+    from . import _softcap as _cap
+
+    x = _float_array(logits)
+    if x is None or not x.flags.c_contiguous or reduction not in ("mean", "sum", "none"):
+        return None
+    ax = _axis(axis, x.ndim)
+    if ax is None or ax[1] != x.ndim - 1:
+        return None
+    plan = _Plan(x, *ax)
+    n, k = plan.outer, plan.k
+    if n == 0 or k == 0:
+        return None
+    x2 = x.reshape(n, k)
+    dt = x.dtype
+    inv_t = _inv_temperature(temperature, dt)
+    cap = _cap(softcap, dt)
+    eps, cz, lam = _scalar(label_smoothing), _scalar(z_loss), _scalar(logit_l2)
+    if inv_t is None or cap is None or eps is None or cz is None or lam is None:
+        return None
+    mask_info = plan.mask(where)
+    if mask_info is None:
+        return None
+    mask, has_mask = mask_info
+
+    if type(target) is not np.ndarray:
+        return None
+    is_prob = target.dtype.kind == "f"
+    if is_prob:
+        if target.shape != x.shape:
+            return None
+        probs = np.ascontiguousarray(target.reshape(n, k), dtype=dt)
+        labels = np.zeros(1, dtype=np.int64)
+        keep = np.ones(n, dtype=np.bool_)
+    elif target.dtype.kind in "iu":
+        if target.size != n:
+            return None
+        raw = target.reshape(n).astype(np.int64)
+        keep = np.ones(n, dtype=np.bool_) if ignore_index is None else raw != int(ignore_index)
+        labels = np.where(keep, raw, 0)
+        if labels.size and (labels.min() < 0 or labels.max() >= k):
+            return None  # the caller validated; never index out of range here
+        probs = np.zeros((1, 1), dtype=dt)
+    else:
+        return None
+
+    has_weight = weight is not None
+    if has_weight:
+        if type(weight) is not np.ndarray:
+            return None
+        w = np.ascontiguousarray(weight, dtype=dt)
+        if w.shape != (k,):
+            return None
+    else:
+        w = np.ones(1, dtype=dt)
+
+    counted = keep.copy()
+    if has_mask:
+        alive = mask.any(axis=1)
+        counted &= alive if alive.size == n else bool(alive[0])
+    if has_weight and not is_prob:
+        denom = float(np.sum(w[labels][counted], dtype=np.float64))
+    else:
+        denom = float(np.count_nonzero(counted))
+    if reduction == "mean":
+        scale = 1.0 / denom if denom > 0 else 0.0
+    else:
+        scale = 1.0
+
+    if out is None:
+        g = np.empty_like(x2)
+    else:
+        if type(out) is not np.ndarray or out.shape != x.shape or out.dtype != dt:
+            return None
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            return None
+        same = out.__array_interface__["data"][0] == x.__array_interface__["data"][0]
+        if not same and np.shares_memory(out, x):
+            return None  # partial overlap: the row-by-row order would corrupt the logits
+        g = out.reshape(n, k)
+
+    loss_rows = np.zeros(n, dtype=np.float64)
+    special = np.zeros(n, dtype=np.bool_)
+    ce_rows(x2, g, labels, probs, is_prob, mask, has_mask, w, has_weight, counted, eps, cz, lam,
+            cap, inv_t, dt.type(scale), loss_rows, special, _threads())
+
+    if special.any():
+        _fix_special(special, x2, g, target, labels if not is_prob else None, probs,
+                     mask if has_mask else None, n, scale, loss_rows,
+                     dict(ignore_index=None, weight=weight, label_smoothing=label_smoothing,
+                          z_loss=z_loss, logit_l2=logit_l2, temperature=temperature,
+                          softcap=softcap))
+
+    if reduction == "none":
+        loss: Any = loss_rows.astype(dt).reshape(plan.reduced_shape)
+    else:
+        total = float(np.sum(loss_rows))
+        if reduction == "sum":
+            loss = dt.type(total)
+        else:
+            loss = np.asarray(total / denom if denom > 0 else 0.0, dtype=dt)
+    return loss, (out if out is not None else g.reshape(x.shape))
+
+
+def _fix_special(special: np.ndarray, x2: np.ndarray, g: np.ndarray, target: Any,
+                 labels: np.ndarray | None, probs: np.ndarray, mask: np.ndarray | None, n: int,
+                 scale: float, loss_rows: np.ndarray, options: dict[str, Any]) -> None:
+    """Rows with a NaN, a +inf or nothing finite: the generic path, per row, then scaled."""
+    from .. import losses
+    from . import fast_path
+
+    idx = np.flatnonzero(special)
+    xs = np.array(x2[idx])
+    ts = labels[idx] if labels is not None else probs[idx]
+    ws = None
+    if mask is not None:
+        ws = np.array(np.broadcast_to(mask, x2.shape)[idx])
+    with fast_path(False):
+        ls, gs = losses.cross_entropy_with_grad(xs, ts, where=ws, reduction="none", **options)
+    loss_rows[idx] = ls
+    g[idx] = gs * gs.dtype.type(scale)

@@ -1,0 +1,326 @@
+"""numba kernels for softmax, log_softmax and logsumexp (float32 and float64, C-contiguous).
+
+Rows (reduction along the last axis) are read once from memory: each row is walked in chunks of
+``CHUNK`` elements that stay in L1 between the chunk's max and its exponential sum, with an online
+``(max, sum)`` that is rescaled when a later chunk raises the max (Milakov & Gimelshein 2018).  The
+sum is kept as Blanchard–Higham–Higham's ``(rest, n_top)``: the ``n_top`` entries equal to the max
+contribute exactly 1 each and are counted, the others are summed in float64, and
+``log(sum) = log1p(rest + n_top − 1)`` stays accurate when one term dominates.  The write pass
+re-reads the row (from cache for rows up to a few hundred KiB).
+
+Rows the fast formula cannot handle (an unmasked NaN, a +inf, nothing but −inf) are only *flagged*
+here; the dispatcher recomputes those few rows with the generic path, which defines their values.
+
+Parallelism: blocks of rows over the threads; when there are fewer rows than threads, each row is
+split into parts whose ``(max, rest, n_top)`` are merged (:func:`rows_split`).  A reduction along a
+middle axis runs on the ``(outer, K, inner)`` view, vectorised along the contiguous inner axis
+(:func:`strided`), without moving any data.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numba
+import numpy as np
+from numba import prange
+
+from ._exp import as_like, max_of, vexp
+
+CHUNK = 2048
+
+# Hot loops may reassociate their sums (that is what vectorises them); never assume "no NaN":
+# NaN is how a special row announces itself.
+_FAST = {"reassoc", "contract", "nsz"}
+
+_OPTS = {"cache": True, "nogil": True, "fastmath": _FAST, "error_model": "numpy"}
+_POPTS = {**_OPTS, "parallel": True}
+
+SOFTMAX, LOG_SOFTMAX, LSE = 0, 1, 2
+
+
+@numba.njit(**_OPTS)
+def _softcap(xc: Any, mc: Any, has_mask: bool, cap: Any, yc: Any) -> None:
+    """``yc = cap·tanh(x/cap)`` with masked entries sanitised to 0 first (as the generic path)."""
+    zero = as_like(0.0, cap)
+    for k in range(xc.size):
+        v = xc[k]
+        if has_mask:
+            v = v if mc[k] else zero
+        yc[k] = cap * np.tanh(v / cap)
+
+
+@numba.njit(**_OPTS)
+def _chunk_stats(src: Any, mc: Any, has_mask: bool, inv_t: Any, m: Any, rest: float,
+                 n_top: float) -> tuple[Any, float, float]:
+    """Fold one chunk into the online ``(m, rest, n_top)``; rest becomes NaN if the row is special."""
+    ninf = as_like(-np.inf, inv_t)
+    if has_mask:
+        cm = ninf
+        for k in range(src.size):
+            v = src[k] if mc[k] else ninf
+            cm = v if v > cm else cm
+        # NaN never wins ``v > cm``: detect it explicitly (only unmasked entries count).
+        for k in range(src.size):
+            if mc[k] and src[k] != src[k]:
+                return cm, math.nan, n_top
+    else:
+        cm = max_of(src)
+        if cm != cm:
+            return cm, math.nan, n_top
+    if cm > m:
+        if rest != 0.0 or n_top != 0.0:
+            f = math.exp((float(m) - float(cm)) * float(inv_t))
+            rest = (rest + n_top) * f
+            n_top = 0.0
+        m = cm
+    if m == -np.inf:
+        return m, rest, n_top  # nothing but −inf so far (or masked)
+    if m == np.inf:
+        return m, math.nan, n_top
+    acc = 0.0
+    cnt = 0.0
+    if has_mask:
+        for k in range(src.size):
+            v = src[k] if mc[k] else ninf
+            d = (v - m) * inv_t
+            e = vexp(d)
+            top = d == 0
+            acc += 0.0 if top else float(e)
+            cnt += 1.0 if top else 0.0
+    else:
+        for k in range(src.size):
+            d = (src[k] - m) * inv_t
+            e = vexp(d)
+            top = d == 0
+            acc += 0.0 if top else float(e)
+            cnt += 1.0 if top else 0.0
+    return m, rest + acc, n_top + cnt
+
+
+@numba.njit(**_OPTS)
+def _write_chunk(src: Any, mc: Any, has_mask: bool, inv_t: Any, m: Any, scale: Any, mode: int,
+                 oc: Any) -> None:
+    """softmax: ``oc = exp((src − m)/T) · scale``; log_softmax: ``oc = (src − m)/T − scale``."""
+    ninf = as_like(-np.inf, inv_t)
+    if mode == SOFTMAX:
+        if has_mask:
+            for k in range(src.size):
+                v = src[k] if mc[k] else ninf
+                oc[k] = vexp((v - m) * inv_t) * scale
+        else:
+            for k in range(src.size):
+                oc[k] = vexp((src[k] - m) * inv_t) * scale
+    else:
+        if has_mask:
+            for k in range(src.size):
+                v = src[k] if mc[k] else ninf
+                oc[k] = (v - m) * inv_t - scale
+        else:
+            for k in range(src.size):
+                oc[k] = (src[k] - m) * inv_t - scale
+
+
+@numba.njit(**_OPTS)
+def _segment(xr: Any, mr: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, orow: Any,
+             buf: Any, k0: int, k1: int) -> tuple[Any, float, float]:
+    """``(m, rest, n_top)`` of ``xr[k0:k1]``; with a softcap the capped values go to ``orow``
+    (or to the scratch ``buf`` for logsumexp) and the write pass reads them from there."""
+    m = as_like(-np.inf, inv_t)
+    rest = 0.0
+    n_top = 0.0
+    for c0 in range(k0, k1, CHUNK):
+        c1 = min(c0 + CHUNK, k1)
+        mc = mr[c0:c1] if has_mask else mr
+        if cap > 0:
+            yc = buf[: c1 - c0] if mode == LSE else orow[c0:c1]
+            _softcap(xr[c0:c1], mc, has_mask, cap, yc)
+            m, rest, n_top = _chunk_stats(yc, mc, has_mask, inv_t, m, rest, n_top)
+        else:
+            m, rest, n_top = _chunk_stats(xr[c0:c1], mc, has_mask, inv_t, m, rest, n_top)
+        if rest != rest:
+            break
+    return m, rest, n_top
+
+
+@numba.njit(**_OPTS)
+def _finish(m: Any, rest: float, n_top: float, inv_t: Any, mode: int) -> tuple[bool, float, Any]:
+    """(special, lse, scale for the write pass)."""
+    special = not (-np.inf < m < np.inf) or rest != rest
+    log_s = math.log1p(rest + (n_top - 1.0)) if not special else 0.0
+    lse = float(m) * float(inv_t) + log_s
+    if mode == SOFTMAX:
+        scale = 1.0 / (rest + n_top) if not special else 0.0
+    else:
+        scale = log_s
+    return special, lse, scale
+
+
+@numba.njit(**_OPTS)
+def _write_segment(xr: Any, mr: Any, has_mask: bool, cap: Any, inv_t: Any, m: Any, scale: Any,
+                   mode: int, orow: Any, k0: int, k1: int) -> None:
+    for c0 in range(k0, k1, CHUNK):
+        c1 = min(c0 + CHUNK, k1)
+        mc = mr[c0:c1] if has_mask else mr
+        src = orow[c0:c1] if cap > 0 else xr[c0:c1]
+        _write_chunk(src, mc, has_mask, inv_t, m, scale, mode, orow[c0:c1])
+
+
+@numba.njit(**_POPTS)
+def rows(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, out: Any,
+         lse: Any, special: Any, threads: int) -> None:
+    """softmax / log_softmax into ``out`` (or only ``lse``), one row per task, rows in blocks."""
+    n, k = x.shape
+    nm = mask.shape[0]
+    if n == 0 or k == 0:
+        return
+    nblocks = min(n, 8 * threads)
+    for b in prange(nblocks):
+        i0 = b * n // nblocks
+        i1 = (b + 1) * n // nblocks
+        buf = np.empty(CHUNK if (mode == LSE and cap > 0) else 1, dtype=x.dtype)
+        for i in range(i0, i1):
+            xr = x[i]
+            mr = mask[min(i, nm - 1)]
+            orow = out[min(i, out.shape[0] - 1)]
+            m, rest, n_top = _segment(xr, mr, has_mask, cap, inv_t, mode, orow, buf, 0, k)
+            sp, value, scale = _finish(m, rest, n_top, inv_t, mode)
+            lse[i] = value
+            special[i] = sp
+            if mode != LSE and not sp:
+                _write_segment(xr, mr, has_mask, cap, inv_t, m, as_like(scale, inv_t), mode,
+                               orow, 0, k)
+
+
+@numba.njit(**_POPTS)
+def rows_split(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, out: Any,
+               lse: Any, special: Any, parts: int) -> None:
+    """As :func:`rows`, for few long rows: each row split in ``parts`` merged (max, sum) partials."""
+    n, k = x.shape
+    nm = mask.shape[0]
+    if n == 0 or k == 0:
+        return
+    tasks = n * parts
+    st_m = np.empty(tasks, dtype=np.float64)
+    st_rest = np.empty(tasks, dtype=np.float64)
+    st_top = np.empty(tasks, dtype=np.float64)
+    for t in prange(tasks):
+        i = t // parts
+        j = t % parts
+        k0 = j * k // parts
+        k1 = (j + 1) * k // parts
+        buf = np.empty(CHUNK if (mode == LSE and cap > 0) else 1, dtype=x.dtype)
+        xr = x[i]
+        mr = mask[min(i, nm - 1)]
+        orow = out[min(i, out.shape[0] - 1)]
+        if k1 > k0:
+            m, rest, n_top = _segment(xr, mr, has_mask, cap, inv_t, mode, orow, buf, k0, k1)
+            st_m[t] = float(m)
+            st_rest[t] = rest
+            st_top[t] = n_top
+        else:
+            st_m[t] = -np.inf
+            st_rest[t] = 0.0
+            st_top[t] = 0.0
+    row_m = np.empty(n, dtype=x.dtype)
+    row_scale = np.empty(n, dtype=x.dtype)
+    for i in range(n):
+        big = -np.inf
+        bad = False
+        for j in range(parts):
+            v = st_m[i * parts + j]
+            bad = bad or v != v or st_rest[i * parts + j] != st_rest[i * parts + j]
+            big = v if v > big else big
+        rest = 0.0
+        n_top = 0.0
+        for j in range(parts):
+            t = i * parts + j
+            if st_m[t] == big:
+                rest += st_rest[t]
+                n_top += st_top[t]
+            elif st_m[t] > -np.inf:
+                rest += (st_rest[t] + st_top[t]) * math.exp((st_m[t] - big) * float(inv_t))
+        if bad:
+            rest = math.nan
+        m = as_like(big, inv_t)
+        sp, value, scale = _finish(m, rest, n_top, inv_t, mode)
+        lse[i] = value
+        special[i] = sp
+        row_m[i] = m
+        row_scale[i] = as_like(scale, inv_t)
+    if mode == LSE:
+        return
+    for t in prange(tasks):
+        i = t // parts
+        j = t % parts
+        if special[i]:
+            continue
+        k0 = j * k // parts
+        k1 = (j + 1) * k // parts
+        _write_segment(x[i], mask[min(i, nm - 1)], has_mask, cap, inv_t, row_m[i], row_scale[i],
+                       mode, out[i], k0, k1)
+
+
+@numba.njit(**_POPTS)
+def strided(x: Any, mask: Any, has_mask: bool, inv_t: Any, mode: int, out: Any, lse: Any,
+            special: Any) -> None:
+    """Reduction over the middle axis of ``x`` of shape ``(outer, K, inner)``, inner > 1.
+
+    Tiles of ``(K, TILE)`` are processed column-wise (max, then sum, then write), vectorised
+    along the contiguous inner axis.  ``lse`` and ``special`` have shape ``(outer, inner)``.
+    """
+    n_outer, k, n_inner = x.shape
+    tile = 64
+    n_tiles = (n_inner + tile - 1) // tile
+    if k == 0:
+        return
+    for task in prange(n_outer * n_tiles):
+        o = task // n_tiles
+        j0 = (task % n_tiles) * tile
+        j1 = min(j0 + tile, n_inner)
+        w = j1 - j0
+        ninf = as_like(-np.inf, inv_t)
+        m = np.full(w, ninf, dtype=x.dtype)
+        nan = np.zeros(w, dtype=np.bool_)
+        for kk in range(k):
+            for j in range(w):
+                v = x[o, kk, j0 + j]
+                live = mask[o, kk, j0 + j] if has_mask else True
+                v = v if live else ninf
+                nan[j] = nan[j] or v != v
+                m[j] = v if v > m[j] else m[j]
+        rest = np.zeros(w)
+        n_top = np.zeros(w)
+        for kk in range(k):
+            for j in range(w):
+                v = x[o, kk, j0 + j]
+                live = mask[o, kk, j0 + j] if has_mask else True
+                v = v if live else ninf
+                d = (v - m[j]) * inv_t
+                top = d == 0
+                e = vexp(d)
+                rest[j] += 0.0 if top else float(e)
+                n_top[j] += 1.0 if top else 0.0
+        scale = np.empty(w, dtype=x.dtype)
+        for j in range(w):
+            bad = nan[j] or not (-np.inf < m[j] < np.inf) or rest[j] != rest[j]
+            r = math.nan if bad else rest[j]
+            sp, value, sc = _finish(m[j], r, n_top[j], inv_t, mode)
+            special[o, j0 + j] = sp
+            lse[o, j0 + j] = value
+            scale[j] = as_like(sc, inv_t)
+        if mode == LSE:
+            continue
+        for kk in range(k):
+            for j in range(w):
+                if special[o, j0 + j]:
+                    continue
+                v = x[o, kk, j0 + j]
+                live = mask[o, kk, j0 + j] if has_mask else True
+                v = v if live else ninf
+                d = (v - m[j]) * inv_t
+                if mode == SOFTMAX:
+                    out[o, kk, j0 + j] = vexp(d) * scale[j]
+                else:
+                    out[o, kk, j0 + j] = d - scale[j]
