@@ -19,6 +19,7 @@ from typing import Any
 
 import array_api_compat
 
+from . import _kernels
 from ._namespace import (
     Array,
     LogitkitTypeError,
@@ -403,6 +404,10 @@ def softmax(
         Blanchard, Higham & Higham, "Accurately computing the log-sum-exp and softmax
         functions", IMA J. Numer. Anal. 41 (2021).
     """
+    fast = _kernels.softmax_fast(x, axis=axis, temperature=temperature, where=where,
+                                 softcap=softcap, sink=sink, dtype=dtype)
+    if fast is not None:  # fused CPU kernel (NumPy, CPU torch); same values
+        return fast
     rows, xp = _prepare(x, axis=axis, temperature=temperature, where=where, softcap=softcap,
                         sink=sink, dtype=dtype)
     if rows.lay.k == 0 and not rows.has_sink:
@@ -454,6 +459,10 @@ def log_softmax(
     References:
         Blanchard, Higham & Higham (2021), IMA J. Numer. Anal. 41.
     """
+    fast = _kernels.log_softmax_fast(x, axis=axis, temperature=temperature, where=where,
+                                     softcap=softcap, sink=sink, dtype=dtype)
+    if fast is not None:  # fused CPU kernel (NumPy, CPU torch); same values
+        return fast
     rows, xp = _prepare(x, axis=axis, temperature=temperature, where=where, softcap=softcap,
                         sink=sink, dtype=dtype)
     if rows.lay.k == 0 and not rows.has_sink:
@@ -509,6 +518,10 @@ def logsumexp(
         >>> float(lse), float(sign)
         (0.0, -1.0)
     """
+    fast = _kernels.logsumexp_fast(x, axis=axis, b=b, where=where, keepdims=keepdims,
+                                   return_sign=return_sign, dtype=dtype)
+    if fast is not None:  # fused CPU kernel (NumPy, CPU torch); same values
+        return fast
     if not isinstance(keepdims, bool):
         raise LogitkitTypeError(expected("keepdims", "a bool", keepdims))
     rows, xp = _prepare(x, axis=axis, temperature=1.0, where=where, softcap=None, sink=None,
@@ -545,7 +558,9 @@ def _weighted_lse(
         return (xp.full(shape, -math.inf, dtype=z.dtype, device=dev),
                 xp.zeros(shape, dtype=z.dtype, device=dev))
     zero = _const(0.0, z, xp)
-    nan = nan | xp.any(xp.isnan(b), axis=-1, keepdims=True)
+    # Entries with b == 0 are ignored, a NaN logit there included (as in SciPy): recompute the
+    # row's NaN flag from the live entries instead of using the one from the mask alone.
+    nan = xp.any(xp.isnan(b) | (xp.isnan(z) & (b != 0)), axis=-1, keepdims=True)
     z = xp.where(b == 0, _const(-math.inf, z, xp), z)
     n = _normalise(z, nan, xp)
     b_safe = xp.where(n.pos | n.neg | n.nan, zero, b)

@@ -1,0 +1,251 @@
+"""The edge-case table of DESIGN §2, in value and in gradient, on every backend.
+
+Values run on numpy, array_api_strict, torch and jax (under ``jax.jit``); gradients run on torch
+autograd and ``jax.grad`` under ``jax.jit``.  Expected values come from ``reference.table``, which
+applies the table's rules row by row and computes the finite remainder exactly with mpmath.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+from logitkit import entropy, log_softmax, logsumexp, softmax
+
+# The helpers live next to this file (conftest's fixtures and the mpmath references).
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import reference
+from conftest import asarray, assert_close, grad, is_type_of, maybe_jit, to_numpy
+
+inf, nan = math.inf, math.nan
+T, F = True, False
+
+FUNCS = {"softmax": softmax, "log_softmax": log_softmax, "logsumexp": logsumexp,
+         "entropy": entropy}
+
+# name -> (rows, mask or None); every row has K = 5.
+CASES = {
+    "finite": ([[1.0, 2.0, 3.0, 0.5, -4.0], [0.0, 0.0, 0.0, 0.0, 0.0]], None),
+    "fully_masked": ([[1.0, nan, inf, -inf, 2.0]], [[F, F, F, F, F]]),
+    "all_neg_inf": ([[-inf, -inf, -inf, -inf, -inf]], None),
+    "masked_rest_neg_inf": ([[-inf, 3.0, -inf, nan, -inf]], [[T, F, T, F, T]]),
+    "one_pos_inf": ([[1.0, inf, -inf, 2.0, 1e300]], None),
+    "three_pos_inf": ([[inf, 2.0, inf, -inf, inf]], None),
+    "unmasked_nan": ([[1.0, nan, 3.0, 0.0, 0.0]], None),
+    "unmasked_nan_with_pos_inf": ([[inf, 1.0, nan, -inf, 0.0]], None),
+    "masked_nan_and_inf_do_not_leak": ([[1.0, nan, inf, -inf, 3.0]], [[T, F, F, F, T]]),
+    "masked_pos_inf_with_unmasked_pos_inf": ([[inf, inf, 0.0, nan, 1.0]], [[T, F, T, F, T]]),
+    "single_live_entry": ([[5.0, nan, nan, nan, nan]], [[T, F, F, F, F]]),
+}
+ALL_ROWS = np.concatenate([np.array(r, dtype=np.float64) for r, _ in CASES.values()])
+ALL_MASK = np.concatenate(
+    [np.ones(np.shape(r), bool) if m is None else np.array(m) for r, m in CASES.values()]
+)
+SPECIAL = {"fully_masked", "all_neg_inf", "masked_rest_neg_inf", "one_pos_inf", "three_pos_inf"}
+
+
+def run(f, xp, x, where=None, **kw):
+    """``f(x, where=where, **kw)`` on backend ``xp`` (jitted on JAX, the mask a traced argument)."""
+    xa = asarray(xp, x)
+    if where is None:
+        return maybe_jit(lambda a: f(a, **kw), xp)(xa)
+    return maybe_jit(lambda a, w: f(a, where=w, **kw), xp)(xa, asarray(xp, np.asarray(where)))
+
+
+@pytest.mark.parametrize("fname", list(FUNCS))
+@pytest.mark.parametrize("case", list(CASES))
+def test_edge_case_table_value(xp, case, fname):
+    rows, mask = CASES[case]
+    x = np.array(rows)
+    out = run(FUNCS[fname], xp, x, mask)
+    assert is_type_of(out, xp)
+    assert_close(out, reference.table(fname, x, mask), rtol=1e-13, atol=1e-300)
+
+
+@pytest.mark.parametrize("fname", list(FUNCS))
+def test_edge_cases_in_one_batch_do_not_interfere(xp, fname):
+    out = run(FUNCS[fname], xp, ALL_ROWS, ALL_MASK)
+    assert_close(out, reference.table(fname, ALL_ROWS, ALL_MASK), rtol=1e-13, atol=1e-300)
+
+
+@pytest.mark.parametrize("fname", ["softmax", "log_softmax"])
+def test_unmasked_nan_makes_the_whole_row_nan(xp, fname):
+    out = to_numpy(run(FUNCS[fname], xp, np.array([[0.0, nan, 1.0], [0.0, 1.0, 2.0]])))
+    assert np.isnan(out[0]).all()
+    assert np.isfinite(out[1]).all()
+
+
+def test_masked_nan_does_not_leak_into_other_entries(xp):
+    x = np.array([[nan, 1.0, 2.0], [inf, -inf, 0.0]])
+    w = np.array([[F, T, T], [F, F, T]])
+    assert_close(run(softmax, xp, x, w), [[0.0, 1 / (1 + math.e), math.e / (1 + math.e)],
+                                          [0.0, 0.0, 1.0]], rtol=1e-15)
+
+
+@pytest.mark.parametrize("fname", list(FUNCS))
+def test_empty_axis(xp, fname):
+    x = np.zeros((3, 0))
+    out = run(FUNCS[fname], xp, x)
+    if fname in ("softmax", "log_softmax"):
+        assert tuple(out.shape) == (3, 0)
+    else:
+        assert_close(out, np.full(3, -inf if fname == "logsumexp" else 0.0))
+    assert is_type_of(out, xp)
+
+
+def test_empty_axis_logsumexp_keepdims_and_sign(xp):
+    lse, sign = logsumexp(asarray(xp, np.zeros((2, 0, 3))), axis=1, keepdims=True,
+                          return_sign=True)
+    assert_close(lse, np.full((2, 1, 3), -inf))
+    assert_close(sign, np.zeros((2, 1, 3)))
+
+
+def test_empty_batch_keeps_its_shape(xp):
+    out = softmax(asarray(xp, np.zeros((0, 4))))
+    assert tuple(out.shape) == (0, 4)
+    assert tuple(logsumexp(asarray(xp, np.zeros((0, 4)))).shape) == (0,)
+
+
+HUGE32 = np.array([[1e38, -1e38, 0.0, 1e38, -3e37],
+                   [-1e38, -1e38, -1e38, -1e38, -1e38],
+                   [3e38, 3e38, 3e38, 3e38, 3e38],
+                   [1e-38, -1e-38, 1e-45, 0.0, -1e-45]], dtype=np.float32)
+
+
+@pytest.mark.parametrize("fname", list(FUNCS))
+def test_float32_huge_magnitudes_do_not_overflow(xp, fname):
+    out = run(FUNCS[fname], xp, HUGE32)
+    assert str(out.dtype).endswith("float32")
+    ref = reference.table(fname, HUGE32.astype(np.float64))
+    if fname == "logsumexp":
+        # lse of the saturated row is 3e38 + log 5: representable, no overflow
+        assert np.isfinite(to_numpy(out)).all()
+    assert_close(out, ref.astype(np.float32), rtol=2e-7, atol=1e-44)
+
+
+def test_float32_huge_magnitudes_give_no_nan_in_log_softmax(xp):
+    out = to_numpy(run(log_softmax, xp, HUGE32))
+    assert not np.isnan(out).any()
+    assert out[0, 1] == np.float32(-2e38)  # the exact -2e38 is representable
+
+
+# ---------------------------------------------------------------------------------------------
+# gradients
+# ---------------------------------------------------------------------------------------------
+
+
+def _weights(shape):
+    return np.random.default_rng(0).uniform(-1.0, 1.0, shape)
+
+
+def _loss(f, xp, c, where=None):
+    """Σ c·f(x) over the finite outputs (the usual way a loss skips -inf log-probabilities)."""
+    def loss(a):
+        y = f(a) if where is None else f(a, where=where)
+        finite = xp.isfinite(y)
+        return xp.sum(xp.where(finite, y * c, xp.zeros_like(y)))
+    return loss
+
+
+def _expected_grad(fname, x, mask, c):
+    """Analytic gradient on ordinary rows, 0 on the special rows (locally constant there)."""
+    p = reference.table("softmax", x, mask)
+    y = reference.table(fname, x, mask)
+    out = np.zeros_like(x)
+    for i in range(x.shape[0]):
+        row = x[i] if mask is None else x[i][mask[i]]
+        if not np.isfinite(row).any() or np.isnan(row).any() or np.isposinf(row).any():
+            continue  # special row: the value is locally constant, the gradient is 0
+        pi = p[i]
+        if fname == "softmax":
+            out[i] = pi * (c[i] - np.sum(pi * c[i]))
+        elif fname == "log_softmax":
+            ce = np.where(np.isfinite(y[i]), c[i], 0.0)
+            out[i] = ce - pi * ce.sum()
+        elif fname == "logsumexp":
+            out[i] = c[i] * pi
+        else:
+            logp = np.where(pi > 0, np.log(np.where(pi > 0, pi, 1.0)), 0.0)
+            out[i] = -c[i] * pi * (logp + y[i])
+    return out
+
+
+@pytest.mark.parametrize("fname", list(FUNCS))
+def test_edge_case_gradients_finite_and_exactly_zero_where_masked(ad_xp, fname):
+    xp = ad_xp
+    nan_free = [k for k in CASES if not k.startswith("unmasked_nan")]
+    x = np.concatenate([np.array(CASES[k][0], dtype=np.float64) for k in nan_free])
+    mask = np.concatenate([np.ones(np.shape(CASES[k][0]), bool) if CASES[k][1] is None
+                           else np.array(CASES[k][1]) for k in nan_free])
+    reduces = fname in ("logsumexp", "entropy")
+    c = _weights(x.shape[:1] if reduces else x.shape)
+    g = to_numpy(grad(_loss(FUNCS[fname], xp, asarray(xp, c), asarray(xp, mask)),
+                      asarray(xp, x), xp))
+    assert np.isfinite(g).all(), g
+    assert (g[~mask] == 0).all()
+    assert_close(g, _expected_grad(fname, x, mask, c), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("fname", list(FUNCS))
+def test_fully_masked_row_gradient_is_zero(ad_xp, fname):
+    xp = ad_xp
+    x = np.array([[1.0, nan, inf, -2.0], [0.5, 1.0, -1.0, 2.0]])
+    w = np.array([[F, F, F, F], [T, T, F, T]])
+    c = _weights(x.shape[:1] if fname in ("logsumexp", "entropy") else x.shape)
+    g = to_numpy(grad(_loss(FUNCS[fname], xp, asarray(xp, c), asarray(xp, w)), asarray(xp, x), xp))
+    assert (g[0] == 0).all()
+    assert g[1, 2] == 0
+    assert np.isfinite(g).all()
+    assert np.abs(g[1]).max() > 0
+
+
+@pytest.mark.parametrize("fname", list(FUNCS))
+def test_masked_nan_gives_no_nan_gradient(ad_xp, fname):
+    xp = ad_xp
+    x = np.array([[nan, 1.0, inf, 2.0, -inf]])
+    w = np.array([[F, T, F, T, F]])
+    c = _weights(x.shape[:1] if fname in ("logsumexp", "entropy") else x.shape)
+    g = to_numpy(grad(_loss(FUNCS[fname], xp, asarray(xp, c), asarray(xp, w)), asarray(xp, x), xp))
+    assert np.isfinite(g).all()
+    assert (g[0, [0, 2, 4]] == 0).all()
+    assert_close(g, _expected_grad(fname, x, w, c), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("fname", list(FUNCS))
+def test_all_neg_inf_and_pos_inf_rows_have_zero_gradient(ad_xp, fname):
+    xp = ad_xp
+    x = np.array([[-inf, -inf, -inf], [inf, 0.0, inf], [1.0, inf, -inf]])
+    c = _weights(x.shape[:1] if fname in ("logsumexp", "entropy") else x.shape)
+    g = to_numpy(grad(_loss(FUNCS[fname], xp, asarray(xp, c)), asarray(xp, x), xp))
+    assert (g == 0).all()
+
+
+@pytest.mark.parametrize("fname", list(FUNCS))
+def test_nan_row_does_not_poison_the_gradient_of_other_rows(ad_xp, fname):
+    xp = ad_xp
+    x = np.array([[nan, 1.0, 2.0], [0.5, -1.0, 3.0]])
+    c = _weights(x.shape[:1] if fname in ("logsumexp", "entropy") else x.shape)
+    g = to_numpy(grad(_loss(FUNCS[fname], xp, asarray(xp, c)), asarray(xp, x), xp))
+    assert_close(g[1], _expected_grad(fname, x[1:], None, c[1:])[0], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("fname", list(FUNCS))
+def test_float32_huge_magnitudes_have_finite_gradients(ad_xp, fname):
+    xp = ad_xp
+    x = HUGE32[:2]
+    c = _weights(x.shape[:1] if fname in ("logsumexp", "entropy") else x.shape).astype(np.float32)
+    g = to_numpy(grad(_loss(FUNCS[fname], xp, asarray(xp, c)), asarray(xp, x), xp))
+    assert np.isfinite(g).all()
+    assert_close(g, _expected_grad(fname, x.astype(np.float64), None, c.astype(np.float64)),
+                 rtol=1e-6, atol=1e-7)
+
+
+def test_empty_axis_gradient_is_empty(ad_xp):
+    xp = ad_xp
+    g = to_numpy(grad(lambda a: xp.sum(softmax(a, axis=0) * 2.0), asarray(xp, np.zeros((0, 3))),
+                      xp))
+    assert g.shape == (0, 3)
