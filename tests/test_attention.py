@@ -76,18 +76,20 @@ def _ours_torch(q, k, v, w, **kw):
 
 
 def _ours_jax(q, k, v, w, **kw):
+    """Value and gradients under ``jax.jit`` (one compilation instead of one per primitive)."""
     import jax
     import jax.numpy as jnp
 
     mask = kw.pop("mask", None)
     jm = None if mask is None else jnp.asarray(mask)
 
-    def loss(q_, k_, v_):
-        return jnp.sum(attention(q_, k_, v_, mask=jm, **kw) * jnp.asarray(w))
+    def loss(q_, k_, v_, m_, w_):
+        out = attention(q_, k_, v_, mask=m_, **kw)
+        return jnp.sum(out * w_), out
 
     args = tuple(jnp.asarray(a) for a in (q, k, v))
-    out = attention(*args, mask=jm, **kw)
-    grads = jax.grad(loss, argnums=(0, 1, 2))(*args)
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
+        *args, jm, jnp.asarray(w))
     return [np.asarray(x) for x in (out, *grads)]
 
 
@@ -137,7 +139,7 @@ def test_custom_scale_matches_sdpa():
         assert_close(a, b, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("block_size", [None, 2])
+@pytest.mark.parametrize("block_size", [None, 4])
 @pytest.mark.parametrize("kind", ["bool", "additive"])
 def test_fully_masked_row_gives_zeros_and_zero_gradient(ad_xp, kind, block_size):
     q, k, v, w = _inputs(seed=5)
@@ -160,6 +162,38 @@ def test_fully_masked_row_gives_zeros_and_zero_gradient(ad_xp, kind, block_size)
     assert_close(gq[..., keep, :], want[1][..., keep, :], rtol=0, atol=1e-10)
     assert_close(gk, want[2], rtol=0, atol=1e-10)
     assert_close(gv, want[3], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("block_size", [None, 3])
+def test_additive_mask_gradient_matches_sdpa(block_size):
+    mask, _, _ = _mask("additive")
+    q, k, v, w = _inputs(seed=16)
+    grads = []
+    for f in (F.scaled_dot_product_attention, attention):
+        tm = torch.tensor(mask, requires_grad=True)
+        args = [torch.tensor(a) for a in (q, k, v)]
+        out = f(*args, attn_mask=tm) if f is not attention else f(*args, mask=tm,
+                                                                   block_size=block_size)
+        (g,) = torch.autograd.grad((out * torch.tensor(w)).sum(), tm)
+        grads.append(g.numpy())
+    assert np.isfinite(grads[1]).all()
+    assert_close(grads[1], np.nan_to_num(grads[0]), rtol=0, atol=1e-10)
+
+
+def test_tiling_bounds_the_memory_of_the_forward_pass():
+    import tracemalloc
+
+    rng = np.random.default_rng(17)
+    q, k, v = (rng.normal(size=(1024, 16)) for _ in range(3))
+    peaks = {}
+    for block in (None, 64):
+        tracemalloc.start()
+        attention(q, k, v, is_causal=True, block_size=block)
+        peaks[block] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    scores = 1024 * 1024 * 8
+    assert peaks[None] >= scores  # the untiled pass holds the S × S scores
+    assert peaks[64] < scores / 4  # the tiled one a few S × 64 tiles
 
 
 def test_fully_masked_row_lse_is_minus_inf():
@@ -269,15 +303,17 @@ def test_lse_is_the_logsumexp_of_the_scores(kind):
 def test_merging_split_kv_halves_equals_full_attention(xp, kind):
     mask, _, _ = _mask(kind)
     q, k, v, _ = _inputs(seed=12)
-    full, full_lse = attention(*(asarray(xp, a) for a in (q, k, v)),
-                               mask=None if mask is None else asarray(xp, mask), return_lse=True)
     cut = 5
-    parts = []
-    for sl in (slice(0, cut), slice(cut, SKV)):
-        m = None if mask is None else asarray(xp, mask[..., sl])
-        parts.append(attention(asarray(xp, q), asarray(xp, k[..., sl, :]),
-                               asarray(xp, v[..., sl, :]), mask=m, return_lse=True))
-    out, lse = merge_attention(parts[0][0], parts[0][1], parts[1][0], parts[1][1])
+
+    def f(q_, k_, v_, m_):
+        full = attention(q_, k_, v_, mask=m_, return_lse=True)
+        parts = [attention(q_, k_[..., sl, :], v_[..., sl, :],
+                           mask=None if m_ is None else m_[..., sl], return_lse=True)
+                 for sl in (slice(0, cut), slice(cut, SKV))]
+        return (*merge_attention(parts[0][0], parts[0][1], parts[1][0], parts[1][1]), *full)
+
+    out, lse, full, full_lse = maybe_jit(f, xp)(*(asarray(xp, a) for a in (q, k, v)),
+                                                None if mask is None else asarray(xp, mask))
     assert is_type_of(out, xp) and is_type_of(lse, xp)
     assert_close(out, to_numpy(full), rtol=0, atol=1e-12)
     assert_close(lse, to_numpy(full_lse), rtol=0, atol=1e-12)

@@ -382,6 +382,19 @@ def test_other_bad_gumbel_arguments():
         sample(np.float64(1.0))
 
 
+def test_sample_under_jax_jit_with_a_traced_key():
+    import jax
+
+    z = _logits(seed=25)
+
+    @jax.jit
+    def draw(logits, key):
+        return sample(logits, top_k=3, top_p=0.9, num_samples=20_000, rng=key)
+
+    draws = draw(jax.numpy.asarray(z), jax.random.key(26))
+    assert_frequencies(draws, _softmax(_hf_reference(z, top_k=3, top_p=0.9)))
+
+
 def test_jax_requires_a_key():
     import jax.numpy as jnp
 

@@ -25,6 +25,7 @@ import numpy as np
 from ._core import _const, logsumexp
 from ._namespace import (
     Array,
+    Described,
     LogitkitTypeError,
     LogitkitValueError,
     as_array,
@@ -55,17 +56,18 @@ def _check_shapes(q: Array, k: Array, v: Array) -> tuple[tuple[int, ...], int, i
     for name, a in (("q", q), ("k", k), ("v", v)):
         if a.ndim < 2:
             raise LogitkitValueError(
-                expected(name, "an array of shape (..., length, features)", f"shape {tuple(a.shape)}")
+                expected(name, "an array of shape (..., length, features)",
+                         Described(f"shape {tuple(a.shape)}"))
             )
     if k.shape[-1] != q.shape[-1]:
         raise LogitkitValueError(
             expected("k", f"an array with {q.shape[-1]} features (the last axis of `q`)",
-                     f"shape {tuple(k.shape)}")
+                     Described(f"shape {tuple(k.shape)}"))
         )
     if v.shape[-2] != k.shape[-2]:
         raise LogitkitValueError(
             expected("v", f"an array with {k.shape[-2]} rows (the keys' length)",
-                     f"shape {tuple(v.shape)}")
+                     Described(f"shape {tuple(v.shape)}"))
         )
     try:
         batch = tuple(int(n) for n in np.broadcast_shapes(
@@ -73,19 +75,21 @@ def _check_shapes(q: Array, k: Array, v: Array) -> tuple[tuple[int, ...], int, i
     except ValueError:
         raise LogitkitValueError(
             expected("q, k, v", "arrays whose leading (batch) axes broadcast together",
-                     f"shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+                     Described(f"shapes {tuple(q.shape)}, {tuple(k.shape)}, "
+                               f"{tuple(v.shape)}"))
         ) from None
     return batch, int(q.shape[-2]), int(k.shape[-2]), int(v.shape[-1])
 
 
-def _prepare_mask(mask: object, shape: tuple[int, ...], acc: Any, xp: Any) -> Array | None:
+def _prepare_mask(mask: Any, shape: tuple[int, ...], acc: Any, xp: Any) -> Array | None:
     if mask is None:
         return None
     mask = as_array(mask, "mask", xp, numeric=False)
     is_bool = mask.dtype == xp.bool
     if not is_bool and not xp.isdtype(mask.dtype, "real floating"):
         raise LogitkitTypeError(
-            expected("mask", "a boolean or a real floating array", f"dtype {mask.dtype}")
+            expected("mask", "a boolean or a real floating array",
+                     Described(f"dtype {mask.dtype}"))
         )
     broadcast_shapes("mask", tuple(mask.shape), shape)
     # Padding to full rank keeps the later column slices cheap views.
@@ -94,7 +98,7 @@ def _prepare_mask(mask: object, shape: tuple[int, ...], acc: Any, xp: Any) -> Ar
     return mask if is_bool else astype(mask, acc, xp)
 
 
-def _prepare_sink(sink: object, batch: tuple[int, ...], acc: Any, like: Array, xp: Any) -> Array:
+def _prepare_sink(sink: Any, batch: tuple[int, ...], acc: Any, like: Array, xp: Any) -> Array:
     """The sink as ``(*batch, 1, 1)``: one logit per (batch, head), shared by every query."""
     if isinstance(sink, bool) or isinstance(sink, str):
         raise LogitkitTypeError(expected("sink", "a real number or array", sink))
@@ -342,7 +346,7 @@ def merge_attention(out_a: Any, lse_a: Any, out_b: Any, lse_b: Any, /) -> tuple[
         if tuple(lse.shape) != tuple(o.shape[:-1]):
             raise LogitkitValueError(
                 expected(name, f"of shape {tuple(o.shape[:-1])} (its output without the last "
-                               "axis)", f"shape {tuple(lse.shape)}")
+                               "axis)", Described(f"shape {tuple(lse.shape)}"))
             )
     lse = merge_logsumexp(la, lb)
     safe = xp.where(lse == -math.inf, _const(0.0, lse, xp), lse)

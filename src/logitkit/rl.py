@@ -16,6 +16,7 @@ import array_api_compat
 from ._core import _const, entropy, log_softmax, logsumexp, softmax
 from ._namespace import (
     Array,
+    Described,
     LogitkitTypeError,
     LogitkitValueError,
     as_array,
@@ -38,7 +39,8 @@ def _values(q: Any, arg: str, xp: Any) -> Array:
     q = as_array(q, arg, xp)
     if q.ndim < 1:
         raise LogitkitValueError(
-            expected(arg, "an array of shape (..., A)", f"shape {tuple(q.shape)}"))
+            expected(arg, "an array of shape (..., A)", Described(f"shape {tuple(q.shape)}"))
+        )
     return q
 
 
@@ -50,7 +52,8 @@ def _action_one_hot(actions: Any, q: Array, xp: Any) -> Array:
     """``actions == arange(A)`` as a boolean ``q``-shaped array, after checking the actions."""
     a = as_array(actions, "actions", xp)
     if not xp.isdtype(a.dtype, "integral"):
-        raise LogitkitTypeError(expected("actions", "an integer array", f"dtype {a.dtype}"))
+        raise LogitkitTypeError(
+            expected("actions", "an integer array", Described(f"dtype {a.dtype}")))
     n = q.shape[-1]
     broadcast_shapes("actions", tuple(a.shape), tuple(q.shape[:-1]))
     if not is_lazy(a):
@@ -168,7 +171,7 @@ class BoltzmannPolicy:
         q2 = _values(q2, "q2", xp)
         if tuple(q1.shape) != tuple(q2.shape):
             raise LogitkitValueError(expected("q2", f"of shape {tuple(q1.shape)} like `q1`",
-                                              f"shape {tuple(q2.shape)}"))
+                                              Described(f"shape {tuple(q2.shape)}")))
         m = _mask(mask, q1, xp)
         p1 = softmax(q1, temperature=self.temperature, where=m)
         lp1 = log_softmax(q1, temperature=self.temperature, where=m)

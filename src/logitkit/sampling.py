@@ -27,6 +27,7 @@ import numpy as np
 from ._core import _const, softmax
 from ._namespace import (
     Array,
+    Described,
     LogitkitTypeError,
     LogitkitValueError,
     as_array,
@@ -71,7 +72,7 @@ def _logits(logits: Any, xp: Any) -> Array:
     z = as_array(logits, "logits", xp)
     if z.ndim < 1:
         raise LogitkitValueError(expected("logits", "an array of shape (..., K)",
-                                          f"shape {tuple(z.shape)}"))
+                                          Described(f"shape {tuple(z.shape)}")))
     acc, _ = compute_dtypes(z, None, xp)
     return astype(z, acc, xp)
 
