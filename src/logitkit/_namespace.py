@@ -50,9 +50,9 @@ def _short(value: object) -> str:
         return str(value)
     if isinstance(value, str):
         return repr(value)
-    if hasattr(value, "shape") and hasattr(value, "dtype"):
+    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, type):
         shape = tuple(value.shape)
-        if math.prod(int(s) for s in shape if s is not None) <= 6 and not is_lazy(value):
+        if math.prod(int(s) for s in shape if s is not None) <= 6 and is_concrete(value):
             try:
                 return f"{np.asarray(to_numpy(value)).tolist()!r} (dtype {value.dtype})"
             except Exception:  # pragma: no cover - exotic arrays
@@ -125,6 +125,21 @@ def is_lazy(x: object) -> bool:
         except Exception:  # pragma: no cover
             return False
     return False  # pragma: no cover
+
+
+def is_concrete(x: object) -> bool:
+    """True when ``x``'s values can be read now: not a JAX tracer, not a Dask graph.
+
+    ``array_api_compat.is_lazy_array`` counts every JAX array as lazy, but a JAX array outside
+    ``jit`` holds its values, and validation (a negative temperature) must see them.
+    """
+    if not is_lazy(x):
+        return True
+    if array_api_compat.is_jax_array(x):
+        import jax
+
+        return not isinstance(x, jax.core.Tracer)
+    return False
 
 
 def is_torch(xp: Any) -> bool:
@@ -295,7 +310,7 @@ def check_positive_scalar_or_array(
             raise LogitkitValueError(expected(arg, _describe(allow_zero, allow_inf), value))
         return v
     arr = as_array(value, arg, xp)
-    if is_lazy(arr):
+    if not is_concrete(arr):
         return arr
     a = to_numpy(arr).astype(np.float64)
     bad_mask = np.isnan(a) | (a < 0)
