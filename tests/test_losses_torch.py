@@ -245,3 +245,40 @@ def test_adapter_is_used_only_when_it_gives_every_gradient():
     assert "CrossEntropyFunction" not in type(generic.grad_fn).__name__
     (gw,) = torch.autograd.grad(generic, w)
     assert torch.isfinite(gw).all() and gw.abs().sum() > 0
+
+
+@pytest.mark.parametrize("options", [
+    dict(label_smoothing=0.3, weight="zeros", where="mask"),
+    dict(label_smoothing=0.2, z_loss=0.01, logit_l2=0.05, temperature=0.7, softcap=2.0,
+         where="mask", ignore_index=-100, reduction="none"),
+    dict(label_smoothing=0.1, weight="zeros", temperature=1.9, reduction="sum"),
+])
+def test_adapter_equals_the_generic_numpy_path(options):
+    x = X.copy()
+    col = (SAFE_LABELS[0] + 1) % K
+    x[0, col] = -np.inf  # an unmasked class with probability 0, and weight 0 below
+    w = WEIGHT.copy()
+    w[col] = 0.0
+    mask = np.ones((N, K), dtype=bool)
+    mask[2, [0, 4]] = False
+    mask[5] = False
+    labels = np.where(mask[np.arange(N), SAFE_LABELS], SAFE_LABELS, 2)
+    labels[3] = -100 if "ignore_index" in options else labels[3]
+    np_opts = dict(options)
+    if np_opts.get("weight") == "zeros":
+        np_opts["weight"] = w
+    if np_opts.get("where") == "mask":
+        np_opts["where"] = mask
+    t_opts = {k: torch.tensor(v) if isinstance(v, np.ndarray) else v for k, v in np_opts.items()}
+    ref_loss, ref_g = cross_entropy_with_grad(x, labels, **np_opts)
+    xt = torch.tensor(x, requires_grad=True)
+    loss = cross_entropy(xt, torch.tensor(labels), **t_opts)
+    fn = loss.grad_fn if loss.ndim == 0 else loss.grad_fn.next_functions[0][0]  # past the view
+    assert "CrossEntropyFunction" in type(fn).__name__
+    (g,) = torch.autograd.grad(loss.sum(), xt)
+    np.testing.assert_allclose(loss.detach().numpy(), ref_loss, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(g.numpy(), ref_g, rtol=1e-12, atol=1e-15)
+    if options.get("weight") == "zeros":  # 0·(−inf) = 0: the weight-0 class adds nothing
+        assert np.isfinite(ref_loss).all()
+    else:  # smoothing puts mass on a class of probability 0: −log 0
+        assert np.isinf(ref_loss).any()

@@ -160,8 +160,13 @@ def forward(pb: Problem, xp: Any, *, differentiable: bool) -> RowStats:
     pos = m == math.inf
     neg = m == -math.inf
     special = nan | pos | neg
-    m_safe = xp.where(special, zero, m)
-    d = xp.where(special, zero, z - m_safe)
+    has_special = _any_special(special, xp)
+    if has_special:
+        m_safe = xp.where(special, zero, m)
+        d = xp.where(special, zero, z - m_safe)
+    else:
+        m_safe = m
+        d = z - m
     top = d == 0
     e = xp.exp(d)
     if differentiable:
@@ -188,26 +193,46 @@ def forward(pb: Problem, xp: Any, *, differentiable: bool) -> RowStats:
     ce = total_w * log_s - cross
     del d
 
-    if _any_special(special, xp):
+    if has_special:
         ce = xp.where(special, _special_ce(pb, z, w, total_w, pos, neg, nan, xp), ce)
     del z
 
+    return finish(pb, xp, ce, lse, total_w, counted, flags=(pos, neg, nan))
+
+
+def finish(
+    pb: Problem, xp: Any, ce: Array, lse: Array, total_w: Array, counted: Array, *,
+    flags: tuple[Array, Array, Array] | None = None, sum_sq: Array | None = None,
+) -> RowStats:
+    """Add the regularisers to the per-row cross-entropy ``ce`` and zero the rows that do not
+    count.  ``flags`` are the (+inf, nothing finite, NaN) row flags (``None``: no special row);
+    ``sum_sq`` is ``Σ x²`` over the unmasked logits when the caller has it."""
+    x = pb.x
+    zero = _const(0.0, ce, xp)
     loss = ce
-    lse_safe = lse
+    if flags is None:
+        special = xp.zeros(counted.shape, dtype=xp.bool, device=array_api_compat.device(x))
+    else:
+        pos, neg, nan = flags
+        special = (pos | neg | nan)[:, 0]
     if pb.z_loss > 0.0:
-        true_lse = xp.where(pos, _const(math.inf, lse, xp), lse)
-        true_lse = xp.where(neg, _const(-math.inf, lse, xp), true_lse)
-        true_lse = xp.where(nan, _const(math.nan, lse, xp), true_lse)
-        z_term = xp.where(special, true_lse * true_lse, lse * lse)
+        z_term = lse * lse
+        if flags is not None:
+            true_lse = xp.where(pos, _const(math.inf, lse, xp), lse)
+            true_lse = xp.where(neg, _const(-math.inf, lse, xp), true_lse)
+            true_lse = xp.where(nan, _const(math.nan, lse, xp), true_lse)
+            z_term = xp.where(special[:, None], true_lse * true_lse, z_term)
         loss = loss + pb.z_loss * z_term
     if pb.logit_l2 > 0.0:
-        xs = x if pb.mask is None else xp.where(pb.mask, x, zero)
-        loss = loss + (0.5 * pb.logit_l2) * xp.sum(xs * xs, axis=-1, keepdims=True)
+        if sum_sq is None:
+            xs = x if pb.mask is None else xp.where(pb.mask, x, _const(0.0, x, xp))
+            sum_sq = xp.sum(xs * xs, axis=-1, keepdims=True)
+        loss = loss + (0.5 * pb.logit_l2) * sum_sq
     if pb.bad is not None:
         loss = xp.where(pb.bad[:, None], _const(math.nan, loss, xp), loss)
     loss = xp.where(counted[:, None], loss, zero)
-    coef = total_w + (2.0 * pb.z_loss) * lse_safe if pb.z_loss > 0.0 else total_w
-    return RowStats(loss[:, 0], lse, coef, counted, special[:, 0], _denominator(pb, counted, xp))
+    coef = total_w + (2.0 * pb.z_loss) * lse if pb.z_loss > 0.0 else total_w
+    return RowStats(loss[:, 0], lse, coef, counted, special, _denominator(pb, counted, xp))
 
 
 def _any_special(special: Array, xp: Any) -> bool:

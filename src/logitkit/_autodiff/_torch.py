@@ -23,7 +23,9 @@ class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Any, probs: Any, spec: Problem, acc: Any, xp: Any) -> Any:
         pb = replace(spec, x=x.to(acc), probs=None if probs is None else probs.to(acc))
-        stats = rows.forward(pb, xp, differentiable=False)
+        stats = _lean_forward(pb, xp) if pb.probs is None else None
+        if stats is None:
+            stats = rows.forward(pb, xp, differentiable=False)
         loss = rows.reduce(stats, spec.reduction, xp)
         ctx.spec = replace(spec, x=None, probs=None)
         ctx.acc = acc
@@ -53,6 +55,59 @@ class CrossEntropyFunction(torch.autograd.Function):
         if probs is not None and ctx.needs_input_grad[1]:
             gprobs = rows.target_gradient(pb, stats, scale, xp).to(probs.dtype)
         return gx, gprobs, None, None, None
+
+
+def _lean_forward(pb: Problem, xp: Any) -> RowStats | None:
+    """The forward pass for integer targets in one N×K buffer (plus a boolean one); ``None``
+    when a row has a NaN, a +inf or nothing finite (the generic path handles those)."""
+    x = pb.x
+    keep_out = None if pb.mask is None else ~pb.mask
+    owned = keep_out is not None or pb.softcap is not None or not (
+        isinstance(pb.temperature, float) and pb.temperature == 1.0)
+    z = rows.scaled_logits(pb, xp) if owned else x
+    m = z.amax(dim=-1, keepdim=True)
+    if not bool(torch.isfinite(m).all()):
+        return None
+    d = z.sub_(m) if owned else z - m
+    del z
+    top = d == 0
+    n_top = top.sum(dim=-1, keepdim=True).to(d.dtype)
+    eps = pb.label_smoothing
+    wt = rows.label_weight(pb, xp)
+    wt = torch.full_like(m, wt) if isinstance(wt, float) else wt
+    d_t = d.gather(1, pb.labels[:, None])
+    cross = (1.0 - eps) * wt * torch.where(wt > 0, d_t, 0.0)
+    total_w = (1.0 - eps) * wt
+    if eps > 0.0:
+        kv = rows.n_valid(pb, xp)
+        kv = kv if isinstance(kv, int) else torch.where(kv > 0, kv, 1.0)
+        drop = keep_out
+        if pb.weight is not None and bool((pb.weight == 0).any()):
+            zero_w = (pb.weight == 0)[None, :]
+            drop = zero_w if drop is None else drop | zero_w
+        dm = d if drop is None else d.masked_fill(drop, 0.0)
+        if pb.weight is not None:
+            s_wd = (dm @ pb.weight)[:, None]
+            s_w = (pb.weight.sum() if pb.mask is None
+                   else (pb.mask.to(d.dtype) @ pb.weight)[:, None])
+        else:
+            s_wd = dm.sum(dim=-1, keepdim=True)
+            s_w = kv
+        del dm
+        cross = cross + (eps / kv) * s_wd
+        total_w = total_w + (eps / kv) * s_w
+    e = d.exp_()
+    e.masked_fill_(top, 0.0)
+    del top
+    log_s = torch.log1p(e.sum(dim=-1, keepdim=True) + (n_top - 1.0))
+    del e, d
+    ce = total_w * log_s - cross
+    sum_sq = None
+    if pb.logit_l2 > 0.0:
+        xs = x if keep_out is None else x.masked_fill(keep_out, 0.0)
+        sum_sq = torch.linalg.vecdot(xs, xs)[:, None]
+    counted = rows.counted_rows(pb, xp)
+    return rows.finish(pb, xp, ce, m + log_s, total_w, counted, sum_sq=sum_sq)
 
 
 def _lean_gradient(pb: Problem, stats: RowStats, scale: Any, xp: Any) -> Any:
