@@ -63,6 +63,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="uniform right-closed bins, or equal-mass (quantile) bins")
     p.add_argument("--json", action="store_true",
                    help="print the report as JSON on stdout instead of the table")
+    p.add_argument("--no-diagram", action="store_true",
+                   help=f"skip the reliability diagram ({DIAGRAM}); matplotlib is then not needed")
     p.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
                    help="progress bar on stderr: auto = long inputs on a terminal")
     p.set_defaults(_run=run)
@@ -258,11 +260,21 @@ def run(args: argparse.Namespace) -> int:
         "after": {key: _clean(after[key]) for key in keys},
     }
 
+    png = None
+    if not args.no_diagram:
+        try:
+            fig = figure_from_stats([before, after], ("before (T = 1)", f"after (T = {t:.3g})"))
+        except ImportError:
+            notes.append("matplotlib is not installed: no reliability diagram "
+                         "(pip install matplotlib, or pass --no-diagram)")
+        else:
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png")
+            png = buf.getvalue()
+    report["diagram"] = DIAGRAM if png is not None else None
     out.mkdir(parents=True, exist_ok=True)
-    fig = figure_from_stats([before, after], ("before (T = 1)", f"after (T = {t:.3g})"))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write(out / DIAGRAM, lambda fh: fh.write(buf.getvalue()))
+    if png is not None:
+        atomic_write(out / DIAGRAM, lambda fh: fh.write(png))
     write_json(out / REPORT, report)
 
     for note in notes:
@@ -273,5 +285,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"logitkit calibrate: {source}")
         print(f"metrics {split}")
         print(_table(report))
-        print(f"wrote {out / REPORT} and {out / DIAGRAM}")
+        print(f"wrote {out / REPORT}" + (f" and {out / DIAGRAM}" if png is not None else ""))
     return 0

@@ -71,7 +71,9 @@ def read_predictions(path: Path, cols: Columns, *, need_labels: bool) -> Predict
             pred = _read_pt(path, cols)
     except CliError:
         raise
-    except (OSError, ValueError, EOFError, KeyError, RuntimeError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # any parser failure on a corrupt file is the file's problem
         raise CliError(f"{path}: cannot read it as {suffix[1:]} ({_first_line(exc)})") from None
     return Predictions(check_logits(pred.logits, path), pred.labels)
 
@@ -85,7 +87,7 @@ def read_labels(path: Path, cols: Columns) -> np.ndarray:
         if suffix == ".npy":
             arr = _load_npy(path)
         elif suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
                 key = cols.labels_key if cols.labels_key in data.files else (
                     data.files[0] if len(data.files) == 1 else None)
                 if key is None:
@@ -109,7 +111,9 @@ def read_labels(path: Path, cols: Columns) -> np.ndarray:
             arr = _tensor_to_numpy(arr, path)
     except CliError:
         raise
-    except (OSError, ValueError, EOFError, KeyError, RuntimeError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:
         raise CliError(f"{path}: cannot read it as {suffix[1:]} ({_first_line(exc)})") from None
     arr = np.asarray(arr)
     if arr.ndim == 2 and arr.shape[1] == 1:
@@ -125,11 +129,13 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _load_npy(path: Path) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
+    # Through our own handle: np.load leaves its file open when the content is corrupt.
+    with open(path, "rb") as fh:
+        return np.load(fh, allow_pickle=False)
 
 
 def _read_npz(path: Path, cols: Columns) -> Predictions:
-    with np.load(path, allow_pickle=False) as data:
+    with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
         if cols.logits_key not in data.files:
             raise CliError(f"{path}: no array named {cols.logits_key!r} "
                            f"(found {', '.join(data.files) or 'none'}); use --logits-key")
