@@ -173,7 +173,7 @@ def test_several_files_are_concatenated_and_binary_column_accepted(capsys, data)
 def test_bins_binning_and_progress_options(capsys, data):
     z, y = data
     np.savez("preds.npz", logits=z, labels=y)
-    code, out, err = _run(capsys, "calibrate", "preds.npz", "--bins", "5", "--binning",
+    code, _, err = _run(capsys, "calibrate", "preds.npz", "--bins", "5", "--binning",
                           "quantile", "--progress", "always", "--out", "q")
     assert code == 0
     report = _report("q")
