@@ -20,7 +20,6 @@ from typing import Any
 import array_api_compat
 
 from . import _kernels
-from . import _kernels
 from ._namespace import (
     Array,
     LogitkitTypeError,
@@ -409,10 +408,6 @@ def softmax(
                                  softcap=softcap, sink=sink, dtype=dtype)
     if fast is not None:  # fused CPU kernel (NumPy, CPU torch); same values
         return fast
-    fast = _kernels.softmax_fast(x, axis=axis, temperature=temperature, where=where,
-                                 softcap=softcap, sink=sink, dtype=dtype)
-    if fast is not None:  # fused CPU kernel (NumPy, CPU torch); same values
-        return fast
     rows, xp = _prepare(x, axis=axis, temperature=temperature, where=where, softcap=softcap,
                         sink=sink, dtype=dtype)
     if rows.lay.k == 0 and not rows.has_sink:
@@ -464,10 +459,6 @@ def log_softmax(
     References:
         Blanchard, Higham & Higham (2021), IMA J. Numer. Anal. 41.
     """
-    fast = _kernels.log_softmax_fast(x, axis=axis, temperature=temperature, where=where,
-                                     softcap=softcap, sink=sink, dtype=dtype)
-    if fast is not None:  # fused CPU kernel (NumPy, CPU torch); same values
-        return fast
     fast = _kernels.log_softmax_fast(x, axis=axis, temperature=temperature, where=where,
                                      softcap=softcap, sink=sink, dtype=dtype)
     if fast is not None:  # fused CPU kernel (NumPy, CPU torch); same values
@@ -527,10 +518,6 @@ def logsumexp(
         >>> float(lse), float(sign)
         (0.0, -1.0)
     """
-    fast = _kernels.logsumexp_fast(x, axis=axis, b=b, where=where, keepdims=keepdims,
-                                   return_sign=return_sign, dtype=dtype)
-    if fast is not None:  # fused CPU kernel (NumPy, CPU torch); same values
-        return fast
     fast = _kernels.logsumexp_fast(x, axis=axis, b=b, where=where, keepdims=keepdims,
                                    return_sign=return_sign, dtype=dtype)
     if fast is not None:  # fused CPU kernel (NumPy, CPU torch); same values
