@@ -44,13 +44,14 @@ def _nll_derivatives(
         return 0.0, 0.0, 0.0, 0.0
     y = np.asarray(labels_chunk, dtype=np.intp)
     rows = np.arange(z.shape[0])
-    z64 = z.astype(np.float64, copy=True)
-    m = z64.max(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", over="ignore"):
-        d = np.subtract(z64, m, out=z64)
+        m = z.max(axis=1, keepdims=True)  # in the input dtype: exact, and half the traffic
+        d = np.subtract(z, m, dtype=np.float64)  # one pass: convert and shift
         d_y = d[rows, y]  # before the floor: a -inf label logit must give an infinite loss
-        np.maximum(d, _FLOOR, out=d)
-        e = np.exp(beta * d)
+        if z.dtype.kind == "f" and np.isneginf(z.min()):
+            np.maximum(d, _FLOOR, out=d)
+        e = np.multiply(d, beta)
+        np.exp(e, out=e)
         s0 = e.sum(axis=1)
         ed = np.multiply(e, d, out=e)
         s1 = ed.sum(axis=1)
