@@ -16,9 +16,9 @@ from logitkit import LogitkitTypeError, LogitkitValueError
 from logitkit.losses import cross_entropy, cross_entropy_with_grad, margin_cross_entropy
 
 try:  # tests/ on sys.path, or the rootdir-relative name pytest gives it
-    from conftest import asarray, assert_close, is_type_of, maybe_jit, to_numpy
+    from conftest import asarray, assert_close, grad, is_type_of, maybe_jit, to_numpy
 except ModuleNotFoundError:
-    from tests.conftest import asarray, assert_close, is_type_of, maybe_jit, to_numpy
+    from tests.conftest import asarray, assert_close, grad, is_type_of, maybe_jit, to_numpy
 
 RNG = np.random.default_rng(20261123)
 
@@ -201,6 +201,17 @@ def test_special_rows():
     assert loss[1] == np.inf and loss[2] == np.inf and np.isnan(loss[3])
     assert_close(g[0], [-0.5, 0.0, 0.5])
     assert np.isnan(g[3]).all()
+
+
+def test_adapters_agree_on_special_rows(ad_xp):
+    x = np.array([[np.inf, 0.0, np.inf], [1.0, 0.0, -np.inf], [-np.inf, -np.inf, -np.inf]])
+    t = np.array([0, 1, 0])
+    where = np.array([[True] * 3, [True] * 3, [False] * 3])
+    _, ref_g = cross_entropy_with_grad(x, t, where=where, label_smoothing=0.1)
+    g = grad(lambda v: cross_entropy(v, asarray(ad_xp, t), where=asarray(ad_xp, where),
+                                     label_smoothing=0.1), asarray(ad_xp, x), ad_xp)
+    assert_close(g, ref_g, rtol=1e-12, atol=1e-16)
+    assert np.isfinite(ref_g).all() and (ref_g[2] == 0).all()
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch", "jax.numpy"])  # no float16 in strict

@@ -282,3 +282,12 @@ def test_adapter_equals_the_generic_numpy_path(options):
         assert np.isfinite(ref_loss).all()
     else:  # smoothing puts mass on a class of probability 0: −log 0
         assert np.isinf(ref_loss).any()
+
+
+def test_adapter_forward_is_exact_for_ties_and_confident_rows():
+    x = torch.tensor([[3.0, 3.0, 3.0], [40.0, 0.0, -3.0], [1.0, 5.0, 5.0]], dtype=torch.float64,
+                     requires_grad=True)
+    out = cross_entropy(x, torch.tensor([0, 0, 2]), reduction="none")
+    expected = [np.log(3.0), np.log1p(np.exp(-40.0) + np.exp(-43.0)),
+                np.log1p(1.0 + np.exp(-4.0))]
+    np.testing.assert_allclose(out.detach().numpy(), expected, rtol=4e-16)

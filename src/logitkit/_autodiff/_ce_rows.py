@@ -35,8 +35,8 @@ class Problem:
     """A validated cross-entropy problem in row form (see the module docstring)."""
 
     x: Array  # (N, K) logits, accumulation dtype
-    labels: Array | None  # (N,) int64 class indices in [0, K) (ignored/bad rows hold 0)
-    probs: Array | None  # (N, K) probability targets, accumulation dtype
+    labels: Any  # None, or (N,) int64 class indices in [0, K) (ignored/bad rows hold 0)
+    probs: Any  # None, or (N, K) probability targets, accumulation dtype
     mask: Array | None  # (N, K) bool, True = the class takes part
     weight: Array | None  # (K,) per-class weights, accumulation dtype
     keep: Array | None  # (N,) bool, False for rows whose label is `ignore_index`

@@ -58,20 +58,18 @@ class CrossEntropyFunction(torch.autograd.Function):
 
 
 def _lean_forward(pb: Problem, xp: Any) -> RowStats | None:
-    """The forward pass for integer targets in one N×K buffer (plus a boolean one); ``None``
+    """The forward pass for integer targets in one N×K buffer, written in place; ``None``
     when a row has a NaN, a +inf or nothing finite (the generic path handles those)."""
     x = pb.x
     keep_out = None if pb.mask is None else ~pb.mask
     owned = keep_out is not None or pb.softcap is not None or not (
         isinstance(pb.temperature, float) and pb.temperature == 1.0)
     z = rows.scaled_logits(pb, xp) if owned else x
-    m = z.amax(dim=-1, keepdim=True)
+    m, top = z.max(dim=-1, keepdim=True)
     if not bool(torch.isfinite(m).all()):
         return None
     d = z.sub_(m) if owned else z - m
     del z
-    top = d == 0
-    n_top = top.sum(dim=-1, keepdim=True).to(d.dtype)
     eps = pb.label_smoothing
     wt = rows.label_weight(pb, xp)
     wt = torch.full_like(m, wt) if isinstance(wt, float) else wt
@@ -96,10 +94,9 @@ def _lean_forward(pb: Problem, xp: Any) -> RowStats | None:
         del dm
         cross = cross + (eps / kv) * s_wd
         total_w = total_w + (eps / kv) * s_w
-    e = d.exp_()
-    e.masked_fill_(top, 0.0)
-    del top
-    log_s = torch.log1p(e.sum(dim=-1, keepdim=True) + (n_top - 1.0))
+    # log1p of the sum without one arg-max term (exactly 1); tied maxima stay in as 1 each.
+    e = d.exp_().scatter_(1, top, 0.0)
+    log_s = torch.log1p(e.sum(dim=-1, keepdim=True))
     del e, d
     ce = total_w * log_s - cross
     sum_sq = None
@@ -131,8 +128,10 @@ def _lean_gradient(pb: Problem, stats: RowStats, scale: Any, xp: Any) -> Any:
         g.masked_fill_(keep_out, 0.0)
     g.mul_(stats.coef)
     eps = pb.label_smoothing
-    if pb.probs is not None:
-        g.sub_(rows.target_weights(pb, xp))
+    w = rows.target_weights(pb, xp) if pb.probs is not None else None
+    if w is not None:
+        g.sub_(w)
+        del w
     else:
         wt = rows.label_weight(pb, xp)
         wt = torch.full_like(stats.lse, wt) if isinstance(wt, float) else wt
