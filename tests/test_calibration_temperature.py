@@ -239,9 +239,14 @@ def test_chunk_sums_are_mergeable_and_match_derivatives():
     assert _nll_derivatives(z[:0], y[:0], 0.4) == (0.0, 0.0, 0.0, 0.0)
     from concurrent.futures import ThreadPoolExecutor
 
+    cache = {}
     with ThreadPoolExecutor(3) as pool:
-        threaded = nll_sums(z, y, 0.4, w, chunk_rows=16, from_probs=False, pool=pool)
-    assert_close(threaded, whole, rtol=1e-12)
+        threaded = nll_sums(z, y, 0.9, w, chunk_rows=16, from_probs=False, pool=pool,
+                            cache=cache)
+        cached = nll_sums(z, y, 0.4, w, chunk_rows=16, from_probs=False, pool=pool, cache=cache)
+    assert len(cache) == 17  # row maxima of every chunk, kept between passes
+    assert_close(cached, whole, rtol=1e-12)
+    assert_close(threaded, _nll_derivatives(z, y, 0.9, w), rtol=1e-12)
 
 
 def test_large_input_uses_warm_start_and_bounded_chunks(monkeypatch):
