@@ -1,9 +1,12 @@
 """The cross-entropy as a ``torch.autograd.Function`` with the analytic gradient.
 
-Forward runs the row math without autograd and saves the inputs it was given plus four O(N)
-row statistics (the log-sum-exp, the gradient's coefficient, which rows count, which rows are
-special) and the mean's denominator.  Backward recomputes ``p = exp(z − lse)`` into one fresh
-N×K buffer and turns it into the gradient in place, so the peak is the logits plus one N×K.
+Forward saves the inputs it was given plus O(N) row statistics (the log-sum-exp, the gradient's
+coefficient, which rows count, which rows are special) and the mean's denominator; nothing N×K.
+For integer targets it works in one N×K buffer, in place; probability targets take the generic row
+math (a few N×K temporaries, none kept).  Backward recomputes ``p = exp(z − lse)`` into one fresh
+N×K buffer and turns it into the gradient in place, so the peak over forward and backward is the
+logits plus one N×K (the gradient itself).  Rows with a NaN, a +inf or nothing finite, and
+``create_graph=True``, take the generic (differentiable) formulas instead.
 """
 
 from __future__ import annotations
@@ -108,57 +111,55 @@ def _lean_forward(pb: Problem, xp: Any) -> RowStats | None:
 
 
 def _lean_gradient(pb: Problem, stats: RowStats, scale: Any, xp: Any) -> Any:
-    """The gradient written into one N×K buffer (rows without a NaN, +inf or all −inf)."""
+    """The gradient written into one N×K buffer (rows without a NaN, +inf or all −inf).
+
+    ``g = r·(coef·p − W)·softcap' + λ·scale·x`` with the row factor ``r = scale/T``, in as few
+    passes over the buffer as the options allow.
+    """
     x = pb.x
-    mask = pb.mask
-    keep_out = None if mask is None else ~mask
-    z = x if keep_out is None else x.masked_fill(keep_out, 0.0)
-    t = None
-    if pb.softcap is not None:
-        t = torch.tanh(z / pb.softcap)
-        z = t * pb.softcap
+    keep_out = None if pb.mask is None else ~pb.mask
     temp = pb.temperature
     scaled = not (isinstance(temp, float) and temp == 1.0)
-    if scaled:
-        z = z / temp
-    g = torch.sub(z, stats.lse) if z is x else z.sub_(stats.lse)
+    owned = keep_out is not None or pb.softcap is not None or scaled
+    z = rows.scaled_logits(pb, xp) if owned else x  # masked entries at −inf: p = 0 there
+    g = z.sub_(stats.lse) if owned else torch.sub(z, stats.lse)
     del z
     g.exp_()
-    if keep_out is not None:
-        g.masked_fill_(keep_out, 0.0)
-    g.mul_(stats.coef)
+    r = scale / temp if scaled else scale
+    g.mul_(stats.coef * r)
     eps = pb.label_smoothing
     w = rows.target_weights(pb, xp) if pb.probs is not None else None
     if w is not None:
-        g.sub_(w)
+        g.sub_(w.mul_(r))
         del w
     else:
         wt = rows.label_weight(pb, xp)
         wt = torch.full_like(stats.lse, wt) if isinstance(wt, float) else wt
-        g.scatter_add_(1, pb.labels[:, None], -(1.0 - eps) * wt)
+        g.scatter_add_(1, pb.labels[:, None], -(1.0 - eps) * wt * r)
         if eps > 0.0:
             kv = rows.n_valid(pb, xp)
-            if isinstance(kv, int):
-                share: Any = eps / kv
-            else:
-                share = eps / torch.where(kv > 0, kv, torch.ones_like(kv))
-            if pb.weight is not None:
-                share = share * pb.weight
             if keep_out is not None:
-                share = torch.where(keep_out, 0.0, share)
-            g.sub_(share)
-    if scaled:
-        g.div_(temp)
-    if t is not None:
+                share = eps / torch.where(kv > 0, kv, torch.ones_like(kv)) * r
+                share = torch.where(keep_out, 0.0, share if pb.weight is None
+                                    else share * pb.weight)
+                g.sub_(share)
+                del share
+            elif pb.weight is not None:
+                g.addcmul_(r, pb.weight[None, :], value=-eps / kv)
+            else:
+                g.sub_(r * (eps / kv))
+    if pb.softcap is not None:
+        xs = x if keep_out is None else x.masked_fill(keep_out, 0.0)
+        t = torch.tanh(xs / pb.softcap)
+        del xs
         g.mul_(t.mul_(t).neg_().add_(1.0))
         del t
     if pb.logit_l2 > 0.0:
         xs = x if keep_out is None else x.masked_fill(keep_out, 0.0)
-        g.add_(xs, alpha=pb.logit_l2)
-    g.mul_(scale)
-    if keep_out is not None:
-        g.masked_fill_(keep_out, 0.0)
-    return g.masked_fill_(~stats.counted[:, None], 0.0)
+        g.addcmul_(xs, scale, value=pb.logit_l2)
+        # Ignored rows have scale 0, but an infinite logit there would make 0·inf = NaN.
+        g.masked_fill_(~stats.counted[:, None], 0.0)
+    return g
 
 
 def cross_entropy(pb: Problem, acc: Any, xp: Any) -> Any:
