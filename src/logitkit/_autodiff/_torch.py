@@ -137,7 +137,7 @@ def _lean_gradient(pb: Problem, stats: RowStats, scale: Any, xp: Any) -> Any:
         wt = torch.full_like(stats.lse, wt) if isinstance(wt, float) else wt
         g.scatter_add_(1, pb.labels[:, None], -(1.0 - eps) * wt * r)
         if eps > 0.0:
-            kv = rows.n_valid(pb, xp)
+            kv: Any = rows.n_valid(pb, xp)
             if keep_out is not None:
                 share = eps / torch.where(kv > 0, kv, torch.ones_like(kv)) * r
                 share = torch.where(keep_out, 0.0, share if pb.weight is None
