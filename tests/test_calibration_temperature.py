@@ -250,7 +250,7 @@ def test_chunk_sums_are_mergeable_and_match_derivatives():
 
 
 def test_large_input_uses_warm_start_and_bounded_chunks(monkeypatch):
-    monkeypatch.setattr(temperature_module, "_WARM_START_ROWS", 2000)
+    monkeypatch.setattr(temperature_module, "_WARM_START_ROWS", (500, 2000))
     monkeypatch.setattr(temperature_module, "_CHUNK_ELEMENTS", 4096)
     z, y = _overconfident(n=20_000, k=4, seed=13)
     seen = []

@@ -28,7 +28,7 @@ from ._nll_sums import nll_sums
 __all__ = ["CalibrationWarning", "TemperatureScaler"]
 
 _CHUNK_ELEMENTS = 1 << 16  # float64 temporaries of one chunk stay in cache (512 KiB)
-_WARM_START_ROWS = 50_000
+_WARM_START_ROWS = (5_000, 50_000)
 
 
 class CalibrationWarning(UserWarning):
@@ -267,16 +267,19 @@ class TemperatureScaler:
         beta0 = 1.0
         pool = ThreadPoolExecutor(n_threads) if n_threads > 1 and n > chunk_rows else None
         try:
-            if n > 4 * _WARM_START_ROWS:
-                # Start from the optimum of an evenly spaced subsample: a few cheap passes
-                # there save full passes here (Newton converges quadratically from nearby).
-                step = n // _WARM_START_ROWS
+            for size in _WARM_START_ROWS:
+                # Start from the optimum of evenly spaced subsamples (5k, then 50k rows): a few
+                # cheap passes there save full passes here (Newton converges quadratically
+                # from nearby).  Only the starting point depends on them.
+                if n <= 4 * size:
+                    break
+                step = n // size
                 sub_w = None if w is None else w[::step]
-                if sub_w is None or np.any(sub_w > 0):
-                    res = _newton(z[::step], labels[::step], sub_w, lo, hi, 1.0, 50, tol,
-                                  chunk_rows, self.from_probs, pool, None)
-                    if np.isfinite(res[0]):
-                        beta0 = min(max(res[0], lo), hi)
+                if sub_w is not None and not np.any(sub_w > 0):
+                    break
+                res = _newton(z[::step], labels[::step], sub_w, lo, hi, beta0, 50, tol,
+                              chunk_rows, self.from_probs, pool, None)
+                beta0 = min(max(res[0], lo), hi)
             beta, n_iter, converged, at_bound, f = _newton(
                 z, labels, w, lo, hi, beta0, max_iter, tol, chunk_rows, self.from_probs, pool,
                 progress)
