@@ -3,7 +3,8 @@
 Every case runs in a fresh Python process, so the peak resident memory (``ru_maxrss``) of one
 case cannot hide in another's.  A case creates its inputs, records ``ru_maxrss`` as the baseline,
 then runs forward + backward ``--repeat`` times; it reports the increase of the peak over the
-baseline and the best wall time of one step.
+baseline and the best wall and CPU (all threads) time of one step.  ``--rounds`` fresh processes
+per case are interleaved with the other cases', so a busy spell of a shared machine hits them all.
 
 Cases:
 
@@ -64,16 +65,18 @@ def run_case(case: str, n: int, hidden: int, vocab: int, repeat: int, threads: i
             return float(loss.detach())
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times, value = [], 0.0
+    times, cpu, value = [], [], 0.0
     for _ in range(repeat):
         h.grad = w.grad = b.grad = None
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         value = step()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     # ru_maxrss is in KiB on Linux.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"case": case, "n": n, "hidden": hidden, "vocab": vocab, "loss": value,
-            "time_s": min(times), "times_s": times, "peak_mib": (peak - base) / 1024,
+            "time_s": min(times), "times_s": times, "cpu_s": min(cpu), "cpus_s": cpu,
+            "peak_mib": (peak - base) / 1024,
             "threads": torch.get_num_threads()}
 
 
@@ -84,6 +87,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, nargs="+", default=[32000])
     parser.add_argument("--cases", nargs="+", default=["dense", "fused", "recompute"])
     parser.add_argument("--repeat", type=int, default=2, help="steps per process")
+    parser.add_argument("--table", help="print the table of a --json output file and exit")
     parser.add_argument("--rounds", type=int, default=2, help="fresh processes per case")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--chunk", type=int, default=None, help="tokens per block")
@@ -91,6 +95,10 @@ def main() -> None:
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case here
     args = parser.parse_args()
 
+    if args.table:
+        with open(args.table) as f:
+            _table([json.loads(line) for line in f if line.strip()])
+        return
     if args.one:
         case, vocab = args.one.split(":")
         print(json.dumps(run_case(case, args.n, args.hidden, int(vocab), args.repeat,
@@ -108,6 +116,8 @@ def main() -> None:
             res = dict(runs[case][0])
             res["times_s"] = [t for r in runs[case] for t in r["times_s"]]
             res["time_s"] = min(res["times_s"])
+            res["cpus_s"] = [t for r in runs[case] for t in r["cpus_s"]]
+            res["cpu_s"] = min(res["cpus_s"])
             res["peak_mib"] = max(r["peak_mib"] for r in runs[case])
             results.append(res)
             if args.json:
@@ -129,14 +139,16 @@ def _spawn(case: str, vocab: int, args: argparse.Namespace) -> dict:
 
 def _table(results: list[dict]) -> None:
     print(f"{'N':>6} {'H':>5} {'V':>7} {'case':>10} {'peak MiB':>9} {'time s':>8} "
-          f"{'peak/dense':>10} {'time/dense':>10}")
+          f"{'cpu s':>8} {'peak/dense':>10} {'time/dense':>10} {'cpu/dense':>10}")
     for r in results:
         dense = next((d for d in results if d["case"] == "dense" and d["vocab"] == r["vocab"]),
                      None)
         ratio_m = f"{r['peak_mib'] / dense['peak_mib']:.3f}" if dense else "-"
         ratio_t = f"{r['time_s'] / dense['time_s']:.3f}" if dense else "-"
+        ratio_c = f"{r['cpu_s'] / dense['cpu_s']:.3f}" if dense else "-"
         print(f"{r['n']:>6} {r['hidden']:>5} {r['vocab']:>7} {r['case']:>10} "
-              f"{r['peak_mib']:>9.1f} {r['time_s']:>8.3f} {ratio_m:>10} {ratio_t:>10}")
+              f"{r['peak_mib']:>9.1f} {r['time_s']:>8.3f} {r['cpu_s']:>8.3f} {ratio_m:>10} "
+              f"{ratio_t:>10} {ratio_c:>10}")
 
 
 if __name__ == "__main__":
