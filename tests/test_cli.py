@@ -92,12 +92,16 @@ def test_demo_prints_before_after_table_and_default_folder(capsys):
 
 
 def test_subprocess_python_m_logitkit(tmp_path):
+    z, y = _data()
+    np.savez(tmp_path / "preds.npz", logits=z, labels=y)
     out = tmp_path / "sub"
-    proc = subprocess.run([sys.executable, "-m", "logitkit", "calibrate", "--json", "--out",
-                           str(out)], capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run([sys.executable, "-m", "logitkit", "calibrate", "preds.npz", "--json",
+                           "--no-diagram", "--out", str(out)], capture_output=True, text=True,
+                          timeout=120, check=False, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report == _report(out)
+    assert report["temperature"] == pytest.approx(_expected_t(z, y), rel=1e-9)
     bad = subprocess.run([sys.executable, "-m", "logitkit", "calibrate", "missing.npz"],
                          capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr

@@ -51,9 +51,9 @@ def check_n_bins(n_bins: object) -> int:
     return int(n_bins)
 
 
-def check_labels(y: object, n: int, k: int, xp: Any, arg: str = "y") -> Array:
+def check_labels(labels: object, n: int, k: int, xp: Any, arg: str = "y") -> Array:
     """Integer class labels of shape ``(n,)`` with values in ``[0, k)``."""
-    y = as_array(y, arg, xp, numeric=False)
+    y = as_array(labels, arg, xp, numeric=False)
     if not (y.dtype == xp.bool or xp.isdtype(y.dtype, "integral")):
         raise LogitkitTypeError(
             expected(arg, "an array of integer class labels", f"dtype {y.dtype}"))

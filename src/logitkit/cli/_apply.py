@@ -73,10 +73,11 @@ def run(args: argparse.Namespace) -> int:
     if logits.shape[1] == 1:
         logits = np.concatenate([np.zeros_like(logits), logits], axis=1)
     dtype = np.float32 if logits.dtype == np.float32 else np.float64
-    probs = np.empty(logits.shape, dtype=dtype)
-    rows = max(1, _CHUNK // logits.shape[1])
+    n, k = logits.shape
+    probs = np.empty((n, k), dtype=dtype)
+    rows = max(1, _CHUNK // k)
     for start in range(0, logits.shape[0], rows):
         probs[start:start + rows] = softmax(logits[start:start + rows], axis=1, temperature=t)
     write_array(out, probs)
-    print(f"wrote {out}: {probs.shape[0]} x {probs.shape[1]} probabilities at T = {t:.6g}")
+    print(f"wrote {out}: {n} x {k} probabilities at T = {t:.6g}")
     return 0

@@ -83,6 +83,7 @@ def read_labels(path: Path, cols: Columns) -> np.ndarray:
     column, or the label column), or ``.pt``."""
     _check_file(path)
     suffix = _suffix(path)
+    arr: Any
     try:
         if suffix == ".npy":
             arr = _load_npy(path)
@@ -292,8 +293,8 @@ def atomic_write(target: Path, write: Callable[[Any], None], *, binary: bool = T
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) \
-                as fh:
+        fh: Any = os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")
+        with fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
