@@ -15,6 +15,7 @@ from scipy.special import logsumexp as sp_logsumexp
 
 from logitkit import LogitkitTypeError, LogitkitValueError, softmax
 from logitkit.calibration import CalibrationWarning, TemperatureScaler
+from logitkit.calibration import _nll_sums as nll_sums_module
 from logitkit.calibration import _temperature as temperature_module
 from logitkit.calibration._nll_sums import _nll_derivatives, nll_sums
 
@@ -252,10 +253,18 @@ def test_chunk_sums_are_mergeable_and_match_derivatives():
 def test_large_input_uses_warm_start_and_bounded_chunks(monkeypatch):
     monkeypatch.setattr(temperature_module, "_WARM_START_ROWS", (500, 2000))
     monkeypatch.setattr(temperature_module, "_CHUNK_ELEMENTS", 4096)
+    chunks = []
+    inner = nll_sums_module._nll_derivatives
+
+    def recording(z, *args):
+        chunks.append(z.shape[0])
+        return inner(z, *args)
+
+    monkeypatch.setattr(nll_sums_module, "_nll_derivatives", recording)
     z, y = _overconfident(n=20_000, k=4, seed=13)
     seen = []
     ts = TemperatureScaler(n_threads=2).fit(z.astype(np.float32), y, progress=seen.append)
-    assert max(seen) <= 4096 // 4
+    assert max(chunks) == 4096 // 4  # memory per step is bounded by the chunk
     assert sum(seen) == 20_000 * ts.n_iter_
     assert ts.n_iter_ <= 4  # started near the optimum by the subsample
     ref = minimize_scalar(lambda b: _nll(z.astype(np.float32), y, b), bounds=(0.01, 10),

@@ -27,6 +27,8 @@ _FLOOR = -1e300
 
 Sums = tuple[float, float, float, float]
 
+_CHUNKS_PER_TASK = 8
+
 
 def _row_stats(z: np.ndarray) -> tuple[np.ndarray, bool]:
     """``(row max as a float64 column, whether any entry is -inf)``: independent of β."""
@@ -111,12 +113,19 @@ def nll_sums(
         return _nll_derivatives(chunk, y[start:stop], beta, None if w is None else w[start:stop],
                                 stats)
 
-    starts = range(0, z.shape[0], chunk_rows)
-    parts = pool.map(one, starts) if pool is not None else map(one, starts)
+    def block(first: int) -> list[Sums]:
+        # Several chunks per task: thread hand-offs cost more than a chunk's Python overhead.
+        stop = min(first + _CHUNKS_PER_TASK * chunk_rows, z.shape[0])
+        return [one(start) for start in range(first, stop, chunk_rows)]
+
+    n = z.shape[0]
+    firsts = range(0, n, _CHUNKS_PER_TASK * chunk_rows)
+    blocks = pool.map(block, firsts) if pool is not None else map(block, firsts)
     totals = [0.0, 0.0, 0.0, 0.0]
-    for start, part in zip(starts, parts, strict=True):
-        for i in range(4):
-            totals[i] += part[i]
+    for first, parts in zip(firsts, blocks, strict=True):
+        for part in parts:  # summed in chunk order: the result does not depend on threads
+            for i in range(4):
+                totals[i] += part[i]
         if progress is not None:
-            progress(min(start + chunk_rows, z.shape[0]) - start)
+            progress(min(first + _CHUNKS_PER_TASK * chunk_rows, n) - first)
     return totals[0], totals[1], totals[2], totals[3]

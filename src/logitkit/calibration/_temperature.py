@@ -23,6 +23,7 @@ from .._namespace import (
     to_numpy,
 )
 from ._binning import check_labels
+from ._dask import is_dask
 from ._nll_sums import nll_sums
 
 __all__ = ["CalibrationWarning", "TemperatureScaler"]
@@ -239,7 +240,8 @@ class TemperatureScaler:
 
         Args:
             logits: ``(N, K)`` logits (or ``(N,)`` binary logits; probabilities with
-                ``from_probs=True``), NumPy, PyTorch, JAX or array-like.
+                ``from_probs=True``), NumPy, PyTorch, JAX or array-like; or Dask arrays
+                (with Dask ``y``), where each Newton step is one map-reduce over the blocks.
             y: ``(N,)`` integer labels in ``[0, K)``.
             sample_weight: optional ``(N,)`` non-negative weights (at least one positive).
             progress: optional callable receiving the number of rows processed after each
@@ -248,6 +250,10 @@ class TemperatureScaler:
         Returns:
             ``self``, with ``temperature_``, ``beta_``, ``n_iter_``, ``converged_``, ``at_bound_``.
         """
+        if is_dask(logits, y, sample_weight):  # each Newton step one map-reduce
+            from ._dask import fit_temperature
+
+            return fit_temperature(self, logits, y, sample_weight, progress=progress)
         t_min, t_max, max_iter, tol, n_threads = self._check_params()
         z = self._host_logits(logits, "logits")
         n, k = z.shape
@@ -372,7 +378,7 @@ class TemperatureScaler:
 def _newton(
     z: np.ndarray, y: np.ndarray, w: np.ndarray | None, lo: float, hi: float, beta: float,
     max_iter: int, tol: float, chunk_rows: int, from_probs: bool,
-    pool: ThreadPoolExecutor | None, progress: Any,
+    pool: ThreadPoolExecutor | None, progress: Any, sums: Any = nll_sums,
 ) -> tuple[float, int, bool, bool, float]:
     """Safeguarded Newton on β in ``[lo, hi]``: ``(β, passes, converged, at_bound, nll)``.
 
@@ -389,9 +395,9 @@ def _newton(
     last_step = last_newton = 0.0
     for it in range(1, max_iter + 1):
         previous = beta
-        sw, s_nll, s_g, s_h = nll_sums(z, y, beta, w, chunk_rows=chunk_rows,
-                                       from_probs=from_probs, pool=pool, progress=progress,
-                                       cache=cache)
+        sw, s_nll, s_g, s_h = sums(z, y, beta, w, chunk_rows=chunk_rows,
+                                   from_probs=from_probs, pool=pool, progress=progress,
+                                   cache=cache)
         f, g, h = s_nll / sw, s_g / sw, s_h / sw
         if not (math.isfinite(f) and math.isfinite(g)):
             raise LogitkitValueError(expected(
