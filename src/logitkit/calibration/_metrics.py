@@ -28,6 +28,7 @@ from ._binning import (
     prepare,
     safe_log,
 )
+from ._dask import is_dask
 
 __all__ = ["accuracy", "brier_score", "calibration_error_from_sums", "ece", "mce", "nll"]
 
@@ -108,7 +109,8 @@ def ece(
             a negative total is clipped to 0.
 
     Returns:
-        A 0-d array of the input's array type (float64 where the backend has it).
+        A 0-d array of the input's array type (float64 where the backend has it).  Dask
+        arrays give a lazy 0-d Dask array: one map-reduce of per-block bin sums (uniform bins).
 
     Note:
         A confidence of exactly 0 lands in the first bin and exactly 1 in the last; a value equal
@@ -137,6 +139,11 @@ def ece(
         raise LogitkitValueError(expected("debias", "a bool", debias))
     if debias and norm != "l2":
         raise LogitkitValueError(expected("debias", "False unless norm='l2'", debias))
+    if is_dask(probs, y):  # one map-reduce over the row blocks, a lazy result
+        from ._dask import ece as dask_ece
+
+        return dask_ece(probs, y, n_bins=n_bins, binning=binning, norm=norm, mode=mode,
+                        debias=debias)
     xp, p, labels = prepare(probs, y)
     sums, _ = binned(p, labels, n_bins=n_bins, binning=binning, mode=mode, xp=xp)
     return calibration_error_from_sums(sums, int(p.shape[0]), norm=norm, debias=debias, xp=xp)
@@ -196,6 +203,10 @@ def brier_score(probs: Any, y: Any, /) -> Any:
         >>> print(round(float(brier_score(np.array([[0.9, 0.1], [0.4, 0.6]]), np.array([0, 0]))), 6))
         0.37
     """
+    if is_dask(probs, y):
+        from ._dask import mean_of_stats
+
+        return mean_of_stats(probs, y, "sum_brier")
     xp, p, labels = prepare(probs, y)
     diff = p - onehot(labels, int(p.shape[1]), p, xp)
     return xp.mean(xp.sum(diff * diff, axis=1))
@@ -228,6 +239,10 @@ def nll(probs: Any, y: Any, /, *, from_logits: bool = False) -> Any:
         >>> print(round(float(nll(np.array([[0.0, 800.0]]), np.array([0]), from_logits=True)), 1))
         800.0
     """
+    if is_dask(probs, y):
+        from ._dask import mean_of_stats, nll_from_logits
+
+        return nll_from_logits(probs, y) if from_logits else mean_of_stats(probs, y, "sum_nll")
     if not from_logits:
         xp, p, labels = prepare(probs, y)
         py = xp.sum(p * onehot(labels, int(p.shape[1]), p, xp), axis=1)
@@ -267,6 +282,10 @@ def accuracy(probs: Any, y: Any, /) -> Any:
         >>> print(float(accuracy(np.array([[0.9, 0.1], [0.4, 0.6]]), np.array([0, 0]))))
         0.5
     """
+    if is_dask(probs, y):
+        from ._dask import mean_of_stats
+
+        return mean_of_stats(probs, y, "n_correct")
     xp, p, labels = prepare(probs, y)
     pred = xp.argmax(p, axis=1)
     return xp.mean(astype(pred == astype(labels, pred.dtype, xp), p.dtype, xp))

@@ -9,6 +9,7 @@ import numpy as np
 
 from .._namespace import LogitkitValueError, astype, check_choice, expected, to_numpy
 from ._binning import MODES, binned, check_n_bins, onehot, prepare, safe_log, uniform_edges
+from ._dask import is_dask
 from ._metrics import calibration_error_from_sums
 
 __all__ = ["CalibrationStats"]
@@ -85,8 +86,13 @@ class CalibrationStats:
             y: ``(N,)`` integer labels.
 
         Returns:
-            ``self``.
+            ``self``.  Dask arrays are reduced in one map-reduce (a ``CalibrationStats`` per
+            block, merged) and computed.
         """
+        if is_dask(probs, y):
+            from ._dask import update_stats
+
+            return update_stats(self, probs, y)
         xp, p, labels = prepare(probs, y)
         k = int(p.shape[1])
         if self.n_classes is not None and k != self.n_classes:

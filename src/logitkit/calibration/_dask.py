@@ -1,0 +1,336 @@
+"""Calibration on Dask arrays: every metric and every Newton step is one map-reduce.
+
+The calibration code is built on sums (:mod:`._nll_sums` for the temperature fit, the per-bin sums
+of :class:`~logitkit.calibration.CalibrationStats` for the metrics), so a Dask array is handled by
+mapping the NumPy code over its row blocks and adding the results:
+
+* ``TemperatureScaler.fit``: each Newton step maps ``_nll_derivatives`` (Σw, Σw·nll, Σw·nll',
+  Σw·nll'') over the blocks and adds the four numbers: one pass over the data per step;
+* ``ece``/``mce``/``brier_score``/``nll``/``accuracy``: one ``CalibrationStats`` per block, merged
+  in a tree; the result is a lazy 0-d Dask array (array type in = array type out);
+* ``CalibrationStats.update``: the same merged stats, computed and added to the object.
+
+With a ``distributed.Client`` active, the work runs on its cluster.  Nothing here imports Dask at
+module import time.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from .._namespace import LogitkitTypeError, LogitkitValueError, expected
+
+__all__ = ["is_dask"]
+
+
+def is_dask(*arrays: object) -> bool:
+    """True when any of ``arrays`` is a Dask array (checked without importing Dask)."""
+    return any(a is not None and array_api_compat.is_dask_array(a) for a in arrays)
+
+
+# --------------------------------------------------------------------------------------------
+# blocks
+# --------------------------------------------------------------------------------------------
+
+
+def _as_dask(x: Any, arg: str, chunks: Any = None) -> Any:
+    import dask.array as da
+
+    if is_dask(x):
+        arr = x
+    else:
+        try:
+            host = np.asarray(x if not hasattr(x, "detach") else x.detach().cpu().numpy())
+        except Exception:
+            raise LogitkitTypeError(expected(arg, "a numeric array", x)) from None
+        arr = da.from_array(host, chunks=chunks if chunks is not None else "auto")
+    if any(math.isnan(c) for dim in arr.chunks for c in dim):
+        arr = arr.compute_chunk_sizes()
+    return arr
+
+
+def _rows(probs: Any, y: Any, w: Any = None, *, arg: str = "probs") -> tuple[Any, Any, Any]:
+    """``probs`` (rows in blocks, all columns in one), and ``y``/``w`` blocked like its rows."""
+    first = probs if is_dask(probs) else (y if is_dask(y) else w)
+    p = _as_dask(probs, arg, chunks=None if is_dask(probs) else _row_chunks(first))
+    if p.ndim not in (1, 2):
+        raise LogitkitValueError(expected(arg, "of shape (N, K) or (N,)", f"shape {p.shape}"))
+    if p.ndim == 2:
+        p = p.rechunk({1: -1})
+    n = int(p.shape[0])
+    if n == 0:
+        raise LogitkitValueError(expected(arg, "non-empty (at least one row)", "0 rows"))
+
+    def aligned(a: Any, name: str) -> Any:
+        if a is None:
+            return None
+        arr = _as_dask(a, name, chunks=(p.chunks[0],))
+        if arr.ndim != 1 or int(arr.shape[0]) != n:
+            raise LogitkitValueError(expected(name, f"of shape ({n},) to match the predictions",
+                                              f"shape {tuple(arr.shape)}"))
+        return arr.rechunk((p.chunks[0],))
+
+    return p, aligned(y, "y"), aligned(w, "sample_weight")
+
+
+def _row_chunks(first: Any) -> Any:
+    return (first.chunks[0],) if first is not None and is_dask(first) else None
+
+
+def _blocks(arr: Any) -> list[Any]:
+    return [] if arr is None else list(arr.to_delayed().ravel())
+
+
+def _tree(parts: list[Any], combine: Callable[[Any, Any], Any]) -> Any:
+    """Pairwise reduction of delayed values (a tree: depth log2 of the number of blocks)."""
+    from dask import delayed
+
+    step = delayed(combine, pure=True)
+    while len(parts) > 1:
+        nxt = [step(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+        if len(parts) % 2:
+            nxt.append(parts[-1])
+        parts = nxt
+    return parts[0]
+
+
+# --------------------------------------------------------------------------------------------
+# metrics
+# --------------------------------------------------------------------------------------------
+
+
+def _block_stats(p: np.ndarray, y: np.ndarray, edges: np.ndarray, mode: str) -> Any:
+    from ._stats import CalibrationStats
+
+    stats = CalibrationStats(mode=mode, edges=edges)
+    return stats.update(p, y) if p.shape[0] else stats
+
+
+def _merge(a: Any, b: Any) -> Any:
+    return a.merge(b)
+
+
+def _stats_delayed(probs: Any, y: Any, *, edges: np.ndarray, mode: str) -> Any:
+    from dask import delayed
+
+    p, labels, _ = _rows(probs, y)
+    block = delayed(_block_stats, pure=True)
+    parts = [block(pb, yb, edges, mode)
+             for pb, yb in zip(_blocks(p), _blocks(labels), strict=True)]
+    return _tree(parts, _merge)
+
+
+def _lazy_scalar(value: Any) -> Any:
+    import dask.array as da
+
+    return da.from_delayed(value, shape=(), dtype=np.float64)
+
+
+def _error(stats: Any, norm: str, debias: bool) -> np.ndarray:
+    from ._metrics import calibration_error_from_sums
+
+    return np.asarray(calibration_error_from_sums(stats._sums, stats.count, norm=norm,
+                                                  debias=debias, xp=np), dtype=np.float64)
+
+
+def _share(stats: Any, field: str) -> np.ndarray:
+    return np.asarray(getattr(stats, field) / stats.count, dtype=np.float64)
+
+
+def ece(probs: Any, y: Any, *, n_bins: int, binning: str, norm: str, mode: str,
+        debias: bool) -> Any:
+    """:func:`~logitkit.calibration.ece` of Dask arrays: a lazy 0-d Dask array."""
+    from dask import delayed
+
+    from ._binning import uniform_edges
+
+    if binning != "uniform":
+        raise LogitkitValueError(expected(
+            "binning", "'uniform' for Dask arrays (equal-mass edges need a global sort; give "
+            "CalibrationStats fixed `edges` instead)", binning))
+    stats = _stats_delayed(probs, y, edges=uniform_edges(n_bins), mode=mode)
+    return _lazy_scalar(delayed(_error, pure=True)(stats, norm, debias))
+
+
+def mean_of_stats(probs: Any, y: Any, field: str) -> Any:
+    """``sum_brier``, ``sum_nll`` or ``n_correct`` of the merged stats over the row count."""
+    from dask import delayed
+
+    from ._binning import uniform_edges
+
+    stats = _stats_delayed(probs, y, edges=uniform_edges(1), mode="top-label")
+    return _lazy_scalar(delayed(_share, pure=True)(stats, field))
+
+
+def _block_nll_from_logits(z: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    from ._metrics import nll
+
+    n = int(z.shape[0])
+    return (float(nll(z, y, from_logits=True)) * n if n else 0.0), n
+
+
+def _add_pairs(a: tuple[float, int], b: tuple[float, int]) -> tuple[float, int]:
+    return a[0] + b[0], a[1] + b[1]
+
+
+def _pair_mean(pair: tuple[float, int]) -> np.ndarray:
+    return np.asarray(pair[0] / pair[1], dtype=np.float64)
+
+
+def nll_from_logits(logits: Any, y: Any) -> Any:
+    """:func:`~logitkit.calibration.nll` with ``from_logits=True`` of Dask arrays (lazy)."""
+    from dask import delayed
+
+    z, labels, _ = _rows(logits, y, arg="probs")
+    if z.ndim != 2:
+        raise LogitkitValueError(expected("probs", "logits of shape (N, K) with N >= 1",
+                                          f"shape {z.shape}"))
+    block = delayed(_block_nll_from_logits, pure=True)
+    parts = [block(zb, yb) for zb, yb in zip(_blocks(z), _blocks(labels), strict=True)]
+    return _lazy_scalar(delayed(_pair_mean, pure=True)(_tree(parts, _add_pairs)))
+
+
+def update_stats(stats: Any, probs: Any, y: Any) -> Any:
+    """``stats.update(probs, y)`` for Dask arrays: one map-reduce, then the sums are added."""
+    import dask
+
+    (other,) = dask.compute(_stats_delayed(probs, y, edges=stats.edges, mode=stats.mode))
+    merged = stats.merge(other)
+    for field in ("_sums", "n_classes", "count", "n_correct", "sum_brier", "sum_nll"):
+        setattr(stats, field, getattr(merged, field))
+    return stats
+
+
+# --------------------------------------------------------------------------------------------
+# temperature scaling
+# --------------------------------------------------------------------------------------------
+
+
+def _block_nll_sums(z: np.ndarray, y: np.ndarray, w: np.ndarray | None, beta: float,
+                    from_probs: bool) -> tuple[float, float, float, float]:
+    from ._nll_sums import _nll_derivatives
+
+    if from_probs:
+        with np.errstate(divide="ignore"):
+            z = np.log(z.astype(np.float64))
+    return _nll_derivatives(z, y, beta, w)
+
+
+def _add4(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, ...]:
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3]
+
+
+def nll_sums(z: Any, y: Any, beta: float, w: Any, *, chunk_rows: int, from_probs: bool,
+             pool: Any = None, progress: Any = None, cache: Any = None
+             ) -> tuple[float, float, float, float]:
+    """The four sums of :func:`._nll_sums.nll_sums` over Dask blocks: one pass, one compute.
+
+    ``chunk_rows``, ``pool`` and ``cache`` belong to the NumPy path and are ignored: the blocks
+    are Dask's, and the scheduler runs them in parallel.
+    """
+    import dask
+    from dask import delayed
+
+    block = delayed(_block_nll_sums, pure=True)
+    w_blocks = _blocks(w) if w is not None else [None] * len(_blocks(y))
+    parts = [block(zb, yb, wb, float(beta), from_probs)
+             for zb, yb, wb in zip(_blocks(z), _blocks(y), w_blocks, strict=True)]
+    (total,) = dask.compute(_tree(parts, _add4))
+    if progress is not None:
+        progress(int(z.shape[0]))
+    return float(total[0]), float(total[1]), float(total[2]), float(total[3])
+
+
+def _binary_logits(z: Any, from_probs: bool) -> Any:
+    import dask.array as da
+
+    if from_probs:
+        return da.concatenate([1.0 - z, z], axis=1)
+    return da.concatenate([da.zeros_like(z), z], axis=1)
+
+
+def fit_temperature(scaler: Any, logits: Any, y: Any, sample_weight: Any = None, *,
+                    progress: Any = None) -> Any:
+    """``TemperatureScaler.fit`` for Dask arrays (same result as on NumPy, to ~1e-10).
+
+    One pass validates the labels (and the weights, or the probabilities with ``from_probs``);
+    then every Newton step is one map-reduce.  There is no subsample warm start: it would cost a
+    pass of its own over data that is not in memory.
+    """
+    import dask
+    import dask.array as da
+
+    from ._temperature import CalibrationWarning, _newton
+
+    t_min, t_max, max_iter, tol, _ = scaler._check_params()
+    z, labels, w = _rows(logits, y, sample_weight, arg="logits")
+    if not (z.dtype.kind in "f" or z.dtype.kind in "iub"):
+        raise LogitkitTypeError(expected("logits", "a real numeric array", f"dtype {z.dtype}"))
+    if z.dtype.kind != "f":
+        z = z.astype(np.float64)
+    if labels.dtype.kind not in "iub":
+        raise LogitkitTypeError(expected("y", "an array of integer class labels",
+                                         f"dtype {labels.dtype}"))
+    if z.ndim == 1:
+        z = z[:, None]
+    if z.shape[1] == 1:
+        z = _binary_logits(z, scaler.from_probs).rechunk({1: -1})
+    n, k = int(z.shape[0]), int(z.shape[1])
+
+    checks: list[Any] = [labels.min(), labels.max()]
+    if w is not None:
+        w = w.astype(np.float64)
+        checks += [(~da.isfinite(w)).any(), w.min(), w.max()]
+    if scaler.from_probs:
+        checks += [z.min(), z.max()]
+    values = dask.compute(*checks)
+    lo_y, hi_y = int(values[0]), int(values[1])
+    if lo_y < 0 or hi_y >= k:
+        raise LogitkitValueError(expected("y", f"class labels in [0, {k})",
+                                          lo_y if lo_y < 0 else hi_y))
+    rest = values[2:]
+    if w is not None:
+        bad, w_min, w_max = rest[:3]
+        rest = rest[3:]
+        if bool(bad) or float(w_min) < 0 or not float(w_max) > 0:
+            raise LogitkitValueError(expected(
+                "sample_weight", "finite, non-negative and not all zero",
+                f"values in [{float(w_min)}, {float(w_max)}]"))
+    if scaler.from_probs:
+        p_min, p_max = float(rest[0]), float(rest[1])
+        if not (p_min >= 0.0 and p_max <= 1.0):
+            raise LogitkitValueError(expected(
+                "logits", "probabilities in [0, 1] (from_probs=True)",
+                p_max if not p_max <= 1.0 else p_min))
+    else:
+        scaler._warn_if_probs(np.asarray(z[: min(n, 1000)].compute()), "logits")
+
+    beta, n_iter, converged, at_bound, f = _newton(
+        z, labels, w, 1.0 / t_max, 1.0 / t_min, 1.0, max_iter, tol, 0, scaler.from_probs, None,
+        progress, sums=nll_sums)
+    scaler.beta_ = float(beta)
+    scaler.temperature_ = float(1.0 / beta)
+    scaler.n_iter_ = n_iter
+    scaler.converged_ = converged
+    scaler.at_bound_ = at_bound
+    scaler.n_classes_ = k
+    scaler.nll_ = f
+    if not converged:
+        warnings.warn(
+            f"Temperature scaling did not converge in {n_iter} iterations "
+            f"(T = {scaler.temperature_:.6g}); increase max_iter or check the data.",
+            CalibrationWarning, stacklevel=3)
+    elif at_bound:
+        side = "lower" if math.isclose(beta, 1.0 / t_min) else "upper"
+        why = ("the data look separable (the NLL keeps falling as T -> 0)" if side == "lower"
+               else "the logits carry little information about the labels (T -> inf)")
+        warnings.warn(
+            f"The optimal temperature lies at the {side} bound T = {scaler.temperature_:.6g}: "
+            f"{why}.", CalibrationWarning, stacklevel=3)
+    return scaler
