@@ -89,8 +89,73 @@ def table(name: str, x: np.ndarray, where: np.ndarray | None = None) -> np.ndarr
     keeps = keep.reshape(-1, x.shape[-1])
     if name in ("logsumexp", "entropy"):
         empty = -np.inf if name == "logsumexp" else 0.0
-        out = [(_row_table(r, m)[name] if r.size else empty) for r, m in zip(rows, keeps)]
+        out = [(_row_table(r, m)[name] if r.size else empty) for r, m in zip(rows, keeps, strict=True)]
         return np.array(out, dtype=np.float64).reshape(x.shape[:-1])
     if x.shape[-1] == 0:
         return np.zeros(x.shape)
-    return np.stack([_row_table(r, m)[name] for r, m in zip(rows, keeps)]).reshape(x.shape)
+    return np.stack([_row_table(r, m)[name] for r, m in zip(rows, keeps, strict=True)]).reshape(x.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Accuracy against DESIGN §7: adversarial rows and the error/bound ratios.
+# --------------------------------------------------------------------------------------------
+
+UNIT_ROUNDOFF = {"float32": 2.0**-24, "float64": 2.0**-53}
+SMALLEST_NORMAL = {"float32": float(np.finfo(np.float32).tiny),
+                   "float64": float(np.finfo(np.float64).tiny)}
+
+
+def accuracy_rows(dtype: str, *, seed: int = 0, big: bool = True) -> list[np.ndarray]:
+    """Random and adversarial rows in ``dtype``: one dominant term, near-ties, wide spreads
+    (±700 in float64, ±80 in float32), a large common offset, and (``big``) K = 5000."""
+    rng = np.random.default_rng(seed)
+    f32 = dtype == "float32"
+    spread = 80.0 if f32 else 700.0
+    tie = 1e-6 if f32 else 1e-13
+    rows = []
+    for k in (2, 3, 17, 100, 1000):
+        rows.append(rng.normal(size=k) * 3.0)  # random
+        rows.append(rng.uniform(-spread, spread, size=k))  # wide spread
+        dom = rng.normal(size=k) - (20.0 if f32 else 40.0)
+        dom[rng.integers(k)] = 0.0
+        rows.append(dom)  # one dominant term: the rest sum to ~k·e^-20 (f32) or e^-40 (f64)
+        rows.append(1.0 + tie * rng.normal(size=k))  # near-ties
+        rows.append(rng.uniform(-spread, spread, size=k) + (1e3 if f32 else 1e5))  # offset
+    rows.append(np.array([0.0, -spread]))  # the smallest term near the bottom of the range
+    rows.append(np.array([spread, spread * (1 - 1e-7), -spread]))
+    if big:
+        rows.append(rng.normal(size=5000) * 2.0)
+        rows.append(1.0 + tie * rng.normal(size=5000))
+        rows.append(rng.uniform(-spread, spread, size=5000))
+    return [r.astype(dtype) for r in rows]
+
+
+def exact_row(row: np.ndarray) -> dict:
+    """Exact (50-digit) log-sum-exp, log-softmax and softmax of one row, as float64."""
+    vals = [mpmath.mpf(float(v)) for v in row]
+    s = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in vals))
+    logp = [v - s for v in vals]
+    return {"logsumexp": float(s), "log_softmax": np.array([float(v) for v in logp]),
+            "softmax": np.array([float(mpmath.exp(v)) for v in logp])}
+
+
+def error_bound_ratios(row: np.ndarray, exact: dict, got: dict, dtype: str) -> dict:
+    """The worst error/bound ratio of each function on one row (DESIGN §7):
+    softmax relative error ≤ 16u(1 + d_i) where the exact p_i is normal;
+    log_softmax absolute error ≤ 16u(1 + d_i + ln K); logsumexp ≤ 16u(max(1, |lse|) + ln K)."""
+    u = UNIT_ROUNDOFF[dtype]
+    x = row.astype(np.float64)
+    d = np.abs(x - x.max())
+    ln_k = np.log(x.size)
+    p = exact["softmax"]
+    normal = p >= SMALLEST_NORMAL[dtype]
+    p_got = np.asarray(got["softmax"], dtype=np.float64)
+    rel = np.abs(p_got[normal] - p[normal]) / p[normal]
+    ratios = {"softmax": float(np.max(rel / (16 * u * (1 + d[normal]))))}
+    logp_got = np.asarray(got["log_softmax"], dtype=np.float64)
+    ratios["log_softmax"] = float(np.max(np.abs(logp_got - exact["log_softmax"])
+                                         / (16 * u * (1 + d + ln_k))))
+    lse = exact["logsumexp"]
+    ratios["logsumexp"] = float(abs(float(got["logsumexp"]) - lse)
+                                / (16 * u * (max(1.0, abs(lse)) + ln_k)))
+    return ratios
