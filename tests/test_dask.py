@@ -1,0 +1,167 @@
+"""Calibration on Dask arrays, on a distributed LocalCluster: the same numbers as NumPy."""
+
+from __future__ import annotations
+
+import dask.array as da
+import distributed
+import numpy as np
+import pytest
+
+from logitkit import LogitkitValueError, softmax
+from logitkit.calibration import (
+    CalibrationStats,
+    TemperatureScaler,
+    accuracy,
+    brier_score,
+    ece,
+    mce,
+    nll,
+)
+from logitkit.calibration import _dask as dask_impl
+
+TOL = {"rtol": 1e-8, "atol": 1e-10}
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                       dashboard_address=None)
+    c = distributed.Client(cluster)
+    try:
+        yield c
+    finally:
+        c.close()
+        cluster.close()
+
+
+def overconfident(n, k, seed, scale=3.0):
+    rng = np.random.default_rng(seed)
+    true = rng.normal(size=(n, k))
+    p = np.exp(true) / np.exp(true).sum(axis=1, keepdims=True)
+    y = (p.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
+    return scale * true, y
+
+
+def chunked(*arrays, rows=700):
+    return [da.from_array(a, chunks=(rows, *a.shape[1:])) for a in arrays]
+
+
+def test_temperature_fit_equals_numpy(client):
+    z, y = overconfident(4000, 6, 0)
+    w = np.random.default_rng(1).uniform(0.1, 2.0, size=4000)
+    dz, dy, dw = chunked(z, y, w)
+    for weight, dweight in ((None, None), (w, dw)):
+        ref = TemperatureScaler().fit(z, y, weight)
+        got = TemperatureScaler().fit(dz, dy, dweight)
+        np.testing.assert_allclose(got.temperature_, ref.temperature_, rtol=1e-8)
+        assert got.converged_ and not got.at_bound_ and got.n_classes_ == 6
+        np.testing.assert_allclose(got.nll_, ref.nll_, rtol=1e-6)
+    assert abs(ref.temperature_ - 3.0) < 0.3  # the data really are overconfident
+
+
+def test_each_newton_step_is_one_pass_over_the_blocks(monkeypatch):
+    import dask
+
+    z, y = overconfident(3000, 4, 2)
+    dz, dy = chunked(z, y, rows=500)  # 6 blocks
+    calls = []
+    original = dask_impl._block_nll_sums
+
+    def counting(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(dask_impl, "_block_nll_sums", counting)
+    # The synchronous scheduler runs the tasks here, where the counter lives (the graph is
+    # the one a cluster would run).
+    with dask.config.set(scheduler="synchronous"):
+        fitted = TemperatureScaler().fit(dz, dy)
+    assert len(calls) == 6 * fitted.n_iter_
+    assert fitted.n_iter_ >= 3
+
+
+def test_binary_column_and_probabilities_equal_numpy(client):
+    rng = np.random.default_rng(3)
+    logit = 4.0 * rng.normal(size=2000)
+    y = (rng.random(2000) < 1 / (1 + np.exp(-logit / 4.0))).astype(np.int64)
+    (dl, dy) = chunked(logit, y, rows=600)
+    ref = TemperatureScaler().fit(logit, y)
+    got = TemperatureScaler().fit(dl, dy)
+    np.testing.assert_allclose(got.temperature_, ref.temperature_, rtol=1e-8)
+    z, yk = overconfident(2000, 3, 4)
+    p = softmax(z, axis=1)
+    (dp, dyk) = chunked(p, yk)
+    ref = TemperatureScaler(from_probs=True).fit(p, yk)
+    got = TemperatureScaler(from_probs=True).fit(dp, dyk)
+    np.testing.assert_allclose(got.temperature_, ref.temperature_, rtol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"norm": "l2"}, {"norm": "max"}, {"norm": "l2", "debias": True},
+     {"mode": "classwise"}, {"mode": "classwise", "norm": "l2", "debias": True},
+     {"n_bins": 7, "norm": "l1"}],
+    ids=str,
+)
+def test_ece_equals_numpy_and_stays_lazy(client, options):
+    z, y = overconfident(3000, 5, 5)
+    p = softmax(z, axis=1)
+    dp, dy = chunked(p, y)
+    got = ece(dp, dy, **options)
+    assert isinstance(got, da.Array) and got.shape == ()
+    np.testing.assert_allclose(got.compute(), ece(p, y, **options), **TOL)
+
+
+def test_other_metrics_equal_numpy(client):
+    z, y = overconfident(2500, 4, 6)
+    p = softmax(z, axis=1)
+    dp, dy, dz = chunked(p, y, z)
+    for fn in (mce, brier_score, nll, accuracy):
+        got = fn(dp, dy)
+        assert isinstance(got, da.Array)
+        np.testing.assert_allclose(got.compute(), fn(p, y), **TOL)
+    np.testing.assert_allclose(nll(dz, dy, from_logits=True).compute(),
+                               nll(z, y, from_logits=True), **TOL)
+    binary = p[:, 1] / p[:, :2].sum(axis=1)
+    yb = (y == 1).astype(np.int64)
+    (db, dyb) = chunked(binary, yb)
+    np.testing.assert_allclose(ece(db, dyb).compute(), ece(binary, yb), **TOL)
+    np.testing.assert_allclose(brier_score(db, dyb).compute(), brier_score(binary, yb), **TOL)
+
+
+def test_calibration_stats_update_equals_numpy_and_merges_with_it(client):
+    z, y = overconfident(3000, 5, 7)
+    p = softmax(z, axis=1)
+    dp, dy = chunked(p, y)
+    for mode in ("top-label", "classwise"):
+        ref = CalibrationStats(n_bins=10, mode=mode).update(p, y).compute()
+        stats = CalibrationStats(n_bins=10, mode=mode)
+        assert stats.update(dp, dy) is stats
+        got = stats.compute()
+        assert got["count"] == 3000
+        for key in ("ece", "rms_ce", "rms_ce_debiased", "mce", "brier", "nll", "accuracy"):
+            np.testing.assert_allclose(got[key], ref[key], **TOL, err_msg=key)
+        np.testing.assert_allclose(got["bin_count"], ref["bin_count"])
+    half = CalibrationStats().update(p[:1000], y[:1000])
+    half.update(dp[1000:], dy[1000:])
+    np.testing.assert_allclose(half.compute()["ece"], CalibrationStats().update(p, y)
+                               .compute()["ece"], **TOL)
+
+
+def test_bad_dask_input_raises_clear_errors(client):
+    z, y = overconfident(500, 3, 8)
+    p = softmax(z, axis=1)
+    dp, dy, dz = chunked(p, y, z, rows=200)
+    with pytest.raises(LogitkitValueError, match="`binning`"):
+        ece(dp, dy, binning="quantile")
+    with pytest.raises(LogitkitValueError, match=r"class labels in \[0, 3\)"):
+        TemperatureScaler().fit(dz, dy + 1)
+    with pytest.raises(LogitkitValueError, match="`y`"):
+        TemperatureScaler().fit(dz, dy[:-1])
+    with pytest.raises(LogitkitValueError, match="`sample_weight`"):
+        TemperatureScaler().fit(dz, dy, da.zeros(500, chunks=200))
+    bad = da.where(da.arange(500, chunks=200)[:, None] == 3, np.nan, dz)
+    with pytest.raises(LogitkitValueError, match="finite"):
+        TemperatureScaler().fit(bad, dy)
+    with pytest.raises(LogitkitValueError, match="probabilities"):
+        ece(dp * 2.0, dy).compute()
