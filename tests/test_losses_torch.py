@@ -291,3 +291,25 @@ def test_adapter_forward_is_exact_for_ties_and_confident_rows():
     expected = [np.log(3.0), np.log1p(np.exp(-40.0) + np.exp(-43.0)),
                 np.log1p(1.0 + np.exp(-4.0))]
     np.testing.assert_allclose(out.detach().numpy(), expected, rtol=4e-16)
+
+
+@pytest.mark.parametrize("options", [{}, dict(label_smoothing=0.1, temperature=2.0, where="mask"),
+                                     dict(softcap=3.0, logit_l2=0.1, reduction="none")])
+def test_adapter_never_writes_into_the_inputs(options):
+    mask = torch.tensor(RNG.random((N, K)) < 0.9)
+    mask[:, 0] = True
+    options = {k: (mask if v == "mask" else v) for k, v in options.items()}
+    for target in (torch.tensor(PROBS), torch.tensor(SAFE_LABELS * 0)):
+        x = torch.tensor(X, requires_grad=True)
+        x_before, t_before = x.detach().clone(), target.clone()
+        if target.is_floating_point():
+            target.requires_grad_(True)
+            target_rows = torch.where(mask, target, 0.0) if "where" in options else target
+            target_rows = (target_rows / target_rows.sum(-1, keepdim=True)).detach()
+            target_rows.requires_grad_(True)
+            t_before = target_rows.detach().clone()
+            target = target_rows
+        loss = cross_entropy(x, target, **options)
+        loss.sum().backward()
+        assert torch.equal(x.detach(), x_before)
+        assert torch.equal(target.detach(), t_before)

@@ -130,7 +130,7 @@ def _lean_gradient(pb: Problem, stats: RowStats, scale: Any, xp: Any) -> Any:
     eps = pb.label_smoothing
     w = rows.target_weights(pb, xp) if pb.probs is not None else None
     if w is not None:
-        g.sub_(w.mul_(r))
+        g.addcmul_(w, r, value=-1.0)  # never in place on w: it may be the caller's target
         del w
     else:
         wt = rows.label_weight(pb, xp)
