@@ -48,8 +48,9 @@ def add_column_options(p: argparse.ArgumentParser) -> None:
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="*", type=Path, metavar="FILE",
-                   help=f"predictions ({', '.join(FORMATS)}); several files are concatenated. "
-                        "Without a file, runs a built-in demo.")
+                   help=f"predictions ({', '.join(FORMATS)}), folders of them or glob patterns "
+                        "(quoted); several files are concatenated. Without a file, runs a "
+                        "built-in demo.")
     p.add_argument("--labels", type=Path, metavar="FILE",
                    help="labels for a logits-only input (.npy, .npz, .csv, .parquet, .pt)")
     add_column_options(p)
@@ -67,6 +68,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help=f"skip the reliability diagram ({DIAGRAM}); matplotlib is then not needed")
     p.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
                    help="progress bar on stderr: auto = long inputs on a terminal")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on a Dask cluster (e.g. tcp://host:8786): its workers read the "
+                        "files, one block each, and the fit and metrics are map-reduces there")
     p.set_defaults(_run=run)
 
 
@@ -74,12 +78,19 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from ._scheduler import expand_inputs
+
+    files = expand_inputs(args.files)
+    if args.scheduler is not None:
+        from ._scheduler import load_on_cluster
+
+        return load_on_cluster(args, files)
     cols = Columns(label_column=args.label_column, logits_key=args.logits_key,
                    labels_key=args.labels_key)
-    if args.labels is not None and len(args.files) > 1:
+    if args.labels is not None and len(files) > 1:
         raise CliError("--labels works with one input file; give each file its labels instead")
     parts, labels = [], []
-    for path in args.files:
+    for path in files:
         pred = read_predictions(path, cols, need_labels=args.labels is None)
         lab = pred.labels
         if args.labels is not None:
@@ -105,7 +116,7 @@ def _load(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, list[str]]:
         bad = int(y.min()) if y.min() < 0 else int(y.max())
         raise CliError(f"label {bad} is out of range for {k} classes (labels must be in "
                        f"0..{k - 1})")
-    return logits, y, [str(p) for p in args.files]
+    return logits, y, [str(p) for p in files]
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
@@ -127,6 +138,12 @@ def _out_dir(args: argparse.Namespace) -> Path:
 def evaluate(logits: np.ndarray, y: np.ndarray, temperature: float, n_bins: int,
              binning: str) -> dict[str, Any]:
     """Metrics of ``softmax(logits / T)`` in chunks: O(chunk + bins) memory beyond the input."""
+    from ..calibration._dask import is_dask
+
+    if is_dask(logits):
+        from ._scheduler import evaluate_on_cluster
+
+        return evaluate_on_cluster(logits, y, temperature, n_bins, binning)
     from .. import log_softmax, softmax
     from ..calibration import CalibrationStats
     from ..calibration._binning import uniform_edges
@@ -209,6 +226,15 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.files and args.scheduler is not None:
+        from ._scheduler import on_cluster
+
+        with on_cluster(args.scheduler):
+            return _run(args)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..calibration import CalibrationWarning, TemperatureScaler
     from ..calibration._diagram import figure_from_stats
 
