@@ -26,6 +26,7 @@ import numpy as np
 from .._core import log_softmax, softmax
 from .._derivatives import cross_entropy_hvp
 from .._namespace import (
+    Described,
     LogitkitTypeError,
     LogitkitValueError,
     as_array,
@@ -285,7 +286,7 @@ def _as_float64_matrix(X: object, name: str) -> np.ndarray:
         raise LogitkitTypeError(expected("X", "a 2-D numeric array", X))
     if _is_sparse(X):
         raise LogitkitTypeError(
-            expected("X", "a dense array", f"a sparse matrix ({type(X).__name__})")
+            expected("X", "a dense array", Described(f"a sparse matrix ({type(X).__name__})"))
             + "; sparse input is not supported, convert it with X.toarray()"
         )
     try:
@@ -294,34 +295,34 @@ def _as_float64_matrix(X: object, name: str) -> np.ndarray:
         raise LogitkitTypeError(expected("X", "a 2-D numeric array", X) + f" ({exc})") from None
     if arr.dtype.kind == "c":
         raise LogitkitValueError(
-            expected("X", "a real numeric array", "complex data") + " (Complex data not supported)"
+            expected("X", "a real numeric array", Described("complex data")) + " (Complex data not supported)"
         )
     if arr.dtype.kind not in "biuf":
         try:
             arr = arr.astype(np.float64)
         except (TypeError, ValueError) as exc:
             raise LogitkitTypeError(
-                expected("X", "a numeric array", f"an element that is not a number: {exc}")
+                expected("X", "a numeric array", Described(f"an element that is not a number: {exc}"))
             ) from None
     if arr.ndim != 2:
         raise LogitkitValueError(
-            expected("X", "a 2-D array of shape (n_samples, n_features)", f"shape {arr.shape}")
+            expected("X", "a 2-D array of shape (n_samples, n_features)", Described(f"shape {arr.shape}"))
             + ". Reshape your data either using X.reshape(-1, 1) if it has a single feature "
             "or X.reshape(1, -1) if it is a single sample"
         )
     if arr.shape[0] == 0:
         raise LogitkitValueError(
-            expected("X", "non-empty", f"0 sample(s) (shape={arr.shape}) while a minimum of 1 "
-                     "is required")
+            expected("X", "non-empty", Described(f"0 sample(s) (shape={arr.shape}) while a minimum "
+                                            "of 1 is required."))
         )
     if arr.shape[1] == 0:
         raise LogitkitValueError(
-            expected("X", "non-empty", f"0 feature(s) (shape={arr.shape}) while a minimum of 1 "
-                     "is required")
+            expected("X", "non-empty", Described(f"0 feature(s) (shape={arr.shape}) while a minimum "
+                                            "of 1 is required."))
         )
     arr = arr.astype(np.float64, copy=False)
     if not np.isfinite(arr).all():
-        raise LogitkitValueError(expected(name, "finite", "NaN or infinity (inf)"))
+        raise LogitkitValueError(expected(name, "finite", Described("NaN or infinity (inf)")))
     return arr
 
 
@@ -340,12 +341,12 @@ def _labels(y: object, cls: str) -> np.ndarray:
         )
         arr = arr.ravel()
     if arr.ndim != 1:
-        raise LogitkitValueError(expected("y", "a 1-D array of class labels", f"shape {arr.shape}"))
+        raise LogitkitValueError(expected("y", "a 1-D array of class labels", Described(f"shape {arr.shape}")))
     if arr.dtype.kind == "c" or (arr.dtype.kind == "f" and not np.isfinite(arr).all()):
-        raise LogitkitValueError(expected("y", "finite class labels", "NaN or infinity"))
+        raise LogitkitValueError(expected("y", "finite class labels", Described("NaN or infinity")))
     if arr.dtype.kind == "f" and np.any(arr != np.round(arr)):
         raise LogitkitValueError(
-            expected("y", "class labels (integers, strings or booleans)", "continuous values")
+            expected("y", "class labels (integers, strings or booleans)", Described("continuous values"))
             + " (Unknown label type: continuous)"
         )
     if arr.dtype.kind == "O":
@@ -353,12 +354,12 @@ def _labels(y: object, cls: str) -> np.ndarray:
         numeric = all(issubclass(k, numbers.Number) for k in kinds)
         if numeric and any(isinstance(v, numbers.Real) and not float(v).is_integer() for v in arr):
             raise LogitkitValueError(
-                expected("y", "class labels (integers, strings or booleans)", "continuous values")
+                expected("y", "class labels (integers, strings or booleans)", Described("continuous values"))
                 + " (Unknown label type: continuous)"
             )
         if not numeric and len({k for k in kinds if not issubclass(k, str)}) > 0:
             raise LogitkitTypeError(
-                expected("y", "class labels of one kind", "mixed types")
+                expected("y", "class labels of one kind", Described("mixed types"))
                 + " (Unknown label type: mixed)"
             )
     return arr
@@ -380,13 +381,13 @@ def _sample_weight(sample_weight: object, n: int) -> np.ndarray:
             ) from None
     if sw.shape != (n,):
         raise LogitkitValueError(
-            expected("sample_weight", f"of shape ({n},) like y", f"shape {sw.shape}")
+            expected("sample_weight", f"of shape ({n},) like y", Described(f"shape {sw.shape}"))
         )
     if not np.isfinite(sw).all() or (sw < 0).any():
         bad = sw[~(np.isfinite(sw) & (sw >= 0))][0]
         raise LogitkitValueError(expected("sample_weight", "non-negative and finite", bad))
     if not sw.sum() > 0:
-        raise LogitkitValueError(expected("sample_weight", "positive somewhere", "all zeros"))
+        raise LogitkitValueError(expected("sample_weight", "positive somewhere", Described("all zeros")))
     return sw
 
 
@@ -596,7 +597,7 @@ class SoftmaxRegression:
         n, d = Xn.shape
         if yn.shape[0] != n:
             raise LogitkitValueError(
-                expected("y", f"of length {n} like X", f"length {yn.shape[0]}")
+                expected("y", f"of length {n} like X", Described(f"length {yn.shape[0]}"))
                 + " (inconsistent numbers of samples)"
             )
         sw = _sample_weight(sample_weight, n)
@@ -604,13 +605,13 @@ class SoftmaxRegression:
             classes, y_idx = np.unique(yn, return_inverse=True)
         except TypeError:
             raise LogitkitTypeError(
-                expected("y", "sortable class labels of one kind", "mixed types")
+                expected("y", "sortable class labels of one kind", Described("mixed types"))
                 + " (Unknown label type: mixed)"
             ) from None
         if classes.size < 2:
             raise LogitkitValueError(
-                expected("y", "labels of at least 2 classes", f"1 class ({classes[0]!r})")
-                + f"; {cls} can't train when only one class is present"
+                f"Expected `y` to be labels of at least 2 classes, but got 1 class: "
+                f"{classes[0].tolist()!r}; {cls} can't train when only one class is present"
             )
         k = classes.size
         obj = _Objective(Xn, y_idx.ravel(), sw, alpha, k, self.fit_intercept)
@@ -697,13 +698,13 @@ class SoftmaxRegression:
         if Xa.ndim != 2:
             raise LogitkitValueError(
                 expected("X", "a 2-D array of shape (n_samples, n_features)",
-                         f"shape {tuple(Xa.shape)}")
+                         Described(f"shape {tuple(Xa.shape)}"))
             )
         self._check_n_features(int(Xa.shape[1]))
         acc, _ = compute_dtypes(Xa, None, xp)
         Xa = astype(Xa, acc, xp)
         if not is_lazy(Xa) and not bool(xp.all(xp.isfinite(Xa))):
-            raise LogitkitValueError(expected("X", "finite", "NaN or infinity (inf)"))
+            raise LogitkitValueError(expected("X", "finite", Described("NaN or infinity (inf)")))
         device = array_api_compat.device(Xa)
         W = xp.asarray(self.coef_, dtype=acc, device=device)
         b = xp.asarray(self.intercept_, dtype=acc, device=device)
@@ -788,6 +789,6 @@ class SoftmaxRegression:
         truth = _labels(y, type(self).__name__)
         if truth.shape != pred.shape:
             raise LogitkitValueError(expected("y", f"of length {pred.shape[0]} like X",
-                                              f"shape {truth.shape}"))
+                                              Described(f"shape {truth.shape}")))
         sw = _sample_weight(sample_weight, pred.shape[0])
         return float(np.sum(sw * (pred == truth)) / np.sum(sw))
