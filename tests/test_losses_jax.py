@@ -98,12 +98,16 @@ def test_kl_divergence_matches_optax(log_target):
 def test_ntxent_matches_optax():
     emb = jnp.asarray(RNG.normal(size=(8, 3)))
     labels = jnp.array([0, 0, 1, 1, 2, 2, 2, 3])
-    for temp in (0.07, 0.5):
-        ours = jax.jit(jax.value_and_grad(lambda e, t=temp: ntxent(e, labels, temperature=t)))
-        ref = jax.jit(jax.value_and_grad(lambda e, t=temp: optax.ntxent(e, labels, t)))
-        (v, g), (rv, rg) = ours(emb), ref(emb)
-        close(v, rv, rtol=1e-10)
-        close(g, rg, rtol=1e-9, atol=1e-12)
+    temp = 0.2
+
+    def both(e):
+        ours = jax.value_and_grad(lambda v: ntxent(v, labels, temperature=temp))(e)
+        ref = jax.value_and_grad(lambda v: optax.ntxent(v, labels, temp))(e)
+        return ours, ref
+
+    (v, g), (rv, rg) = jax.jit(both)(emb)
+    close(v, rv, rtol=1e-10)
+    close(g, rg, rtol=1e-9, atol=1e-12)
 
 
 def test_adapter_gradient_with_every_option_is_the_closed_form():
@@ -155,11 +159,10 @@ def test_hessian_by_reverse_over_reverse_is_the_softmax_jacobian():
 
 def test_vmap_and_jit():
     xs = jnp.stack([X, X * 0.5, X + 1.0])
-    f = jax.jit(jax.vmap(lambda v: cross_entropy(v, LABELS)))
-    out = f(xs)
+    f = jax.jit(jax.vmap(jax.value_and_grad(lambda v: cross_entropy(v, LABELS))))
+    out, g = f(xs)
     close(out, jnp.stack([jnp.mean(optax.softmax_cross_entropy_with_integer_labels(v, LABELS))
                           for v in xs]))
-    g = jax.jit(jax.vmap(jax.grad(lambda v: cross_entropy(v, LABELS))))(xs)
     close(g, jnp.stack([(jax.nn.softmax(v) - jax.nn.one_hot(LABELS, K)) / N for v in xs]))
 
 
