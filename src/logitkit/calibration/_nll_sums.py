@@ -1,16 +1,21 @@
 """Per-chunk sums of the temperature-scaling NLL and its first two derivatives in β = 1/T.
 
-For logits ``z`` (rows ``i``), labels ``y`` and weights ``w``, with ``d = z − max z`` per row
-and ``p = softmax(β d)``:
+For logits ``z`` (rows ``i``), labels ``y``, weights ``w``, any per-row shift ``c_i``,
+``d = z − c`` and ``p = softmax(β d)``:
 
     nll_i  = log Σ_k exp(β d_ik) − β d_iy
     grad_i = E_p[d_i] − d_iy                 (d nll_i / dβ)
     hess_i = Var_p[d_i] ≥ 0                  (d² nll_i / dβ²)
 
 Every Newton step needs only ``(Σ w, Σ w·nll, Σ w·grad, Σ w·hess)`` over all rows, so the fit is
-one pass over the data per step, and chunks (or Dask blocks, or workers) are summed.  Entries
-equal to ``-inf`` are excluded classes (probability 0); a NaN or ``+inf`` makes the sums NaN,
-and a label whose logit is ``-inf`` makes them ``inf`` — the caller reports both.
+one pass over the data per step, and chunks (or Dask blocks, or workers) are summed.
+
+The shift is the label's own logit (``d_iy = 0``), which needs no row maximum: the sum then
+holds the term 1 and cannot underflow, and it overflows only when ``β (max z − z_y) > 709``.
+Rows where that happens, and chunks with ``-inf`` entries, take the careful path, shifted by the
+row maximum.  Entries equal to ``-inf`` are excluded classes (probability 0); a NaN or ``+inf``
+makes the sums NaN, and a label whose logit is ``-inf`` makes them ``inf`` — the caller reports
+both.  All arithmetic is float64.
 """
 
 from __future__ import annotations
@@ -26,15 +31,53 @@ import numpy as np
 _FLOOR = -1e300
 
 Sums = tuple[float, float, float, float]
+Rows = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 _CHUNKS_PER_TASK = 8
 
 
-def _row_stats(z: np.ndarray) -> tuple[np.ndarray, bool]:
-    """``(row max as a float64 column, whether any entry is -inf)``: independent of β."""
-    with np.errstate(invalid="ignore"):
-        m = z.max(axis=1, keepdims=True)  # in the input dtype: exact, and half the traffic
-    return m.astype(np.float64), bool(z.dtype.kind == "f" and np.isneginf(z.min()))
+def _moments(d: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row sums ``Σ e``, ``Σ e d``, ``Σ e d²`` with ``e = exp(β d)`` (``d`` is overwritten
+    by nothing; one float64 temporary)."""
+    ones = np.ones(d.shape[1])
+    e = np.multiply(d, beta)
+    np.exp(e, out=e)
+    s0 = e @ ones  # row sums by BLAS: faster than a reduction over short rows
+    ed = np.multiply(e, d, out=e)
+    s1 = ed @ ones
+    s2 = np.einsum("ij,ij->i", ed, d)
+    return s0, s1, s2
+
+
+def _rows_careful(z: np.ndarray, y: np.ndarray, beta: float) -> Rows:
+    """Per-row ``(nll, grad, hess)`` shifted by the row maximum, ``-inf`` entries floored."""
+    m = z.max(axis=1, keepdims=True).astype(np.float64)
+    d = np.subtract(z, m, dtype=np.float64)
+    d_y = d[np.arange(z.shape[0]), y]  # before the floor: a -inf label logit gives inf
+    np.maximum(d, _FLOOR, out=d)
+    s0, s1, s2 = _moments(d, beta)
+    e1 = s1 / s0
+    with np.errstate(divide="ignore"):
+        nll = np.log(s0) - beta * d_y
+    return nll, e1 - d_y, np.maximum(s2 / s0 - e1 * e1, 0.0)
+
+
+def _rows_fast(z: np.ndarray, y: np.ndarray, beta: float) -> Rows:
+    """Per-row ``(nll, grad, hess)`` shifted by the label's logit; rows that overflow (or hold
+    a NaN or +inf) are recomputed by :func:`_rows_careful`."""
+    rows = np.arange(z.shape[0])
+    c = z[rows, y].astype(np.float64)[:, None]
+    d = np.subtract(z, c, dtype=np.float64)  # one pass: convert and shift (exact for float32)
+    s0, s1, s2 = _moments(d, beta)
+    e1 = s1 / s0
+    nll = np.log(s0)
+    grad = e1
+    hess = np.maximum(s2 / s0 - e1 * e1, 0.0)
+    bad = ~np.isfinite(s2)  # s2 overflows first; NaN from NaN or +inf input
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        nll[idx], grad[idx], hess[idx] = _rows_careful(z[idx], y[idx], beta)
+    return nll, grad, hess
 
 
 def _nll_derivatives(
@@ -42,41 +85,23 @@ def _nll_derivatives(
     labels_chunk: Any,
     beta: float,
     sample_weight_chunk: Any = None,
-    row_stats: tuple[np.ndarray, bool] | None = None,
 ) -> Sums:
     """``(Σ w, Σ w·nll, Σ w·dnll/dβ, Σ w·d²nll/dβ²)`` for one chunk of rows, in float64.
 
     A pure NumPy function of its arguments (any float dtype in, float64 sums out), so it can be
-    mapped over the blocks of a Dask array and the four sums added.  ``row_stats`` (from
-    :func:`_row_stats`, which does not depend on β) may be passed to skip the row max.
+    mapped over the blocks of a Dask array and the four sums added.
     """
     z = np.asarray(logits_chunk)
     if z.shape[0] == 0:
         return 0.0, 0.0, 0.0, 0.0
     y = np.asarray(labels_chunk, dtype=np.intp)
-    m, has_neginf = _row_stats(z) if row_stats is None else row_stats
-    ones = np.ones(z.shape[1])
-    with np.errstate(invalid="ignore", over="ignore"):
-        d = np.subtract(z, m, dtype=np.float64)  # one pass: convert and shift
-        d_y = d[np.arange(z.shape[0]), y]  # before the floor: a -inf label logit gives inf
-        if has_neginf:
-            np.maximum(d, _FLOOR, out=d)
-        e = np.multiply(d, beta)
-        np.exp(e, out=e)
-        s0 = e @ ones  # row sums by BLAS: faster than a reduction over short rows
-        ed = np.multiply(e, d, out=e)
-        s1 = ed @ ones
-        s2 = np.einsum("ij,ij->i", ed, d)
-        e1 = s1 / s0
-        var = np.maximum(s2 / s0 - e1 * e1, 0.0)
-        with np.errstate(divide="ignore"):
-            nll = np.log(s0) - beta * d_y
-        grad = e1 - d_y
-    if sample_weight_chunk is None:
-        return float(z.shape[0]), float(nll.sum()), float(grad.sum()), float(var.sum())
-    w = np.asarray(sample_weight_chunk, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        return float(w.sum()), float(w @ nll), float(w @ grad), float(w @ var)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        careful = z.dtype.kind == "f" and np.isneginf(z.min())
+        nll, grad, hess = (_rows_careful if careful else _rows_fast)(z, y, beta)
+        if sample_weight_chunk is None:
+            return float(z.shape[0]), float(nll.sum()), float(grad.sum()), float(hess.sum())
+        w = np.asarray(sample_weight_chunk, dtype=np.float64)
+        return float(w.sum()), float(w @ nll), float(w @ grad), float(w @ hess)
 
 
 def nll_sums(
@@ -89,14 +114,12 @@ def nll_sums(
     from_probs: bool,
     pool: ThreadPoolExecutor | None = None,
     progress: Callable[[int], Any] | None = None,
-    cache: dict[int, tuple[np.ndarray, bool]] | None = None,
 ) -> Sums:
     """The four sums over all rows of ``z`` (N, K), one chunk of rows at a time.
 
     Chunks keep the float64 temporaries in cache and the memory bounded; with a thread pool
     they run in parallel (NumPy releases the GIL inside its loops).  The chunk sums are added in
-    chunk order, so the result does not depend on the number of threads.  ``cache`` keeps the
-    row maxima between passes (O(N) memory, one pass fewer over the logits per iteration).
+    chunk order, so the result does not depend on the number of threads.
     """
 
     def one(start: int) -> Sums:
@@ -105,13 +128,7 @@ def nll_sums(
         if from_probs:
             with np.errstate(divide="ignore"):
                 chunk = np.log(chunk.astype(np.float64))
-        stats = None
-        if cache is not None:
-            stats = cache.get(start)
-            if stats is None:
-                stats = cache[start] = _row_stats(chunk)
-        return _nll_derivatives(chunk, y[start:stop], beta, None if w is None else w[start:stop],
-                                stats)
+        return _nll_derivatives(chunk, y[start:stop], beta, None if w is None else w[start:stop])
 
     def block(first: int) -> list[Sums]:
         # Several chunks per task: thread hand-offs cost more than a chunk's Python overhead.

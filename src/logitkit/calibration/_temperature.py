@@ -390,14 +390,12 @@ def _newton(
     """
     a, b = lo, hi
     a_seen = b_seen = False  # derivative evaluated at the bounds
-    cache: dict[int, Any] = {}  # row maxima, computed on the first pass
     f = math.nan
     last_step = last_newton = 0.0
     for it in range(1, max_iter + 1):
         previous = beta
         sw, s_nll, s_g, s_h = sums(z, y, beta, w, chunk_rows=chunk_rows,
-                                   from_probs=from_probs, pool=pool, progress=progress,
-                                   cache=cache)
+                                   from_probs=from_probs, pool=pool, progress=progress)
         f, g, h = s_nll / sw, s_g / sw, s_h / sw
         if not (math.isfinite(f) and math.isfinite(g)):
             raise LogitkitValueError(expected(
