@@ -60,7 +60,7 @@ def run_case(case: str, seq: int, dim: int, block: int, dtype: str) -> dict:
     """One case, in this process."""
     import numpy as np
 
-    from logitkit.attention import attention
+    from logitkit import attention
 
     backend, kind = case.split("-")
     rng = np.random.default_rng(0)

@@ -12,8 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import logitkit
-from logitkit import LogitkitTypeError, LogitkitValueError
-from logitkit.attention import attention, merge_attention, merge_logsumexp
+from logitkit import (
+    LogitkitTypeError,
+    LogitkitValueError,
+    attention,
+    merge_attention,
+    merge_logsumexp,
+)
 
 try:  # tests/ on sys.path (pytest `pythonpath`), or the rootdir-relative name pytest gives it
     from conftest import asarray, assert_close, grad, is_type_of, maybe_jit, to_numpy
@@ -372,14 +377,12 @@ def test_tiled_equals_untiled_for_any_block_size(block_size, is_causal, seed):
     assert_close(a, b, rtol=0, atol=1e-13)
 
 
-def test_top_level_name_is_callable_after_submodule_import():
-    import logitkit.attention as mod
+def test_top_level_attention_is_the_function():
+    import logitkit._attention as mod
 
+    assert logitkit.attention is mod.attention
     q, k, v, _ = _inputs()
-    assert_close(logitkit.attention(q, k, v), mod.attention(q, k, v))
-    from logitkit import attention as fn
-
-    assert_close(fn(q, k, v, block_size=2), mod.attention(q, k, v))
+    assert_close(logitkit.attention(q, k, v, block_size=2), mod.attention(q, k, v))
 
 
 def test_low_precision_accumulates_in_float32():

@@ -36,11 +36,11 @@ _LAZY = {
     "ntxent": "logitkit.losses",
     "clip_loss": "logitkit.losses",
     "linear_cross_entropy": "logitkit.losses",
-    "attention": "logitkit.attention",
-    "merge_logsumexp": "logitkit.attention",
+    "attention": "logitkit._attention",
+    "merge_logsumexp": "logitkit._attention",
+    "merge_attention": "logitkit._attention",
 }
-_SUBMODULES = {"losses", "calibration", "models", "attention", "sampling", "rl", "distributed",
-               "cli"}
+_SUBMODULES = {"losses", "calibration", "models", "sampling", "rl", "distributed", "cli"}
 
 
 def __getattr__(name: str) -> Any:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import sys
-import types
 from typing import Any
 
 import array_api_compat
@@ -328,7 +326,7 @@ def merge_attention(out_a: Any, lse_a: Any, out_b: Any, lse_b: Any, /) -> tuple[
 
     Examples:
         >>> import numpy as np
-        >>> from logitkit.attention import attention, merge_attention
+        >>> from logitkit import attention, merge_attention
         >>> rng = np.random.default_rng(0)
         >>> q, k, v = rng.normal(size=(3, 4)), rng.normal(size=(6, 4)), rng.normal(size=(6, 2))
         >>> oa, la = attention(q, k[:2], v[:2], return_lse=True)
@@ -360,18 +358,3 @@ def _weight(lse_part: Array, lse_total: Array, xp: Any) -> Array:
     part = xp.where(present, lse_part, _const(0.0, lse_part, xp))
     w = xp.where(present, xp.exp(part - lse_total), _const(0.0, lse_part, xp))
     return xp.expand_dims(w, axis=-1)
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`attention`.
-
-    ``logitkit.attention`` names both this module and the function: importing the module makes
-    Python bind the package attribute to the module, so the module forwards calls to the function
-    and ``from logitkit import attention; attention(q, k, v)`` works either way.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return attention(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
