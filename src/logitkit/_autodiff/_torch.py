@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .. import _kernels
 from . import _ce_rows as rows
 from ._ce_rows import Problem, RowStats
 
@@ -26,7 +27,10 @@ class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Any, probs: Any, spec: Problem, acc: Any, xp: Any) -> Any:
         pb = replace(spec, x=x.to(acc), probs=None if probs is None else probs.to(acc))
-        stats = _lean_forward(pb, xp) if pb.probs is None else None
+        # CPU tensors: the fused kernel through zero-copy NumPy views (None if it does not apply).
+        stats = _kernels.torch_cross_entropy_forward(pb)
+        if stats is None:
+            stats = _lean_forward(pb, xp) if pb.probs is None else None
         if stats is None:
             stats = rows.forward(pb, xp, differentiable=False)
         loss = rows.reduce(stats, spec.reduction, xp)
@@ -53,7 +57,9 @@ class CrossEntropyFunction(torch.autograd.Function):
             if torch.is_grad_enabled() or bool(special.any()):
                 gx = rows.gradient(pb, stats, scale, xp)
             else:
-                gx = _lean_gradient(pb, stats, scale, xp)
+                gx = _kernels.torch_cross_entropy_gradient(pb, stats, scale)
+                if gx is None:
+                    gx = _lean_gradient(pb, stats, scale, xp)
             gx = gx.to(x.dtype)
         if probs is not None and ctx.needs_input_grad[1]:
             gprobs = rows.target_gradient(pb, stats, scale, xp).to(probs.dtype)

@@ -173,6 +173,14 @@ class _Plan:
         return np.ascontiguousarray(wb).reshape(self.outer, self.k, self.inner), True
 
 
+def _ro(a: np.ndarray) -> np.ndarray:
+    """A read-only view: every input reaches the kernels with the same numba type (one compiled
+    specialisation per dtype, whether or not the caller's array is writeable)."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
 def _kernels() -> Any:
     from . import _rows
 
@@ -293,15 +301,15 @@ def _run(k: Any, plan: _Plan, mask: tuple[np.ndarray, bool], cap: Any, inv_t: An
         threads = _threads()
         if plan.outer < threads and plan.k >= _SPLIT_MIN_K:
             parts = -(-2 * threads // plan.outer)
-            k.rows_split(x2, m, has_mask, cap, inv_t, mode, o2, lse, special, parts)
+            k.rows_split(_ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special, parts)
         else:
-            k.rows(x2, m, has_mask, cap, inv_t, mode, o2, lse, special, threads)
+            k.rows(_ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special, threads)
     else:
         m3 = m if has_mask else np.ones((1, 1, 1), dtype=np.bool_)
         o3 = out if out.size else np.empty((1, 1, 1), plan.x.dtype)
         lse = np.empty((plan.outer, plan.inner), dtype=np.float64)
         special = np.zeros((plan.outer, plan.inner), dtype=np.bool_)
-        k.strided(plan.x, m3, has_mask, inv_t, mode, o3, lse, special)
+        k.strided(_ro(plan.x), _ro(m3), has_mask, inv_t, mode, o3, lse, special)
     plan.lse = lse  # type: ignore[attr-defined]
     return special
 
@@ -413,3 +421,22 @@ def cross_entropy_with_grad_fast(logits: Any, target: Any, /, **options: Any) ->
     except ImportError:  # work in progress
         return None
     return _ce.cross_entropy_with_grad(logits, target, **options)
+
+
+def torch_cross_entropy_forward(pb: Any) -> Any:
+    """The torch adapter's forward statistics for CPU tensors by the kernel, or ``None``."""
+    if not fast_path_enabled() or _torch_view(pb.x) is None:
+        return None
+    from . import _ce
+
+    return _ce.torch_forward(pb)
+
+
+def torch_cross_entropy_gradient(pb: Any, stats: Any, scale: Any) -> Any:
+    """The torch adapter's ``∂loss/∂x`` for CPU tensors by the kernel (one fresh tensor), or
+    ``None``."""
+    if not fast_path_enabled() or _torch_view(pb.x) is None:
+        return None
+    from . import _ce
+
+    return _ce.torch_gradient(pb, stats, scale)

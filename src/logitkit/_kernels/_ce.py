@@ -21,7 +21,7 @@ import numpy as np
 from numba import prange
 
 from ._exp import as_like, vexp
-from ._rows import _OPTS, _POPTS, CHUNK, _chunk_stats, _softcap
+from ._rows import _OPTS, _POPTS, CHUNK, _chunk_stats, _softcap, log1p_sum
 
 
 @numba.njit(**_OPTS)
@@ -42,7 +42,10 @@ def _row_stats(src: Any, mr: Any, has_mask: bool, inv_t: Any) -> tuple[Any, floa
 @numba.njit(**_POPTS)
 def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any, has_mask: bool,
             weight: Any, has_weight: bool, counted: Any, eps: float, cz: float, lam: float,
-            cap: Any, inv_t: Any, scale: Any, loss: Any, special: Any, threads: int) -> None:
+            cap: Any, inv_t: Any, scales: Any, write: bool, loss: Any, lse_out: Any,
+            coef_out: Any, special: Any, threads: int) -> None:
+    """Per-row loss, lse and gradient coefficient; with ``write`` the gradient into ``out``,
+    scaled per row by ``scales`` (the reduction's factor times the upstream cotangent)."""
     n, k = x.shape
     nm = mask.shape[0]
     nblocks = min(n, 8 * threads)
@@ -53,12 +56,16 @@ def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
         ybuf = np.empty(k if cap > 0 else 1, dtype=x.dtype)
         for i in range(i0, i1):
             xr = x[i]
-            orow = out[i]
+            orow = out[min(i, out.shape[0] - 1)]
             if not counted[i]:
-                for c in range(k):
-                    orow[c] = 0
+                if write:
+                    for c in range(k):
+                        orow[c] = 0
                 loss[i] = 0.0
+                lse_out[i] = 0.0
+                coef_out[i] = 0.0
                 continue
+            scale = scales[min(i, scales.size - 1)]
             mr = mask[min(i, nm - 1)]
             if cap > 0:
                 _softcap(xr, mr, has_mask, cap, ybuf)
@@ -69,7 +76,7 @@ def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
             if not (-np.inf < m < np.inf) or rest != rest:
                 special[i] = True
                 continue
-            log_s = math.log1p(rest + (n_top - 1.0))
+            log_s = log1p_sum(rest, n_top)
             lse = float(m) * float(inv_t) + log_s
             inv_s = as_like(1.0 / (rest + n_top), inv_t)
             t = labels[min(i, labels.size - 1)]
@@ -99,6 +106,8 @@ def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
                         sw += float(weight[c]) if live else 0.0
                 total = (1.0 - eps) * wt + share * sw if eps > 0.0 else wt
             coef = as_like(total + 2.0 * cz * lse, inv_t)
+            lse_out[i] = lse
+            coef_out[i] = total + 2.0 * cz * lse
             g_scale = inv_t * scale
 
             cross = 0.0
@@ -106,13 +115,16 @@ def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
             if plain:
                 # (p − y)/T · s; the label's element is fixed after the loop (from d_t read first).
                 d_t = (src[t] - m) * inv_t
+                cross = wt * float(d_t)
+                if not write:
+                    loss[i] = total * log_s - cross + cz * lse * lse
+                    continue
                 cs = coef * g_scale
                 for c in range(k):
                     d = (src[c] - m) * inv_t
                     orow[c] = vexp(d) * inv_s * cs
                 p_t = vexp(d_t) * inv_s
                 orow[t] = (coef * p_t - as_like(wt, inv_t)) * g_scale
-                cross = wt * float(d_t)
             else:
                 b_t = (1.0 - eps) * wt
                 ninf = as_like(-np.inf, inv_t)
@@ -129,14 +141,17 @@ def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
                     else:
                         wgt = (wc * share if live else 0.0) + (b_t if c == t else 0.0)
                     cross += wgt * float(d) if wgt > 0.0 else 0.0
+                    if lam > 0.0:
+                        xs = xv if live else zero
+                        sq += float(xs) * float(xs)
+                    if not write:
+                        continue
                     g = (coef * p - as_like(wgt, inv_t)) * inv_t
                     if cap > 0:
                         th = y / cap
                         g = g * (as_like(1.0, inv_t) - th * th)
                     if lam > 0.0:
-                        xs = xv if live else zero
-                        g = g + as_like(lam, inv_t) * xs
-                        sq += float(xs) * float(xs)
+                        g = g + as_like(lam, inv_t) * (xv if live else zero)
                     orow[c] = g * scale if live else zero
             ce = total * log_s - cross
             loss[i] = ce + cz * lse * lse + 0.5 * lam * sq
@@ -151,7 +166,7 @@ def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axi
 
     The arguments were validated by :func:`logitkit.cross_entropy_with_grad`.
     """
-    from . import _axis, _float_array, _inv_temperature, _Plan, _scalar, _threads
+    from . import _axis, _float_array, _inv_temperature, _Plan, _ro, _scalar, _threads
     from . import _softcap as _cap
 
     x = _float_array(logits)
@@ -234,8 +249,10 @@ def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axi
 
     loss_rows = np.zeros(n, dtype=np.float64)
     special = np.zeros(n, dtype=np.bool_)
-    ce_rows(x2, g, labels, probs, is_prob, mask, has_mask, w, has_weight, counted, eps, cz, lam,
-            cap, inv_t, dt.type(scale), loss_rows, special, _threads())
+    stat = np.empty((2, n), dtype=np.float64)
+    ce_rows(_ro(x2), g, _ro(labels), _ro(probs), is_prob, _ro(mask), has_mask, _ro(w), has_weight,
+            _ro(counted), eps, cz, lam, cap, inv_t, _ro(np.full(1, scale, dtype=dt)), True, loss_rows, stat[0], stat[1], special,
+            _threads())
 
     if special.any():
         _fix_special(special, x2, g, target, labels if not is_prob else None, probs,
@@ -272,3 +289,118 @@ def _fix_special(special: np.ndarray, x2: np.ndarray, g: np.ndarray, target: Any
         ls, gs = losses.cross_entropy_with_grad(xs, ts, where=ws, reduction="none", **options)
     loss_rows[idx] = ls
     g[idx] = gs * gs.dtype.type(scale)
+
+
+# --------------------------------------------------------------------------------------------
+# the torch autograd adapter on CPU: the same kernel through zero-copy NumPy views
+# --------------------------------------------------------------------------------------------
+
+
+def _problem_arrays(pb: Any) -> tuple[Any, ...] | None:
+    """Kernel arguments for a row-form problem of torch tensors (see ``_autodiff._ce_rows``)."""
+    from . import _torch_view
+
+    x = _torch_view(pb.x)
+    if x is None or x.ndim != 2 or pb.bad is not None:
+        return None
+    n, k = x.shape
+    if n == 0 or k == 0:
+        return None
+    dt = x.dtype
+    temp = pb.temperature
+    if not isinstance(temp, float) or not (0.0 < temp < math.inf):
+        return None
+    inv_t = dt.type(1.0) / dt.type(temp)
+    if not np.isfinite(inv_t):
+        return None
+    cap = dt.type(0.0) if pb.softcap is None else dt.type(pb.softcap)
+    is_prob = pb.probs is not None
+    if is_prob:
+        probs = _torch_view(pb.probs.detach())
+        if probs is None or probs.shape != x.shape or probs.dtype != dt:
+            return None
+        labels = np.zeros(1, dtype=np.int64)
+    else:
+        labels = np.ascontiguousarray(pb.labels.detach().cpu().numpy(), dtype=np.int64)
+        probs = np.zeros((1, 1), dtype=dt)
+    has_mask = pb.mask is not None
+    mask = np.ones((1, 1), dtype=np.bool_)
+    if has_mask:
+        mask = np.ascontiguousarray(pb.mask.detach().cpu().numpy())
+    has_weight = pb.weight is not None
+    w = np.ones(1, dtype=dt)
+    if has_weight:
+        w = np.ascontiguousarray(pb.weight.detach().cpu().numpy(), dtype=dt)
+    keep = None if pb.keep is None else pb.keep.detach().cpu().numpy()
+    return (x, labels, probs, is_prob, mask, has_mask, w, has_weight, keep, inv_t, cap)
+
+
+def torch_forward(pb: Any) -> Any:
+    """The adapter's forward statistics (``RowStats``) by the kernel, or ``None``."""
+    import torch
+
+    from .._autodiff._ce_rows import RowStats
+    from . import _ro, _threads
+
+    args = _problem_arrays(pb)
+    if args is None:
+        return None
+    x, labels, probs, is_prob, mask, has_mask, w, has_weight, keep, inv_t, cap = args
+    n, _k = x.shape
+    counted = np.ones(n, dtype=np.bool_) if keep is None else keep.astype(np.bool_)
+    if has_mask:
+        counted = counted & mask.any(axis=1)
+    labels_safe = labels if is_prob else np.where(counted, labels, 0)
+    loss = np.zeros(n, dtype=np.float64)
+    stat = np.zeros((2, n), dtype=np.float64)
+    special = np.zeros(n, dtype=np.bool_)
+    ce_rows(_ro(x), np.empty((1, 1), dtype=x.dtype), _ro(labels_safe), _ro(probs), is_prob,
+            _ro(mask), has_mask, _ro(w), has_weight, _ro(counted), float(pb.label_smoothing),
+            float(pb.z_loss), float(pb.logit_l2), cap, inv_t, _ro(np.ones(1, dtype=x.dtype)), False, loss, stat[0], stat[1], special, _threads())
+    if special.any():
+        return None  # the generic forward defines NaN, +inf and all −inf rows
+    if has_weight and not is_prob:
+        denom = np.sum(np.where(counted, w[labels_safe], 0), dtype=np.float64)
+    else:
+        denom = float(np.count_nonzero(counted))
+    dt = torch.float32 if x.dtype == np.float32 else torch.float64
+    return RowStats(
+        torch.from_numpy(loss).to(dt),
+        torch.from_numpy(stat[0]).to(dt)[:, None],
+        torch.from_numpy(stat[1]).to(dt)[:, None],
+        torch.from_numpy(counted),
+        torch.from_numpy(special),
+        torch.tensor(denom, dtype=dt),
+    )
+
+
+def torch_gradient(pb: Any, stats: Any, scale: Any) -> Any:
+    """``∂/∂x`` of ``Σ_i scale_i · loss_i`` into one fresh tensor by the kernel, or ``None``."""
+    import torch
+
+    from . import _ro, _threads
+
+    args = _problem_arrays(pb)
+    if args is None:
+        return None
+    x, labels, probs, is_prob, mask, has_mask, w, has_weight, _keep, inv_t, cap = args
+    n, _k = x.shape
+    counted = stats.counted.detach().cpu().numpy()
+    if bool(stats.special.any()):
+        return None
+    scales = np.ascontiguousarray(scale.detach().cpu().numpy().reshape(-1), dtype=x.dtype)
+    if scales.size not in (1, n):
+        return None
+    labels_safe = labels if is_prob else np.where(counted, labels, 0)
+    g = torch.empty(tuple(pb.x.shape), dtype=pb.x.dtype)
+    gv = g.numpy()
+    loss = np.zeros(n, dtype=np.float64)
+    stat = np.zeros((2, n), dtype=np.float64)
+    special = np.zeros(n, dtype=np.bool_)
+    ce_rows(_ro(x), gv, _ro(labels_safe), _ro(probs), is_prob, _ro(mask), has_mask, _ro(w),
+            has_weight, _ro(np.ascontiguousarray(counted, dtype=np.bool_)),
+            float(pb.label_smoothing), float(pb.z_loss), float(pb.logit_l2), cap, inv_t,
+            _ro(scales), True, loss, stat[0], stat[1], special, _threads())
+    if special.any():
+        return None
+    return g

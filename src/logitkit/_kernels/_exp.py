@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 from numba import types
 from numba.extending import intrinsic, overload, register_jitable
@@ -207,3 +208,10 @@ def _as_like(value, like):  # type: ignore[no-untyped-def]
     if like == types.float64:
         return lambda value, like: np.float64(value)
     return None
+
+
+@numba.njit(cache=True, fastmath=_CONTRACT)
+def exp_array(d: Any, out: Any) -> None:
+    """``out = vexp(d)`` elementwise (1-D): the kernels' exp, exposed for the accuracy tests."""
+    for i in range(d.size):
+        out[i] = vexp(d[i])

@@ -144,11 +144,19 @@ def _segment(xr: Any, mr: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, 
     return m, rest, n_top
 
 
-@numba.njit(**_OPTS)
+@numba.njit(cache=True, nogil=True, fastmath=False)
+def log1p_sum(rest: float, n_top: float) -> float:
+    """``log(rest + n_top)`` as ``log1p(rest + (n_top − 1))``: compiled without reassociation,
+    which would round the tiny ``rest`` of a dominant row away.  ``fastmath=False`` is explicit:
+    numba lets callees inherit the caller's fast-math flags unless they set their own."""
+    return math.log1p(rest + (n_top - 1.0))
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=False)
 def _finish(m: Any, rest: float, n_top: float, inv_t: Any, mode: int) -> tuple[bool, float, Any]:
     """(special, lse, scale for the write pass)."""
     special = not (-np.inf < m < np.inf) or rest != rest
-    log_s = math.log1p(rest + (n_top - 1.0)) if not special else 0.0
+    log_s = log1p_sum(rest, n_top) if not special else 0.0
     lse = float(m) * float(inv_t) + log_s
     if mode == SOFTMAX:
         scale = 1.0 / (rest + n_top) if not special else 0.0
