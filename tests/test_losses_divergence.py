@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 
+import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 
-from logitkit import LogitkitValueError
+from logitkit import LogitkitValueError, entropy, softmax
 from logitkit.losses import (
     clip_loss,
     cross_entropy,
@@ -58,6 +61,19 @@ def test_kl_is_cross_entropy_minus_entropy(xp):
     with np.errstate(divide="ignore"):
         log_q = np.log(q)
     assert_close(g(asarray(xp, log_q), asarray(xp, S)), (h_qp - h_q).mean(), rtol=1e-12)
+
+
+@given(
+    x=hnp.arrays(np.float64, (3, 4), elements=st.floats(-20, 20)),
+    y=hnp.arrays(np.float64, (3, 4), elements=st.floats(-20, 20)),
+)
+def test_kl_invariants(x, y):
+    q = softmax(y)
+    kl = kl_divergence(q, x, reduction="none")
+    assert (kl >= -1e-12).all()  # Gibbs' inequality
+    np.testing.assert_allclose(kl, cross_entropy(x, q, reduction="none") - entropy(y),
+                               rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(kl_divergence(q, y, reduction="none"), 0.0, atol=1e-10)
 
 
 def test_kl_is_zero_at_the_model_distribution():
