@@ -90,6 +90,10 @@ def test_kl_matches_torch_kl_div_batchmean():
     (g,) = torch.autograd.grad(ours, x)
     torch.testing.assert_close(ours, ref, rtol=1e-13, atol=1e-15)
     torch.testing.assert_close(g, ref_g, rtol=1e-12, atol=1e-15)
+    qg = q.clone().requires_grad_(True)
+    (ref_gq,) = torch.autograd.grad(F.kl_div(F.log_softmax(x, -1), qg, reduction="batchmean"), qg)
+    (gq,) = torch.autograd.grad(kl_divergence(qg, x), qg)
+    torch.testing.assert_close(gq, ref_gq, rtol=1e-12, atol=1e-15)
     ref_sum = F.kl_div(F.log_softmax(x, dim=-1), q, reduction="sum")
     torch.testing.assert_close(kl_divergence(q, x, reduction="sum"), ref_sum, rtol=1e-13, atol=0)
 
