@@ -136,7 +136,7 @@ def _out_dir(args: argparse.Namespace) -> Path:
 
 
 def evaluate(logits: np.ndarray, y: np.ndarray, temperature: float, n_bins: int,
-             binning: str) -> dict[str, Any]:
+             binning: str, progress: Any = None) -> dict[str, Any]:
     """Metrics of ``softmax(logits / T)`` in chunks: O(chunk + bins) memory beyond the input."""
     from ..calibration._dask import is_dask
 
@@ -144,9 +144,10 @@ def evaluate(logits: np.ndarray, y: np.ndarray, temperature: float, n_bins: int,
         from ._scheduler import evaluate_on_cluster
 
         return evaluate_on_cluster(logits, y, temperature, n_bins, binning)
-    from .. import log_softmax, softmax
+    from .. import softmax
     from ..calibration import CalibrationStats
     from ..calibration._binning import uniform_edges
+    from ..calibration._nll_sums import _nll_derivatives
 
     n, k = logits.shape
     rows = max(1, _EVAL_CHUNK // k)
@@ -165,11 +166,14 @@ def evaluate(logits: np.ndarray, y: np.ndarray, temperature: float, n_bins: int,
     stats = CalibrationStats(edges=edges)
     nll_sum = 0.0
     for start in range(0, n, rows):
-        chunk = logits[start:start + rows].astype(np.float64)
+        chunk = logits[start:start + rows]
         yc = y[start:start + rows]
-        stats.update(softmax(chunk, axis=1, temperature=temperature), yc)
-        logp = log_softmax(chunk, axis=1, temperature=temperature)
-        nll_sum -= float(logp[np.arange(len(yc)), yc].sum())
+        stats.update(softmax(chunk.astype(np.float64), axis=1, temperature=temperature), yc)
+        # the NLL from the logits (exact where log(softmax) would underflow), by the same
+        # float64 row sums as the temperature fit
+        nll_sum += _nll_derivatives(chunk, yc, 1.0 / temperature)[1]
+        if progress is not None:
+            progress(len(yc))
     out = stats.compute()
     out["nll"] = nll_sum / n  # from the logits: exact where log(softmax) would underflow
     return out
@@ -193,12 +197,13 @@ def _fmt(v: float | None) -> str:
 
 
 class _Progress:
-    """A tqdm bar over the rows of each pass of the fit."""
+    """A tqdm bar over the rows of each pass (``desc`` names the pass)."""
 
-    def __init__(self, n: int, mode: str, long_input: bool) -> None:
+    def __init__(self, n: int, mode: str, long_input: bool, desc: str = "fitting T") -> None:
         self.n = n
         self.done = 0
         self.passes = 1
+        self.desc = desc
         self.bar = None
         if mode == "never" or (mode == "auto" and not (long_input and sys.stderr.isatty())):
             return
@@ -206,7 +211,7 @@ class _Progress:
             from tqdm.auto import tqdm
         except ImportError:  # pragma: no cover - tqdm is in the cli extra
             return
-        self.bar = tqdm(total=n, unit="rows", desc="fitting T, pass 1", file=sys.stderr,
+        self.bar = tqdm(total=n, unit="rows", desc=f"{desc}, pass 1", file=sys.stderr,
                         leave=False, dynamic_ncols=True)
 
     def __call__(self, rows: int) -> None:
@@ -216,7 +221,7 @@ class _Progress:
             self.passes += 1
             self.done = 0
             self.bar.reset(total=self.n)
-            self.bar.set_description(f"fitting T, pass {self.passes}")
+            self.bar.set_description(f"{self.desc}, pass {self.passes}")
         self.done += rows
         self.bar.update(rows)
 
@@ -265,8 +270,13 @@ def _run(args: argparse.Namespace) -> int:
             progress.close()
     notes = [str(w.message) for w in caught if issubclass(w.category, CalibrationWarning)]
     t = scaler.temperature_
-    before = evaluate(test_logits, test_y, 1.0, args.bins, args.binning)
-    after = evaluate(test_logits, test_y, t, args.bins, args.binning)
+    n_test = int(test_logits.shape[0])
+    progress = _Progress(n_test, args.progress, n_test * k >= LONG_INPUT, "measuring")
+    try:
+        before = evaluate(test_logits, test_y, 1.0, args.bins, args.binning, progress)
+        after = evaluate(test_logits, test_y, t, args.bins, args.binning, progress)
+    finally:
+        progress.close()
 
     keys = [key for key, _ in METRICS]
     report = {
