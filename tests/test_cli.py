@@ -281,6 +281,7 @@ def test_bad_inputs_are_one_line_and_exit_2(capsys, data):
     with open("corrupt.parquet", "wb") as fh:
         fh.write(b"PAR1 nope")
     pathlib.Path("preds.txt").write_text("1,2\n")
+    pathlib.Path("emptydir").mkdir()
     cases = [
         (["missing.npz"], "no such file"),
         (["empty.npz"], "empty"),
@@ -304,7 +305,7 @@ def test_bad_inputs_are_one_line_and_exit_2(capsys, data):
         (["floatlabels.npz"], "integer"),
         (["preds.txt"], "unsupported file type"),
         (["nolabels.npz", "--logits-key", "scores"], "no array named 'scores'"),
-        ([".", "--labels", "labels.npy"], "directory"),
+        (["emptydir"], "no prediction files"),
         (["logits.npy", "logits.npy", "--labels", "labels.npy"], "one input file"),
         (["--bins", "0"], "positive integer"),
         (["--binning", "adaptive"], "invalid choice"),
