@@ -265,7 +265,10 @@ def _zero_temperature_shift(m: Array, wanted: bool, xp: Any) -> Array | None:
 
 def _infinite_temperature(d: Array, xp: Any) -> Array:
     finite = xp.isfinite(d)
-    return xp.where(finite, _const(0.0, d, xp), stop_gradient(d, xp))
+    # 0·d, not a constant 0: the limit's derivative is 0, but the result must stay connected to
+    # the graph (torch refuses to backpropagate through an output that does not require grad).
+    zero_on_graph = xp.where(finite, d, _const(0.0, d, xp)) * 0.0
+    return xp.where(finite, zero_on_graph, stop_gradient(d, xp))
 
 
 # --------------------------------------------------------------------------------------------
