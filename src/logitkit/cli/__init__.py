@@ -65,7 +65,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                            description="Side-by-side timings against the installed peers.")
     if argv and argv[0] == "bench":
         try:
-            from . import bench as bench_module  # type: ignore[attr-defined]
+            from . import bench as bench_module
         except ImportError as exc:
             bench.set_defaults(_run=_bench_unavailable(str(exc)), _lenient=True)
         else:
