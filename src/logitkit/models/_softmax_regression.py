@@ -89,7 +89,7 @@ def convergence_warning_class() -> type[Warning]:
         from sklearn.exceptions import ConvergenceWarning
     except ImportError:
         return LogitkitConvergenceWarning
-    return ConvergenceWarning  # type: ignore[no-any-return]
+    return ConvergenceWarning
 
 
 def _data_conversion_warning_class() -> type[Warning]:
@@ -97,7 +97,7 @@ def _data_conversion_warning_class() -> type[Warning]:
         from sklearn.exceptions import DataConversionWarning
     except ImportError:
         return UserWarning
-    return DataConversionWarning  # type: ignore[no-any-return]
+    return DataConversionWarning
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,7 +268,7 @@ def _is_sparse(X: object) -> bool:
 
 def _feature_names(X: object) -> np.ndarray | None:
     columns = getattr(X, "columns", None)
-    if columns is None or is_array_like_torch_or_jax(X):
+    if columns is None or _is_tensor(X):
         return None
     names = np.asarray(list(columns), dtype=object)
     if len(names) and all(isinstance(c, str) for c in names):
@@ -276,7 +276,7 @@ def _feature_names(X: object) -> np.ndarray | None:
     return None
 
 
-def is_array_like_torch_or_jax(X: object) -> bool:
+def _is_tensor(X: object) -> bool:
     return bool(array_api_compat.is_torch_array(X) or array_api_compat.is_jax_array(X))
 
 
@@ -455,7 +455,9 @@ class SoftmaxRegression:
         log-odds ``z₁ − z₀`` of ``classes_[1]`` with shape ``(n_samples,)``, as scikit-learn does,
         and ``(n_samples, n_classes)`` logits otherwise.  A single class in ``y`` is an error.
 
-        When ``max_iter`` is reached, ``ConvergenceWarning`` is emitted: scikit-learn's
+        Without a penalty (``alpha=0``) on linearly separable classes the likelihood has no
+        maximiser (the weights grow without bound): every solver then stops at ``max_iter``
+        with a warning.  When ``max_iter`` is reached, ``ConvergenceWarning`` is emitted: scikit-learn's
         ``sklearn.exceptions.ConvergenceWarning`` when scikit-learn is installed, else
         :class:`LogitkitConvergenceWarning` (a ``UserWarning``).  scikit-learn is never imported
         to fit or predict; SciPy is needed only by ``solver="lbfgs"``.
@@ -463,14 +465,14 @@ class SoftmaxRegression:
     Examples:
         >>> import numpy as np
         >>> from logitkit.models import SoftmaxRegression
-        >>> X = np.array([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0]])
+        >>> X = np.array([[-1.5], [-0.9], [-0.3], [0.3], [0.9], [1.5]])
         >>> y = np.array(["a", "a", "b", "b", "c", "c"])
-        >>> model = SoftmaxRegression(alpha=0.01).fit(X, y)
-        >>> model.predict(np.array([[0.2], [2.4], [4.9]]))
+        >>> model = SoftmaxRegression(alpha=0.01, tol=1e-8).fit(X, y)
+        >>> model.predict(np.array([[-1.4], [0.1], [1.4]]))
         array(['a', 'b', 'c'], dtype='<U1')
         >>> model.predict_proba(X).sum(axis=1).round(12)
         array([1., 1., 1., 1., 1., 1.])
-        >>> gd = SoftmaxRegression(alpha=0.01, solver="gd", tol=1e-8, max_iter=200_000).fit(X, y)
+        >>> gd = SoftmaxRegression(alpha=0.01, solver="gd", tol=1e-6).fit(X, y)
         >>> bool(np.allclose(gd.predict_proba(X), model.predict_proba(X), atol=1e-4))
         True
 
@@ -482,6 +484,14 @@ class SoftmaxRegression:
     """
 
     _estimator_type = "classifier"  # scikit-learn < 1.6 reads this
+    coef_: np.ndarray
+    intercept_: np.ndarray
+    classes_: np.ndarray
+    n_iter_: int
+    n_features_in_: int
+    feature_names_in_: np.ndarray
+    objective_: float
+    learning_rate_: float | None
 
     def __init__(
         self,
@@ -616,15 +626,15 @@ class SoftmaxRegression:
         k = classes.size
         obj = _Objective(Xn, y_idx.ravel(), sw, alpha, k, self.fit_intercept)
 
-        theta = np.zeros((k, obj.p))
+        start = np.zeros((k, obj.p))
         if (self.warm_start and hasattr(self, "coef_") and self.coef_.shape == (k, d)
                 and np.array_equal(self.classes_, classes)):
-            theta[:, :d] = self.coef_
+            start[:, :d] = self.coef_
             if self.fit_intercept:
-                theta[:, d] = self.intercept_
-        theta = theta.ravel()
+                start[:, d] = self.intercept_
+        theta = start.ravel()
 
-        self.learning_rate_: float | None = None
+        self.learning_rate_ = None
         if solver == "lbfgs":
             theta, n_iter, problem = _lbfgs(obj, theta, max_iter, tol)
         elif solver == "newton":
