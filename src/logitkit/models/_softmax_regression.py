@@ -119,6 +119,7 @@ class _Objective:
         self.Xa = np.hstack([X, np.ones((n, 1))]) if fit_intercept else np.ascontiguousarray(X)
         self.y = y
         self.w = weights / weights.sum()
+        self.w_col = self.w[:, None]
         self.rows = np.arange(n)
         self.Yw = np.zeros((n, n_classes))
         self.Yw[self.rows, y] = self.w
@@ -135,10 +136,16 @@ class _Objective:
         T = theta.reshape(self.k, self.p)
         logp = log_softmax(self.Xa @ T.T, axis=1)
         W = T * self.penalised
-        f = -float(self.w @ logp[self.rows, self.y]) + 0.5 * self.alpha * float(np.sum(W * W))
+        f = -float(self.w @ logp[self.rows, self.y]) + 0.5 * self.alpha * float(np.vdot(W, W))
         # The seed's gradient p − y in the logits, weighted, pulled back through z = X̃ θᵀ.
-        G = np.exp(logp) * self.w[:, None] - self.Yw
-        return f, (G.T @ self.Xa + self.alpha * W).ravel()
+        # G is a fresh buffer owned here, so it is updated in place.
+        G = np.exp(logp)
+        G *= self.w_col
+        G -= self.Yw
+        grad = G.T @ self.Xa
+        if self.alpha:
+            grad += self.alpha * W
+        return f, grad.ravel()
 
     def loss(self, theta: np.ndarray) -> float:
         return self.loss_grad(theta)[0]
