@@ -25,7 +25,8 @@ from ._rows import _OPTS, _POPTS, CHUNK, _chunk_stats, _softcap, log1p_sum
 
 
 @numba.njit(**_OPTS)
-def _row_stats(src: Any, mr: Any, has_mask: bool, inv_t: Any) -> tuple[Any, float, float]:
+def _row_stats(src: Any, mr: Any, has_mask: bool, inv_t: Any,
+               scratch: Any) -> tuple[Any, float, float]:
     m = as_like(-np.inf, inv_t)
     rest = 0.0
     n_top = 0.0
@@ -33,7 +34,8 @@ def _row_stats(src: Any, mr: Any, has_mask: bool, inv_t: Any) -> tuple[Any, floa
     for c0 in range(0, k, CHUNK):
         c1 = min(c0 + CHUNK, k)
         mc = mr[c0:c1] if has_mask else mr
-        m, rest, n_top = _chunk_stats(src[c0:c1], mc, has_mask, inv_t, m, rest, n_top)
+        m, rest, n_top = _chunk_stats(src[c0:c1], mc, has_mask, inv_t, m, rest, n_top, False,
+                                      scratch)
         if rest != rest:
             break
     return m, rest, n_top
@@ -72,7 +74,7 @@ def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
                 src = ybuf
             else:
                 src = xr
-            m, rest, n_top = _row_stats(src, mr, has_mask, inv_t)
+            m, rest, n_top = _row_stats(src, mr, has_mask, inv_t, ybuf)
             if not (-np.inf < m < np.inf) or rest != rest:
                 special[i] = True
                 continue
@@ -86,7 +88,7 @@ def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
             if has_mask:
                 kv = 0.0
                 for c in range(k):
-                    kv += 1.0 if mr[c] else 0.0
+                    kv += mr[c]
             else:
                 kv = float(k)
             share = eps / kv
@@ -96,14 +98,14 @@ def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
                 for c in range(k):
                     live = mr[c] if has_mask else True
                     wc = float(weight[c]) if has_weight else 1.0
-                    total += wc * ((1.0 - eps) * float(qr[c]) + (share if live else 0.0))
+                    total += wc * ((1.0 - eps) * float(qr[c]) + share * live)
             else:
                 sw = kv
                 if has_weight and eps > 0.0:
                     sw = 0.0
                     for c in range(k):
                         live = mr[c] if has_mask else True
-                        sw += float(weight[c]) if live else 0.0
+                        sw += float(weight[c]) * live
                 total = (1.0 - eps) * wt + share * sw if eps > 0.0 else wt
             coef = as_like(total + 2.0 * cz * lse, inv_t)
             lse_out[i] = lse
@@ -140,7 +142,8 @@ def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
                         wgt = wc * ((1.0 - eps) * float(probs[i, c]) + (share if live else 0.0))
                     else:
                         wgt = (wc * share if live else 0.0) + (b_t if c == t else 0.0)
-                    cross += wgt * float(d) if wgt > 0.0 else 0.0
+                    dd = float(d) if wgt > 0.0 else 0.0  # 0·(−inf) = 0
+                    cross += wgt * dd
                     if lam > 0.0:
                         xs = xv if live else zero
                         sq += float(xs) * float(xs)

@@ -215,3 +215,27 @@ def exp_array(d: Any, out: Any) -> None:
     """``out = vexp(d)`` elementwise (1-D): the kernels' exp, exposed for the accuracy tests."""
     for i in range(d.size):
         out[i] = vexp(d[i])
+
+
+def max_of_masked(a, mask):  # type: ignore[no-untyped-def]
+    """Max of ``a`` over the entries where ``mask`` is True (−inf if none), by integer keys."""
+    raise NotImplementedError  # pragma: no cover
+
+
+@overload(max_of_masked)
+def _max_of_masked(a, mask):  # type: ignore[no-untyped-def]
+    if not isinstance(a, types.Array) or a.dtype not in (types.float32, types.float64):
+        return None
+    dt = np.float32 if a.dtype == types.float32 else np.float64
+
+    def impl(a, mask):  # type: ignore[no-untyped-def]
+        like = dt(0.0)
+        lowest = _key(dt(-np.inf))
+        m = lowest
+        for i in range(a.size):
+            k = _key(a[i])
+            k = k if mask[i] else lowest
+            m = k if k > m else m
+        return _unkey(m, like)
+
+    return impl

@@ -26,7 +26,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._exp import as_like, max_of, vexp
+from ._exp import as_like, max_of, max_of_masked, vexp
 
 CHUNK = 2048
 
@@ -53,18 +53,20 @@ def _softcap(xc: Any, mc: Any, has_mask: bool, cap: Any, yc: Any) -> None:
 
 @numba.njit(**_OPTS)
 def _chunk_stats(src: Any, mc: Any, has_mask: bool, inv_t: Any, m: Any, rest: float,
-                 n_top: float) -> tuple[Any, float, float]:
-    """Fold one chunk into the online ``(m, rest, n_top)``; rest becomes NaN if the row is special."""
+                 n_top: float, store: bool, oc: Any) -> tuple[Any, float, float]:
+    """Fold one chunk into the online ``(m, rest, n_top)``; rest becomes NaN if the row is special.
+
+    With ``store`` the chunk's exponentials (relative to the running max after this chunk) are
+    also written to ``oc``, so that softmax's second pass only rescales them.
+    """
     ninf = as_like(-np.inf, inv_t)
     if has_mask:
-        cm = ninf
+        cm = max_of_masked(src, mc)
+        n_nan = 0
         for k in range(src.size):
-            v = src[k] if mc[k] else ninf
-            cm = v if v > cm else cm
-        # NaN never wins ``v > cm``: detect it explicitly (only unmasked entries count).
-        for k in range(src.size):
-            if mc[k] and src[k] != src[k]:
-                return cm, math.nan, n_top
+            n_nan += mc[k] & (src[k] != src[k])  # only unmasked NaN counts
+        if cm != cm or n_nan:
+            return cm, math.nan, n_top
     else:
         cm = max_of(src)
         if cm != cm:
@@ -76,26 +78,42 @@ def _chunk_stats(src: Any, mc: Any, has_mask: bool, inv_t: Any, m: Any, rest: fl
             n_top = 0.0
         m = cm
     if m == -np.inf:
+        if store:
+            for k in range(src.size):
+                oc[k] = 0
         return m, rest, n_top  # nothing but −inf so far (or masked)
     if m == np.inf:
         return m, math.nan, n_top
     acc = 0.0
     cnt = 0.0
-    if has_mask:
+    if has_mask and store:
         for k in range(src.size):
             v = src[k] if mc[k] else ninf
             d = (v - m) * inv_t
             e = vexp(d)
-            top = d == 0
-            acc += 0.0 if top else float(e)
-            cnt += 1.0 if top else 0.0
+            oc[k] = e
+            acc += float(e) * (d != 0)
+            cnt += d == 0
+    elif has_mask:
+        for k in range(src.size):
+            v = src[k] if mc[k] else ninf
+            d = (v - m) * inv_t
+            e = vexp(d)
+            acc += float(e) * (d != 0)  # arithmetic, not a branch: the loop vectorises
+            cnt += d == 0
+    elif store:
+        for k in range(src.size):
+            d = (src[k] - m) * inv_t
+            e = vexp(d)
+            oc[k] = e
+            acc += float(e) * (d != 0)
+            cnt += d == 0
     else:
         for k in range(src.size):
             d = (src[k] - m) * inv_t
             e = vexp(d)
-            top = d == 0
-            acc += 0.0 if top else float(e)
-            cnt += 1.0 if top else 0.0
+            acc += float(e) * (d != 0)
+            cnt += d == 0
     return m, rest + acc, n_top + cnt
 
 
@@ -124,9 +142,11 @@ def _write_chunk(src: Any, mc: Any, has_mask: bool, inv_t: Any, m: Any, scale: A
 
 @numba.njit(**_OPTS)
 def _segment(xr: Any, mr: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, orow: Any,
-             buf: Any, k0: int, k1: int) -> tuple[Any, float, float]:
+             buf: Any, k0: int, k1: int, store: bool, chunk_m: Any) -> tuple[Any, float, float]:
     """``(m, rest, n_top)`` of ``xr[k0:k1]``; with a softcap the capped values go to ``orow``
-    (or to the scratch ``buf`` for logsumexp) and the write pass reads them from there."""
+    (or to the scratch ``buf`` for logsumexp) and the write pass reads them from there.  With
+    ``store`` (softmax without softcap) the exponentials go to ``orow`` and ``chunk_m`` records
+    the max each chunk's were taken against."""
     m = as_like(-np.inf, inv_t)
     rest = 0.0
     n_top = 0.0
@@ -136,12 +156,26 @@ def _segment(xr: Any, mr: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, 
         if cap > 0:
             yc = buf[: c1 - c0] if mode == LSE else orow[c0:c1]
             _softcap(xr[c0:c1], mc, has_mask, cap, yc)
-            m, rest, n_top = _chunk_stats(yc, mc, has_mask, inv_t, m, rest, n_top)
+            m, rest, n_top = _chunk_stats(yc, mc, has_mask, inv_t, m, rest, n_top, False, yc)
         else:
-            m, rest, n_top = _chunk_stats(xr[c0:c1], mc, has_mask, inv_t, m, rest, n_top)
+            m, rest, n_top = _chunk_stats(xr[c0:c1], mc, has_mask, inv_t, m, rest, n_top, store,
+                                          orow[c0:c1] if store else orow)
+            if store:
+                chunk_m[(c0 - k0) // CHUNK] = float(m)
         if rest != rest:
             break
     return m, rest, n_top
+
+
+@numba.njit(**_OPTS)
+def _rescale_segment(orow: Any, chunk_m: Any, m: Any, inv_t: Any, inv_s: float, k: int) -> None:
+    """softmax's second pass after a stored first pass: each chunk times ``e^{(m_c − m)/T}/s``."""
+    for c0 in range(0, k, CHUNK):
+        c1 = min(c0 + CHUNK, k)
+        f = as_like(math.exp((chunk_m[c0 // CHUNK] - float(m)) * float(inv_t)) * inv_s, inv_t)
+        oc = orow[c0:c1]
+        for j in range(oc.size):
+            oc[j] = oc[j] * f
 
 
 @numba.njit(cache=True, nogil=True, fastmath=False)
@@ -188,15 +222,22 @@ def rows(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, out
         i0 = b * n // nblocks
         i1 = (b + 1) * n // nblocks
         buf = np.empty(CHUNK if (mode == LSE and cap > 0) else 1, dtype=x.dtype)
+        store = mode == SOFTMAX and not cap > 0
+        chunk_m = np.empty((k + CHUNK - 1) // CHUNK if store else 1)
         for i in range(i0, i1):
             xr = x[i]
             mr = mask[min(i, nm - 1)]
             orow = out[min(i, out.shape[0] - 1)]
-            m, rest, n_top = _segment(xr, mr, has_mask, cap, inv_t, mode, orow, buf, 0, k)
+            m, rest, n_top = _segment(xr, mr, has_mask, cap, inv_t, mode, orow, buf, 0, k, store,
+                                      chunk_m)
             sp, value, scale = _finish(m, rest, n_top, inv_t, mode)
             lse[i] = value
             special[i] = sp
-            if mode != LSE and not sp:
+            if sp or mode == LSE:
+                continue
+            if store:
+                _rescale_segment(orow, chunk_m, m, inv_t, scale, k)
+            else:
                 _write_segment(xr, mr, has_mask, cap, inv_t, m, as_like(scale, inv_t), mode,
                                orow, 0, k)
 
@@ -223,7 +264,8 @@ def rows_split(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: in
         mr = mask[min(i, nm - 1)]
         orow = out[min(i, out.shape[0] - 1)]
         if k1 > k0:
-            m, rest, n_top = _segment(xr, mr, has_mask, cap, inv_t, mode, orow, buf, k0, k1)
+            m, rest, n_top = _segment(xr, mr, has_mask, cap, inv_t, mode, orow, buf, k0, k1,
+                                      False, buf)
             st_m[t] = float(m)
             st_rest[t] = rest
             st_top[t] = n_top
@@ -296,7 +338,7 @@ def strided(x: Any, mask: Any, has_mask: bool, inv_t: Any, mode: int, out: Any, 
                 v = x[o, kk, j0 + j]
                 live = mask[o, kk, j0 + j] if has_mask else True
                 v = v if live else ninf
-                nan[j] = nan[j] or v != v
+                nan[j] = nan[j] | (v != v)
                 m[j] = v if v > m[j] else m[j]
         rest = np.zeros(w)
         n_top = np.zeros(w)
@@ -306,10 +348,9 @@ def strided(x: Any, mask: Any, has_mask: bool, inv_t: Any, mode: int, out: Any, 
                 live = mask[o, kk, j0 + j] if has_mask else True
                 v = v if live else ninf
                 d = (v - m[j]) * inv_t
-                top = d == 0
                 e = vexp(d)
-                rest[j] += 0.0 if top else float(e)
-                n_top[j] += 1.0 if top else 0.0
+                rest[j] += float(e) * (d != 0)
+                n_top[j] += d == 0
         scale = np.empty(w, dtype=x.dtype)
         for j in range(w):
             bad = nan[j] or not (-np.inf < m[j] < np.inf) or rest[j] != rest[j]
