@@ -21,7 +21,17 @@ import numpy as np
 from numba import prange
 
 from ._exp import as_like, vexp
-from ._rows import _OPTS, _POPTS, CHUNK, _chunk_stats, _softcap, log1p_sum
+from ._rows import (
+    _OPTS,
+    _POPTS,
+    CHUNK,
+    SOFTMAX,
+    _chunk_stats,
+    _rescale_segment,
+    _segment,
+    _softcap,
+    log1p_sum,
+)
 
 
 @numba.njit(**_OPTS)
@@ -44,8 +54,8 @@ def _row_stats(src: Any, mr: Any, has_mask: bool, inv_t: Any,
 @numba.njit(**_POPTS)
 def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any, has_mask: bool,
             weight: Any, has_weight: bool, counted: Any, eps: float, cz: float, lam: float,
-            cap: Any, inv_t: Any, scales: Any, write: bool, loss: Any, lse_out: Any,
-            coef_out: Any, special: Any, threads: int) -> None:
+            cap: Any, inv_t: Any, scales: Any, write: bool, aliased: bool, loss: Any,
+            lse_out: Any, coef_out: Any, special: Any, threads: int) -> None:
     """Per-row loss, lse and gradient coefficient; with ``write`` the gradient into ``out``,
     scaled per row by ``scales`` (the reduction's factor times the upstream cotangent)."""
     n, k = x.shape
@@ -56,6 +66,10 @@ def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
         i0 = b * n // nblocks
         i1 = (b + 1) * n // nblocks
         ybuf = np.empty(k if cap > 0 else 1, dtype=x.dtype)
+        # Plain rows into a separate buffer: store the exponentials in the first pass and only
+        # rescale them in the second (with out=logits the logits must survive pass 1).
+        stored = plain and write and not aliased
+        chunk_m = np.empty((k + CHUNK - 1) // CHUNK if stored else 1)
         for i in range(i0, i1):
             xr = x[i]
             orow = out[min(i, out.shape[0] - 1)]
@@ -74,14 +88,19 @@ def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
                 src = ybuf
             else:
                 src = xr
-            m, rest, n_top = _row_stats(src, mr, has_mask, inv_t, ybuf)
+            t = labels[min(i, labels.size - 1)]
+            x_t = src[t]
+            if stored:
+                m, rest, n_top = _segment(xr, mr, False, cap, inv_t, SOFTMAX, orow, ybuf, 0, k,
+                                          True, chunk_m)
+            else:
+                m, rest, n_top = _row_stats(src, mr, has_mask, inv_t, ybuf)
             if not (-np.inf < m < np.inf) or rest != rest:
                 special[i] = True
                 continue
             log_s = log1p_sum(rest, n_top)
             lse = float(m) * float(inv_t) + log_s
             inv_s = as_like(1.0 / (rest + n_top), inv_t)
-            t = labels[min(i, labels.size - 1)]
             wt = float(weight[t]) if (has_weight and not is_prob) else 1.0
 
             # Σ_c W_c, before the pass that needs it for the gradient's coefficient.
@@ -116,15 +135,18 @@ def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
             sq = 0.0
             if plain:
                 # (p − y)/T · s; the label's element is fixed after the loop (from d_t read first).
-                d_t = (src[t] - m) * inv_t
+                d_t = (x_t - m) * inv_t
                 cross = wt * float(d_t)
                 if not write:
                     loss[i] = total * log_s - cross + cz * lse * lse
                     continue
                 cs = coef * g_scale
-                for c in range(k):
-                    d = (src[c] - m) * inv_t
-                    orow[c] = vexp(d) * inv_s * cs
+                if stored:
+                    _rescale_segment(orow, chunk_m, m, inv_t, float(inv_s) * float(cs), k)
+                else:
+                    for c in range(k):
+                        d = (src[c] - m) * inv_t
+                        orow[c] = vexp(d) * inv_s * cs
                 p_t = vexp(d_t) * inv_s
                 orow[t] = (coef * p_t - as_like(wt, inv_t)) * g_scale
             else:
@@ -238,6 +260,7 @@ def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axi
     else:
         scale = 1.0
 
+    same = False
     if out is None:
         g = np.empty_like(x2)
     else:
@@ -254,8 +277,8 @@ def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axi
     special = np.zeros(n, dtype=np.bool_)
     stat = np.empty((2, n), dtype=np.float64)
     ce_rows(_ro(x2), g, _ro(labels), _ro(probs), is_prob, _ro(mask), has_mask, _ro(w), has_weight,
-            _ro(counted), eps, cz, lam, cap, inv_t, _ro(np.full(1, scale, dtype=dt)), True, loss_rows, stat[0], stat[1], special,
-            _threads())
+            _ro(counted), eps, cz, lam, cap, inv_t, _ro(np.full(1, scale, dtype=dt)), True, same,
+            loss_rows, stat[0], stat[1], special, _threads())
 
     if special.any():
         _fix_special(special, x2, g, target, labels if not is_prob else None, probs,
@@ -359,7 +382,8 @@ def torch_forward(pb: Any) -> Any:
     special = np.zeros(n, dtype=np.bool_)
     ce_rows(_ro(x), np.empty((1, 1), dtype=x.dtype), _ro(labels_safe), _ro(probs), is_prob,
             _ro(mask), has_mask, _ro(w), has_weight, _ro(counted), float(pb.label_smoothing),
-            float(pb.z_loss), float(pb.logit_l2), cap, inv_t, _ro(np.ones(1, dtype=x.dtype)), False, loss, stat[0], stat[1], special, _threads())
+            float(pb.z_loss), float(pb.logit_l2), cap, inv_t, _ro(np.ones(1, dtype=x.dtype)), False,
+            False, loss, stat[0], stat[1], special, _threads())
     if special.any():
         return None  # the generic forward defines NaN, +inf and all −inf rows
     if has_weight and not is_prob:
@@ -403,7 +427,7 @@ def torch_gradient(pb: Any, stats: Any, scale: Any) -> Any:
     ce_rows(_ro(x), gv, _ro(labels_safe), _ro(probs), is_prob, _ro(mask), has_mask, _ro(w),
             has_weight, _ro(np.ascontiguousarray(counted, dtype=np.bool_)),
             float(pb.label_smoothing), float(pb.z_loss), float(pb.logit_l2), cap, inv_t,
-            _ro(scales), True, loss, stat[0], stat[1], special, _threads())
+            _ro(scales), True, False, loss, stat[0], stat[1], special, _threads())
     if special.any():
         return None
     return g
