@@ -15,12 +15,13 @@ Run::
 
     python benchmarks/bench_softmax_regression.py                      # lbfgs and newton, tol 1e-8
     python benchmarks/bench_softmax_regression.py --solvers lbfgs newton gd --datasets iris
-    python benchmarks/bench_softmax_regression.py --tol 1e-4 --repeat 9 --json
+    python benchmarks/bench_softmax_regression.py --tol 1e-4 --repeat 9 --threads 1 --json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -45,6 +46,27 @@ def _median_time(make, X, y, repeat):
         model = estimator.fit(X, y)
         times.append(time.perf_counter() - start)
     return model, statistics.median(times)
+
+
+@contextlib.contextmanager
+def _thread_limit(threads):
+    if threads is None:
+        yield
+        return
+    import scipy.optimize  # noqa: F401  (load every BLAS/OpenMP runtime before limiting them)
+    import sklearn.linear_model  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    import logitkit.models  # noqa: F401
+
+    try:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
+    with threadpool_limits(limits=threads):
+        yield
 
 
 def run(datasets, solvers, C, tol, repeat, max_iter):
@@ -122,9 +144,12 @@ def main(argv=None):
     parser.add_argument("--tol", type=float, default=1e-8)
     parser.add_argument("--max-iter", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="limit BLAS, OpenMP (both libraries) and numba threads to this")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead")
     args = parser.parse_args(argv)
-    rows = run(args.datasets, args.solvers, args.C, args.tol, args.repeat, args.max_iter)
+    with _thread_limit(args.threads):
+        rows = run(args.datasets, args.solvers, args.C, args.tol, args.repeat, args.max_iter)
     print(json.dumps(rows, indent=1) if args.json else _table(rows, args.C, args.tol, args.repeat))
 
 

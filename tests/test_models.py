@@ -42,6 +42,25 @@ except ModuleNotFoundError:
 SOLVERS = ["lbfgs", "newton", "gd"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Run BLAS, OpenMP and numba on one thread while these tests run.
+
+    The fits here are small (at most 1257 × 65): extra threads only add synchronisation, which on
+    a shared, oversubscribed machine costs more than the arithmetic.  Restored afterwards.
+    """
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        numba.set_num_threads(previous)
+
+
 # --------------------------------------------------------------------------------------------
 # independent references
 # --------------------------------------------------------------------------------------------
