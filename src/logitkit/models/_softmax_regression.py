@@ -106,11 +106,11 @@ def _data_conversion_warning_class() -> type[Warning]:
 
 
 class _Objective:
-    """The training objective over ``theta`` = ``[W | b]`` flattened (``K × (d + 1)``, C order).
+    r"""The training objective over ``theta`` = ``[W | b]`` flattened (``K × (d + 1)``, C order).
 
     .. math::
-        f(W, b) = \\sum_i w_i\\,\\bigl(-\\log\\operatorname{softmax}(W x_i + b)_{y_i}\\bigr)
-                  + \\tfrac{\\alpha}{2}\\lVert W\\rVert_F^2,\\qquad w_i = s_i / \\textstyle\\sum_j s_j
+        f(W, b) = \sum_i w_i\,\bigl(-\log\operatorname{softmax}(W x_i + b)_{y_i}\bigr)
+                  + \tfrac{\alpha}{2}\lVert W\rVert_F^2,\qquad w_i = s_i / \textstyle\sum_j s_j
     """
 
     def __init__(self, X: np.ndarray, y: np.ndarray, weights: np.ndarray, alpha: float,
