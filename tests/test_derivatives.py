@@ -126,51 +126,63 @@ def test_jvp_and_jacobian_match_finite_differences(xp):
                      atol=1e-9)
 
 
-def test_jacobian_over_a_leading_axis_puts_batch_first(xp):
-    x3 = RNG.normal(size=(5, 2, 3))
-    jac = to_numpy(softmax_jacobian(asarray(xp, x3), axis=0))
-    assert jac.shape == (2, 3, 5, 5)
-    moved = np.moveaxis(x3, 0, -1)
-    ref = to_numpy(softmax_jacobian(asarray(xp, moved)))
-    assert_close(jac, ref, rtol=1e-14)
+def run(xp, f, *arrays):
+    """``f(*arrays)`` on backend ``xp`` (one compilation under ``jax.jit`` on JAX)."""
+    out = maybe_jit(f, xp)(*(asarray(xp, a) for a in arrays))
+    return tuple(to_numpy(o) for o in out) if isinstance(out, tuple) else to_numpy(out)
 
 
-def test_jvp_over_tuple_axis_equals_flattened(xp):
-    x3 = RNG.normal(size=(2, 3, 4))
-    v3 = RNG.normal(size=(2, 3, 4))
-    out = to_numpy(softmax_jvp(asarray(xp, x3), asarray(xp, v3), axis=(1, 2)))
-    flat = to_numpy(softmax_jvp(asarray(xp, x3.reshape(2, 12)), asarray(xp, v3.reshape(2, 12))))
-    assert_close(out, flat.reshape(2, 3, 4), rtol=1e-14, atol=1e-16)
+X3 = RNG.normal(size=(2, 3, 4))
+V3 = RNG.normal(size=(2, 3, 4))
 
 
-def test_jvp_broadcasts_v(xp):
-    v = RNG.normal(size=6)
-    out = softmax_jvp(asarray(xp, X), asarray(xp, v))
-    ref = softmax_jvp(asarray(xp, X), asarray(xp, np.broadcast_to(v, X.shape).copy()))
-    assert_close(out, to_numpy(ref), rtol=1e-15)
+def _layouts(x3, v3, x_flat, v_flat, x_moved, v6):
+    return (softmax_jacobian(x3, axis=0), softmax_jacobian(x_moved),
+            softmax_jvp(x3, v3, axis=(1, 2)), softmax_jvp(x_flat, v_flat),
+            softmax_jvp(x_flat[:, :6], v6))
 
 
-def test_temperature_limits_give_zero_derivative(xp):
-    for t in (0.0, np.inf):
-        assert_close(softmax_jvp(asarray(xp, X), asarray(xp, V), temperature=t), np.zeros(X.shape))
-        assert_close(softmax_jacobian(asarray(xp, X), temperature=t), np.zeros((4, 6, 6)))
+def test_axis_tuple_leading_axis_and_broadcast_v(xp):
+    v6 = RNG.normal(size=6)
+    jac0, jac_moved, jvp_tuple, jvp_flat, jvp_b = run(
+        xp, _layouts, X3, V3, X3.reshape(2, 12), V3.reshape(2, 12), np.moveaxis(X3, 0, -1), v6)
+    # a leading axis: the other axes first, in order, then (K, K)
+    assert jac0.shape == (3, 4, 2, 2)
+    assert_close(jac0, jac_moved, rtol=1e-14)
+    # a tuple axis is one flattened axis
+    assert_close(jvp_tuple, jvp_flat.reshape(2, 3, 4), rtol=1e-14, atol=1e-16)
+    # v broadcasts against x
+    ref = to_numpy(softmax_jvp(X3.reshape(2, 12)[:, :6], np.broadcast_to(v6, (2, 6)).copy()))
+    assert_close(jvp_b, ref, rtol=1e-14, atol=1e-16)
 
 
-def test_fully_masked_row_has_zero_jacobian(xp):
+def _limits_and_masks(x, v, w):
+    return (softmax_jvp(x, v, temperature=0.0), softmax_jvp(x, v, temperature=np.inf),
+            softmax_jacobian(x, temperature=0.0), softmax_jacobian(x, temperature=np.inf),
+            softmax_jacobian(x[:2, :3], where=w), cross_entropy_hvp(x[:2, :3], v[:2, :3], where=w))
+
+
+def test_temperature_limits_and_fully_masked_rows_give_zero_derivative(xp):
     w = np.ones((2, 3), bool)
     w[1] = False
-    jac = to_numpy(softmax_jacobian(asarray(xp, X[:2, :3]), where=asarray(xp, w)))
-    assert (jac[1] == 0).all() and np.abs(jac[0]).max() > 0
-    out = to_numpy(cross_entropy_hvp(asarray(xp, X[:2, :3]), asarray(xp, V[:2, :3]),
-                                     where=asarray(xp, w)))
-    assert (out[1] == 0).all()
+    jvp0, jvp_inf, jac0, jac_inf, jac_masked, hvp_masked = run(xp, _limits_and_masks, X, V, w)
+    for zero in (jvp0, jvp_inf, jac0, jac_inf):
+        assert (zero == 0).all()
+    assert (jac_masked[1] == 0).all() and np.abs(jac_masked[0]).max() > 0
+    assert (hvp_masked[1] == 0).all()
+
+
+def _four(x, v):
+    return softmax_jvp(x, v), softmax_vjp(x, v), softmax_jacobian(x), cross_entropy_hvp(x, v)
 
 
 def test_float32_input_gives_float32_derivatives(xp):
     x = asarray(xp, X.astype(np.float32))
     v = asarray(xp, V.astype(np.float32))
-    for out in (softmax_jvp(x, v), softmax_vjp(x, v), softmax_jacobian(x), cross_entropy_hvp(x, v)):
+    outs = maybe_jit(_four, xp)(x, v)
+    for out, ref in zip(outs, _four(X, V), strict=True):
         assert out.dtype == x.dtype
+        assert_close(out, ref, rtol=1e-5, atol=1e-7)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,28 +231,27 @@ def test_cross_entropy_hessian_matches_torch_and_jax(xp, masked):
     assert_close(h, _jax_ce_hessians(w), rtol=1e-12, atol=1e-15)
 
 
+def _hessian_checks(x, v, w, ones):
+    return (cross_entropy_hessian(x), softmax_jacobian(x),
+            cross_entropy_hessian(x[:4, ...], where=w), cross_entropy_hvp(x[:4, ...], v, where=w),
+            cross_entropy_hvp(x, ones))
+
+
 def test_cross_entropy_hessian_symmetric_psd_with_null_vector_one(xp):
     x = np.concatenate([X, [[30.0, -30.0, 0.0, 1e-9, 0.0, 5.0]]])
-    h = to_numpy(cross_entropy_hessian(asarray(xp, x)))
+    h, jac, h_masked, hv_masked, h_ones = run(xp, _hessian_checks, x, V, W, np.ones(6))
     assert_close(h, np.swapaxes(h, -1, -2), rtol=0, atol=0)
     eig = np.linalg.eigvalsh(h)
     assert (eig >= -1e-15).all()
     assert_close(h @ np.ones(6), np.zeros((5, 6)), atol=1e-15)
     # rank K - 1 on a row with no tiny probabilities: exactly one zero eigenvalue
     assert (eig[:4, 1:] > 1e-8).all()
-
-
-def test_cross_entropy_hessian_equals_softmax_jacobian(xp):
-    assert_close(cross_entropy_hessian(asarray(xp, X)), to_numpy(softmax_jacobian(asarray(xp, X))),
-                 rtol=0)
-
-
-def test_cross_entropy_hvp_is_hessian_times_v(xp):
-    h = to_numpy(cross_entropy_hessian(asarray(xp, X), where=asarray(xp, W)))
-    hv = cross_entropy_hvp(asarray(xp, X), asarray(xp, V), where=asarray(xp, W))
-    assert_close(hv, np.einsum("nij,nj->ni", h, np.where(W, V, 0.0)), rtol=1e-12, atol=1e-15)
-    assert_close(cross_entropy_hvp(asarray(xp, X), asarray(xp, np.ones(6))), np.zeros(X.shape),
-                 atol=1e-16)
+    # the Hessian is the softmax Jacobian
+    assert_close(h, jac, rtol=0)
+    # H v without forming H, also under a mask; the shift direction is in the null space
+    assert_close(hv_masked, np.einsum("nij,nj->ni", h_masked, np.where(W, V, 0.0)), rtol=1e-12,
+                 atol=1e-15)
+    assert_close(h_ones, np.zeros(x.shape), atol=1e-15)
 
 
 def test_cross_entropy_hvp_matches_torch_hvp():
