@@ -17,8 +17,9 @@ Two ways to get the gradient were measured (``benchmarks/bench_linear_cross_entr
 
 The first is the faster one (at N=8192, H=256, V=32000 in float32 on two CPU cores: 0.87× the
 CPU time of the dense torch step against 1.05× for recomputing, at 1/23 of its peak memory), so
-it is used for ``reduction="mean"`` and ``"sum"`` whenever a gradient is wanted; ``reduction="none"`` needs the per-token upstream gradient, which only exists
-in ``backward``, so it recomputes.  When the vocabulary itself is split, the log-sum-exp of a
+it is used for ``reduction="mean"`` and ``"sum"`` whenever a gradient is wanted;
+``reduction="none"`` needs the per-token upstream gradient, which only exists in ``backward``,
+so it recomputes.  When the vocabulary itself is split, the log-sum-exp of a
 token is complete only after its last vocabulary block; the forward then makes a second pass over
 the vocabulary for the gradient.
 """
