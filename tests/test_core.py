@@ -318,6 +318,21 @@ def test_where_broadcasts_from_the_class_axis(xp):
     assert_close(out, ref, rtol=1e-14)
 
 
+def test_where_with_tuple_axis(xp):
+    w = RNG.uniform(size=X3.shape) < 0.5
+    w[:, 1, :] = False  # a fully masked (axis 0, 2) slice
+    p, logp, lse, h = run(xp, all4, X3, axis=(0, 2), where=w)
+    z = np.where(w, X3, -inf)
+    live = w.any(axis=(0, 2), keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref = np.where(live, scipy.special.softmax(np.where(live, z, 0.0), axis=(0, 2)), 0.0)
+    ref = np.where(w, ref, 0.0)
+    assert_close(p, ref, rtol=1e-14)
+    assert_close(logp, np.where(ref > 0, np.log(np.where(ref > 0, ref, 1.0)), -inf), rtol=1e-13)
+    assert_close(lse[1], -inf)
+    assert_close(h[1], 0.0)
+
+
 def test_softcap_is_tanh_before_temperature(xp):
     for cap in [0.5, 30.0]:
         z = cap * np.tanh(X3 / cap) / 0.7
@@ -418,6 +433,7 @@ def test_integer_and_bool_input_is_promoted_to_the_default_float(xp):
         assert out.dtype == default
 
 
+# array_api_strict has no float16 (the standard does not define it), NumPy has no bfloat16.
 LOW = {"numpy": ["float16"], "torch": ["float16", "bfloat16"], "jax": ["float16", "bfloat16"]}
 
 
