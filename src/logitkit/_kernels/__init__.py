@@ -55,7 +55,18 @@ def set_fast_path(enabled: bool) -> None:
 
 @contextlib.contextmanager
 def fast_path(enabled: bool) -> Iterator[None]:
-    """Within the block, use (``True``) or bypass (``False``) the fast path, in this context only."""
+    """Within the block, use (``True``) or bypass (``False``) the fast path, in this context only.
+
+    Examples:
+        >>> import numpy as np
+        >>> import logitkit
+        >>> from logitkit._kernels import fast_path
+        >>> x = np.array([[1.0, 2.0, 3.0]])
+        >>> with fast_path(False):
+        ...     generic = logitkit.softmax(x)
+        >>> bool(np.allclose(logitkit.softmax(x), generic, rtol=1e-14))
+        True
+    """
     token = _override.set(bool(enabled))
     try:
         yield
@@ -132,7 +143,7 @@ def _axis(axis: Any, ndim: int) -> tuple[int, int] | None:
     for a in axes:
         if isinstance(a, (bool, np.bool_)) or not isinstance(a, numbers.Integral):
             return None
-        if not -ndim <= a < ndim:
+        if not -ndim <= int(a) < ndim:
             return None
         out.append(int(a) % ndim)
     out.sort()
@@ -228,7 +239,7 @@ def _torch_mask(where: Any) -> Any:
     return where.detach().resolve_conj().numpy()
 
 
-def _with_torch(fast: Any, x: Any, where: Any, call: Any) -> Any:
+def _with_torch(x: Any, where: Any, call: Any) -> Any:
     """Run ``call(x_numpy, where_numpy)`` for torch inputs and wrap the result back."""
     view = _torch_view(x)
     if view is None:
@@ -256,7 +267,7 @@ def _normalise_fast(x: Any, mode: int, *, axis: Any, temperature: Any, where: An
     if not fast_path_enabled():
         return None
     if type(x) is not np.ndarray:
-        return _with_torch(None, x, where, lambda v, w: _normalise_fast(
+        return _with_torch(x, where, lambda v, w: _normalise_fast(
             v, mode, axis=axis, temperature=temperature, where=w, softcap=softcap, sink=sink,
             dtype=None if dtype is None else _torch_dtype_to_numpy(dtype)))
     xa = _float_array(x)
@@ -366,7 +377,7 @@ def logsumexp_fast(x: Any, /, *, axis: Any, b: Any, where: Any, keepdims: Any, r
     if not isinstance(keepdims, bool) or not isinstance(return_sign, bool):
         return None
     if type(x) is not np.ndarray:
-        return _with_torch(None, x, where, lambda v, w: logsumexp_fast(
+        return _with_torch(x, where, lambda v, w: logsumexp_fast(
             v, axis=axis, b=None, where=w, keepdims=keepdims, return_sign=return_sign,
             dtype=None if dtype is None else _torch_dtype_to_numpy(dtype)))
     xa = _float_array(x)

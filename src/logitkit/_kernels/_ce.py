@@ -249,7 +249,7 @@ def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axi
 
     counted = keep.copy()
     if has_mask:
-        alive = mask.any(axis=1)
+        alive = np.asarray(mask.any(axis=1))
         counted &= alive if alive.size == n else bool(alive[0])
     if has_weight and not is_prob:
         denom = float(np.sum(w[labels][counted], dtype=np.float64))
@@ -387,7 +387,7 @@ def torch_forward(pb: Any) -> Any:
     if special.any():
         return None  # the generic forward defines NaN, +inf and all −inf rows
     if has_weight and not is_prob:
-        denom = np.sum(np.where(counted, w[labels_safe], 0), dtype=np.float64)
+        denom = float(np.sum(np.where(counted, w[labels_safe], 0), dtype=np.float64))
     else:
         denom = float(np.count_nonzero(counted))
     dt = torch.float32 if x.dtype == np.float32 else torch.float64

@@ -122,13 +122,13 @@ def exp64(d: Any) -> Any:
     return p * bits_f64((n1 + np.int64(1023)) << 52) * bits_f64((n2 + np.int64(1023)) << 52)
 
 
-def vexp(d):  # type: ignore[no-untyped-def]  # numba compares stub and impl signatures
+def vexp(d):  # numba compares stub and impl signatures: no annotations
     """``exp(d)`` for ``d ≤ 0`` in ``d``'s precision (float32 or float64), vectorisable."""
     raise NotImplementedError  # pragma: no cover - only called from compiled code
 
 
 @overload(vexp, jit_options={"fastmath": _CONTRACT})
-def _vexp(d):  # type: ignore[no-untyped-def]
+def _vexp(d):
     if d == types.float32:
         return lambda d: exp32(d)
     if d == types.float64:
@@ -136,32 +136,32 @@ def _vexp(d):  # type: ignore[no-untyped-def]
     return None
 
 
-def _key(v):  # type: ignore[no-untyped-def]
+def _key(v):
     raise NotImplementedError  # pragma: no cover
 
 
 @overload(_key)
-def _key_impl(v):  # type: ignore[no-untyped-def]
+def _key_impl(v):
     """A signed integer that orders like the float (NaN with the sign bit set sorts lowest)."""
     if v == types.float32:
-        def k32(v):  # type: ignore[no-untyped-def]
+        def k32(v):
             b = f32_bits(v)
             return np.int32(b if b >= 0 else b ^ np.int32(0x7FFFFFFF))
         return k32
     if v == types.float64:
-        def k64(v):  # type: ignore[no-untyped-def]
+        def k64(v):
             b = f64_bits(v)
             return b if b >= 0 else b ^ np.int64(0x7FFFFFFFFFFFFFFF)
         return k64
     return None
 
 
-def _unkey(k, like):  # type: ignore[no-untyped-def]
+def _unkey(k, like):
     raise NotImplementedError  # pragma: no cover
 
 
 @overload(_unkey)
-def _unkey_impl(k, like):  # type: ignore[no-untyped-def]
+def _unkey_impl(k, like):
     if like == types.float32:
         return lambda k, like: bits_f32(np.int32(k if k >= 0 else k ^ np.int32(0x7FFFFFFF)))
     if like == types.float64:
@@ -169,7 +169,7 @@ def _unkey_impl(k, like):  # type: ignore[no-untyped-def]
     return None
 
 
-def max_of(a):  # type: ignore[no-untyped-def]
+def max_of(a):
     """Max of a 1-D float array by integer keys: vectorises without fast-math flags.
 
     NaN does not poison the comparison (the keys are integers); a NaN with a clear sign bit
@@ -180,12 +180,12 @@ def max_of(a):  # type: ignore[no-untyped-def]
 
 
 @overload(max_of)
-def _max_of(a):  # type: ignore[no-untyped-def]
+def _max_of(a):
     if not isinstance(a, types.Array) or a.dtype not in (types.float32, types.float64):
         return None
     dt = np.float32 if a.dtype == types.float32 else np.float64
 
-    def impl(a):  # type: ignore[no-untyped-def]
+    def impl(a):
         like = dt(0.0)
         m = _key(dt(-np.inf))
         for i in range(a.size):
@@ -196,13 +196,13 @@ def _max_of(a):  # type: ignore[no-untyped-def]
     return impl
 
 
-def as_like(value, like):  # type: ignore[no-untyped-def]
+def as_like(value, like):
     """``value`` converted to the float type of ``like`` (typed constants in generic kernels)."""
     raise NotImplementedError  # pragma: no cover
 
 
 @overload(as_like)
-def _as_like(value, like):  # type: ignore[no-untyped-def]
+def _as_like(value, like):
     if like == types.float32:
         return lambda value, like: np.float32(value)
     if like == types.float64:
@@ -217,18 +217,18 @@ def exp_array(d: Any, out: Any) -> None:
         out[i] = vexp(d[i])
 
 
-def max_of_masked(a, mask):  # type: ignore[no-untyped-def]
+def max_of_masked(a, mask):
     """Max of ``a`` over the entries where ``mask`` is True (−inf if none), by integer keys."""
     raise NotImplementedError  # pragma: no cover
 
 
 @overload(max_of_masked)
-def _max_of_masked(a, mask):  # type: ignore[no-untyped-def]
+def _max_of_masked(a, mask):
     if not isinstance(a, types.Array) or a.dtype not in (types.float32, types.float64):
         return None
     dt = np.float32 if a.dtype == types.float32 else np.float64
 
-    def impl(a, mask):  # type: ignore[no-untyped-def]
+    def impl(a, mask):
         like = dt(0.0)
         lowest = _key(dt(-np.inf))
         m = lowest

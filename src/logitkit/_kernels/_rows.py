@@ -34,8 +34,8 @@ CHUNK = 2048
 # NaN is how a special row announces itself.
 _FAST = {"reassoc", "contract", "nsz"}
 
-_OPTS = {"cache": True, "nogil": True, "fastmath": _FAST, "error_model": "numpy"}
-_POPTS = {**_OPTS, "parallel": True}
+_OPTS: dict[str, Any] = {"cache": True, "nogil": True, "fastmath": _FAST, "error_model": "numpy"}
+_POPTS: dict[str, Any] = {**_OPTS, "parallel": True}
 
 SOFTMAX, LOG_SOFTMAX, LSE = 0, 1, 2
 

@@ -138,9 +138,8 @@ def _torch(op: str, x: np.ndarray, t: np.ndarray) -> Callable[[], Any] | None:
             return loss
 
         return ce
-    with torch.no_grad():
-        fn = {"softmax": torch.softmax, "log_softmax": torch.log_softmax,
-              "logsumexp": torch.logsumexp}[op]
+    fn: Any = {"softmax": torch.softmax, "log_softmax": torch.log_softmax,
+               "logsumexp": torch.logsumexp}[op]
 
     def call() -> Any:
         with torch.no_grad():
@@ -167,8 +166,8 @@ def _jax(op: str, x: np.ndarray, t: np.ndarray) -> Callable[[], Any] | None:
 
         f = jax.jit(jax.value_and_grad(loss))
         return lambda: jax.block_until_ready(f(jx))
-    g = {"softmax": jax.nn.softmax, "log_softmax": jax.nn.log_softmax,
-         "logsumexp": jax.nn.logsumexp}[op]
+    g: Any = {"softmax": jax.nn.softmax, "log_softmax": jax.nn.log_softmax,
+              "logsumexp": jax.nn.logsumexp}[op]
     jf = jax.jit(lambda z: g(z, axis=-1))
     return lambda: jax.block_until_ready(jf(jx))
 
@@ -203,7 +202,10 @@ def bench(shapes: list[tuple[int, int]], ops: list[str], dtypes: list[str], peer
             x = (rng.standard_normal((n, k), dtype=np.float32) * 3).astype(dt)
             t = rng.integers(0, k, n)
             buf = np.empty_like(x)
-            copy_s = _median_time(lambda x=x, buf=buf: np.copyto(buf, x), repeats)
+            def copy(x: np.ndarray = x, buf: np.ndarray = buf) -> None:
+                np.copyto(buf, x)
+
+            copy_s = _median_time(copy, repeats)
             del buf
             for op in ops:
                 impls: dict[str, Callable[[], Any] | None] = {"logitkit": _logitkit(op, x, t)}
