@@ -76,6 +76,12 @@ def check_shard(rank, world, seed, opts, reduction, group=None):
     torch.testing.assert_close(shard.grad, ref_grad[..., lo:hi], rtol=1e-12, atol=1e-12)
 
 
+def _record(line):
+    # One write(2) of less than PIPE_BUF bytes is atomic: ranks sharing the pipe cannot tear it
+    # (print() may split the text and its newline into two writes).
+    os.write(1, (line + "\n").encode())
+
+
 def _worker(rank, world, port):
     import torch.distributed as dist
 
@@ -96,13 +102,13 @@ def _worker(rank, world, port):
             check_shard(rank, world, 100 + i, opts, reduction)
             # slice sizes, max, and (exponentials, target logit, logit sum): none in backward
             assert len(calls) == 3, calls
-            print(f"checked rank={rank} case={i}", flush=True)
+            _record(f"checked rank={rank} case={i}")
         dist.all_reduce = all_reduce
         if world == 4:
             # Two groups of two ranks (tensor-parallel pairs) on different data.
             pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
             check_shard(rank % 2, 2, 200 + rank // 2, *CASES[3], group=pairs[rank // 2])
-            print(f"checked rank={rank} case=groups", flush=True)
+            _record(f"checked rank={rank} case=groups")
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -133,7 +139,7 @@ def test_vocab_parallel_gloo_ranks_equal_single_process(world):
         pytest.fail(f"{world} ranks did not finish in time:\n{out}\n{err[-3000:]}")
     assert proc.returncode == 0, err[-4000:]
     # The ranks share the pipe, so their lines may interleave: match the records, not lines.
-    checked = re.findall(r"checked rank=(\d) case=(\d|groups)", out)
+    checked = re.findall(r"checked rank=(\d+) case=(\d+|groups)", out)
     cases = [str(i) for i in range(len(CASES))] + (["groups"] if world == 4 else [])
     assert sorted(checked) == sorted((str(r), c) for r in range(world) for c in cases), out
 
