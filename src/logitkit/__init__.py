@@ -36,6 +36,7 @@ _LAZY = {
     "ntxent": "logitkit.losses",
     "clip_loss": "logitkit.losses",
     "linear_cross_entropy": "logitkit.losses",
+    "linear_cross_entropy_with_grad": "logitkit.losses",
     "attention": "logitkit._attention",
     "merge_logsumexp": "logitkit._attention",
     "merge_attention": "logitkit._attention",
