@@ -44,6 +44,8 @@ _override: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
 _process_default: list[bool] = [True]
 _numba_available: list[bool | None] = [None]
 
+#: softmax keeps its exponentials from the first pass (instead of recomputing them).
+_STORE_EXP = [True]
 #: Rows shorter than this are never split across threads.
 _SPLIT_MIN_K = 16384
 
@@ -314,7 +316,8 @@ def _run(k: Any, plan: _Plan, mask: tuple[np.ndarray, bool], cap: Any, inv_t: An
             parts = -(-2 * threads // plan.outer)
             k.rows_split(_ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special, parts)
         else:
-            k.rows(_ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special, threads)
+            k.rows(_ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special, threads,
+                   _STORE_EXP[0])
     else:
         m3 = m if has_mask else np.ones((1, 1, 1), dtype=np.bool_)
         o3 = out if out.size else np.empty((1, 1, 1), plan.x.dtype)

@@ -211,7 +211,7 @@ def _write_segment(xr: Any, mr: Any, has_mask: bool, cap: Any, inv_t: Any, m: An
 
 @numba.njit(**_POPTS)
 def rows(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, out: Any,
-         lse: Any, special: Any, threads: int) -> None:
+         lse: Any, special: Any, threads: int, store_exp: bool) -> None:
     """softmax / log_softmax into ``out`` (or only ``lse``), one row per task, rows in blocks."""
     n, k = x.shape
     nm = mask.shape[0]
@@ -222,7 +222,7 @@ def rows(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, out
         i0 = b * n // nblocks
         i1 = (b + 1) * n // nblocks
         buf = np.empty(CHUNK if (mode == LSE and cap > 0) else 1, dtype=x.dtype)
-        store = mode == SOFTMAX and not cap > 0
+        store = store_exp and mode == SOFTMAX and not cap > 0
         chunk_m = np.empty((k + CHUNK - 1) // CHUNK if store else 1)
         for i in range(i0, i1):
             xr = x[i]
