@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import pathlib
-import sys
 
 import numpy as np
 import pytest
 
-from logitkit import _kernels, log_softmax, logsumexp, softmax
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import reference
 from conftest import _module, asarray, maybe_jit, to_numpy
+from logitkit import _kernels, log_softmax, logsumexp, softmax
 
 # NumPy and CPU torch take the fused kernels by default: check them and the generic path.
 PATHS = [("numpy", "kernel"), ("numpy", "generic"), ("array_api_strict", "generic"),

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import logitkit
+from conftest import asarray, assert_close, grad, is_type_of, maybe_jit, to_numpy
 from logitkit import (
     LogitkitTypeError,
     LogitkitValueError,
@@ -19,11 +20,6 @@ from logitkit import (
     merge_attention,
     merge_logsumexp,
 )
-
-try:  # tests/ on sys.path (pytest `pythonpath`), or the rootdir-relative name pytest gives it
-    from conftest import asarray, assert_close, grad, is_type_of, maybe_jit, to_numpy
-except ModuleNotFoundError:
-    from tests.conftest import asarray, assert_close, grad, is_type_of, maybe_jit, to_numpy
 
 B, H, S, SKV, D, DV = 2, 3, 7, 11, 5, 4
 MASKS = ["none", "causal", "causal_square", "bool", "additive"]

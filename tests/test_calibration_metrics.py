@@ -4,8 +4,6 @@ edge cases, the classwise and debiased estimators against their definitions, sha
 from __future__ import annotations
 
 import math
-import pathlib
-import sys
 
 import hypothesis.extra.numpy as hnp
 import numpy as np
@@ -13,11 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import asarray, assert_close, is_type_of, to_numpy
 from logitkit import LogitkitTypeError, LogitkitValueError, softmax
 from logitkit.calibration import CalibrationStats, accuracy, brier_score, ece, mce, nll
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from conftest import asarray, assert_close, is_type_of, to_numpy
 
 
 def _data(n=600, k=5, seed=0, scale=2.0):

@@ -4,8 +4,6 @@ the estimator contract, and the per-chunk sums the fit is made of."""
 from __future__ import annotations
 
 import math
-import pathlib
-import sys
 import warnings
 
 import numpy as np
@@ -13,14 +11,12 @@ import pytest
 from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp as sp_logsumexp
 
+from conftest import asarray, assert_close, is_type_of, to_numpy
 from logitkit import LogitkitTypeError, LogitkitValueError, softmax
 from logitkit.calibration import CalibrationWarning, TemperatureScaler
 from logitkit.calibration import _nll_sums as nll_sums_module
 from logitkit.calibration import _temperature as temperature_module
 from logitkit.calibration._nll_sums import _nll_derivatives, nll_sums
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from conftest import asarray, assert_close, is_type_of, to_numpy
 
 
 def _overconfident(n=3000, k=6, scale=3.0, seed=0):

@@ -6,18 +6,14 @@ share.  Where a peer differs from DESIGN §2 the test name says so and ours is h
 from __future__ import annotations
 
 import math
-import pathlib
-import sys
 
 import numpy as np
 import pytest
 import scipy.special
 
-from logitkit import entropy, log_softmax, logsumexp, softmax
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import reference
 from conftest import asarray, assert_close, is_type_of, maybe_jit, to_numpy
+from logitkit import entropy, log_softmax, logsumexp, softmax
 
 inf, nan = math.inf, math.nan
 

@@ -7,12 +7,11 @@ applied to the peers' own softmax), then compared with logitkit's closed forms o
 from __future__ import annotations
 
 import functools
-import pathlib
-import sys
 
 import numpy as np
 import pytest
 
+from conftest import asarray, assert_close, maybe_jit, to_numpy
 from logitkit import (
     cross_entropy_hessian,
     cross_entropy_hvp,
@@ -21,9 +20,6 @@ from logitkit import (
     softmax_jvp,
     softmax_vjp,
 )
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from conftest import asarray, assert_close, maybe_jit, to_numpy
 
 RNG = np.random.default_rng(7)
 X = RNG.normal(size=(4, 6)) * 2.0

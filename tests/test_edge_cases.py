@@ -8,18 +8,14 @@ applies the table's rules row by row and computes the finite remainder exactly w
 from __future__ import annotations
 
 import math
-import pathlib
-import sys
 
 import numpy as np
 import pytest
 
-from logitkit import entropy, log_softmax, logsumexp, softmax
-
 # The helpers live next to this file (conftest's fixtures and the mpmath references).
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import reference
 from conftest import asarray, assert_close, grad, is_type_of, maybe_jit, to_numpy
+from logitkit import entropy, log_softmax, logsumexp, softmax
 
 inf, nan = math.inf, math.nan
 T, F = True, False

@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import math
-import pathlib
-import sys
 
 import numpy as np
 import pytest
 
+from conftest import asarray
 from logitkit import (
     LogitkitError,
     LogitkitTypeError,
@@ -22,9 +21,6 @@ from logitkit import (
     softmax_jacobian,
     softmax_jvp,
 )
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from conftest import asarray
 
 X = np.arange(12.0).reshape(3, 4)
 SOFTMAX_LIKE = [softmax, log_softmax, entropy]

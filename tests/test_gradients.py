@@ -6,16 +6,12 @@ the sink and ``b`` themselves."""
 from __future__ import annotations
 
 import math
-import pathlib
-import sys
 
 import numpy as np
 import pytest
 
-from logitkit import entropy, log_softmax, logsumexp, softmax
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from conftest import asarray, assert_close, grad, to_numpy
+from logitkit import entropy, log_softmax, logsumexp, softmax
 
 RNG = np.random.default_rng(11)
 X = RNG.normal(size=(3, 4, 5)) * 2.0

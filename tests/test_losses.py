@@ -12,13 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import logitkit
+from conftest import asarray, assert_close, grad, is_type_of, maybe_jit, to_numpy
 from logitkit import LogitkitTypeError, LogitkitValueError
 from logitkit.losses import cross_entropy, cross_entropy_with_grad, margin_cross_entropy
-
-try:  # tests/ on sys.path, or the rootdir-relative name pytest gives it
-    from conftest import asarray, assert_close, grad, is_type_of, maybe_jit, to_numpy
-except ModuleNotFoundError:
-    from tests.conftest import asarray, assert_close, grad, is_type_of, maybe_jit, to_numpy
 
 RNG = np.random.default_rng(20261123)
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import asarray, assert_close, is_type_of, maybe_jit
 from logitkit import LogitkitValueError, entropy, softmax
 from logitkit.losses import (
     clip_loss,
@@ -21,11 +22,6 @@ from logitkit.losses import (
     kl_divergence,
     ntxent,
 )
-
-try:  # tests/ on sys.path, or the rootdir-relative name pytest gives it
-    from conftest import asarray, assert_close, is_type_of, maybe_jit
-except ModuleNotFoundError:
-    from tests.conftest import asarray, assert_close, is_type_of, maybe_jit
 
 torch.set_num_threads(1)
 RNG = np.random.default_rng(3)

@@ -30,14 +30,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
 import logitkit.models
+from conftest import asarray, assert_close, is_type_of, to_numpy
 from logitkit import LogitkitTypeError, LogitkitValueError
 from logitkit.models import LogitkitConvergenceWarning, NotFittedError, SoftmaxRegression
 from logitkit.models._softmax_regression import _Objective
-
-try:  # tests/ on sys.path, or the rootdir-relative name pytest gives it
-    from conftest import asarray, assert_close, is_type_of, to_numpy
-except ModuleNotFoundError:
-    from tests.conftest import asarray, assert_close, is_type_of, to_numpy
 
 SOLVERS = ["lbfgs", "newton", "gd"]
 

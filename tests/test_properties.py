@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import functools
 import math
-import pathlib
-import sys
 
 import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from conftest import asarray, maybe_jit, to_numpy
 from logitkit import (
     cross_entropy_hessian,
     entropy,
@@ -23,9 +22,6 @@ from logitkit import (
     logsumexp,
     softmax,
 )
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from conftest import asarray, maybe_jit, to_numpy
 
 SHAPE = (5, 7)
 K = SHAPE[-1]

@@ -12,13 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from conftest import asarray, assert_close, grad, is_type_of, maybe_jit, to_numpy
 from logitkit import LogitkitTypeError, LogitkitValueError
 from logitkit.rl import BoltzmannPolicy, policy_gradient_score, soft_value
-
-try:  # tests/ on sys.path (pytest `pythonpath`), or the rootdir-relative name pytest gives it
-    from conftest import asarray, assert_close, grad, is_type_of, maybe_jit, to_numpy
-except ModuleNotFoundError:
-    from tests.conftest import asarray, assert_close, grad, is_type_of, maybe_jit, to_numpy
 
 A = 6
 

@@ -16,14 +16,10 @@ import torch
 import torch.nn.functional as F
 
 import logitkit.sampling as sampling
+from conftest import asarray, assert_close, is_type_of, to_numpy
 from logitkit import LogitkitTypeError, LogitkitValueError
 from logitkit._namespace import namespace
 from logitkit.sampling import filter_logits, gumbel_max, gumbel_softmax, gumbel_top_k, sample
-
-try:  # tests/ on sys.path (pytest `pythonpath`), or the rootdir-relative name pytest gives it
-    from conftest import asarray, assert_close, is_type_of, to_numpy
-except ModuleNotFoundError:
-    from tests.conftest import asarray, assert_close, is_type_of, to_numpy
 
 K = 10
 CONFIGS = [
