@@ -8,8 +8,6 @@ bounds (both sides are within them of the exact value, so within twice of each o
 from __future__ import annotations
 
 import math
-import os
-import pathlib
 import subprocess
 import sys
 
@@ -17,8 +15,6 @@ import hypothesis.extra.numpy as hnp
 import mpmath
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -72,19 +68,14 @@ def assert_same(fast, slow, dtype, *, scale=None, err_msg=""):
 # --------------------------------------------------------------------------------------------
 
 
-def test_import_is_light_and_does_not_import_numba():
-    # NumPy is imported first: its own import (about 0.2 s) is not logitkit's to save, and the
-    # shared test machines make the total noisy.
-    code = ("import sys, time, numpy; t = time.perf_counter(); import logitkit; "
-            "print(time.perf_counter() - t, 'numba' in sys.modules)")
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    runs = []
-    for _ in range(3):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             env=env, check=True).stdout.split()
-        assert out[1] == "False"
-        runs.append(float(out[0]))
-    assert min(runs) < 0.5, runs
+def test_import_loads_no_kernel_compiler_and_no_optional_backend():
+    # How long the import takes is measured by benchmarks/bench_import.py, not asserted here:
+    # a timed test on shared machines fails on load, not on code.
+    heavy = ["numba", "torch", "jax", "scipy", "matplotlib", "sklearn", "dask", "pandas"]
+    code = f"import sys, logitkit; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
 
 
 def test_switches_turn_the_fast_path_off(monkeypatch):
