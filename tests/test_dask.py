@@ -25,7 +25,7 @@ TOL = {"rtol": 1e-8, "atol": 1e-10}
 @pytest.fixture(scope="module")
 def client():
     cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                       dashboard_address=None)
+                                       dashboard_address=":0")
     c = distributed.Client(cluster)
     try:
         yield c

@@ -26,7 +26,7 @@ from ._namespace import (
     check_number,
     compute_dtypes,
     expected,
-    is_lazy,
+    is_concrete,
     namespace,
     to_numpy,
 )
@@ -56,7 +56,7 @@ def _action_one_hot(actions: Any, q: Array, xp: Any) -> Array:
             expected("actions", "an integer array", Described(f"dtype {a.dtype}")))
     n = q.shape[-1]
     broadcast_shapes("actions", tuple(a.shape), tuple(q.shape[:-1]))
-    if not is_lazy(a):
+    if is_concrete(a):
         values = to_numpy(a)
         if values.size and (values.min() < 0 or values.max() >= n):
             bad = values[(values < 0) | (values >= n)].ravel()[0].item()

@@ -17,8 +17,8 @@ from .._namespace import (
     astype,
     compute_dtypes,
     expected,
+    is_concrete,
     is_jax,
-    is_lazy,
     is_numpy,
     is_torch,
     namespace,
@@ -281,7 +281,7 @@ def margin_cross_entropy(margin: Any, num_classes: Any, /) -> Any:
     m = as_array(margin, "margin", xp)
     k = as_array(num_classes, "num_classes", xp)
     acc, _ = compute_dtypes(m, None, xp)
-    if not is_lazy(k):
+    if is_concrete(k):
         kn = to_numpy(k).astype(np.float64)
         if (~(kn >= 1)).any():
             raise LogitkitValueError(expected("num_classes", "at least 1", kn[~(kn >= 1)][0].item()))

@@ -22,7 +22,7 @@ from .._namespace import (
     check_positive_scalar_or_array,
     compute_dtypes,
     expected,
-    is_lazy,
+    is_concrete,
     namespace,
     to_numpy,
 )
@@ -48,7 +48,7 @@ class Checked:
 
 def check_probability_targets(q: Any, mask: Any, xp: Any, arg: str = "target") -> None:
     """Eager check that probability targets are non-negative and sum to one (NaN is an error)."""
-    if is_lazy(q):
+    if not is_concrete(q):
         return
     a = to_numpy(q).astype(np.float64)
     if a.size == 0:
@@ -128,7 +128,7 @@ def check_cross_entropy(
             raise LogitkitValueError(
                 expected("weight", f"a 1-d array of shape ({k},), one per class",
                          f"shape {tuple(weight.shape)}"))
-        if not is_lazy(weight):
+        if is_concrete(weight):
             wn = to_numpy(weight).astype(np.float64)
             bad = ~np.isfinite(wn) | (wn < 0)
             if bad.any():
@@ -151,7 +151,7 @@ def check_cross_entropy(
         if ignore_index is not None:
             keep = lab != int(ignore_index)
             valid = valid | ~keep
-        if is_lazy(lab):
+        if not is_concrete(valid):  # under jit even a concrete target gives a traced `valid`
             bad_rows = ~valid
         elif not bool(xp.all(valid)):
             got = to_numpy(lab)[~to_numpy(valid)][0].item()

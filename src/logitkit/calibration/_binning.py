@@ -22,8 +22,8 @@ from .._namespace import (
     astype,
     check_choice,
     expected,
+    is_concrete,
     is_jax,
-    is_lazy,
     is_numpy,
     namespace,
     to_numpy,
@@ -62,7 +62,7 @@ def check_labels(labels: object, n: int, k: int, xp: Any, arg: str = "y") -> Arr
             expected(arg, f"of shape ({n},) to match the predictions", f"shape {tuple(y.shape)}"))
     if y.dtype == xp.bool:
         y = astype(y, xp.int64 if hasattr(xp, "int64") else xp.int32, xp)
-    if not is_lazy(y) and n > 0:
+    if is_concrete(y) and n > 0:
         yn = to_numpy(y)
         lo, hi = int(yn.min()), int(yn.max())
         if lo < 0 or hi >= k:
@@ -90,7 +90,7 @@ def check_probs(probs: object, y: object, xp: Any, *, arg: str = "probs") -> tup
     if int(p.shape[1]) == 1:
         p = xp.concat([1.0 - p, p], axis=1)
     k = int(p.shape[1])
-    if not is_lazy(p):
+    if is_concrete(p):
         pn = to_numpy(p)
         if np.isnan(pn).any():
             raise LogitkitValueError(expected(arg, "probabilities without NaN", "NaN"))

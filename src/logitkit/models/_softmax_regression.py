@@ -35,7 +35,7 @@ from .._namespace import (
     check_number,
     compute_dtypes,
     expected,
-    is_lazy,
+    is_concrete,
     is_numpy,
     namespace,
     to_numpy,
@@ -720,7 +720,7 @@ class SoftmaxRegression:
         self._check_n_features(int(Xa.shape[1]))
         acc, _ = compute_dtypes(Xa, None, xp)
         Xa = astype(Xa, acc, xp)
-        if not is_lazy(Xa) and not bool(xp.all(xp.isfinite(Xa))):
+        if is_concrete(Xa) and not bool(xp.all(xp.isfinite(Xa))):
             raise LogitkitValueError(expected("X", "finite", Described("NaN or infinity (inf)")))
         device = array_api_compat.device(Xa)
         W = xp.asarray(self.coef_, dtype=acc, device=device)
