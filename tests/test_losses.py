@@ -389,3 +389,11 @@ def test_out_of_range_labels_under_jit_give_nan_not_a_wrong_loss():
     out = np.asarray(f(jnp.zeros((3, 4)), jnp.array([0, 4, -2])))
     assert out[0] == pytest.approx(math.log(4))
     assert np.isnan(out[1:]).all()
+
+
+def test_out_of_range_label_on_an_eager_jax_array_is_an_error():
+    # A JAX array outside jit holds its values: it is validated like NumPy, not treated as lazy.
+    import jax.numpy as jnp
+
+    with pytest.raises(LogitkitValueError, match=r"Expected `target` to be class indices"):
+        cross_entropy(jnp.zeros((2, 3)), jnp.asarray([0, 5]))
