@@ -45,6 +45,14 @@ def uses_kernel(name: str, x, **kwargs) -> bool:
     return fast(x, **opts) is not None
 
 
+@pytest.fixture(params=["serial", "parallel"])
+def pool(request, monkeypatch):
+    """Run a test once on the serial kernels and once on the thread-pool ones (whatever the size;
+    with a single numba thread both runs take the serial path)."""
+    monkeypatch.setattr(_kernels, "_PARALLEL_MIN_SIZE", 2**62 if request.param == "serial" else 0)
+    return request.param
+
+
 def assert_same(fast, slow, dtype, *, scale=None, err_msg=""):
     """Equal special values; finite values within 32u·(1 + |slow| + scale) (twice the §7 bound)."""
     f = np.asarray(fast, dtype=np.float64)
@@ -254,6 +262,7 @@ OPTION_SETS = [
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("options", OPTION_SETS, ids=lambda o: ",".join(map(str, o.items())))
+@pytest.mark.usefixtures("pool")
 def test_edge_case_table_fast_equals_generic(dtype, masked, options):
     x, mask = _table(dtype)
     opts = dict(options)
@@ -310,6 +319,7 @@ def test_logsumexp_keepdims_and_sign(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.usefixtures("pool")
 def test_other_axes_and_layouts(dtype):
     rng = np.random.default_rng(5)
     x = (rng.standard_normal((3, 37, 70)) * 6).astype(dtype)
@@ -332,6 +342,7 @@ def test_other_axes_and_layouts(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k", [2047, 2048, 2049, 40001])
+@pytest.mark.usefixtures("pool")
 def test_chunk_boundaries_and_split_rows(dtype, k):
     rng = np.random.default_rng(k)
     x = (rng.standard_normal((1, k)) * 10).astype(dtype)
@@ -345,6 +356,38 @@ def test_chunk_boundaries_and_split_rows(dtype, k):
                 dtype, scale=np.log(k))
     x[0, 7] = np.nan
     assert np.isnan(logitkit.softmax(x)).all()
+
+
+def test_small_inputs_stay_on_the_calling_thread(monkeypatch):
+    from logitkit._kernels import _ce, _rows
+
+    calls = []
+    for mod, names in ((_rows, ("rows", "rows_serial", "rows_split", "strided", "strided_serial")),
+                       (_ce, ("ce_rows", "ce_rows_serial"))):
+        for name in names:
+            real = getattr(mod, name)
+
+            def spy(*a, _real=real, _name=name):
+                calls.append(_name)
+                return _real(*a)
+
+            monkeypatch.setattr(mod, name, spy)
+    monkeypatch.setattr(_kernels, "_threads", lambda: 2)
+    rng = np.random.default_rng(1)
+    small = rng.standard_normal((150, 3))
+    big = rng.standard_normal((64, _kernels._PARALLEL_MIN_SIZE // 64))
+    logitkit.log_softmax(small)
+    logitkit.softmax(small.reshape(50, 3, 3), axis=1)
+    logitkit.cross_entropy_with_grad(small, rng.integers(0, 3, 150))
+    assert calls == ["rows_serial", "strided_serial", "ce_rows_serial"]
+    calls.clear()
+    logitkit.log_softmax(big)
+    logitkit.softmax(big.reshape(64, 8, -1), axis=1)
+    logitkit.cross_entropy_with_grad(big, rng.integers(0, big.shape[1], 64))
+    logitkit.logsumexp(big[:1])
+    assert calls == ["rows", "strided", "ce_rows", "rows_serial"]
+    with np.errstate(all="ignore"):
+        assert_same(logitkit.log_softmax(big), generic(logitkit.log_softmax, big), np.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,6 +562,7 @@ def _ce_case(dtype, options, target_kind):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("target_kind", ["int", "prob"])
 @pytest.mark.parametrize("options", CE_OPTIONS, ids=lambda o: ",".join(o))
+@pytest.mark.usefixtures("pool")
 def test_cross_entropy_with_grad_matches_reference_and_generic(dtype, target_kind, options):
     x, t, opts = _ce_case(dtype, options, target_kind)
     assert _kernels.cross_entropy_with_grad_fast(x, t, **opts) is not None
@@ -537,6 +581,7 @@ def test_cross_entropy_with_grad_matches_reference_and_generic(dtype, target_kin
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.usefixtures("pool")
 def test_cross_entropy_special_rows_equal_generic(dtype):
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((8, 20)) * 2).astype(dtype)
@@ -559,6 +604,7 @@ def test_cross_entropy_special_rows_equal_generic(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.usefixtures("pool")
 def test_cross_entropy_gradient_into_the_logits_themselves(dtype):
     x, t, opts = _ce_case(dtype, {"logit_l2": 0.1, "softcap": 5.0, "ignore_index": -100}, "int")
     expected_loss, expected = logitkit.cross_entropy_with_grad(x, t, **opts)
@@ -592,6 +638,7 @@ def test_cross_entropy_batch_shapes_and_fallbacks():
     assert _kernels.cross_entropy_with_grad_fast(x, t, temperature=np.ones((2, 3))) is None
 
 
+@pytest.mark.usefixtures("pool")
 def test_torch_adapter_uses_the_kernel_on_cpu(monkeypatch):
     torch = pytest.importorskip("torch")
     from logitkit._kernels import _ce

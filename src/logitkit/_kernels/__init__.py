@@ -48,6 +48,9 @@ _numba_available: list[bool | None] = [None]
 _STORE_EXP = [True]
 #: Rows shorter than this are never split across threads.
 _SPLIT_MIN_K = 16384
+#: Inputs with fewer elements than this run on the calling thread: waking numba's thread pool
+#: costs more than the work (and far more when the machine is busy).
+_PARALLEL_MIN_SIZE = 1 << 16
 
 
 def set_fast_path(enabled: bool) -> None:
@@ -206,6 +209,11 @@ def _threads() -> int:
     return int(numba.get_num_threads())
 
 
+def _parallel(size: int, threads: int) -> bool:
+    """Whether an input of ``size`` elements is worth numba's thread pool."""
+    return threads > 1 and size >= _PARALLEL_MIN_SIZE
+
+
 # --------------------------------------------------------------------------------------------
 # torch CPU tensors: zero-copy NumPy views
 # --------------------------------------------------------------------------------------------
@@ -312,7 +320,10 @@ def _run(k: Any, plan: _Plan, mask: tuple[np.ndarray, bool], cap: Any, inv_t: An
         lse = np.empty(plan.outer, dtype=np.float64)
         special = np.zeros(plan.outer, dtype=np.bool_)
         threads = _threads()
-        if plan.outer < threads and plan.k >= _SPLIT_MIN_K:
+        if not _parallel(plan.x.size, threads):
+            k.rows_serial(_ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special, 1,
+                          _STORE_EXP[0])
+        elif plan.outer < threads and plan.k >= _SPLIT_MIN_K:
             parts = -(-2 * threads // plan.outer)
             k.rows_split(_ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special, parts)
         else:
@@ -323,7 +334,8 @@ def _run(k: Any, plan: _Plan, mask: tuple[np.ndarray, bool], cap: Any, inv_t: An
         o3 = out if out.size else np.empty((1, 1, 1), plan.x.dtype)
         lse = np.empty((plan.outer, plan.inner), dtype=np.float64)
         special = np.zeros((plan.outer, plan.inner), dtype=np.bool_)
-        k.strided(_ro(plan.x), _ro(m3), has_mask, inv_t, mode, o3, lse, special)
+        run = k.strided if _parallel(plan.x.size, _threads()) else k.strided_serial
+        run(_ro(plan.x), _ro(m3), has_mask, inv_t, mode, o3, lse, special)
     plan.lse = lse  # type: ignore[attr-defined]
     return special
 

@@ -51,6 +51,133 @@ def _row_stats(src: Any, mr: Any, has_mask: bool, inv_t: Any,
     return m, rest, n_top
 
 
+@numba.njit(**_OPTS)
+def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
+              has_mask: bool, weight: Any, has_weight: bool, counted: Any, eps: float, cz: float,
+              lam: float, cap: Any, inv_t: Any, scales: Any, write: bool, aliased: bool,
+              loss: Any, lse_out: Any, coef_out: Any, special: Any, i0: int, i1: int) -> None:
+    """Rows ``i0:i1`` of :func:`ce_rows`."""
+    k = x.shape[1]
+    nm = mask.shape[0]
+    plain = not (is_prob or has_mask or has_weight or eps > 0.0 or lam > 0.0 or cap > 0)
+    ybuf = np.empty(k if cap > 0 else 1, dtype=x.dtype)
+    # Plain rows into a separate buffer: store the exponentials in the first pass and only
+    # rescale them in the second (with out=logits the logits must survive pass 1).
+    stored = plain and write and not aliased
+    chunk_m = np.empty((k + CHUNK - 1) // CHUNK if stored else 1)
+    for i in range(i0, i1):
+        xr = x[i]
+        orow = out[min(i, out.shape[0] - 1)]
+        if not counted[i]:
+            if write:
+                for c in range(k):
+                    orow[c] = 0
+            loss[i] = 0.0
+            lse_out[i] = 0.0
+            coef_out[i] = 0.0
+            continue
+        scale = scales[min(i, scales.size - 1)]
+        mr = mask[min(i, nm - 1)]
+        if cap > 0:
+            _softcap(xr, mr, has_mask, cap, ybuf)
+            src = ybuf
+        else:
+            src = xr
+        t = labels[min(i, labels.size - 1)]
+        x_t = src[t]
+        if stored:
+            m, rest, n_top = _segment(xr, mr, False, cap, inv_t, SOFTMAX, orow, ybuf, 0, k,
+                                      True, chunk_m)
+        else:
+            m, rest, n_top = _row_stats(src, mr, has_mask, inv_t, ybuf)
+        if not (-np.inf < m < np.inf) or rest != rest:
+            special[i] = True
+            continue
+        log_s = log1p_sum(rest, n_top)
+        lse = float(m) * float(inv_t) + log_s
+        inv_s = as_like(1.0 / (rest + n_top), inv_t)
+        wt = float(weight[t]) if (has_weight and not is_prob) else 1.0
+
+        # Σ_c W_c, before the pass that needs it for the gradient's coefficient.
+        if has_mask:
+            kv = 0.0
+            for c in range(k):
+                kv += mr[c]
+        else:
+            kv = float(k)
+        share = eps / kv
+        if is_prob:
+            qr = probs[i]
+            total = 0.0
+            for c in range(k):
+                live = mr[c] if has_mask else True
+                wc = float(weight[c]) if has_weight else 1.0
+                total += wc * ((1.0 - eps) * float(qr[c]) + share * live)
+        else:
+            sw = kv
+            if has_weight and eps > 0.0:
+                sw = 0.0
+                for c in range(k):
+                    live = mr[c] if has_mask else True
+                    sw += float(weight[c]) * live
+            total = (1.0 - eps) * wt + share * sw if eps > 0.0 else wt
+        coef = as_like(total + 2.0 * cz * lse, inv_t)
+        lse_out[i] = lse
+        coef_out[i] = total + 2.0 * cz * lse
+        g_scale = inv_t * scale
+
+        cross = 0.0
+        sq = 0.0
+        if plain:
+            # (p − y)/T · s; the label's element is fixed after the loop (from d_t read first).
+            d_t = (x_t - m) * inv_t
+            cross = wt * float(d_t)
+            if not write:
+                loss[i] = total * log_s - cross + cz * lse * lse
+                continue
+            cs = coef * g_scale
+            if stored:
+                _rescale_segment(orow, chunk_m, m, inv_t, float(inv_s) * float(cs), k)
+            else:
+                for c in range(k):
+                    d = (src[c] - m) * inv_t
+                    orow[c] = vexp(d) * inv_s * cs
+            p_t = vexp(d_t) * inv_s
+            orow[t] = (coef * p_t - as_like(wt, inv_t)) * g_scale
+        else:
+            b_t = (1.0 - eps) * wt
+            ninf = as_like(-np.inf, inv_t)
+            zero = as_like(0.0, inv_t)
+            for c in range(k):
+                live = mr[c] if has_mask else True
+                xv = xr[c]
+                y = src[c] if live else ninf
+                d = (y - m) * inv_t
+                p = vexp(d) * inv_s
+                wc = float(weight[c]) if has_weight else 1.0
+                if is_prob:
+                    wgt = wc * ((1.0 - eps) * float(probs[i, c]) + (share if live else 0.0))
+                else:
+                    wgt = (wc * share if live else 0.0) + (b_t if c == t else 0.0)
+                dd = float(d) if wgt > 0.0 else 0.0  # 0·(−inf) = 0
+                cross += wgt * dd
+                if lam > 0.0:
+                    xs = xv if live else zero
+                    sq += float(xs) * float(xs)
+                if not write:
+                    continue
+                g = (coef * p - as_like(wgt, inv_t)) * inv_t
+                if cap > 0:
+                    th = y / cap
+                    g = g * (as_like(1.0, inv_t) - th * th)
+                if lam > 0.0:
+                    g = g + as_like(lam, inv_t) * (xv if live else zero)
+                orow[c] = g * scale if live else zero
+        ce = total * log_s - cross
+        loss[i] = ce + cz * lse * lse + 0.5 * lam * sq
+
+
+
 @numba.njit(**_POPTS)
 def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any, has_mask: bool,
             weight: Any, has_weight: bool, counted: Any, eps: float, cz: float, lam: float,
@@ -58,128 +185,32 @@ def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
             lse_out: Any, coef_out: Any, special: Any, threads: int) -> None:
     """Per-row loss, lse and gradient coefficient; with ``write`` the gradient into ``out``,
     scaled per row by ``scales`` (the reduction's factor times the upstream cotangent)."""
-    n, k = x.shape
-    nm = mask.shape[0]
+    n = x.shape[0]
     nblocks = min(n, 8 * threads)
-    plain = not (is_prob or has_mask or has_weight or eps > 0.0 or lam > 0.0 or cap > 0)
     for b in prange(nblocks):
-        i0 = b * n // nblocks
-        i1 = (b + 1) * n // nblocks
-        ybuf = np.empty(k if cap > 0 else 1, dtype=x.dtype)
-        # Plain rows into a separate buffer: store the exponentials in the first pass and only
-        # rescale them in the second (with out=logits the logits must survive pass 1).
-        stored = plain and write and not aliased
-        chunk_m = np.empty((k + CHUNK - 1) // CHUNK if stored else 1)
-        for i in range(i0, i1):
-            xr = x[i]
-            orow = out[min(i, out.shape[0] - 1)]
-            if not counted[i]:
-                if write:
-                    for c in range(k):
-                        orow[c] = 0
-                loss[i] = 0.0
-                lse_out[i] = 0.0
-                coef_out[i] = 0.0
-                continue
-            scale = scales[min(i, scales.size - 1)]
-            mr = mask[min(i, nm - 1)]
-            if cap > 0:
-                _softcap(xr, mr, has_mask, cap, ybuf)
-                src = ybuf
-            else:
-                src = xr
-            t = labels[min(i, labels.size - 1)]
-            x_t = src[t]
-            if stored:
-                m, rest, n_top = _segment(xr, mr, False, cap, inv_t, SOFTMAX, orow, ybuf, 0, k,
-                                          True, chunk_m)
-            else:
-                m, rest, n_top = _row_stats(src, mr, has_mask, inv_t, ybuf)
-            if not (-np.inf < m < np.inf) or rest != rest:
-                special[i] = True
-                continue
-            log_s = log1p_sum(rest, n_top)
-            lse = float(m) * float(inv_t) + log_s
-            inv_s = as_like(1.0 / (rest + n_top), inv_t)
-            wt = float(weight[t]) if (has_weight and not is_prob) else 1.0
+        _ce_block(x, out, labels, probs, is_prob, mask, has_mask, weight, has_weight, counted,
+                  eps, cz, lam, cap, inv_t, scales, write, aliased, loss, lse_out, coef_out,
+                  special, b * n // nblocks, (b + 1) * n // nblocks)
 
-            # Σ_c W_c, before the pass that needs it for the gradient's coefficient.
-            if has_mask:
-                kv = 0.0
-                for c in range(k):
-                    kv += mr[c]
-            else:
-                kv = float(k)
-            share = eps / kv
-            if is_prob:
-                qr = probs[i]
-                total = 0.0
-                for c in range(k):
-                    live = mr[c] if has_mask else True
-                    wc = float(weight[c]) if has_weight else 1.0
-                    total += wc * ((1.0 - eps) * float(qr[c]) + share * live)
-            else:
-                sw = kv
-                if has_weight and eps > 0.0:
-                    sw = 0.0
-                    for c in range(k):
-                        live = mr[c] if has_mask else True
-                        sw += float(weight[c]) * live
-                total = (1.0 - eps) * wt + share * sw if eps > 0.0 else wt
-            coef = as_like(total + 2.0 * cz * lse, inv_t)
-            lse_out[i] = lse
-            coef_out[i] = total + 2.0 * cz * lse
-            g_scale = inv_t * scale
 
-            cross = 0.0
-            sq = 0.0
-            if plain:
-                # (p − y)/T · s; the label's element is fixed after the loop (from d_t read first).
-                d_t = (x_t - m) * inv_t
-                cross = wt * float(d_t)
-                if not write:
-                    loss[i] = total * log_s - cross + cz * lse * lse
-                    continue
-                cs = coef * g_scale
-                if stored:
-                    _rescale_segment(orow, chunk_m, m, inv_t, float(inv_s) * float(cs), k)
-                else:
-                    for c in range(k):
-                        d = (src[c] - m) * inv_t
-                        orow[c] = vexp(d) * inv_s * cs
-                p_t = vexp(d_t) * inv_s
-                orow[t] = (coef * p_t - as_like(wt, inv_t)) * g_scale
-            else:
-                b_t = (1.0 - eps) * wt
-                ninf = as_like(-np.inf, inv_t)
-                zero = as_like(0.0, inv_t)
-                for c in range(k):
-                    live = mr[c] if has_mask else True
-                    xv = xr[c]
-                    y = src[c] if live else ninf
-                    d = (y - m) * inv_t
-                    p = vexp(d) * inv_s
-                    wc = float(weight[c]) if has_weight else 1.0
-                    if is_prob:
-                        wgt = wc * ((1.0 - eps) * float(probs[i, c]) + (share if live else 0.0))
-                    else:
-                        wgt = (wc * share if live else 0.0) + (b_t if c == t else 0.0)
-                    dd = float(d) if wgt > 0.0 else 0.0  # 0·(−inf) = 0
-                    cross += wgt * dd
-                    if lam > 0.0:
-                        xs = xv if live else zero
-                        sq += float(xs) * float(xs)
-                    if not write:
-                        continue
-                    g = (coef * p - as_like(wgt, inv_t)) * inv_t
-                    if cap > 0:
-                        th = y / cap
-                        g = g * (as_like(1.0, inv_t) - th * th)
-                    if lam > 0.0:
-                        g = g + as_like(lam, inv_t) * (xv if live else zero)
-                    orow[c] = g * scale if live else zero
-            ce = total * log_s - cross
-            loss[i] = ce + cz * lse * lse + 0.5 * lam * sq
+@numba.njit(**_OPTS)
+def ce_rows_serial(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
+                   has_mask: bool, weight: Any, has_weight: bool, counted: Any, eps: float,
+                   cz: float, lam: float, cap: Any, inv_t: Any, scales: Any, write: bool,
+                   aliased: bool, loss: Any, lse_out: Any, coef_out: Any, special: Any,
+                   threads: int) -> None:
+    """:func:`ce_rows` on the calling thread only: for small inputs, where waking the thread
+    pool costs more than the work (``threads`` is ignored; same signature as :func:`ce_rows`)."""
+    _ce_block(x, out, labels, probs, is_prob, mask, has_mask, weight, has_weight, counted, eps,
+              cz, lam, cap, inv_t, scales, write, aliased, loss, lse_out, coef_out, special, 0,
+              x.shape[0])
+
+
+def _ce_kernel(x: np.ndarray) -> Any:
+    """:func:`ce_rows`, or its serial twin for inputs too small for the thread pool."""
+    from . import _parallel, _threads
+
+    return ce_rows if _parallel(x.size, _threads()) else ce_rows_serial
 
 
 def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axis: Any = -1,
@@ -276,9 +307,10 @@ def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axi
     loss_rows = np.zeros(n, dtype=np.float64)
     special = np.zeros(n, dtype=np.bool_)
     stat = np.empty((2, n), dtype=np.float64)
-    ce_rows(_ro(x2), g, _ro(labels), _ro(probs), is_prob, _ro(mask), has_mask, _ro(w), has_weight,
-            _ro(counted), eps, cz, lam, cap, inv_t, _ro(np.full(1, scale, dtype=dt)), True, same,
-            loss_rows, stat[0], stat[1], special, _threads())
+    kernel = _ce_kernel(x2)
+    kernel(_ro(x2), g, _ro(labels), _ro(probs), is_prob, _ro(mask), has_mask, _ro(w), has_weight,
+           _ro(counted), eps, cz, lam, cap, inv_t, _ro(np.full(1, scale, dtype=dt)), True, same,
+           loss_rows, stat[0], stat[1], special, _threads())
 
     if special.any():
         _fix_special(special, x2, g, target, labels if not is_prob else None, probs,
@@ -380,10 +412,11 @@ def torch_forward(pb: Any) -> Any:
     loss = np.zeros(n, dtype=np.float64)
     stat = np.zeros((2, n), dtype=np.float64)
     special = np.zeros(n, dtype=np.bool_)
-    ce_rows(_ro(x), np.empty((1, 1), dtype=x.dtype), _ro(labels_safe), _ro(probs), is_prob,
-            _ro(mask), has_mask, _ro(w), has_weight, _ro(counted), float(pb.label_smoothing),
-            float(pb.z_loss), float(pb.logit_l2), cap, inv_t, _ro(np.ones(1, dtype=x.dtype)), False,
-            False, loss, stat[0], stat[1], special, _threads())
+    kernel = _ce_kernel(x)
+    kernel(_ro(x), np.empty((1, 1), dtype=x.dtype), _ro(labels_safe), _ro(probs), is_prob,
+           _ro(mask), has_mask, _ro(w), has_weight, _ro(counted), float(pb.label_smoothing),
+           float(pb.z_loss), float(pb.logit_l2), cap, inv_t, _ro(np.ones(1, dtype=x.dtype)), False,
+           False, loss, stat[0], stat[1], special, _threads())
     if special.any():
         return None  # the generic forward defines NaN, +inf and all −inf rows
     if has_weight and not is_prob:
@@ -424,10 +457,11 @@ def torch_gradient(pb: Any, stats: Any, scale: Any) -> Any:
     loss = np.zeros(n, dtype=np.float64)
     stat = np.zeros((2, n), dtype=np.float64)
     special = np.zeros(n, dtype=np.bool_)
-    ce_rows(_ro(x), gv, _ro(labels_safe), _ro(probs), is_prob, _ro(mask), has_mask, _ro(w),
-            has_weight, _ro(np.ascontiguousarray(counted, dtype=np.bool_)),
-            float(pb.label_smoothing), float(pb.z_loss), float(pb.logit_l2), cap, inv_t,
-            _ro(scales), True, False, loss, stat[0], stat[1], special, _threads())
+    kernel = _ce_kernel(x)
+    kernel(_ro(x), gv, _ro(labels_safe), _ro(probs), is_prob, _ro(mask), has_mask, _ro(w),
+           has_weight, _ro(np.ascontiguousarray(counted, dtype=np.bool_)),
+           float(pb.label_smoothing), float(pb.z_loss), float(pb.logit_l2), cap, inv_t,
+           _ro(scales), True, False, loss, stat[0], stat[1], special, _threads())
     if special.any():
         return None
     return g

@@ -209,37 +209,55 @@ def _write_segment(xr: Any, mr: Any, has_mask: bool, cap: Any, inv_t: Any, m: An
         _write_chunk(src, mc, has_mask, inv_t, m, scale, mode, orow[c0:c1])
 
 
+@numba.njit(**_OPTS)
+def _rows_block(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, out: Any,
+                lse: Any, special: Any, store_exp: bool, i0: int, i1: int) -> None:
+    """Rows ``i0:i1`` of :func:`rows` (one task's block, or all rows on the serial path)."""
+    k = x.shape[1]
+    nm = mask.shape[0]
+    buf = np.empty(CHUNK if (mode == LSE and cap > 0) else 1, dtype=x.dtype)
+    store = store_exp and mode == SOFTMAX and not cap > 0
+    chunk_m = np.empty((k + CHUNK - 1) // CHUNK if store else 1)
+    for i in range(i0, i1):
+        xr = x[i]
+        mr = mask[min(i, nm - 1)]
+        orow = out[min(i, out.shape[0] - 1)]
+        m, rest, n_top = _segment(xr, mr, has_mask, cap, inv_t, mode, orow, buf, 0, k, store,
+                                  chunk_m)
+        sp, value, scale = _finish(m, rest, n_top, inv_t, mode)
+        lse[i] = value
+        special[i] = sp
+        if sp or mode == LSE:
+            continue
+        if store:
+            _rescale_segment(orow, chunk_m, m, inv_t, scale, k)
+        else:
+            _write_segment(xr, mr, has_mask, cap, inv_t, m, as_like(scale, inv_t), mode,
+                           orow, 0, k)
+
+
 @numba.njit(**_POPTS)
 def rows(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, out: Any,
          lse: Any, special: Any, threads: int, store_exp: bool) -> None:
     """softmax / log_softmax into ``out`` (or only ``lse``), one row per task, rows in blocks."""
     n, k = x.shape
-    nm = mask.shape[0]
     if n == 0 or k == 0:
         return
     nblocks = min(n, 8 * threads)
     for b in prange(nblocks):
-        i0 = b * n // nblocks
-        i1 = (b + 1) * n // nblocks
-        buf = np.empty(CHUNK if (mode == LSE and cap > 0) else 1, dtype=x.dtype)
-        store = store_exp and mode == SOFTMAX and not cap > 0
-        chunk_m = np.empty((k + CHUNK - 1) // CHUNK if store else 1)
-        for i in range(i0, i1):
-            xr = x[i]
-            mr = mask[min(i, nm - 1)]
-            orow = out[min(i, out.shape[0] - 1)]
-            m, rest, n_top = _segment(xr, mr, has_mask, cap, inv_t, mode, orow, buf, 0, k, store,
-                                      chunk_m)
-            sp, value, scale = _finish(m, rest, n_top, inv_t, mode)
-            lse[i] = value
-            special[i] = sp
-            if sp or mode == LSE:
-                continue
-            if store:
-                _rescale_segment(orow, chunk_m, m, inv_t, scale, k)
-            else:
-                _write_segment(xr, mr, has_mask, cap, inv_t, m, as_like(scale, inv_t), mode,
-                               orow, 0, k)
+        _rows_block(x, mask, has_mask, cap, inv_t, mode, out, lse, special, store_exp,
+                    b * n // nblocks, (b + 1) * n // nblocks)
+
+
+@numba.njit(**_OPTS)
+def rows_serial(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, out: Any,
+                lse: Any, special: Any, threads: int, store_exp: bool) -> None:
+    """:func:`rows` on the calling thread only: for small inputs, where waking the thread pool
+    costs more than the work (``threads`` is ignored; same signature as :func:`rows`)."""
+    n, k = x.shape
+    if n == 0 or k == 0:
+        return
+    _rows_block(x, mask, has_mask, cap, inv_t, mode, out, lse, special, store_exp, 0, n)
 
 
 @numba.njit(**_POPTS)
@@ -312,6 +330,60 @@ def rows_split(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: in
                        mode, out[i], k0, k1)
 
 
+@numba.njit(**_OPTS)
+def _strided_task(x: Any, mask: Any, has_mask: bool, inv_t: Any, mode: int, out: Any, lse: Any,
+                  special: Any, o: int, j0: int, j1: int) -> None:
+    """One ``(K, j1 − j0)`` tile of :func:`strided` at outer index ``o``."""
+    k = x.shape[1]
+    w = j1 - j0
+    ninf = as_like(-np.inf, inv_t)
+    m = np.full(w, ninf, dtype=x.dtype)
+    nan = np.zeros(w, dtype=np.bool_)
+    for kk in range(k):
+        for j in range(w):
+            v = x[o, kk, j0 + j]
+            live = mask[o, kk, j0 + j] if has_mask else True
+            v = v if live else ninf
+            nan[j] = nan[j] | (v != v)
+            m[j] = v if v > m[j] else m[j]
+    rest = np.zeros(w)
+    n_top = np.zeros(w)
+    for kk in range(k):
+        for j in range(w):
+            v = x[o, kk, j0 + j]
+            live = mask[o, kk, j0 + j] if has_mask else True
+            v = v if live else ninf
+            d = (v - m[j]) * inv_t
+            e = vexp(d)
+            rest[j] += float(e) * (d != 0)
+            n_top[j] += d == 0
+    scale = np.empty(w, dtype=x.dtype)
+    for j in range(w):
+        bad = nan[j] or not (-np.inf < m[j] < np.inf) or rest[j] != rest[j]
+        r = math.nan if bad else rest[j]
+        sp, value, sc = _finish(m[j], r, n_top[j], inv_t, mode)
+        special[o, j0 + j] = sp
+        lse[o, j0 + j] = value
+        scale[j] = as_like(sc, inv_t)
+    if mode == LSE:
+        return
+    for kk in range(k):
+        for j in range(w):
+            if special[o, j0 + j]:
+                continue
+            v = x[o, kk, j0 + j]
+            live = mask[o, kk, j0 + j] if has_mask else True
+            v = v if live else ninf
+            d = (v - m[j]) * inv_t
+            if mode == SOFTMAX:
+                out[o, kk, j0 + j] = vexp(d) * scale[j]
+            else:
+                out[o, kk, j0 + j] = d - scale[j]
+
+
+_TILE = 64
+
+
 @numba.njit(**_POPTS)
 def strided(x: Any, mask: Any, has_mask: bool, inv_t: Any, mode: int, out: Any, lse: Any,
             special: Any) -> None:
@@ -321,55 +393,24 @@ def strided(x: Any, mask: Any, has_mask: bool, inv_t: Any, mode: int, out: Any, 
     along the contiguous inner axis.  ``lse`` and ``special`` have shape ``(outer, inner)``.
     """
     n_outer, k, n_inner = x.shape
-    tile = 64
-    n_tiles = (n_inner + tile - 1) // tile
+    n_tiles = (n_inner + _TILE - 1) // _TILE
     if k == 0:
         return
     for task in prange(n_outer * n_tiles):
         o = task // n_tiles
-        j0 = (task % n_tiles) * tile
-        j1 = min(j0 + tile, n_inner)
-        w = j1 - j0
-        ninf = as_like(-np.inf, inv_t)
-        m = np.full(w, ninf, dtype=x.dtype)
-        nan = np.zeros(w, dtype=np.bool_)
-        for kk in range(k):
-            for j in range(w):
-                v = x[o, kk, j0 + j]
-                live = mask[o, kk, j0 + j] if has_mask else True
-                v = v if live else ninf
-                nan[j] = nan[j] | (v != v)
-                m[j] = v if v > m[j] else m[j]
-        rest = np.zeros(w)
-        n_top = np.zeros(w)
-        for kk in range(k):
-            for j in range(w):
-                v = x[o, kk, j0 + j]
-                live = mask[o, kk, j0 + j] if has_mask else True
-                v = v if live else ninf
-                d = (v - m[j]) * inv_t
-                e = vexp(d)
-                rest[j] += float(e) * (d != 0)
-                n_top[j] += d == 0
-        scale = np.empty(w, dtype=x.dtype)
-        for j in range(w):
-            bad = nan[j] or not (-np.inf < m[j] < np.inf) or rest[j] != rest[j]
-            r = math.nan if bad else rest[j]
-            sp, value, sc = _finish(m[j], r, n_top[j], inv_t, mode)
-            special[o, j0 + j] = sp
-            lse[o, j0 + j] = value
-            scale[j] = as_like(sc, inv_t)
-        if mode == LSE:
-            continue
-        for kk in range(k):
-            for j in range(w):
-                if special[o, j0 + j]:
-                    continue
-                v = x[o, kk, j0 + j]
-                live = mask[o, kk, j0 + j] if has_mask else True
-                v = v if live else ninf
-                d = (v - m[j]) * inv_t
-                if mode == SOFTMAX:
-                    out[o, kk, j0 + j] = vexp(d) * scale[j]
-                else:
-                    out[o, kk, j0 + j] = d - scale[j]
+        j0 = (task % n_tiles) * _TILE
+        _strided_task(x, mask, has_mask, inv_t, mode, out, lse, special, o, j0,
+                      min(j0 + _TILE, n_inner))
+
+
+@numba.njit(**_OPTS)
+def strided_serial(x: Any, mask: Any, has_mask: bool, inv_t: Any, mode: int, out: Any, lse: Any,
+                   special: Any) -> None:
+    """:func:`strided` on the calling thread only (small inputs)."""
+    n_outer, k, n_inner = x.shape
+    if k == 0:
+        return
+    for o in range(n_outer):
+        for j0 in range(0, n_inner, _TILE):
+            _strided_task(x, mask, has_mask, inv_t, mode, out, lse, special, o, j0,
+                          min(j0 + _TILE, n_inner))
