@@ -34,14 +34,14 @@ from typing import Any
 
 import array_api_compat
 
+from ._core import _validate_softcap
+from ._losses._validate import check_ignore_index, check_options
 from ._namespace import (
     Array,
     LogitkitTypeError,
     LogitkitValueError,
     as_array,
     astype,
-    check_choice,
-    check_number,
     compute_dtypes,
     expected,
     is_lazy,
@@ -152,14 +152,10 @@ def _validate(
     if not xp.isdtype(target.dtype, "integral"):
         raise LogitkitTypeError(expected("target", "an array of integer class indices",
                                          f"an array of dtype {target.dtype}"))
-    if ignore_index is not None and (isinstance(ignore_index, bool)
-                                     or not isinstance(ignore_index, numbers.Integral)):
-        raise LogitkitTypeError(expected("ignore_index", "an int or None", ignore_index))
-    eps = check_number(label_smoothing, "label_smoothing", low=0.0, high=1.0)
-    zl = check_number(z_loss, "z_loss", low=0.0, high=math.inf, high_open=True)
-    cap = None if softcap is None else check_number(
-        softcap, "softcap", low=0.0, low_open=True, high=math.inf, high_open=True)
-    red = check_choice(reduction, "reduction", ("none", "sum", "mean"))
+    check_ignore_index(ignore_index)
+    eps, zl, _, red = check_options(label_smoothing=label_smoothing, z_loss=z_loss,
+                                       logit_l2=0.0, reduction=reduction)
+    cap = _validate_softcap(softcap)
 
     # One working dtype for all three arrays: their common type, floating, float32 at least.
     dtypes = [hidden.dtype, weight.dtype] + ([] if bias is None else [bias.dtype])

@@ -71,6 +71,14 @@ def check_probability_targets(q: Any, mask: Any, xp: Any, arg: str = "target") -
         )
 
 
+def check_ignore_index(ignore_index: object) -> int | None:
+    """``ignore_index`` as an int (or None); a bool or a float is a type error."""
+    if ignore_index is not None and (isinstance(ignore_index, (bool, np.bool_))
+                                     or not isinstance(ignore_index, numbers.Integral)):
+        raise LogitkitTypeError(expected("ignore_index", "an int or None", ignore_index))
+    return None if ignore_index is None else int(ignore_index)
+
+
 def check_options(
     *, label_smoothing: object, z_loss: object, logit_l2: object, reduction: object
 ) -> tuple[float, float, float, str]:
@@ -143,9 +151,7 @@ def check_cross_entropy(
             raise LogitkitValueError(expected(
                 "target", f"class indices of shape {lay.batch_shape} (the logits' shape without "
                 f"`axis`) or probabilities of shape {shape}", f"shape {tuple(target.shape)}"))
-        if ignore_index is not None and (isinstance(ignore_index, (bool, np.bool_))
-                                         or not isinstance(ignore_index, numbers.Integral)):
-            raise LogitkitTypeError(expected("ignore_index", "an int or None", ignore_index))
+        check_ignore_index(ignore_index)
         lab = xp.reshape(astype(target, xp.int64, xp), (n,))
         valid = (lab >= 0) & (lab < k)
         if ignore_index is not None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from typing import Any
 
+from .._core import _validate_softcap
+from .._losses._validate import check_ignore_index, check_options
 from .._namespace import (
     LogitkitTypeError,
     LogitkitValueError,
-    check_choice,
-    check_number,
     expected,
 )
 
@@ -206,14 +205,10 @@ def vocab_parallel_cross_entropy(
     if target.dtype.is_floating_point or target.dtype == torch.bool or target.is_complex():
         raise LogitkitTypeError(expected("target", "an integer tensor of class indices",
                                          f"a tensor of dtype {target.dtype}"))
-    if ignore_index is not None and (isinstance(ignore_index, bool)
-                                     or not isinstance(ignore_index, numbers.Integral)):
-        raise LogitkitTypeError(expected("ignore_index", "an int or None", ignore_index))
-    eps = check_number(label_smoothing, "label_smoothing", low=0.0, high=1.0)
-    zc = check_number(z_loss, "z_loss", low=0.0, high=math.inf, high_open=True)
-    cap = None if softcap is None else check_number(
-        softcap, "softcap", low=0.0, low_open=True, high=math.inf, high_open=True)
-    red = check_choice(reduction, "reduction", ("none", "sum", "mean"))
+    check_ignore_index(ignore_index)
+    eps, zc, _, red = check_options(label_smoothing=label_smoothing, z_loss=z_loss,
+                                       logit_l2=0.0, reduction=reduction)
+    cap = _validate_softcap(softcap)
 
     start, total, distributed = _group_layout(group, int(logits_shard.shape[-1]),
                                               logits_shard.device)
