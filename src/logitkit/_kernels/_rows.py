@@ -210,6 +210,33 @@ def _write_segment(xr: Any, mr: Any, has_mask: bool, cap: Any, inv_t: Any, m: An
 
 
 @numba.njit(**_OPTS)
+def _short_stats(xr: Any, inv_t: Any, store: bool, orow: Any) -> tuple[Any, float, float]:
+    """:func:`_chunk_stats` for a whole unmasked row of at most ``CHUNK`` elements, from the
+    max: with no running state to rescale, short rows skip that bookkeeping (which costs as much
+    as the arithmetic on rows of ~100 elements).  A row whose max is not finite (or NaN) is
+    flagged by a NaN ``rest``, as there."""
+    m = max_of(xr)
+    if not (-np.inf < m < np.inf):
+        return m, math.nan, 0.0
+    acc = 0.0
+    cnt = 0.0
+    if store:
+        for k in range(xr.size):
+            d = (xr[k] - m) * inv_t
+            e = vexp(d)
+            orow[k] = e
+            acc += float(e) * (d != 0)
+            cnt += d == 0
+    else:
+        for k in range(xr.size):
+            d = (xr[k] - m) * inv_t
+            e = vexp(d)
+            acc += float(e) * (d != 0)
+            cnt += d == 0
+    return m, acc, cnt
+
+
+@numba.njit(**_OPTS)
 def _rows_block(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, out: Any,
                 lse: Any, special: Any, store_exp: bool, i0: int, i1: int) -> None:
     """Rows ``i0:i1`` of :func:`rows` (one task's block, or all rows on the serial path)."""
@@ -218,19 +245,32 @@ def _rows_block(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: i
     buf = np.empty(CHUNK if (mode == LSE and cap > 0) else 1, dtype=x.dtype)
     store = store_exp and mode == SOFTMAX and not cap > 0
     chunk_m = np.empty((k + CHUNK - 1) // CHUNK if store else 1)
+    short = k <= CHUNK and not has_mask and not cap > 0
     for i in range(i0, i1):
         xr = x[i]
         mr = mask[min(i, nm - 1)]
         orow = out[min(i, out.shape[0] - 1)]
-        m, rest, n_top = _segment(xr, mr, has_mask, cap, inv_t, mode, orow, buf, 0, k, store,
-                                  chunk_m)
+        if short:
+            m, rest, n_top = _short_stats(xr, inv_t, store, orow)
+            chunk_m[0] = float(m)
+        else:
+            m, rest, n_top = _segment(xr, mr, has_mask, cap, inv_t, mode, orow, buf, 0, k, store,
+                                      chunk_m)
         sp, value, scale = _finish(m, rest, n_top, inv_t, mode)
         lse[i] = value
         special[i] = sp
         if sp or mode == LSE:
             continue
-        if store:
+        if short and store:
+            sc = as_like(scale, inv_t)
+            for j in range(k):
+                orow[j] = orow[j] * sc
+        elif store:
             _rescale_segment(orow, chunk_m, m, inv_t, scale, k)
+        elif mode == LOG_SOFTMAX and not has_mask and not cap > 0:
+            sc = as_like(scale, inv_t)
+            for j in range(k):
+                orow[j] = (xr[j] - m) * inv_t - sc
         else:
             _write_segment(xr, mr, has_mask, cap, inv_t, m, as_like(scale, inv_t), mode,
                            orow, 0, k)
