@@ -17,7 +17,6 @@ module import time.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -266,7 +265,7 @@ def fit_temperature(scaler: Any, logits: Any, y: Any, sample_weight: Any = None,
     import dask
     import dask.array as da
 
-    from ._temperature import CalibrationWarning, _newton
+    from ._temperature import _newton
 
     t_min, t_max, max_iter, tol, _ = scaler._check_params()
     z, labels, w = _rows(logits, y, sample_weight, arg="logits")
@@ -314,23 +313,6 @@ def fit_temperature(scaler: Any, logits: Any, y: Any, sample_weight: Any = None,
     beta, n_iter, converged, at_bound, f = _newton(
         z, labels, w, 1.0 / t_max, 1.0 / t_min, 1.0, max_iter, tol, 0, scaler.from_probs, None,
         progress, sums=nll_sums)
-    scaler.beta_ = float(beta)
-    scaler.temperature_ = float(1.0 / beta)
-    scaler.n_iter_ = n_iter
-    scaler.converged_ = converged
-    scaler.at_bound_ = at_bound
-    scaler.n_classes_ = k
-    scaler.nll_ = f
-    if not converged:
-        warnings.warn(
-            f"Temperature scaling did not converge in {n_iter} iterations "
-            f"(T = {scaler.temperature_:.6g}); increase max_iter or check the data.",
-            CalibrationWarning, stacklevel=3)
-    elif at_bound:
-        side = "lower" if math.isclose(beta, 1.0 / t_min) else "upper"
-        why = ("the data look separable (the NLL keeps falling as T -> 0)" if side == "lower"
-               else "the logits carry little information about the labels (T -> inf)")
-        warnings.warn(
-            f"The optimal temperature lies at the {side} bound T = {scaler.temperature_:.6g}: "
-            f"{why}.", CalibrationWarning, stacklevel=3)
+    scaler._record_fit(beta, n_iter, converged, at_bound, k, f, beta_max=1.0 / t_min,
+                       stacklevel=3)
     return scaler

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import warnings
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .._core import softmax
+from .._estimator import ParamsMixin
 from .._namespace import (
     LogitkitTypeError,
     LogitkitValueError,
@@ -44,7 +44,7 @@ def _default_threads() -> int:
     return max(1, min(8, n))
 
 
-class TemperatureScaler:
+class TemperatureScaler(ParamsMixin):
     r"""Temperature scaling (Guo et al. 2017): divide the logits by one fitted ``T > 0``.
 
     ``fit`` minimises the mean (weighted) negative log-likelihood of the labels over the inverse
@@ -121,46 +121,6 @@ class TemperatureScaler:
         self.tol = tol
         self.from_probs = from_probs
         self.n_threads = n_threads
-
-    # ---------------------------------------------------------------- scikit-learn contract
-
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p.name for p in sig.parameters.values() if p.name != "self"]
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """The constructor arguments, as scikit-learn's ``BaseEstimator.get_params``.
-
-        Args:
-            deep: accepted for compatibility (there are no nested estimators).
-
-        Returns:
-            A dict from argument name to value.
-        """
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params: Any) -> TemperatureScaler:
-        """Set constructor arguments (scikit-learn contract).
-
-        Args:
-            **params: argument names and new values.
-
-        Returns:
-            ``self``.
-        """
-        valid = self._param_names()
-        for name, value in params.items():
-            if name not in valid:
-                raise LogitkitValueError(expected("params", f"among {valid}", name))
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__)
-                    .parameters.values() if p.name != "self"}
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if v != defaults[k])
-        return f"TemperatureScaler({args})"
 
     # ---------------------------------------------------------------- validation
 
@@ -292,6 +252,13 @@ class TemperatureScaler:
         finally:
             if pool is not None:
                 pool.shutdown()
+        self._record_fit(beta, n_iter, converged, at_bound, k, f, beta_max=hi, stacklevel=2)
+        return self
+
+    def _record_fit(self, beta: float, n_iter: int, converged: bool, at_bound: bool, k: int,
+                    f: float, *, beta_max: float, stacklevel: int) -> None:
+        """Store the fitted attributes and warn (at the user's ``fit`` call) when the fit did not
+        converge or stopped at a bound; shared by the in-memory and the Dask fits."""
         self.beta_ = float(beta)
         self.temperature_ = float(1.0 / beta)
         self.n_iter_ = n_iter
@@ -303,16 +270,15 @@ class TemperatureScaler:
             warnings.warn(
                 f"Temperature scaling did not converge in {n_iter} iterations "
                 f"(T = {self.temperature_:.6g}); increase max_iter or check the data.",
-                CalibrationWarning, stacklevel=2)
+                CalibrationWarning, stacklevel=stacklevel + 1)
         elif at_bound:
-            side = "lower" if math.isclose(beta, hi) else "upper"
+            side = "lower" if math.isclose(beta, beta_max) else "upper"
             why = ("the data look separable (the NLL keeps falling as T -> 0)"
                    if side == "lower" else
                    "the logits carry little information about the labels (T -> inf)")
             warnings.warn(
                 f"The optimal temperature lies at the {side} bound T = {self.temperature_:.6g}: "
-                f"{why}.", CalibrationWarning, stacklevel=2)
-        return self
+                f"{why}.", CalibrationWarning, stacklevel=stacklevel + 1)
 
     # ---------------------------------------------------------------- transform
 

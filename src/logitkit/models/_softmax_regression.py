@@ -14,7 +14,6 @@ or ``"gd"``) when it is not.
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 import warnings
@@ -25,6 +24,7 @@ import numpy as np
 
 from .._core import log_softmax, softmax
 from .._derivatives import cross_entropy_hvp
+from .._estimator import ParamsMixin
 from .._namespace import (
     Described,
     LogitkitTypeError,
@@ -403,7 +403,7 @@ def _sample_weight(sample_weight: object, n: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-class SoftmaxRegression:
+class SoftmaxRegression(ParamsMixin):
     r"""Multinomial logistic (softmax) regression, the GLM of the categorical distribution.
 
     The logits are linear in the features and the class probabilities are their softmax; the
@@ -520,34 +520,6 @@ class SoftmaxRegression:
         self.warm_start = warm_start
 
     # ---------------------------------------------------------------- scikit-learn contract
-
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p.name for p in sig.parameters.values() if p.name != "self"]
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """The constructor arguments, by name (scikit-learn's ``get_params``)."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params: Any) -> SoftmaxRegression:
-        """Set constructor arguments by name and return ``self`` (validated in ``fit``)."""
-        valid = self._param_names()
-        for key, value in params.items():
-            if key not in valid:
-                raise LogitkitValueError(
-                    expected("the parameter", f"one of {', '.join(valid)}", key)
-                    + f" (Invalid parameter {key!r} for estimator {type(self).__name__})"
-                )
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self) -> str:
-        defaults = {p.name: p.default for p in
-                    inspect.signature(type(self).__init__).parameters.values()}
-        changed = [f"{k}={v!r}" for k, v in self.get_params().items()
-                   if not (v is defaults[k] or (type(v) is type(defaults[k]) and v == defaults[k]))]
-        return f"{type(self).__name__}({', '.join(changed)})"
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "coef_")
