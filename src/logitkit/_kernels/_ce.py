@@ -21,16 +21,21 @@ import numpy as np
 from numba import prange
 
 from ._exp import as_like, vexp
+from ._exp import max_of
 from ._rows import (
     _OPTS,
     _POPTS,
+    BLOCK_BYTES,
     CHUNK,
+    MAX_BLOCK_ROWS,
     SOFTMAX,
     _chunk_stats,
     _rescale_segment,
     _segment,
     _softcap,
+    block_logs,
     log1p_sum,
+    sum_exp,
 )
 
 
@@ -52,6 +57,77 @@ def _row_stats(src: Any, mr: Any, has_mask: bool, inv_t: Any,
 
 
 @numba.njit(**_OPTS)
+def _ce_plain_block(x: Any, out: Any, labels: Any, counted: Any, cz: float, inv_t: Any,
+                    scales: Any, write: bool, loss: Any, lse_out: Any, coef_out: Any,
+                    special: Any, i0: int, i1: int) -> None:
+    """Rows ``i0:i1`` of :func:`ce_rows` with integer labels and no option but ``z_loss`` and
+    the temperature, a block of rows at a time as the softmax kernel's plain rows: (1) per row
+    the max, the label's logit and the exponential sum, the exponentials stored in the gradient
+    row, (2) the block's logs in one vectorised loop, (3) the loss and the gradient
+    ``(coef·p − y)/T · scale`` written by rescaling the stored exponentials.  Each row's logits
+    are read in (1) before its gradient row is written, so ``out`` may be the logits."""
+    k = x.shape[1]
+    nb = max(1, min(MAX_BLOCK_ROWS, BLOCK_BYTES // (k * x.itemsize)))
+    ms = np.empty(nb, dtype=x.dtype)
+    dts = np.empty(nb, dtype=x.dtype)
+    rest = np.empty(nb)
+    top = np.empty(nb)
+    logs = np.zeros(nb)
+    zero = as_like(0.0, inv_t)
+    one = as_like(1.0, inv_t)
+    for r0 in range(i0, i1, nb):
+        r1 = min(r0 + nb, i1)
+        for i in range(r0, r1):
+            j = i - r0
+            ms[j] = zero
+            dts[j] = zero
+            rest[j] = 0.0
+            top[j] = 1.0
+            if not counted[i]:
+                continue
+            xr = x[i]
+            m = max_of(xr)
+            ms[j] = m
+            if -np.inf < m < np.inf:
+                dts[j] = (xr[labels[min(i, labels.size - 1)]] - m) * inv_t
+                rest[j], top[j] = sum_exp(xr, m, inv_t, out[min(i, out.shape[0] - 1)], write)
+            else:
+                rest[j] = math.nan  # +inf, NaN or nothing finite: the generic path's
+        block_logs(rest, top, logs, r1 - r0, inv_t)
+        for i in range(r0, r1):
+            j = i - r0
+            orow = out[min(i, out.shape[0] - 1)]
+            if not counted[i]:
+                if write:
+                    for c in range(k):
+                        orow[c] = zero
+                loss[i] = 0.0
+                lse_out[i] = 0.0
+                coef_out[i] = 0.0
+                continue
+            if rest[j] != rest[j]:
+                special[i] = True
+                continue
+            log_s = logs[j]
+            lse = float(ms[j]) * float(inv_t) + log_s
+            coef = 1.0 + 2.0 * cz * lse
+            lse_out[i] = lse
+            coef_out[i] = coef
+            d_t = dts[j]
+            loss[i] = log_s - float(d_t) + cz * lse * lse
+            if not write:
+                continue
+            g_scale = inv_t * scales[min(i, scales.size - 1)]
+            inv_s = 1.0 / (rest[j] + top[j])
+            cs = as_like(inv_s * coef * float(g_scale), inv_t)
+            for c in range(k):
+                orow[c] = orow[c] * cs
+            p_t = vexp(d_t) * as_like(inv_s, inv_t)
+            t = labels[min(i, labels.size - 1)]
+            orow[t] = (as_like(coef, inv_t) * p_t - one) * g_scale
+
+
+@numba.njit(**_OPTS)
 def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
               has_mask: bool, weight: Any, has_weight: bool, counted: Any, eps: float, cz: float,
               lam: float, cap: Any, inv_t: Any, scales: Any, write: bool, aliased: bool,
@@ -60,6 +136,10 @@ def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: An
     k = x.shape[1]
     nm = mask.shape[0]
     plain = not (is_prob or has_mask or has_weight or eps > 0.0 or lam > 0.0 or cap > 0)
+    if plain:
+        _ce_plain_block(x, out, labels, counted, cz, inv_t, scales, write, loss, lse_out,
+                        coef_out, special, i0, i1)
+        return
     ybuf = np.empty(k if cap > 0 else 1, dtype=x.dtype)
     # Plain rows into a separate buffer: store the exponentials in the first pass and only
     # rescale them in the second (with out=logits the logits must survive pass 1).
@@ -222,7 +302,7 @@ def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axi
 
     The arguments were validated by :func:`logitkit.cross_entropy_with_grad`.
     """
-    from . import _axis, _float_array, _inv_temperature, _Plan, _ro, _scalar, _threads
+    from . import _axis, _empty, _float_array, _inv_temperature, _Plan, _ro, _scalar, _threads
     from . import _softcap as _cap
 
     x = _float_array(logits)
@@ -293,7 +373,7 @@ def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axi
 
     same = False
     if out is None:
-        g = np.empty_like(x2)
+        g = _empty(x2.shape, dt)
     else:
         if type(out) is not np.ndarray or out.shape != x.shape or out.dtype != dt:
             return None
@@ -438,7 +518,7 @@ def torch_gradient(pb: Any, stats: Any, scale: Any) -> Any:
     """``∂/∂x`` of ``Σ_i scale_i · loss_i`` into one fresh tensor by the kernel, or ``None``."""
     import torch
 
-    from . import _ro, _threads
+    from . import _empty, _ro, _threads
 
     args = _problem_arrays(pb)
     if args is None:
@@ -452,8 +532,8 @@ def torch_gradient(pb: Any, stats: Any, scale: Any) -> Any:
     if scales.size not in (1, n):
         return None
     labels_safe = labels if is_prob else np.where(counted, labels, 0)
-    g = torch.empty(tuple(pb.x.shape), dtype=pb.x.dtype)
-    gv = g.numpy()
+    gv = _empty(tuple(pb.x.shape), x.dtype)
+    g = torch.from_numpy(gv)
     loss = np.zeros(n, dtype=np.float64)
     stat = np.zeros((2, n), dtype=np.float64)
     special = np.zeros(n, dtype=np.bool_)
