@@ -28,6 +28,8 @@ from ._rows import (
     BLOCK_BYTES,
     CHUNK,
     MAX_BLOCK_ROWS,
+    STORE_EXP,
+    STORE_NOTHING,
     SOFTMAX,
     _chunk_stats,
     _rescale_segment,
@@ -90,7 +92,8 @@ def _ce_plain_block(x: Any, out: Any, labels: Any, counted: Any, cz: float, inv_
             ms[j] = m
             if -np.inf < m < np.inf:
                 dts[j] = (xr[labels[min(i, labels.size - 1)]] - m) * inv_t
-                rest[j], top[j] = sum_exp(xr, m, inv_t, out[min(i, out.shape[0] - 1)], write)
+                rest[j], top[j] = sum_exp(xr, m, inv_t, out[min(i, out.shape[0] - 1)],
+                                          STORE_EXP if write else STORE_NOTHING)
             else:
                 rest[j] = math.nan  # +inf, NaN or nothing finite: the generic path's
         block_logs(rest, top, logs, r1 - r0, inv_t)
@@ -122,9 +125,8 @@ def _ce_plain_block(x: Any, out: Any, labels: Any, counted: Any, cz: float, inv_
             cs = as_like(inv_s * coef * float(g_scale), inv_t)
             for c in range(k):
                 orow[c] = orow[c] * cs
-            p_t = vexp(d_t) * as_like(inv_s, inv_t)
             t = labels[min(i, labels.size - 1)]
-            orow[t] = (as_like(coef, inv_t) * p_t - one) * g_scale
+            orow[t] = orow[t] - g_scale  # (coef·p_t − 1)/T · scale
 
 
 @numba.njit(**_OPTS)

@@ -224,7 +224,7 @@ def max_of(a):
     raise NotImplementedError  # pragma: no cover
 
 
-@overload(max_of)
+@overload(max_of, inline="always")
 def _max_of(a):
     if not isinstance(a, types.Array) or a.dtype not in (types.float32, types.float64):
         return None
