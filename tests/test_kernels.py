@@ -203,6 +203,72 @@ def test_kernels_meet_the_accuracy_bounds(dtype):
     assert np.all(np.abs(lse - exact_lse) <= 16 * u * (np.maximum(1, np.abs(exact_lse)) + np.log(k)))
 
 
+def test_vectorised_log_is_within_two_ulps():
+    from logitkit._kernels._exp import log_array
+
+    rng = np.random.default_rng(11)
+    s = np.concatenate([1.0 + rng.random(3000), np.exp(rng.random(3000) * 30),
+                        [1.0, 1.0 + 2**-52, 2**0.5 * (1 - 2**-52), 2**0.5, 2.0, 3.0, 262144.0,
+                         1e300, float(np.finfo(np.float64).tiny)]])
+    out = np.empty_like(s)
+    log_array(s, out)
+    exact = np.array([float(mpmath.log(mpmath.mpf(float(v)))) for v in s])
+    assert out[s == 1.0].tolist() == [0.0]  # log(1) is exactly 0
+    err = np.abs(out - exact)
+    assert np.all(err <= 2 * np.spacing(np.abs(exact))), (err / np.spacing(np.abs(exact))).max()
+
+
+@pytest.mark.parametrize("k", [127, 128, 129, 32000, 262144])
+def test_float32_long_rows_meet_the_accuracy_bounds(k):
+    """The float32 kernels sum in float32 over blocks, then in float64: the §7 bounds hold on
+    rows of every length, up to the benchmark's vocabularies (float64 reference sums)."""
+    rng = np.random.default_rng(k)
+    x = (rng.standard_normal((2, k)) * 4).astype(np.float32)
+    x[1, 7] = 30.0  # one dominant entry
+    assert uses_kernel("softmax", x)
+    u = U[np.float32]
+    x64 = x.astype(np.float64)
+    m = x64.max(axis=1, keepdims=True)
+    e = np.exp(x64 - m)
+    s = np.sum(e, axis=1, keepdims=True)  # float64: exact enough against float32 bounds
+    d = m - x64
+    p = logitkit.softmax(x)
+    normal = e / s >= np.finfo(np.float32).tiny
+    rel = np.abs(p - e / s)[normal] / (e / s)[normal]
+    assert np.all(rel <= 16 * u * (1 + d[normal])), rel.max() / u
+    logp = logitkit.log_softmax(x)
+    assert np.all(np.abs(logp - (x64 - m - np.log(s))) <= 16 * u * (1 + d + np.log(k)))
+    lse = logitkit.logsumexp(x)
+    exact = (m + np.log(s))[:, 0]
+    assert np.all(np.abs(lse - exact) <= 16 * u * (np.maximum(1, np.abs(exact)) + np.log(k)))
+
+
+def test_large_outputs_are_placed_on_huge_page_boundaries():
+    small = _kernels._empty((3, 5), np.float32)
+    assert small.shape == (3, 5) and small.dtype == np.float32
+    big = _kernels._empty((1025, 1024), np.float32)  # just over 4 MiB
+    assert big.shape == (1025, 1024) and big.dtype == np.float32
+    assert big.flags.c_contiguous and big.flags.writeable
+    assert big.__array_interface__["data"][0] % (1 << 21) == 0
+    big[...] = 1.0  # the whole view is usable
+    x = np.random.default_rng(0).standard_normal((1100, 1024)).astype(np.float32)
+    p = logitkit.softmax(x)
+    assert p.__array_interface__["data"][0] % (1 << 21) == 0
+    assert_same(p, generic(logitkit.softmax, x), np.float32)
+
+
+def test_cross_entropy_kernel_never_indexes_outside_the_row():
+    """The kernel entry point checks the labels itself: a label outside [0, K) reaches the
+    generic path, which raises the library's error (the public function validates first)."""
+    x = np.zeros((3, 4))
+    for bad in (4, -1, 1 << 40):
+        t = np.array([0, bad, 2])
+        with pytest.raises(logitkit.LogitkitValueError, match="target"):
+            _kernels.cross_entropy_with_grad_fast(
+                x, t, axis=-1, ignore_index=None, weight=None, label_smoothing=0.0, z_loss=0.0,
+                logit_l2=0.0, temperature=1.0, where=None, softcap=None, reduction="mean")
+
+
 def test_logsumexp_keeps_the_tiny_terms_of_a_dominant_row():
     x = np.array([[0.0, -40.0, -45.0]])
     lse = logitkit.logsumexp(x)

@@ -20,8 +20,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._exp import as_like, vexp
-from ._exp import max_of
+from ._exp import as_like, max_of, vexp
 from ._rows import (
     _OPTS,
     _POPTS,
@@ -30,10 +29,7 @@ from ._rows import (
     MAX_BLOCK_ROWS,
     STORE_EXP,
     STORE_NOTHING,
-    SOFTMAX,
     _chunk_stats,
-    _rescale_segment,
-    _segment,
     _softcap,
     block_logs,
     log1p_sum,
@@ -76,7 +72,6 @@ def _ce_plain_block(x: Any, out: Any, labels: Any, counted: Any, cz: float, inv_
     top = np.empty(nb)
     logs = np.zeros(nb)
     zero = as_like(0.0, inv_t)
-    one = as_like(1.0, inv_t)
     for r0 in range(i0, i1, nb):
         r1 = min(r0 + nb, i1)
         for i in range(r0, r1):
@@ -90,8 +85,11 @@ def _ce_plain_block(x: Any, out: Any, labels: Any, counted: Any, cz: float, inv_
             xr = x[i]
             m = max_of(xr)
             ms[j] = m
-            if -np.inf < m < np.inf:
-                dts[j] = (xr[labels[min(i, labels.size - 1)]] - m) * inv_t
+            t = labels[min(i, labels.size - 1)]
+            if not 0 <= t < k:  # never index out of range: the generic path raises for it
+                rest[j] = math.nan
+            elif -np.inf < m < np.inf:
+                dts[j] = (xr[t] - m) * inv_t
                 rest[j], top[j] = sum_exp(xr, m, inv_t, out[min(i, out.shape[0] - 1)],
                                           STORE_EXP if write else STORE_NOTHING)
             else:
@@ -125,8 +123,7 @@ def _ce_plain_block(x: Any, out: Any, labels: Any, counted: Any, cz: float, inv_
             cs = as_like(inv_s * coef * float(g_scale), inv_t)
             for c in range(k):
                 orow[c] = orow[c] * cs
-            t = labels[min(i, labels.size - 1)]
-            orow[t] = orow[t] - g_scale  # (coef·p_t − 1)/T · scale
+            orow[labels[min(i, labels.size - 1)]] -= g_scale  # (coef·p_t − 1)/T · scale
 
 
 @numba.njit(**_OPTS)
@@ -143,10 +140,6 @@ def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: An
                         coef_out, special, i0, i1)
         return
     ybuf = np.empty(k if cap > 0 else 1, dtype=x.dtype)
-    # Plain rows into a separate buffer: store the exponentials in the first pass and only
-    # rescale them in the second (with out=logits the logits must survive pass 1).
-    stored = plain and write and not aliased
-    chunk_m = np.empty((k + CHUNK - 1) // CHUNK if stored else 1)
     for i in range(i0, i1):
         xr = x[i]
         orow = out[min(i, out.shape[0] - 1)]
@@ -166,12 +159,10 @@ def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: An
         else:
             src = xr
         t = labels[min(i, labels.size - 1)]
-        x_t = src[t]
-        if stored:
-            m, rest, n_top = _segment(xr, mr, False, cap, inv_t, SOFTMAX, orow, ybuf, 0, k,
-                                      True, chunk_m)
-        else:
-            m, rest, n_top = _row_stats(src, mr, has_mask, inv_t, ybuf)
+        if not 0 <= t < k:  # never index out of range: the generic path raises for it
+            special[i] = True
+            continue
+        m, rest, n_top = _row_stats(src, mr, has_mask, inv_t, ybuf)
         if not (-np.inf < m < np.inf) or rest != rest:
             special[i] = True
             continue
@@ -206,55 +197,37 @@ def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: An
         coef = as_like(total + 2.0 * cz * lse, inv_t)
         lse_out[i] = lse
         coef_out[i] = total + 2.0 * cz * lse
-        g_scale = inv_t * scale
 
         cross = 0.0
         sq = 0.0
-        if plain:
-            # (p − y)/T · s; the label's element is fixed after the loop (from d_t read first).
-            d_t = (x_t - m) * inv_t
-            cross = wt * float(d_t)
-            if not write:
-                loss[i] = total * log_s - cross + cz * lse * lse
-                continue
-            cs = coef * g_scale
-            if stored:
-                _rescale_segment(orow, chunk_m, m, inv_t, float(inv_s) * float(cs), k)
+        b_t = (1.0 - eps) * wt
+        ninf = as_like(-np.inf, inv_t)
+        zero = as_like(0.0, inv_t)
+        for c in range(k):
+            live = mr[c] if has_mask else True
+            xv = xr[c]
+            y = src[c] if live else ninf
+            d = (y - m) * inv_t
+            p = vexp(d) * inv_s
+            wc = float(weight[c]) if has_weight else 1.0
+            if is_prob:
+                wgt = wc * ((1.0 - eps) * float(probs[i, c]) + (share if live else 0.0))
             else:
-                for c in range(k):
-                    d = (src[c] - m) * inv_t
-                    orow[c] = vexp(d) * inv_s * cs
-            p_t = vexp(d_t) * inv_s
-            orow[t] = (coef * p_t - as_like(wt, inv_t)) * g_scale
-        else:
-            b_t = (1.0 - eps) * wt
-            ninf = as_like(-np.inf, inv_t)
-            zero = as_like(0.0, inv_t)
-            for c in range(k):
-                live = mr[c] if has_mask else True
-                xv = xr[c]
-                y = src[c] if live else ninf
-                d = (y - m) * inv_t
-                p = vexp(d) * inv_s
-                wc = float(weight[c]) if has_weight else 1.0
-                if is_prob:
-                    wgt = wc * ((1.0 - eps) * float(probs[i, c]) + (share if live else 0.0))
-                else:
-                    wgt = (wc * share if live else 0.0) + (b_t if c == t else 0.0)
-                dd = float(d) if wgt > 0.0 else 0.0  # 0·(−inf) = 0
-                cross += wgt * dd
-                if lam > 0.0:
-                    xs = xv if live else zero
-                    sq += float(xs) * float(xs)
-                if not write:
-                    continue
-                g = (coef * p - as_like(wgt, inv_t)) * inv_t
-                if cap > 0:
-                    th = y / cap
-                    g = g * (as_like(1.0, inv_t) - th * th)
-                if lam > 0.0:
-                    g = g + as_like(lam, inv_t) * (xv if live else zero)
-                orow[c] = g * scale if live else zero
+                wgt = (wc * share if live else 0.0) + (b_t if c == t else 0.0)
+            dd = float(d) if wgt > 0.0 else 0.0  # 0·(−inf) = 0
+            cross += wgt * dd
+            if lam > 0.0:
+                xs = xv if live else zero
+                sq += float(xs) * float(xs)
+            if not write:
+                continue
+            g = (coef * p - as_like(wgt, inv_t)) * inv_t
+            if cap > 0:
+                th = y / cap
+                g = g * (as_like(1.0, inv_t) - th * th)
+            if lam > 0.0:
+                g = g + as_like(lam, inv_t) * (xv if live else zero)
+            orow[c] = g * scale if live else zero
         ce = total * log_s - cross
         loss[i] = ce + cz * lse * lse + 0.5 * lam * sq
 
@@ -337,15 +310,16 @@ def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axi
             return None
         probs = np.ascontiguousarray(target.reshape(n, k), dtype=dt)
         labels = np.zeros(1, dtype=np.int64)
-        keep = np.ones(n, dtype=np.bool_)
+        keep = None
     elif target.dtype.kind in "iu":
         if target.size != n:
             return None
-        raw = target.reshape(n).astype(np.int64)
-        keep = np.ones(n, dtype=np.bool_) if ignore_index is None else raw != int(ignore_index)
-        labels = np.where(keep, raw, 0)
-        if labels.size and (labels.min() < 0 or labels.max() >= k):
-            return None  # the caller validated; never index out of range here
+        # The kernels flag a label out of [0, K) for the generic path (which raises for it).
+        labels = target.reshape(n).astype(np.int64, copy=False)
+        keep = None
+        if ignore_index is not None:
+            keep = labels != int(ignore_index)
+            labels = np.where(keep, labels, 0)
         probs = np.zeros((1, 1), dtype=dt)
     else:
         return None
@@ -360,12 +334,14 @@ def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axi
     else:
         w = np.ones(1, dtype=dt)
 
-    counted = keep.copy()
+    counted = np.ones(n, dtype=np.bool_) if keep is None else keep
     if has_mask:
         alive = np.asarray(mask.any(axis=1))
-        counted &= alive if alive.size == n else bool(alive[0])
+        counted = counted & (alive if alive.size == n else bool(alive[0]))
     if has_weight and not is_prob:
-        denom = float(np.sum(w[labels][counted], dtype=np.float64))
+        denom = float(np.sum(w[np.clip(labels, 0, k - 1)][counted], dtype=np.float64))
+    elif keep is None and not has_mask:
+        denom = float(n)
     else:
         denom = float(np.count_nonzero(counted))
     if reduction == "mean":

@@ -24,9 +24,7 @@ from typing import Any
 
 import numba
 import numpy as np
-from numba import prange
-
-from numba import types
+from numba import prange, types
 from numba.extending import overload
 
 from ._exp import as_like, max_of, max_of_masked, vexp, vlog
