@@ -253,8 +253,13 @@ def test_large_outputs_are_placed_on_huge_page_boundaries():
     big[...] = 1.0  # the whole view is usable
     x = np.random.default_rng(0).standard_normal((1100, 1024)).astype(np.float32)
     p = logitkit.softmax(x)
-    assert p.__array_interface__["data"][0] % (1 << 21) == 0
+    addr = p.__array_interface__["data"][0]
+    assert addr % (1 << 21) < 4096  # within the first 4 KiB of a huge page
+    # ... half a page away from the input's offset (same offsets slow the kernels down)
+    assert (addr - x.__array_interface__["data"][0]) % 4096 in range(2048 - 63, 2049)
     assert_same(p, generic(logitkit.softmax, x), np.float32)
+    q = logitkit.log_softmax(p)  # an aligned input gets an output half a page away from it
+    assert (q.__array_interface__["data"][0] - addr) % 4096 == 2048
 
 
 def test_cross_entropy_kernel_never_indexes_outside_the_row():

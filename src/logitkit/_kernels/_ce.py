@@ -351,7 +351,7 @@ def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axi
 
     same = False
     if out is None:
-        g = _empty(x2.shape, dt)
+        g = _empty(x2.shape, dt, like=x2)
     else:
         if type(out) is not np.ndarray or out.shape != x.shape or out.dtype != dt:
             return None
@@ -510,7 +510,7 @@ def torch_gradient(pb: Any, stats: Any, scale: Any) -> Any:
     if scales.size not in (1, n):
         return None
     labels_safe = labels if is_prob else np.where(counted, labels, 0)
-    gv = _empty(tuple(pb.x.shape), x.dtype)
+    gv = _empty(tuple(pb.x.shape), x.dtype, like=x)
     g = torch.from_numpy(gv)
     loss = np.zeros(n, dtype=np.float64)
     stat = np.zeros((2, n), dtype=np.float64)
