@@ -352,3 +352,38 @@ def test_top_level_usage(capsys):
     code, out, _ = _run(capsys, "calibrate", "--help")
     assert code == 0 and "--binning" in out and "--force" in out
     _user_error(capsys, "frobnicate", match="invalid choice")
+
+
+# ------------------------------------------------------------------------- bench
+
+
+def test_bench_json_and_table(capsys):
+    argv = ["bench", "--shapes", "16x64,4x300", "--ops", "softmax,cross_entropy",
+            "--dtypes", "float32", "--peers", "scipy", "--repeats", "1"]
+    code, out, err = _run(capsys, *argv, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["repeats"] == 1
+    rows = report["results"]
+    assert [(r["op"], r["shape"]) for r in rows] == [
+        ("softmax", [16, 64]), ("cross_entropy", [16, 64]),
+        ("softmax", [4, 300]), ("cross_entropy", [4, 300])]
+    for r in rows:
+        assert r["copy_s"] > 0 and r["dtype"] == "float32"
+        assert set(r["seconds"]) == {"logitkit", "scipy"}
+        assert r["ratio_to_copy"]["logitkit"] == pytest.approx(
+            r["seconds"]["logitkit"] / r["copy_s"])
+        assert r["speedup"]["scipy"] == pytest.approx(
+            r["seconds"]["scipy"] / r["seconds"]["logitkit"])
+    code, out, err = _run(capsys, *argv[:-2], "--repeats", "1", "--peers", "none")
+    assert code == 0
+    assert out.splitlines()[0].split()[:5] == ["op", "shape", "dtype", "memcpy", "ms"]
+    assert "softmax" in out and "times are medians of 1 repeats" in out
+
+
+def test_bench_bad_options_are_one_line_and_exit_2(capsys):
+    _user_error(capsys, "bench", "--shapes", "12by4", match="--shapes")
+    _user_error(capsys, "bench", "--ops", "softmax,frobnicate", match="--ops")
+    _user_error(capsys, "bench", "--dtypes", "float16", match="--dtypes")
+    _user_error(capsys, "bench", "--peers", "numpy", match="--peers")
+    _user_error(capsys, "bench", "--repeats", "0", match="--repeats")

@@ -1,8 +1,9 @@
 """``logitkit bench``: side-by-side CPU timings of logitkit and the installed peers.
 
-Every figure is the median of several repeats, divided by the median time of ``np.copyto`` of the
-same array into a preallocated buffer, timed in the same run (the memory-bandwidth floor of an
-operation that reads and writes the array once).  Peers: SciPy (``scipy.special``), PyTorch (all
+Every figure is the median of several repeats (after untimed warm-up calls), divided by the
+median time of ``np.copyto`` of the same array into a preallocated buffer, timed in the same run
+just before the figure's row (the memory-bandwidth floor of an operation that reads and writes
+the array once).  Peers: SciPy (``scipy.special``), PyTorch (all
 threads), JAX (``jit``, ``block_until_ready``); each is skipped when not installed.  The
 cross-entropy row times forward and backward (``logitkit.cross_entropy_with_grad``, PyTorch's
 ``cross_entropy`` + ``backward()``, JAX's ``value_and_grad``).
@@ -76,8 +77,21 @@ def _shapes(text: str) -> list[tuple[int, int]]:
     return out
 
 
+#: Untimed calls before the repeats: at least this many, and for at least this long.
+WARMUP_CALLS = 3
+WARMUP_SECONDS = 0.2
+
+
 def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up: compilation, first-touch of buffers
+    # Warm-up until steady state: compilation, the allocator's first use of fresh memory (on a
+    # virtual machine a page the host has taken back costs a host fault on its first touch,
+    # for a few calls after a new allocation pattern), caches.  The same for every
+    # implementation.
+    start = time.perf_counter()
+    for i in range(10):
+        fn()
+        if i + 1 >= WARMUP_CALLS and time.perf_counter() - start >= WARMUP_SECONDS:
+            break
     times = []
     for _ in range(repeats):
         gc.collect()
@@ -202,12 +216,13 @@ def bench(shapes: list[tuple[int, int]], ops: list[str], dtypes: list[str], peer
             x = (rng.standard_normal((n, k), dtype=np.float32) * 3).astype(dt)
             t = rng.integers(0, k, n)
             buf = np.empty_like(x)
+
             def copy(x: np.ndarray = x, buf: np.ndarray = buf) -> None:
                 np.copyto(buf, x)
 
-            copy_s = _median_time(copy, repeats)
-            del buf
             for op in ops:
+                # The baseline again for every row: a shared machine drifts over a run.
+                copy_s = _median_time(copy, repeats)
                 impls: dict[str, Callable[[], Any] | None] = {"logitkit": _logitkit(op, x, t)}
                 for p in peers:
                     impls[p] = _PEER_FACTORIES[p](op, x, t)
@@ -228,7 +243,7 @@ def bench(shapes: list[tuple[int, int]], ops: list[str], dtypes: list[str], peer
                     "ratio_to_copy": {name: s / copy_s for name, s in times.items()},
                     "speedup": {name: s / ours for name, s in times.items() if name != "logitkit"},
                 })
-            del x
+            del x, buf
             gc.collect()
     return {
         "unit": "median seconds; ratio_to_copy = time / time of np.copyto of the same array",
