@@ -1,12 +1,18 @@
 """numba kernels for softmax, log_softmax and logsumexp (float32 and float64, C-contiguous).
 
-Rows (reduction along the last axis) are read once from memory: each row is walked in chunks of
-``CHUNK`` elements that stay in L1 between the chunk's max and its exponential sum, with an online
-``(max, sum)`` that is rescaled when a later chunk raises the max (Milakov & Gimelshein 2018).  The
-sum is kept as Blanchard–Higham–Higham's ``(rest, n_top)``: the ``n_top`` entries equal to the max
-contribute exactly 1 each and are counted, the others are summed in float64, and
-``log(sum) = log1p(rest + n_top − 1)`` stays accurate when one term dominates.  The write pass
-re-reads the row (from cache for rows up to a few hundred KiB).
+Plain rows (no mask, no softcap: the common case) run in blocks of rows small enough to stay in
+L2 (:func:`_plain_block`): each row's max is one read from memory, its exponential sum a second
+read from cache that also writes the output (the exponentials for softmax, the shifted logits for
+log_softmax) while the arithmetic keeps the core busy; the block's logs are then taken in one
+vectorised loop (:func:`~._exp.vlog`) and the outputs rescaled or shifted in place.  float32
+terms are summed in float32 over blocks of ``SUM_BLOCK`` and in float64 across them; float64 rows
+keep Blanchard–Higham–Higham's ``(rest, n_top)``: the ``n_top`` entries equal to the max
+contribute exactly 1 each and are counted, the others summed, and ``log(sum) = log1p(rest +
+n_top − 1)`` stays accurate when one term dominates.
+
+Masked and soft-capped rows (:func:`_rows_block`) are walked in chunks of ``CHUNK`` elements that
+stay in L1 between the chunk's max and its exponential sum, with an online ``(max, sum)`` that is
+rescaled when a later chunk raises the max (Milakov & Gimelshein 2018), then a write pass.
 
 Rows the fast formula cannot handle (an unmasked NaN, a +inf, nothing but −inf) are only *flagged*
 here; the dispatcher recomputes those few rows with the generic path, which defines their values.
@@ -210,33 +216,6 @@ def _write_segment(xr: Any, mr: Any, has_mask: bool, cap: Any, inv_t: Any, m: An
         _write_chunk(src, mc, has_mask, inv_t, m, scale, mode, orow[c0:c1])
 
 
-@numba.njit(**_OPTS)
-def _short_stats(xr: Any, inv_t: Any, store: bool, orow: Any) -> tuple[Any, float, float]:
-    """:func:`_chunk_stats` for a whole unmasked row of at most ``CHUNK`` elements, from the
-    max: with no running state to rescale, short rows skip that bookkeeping (which costs as much
-    as the arithmetic on rows of ~100 elements).  A row whose max is not finite (or NaN) is
-    flagged by a NaN ``rest``, as there."""
-    m = max_of(xr)
-    if not (-np.inf < m < np.inf):
-        return m, math.nan, 0.0
-    acc = 0.0
-    cnt = 0.0
-    if store:
-        for k in range(xr.size):
-            d = (xr[k] - m) * inv_t
-            e = vexp(d)
-            orow[k] = e
-            acc += float(e) * (d != 0)
-            cnt += d == 0
-    else:
-        for k in range(xr.size):
-            d = (xr[k] - m) * inv_t
-            e = vexp(d)
-            acc += float(e) * (d != 0)
-            cnt += d == 0
-    return m, acc, cnt
-
-
 # --------------------------------------------------------------------------------------------
 # plain rows (no mask, no softcap): the common case, in blocks of rows
 # --------------------------------------------------------------------------------------------
@@ -396,38 +375,27 @@ def _plain_block(x: Any, inv_t: Any, mode: int, out: Any, lse: Any, special: Any
 @numba.njit(**_OPTS)
 def _rows_block(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, out: Any,
                 lse: Any, special: Any, store_exp: bool, i0: int, i1: int) -> None:
-    """Rows ``i0:i1`` of :func:`rows` (one task's block, or all rows on the serial path)."""
+    """Rows ``i0:i1`` of :func:`rows` with a mask or a softcap: chunks of the row in L1 with
+    the online ``(max, rest, n_top)``, then the write pass (softmax without softcap rescales the
+    exponentials it stored)."""
     k = x.shape[1]
     nm = mask.shape[0]
     buf = np.empty(CHUNK if (mode == LSE and cap > 0) else 1, dtype=x.dtype)
     store = store_exp and mode == SOFTMAX and not cap > 0
     chunk_m = np.empty((k + CHUNK - 1) // CHUNK if store else 1)
-    short = k <= CHUNK and not has_mask and not cap > 0
     for i in range(i0, i1):
         xr = x[i]
         mr = mask[min(i, nm - 1)]
         orow = out[min(i, out.shape[0] - 1)]
-        if short:
-            m, rest, n_top = _short_stats(xr, inv_t, store, orow)
-            chunk_m[0] = float(m)
-        else:
-            m, rest, n_top = _segment(xr, mr, has_mask, cap, inv_t, mode, orow, buf, 0, k, store,
-                                      chunk_m)
+        m, rest, n_top = _segment(xr, mr, has_mask, cap, inv_t, mode, orow, buf, 0, k, store,
+                                  chunk_m)
         sp, value, scale = _finish(m, rest, n_top, inv_t, mode)
         lse[i] = value
         special[i] = sp
         if sp or mode == LSE:
             continue
-        if short and store:
-            sc = as_like(scale, inv_t)
-            for j in range(k):
-                orow[j] = orow[j] * sc
-        elif store:
+        if store:
             _rescale_segment(orow, chunk_m, m, inv_t, scale, k)
-        elif mode == LOG_SOFTMAX and not has_mask and not cap > 0:
-            sc = as_like(scale, inv_t)
-            for j in range(k):
-                orow[j] = (xr[j] - m) * inv_t - sc
         else:
             _write_segment(xr, mr, has_mask, cap, inv_t, m, as_like(scale, inv_t), mode,
                            orow, 0, k)

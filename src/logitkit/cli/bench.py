@@ -1,9 +1,10 @@
 """``logitkit bench``: side-by-side CPU timings of logitkit and the installed peers.
 
 Every figure is the median of several repeats (after untimed warm-up calls), divided by the
-median time of ``np.copyto`` of the same array into a preallocated buffer, timed in the same run
-just before the figure's row (the memory-bandwidth floor of an operation that reads and writes
-the array once).  Peers: SciPy (``scipy.special``), PyTorch (all
+median time of ``np.copyto`` of the same array into a preallocated buffer (the memory-bandwidth
+floor of an operation that reads and writes the array once).  The implementations of a row and
+its baseline are timed round-robin, one call each per repeat, so that a burst of slow calls on a
+shared machine is spread over all of them.  Peers: SciPy (``scipy.special``), PyTorch (all
 threads), JAX (``jit``, ``block_until_ready``); each is skipped when not installed.  The
 cross-entropy row times forward and backward (``logitkit.cross_entropy_with_grad``, PyTorch's
 ``cross_entropy`` + ``backward()``, JAX's ``value_and_grad``).
@@ -82,23 +83,34 @@ WARMUP_CALLS = 3
 WARMUP_SECONDS = 0.2
 
 
-def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-    # Warm-up until steady state: compilation, the allocator's first use of fresh memory (on a
-    # virtual machine a page the host has taken back costs a host fault on its first touch,
-    # for a few calls after a new allocation pattern), caches.  The same for every
-    # implementation.
+def _warm_up(fn: Callable[[], Any]) -> None:
+    """Untimed calls until steady state: compilation, caches, and the allocator's first use of
+    fresh memory (on a virtual machine a page the host has taken back costs a host fault on
+    its first touch, for a few calls after a new allocation pattern)."""
     start = time.perf_counter()
     for i in range(10):
         fn()
         if i + 1 >= WARMUP_CALLS and time.perf_counter() - start >= WARMUP_SECONDS:
             break
-    times = []
+
+
+def _median_times(fns: dict[str, Callable[[], Any]], repeats: int,
+                  progress: Callable[[str], None] | None = None) -> dict[str, float]:
+    """Median seconds per call of each of ``fns``, timed round-robin: every repeat times each
+    implementation once, so that a burst of slow calls on a shared machine (another tenant, the
+    host reclaiming memory) is spread over all of them instead of landing on one."""
+    for name, fn in fns.items():
+        if progress is not None:
+            progress(name)
+        _warm_up(fn)
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        gc.collect()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            gc.collect()
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,19 +233,20 @@ def bench(shapes: list[tuple[int, int]], ops: list[str], dtypes: list[str], peer
                 np.copyto(buf, x)
 
             for op in ops:
-                # The baseline again for every row: a shared machine drifts over a run.
-                copy_s = _median_time(copy, repeats)
                 impls: dict[str, Callable[[], Any] | None] = {"logitkit": _logitkit(op, x, t)}
                 for p in peers:
                     impls[p] = _PEER_FACTORIES[p](op, x, t)
-                times: dict[str, float] = {}
-                for name, fn in impls.items():
-                    if fn is None:
-                        continue
+                # The baseline is timed with the others, in the same rounds.
+                fns = {"np.copyto": copy, **{k: f for k, f in impls.items() if f is not None}}
+                label = f"{op} {n}x{k} {dt}"
+
+                def step(name: str, label: str = label) -> None:
                     if progress is not None:
-                        progress(f"{op} {n}x{k} {dt} {name}")
-                    times[name] = _median_time(fn, repeats)
-                    del fn
+                        progress(f"{label} {name}")
+
+                times = _median_times(fns, repeats, step)
+                copy_s = times.pop("np.copyto")
+                del fns
                 impls.clear()
                 gc.collect()
                 ours = times["logitkit"]
