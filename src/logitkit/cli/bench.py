@@ -2,10 +2,9 @@
 
 Every figure is the median of several repeats (after untimed warm-up calls), divided by the
 median time of ``np.copyto`` of the same array into a preallocated buffer (the memory-bandwidth
-floor of an operation that reads and writes the array once).  The implementations of a row and
-its baseline are timed round-robin, one call each per repeat, so that a burst of slow calls on a
-shared machine is spread over all of them.  Peers: SciPy (``scipy.special``), PyTorch (all
-threads), JAX (``jit``, ``block_until_ready``); each is skipped when not installed.  The
+floor of an operation that reads and writes the array once), timed again just before each row.
+Peers: SciPy (``scipy.special``), PyTorch (all threads), JAX (``jit``, ``block_until_ready``);
+each is skipped when not installed.  The
 cross-entropy row times forward and backward (``logitkit.cross_entropy_with_grad``, PyTorch's
 ``cross_entropy`` + ``backward()``, JAX's ``value_and_grad``).
 """
@@ -94,23 +93,23 @@ def _warm_up(fn: Callable[[], Any]) -> None:
             break
 
 
-def _median_times(fns: dict[str, Callable[[], Any]], repeats: int,
-                  progress: Callable[[str], None] | None = None) -> dict[str, float]:
-    """Median seconds per call of each of ``fns``, timed round-robin: every repeat times each
-    implementation once, so that a burst of slow calls on a shared machine (another tenant, the
-    host reclaiming memory) is spread over all of them instead of landing on one."""
-    for name, fn in fns.items():
-        if progress is not None:
-            progress(name)
-        _warm_up(fn)
-    times: dict[str, list[float]] = {name: [] for name in fns}
+def _median_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Median seconds per call of ``fn``, after the warm-up, its repeats back to back.
+
+    Each implementation runs its repeats in a row, as in a loop that calls the same operation
+    on arrays of one shape: its allocations reuse the memory its previous call freed.  Timed
+    round-robin instead, the implementations took each other's freed huge pages, and on a
+    virtual machine that hands free huge pages back to the host (free page reporting) the
+    next large allocation often landed on pages the host had to fault in again (10-20x
+    calls for whichever allocated with huge pages: logitkit and SciPy here, not PyTorch)."""
+    _warm_up(fn)
+    times = []
     for _ in range(repeats):
-        for name, fn in fns.items():
-            gc.collect()
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,17 +235,16 @@ def bench(shapes: list[tuple[int, int]], ops: list[str], dtypes: list[str], peer
                 impls: dict[str, Callable[[], Any] | None] = {"logitkit": _logitkit(op, x, t)}
                 for p in peers:
                     impls[p] = _PEER_FACTORIES[p](op, x, t)
-                # The baseline is timed with the others, in the same rounds.
-                fns = {"np.copyto": copy, **{k: f for k, f in impls.items() if f is not None}}
-                label = f"{op} {n}x{k} {dt}"
-
-                def step(name: str, label: str = label) -> None:
+                # The baseline again for every row: a shared machine drifts over a run.
+                copy_s = _median_time(copy, repeats)
+                times: dict[str, float] = {}
+                for name, fn in impls.items():
+                    if fn is None:
+                        continue
                     if progress is not None:
-                        progress(f"{label} {name}")
-
-                times = _median_times(fns, repeats, step)
-                copy_s = times.pop("np.copyto")
-                del fns
+                        progress(f"{op} {n}x{k} {dt} {name}")
+                    times[name] = _median_time(fn, repeats)
+                    del fn
                 impls.clear()
                 gc.collect()
                 ours = times["logitkit"]
