@@ -1,8 +1,8 @@
 """numba kernels for softmax, log_softmax and logsumexp (float32 and float64, C-contiguous).
 
 Plain rows (no mask, no softcap: the common case) run in blocks of rows small enough to stay in
-L2 (:func:`_plain_block`): each row's max is one read from memory, its exponential sum a second
-read from cache that also writes the output (the exponentials for softmax, the shifted logits for
+cache (``BLOCK_BYTES`` of input, or one longer row; :func:`_plain_block`): each row's max is one
+read from memory, its exponential sum a second read from cache that also writes the output (the exponentials for softmax, the shifted logits for
 log_softmax) while the arithmetic keeps the core busy; the block's logs are then taken in one
 vectorised loop (:func:`~._exp.vlog`) and the outputs rescaled or shifted in place.  float32
 terms are summed in float32 over blocks of ``SUM_BLOCK`` and in float64 across them; float64 rows
@@ -220,9 +220,9 @@ def _write_segment(xr: Any, mr: Any, has_mask: bool, cap: Any, inv_t: Any, m: An
 # plain rows (no mask, no softcap): the common case, in blocks of rows
 # --------------------------------------------------------------------------------------------
 
-#: Bytes of input per block of plain rows: the block's rows (and their outputs) stay in L2
+#: Bytes of input per block of plain rows: the block's rows and their outputs stay in L1
 #: between the statistics and the write pass.
-BLOCK_BYTES = 32768
+BLOCK_BYTES = 8192
 MAX_BLOCK_ROWS = 64
 #: float32 exponentials are summed in float32 over blocks of this many, then in float64.
 SUM_BLOCK = 128
