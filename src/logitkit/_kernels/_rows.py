@@ -347,7 +347,7 @@ def _plain_block(x: Any, inv_t: Any, mode: int, out: Any, lse: Any, special: Any
             m = max_of(xr)
             ms[i - r0] = m
             if -np.inf < m < np.inf:
-                rest[i - r0], top[i - r0] = sum_exp(xr, m, inv_t, out[min(i, out.shape[0] - 1)],
+                rest[i - r0], top[i - r0] = sum_exp(xr, m, inv_t, out[i] if mode != LSE else out[0],
                                                     store)
             else:
                 rest[i - r0] = math.nan  # +inf, NaN or nothing finite: the generic path's
@@ -356,10 +356,12 @@ def _plain_block(x: Any, inv_t: Any, mode: int, out: Any, lse: Any, special: Any
             block_logs(rest, top, logs, r1 - r0, inv_t)
         for i in range(r0, r1):
             j = i - r0
-            sp = rest[j] != rest[j]
-            special[i] = sp
-            lse[i] = float(ms[j]) * float(inv_t) + logs[j]
-            if sp or mode == LSE:
+            if rest[j] != rest[j]:
+                special[i] = True  # the caller's flags start False
+                continue
+            if mode != SOFTMAX:  # softmax's lse is never read
+                lse[i] = float(ms[j]) * float(inv_t) + logs[j]
+            if mode == LSE:
                 continue
             orow = out[i]
             if mode == SOFTMAX:
@@ -404,7 +406,11 @@ def _rows_block(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: i
 @numba.njit(**_POPTS)
 def rows(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, out: Any,
          lse: Any, special: Any, threads: int, store_exp: bool) -> None:
-    """softmax / log_softmax into ``out`` (or only ``lse``), one row per task, rows in blocks."""
+    """softmax / log_softmax into ``out`` (or only ``lse``), rows in blocks over the threads.
+
+    ``special`` must start all False: flagged rows are set True.  ``lse`` is filled for
+    log_softmax and logsumexp (plain softmax rows leave it untouched: nothing reads it).
+    """
     n, k = x.shape
     if n == 0 or k == 0:
         return
