@@ -44,8 +44,6 @@ _override: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
 _process_default: list[bool] = [True]
 _numba_available: list[bool | None] = [None]
 
-#: softmax keeps its exponentials from the first pass (instead of recomputing them).
-_STORE_EXP = [True]
 #: Rows shorter than this are never split across threads.
 _SPLIT_MIN_K = 16384
 #: Inputs with fewer elements than this run on the calling thread: waking numba's thread pool
@@ -357,14 +355,12 @@ def _run(k: Any, plan: _Plan, mask: tuple[np.ndarray, bool], cap: Any, inv_t: An
         special = np.zeros(plan.outer, dtype=np.bool_)
         threads = _threads()
         if not _parallel(plan.x.size, threads):
-            k.rows_serial(_ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special, 1,
-                          _STORE_EXP[0])
+            k.rows_serial(_ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special, 1)
         elif plan.outer < threads and plan.k >= _SPLIT_MIN_K:
             parts = -(-2 * threads // plan.outer)
             k.rows_split(_ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special, parts)
         else:
-            k.rows(_ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special, threads,
-                   _STORE_EXP[0])
+            k.rows(_ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special, threads)
     else:
         m3 = m if has_mask else np.ones((1, 1, 1), dtype=np.bool_)
         o3 = out if out.size else np.empty((1, 1, 1), plan.x.dtype)
@@ -390,17 +386,25 @@ def _gather(a: np.ndarray, plan: _Plan, idx: tuple[np.ndarray, ...]) -> np.ndarr
     return a[idx[0], :, idx[1]]
 
 
-def _fix_special(plan: _Plan, special: np.ndarray, out: np.ndarray, mode: int, *, where: Any,
-                 temperature: Any, softcap: Any) -> None:
-    """Recompute the flagged rows with the generic path (NaN, +inf, nothing finite)."""
-    from .. import _core
-
+def _special_rows(plan: _Plan, special: np.ndarray,
+                  where: Any) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray | None]:
+    """The flagged rows (NaN, +inf, nothing finite) for the generic path: their index, their
+    logits as ``(S, K)`` and their mask (None without one)."""
     idx = _special_index(plan, special)
     xs = _gather(plan.x, plan, idx)
     ws = None
     if where is not None:
         wb = np.broadcast_to(where, plan.shape).reshape(plan.x.shape)
         ws = _gather(wb, plan, idx)
+    return idx, xs, ws
+
+
+def _fix_special(plan: _Plan, special: np.ndarray, out: np.ndarray, mode: int, *, where: Any,
+                 temperature: Any, softcap: Any) -> None:
+    """Recompute the flagged rows with the generic path."""
+    from .. import _core
+
+    idx, xs, ws = _special_rows(plan, special, where)
     fn = _core.softmax if mode == 0 else _core.log_softmax
     with fast_path(False):
         fixed = fn(xs, axis=-1, temperature=temperature, where=ws, softcap=softcap)
@@ -448,12 +452,7 @@ def logsumexp_fast(x: Any, /, *, axis: Any, b: Any, where: Any, keepdims: Any, r
     if special.any():
         from .. import _core
 
-        idx = _special_index(plan, special)
-        xs = _gather(plan.x, plan, idx)
-        ws = None
-        if where is not None:
-            wb = np.broadcast_to(where, plan.shape).reshape(plan.x.shape)
-            ws = _gather(wb, plan, idx)
+        idx, xs, ws = _special_rows(plan, special, where)
         with fast_path(False):
             fixed = _core.logsumexp(xs, axis=-1, where=ws)
         lse[idx] = fixed

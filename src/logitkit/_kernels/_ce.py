@@ -129,7 +129,7 @@ def _ce_plain_block(x: Any, out: Any, labels: Any, counted: Any, cz: float, inv_
 @numba.njit(**_OPTS)
 def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
               has_mask: bool, weight: Any, has_weight: bool, counted: Any, eps: float, cz: float,
-              lam: float, cap: Any, inv_t: Any, scales: Any, write: bool, aliased: bool,
+              lam: float, cap: Any, inv_t: Any, scales: Any, write: bool,
               loss: Any, lse_out: Any, coef_out: Any, special: Any, i0: int, i1: int) -> None:
     """Rows ``i0:i1`` of :func:`ce_rows`."""
     k = x.shape[1]
@@ -236,7 +236,7 @@ def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: An
 @numba.njit(**_POPTS)
 def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any, has_mask: bool,
             weight: Any, has_weight: bool, counted: Any, eps: float, cz: float, lam: float,
-            cap: Any, inv_t: Any, scales: Any, write: bool, aliased: bool, loss: Any,
+            cap: Any, inv_t: Any, scales: Any, write: bool, loss: Any,
             lse_out: Any, coef_out: Any, special: Any, threads: int) -> None:
     """Per-row loss, lse and gradient coefficient; with ``write`` the gradient into ``out``,
     scaled per row by ``scales`` (the reduction's factor times the upstream cotangent)."""
@@ -244,7 +244,7 @@ def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
     nblocks = min(n, 8 * threads)
     for b in prange(nblocks):
         _ce_block(x, out, labels, probs, is_prob, mask, has_mask, weight, has_weight, counted,
-                  eps, cz, lam, cap, inv_t, scales, write, aliased, loss, lse_out, coef_out,
+                  eps, cz, lam, cap, inv_t, scales, write, loss, lse_out, coef_out,
                   special, b * n // nblocks, (b + 1) * n // nblocks)
 
 
@@ -252,12 +252,12 @@ def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
 def ce_rows_serial(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
                    has_mask: bool, weight: Any, has_weight: bool, counted: Any, eps: float,
                    cz: float, lam: float, cap: Any, inv_t: Any, scales: Any, write: bool,
-                   aliased: bool, loss: Any, lse_out: Any, coef_out: Any, special: Any,
+                   loss: Any, lse_out: Any, coef_out: Any, special: Any,
                    threads: int) -> None:
     """:func:`ce_rows` on the calling thread only: for small inputs, where waking the thread
     pool costs more than the work (``threads`` is ignored; same signature as :func:`ce_rows`)."""
     _ce_block(x, out, labels, probs, is_prob, mask, has_mask, weight, has_weight, counted, eps,
-              cz, lam, cap, inv_t, scales, write, aliased, loss, lse_out, coef_out, special, 0,
+              cz, lam, cap, inv_t, scales, write, loss, lse_out, coef_out, special, 0,
               x.shape[0])
 
 
@@ -349,7 +349,6 @@ def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axi
     else:
         scale = 1.0
 
-    same = False
     if out is None:
         g = _empty(x2.shape, dt, like=x2)
     else:
@@ -359,7 +358,9 @@ def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axi
             return None
         same = out.__array_interface__["data"][0] == x.__array_interface__["data"][0]
         if not same and np.shares_memory(out, x):
-            return None  # partial overlap: the row-by-row order would corrupt the logits
+            # Partial overlap: the row-by-row order would corrupt the logits.  The same array
+            # is fine: each row's logits are read before its gradient row is written.
+            return None
         g = out.reshape(n, k)
 
     loss_rows = np.zeros(n, dtype=np.float64)
@@ -367,7 +368,7 @@ def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axi
     stat = np.empty((2, n), dtype=np.float64)
     kernel = _ce_kernel(x2)
     kernel(_ro(x2), g, _ro(labels), _ro(probs), is_prob, _ro(mask), has_mask, _ro(w), has_weight,
-           _ro(counted), eps, cz, lam, cap, inv_t, _ro(np.full(1, scale, dtype=dt)), True, same,
+           _ro(counted), eps, cz, lam, cap, inv_t, _ro(np.full(1, scale, dtype=dt)), True,
            loss_rows, stat[0], stat[1], special, _threads())
 
     if special.any():
@@ -474,7 +475,7 @@ def torch_forward(pb: Any) -> Any:
     kernel(_ro(x), np.empty((1, 1), dtype=x.dtype), _ro(labels_safe), _ro(probs), is_prob,
            _ro(mask), has_mask, _ro(w), has_weight, _ro(counted), float(pb.label_smoothing),
            float(pb.z_loss), float(pb.logit_l2), cap, inv_t, _ro(np.ones(1, dtype=x.dtype)), False,
-           False, loss, stat[0], stat[1], special, _threads())
+           loss, stat[0], stat[1], special, _threads())
     if special.any():
         return None  # the generic forward defines NaN, +inf and all −inf rows
     if has_weight and not is_prob:
@@ -519,7 +520,7 @@ def torch_gradient(pb: Any, stats: Any, scale: Any) -> Any:
     kernel(_ro(x), gv, _ro(labels_safe), _ro(probs), is_prob, _ro(mask), has_mask, _ro(w),
            has_weight, _ro(np.ascontiguousarray(counted, dtype=np.bool_)),
            float(pb.label_smoothing), float(pb.z_loss), float(pb.logit_l2), cap, inv_t,
-           _ro(scales), True, False, loss, stat[0], stat[1], special, _threads())
+           _ro(scales), True, loss, stat[0], stat[1], special, _threads())
     if special.any():
         return None
     return g

@@ -376,14 +376,14 @@ def _plain_block(x: Any, inv_t: Any, mode: int, out: Any, lse: Any, special: Any
 
 @numba.njit(**_OPTS)
 def _rows_block(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, out: Any,
-                lse: Any, special: Any, store_exp: bool, i0: int, i1: int) -> None:
+                lse: Any, special: Any, i0: int, i1: int) -> None:
     """Rows ``i0:i1`` of :func:`rows` with a mask or a softcap: chunks of the row in L1 with
     the online ``(max, rest, n_top)``, then the write pass (softmax without softcap rescales the
     exponentials it stored)."""
     k = x.shape[1]
     nm = mask.shape[0]
     buf = np.empty(CHUNK if (mode == LSE and cap > 0) else 1, dtype=x.dtype)
-    store = store_exp and mode == SOFTMAX and not cap > 0
+    store = mode == SOFTMAX and not cap > 0
     chunk_m = np.empty((k + CHUNK - 1) // CHUNK if store else 1)
     for i in range(i0, i1):
         xr = x[i]
@@ -405,7 +405,7 @@ def _rows_block(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: i
 
 @numba.njit(**_POPTS)
 def rows(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, out: Any,
-         lse: Any, special: Any, threads: int, store_exp: bool) -> None:
+         lse: Any, special: Any, threads: int) -> None:
     """softmax / log_softmax into ``out`` (or only ``lse``), rows in blocks over the threads.
 
     ``special`` must start all False: flagged rows are set True.  ``lse`` is filled for
@@ -421,13 +421,13 @@ def rows(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, out
             _plain_block(x, inv_t, mode, out, lse, special, b * n // nblocks,
                          (b + 1) * n // nblocks)
         else:
-            _rows_block(x, mask, has_mask, cap, inv_t, mode, out, lse, special, store_exp,
+            _rows_block(x, mask, has_mask, cap, inv_t, mode, out, lse, special,
                         b * n // nblocks, (b + 1) * n // nblocks)
 
 
 @numba.njit(**_OPTS)
 def rows_serial(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, out: Any,
-                lse: Any, special: Any, threads: int, store_exp: bool) -> None:
+                lse: Any, special: Any, threads: int) -> None:
     """:func:`rows` on the calling thread only: for small inputs, where waking the thread pool
     costs more than the work (``threads`` is ignored; same signature as :func:`rows`)."""
     n, k = x.shape
@@ -436,7 +436,7 @@ def rows_serial(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: i
     if not has_mask and not cap > 0:
         _plain_block(x, inv_t, mode, out, lse, special, 0, n)
     else:
-        _rows_block(x, mask, has_mask, cap, inv_t, mode, out, lse, special, store_exp, 0, n)
+        _rows_block(x, mask, has_mask, cap, inv_t, mode, out, lse, special, 0, n)
 
 
 @numba.njit(**_POPTS)
