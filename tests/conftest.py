@@ -130,3 +130,25 @@ def grad(f, x, xp):
 
 def dtype_of(xp, name: str):
     return getattr(xp, name)
+
+
+def torch_cross_entropy(logits, target, *, reduction="mean", ignore_index=None,
+                        label_smoothing=0.0, z_loss=0.0, softcap=None):
+    """PyTorch's ``F.cross_entropy`` on ``softcap(logits)`` (class axis last, any batch shape)
+    plus the z-loss on counted rows: the dense reference of the fused and sharded losses."""
+    import torch
+    import torch.nn.functional as F
+
+    z = logits if softcap is None else softcap * torch.tanh(logits / softcap)
+    kw = {} if ignore_index is None else {"ignore_index": ignore_index}
+    loss = F.cross_entropy(z.reshape(-1, z.shape[-1]), target.reshape(-1),
+                           label_smoothing=label_smoothing, reduction="none", **kw)
+    loss = loss.reshape(target.shape)
+    valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None \
+        else target != ignore_index
+    loss = loss + z_loss * torch.logsumexp(z, dim=-1) ** 2 * valid
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / valid.sum()
