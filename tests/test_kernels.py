@@ -454,7 +454,11 @@ def test_small_inputs_stay_on_the_calling_thread(monkeypatch):
     logitkit.softmax(big.reshape(64, 8, -1), axis=1)
     logitkit.cross_entropy_with_grad(big, rng.integers(0, big.shape[1], 64))
     logitkit.logsumexp(big[:1])
-    assert calls == ["rows", "strided", "ce_rows", "rows_serial"]
+    one_row = big.reshape(1, -1)  # fewer rows than threads, long enough to split
+    assert one_row.shape[1] >= _kernels._SPLIT_MIN_K
+    p = logitkit.softmax(one_row)
+    assert calls == ["rows", "strided", "ce_rows", "rows_serial", "rows_split"]
+    assert_same(p, generic(logitkit.softmax, one_row), np.float64)
     with np.errstate(all="ignore"):
         assert_same(logitkit.log_softmax(big), generic(logitkit.log_softmax, big), np.float64)
 
