@@ -12,6 +12,11 @@ Turning the fast path off, for comparison or debugging:
 * ``with logitkit._kernels.fast_path(False): ...`` for a block (a context variable: it applies to
   the current thread or task only, and overrides the two above).
 
+Large outputs (4 MiB and more) are recycled once every array viewing them is freed, so that a
+loop of calls does not pay the OS's page faults on each one (:mod:`._buffers`, which says how
+this is bounded); ``LOGITKIT_BUFFER_CACHE=0`` or ``set_buffer_cache(0)`` turns that off and
+:func:`release_buffers` gives the pooled memory back now.
+
 numba is imported, and the kernels compiled (or loaded from numba's on-disk cache), the first time
 a kernel is needed, never at ``import logitkit``.
 """
@@ -29,12 +34,17 @@ from typing import Any
 
 import numpy as np
 
+from ._buffers import buffer_cache_limit, release_buffers, set_buffer_cache
+
 __all__ = [
+    "buffer_cache_limit",
     "cross_entropy_with_grad_fast",
     "fast_path",
     "fast_path_enabled",
     "log_softmax_fast",
     "logsumexp_fast",
+    "release_buffers",
+    "set_buffer_cache",
     "set_fast_path",
     "softmax_fast",
 ]
@@ -195,40 +205,12 @@ def _ro(a: np.ndarray) -> np.ndarray:
     return v
 
 
-#: Outputs at least this large are placed on a 2 MiB boundary (see :func:`_empty`).
-_ALIGN_MIN_BYTES = 1 << 22
-_HUGE_PAGE = 1 << 21
-_PAGE = 1 << 12
-
-
 def _empty(shape: tuple[int, ...], dtype: np.dtype, like: np.ndarray | None = None) -> np.ndarray:
-    """``np.empty(shape, dtype)``, placed at the start of a 2 MiB huge page when it is large.
+    """A kernel's output buffer: ``np.empty``, placed on huge pages and recycled when large
+    (:func:`._buffers.empty`)."""
+    from ._buffers import empty
 
-    Writing a fresh output costs a page fault per page first touched, and the kernel's zeroing
-    of it.  NumPy asks the OS for transparent huge pages on large buffers, but malloc hands them
-    out 16 bytes past a 4 KiB boundary, so both ends of the buffer fall back to 4 KiB pages,
-    each fault as expensive as a huge one; on a 32 MiB output that is a third of the write
-    time.  A buffer 2 MiB larger, of which an aligned part is used, is backed by huge pages
-    end to end.  The slack is address space only: it is never touched, so never resident.
-
-    The output never starts at the same offset within a page as ``like`` (the input the kernel
-    reads alongside it): when both lie at the same offset of their huge pages, every element
-    read and written maps to the same cache sets, and the kernels ran up to ten times slower.
-    The output is placed half a page from the input instead.
-
-    The result is a view (``base`` is the raw buffer), writeable, C-contiguous and 64-byte
-    aligned.
-    """
-    dtype = np.dtype(dtype)
-    nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < _ALIGN_MIN_BYTES:
-        return np.empty(shape, dtype=dtype)
-    shift = 0
-    if like is not None:
-        shift = (like.__array_interface__["data"][0] + _PAGE // 2) % _PAGE // 64 * 64
-    raw = np.empty(nbytes + _HUGE_PAGE + _PAGE, dtype=np.uint8)
-    start = -raw.__array_interface__["data"][0] % _HUGE_PAGE + shift
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
+    return empty(shape, dtype, like)
 
 
 def _kernels() -> Any:
