@@ -364,6 +364,9 @@ def test_bench_json_and_table(capsys):
     assert code == 0, err
     report = json.loads(out)
     assert report["repeats"] == 1
+    from logitkit._kernels import buffer_cache_limit
+
+    assert report["buffer_cache_bytes"] == buffer_cache_limit()
     rows = report["results"]
     assert [(r["op"], r["shape"]) for r in rows] == [
         ("softmax", [16, 64]), ("cross_entropy", [16, 64]),
@@ -379,6 +382,7 @@ def test_bench_json_and_table(capsys):
     assert code == 0
     assert out.splitlines()[0].split()[:5] == ["op", "shape", "dtype", "memcpy", "ms"]
     assert "softmax" in out and "times are medians of 1 repeats" in out
+    assert "output recycling" in out
 
 
 def test_bench_bad_options_are_one_line_and_exit_2(capsys):

@@ -97,7 +97,9 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> float:
     """Median seconds per call of ``fn``, after the warm-up, its repeats back to back.
 
     Each implementation runs its repeats in a row, as in a loop that calls the same operation
-    on arrays of one shape: its allocations reuse the memory its previous call freed.  Timed
+    on arrays of one shape: its allocations reuse the memory its previous call freed (logitkit
+    keeps its freed large outputs for that, ``logitkit._kernels.set_buffer_cache``; NumPy,
+    SciPy, PyTorch and JAX give them back to the OS and fault fresh pages in on every call).  Timed
     round-robin instead, the implementations took each other's freed huge pages, and on a
     virtual machine that hands free huge pages back to the host (free page reporting) the
     next large allocation often landed on pages the host had to fault in again (10-20x
@@ -200,6 +202,13 @@ def _jax(op: str, x: np.ndarray, t: np.ndarray) -> Callable[[], Any] | None:
 _PEER_FACTORIES = {"scipy": _scipy, "torch": _torch, "jax": _jax}
 
 
+def _buffer_cache_bytes() -> int:
+    """logitkit's limit on recycled output buffers in this run (0: every output is fresh)."""
+    from .._kernels import buffer_cache_limit
+
+    return buffer_cache_limit()
+
+
 def _versions() -> dict[str, str]:
     import logitkit
 
@@ -262,6 +271,7 @@ def bench(shapes: list[tuple[int, int]], ops: list[str], dtypes: list[str], peer
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "versions": _versions(),
+        "buffer_cache_bytes": _buffer_cache_bytes(),
         "results": rows,
     }
 
@@ -287,7 +297,9 @@ def format_table(report: dict[str, Any]) -> str:
     v = report["versions"]
     foot = (f"times are medians of {report['repeats']} repeats, as multiples of np.copyto of the "
             f"same array ({report['cpu_count']} CPUs); 'vs X' = X's time / logitkit's time. "
-            + ", ".join(f"{k} {val}" for k, val in v.items()))
+            + ", ".join(f"{k} {val}" for k, val in v.items())
+            + f"; logitkit's output recycling {'on' if report.get('buffer_cache_bytes') else 'off'}"
+            " (LOGITKIT_BUFFER_CACHE=0 turns it off).")
     return "\n".join([*out, "", foot])
 
 
