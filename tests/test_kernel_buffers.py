@@ -160,7 +160,8 @@ def test_switches_turn_recycling_off(monkeypatch):
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "1G", None])
 def test_set_buffer_cache_rejects_bad_limits(bad):
-    with pytest.raises(logitkit.LogitkitValueError, match=r"`max_bytes`.*non-negative integer"):
+    error = logitkit.LogitkitValueError if bad == -1 else logitkit.LogitkitTypeError
+    with pytest.raises(error, match=r"`max_bytes`.*non-negative integer"):
         _kernels.set_buffer_cache(bad)
 
 

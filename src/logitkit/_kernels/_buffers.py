@@ -35,6 +35,7 @@ import collections
 import ctypes
 import math
 import mmap
+import numbers
 import os
 import sys
 from typing import Any
@@ -85,12 +86,13 @@ _advise = _madvise_free()
 def set_buffer_cache(max_bytes: int) -> None:
     """Keep at most ``max_bytes`` of freed kernel outputs for reuse (0 turns recycling off and
     empties the pool).  The default is 1 GiB; see the module's docstring."""
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
-        from .._namespace import LogitkitValueError
+    from .._namespace import LogitkitTypeError, LogitkitValueError, expected
 
-        raise LogitkitValueError(
-            f"Expected `max_bytes` to be a non-negative integer, but got {max_bytes!r}.")
-    _limit[0] = max_bytes
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral):
+        raise LogitkitTypeError(expected("max_bytes", "a non-negative integer", max_bytes))
+    if max_bytes < 0:
+        raise LogitkitValueError(expected("max_bytes", "a non-negative integer", max_bytes))
+    _limit[0] = int(max_bytes)
     _trim()
 
 
