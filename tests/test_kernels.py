@@ -740,3 +740,40 @@ def test_torch_adapter_uses_the_kernel_on_cpu(monkeypatch):
     assert_close(x.grad, ref_x.grad, rtol=2e-5, atol=1e-8)
     assert {name for name, _ in calls} == {"torch_forward", "torch_gradient"}
     assert all(ok for _, ok in calls), calls
+
+
+CONCURRENT = r"""
+import concurrent.futures, numpy as np, numba, logitkit
+from logitkit._kernels import fast_path
+rng = np.random.default_rng(0)
+xs = [rng.standard_normal((512, 256)) for _ in range(4)]
+ts = [rng.integers(0, 256, 512) for _ in range(4)]
+
+def work(i):
+    ok = True
+    for _ in range(20):
+        ok &= bool(np.allclose(logitkit.softmax(xs[i]), ref[i][0], rtol=1e-12))
+        ok &= bool(np.allclose(logitkit.softmax(xs[i].reshape(8, 64, 256), axis=1),
+                               ref[i][1], rtol=1e-12))
+        ok &= bool(np.allclose(logitkit.cross_entropy_with_grad(xs[i], ts[i])[1], ref[i][2],
+                               rtol=1e-12, atol=1e-15))
+    return ok
+
+with fast_path(False):
+    ref = [(logitkit.softmax(x), logitkit.softmax(x.reshape(8, 64, 256), axis=1),
+            logitkit.cross_entropy_with_grad(x, t)[1]) for x, t in zip(xs, ts)]
+with concurrent.futures.ThreadPoolExecutor(4) as ex:
+    print(all(ex.map(work, range(4))), numba.threading_layer())
+"""
+
+
+def test_threads_may_call_the_kernels_under_any_threading_layer():
+    """numba's ``workqueue`` layer aborts the process on concurrent parallel launches: the
+    dispatcher serialises them there (and only there)."""
+    import os
+
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "NUMBA_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", CONCURRENT], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "workqueue"]

@@ -29,6 +29,7 @@ import importlib.util
 import math
 import numbers
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -225,6 +226,32 @@ def _threads() -> int:
     return int(numba.get_num_threads())
 
 
+#: numba threading layers that take parallel launches from several Python threads at once.
+_THREADSAFE_LAYERS = frozenset({"omp", "tbb"})
+_layer_threadsafe: list[bool | None] = [None]
+_launch_lock = threading.Lock()
+
+
+def _launch(kernel: Any, *args: Any) -> Any:
+    """Run a parallel kernel, one launch at a time unless numba's threading layer allows more.
+
+    numba's ``workqueue`` layer (the one every install has: ``omp`` and ``tbb`` need their
+    runtimes, and macOS has neither by default) aborts the whole process when two Python
+    threads launch parallel kernels at once, as a Dask thread pool or a server's worker
+    threads do.  Under it, and until the first launch has told which layer numba loaded,
+    launches take a lock; each kernel already uses every core, so little is lost.
+    """
+    if _layer_threadsafe[0]:
+        return kernel(*args)
+    with _launch_lock:
+        result = kernel(*args)
+        if _layer_threadsafe[0] is None:
+            import numba
+
+            _layer_threadsafe[0] = numba.threading_layer() in _THREADSAFE_LAYERS
+    return result
+
+
 def _parallel(size: int, threads: int) -> bool:
     """Whether an input of ``size`` elements is worth numba's thread pool."""
     return threads > 1 and size >= _PARALLEL_MIN_SIZE
@@ -340,16 +367,21 @@ def _run(k: Any, plan: _Plan, mask: tuple[np.ndarray, bool], cap: Any, inv_t: An
             k.rows_serial(_ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special, 1)
         elif plan.outer < threads and plan.k >= _SPLIT_MIN_K:
             parts = -(-2 * threads // plan.outer)
-            k.rows_split(_ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special, parts)
+            _launch(k.rows_split, _ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special,
+                    parts)
         else:
-            k.rows(_ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special, threads)
+            _launch(k.rows, _ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special,
+                    threads)
     else:
         m3 = m if has_mask else np.ones((1, 1, 1), dtype=np.bool_)
         o3 = out if out.size else np.empty((1, 1, 1), plan.x.dtype)
         lse = np.empty((plan.outer, plan.inner), dtype=np.float64)
         special = np.zeros((plan.outer, plan.inner), dtype=np.bool_)
-        run = k.strided if _parallel(plan.x.size, _threads()) else k.strided_serial
-        run(_ro(plan.x), _ro(m3), has_mask, inv_t, mode, o3, lse, special)
+        args = (_ro(plan.x), _ro(m3), has_mask, inv_t, mode, o3, lse, special)
+        if _parallel(plan.x.size, _threads()):
+            _launch(k.strided, *args)
+        else:
+            k.strided_serial(*args)
     plan.lse = lse  # type: ignore[attr-defined]
     return special
 

@@ -13,6 +13,7 @@ the dispatcher, which recomputes them with the generic path.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -262,10 +263,13 @@ def ce_rows_serial(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mas
 
 
 def _ce_kernel(x: np.ndarray) -> Any:
-    """:func:`ce_rows`, or its serial twin for inputs too small for the thread pool."""
-    from . import _parallel, _threads
+    """:func:`ce_rows` (launched through :func:`.._launch`), or its serial twin for inputs too
+    small for the thread pool."""
+    from . import _launch, _parallel, _threads
 
-    return ce_rows if _parallel(x.size, _threads()) else ce_rows_serial
+    if _parallel(x.size, _threads()):
+        return functools.partial(_launch, ce_rows)
+    return ce_rows_serial
 
 
 def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axis: Any = -1,
