@@ -697,6 +697,32 @@ def test_cross_entropy_gradient_into_the_logits_themselves(dtype):
                                                  **opts) is None
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.usefixtures("pool")
+def test_plain_cross_entropy_rows_in_place(dtype):
+    """Integer labels with only z_loss / temperature run the plain block, which reads the
+    logits through ``out`` when ``out`` is the logits (the form LLVM vectorises): the same
+    values as into a separate buffer, edge rows included."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((300, 700)) * 3).astype(dtype)
+    x[1, 3] = np.nan
+    x[2, 4] = np.inf
+    x[4] = -np.inf
+    x[5, :-1] = -np.inf
+    labels = rng.integers(0, 700, 300)
+    ignored = labels.copy()
+    ignored[7] = -100
+    cases = ((labels, {}), (ignored, {"z_loss": 1e-3, "temperature": 0.7, "ignore_index": -100}))
+    for t, opts in cases:
+        with np.errstate(invalid="ignore"):
+            expected_loss, expected = logitkit.cross_entropy_with_grad(x, t, **opts)
+            buf = x.copy()
+            loss, g = logitkit.cross_entropy_with_grad(buf, t, out=buf, **opts)
+        assert g is buf
+        assert_close(loss, expected_loss, rtol=0)
+        assert_close(buf, expected, rtol=0)
+
+
 def test_cross_entropy_batch_shapes_and_fallbacks():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((2, 3, 7))

@@ -29,6 +29,7 @@ from ._rows import (
     CHUNK,
     MAX_BLOCK_ROWS,
     STORE_EXP,
+    STORE_EXP_IN_PLACE,
     STORE_NOTHING,
     _chunk_stats,
     _softcap,
@@ -64,8 +65,12 @@ def _ce_plain_block(x: Any, out: Any, labels: Any, counted: Any, cz: float, inv_
     the max, the label's logit and the exponential sum, the exponentials stored in the gradient
     row, (2) the block's logs in one vectorised loop, (3) the loss and the gradient
     ``(coef·p − y)/T · scale`` written by rescaling the stored exponentials.  Each row's logits
-    are read in (1) before its gradient row is written, so ``out`` may be the logits."""
+    are read in (1) before its gradient row is written, so ``out`` may be the logits; then (1)
+    runs in place (``STORE_EXP_IN_PLACE``: reading the logits through ``out`` keeps the loop
+    vectorised)."""
     k = x.shape[1]
+    in_place = write and out.ctypes.data == x.ctypes.data
+    store = STORE_EXP_IN_PLACE if in_place else (STORE_EXP if write else STORE_NOTHING)
     nb = max(1, min(MAX_BLOCK_ROWS, BLOCK_BYTES // (k * x.itemsize)))
     ms = np.empty(nb, dtype=x.dtype)
     dts = np.empty(nb, dtype=x.dtype)
@@ -91,8 +96,7 @@ def _ce_plain_block(x: Any, out: Any, labels: Any, counted: Any, cz: float, inv_
                 rest[j] = math.nan
             elif -np.inf < m < np.inf:
                 dts[j] = (xr[t] - m) * inv_t
-                rest[j], top[j] = sum_exp(xr, m, inv_t, out[min(i, out.shape[0] - 1)],
-                                          STORE_EXP if write else STORE_NOTHING)
+                rest[j], top[j] = sum_exp(xr, m, inv_t, out[min(i, out.shape[0] - 1)], store)
             else:
                 rest[j] = math.nan  # +inf, NaN or nothing finite: the generic path's
         block_logs(rest, top, logs, r1 - r0, inv_t)
