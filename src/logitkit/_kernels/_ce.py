@@ -20,9 +20,11 @@ from typing import Any
 import numba
 import numpy as np
 from numba import prange
+from numba.extending import register_jitable
 
 from ._exp import as_like, max_of, vexp
 from ._rows import (
+    _FAST,
     _OPTS,
     _POPTS,
     BLOCK_BYTES,
@@ -144,7 +146,18 @@ def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: An
         _ce_plain_block(x, out, labels, counted, cz, inv_t, scales, write, loss, lse_out,
                         coef_out, special, i0, i1)
         return
+    # Every load in the row loop is unconditional and in bounds (a vectorisable loop cannot
+    # branch on the options): absent options read rows that change nothing, the all-true mask,
+    # unit weights and zero target probabilities.
     ybuf = np.empty(k if cap > 0 else 1, dtype=x.dtype)
+    in_place = write and out.ctypes.data == x.ctypes.data
+    xbuf = np.empty(k if in_place else 1, dtype=x.dtype)
+    all_live = np.ones(1 if has_mask else k, dtype=np.bool_)
+    unit_w = np.ones(1 if has_weight else k, dtype=x.dtype)
+    no_q = np.zeros(1 if is_prob else k, dtype=x.dtype)
+    cap_inv = as_like(1.0 / cap if cap > 0 else 0.0, inv_t)
+    ninf = as_like(-np.inf, inv_t)
+    zero = as_like(0.0, inv_t)
     for i in range(i0, i1):
         xr = x[i]
         orow = out[min(i, out.shape[0] - 1)]
@@ -157,7 +170,9 @@ def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: An
             coef_out[i] = 0.0
             continue
         scale = scales[min(i, scales.size - 1)]
-        mr = mask[min(i, nm - 1)]
+        mr = mask[min(i, nm - 1)] if has_mask else all_live
+        wr = weight if has_weight else unit_w
+        qr = probs[i] if is_prob else no_q
         if cap > 0:
             _softcap(xr, mr, has_mask, cap, ybuf)
             src = ybuf
@@ -185,57 +200,86 @@ def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: An
             kv = float(k)
         share = eps / kv
         if is_prob:
-            qr = probs[i]
             total = 0.0
             for c in range(k):
-                live = mr[c] if has_mask else True
-                wc = float(weight[c]) if has_weight else 1.0
-                total += wc * ((1.0 - eps) * float(qr[c]) + share * live)
+                total += float(wr[c]) * ((1.0 - eps) * float(qr[c]) + share * mr[c])
         else:
             sw = kv
             if has_weight and eps > 0.0:
                 sw = 0.0
                 for c in range(k):
-                    live = mr[c] if has_mask else True
-                    sw += float(weight[c]) * live
+                    sw += float(weight[c]) * mr[c]
             total = (1.0 - eps) * wt + share * sw if eps > 0.0 else wt
-        coef = as_like(total + 2.0 * cz * lse, inv_t)
+        coef = total + 2.0 * cz * lse
         lse_out[i] = lse
-        coef_out[i] = total + 2.0 * cz * lse
+        coef_out[i] = coef
 
-        cross = 0.0
-        sq = 0.0
-        b_t = (1.0 - eps) * wt
-        ninf = as_like(-np.inf, inv_t)
-        zero = as_like(0.0, inv_t)
-        for c in range(k):
-            live = mr[c] if has_mask else True
-            xv = xr[c]
-            y = src[c] if live else ninf
-            d = (y - m) * inv_t
-            p = vexp(d) * inv_s
-            wc = float(weight[c]) if has_weight else 1.0
-            if is_prob:
-                wgt = wc * ((1.0 - eps) * float(probs[i, c]) + (share if live else 0.0))
-            else:
-                wgt = (wc * share if live else 0.0) + (b_t if c == t else 0.0)
-            dd = float(d) if wgt > 0.0 else 0.0  # 0·(−inf) = 0
-            cross += wgt * dd
-            if lam > 0.0:
-                xs = xv if live else zero
-                sq += float(xs) * float(xs)
-            if not write:
-                continue
-            g = (coef * p - as_like(wgt, inv_t)) * inv_t
-            if cap > 0:
-                th = y / cap
-                g = g * (as_like(1.0, inv_t) - th * th)
-            if lam > 0.0:
-                g = g + as_like(lam, inv_t) * (xv if live else zero)
-            orow[c] = g * scale if live else zero
+        terms = (m, inv_t, inv_s, 1.0 - eps, share, as_like(coef, inv_t), lam, cap_inv, cap > 0,
+                 scale, write)
+        if in_place:  # the logits are read from a copy: reading and writing one memory
+            for c in range(k):  # through two arrays would not vectorise
+                xbuf[c] = xr[c]
+            cross, sq = _ce_row(xbuf, ybuf if cap > 0 else xbuf, mr, wr, qr, terms, orow)
+        else:
+            cross, sq = _ce_row(xr, src, mr, wr, qr, terms, orow)
+        b_t = (1.0 - eps) * wt if not is_prob else 0.0
+        if b_t > 0.0:
+            # The label's own term, −b_t·y_t, left out of the row loop (no data-dependent
+            # branch there): its share of the cross term and of the gradient.
+            live_t = mr[t]
+            d_t = ((src[t] if live_t else ninf) - m) * inv_t
+            cross += b_t * float(d_t)
+            if write and live_t:
+                th = src[t] * cap_inv if cap > 0 else zero
+                orow[t] -= as_like(b_t, inv_t) * inv_t * (as_like(1.0, inv_t) - th * th) * scale
         ce = total * log_s - cross
-        loss[i] = ce + cz * lse * lse + 0.5 * lam * sq
+        loss[i] = ce + cz * lse * lse + (0.5 * lam * sq if lam > 0.0 else 0.0)
 
+
+@register_jitable(fastmath=_FAST)
+def _ce_term(xv: Any, sv: Any, live: Any, wc: Any, qc: Any, m: Any, inv_t: Any, inv_s: Any,
+             keep: float, share: float, coef: Any, lam: float, cap_inv: Any,
+             capped: bool) -> tuple[float, float, Any]:
+    """One class of a row: ``(w_c·d_c, x_c², ∂/∂x_c before the row's scale)`` for the target
+    weight ``w_c = W_c·(keep·q_c + share)`` (the label's own weight is added by the caller).
+    Options enter as values that change nothing when absent; the selects keep a ±inf logit
+    from turning an absent option's ``0·x`` into NaN."""
+    zero = as_like(0.0, inv_t)
+    y = sv if live else as_like(-np.inf, inv_t)
+    d = (y - m) * inv_t
+    p = vexp(d) * inv_s
+    wgt = float(wc) * (keep * float(qc) + share * live)
+    dd = float(d) if wgt > 0.0 else 0.0  # 0·(−inf) = 0
+    xs = xv if live else zero
+    th = sv * cap_inv if capped else zero
+    g = (coef * p - as_like(wgt, inv_t)) * inv_t * (as_like(1.0, inv_t) - th * th)
+    g = g + as_like(lam, inv_t) * xs if lam > 0.0 else g
+    return wgt * dd, float(xs) * float(xs), g
+
+
+@numba.njit(**_OPTS)
+def _ce_row(xs: Any, src: Any, mr: Any, wr: Any, qr: Any, terms: Any,
+            orow: Any) -> tuple[float, float]:
+    """``(Σ w_c·d_c, Σ x_c²)`` over a row (:func:`_ce_term`); with ``write`` its gradient into
+    ``orow``, masked classes 0."""
+    m, inv_t, inv_s, keep, share, coef, lam, cap_inv, capped, scale, write = terms
+    zero = as_like(0.0, inv_t)
+    cross = 0.0
+    sq = 0.0
+    if write:
+        for c in range(xs.size):
+            ct, st, g = _ce_term(xs[c], src[c], mr[c], wr[c], qr[c], m, inv_t, inv_s, keep,
+                                 share, coef, lam, cap_inv, capped)
+            cross += ct
+            sq += st
+            orow[c] = g * scale if mr[c] else zero
+    else:
+        for c in range(xs.size):
+            ct, st, g = _ce_term(xs[c], src[c], mr[c], wr[c], qr[c], m, inv_t, inv_s, keep,
+                                 share, coef, lam, cap_inv, capped)
+            cross += ct
+            sq += st
+    return cross, sq
 
 
 @numba.njit(**_POPTS)
