@@ -176,6 +176,31 @@ def test_exp_propagates_nan_and_flushes_below_underflow(dtype):
     assert out[1:].tolist() == [0.0, 0.0, 0.0]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tanh_is_within_three_units_of_roundoff(dtype):
+    """The softcap's vectorised tanh, against mpmath, on both sides of the switch between its
+    two formulas (|z| = 0.625), where the exponential form saturates, and for tiny arguments."""
+    from logitkit._kernels._exp import tanh_array
+
+    big = 1e300 if dtype == np.float64 else 1e30
+    rng = np.random.default_rng(11)
+    z = np.concatenate([
+        np.linspace(-20.0, 20.0, 20001), rng.standard_normal(4000) * 3,
+        rng.standard_normal(1000) * 1e-4, np.linspace(0.6, 0.65, 1001),
+        -np.linspace(0.6, 0.65, 1001), [1e-30, -1e-30, 5e-39, 30.0, -30.0, big, -big],
+    ]).astype(dtype)
+    out = np.empty_like(z)
+    tanh_array(z, out)
+    exact = np.array([float(mpmath.tanh(mpmath.mpf(float(v)))) for v in z])
+    rel = np.abs(out - exact) / np.maximum(np.abs(exact), float(np.finfo(dtype).tiny))
+    assert rel.max() <= 3 * U[dtype], rel.max() / U[dtype]
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], dtype=dtype)
+    out = np.empty_like(special)
+    tanh_array(special, out)
+    assert np.isnan(out[0]) and out[1:3].tolist() == [1.0, -1.0]
+    assert out[3:].tolist() == [0.0, 0.0] and np.signbit(out[3:]).tolist() == [False, True]
+
+
 # --------------------------------------------------------------------------------------------
 # accuracy of the kernels against the exact (mpmath) values: DESIGN §7 bounds
 # --------------------------------------------------------------------------------------------
