@@ -702,17 +702,29 @@ def test_cross_entropy_special_rows_equal_generic(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("options", [
+    {"logit_l2": 0.1, "softcap": 5.0, "ignore_index": -100},  # the options block
+    {},  # the plain block
+    {"z_loss": 1e-3, "temperature": 0.7, "ignore_index": -100},
+], ids=["options", "plain", "plain-z-loss"])
 @pytest.mark.usefixtures("pool")
-def test_cross_entropy_gradient_into_the_logits_themselves(dtype):
-    x, t, opts = _ce_case(dtype, {"logit_l2": 0.1, "softcap": 5.0, "ignore_index": -100}, "int")
-    expected_loss, expected = logitkit.cross_entropy_with_grad(x, t, **opts)
-    buf = x.copy()
-    loss, g = logitkit.cross_entropy_with_grad(buf, t, out=buf, **opts)
-    assert g is buf
-    assert_close(loss, expected_loss, rtol=0)
-    assert_close(buf, expected, rtol=0)
-    other = np.empty_like(x)
-    loss, g = logitkit.cross_entropy_with_grad(x, t, out=other, **opts)
+def test_cross_entropy_gradient_into_the_logits_themselves(dtype, options):
+    """``out=logits``: the kernels read each row through a form LLVM still vectorises (a copy,
+    or the output itself); the values are those written to a separate buffer, edge rows too."""
+    x, t, opts = _ce_case(dtype, options, "int")
+    x[1, 3] = np.nan
+    x[4, 4] = np.inf
+    x[5] = -np.inf
+    x[6, :-1] = -np.inf
+    with np.errstate(invalid="ignore"):
+        expected_loss, expected = logitkit.cross_entropy_with_grad(x, t, **opts)
+        buf = x.copy()
+        loss, g = logitkit.cross_entropy_with_grad(buf, t, out=buf, **opts)
+        assert g is buf
+        assert_close(loss, expected_loss, rtol=0)
+        assert_close(buf, expected, rtol=0)
+        other = np.empty_like(x)
+        loss, g = logitkit.cross_entropy_with_grad(x, t, out=other, **opts)
     assert g is other
     assert_close(other, expected, rtol=0)
     # A buffer that partly overlaps the logits is not written row by row (generic path).
@@ -720,32 +732,6 @@ def test_cross_entropy_gradient_into_the_logits_themselves(dtype):
     shifted = big[x.shape[1]:].reshape(x.shape)
     assert _kernels.cross_entropy_with_grad_fast(big[: x.size].reshape(x.shape), t, out=shifted,
                                                  **opts) is None
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.usefixtures("pool")
-def test_plain_cross_entropy_rows_in_place(dtype):
-    """Integer labels with only z_loss / temperature run the plain block, which reads the
-    logits through ``out`` when ``out`` is the logits (the form LLVM vectorises): the same
-    values as into a separate buffer, edge rows included."""
-    rng = np.random.default_rng(3)
-    x = (rng.standard_normal((300, 700)) * 3).astype(dtype)
-    x[1, 3] = np.nan
-    x[2, 4] = np.inf
-    x[4] = -np.inf
-    x[5, :-1] = -np.inf
-    labels = rng.integers(0, 700, 300)
-    ignored = labels.copy()
-    ignored[7] = -100
-    cases = ((labels, {}), (ignored, {"z_loss": 1e-3, "temperature": 0.7, "ignore_index": -100}))
-    for t, opts in cases:
-        with np.errstate(invalid="ignore"):
-            expected_loss, expected = logitkit.cross_entropy_with_grad(x, t, **opts)
-            buf = x.copy()
-            loss, g = logitkit.cross_entropy_with_grad(buf, t, out=buf, **opts)
-        assert g is buf
-        assert_close(loss, expected_loss, rtol=0)
-        assert_close(buf, expected, rtol=0)
 
 
 def test_cross_entropy_batch_shapes_and_fallbacks():
