@@ -214,6 +214,11 @@ def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: An
         lse_out[i] = lse
         coef_out[i] = coef
 
+        # The label's own term, −b_t·y_t, is left out of the row loop (no data-dependent branch
+        # there); its logit is read now, before the loop may overwrite it (``out`` = logits).
+        b_t = (1.0 - eps) * wt if not is_prob else 0.0
+        live_t = mr[t]
+        s_t = src[t]
         terms = (m, inv_t, inv_s, 1.0 - eps, share, as_like(coef, inv_t), lam, cap_inv, cap > 0,
                  scale, write)
         if in_place:  # the logits are read from a copy: reading and writing one memory
@@ -222,15 +227,11 @@ def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: An
             cross, sq = _ce_row(xbuf, ybuf if cap > 0 else xbuf, mr, wr, qr, terms, orow)
         else:
             cross, sq = _ce_row(xr, src, mr, wr, qr, terms, orow)
-        b_t = (1.0 - eps) * wt if not is_prob else 0.0
         if b_t > 0.0:
-            # The label's own term, −b_t·y_t, left out of the row loop (no data-dependent
-            # branch there): its share of the cross term and of the gradient.
-            live_t = mr[t]
-            d_t = ((src[t] if live_t else ninf) - m) * inv_t
+            d_t = ((s_t if live_t else ninf) - m) * inv_t
             cross += b_t * float(d_t)
             if write and live_t:
-                th = src[t] * cap_inv if cap > 0 else zero
+                th = s_t * cap_inv if cap > 0 else zero
                 orow[t] -= as_like(b_t, inv_t) * inv_t * (as_like(1.0, inv_t) - th * th) * scale
         ce = total * log_s - cross
         loss[i] = ce + cz * lse * lse + (0.5 * lam * sq if lam > 0.0 else 0.0)
