@@ -205,7 +205,7 @@ def tanh64(z: Any) -> Any:
     return p if a < _TANH_SMALL else (big if z >= 0.0 else -big)
 
 
-@numba.njit(cache=True, fastmath=_CONTRACT)
+@numba.njit(cache=True, fastmath=_CONTRACT, error_model="numpy")
 def tanh_array(z: Any, out: Any) -> None:
     """``out = vtanh(z)`` elementwise: exposed for the accuracy tests."""
     for i in range(z.size):
