@@ -1,8 +1,9 @@
-"""A vectorisable ``exp`` for float32 and float64 (numba), accurate to about one ulp.
+"""Vectorisable ``exp``, ``log`` and ``tanh`` for the kernels (numba), each within a few ulps.
 
-libm's ``exp`` is a function call per element, which stops LLVM from vectorising the loops of the
-kernels.  This is the classic Cody–Waite scheme written with plain arithmetic so that it compiles to
-SIMD code:
+libm's functions are a call per element, which stops LLVM from vectorising the kernels' loops;
+these are written with plain arithmetic instead.  ``vlog`` (float64, for the row sums) and
+``vtanh`` (the softcap) say their method where they are defined; ``vexp``, the one the kernels
+lean on most, is the classic Cody–Waite scheme:
 
 * ``n = round(d / ln 2)`` by the "magic number" trick (adding ``1.5·2^p`` rounds to an integer
   without a float→int conversion, whose result is undefined for NaN),
@@ -205,39 +206,33 @@ def tanh64(z: Any) -> Any:
     return p if a < _TANH_SMALL else (big if z >= 0.0 else -big)
 
 
-@numba.njit(cache=True, fastmath=_CONTRACT, error_model="numpy")
-def tanh_array(z: Any, out: Any) -> None:
-    """``out = vtanh(z)`` elementwise: exposed for the accuracy tests."""
-    for i in range(z.size):
-        out[i] = vtanh(z[i])
+def _per_dtype(impl32: Any, impl64: Any) -> Any:
+    """Make a stub the numba entry point of a scalar function with one implementation per
+    float precision (the stub itself only raises: it is called from compiled code)."""
+    def register(stub: Any) -> Any:
+        @overload(stub, jit_options={"fastmath": _CONTRACT})
+        def _impl(v):  # numba compares this signature with the lambdas': no annotations
+            if v == types.float32:
+                return lambda v: impl32(v)
+            if v == types.float64:
+                return lambda v: impl64(v)
+            return None
+
+        return stub
+
+    return register
 
 
-def vtanh(z):  # numba compares stub and impl signatures: no annotations
+@_per_dtype(tanh32, tanh64)
+def vtanh(z):  # stubs carry no annotations: numba reads their signatures
     """``tanh(z)`` in ``z``'s precision (float32 or float64), vectorisable; NaN propagates."""
     raise NotImplementedError  # pragma: no cover - only called from compiled code
 
 
-@overload(vtanh, jit_options={"fastmath": _CONTRACT})
-def _vtanh(z):
-    if z == types.float32:
-        return lambda z: tanh32(z)
-    if z == types.float64:
-        return lambda z: tanh64(z)
-    return None
-
-
-def vexp(d):  # numba compares stub and impl signatures: no annotations
+@_per_dtype(exp32, exp64)
+def vexp(d):  # stubs carry no annotations: numba reads their signatures
     """``exp(d)`` for ``d ≤ 0`` in ``d``'s precision (float32 or float64), vectorisable."""
     raise NotImplementedError  # pragma: no cover - only called from compiled code
-
-
-@overload(vexp, jit_options={"fastmath": _CONTRACT})
-def _vexp(d):
-    if d == types.float32:
-        return lambda d: exp32(d)
-    if d == types.float64:
-        return lambda d: exp64(d)
-    return None
 
 
 def _key(v):
@@ -312,6 +307,13 @@ def _as_like(value, like):
     if like == types.float64:
         return lambda value, like: np.float64(value)
     return None
+
+
+@numba.njit(cache=True, fastmath=_CONTRACT, error_model="numpy")
+def tanh_array(z: Any, out: Any) -> None:
+    """``out = vtanh(z)`` elementwise: exposed for the accuracy tests."""
+    for i in range(z.size):
+        out[i] = vtanh(z[i])
 
 
 @numba.njit(cache=True, fastmath=_CONTRACT)
