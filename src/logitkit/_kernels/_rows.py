@@ -2,9 +2,10 @@
 
 Plain rows (no mask, no softcap: the common case) run in blocks of rows small enough to stay in
 cache (``BLOCK_BYTES`` of input, or one longer row; :func:`_plain_block`): each row's max is one
-read from memory, its exponential sum a second read from cache that also writes the output (the exponentials for softmax, the shifted logits for
-log_softmax) while the arithmetic keeps the core busy; the block's logs are then taken in one
-vectorised loop (:func:`~._exp.vlog`) and the outputs rescaled or shifted in place.  float32
+read from memory, its exponential sum a second read from cache that also writes the output (the
+exponentials for softmax, the shifted logits for log_softmax) while the arithmetic keeps the core
+busy; the block's logs are then taken in one vectorised loop (:func:`~._exp.vlog`) and the
+outputs rescaled or shifted in place.  float32
 terms are summed in float32 over blocks of ``SUM_BLOCK`` and in float64 across them; float64 rows
 keep Blanchard–Higham–Higham's ``(rest, n_top)``: the ``n_top`` entries equal to the max
 contribute exactly 1 each and are counted, the others summed, and ``log(sum) = log1p(rest +
@@ -239,9 +240,9 @@ STORE_NOTHING, STORE_EXP, STORE_SHIFTED, STORE_EXP_IN_PLACE = 0, 1, 2, 3
 def sum_exp(xr, m, inv_t, orow, store):
     """``(rest, n_top)`` of one plain row whose max ``m`` is finite, writing to ``orow`` the
     exponentials ``e^{(x − m)/T}`` (``store == STORE_EXP``; ``STORE_EXP_IN_PLACE`` when ``orow``
-    holds the logits), the shifted logits ``(x − m)/T`` (``STORE_SHIFTED``) or nothing.  Writing while the exponentials keep the core busy hides
-    the cost of the writes to memory, which a separate write pass would pay in full.  NaN
-    ``rest`` when the row holds a NaN."""
+    holds the logits), the shifted logits ``(x − m)/T`` (``STORE_SHIFTED``) or nothing.
+    Writing while the exponentials keep the core busy hides the cost of the writes to memory,
+    which a separate write pass would pay in full.  NaN ``rest`` when the row holds a NaN."""
     raise NotImplementedError  # pragma: no cover - only called from compiled code
 
 
@@ -420,6 +421,16 @@ def _rows_block(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: i
                            orow, 0, k)
 
 
+@numba.njit(**_OPTS)
+def _rows_range(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, out: Any,
+                lse: Any, special: Any, i0: int, i1: int) -> None:
+    """Rows ``i0:i1``: :func:`_plain_block` without mask or softcap, else :func:`_rows_block`."""
+    if not has_mask and not cap > 0:
+        _plain_block(x, inv_t, mode, out, lse, special, i0, i1)
+    else:
+        _rows_block(x, mask, has_mask, cap, inv_t, mode, out, lse, special, i0, i1)
+
+
 @numba.njit(**_POPTS)
 def rows(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, out: Any,
          lse: Any, special: Any, threads: int) -> None:
@@ -432,14 +443,9 @@ def rows(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: int, out
     if n == 0 or k == 0:
         return
     nblocks = min(n, 8 * threads)
-    plain = not has_mask and not cap > 0
     for b in prange(nblocks):
-        if plain:
-            _plain_block(x, inv_t, mode, out, lse, special, b * n // nblocks,
-                         (b + 1) * n // nblocks)
-        else:
-            _rows_block(x, mask, has_mask, cap, inv_t, mode, out, lse, special,
-                        b * n // nblocks, (b + 1) * n // nblocks)
+        _rows_range(x, mask, has_mask, cap, inv_t, mode, out, lse, special, b * n // nblocks,
+                    (b + 1) * n // nblocks)
 
 
 @numba.njit(**_OPTS)
@@ -450,10 +456,7 @@ def rows_serial(x: Any, mask: Any, has_mask: bool, cap: Any, inv_t: Any, mode: i
     n, k = x.shape
     if n == 0 or k == 0:
         return
-    if not has_mask and not cap > 0:
-        _plain_block(x, inv_t, mode, out, lse, special, 0, n)
-    else:
-        _rows_block(x, mask, has_mask, cap, inv_t, mode, out, lse, special, 0, n)
+    _rows_range(x, mask, has_mask, cap, inv_t, mode, out, lse, special, 0, n)
 
 
 @numba.njit(**_POPTS)
