@@ -60,18 +60,16 @@ def _row_stats(src: Any, mr: Any, has_mask: bool, inv_t: Any,
 
 @numba.njit(**_OPTS)
 def _ce_plain_block(x: Any, out: Any, labels: Any, counted: Any, cz: float, inv_t: Any,
-                    scales: Any, write: bool, loss: Any, lse_out: Any, coef_out: Any,
-                    special: Any, i0: int, i1: int) -> None:
+                    scales: Any, write: bool, in_place: bool, loss: Any, lse_out: Any,
+                    coef_out: Any, special: Any, i0: int, i1: int) -> None:
     """Rows ``i0:i1`` of :func:`ce_rows` with integer labels and no option but ``z_loss`` and
     the temperature, a block of rows at a time as the softmax kernel's plain rows: (1) per row
     the max, the label's logit and the exponential sum, the exponentials stored in the gradient
     row, (2) the block's logs in one vectorised loop, (3) the loss and the gradient
     ``(coef·p − y)/T · scale`` written by rescaling the stored exponentials.  Each row's logits
-    are read in (1) before its gradient row is written, so ``out`` may be the logits; then (1)
-    runs in place (``STORE_EXP_IN_PLACE``: reading the logits through ``out`` keeps the loop
-    vectorised)."""
+    are read in (1) before its gradient row is written, so ``out`` may be the logits; with
+    ``in_place`` (1) reads them through ``out`` (``STORE_EXP_IN_PLACE``)."""
     k = x.shape[1]
-    in_place = write and out.ctypes.data == x.ctypes.data
     store = STORE_EXP_IN_PLACE if in_place else (STORE_EXP if write else STORE_NOTHING)
     nb = max(1, min(MAX_BLOCK_ROWS, BLOCK_BYTES // (k * x.itemsize)))
     ms = np.empty(nb, dtype=x.dtype)
@@ -142,15 +140,18 @@ def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: An
     k = x.shape[1]
     nm = mask.shape[0]
     plain = not (is_prob or has_mask or has_weight or eps > 0.0 or lam > 0.0 or cap > 0)
+    # out = logits: each row's logits are read before its gradient is written, but reading and
+    # writing one memory through two arrays keeps LLVM from vectorising (its runtime overlap
+    # check fails), so both blocks read the row through one array there.
+    in_place = write and out.ctypes.data == x.ctypes.data
     if plain:
-        _ce_plain_block(x, out, labels, counted, cz, inv_t, scales, write, loss, lse_out,
-                        coef_out, special, i0, i1)
+        _ce_plain_block(x, out, labels, counted, cz, inv_t, scales, write, in_place, loss,
+                        lse_out, coef_out, special, i0, i1)
         return
     # Every load in the row loop is unconditional and in bounds (a vectorisable loop cannot
     # branch on the options): absent options read rows that change nothing, the all-true mask,
     # unit weights and zero target probabilities.
     ybuf = np.empty(k if cap > 0 else 1, dtype=x.dtype)
-    in_place = write and out.ctypes.data == x.ctypes.data
     xbuf = np.empty(k if in_place else 1, dtype=x.dtype)
     all_live = np.ones(1 if has_mask else k, dtype=np.bool_)
     unit_w = np.ones(1 if has_weight else k, dtype=x.dtype)
@@ -189,7 +190,7 @@ def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: An
         log_s = log1p_sum(rest, n_top)
         lse = float(m) * float(inv_t) + log_s
         inv_s = as_like(1.0 / (rest + n_top), inv_t)
-        wt = float(weight[t]) if (has_weight and not is_prob) else 1.0
+        wt = float(wr[t]) if not is_prob else 1.0
 
         # Σ_c W_c, before the pass that needs it for the gradient's coefficient.
         if has_mask:
@@ -208,7 +209,7 @@ def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: An
             if has_weight and eps > 0.0:
                 sw = 0.0
                 for c in range(k):
-                    sw += float(weight[c]) * mr[c]
+                    sw += float(wr[c]) * mr[c]
             total = (1.0 - eps) * wt + share * sw if eps > 0.0 else wt
         coef = total + 2.0 * cz * lse
         lse_out[i] = lse
@@ -221,8 +222,8 @@ def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: An
         s_t = src[t]
         terms = (m, inv_t, inv_s, 1.0 - eps, share, as_like(coef, inv_t), lam, cap_inv, cap > 0,
                  scale, write)
-        if in_place:  # the logits are read from a copy: reading and writing one memory
-            for c in range(k):  # through two arrays would not vectorise
+        if in_place:  # the row loop reads a copy of the logits (see in_place above)
+            for c in range(k):
                 xbuf[c] = xr[c]
             cross, sq = _ce_row(xbuf, ybuf if cap > 0 else xbuf, mr, wr, qr, terms, orow)
         else:
