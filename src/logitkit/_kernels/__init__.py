@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ._buffers import buffer_cache_limit, release_buffers, set_buffer_cache
+from ._buffers import empty as _empty  # kernel outputs: on huge pages, recycled when large
 
 __all__ = [
     "buffer_cache_limit",
@@ -204,14 +205,6 @@ def _ro(a: np.ndarray) -> np.ndarray:
     v = a.view()
     v.flags.writeable = False
     return v
-
-
-def _empty(shape: tuple[int, ...], dtype: np.dtype, like: np.ndarray | None = None) -> np.ndarray:
-    """A kernel's output buffer: ``np.empty``, placed on huge pages and recycled when large
-    (:func:`._buffers.empty`)."""
-    from ._buffers import empty
-
-    return empty(shape, dtype, like)
 
 
 def _kernels() -> Any:
