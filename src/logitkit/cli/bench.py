@@ -4,9 +4,9 @@ Every figure is the median of several repeats (after untimed warm-up calls), div
 median time of ``np.copyto`` of the same array into a preallocated buffer (the memory-bandwidth
 floor of an operation that reads and writes the array once), timed again just before each row.
 Peers: SciPy (``scipy.special``), PyTorch (all threads), JAX (``jit``, ``block_until_ready``);
-each is skipped when not installed.  The
-cross-entropy row times forward and backward (``logitkit.cross_entropy_with_grad``, PyTorch's
-``cross_entropy`` + ``backward()``, JAX's ``value_and_grad``).
+each is skipped when not installed.  The cross-entropy row times forward and backward
+(``logitkit.cross_entropy_with_grad``, PyTorch's ``cross_entropy`` + ``backward()``, JAX's
+``value_and_grad``).
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> float:
     Each implementation runs its repeats in a row, as in a loop that calls the same operation
     on arrays of one shape: its allocations reuse the memory its previous call freed (logitkit
     keeps its freed large outputs for that, ``logitkit._kernels.set_buffer_cache``; NumPy,
-    SciPy, PyTorch and JAX give them back to the OS and fault fresh pages in on every call).  Timed
-    round-robin instead, the implementations took each other's freed huge pages, and on a
+    SciPy, PyTorch and JAX give them back to the OS and fault fresh pages in on every call).
+    Timed round-robin instead, the implementations took each other's freed huge pages, and on a
     virtual machine that hands free huge pages back to the host (free page reporting) the
     next large allocation often landed on pages the host had to fault in again (10-20x
     calls for whichever allocated with huge pages: logitkit and SciPy here, not PyTorch)."""
