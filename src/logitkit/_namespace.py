@@ -116,6 +116,11 @@ def is_numeric_dtype(dtype: Any, xp: Any) -> bool:
         return False
 
 
+def is_dask(*arrays: object) -> bool:
+    """True when any of ``arrays`` is a Dask array (checked without importing Dask)."""
+    return any(a is not None and array_api_compat.is_dask_array(a) for a in arrays)
+
+
 def is_lazy(x: object) -> bool:
     """True for arrays whose values cannot be read without computing (JAX tracers, Dask)."""
     is_lazy_array = getattr(array_api_compat, "is_lazy_array", None)
@@ -361,3 +366,51 @@ def check_number(
         rng = f"in {lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
         raise LogitkitValueError(expected(arg, rng, value))
     return v
+
+
+def check_int(
+    value: object,
+    arg: str,
+    *,
+    low: int | None = 1,
+    high: int | None = None,
+    what: str | None = None,
+) -> int:
+    """``value`` as an int within ``[low, high]`` (``low=1``: a positive int).
+
+    The library's one integer rule: a Python or NumPy integer (never a bool, a float or a
+    string) is required, else a :class:`LogitkitTypeError`; an integer out of range is a
+    :class:`LogitkitValueError`.  Both name ``arg`` and the expected form (``what``, or one
+    derived from the bounds).
+
+    Examples:
+        >>> check_int(3, "n_bins")
+        3
+        >>> check_int(2.0, "n_bins")
+        Traceback (most recent call last):
+        ...
+        logitkit._namespace.LogitkitTypeError: Expected `n_bins` to be a positive int, but got 2.0
+    """
+    if what is None:
+        if low == 1 and high is None:
+            what = "a positive int"
+        elif low == 0 and high is None:
+            what = "a non-negative int"
+        elif low is None and high is None:
+            what = "an int"
+        else:
+            what = f"an int in [{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise LogitkitTypeError(expected(arg, what, value))
+    v = int(value)
+    if (low is not None and v < low) or (high is not None and v > high):
+        raise LogitkitValueError(expected(arg, what, value))
+    return v
+
+
+REDUCTIONS = ("none", "sum", "mean")
+
+
+def check_reduction(reduction: object) -> str:
+    """``reduction`` as one of ``"none"``, ``"sum"``, ``"mean"`` (the losses' one rule)."""
+    return check_choice(reduction, "reduction", REDUCTIONS)
