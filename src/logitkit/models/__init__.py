@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._softmax_regression import LogitkitConvergenceWarning as LogitkitConvergenceWarning
-from ._softmax_regression import NotFittedError as NotFittedError
+from .._estimator import LogitkitConvergenceWarning as LogitkitConvergenceWarning
+from .._estimator import NotFittedError as NotFittedError
+from .._estimator import convergence_warning_class as convergence_warning_class
 from ._softmax_regression import SoftmaxRegression as SoftmaxRegression
-from ._softmax_regression import convergence_warning_class as convergence_warning_class
 
 
 def __getattr__(name: str) -> Any:

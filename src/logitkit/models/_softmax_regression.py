@@ -24,7 +24,7 @@ import numpy as np
 
 from .._core import log_softmax, softmax
 from .._derivatives import cross_entropy_hvp
-from .._estimator import ParamsMixin
+from .._estimator import Estimator, check_is_fitted, convergence_warning_class
 from .._namespace import (
     Described,
     LogitkitTypeError,
@@ -41,55 +41,13 @@ from .._namespace import (
     to_numpy,
 )
 
-__all__ = ["LogitkitConvergenceWarning", "NotFittedError", "SoftmaxRegression"]
+__all__ = ["SoftmaxRegression"]
 
 _SOLVERS = ("lbfgs", "newton", "gd")
 _DEFAULT_MAX_ITER = {"lbfgs": 100, "newton": 100, "gd": 10_000}
 # A Gram matrix larger than this is not eigen-decomposed for the gd step; the Frobenius norm
 # (a looser but still valid upper bound on the spectral norm) is used instead.
 _MAX_GRAM = 2048
-
-
-class NotFittedError(LogitkitValueError, AttributeError):
-    """A prediction method was called before ``fit``.
-
-    A ``ValueError`` and an ``AttributeError`` like scikit-learn's ``NotFittedError``; when
-    scikit-learn is installed the error raised is also an instance of scikit-learn's class.
-    """
-
-
-_NOT_FITTED: list[type[Exception]] = []
-
-
-def _not_fitted_error_class() -> type[Exception]:
-    """:class:`NotFittedError`, also a subclass of scikit-learn's when that is installed."""
-    if not _NOT_FITTED:
-        try:
-            from sklearn.exceptions import NotFittedError as SklearnNotFittedError
-        except ImportError:
-            _NOT_FITTED.append(NotFittedError)
-        else:
-            _NOT_FITTED.append(type("NotFittedError", (NotFittedError, SklearnNotFittedError),
-                                    {"__module__": __name__, "__doc__": NotFittedError.__doc__}))
-    return _NOT_FITTED[0]
-
-
-class LogitkitConvergenceWarning(UserWarning):
-    """A solver stopped at ``max_iter`` before the gradient fell below ``tol``.
-
-    Emitted only when scikit-learn is not installed; with scikit-learn, logitkit emits
-    ``sklearn.exceptions.ConvergenceWarning`` so that one filter silences both libraries.
-    ``logitkit.models.ConvergenceWarning`` names whichever of the two is emitted.
-    """
-
-
-def convergence_warning_class() -> type[Warning]:
-    """The warning class emitted on non-convergence (see :class:`LogitkitConvergenceWarning`)."""
-    try:
-        from sklearn.exceptions import ConvergenceWarning
-    except ImportError:
-        return LogitkitConvergenceWarning
-    return ConvergenceWarning
 
 
 def _data_conversion_warning_class() -> type[Warning]:
@@ -403,7 +361,7 @@ def _sample_weight(sample_weight: object, n: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-class SoftmaxRegression(ParamsMixin):
+class SoftmaxRegression(Estimator):
     r"""Multinomial logistic (softmax) regression, the GLM of the categorical distribution.
 
     The logits are linear in the features and the class probabilities are their softmax; the
@@ -521,18 +479,7 @@ class SoftmaxRegression(ParamsMixin):
 
     # ---------------------------------------------------------------- scikit-learn contract
 
-    def __sklearn_is_fitted__(self) -> bool:
-        return hasattr(self, "coef_")
-
-    def __sklearn_tags__(self) -> Any:
-        from sklearn.utils import ClassifierTags, InputTags, Tags, TargetTags
-
-        return Tags(
-            estimator_type="classifier",
-            target_tags=TargetTags(required=True),
-            classifier_tags=ClassifierTags(),
-            input_tags=InputTags(),
-        )
+    _fitted_attr = "coef_"
 
     # ---------------------------------------------------------------- fitting
 
@@ -649,11 +596,7 @@ class SoftmaxRegression(ParamsMixin):
     # ---------------------------------------------------------------- prediction
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "coef_"):
-            raise _not_fitted_error_class()(
-                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
-                "appropriate arguments before using this estimator."
-            )
+        check_is_fitted(self, "coef_")
 
     def _check_feature_names(self, X: Any) -> None:
         fitted = getattr(self, "feature_names_in_", None)
