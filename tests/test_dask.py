@@ -229,3 +229,24 @@ def test_cli_sharded_bad_input_is_one_line_and_exit_2(client, tmp_path, capsys):
     code, _, err = run_cli(["calibrate", str(tmp_path / "empty"), "--out",
                             str(tmp_path / "o5")], capsys)
     assert code == 2 and "no prediction files" in err
+
+
+def _moments(x, y, w=None, *, scale=1.0):
+    return x.sum(axis=0) * scale, np.bincount(y, minlength=3), (0.0 if w is None else w.sum())
+
+
+def test_row_sums_maps_over_aligned_row_blocks_and_adds():
+    from logitkit.calibration import _blocks
+
+    rng = np.random.default_rng(0)
+    x, y, w = rng.normal(size=(1000, 3)), rng.integers(0, 3, 1000), rng.random(1000)
+    want = _blocks.row_sums(_moments, x, y, w, scale=2.0)
+    # Dask logits in uneven row and column chunks, NumPy labels, Dask weights chunked otherwise.
+    got = _blocks.row_sums(_moments, da.from_array(x, chunks=(170, 2)), y,
+                           da.from_array(w, chunks=333), scale=2.0)
+    for g, e in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-12)
+    # Only the labels partitioned, no weights.
+    got = _blocks.row_sums(_moments, x, da.from_array(y, chunks=100), None)
+    np.testing.assert_allclose(got[0], x.sum(axis=0), rtol=1e-12)
+    assert got[2] == 0.0

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from . import _dask  # noqa: F401  (registers the Dask adapter of _blocks.row_sums; imports no Dask)
 from ._diagram import reliability_diagram as reliability_diagram
 from ._metrics import accuracy as accuracy
 from ._metrics import brier_score as brier_score

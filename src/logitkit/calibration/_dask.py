@@ -20,17 +20,13 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
-from .._namespace import LogitkitTypeError, LogitkitValueError, expected
+from .._namespace import LogitkitTypeError, LogitkitValueError, expected, is_dask
+from ._blocks import add as _add_sums
+from ._blocks import register as _register
 
 __all__ = ["is_dask"]
-
-
-def is_dask(*arrays: object) -> bool:
-    """True when any of ``arrays`` is a Dask array (checked without importing Dask)."""
-    return any(a is not None and array_api_compat.is_dask_array(a) for a in arrays)
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,6 +72,39 @@ def _rows(probs: Any, y: Any, w: Any = None, *, arg: str = "probs") -> tuple[Any
         return arr.rechunk((p.chunks[0],))
 
     return p, aligned(y, "y"), aligned(w, "sample_weight")
+
+
+@_register
+def _row_sums(fn: Callable[..., Any], arrays: Any, kwargs: dict[str, Any]) -> Any:
+    """:func:`._blocks.row_sums` for Dask arrays: ``fn`` mapped over aligned row blocks, the
+    results added in a tree, one ``compute``."""
+    first = next((a for a in arrays if a is not None and is_dask(a)), None)
+    if first is None:
+        return NotImplemented
+    import dask
+    from dask import delayed
+
+    rows = _as_dask(first, "arrays")
+    rows = rows.rechunk({i: -1 for i in range(1, rows.ndim)})
+    chunks = (rows.chunks[0],)
+    aligned = []
+    for a in arrays:
+        if a is None:
+            aligned.append([None] * len(chunks[0]))
+            continue
+        if a is not first and not is_dask(a):
+            a = np.asarray(a)
+            a = _as_dask(a, "arrays", chunks=(chunks[0], *((-1,) * (a.ndim - 1))))
+        arr = rows if a is first else a.rechunk((chunks[0], *((-1,) * (a.ndim - 1))))
+        aligned.append(_blocks_of(arr))
+    block = delayed(fn, pure=True)
+    parts = [block(*blk, **kwargs) for blk in zip(*aligned, strict=True)]
+    (total,) = dask.compute(_tree(parts, _add_sums))
+    return total
+
+
+def _blocks_of(arr: Any) -> list[Any]:
+    return list(arr.to_delayed().reshape(-1))
 
 
 def _row_chunks(first: Any) -> Any:

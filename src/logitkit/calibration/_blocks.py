@@ -1,0 +1,70 @@
+"""Sums over row blocks: the one hook through which calibration code reaches partitioned arrays.
+
+Calibration is built on sums: per-bin statistics for the metrics, and the objective's value,
+gradient and Hessian for each optimiser step of a calibrator's fit.  :func:`row_sums` returns
+``fn(*arrays)`` for in-memory arrays; an adapter registered with :func:`register` may instead map
+``fn`` over aligned row blocks of partitioned arrays and add the results (one pass over the data
+per call).  This module names no array library: an adapter is a leaf that imports this module and
+registers itself (the Dask adapter, :mod:`._dask`, does so when ``logitkit.calibration`` is
+imported), and nothing here imports an adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["add", "register", "row_sums"]
+
+#: ``adapter(fn, arrays, kwargs)`` returns the sums, or ``NotImplemented`` for arrays it does not
+#: handle.
+Adapter = Callable[[Callable[..., Any], Sequence[Any], dict[str, Any]], Any]
+
+_ADAPTERS: list[Adapter] = []
+
+
+def register(adapter: Adapter) -> Adapter:
+    """Add ``adapter`` to those :func:`row_sums` asks (once; returns it, for use as a decorator)."""
+    if adapter not in _ADAPTERS:
+        _ADAPTERS.append(adapter)
+    return adapter
+
+
+def add(a: Any, b: Any) -> Any:
+    """Elementwise sum of two results of the same ``fn`` (tuples, lists and dicts recursively)."""
+    if isinstance(a, tuple):
+        return tuple(add(u, v) for u, v in zip(a, b, strict=True))
+    if isinstance(a, list):
+        return [add(u, v) for u, v in zip(a, b, strict=True)]
+    if isinstance(a, dict):
+        return {key: add(a[key], b[key]) for key in a}
+    return a + b
+
+
+def row_sums(fn: Callable[..., Any], *arrays: Any, **kwargs: Any) -> Any:
+    """``fn`` summed over the rows of ``arrays``.
+
+    Args:
+        fn: a function of row blocks of ``arrays`` (same positions; ``None`` stays ``None``) and
+            ``kwargs``, returning NumPy arrays or numbers (or tuples, lists, dicts of them) that
+            add across row blocks.  Adapters may run it in other processes, so it should be a
+            module-level function and ``kwargs`` picklable.
+        *arrays: arrays whose first axis is the same rows (or ``None``).
+        **kwargs: passed to every call of ``fn``.
+
+    Returns:
+        ``fn(*arrays, **kwargs)`` for in-memory arrays; for arrays an adapter handles, the sum
+        of ``fn`` over their row blocks, computed now.
+
+    Examples:
+        >>> import numpy as np
+        >>> def moments(x):
+        ...     return len(x), x.sum()
+        >>> row_sums(moments, np.arange(4.0))
+        (4, np.float64(6.0))
+    """
+    for adapter in _ADAPTERS:
+        out = adapter(fn, arrays, kwargs)
+        if out is not NotImplemented:
+            return out
+    return fn(*arrays, **kwargs)
