@@ -45,7 +45,7 @@ def test_table_holds_out_of_fold_figures_of_every_candidate():
     assert [r["method"] for r in sel.table_] == list(CANDIDATES)
     for r in sel.table_:
         assert set(r) >= {"method", "nll", "ece", "brier", "accuracy", "accuracy_change",
-                          "fold_spread", "fit_time", "converged", "flagged", "chosen",
+                          "fold_spread", "fit_time", "converged", "at_bound", "flagged", "chosen",
                           "warnings", "error"}
         if r["error"] is None:
             oof = sel.oof_logits(r["method"])
@@ -97,6 +97,18 @@ def test_leave_it_alone_on_near_separable_small_data():
     sel = select(z, y, random_state=0)
     assert sel.row()["nll"] <= sel.row("none")["nll"]
     assert np.isfinite(sel.row()["nll"])
+
+
+def test_a_temperature_at_its_bound_is_never_chosen():
+    # separable folds (the wine file of issue 13): T goes to its lower bound and the folds'
+    # held-out rows all look right, yet new rows get infinitely confident predictions
+    rng = np.random.default_rng(11)
+    y = np.repeat(np.arange(3), 15)
+    z = np.eye(3)[y] * 50.0 + rng.normal(size=(45, 3))
+    sel = select(z, y, methods=["temperature"], random_state=0)
+    row = sel.row("temperature")
+    assert row["at_bound"] and not row["chosen"]
+    assert sel.best_ == "none"
 
 
 def test_accuracy_changes_beyond_one_point_are_flagged():

@@ -30,7 +30,7 @@ from .._losses._cross_entropy import cross_entropy_with_grad
 from .._namespace import LogitkitTypeError, check_number, expected
 from ._base import Calibrator, FitData, expand_rows
 from ._blocks import row_sums
-from ._fitting import Result, lbfgs, newton
+from ._fitting import Result, lbfgs, newton, small_problem_threads
 
 __all__ = ["DirichletScaler", "MatrixScaler", "StructuredScaler", "VectorScaler"]
 
@@ -134,7 +134,9 @@ def affine_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, form: str, spec: F
             p = grad[sub].copy()  # p − y → p
             p[np.arange(p.shape[0]), yc[sub]] += 1.0
             ws = np.ones(p.shape[0]) if wc is None else wc[sub]
-            h_sum += _hessian(p, feats[sub], ws, form, np.float32 if stride > 1 else np.float64)
+            with small_problem_threads(0):  # BLAS threads only slow these small products
+                h_sum += _hessian(p, feats[sub], ws, form,
+                                  np.float32 if stride > 1 else np.float64)
             h_w += float(ws.sum())
         if wc is not None:
             f_sum += float(wc @ loss)
@@ -428,7 +430,9 @@ class _AffineScaler(Calibrator):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # only a starting point
             ts._fit(data)
-        theta = _identity(self._form, data.k, ts.beta_)
+        # A temperature at its bound means separable data, where that scale is no start (the
+        # map would stop at once on a vanishing gradient): start at the identity then.
+        theta = _identity(self._form, data.k, 1.0 if ts.at_bound_ else ts.beta_)
         if self._features(data).kind == "margin":
             theta[0] = 1.0  # the scale of the constant 0 column is free
         return theta

@@ -34,11 +34,11 @@ CANDIDATES: dict[str, tuple[type[Calibrator], dict[str, Any]]] = {
     "vector": (VectorScaler, {}),
     "structured-vector": (StructuredScaler, {"form": "vector"}),
     "beta": (BetaCalibrator, {}),
-    "histogram": (HistogramCalibrator, {}),
-    "isotonic": (IsotonicCalibrator, {}),
     "structured": (StructuredScaler, {}),
     "dirichlet": (DirichletScaler, {}),
     "matrix": (MatrixScaler, {}),
+    "histogram": (HistogramCalibrator, {}),
+    "isotonic": (IsotonicCalibrator, {}),
 }
 _ALWAYS = ("none", "temperature")
 _SCORINGS = ("nll", "brier", "ece")
@@ -82,7 +82,8 @@ class Selection:
             ``ece``, ``brier``, ``accuracy`` (every row scored by a calibrator fitted without
             its fold); ``accuracy_change`` against ``"none"``; ``fold_spread`` (the standard
             deviation of the scoring metric across folds); ``fit_time`` (seconds, mean over
-            folds); ``converged`` (every fold's fit); ``flagged`` (held-out accuracy changed by
+            folds); ``converged`` (every fold's fit); ``at_bound`` (some fold's fit stopped at a
+            bound); ``flagged`` (held-out accuracy changed by
             more than one point); ``warnings`` (messages of the folds' fits); ``error`` (why
             the candidate failed, else ``None``); ``chosen``.
         best_: the chosen method's name.
@@ -194,9 +195,12 @@ def select(logits: Any, y: Any, /, *, methods: Any = "auto", cv: int = 5,
     it.  The candidate with the best pooled out-of-fold ``scoring`` wins, except that:
 
     - ties and near-ties (within 0.1% of the best score) go to the simpler method, in the
-      order of :data:`CANDIDATES` (``none``, ``temperature``, ``vector``, …, ``matrix``);
-    - a candidate whose fit failed, did not converge in some fold, or lowered held-out
-      accuracy by more than one point (it is flagged in the table) is not chosen.
+      order of :data:`CANDIDATES` (``none``, ``temperature``, the parametric maps by number of
+      parameters, then the non-parametric ``histogram`` and ``isotonic``);
+    - a candidate whose fit failed, did not converge or stopped at a bound in some fold (a
+      temperature at its bound means separable folds: out of fold it can look perfect and
+      still be infinitely confident on new rows), or lowered held-out accuracy by more than
+      one point (it is flagged in the table) is not chosen.
 
     ``"none"`` (the logits unchanged) and ``"temperature"`` are always candidates, so the
     choice is never worse than either out of fold; on small or near-separable data "none" is
@@ -256,7 +260,7 @@ def _select(data: FitData, folds: np.ndarray, names: list[str], cv: int,
     fold_cals: dict[str, list[Calibrator]] = {}
     for name in names:
         row: dict[str, Any] = {"method": name, "error": None, "warnings": [],
-                               "converged": True}
+                               "converged": True, "at_bound": False}
         oof = np.empty((n, k))
         cals: list[Calibrator] = []
         seconds = 0.0
@@ -276,6 +280,7 @@ def _select(data: FitData, folds: np.ndarray, names: list[str], cv: int,
                 row["warnings"] += sorted({str(w.message) for w in caught} -
                                           set(row["warnings"]))
                 row["converged"] &= bool(getattr(cal, "converged_", True))
+                row["at_bound"] |= bool(getattr(cal, "at_bound_", False))
                 oof[~train] = np.asarray(cal.transform(z[~train]), dtype=np.float64)
                 cals.append(cal)
         except LogitkitError as exc:
@@ -296,12 +301,12 @@ def _select(data: FitData, folds: np.ndarray, names: list[str], cv: int,
         r["accuracy_change"] = change
         r["flagged"] = bool(abs(change) > ACCURACY_FLAG) if r["error"] is None else True
         r["chosen"] = False
-    eligible = [r for r in rows if r["error"] is None and r["converged"]
+    eligible = [r for r in rows if r["error"] is None and r["converged"] and not r["at_bound"]
                 and not r["accuracy_change"] < -ACCURACY_FLAG and math.isfinite(r[scoring])]
     if not eligible:  # "none" is always eligible unless its own NLL is infinite
         eligible = [r for r in rows if r["method"] == "none"]
     best_score = min(r[scoring] for r in eligible)
-    margin = NEAR_TIE * abs(best_score) if math.isfinite(best_score) else 0.0
+    margin = NEAR_TIE * abs(best_score) + 1e-12 if math.isfinite(best_score) else 0.0
     winner = next(r for r in eligible if r[scoring] <= best_score + margin)
     winner["chosen"] = True
     with warnings.catch_warnings():

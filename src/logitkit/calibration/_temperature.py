@@ -276,6 +276,8 @@ def _newton(
         if beta >= hi and g <= 0:
             return hi, it, True, True, f
         if g == 0.0:
+            if f == 0.0:  # every row certain and right: separable, the NLL falls toward T_min
+                return hi, it, True, True, f
             return beta, it, True, False, f
         if g > 0:
             b = beta
