@@ -210,7 +210,8 @@ class BetaCalibrator(_OneVsRest):
                 hess[3 * c:3 * c + 3, 3 * c:3 * c + 3] = h[c] / tw
             return float(f.sum()) / tw, (g / tw).ravel(), hess
 
-        theta0 = np.tile([1.0, 1.0, 0.0], (n_cls, 1)).ravel()
+        warm = getattr(self, "_warm", None)
+        theta0 = (warm.coef_ if warm is not None else np.tile([1.0, 1.0, 0.0], (n_cls, 1))).ravel()
         res = newton(evaluate, theta0, max_iter=max_iter, tol=tol)
         theta = res.theta.reshape(n_cls, 3)
         n_iter, converged = res.n_iter, res.converged
