@@ -43,6 +43,9 @@ _WARM_START_ROWS = (4_000, 20_000)
 #: (rows × parameters²): a subsampled Hessian makes Newton converge linearly, and on the
 #: nearly flat directions of an unpenalised matrix map that took 20–110 passes, not 5.
 _EXACT_HESSIAN = 1 << 27
+#: In-memory inputs of at most this many values have their features computed once for L-BFGS
+#: (float64: 512 MiB at most).
+_CACHE_FEATURES = 1 << 26
 #: Full maps of at most this many classes (K(K + 1) <= 272 parameters) are fitted by Newton.
 _NEWTON_MAX_CLASSES = 16
 
@@ -365,6 +368,17 @@ class Standardised:
         return np.concatenate([(ga / self.sigma - np.outer(gb, m)).ravel(), gb]) * self.scale
 
 
+def _cached_features(data: FitData, spec: Features) -> FitData:
+    """``data`` with its rows replaced by their float64 features (in memory)."""
+    x = np.asarray(data.x)
+    out = np.empty((data.n, spec.k))
+    chunk = max(16, _CHUNK_ELEMENTS // spec.k)
+    for start in range(0, data.n, chunk):
+        out[start:start + chunk] = features(expand_rows(x[start:start + chunk], data.from_probs),
+                                            spec, np)
+    return FitData(out, data.y, data.w, data.k, data.total_weight, False)
+
+
 def minimise(data: FitData, form: str, spec: Features, penalty: Penalty, theta: np.ndarray,
              *, max_iter: int, tol: float) -> Result:
     """Fit the affine map: Newton for diagonal maps and full maps of at most 16 classes;
@@ -374,6 +388,9 @@ def minimise(data: FitData, form: str, spec: Features, penalty: Penalty, theta: 
     if form == "diag" or data.k <= _NEWTON_MAX_CLASSES:
         return newton(Objective(data, form, spec, penalty).value_grad_hess, theta,
                       max_iter=max_iter, tol=tol)
+    if not data.partitioned and data.n * data.k <= _CACHE_FEATURES:
+        # L-BFGS makes dozens of passes: compute the features once, not once per pass
+        data, spec = _cached_features(data, spec), Features("logits", spec.k)
     std = Standardised(data, spec)
     lam, _ = penalty.weights(form, data.k)
     std.precondition(data, spec, theta, lam)
