@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 from . import _dask  # noqa: F401  (registers the Dask adapter of _blocks.row_sums; imports no Dask)
+from ._binning import auto_bins as auto_bins
 from ._diagram import reliability_diagram as reliability_diagram
 from ._metrics import accuracy as accuracy
+from ._metrics import brier_decomposition as brier_decomposition
 from ._metrics import brier_score as brier_score
 from ._metrics import ece as ece
 from ._metrics import mce as mce
@@ -26,6 +28,8 @@ __all__ = [
     "CalibrationWarning",
     "TemperatureScaler",
     "accuracy",
+    "auto_bins",
+    "brier_decomposition",
     "brier_score",
     "ece",
     "mce",

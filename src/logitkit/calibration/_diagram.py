@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from .._namespace import check_choice, to_numpy
-from ._binning import BINNINGS, check_n_bins, prepare, quantile_edges, top_label
+from .._namespace import check_choice, check_int, to_numpy
+from ._binning import BINNINGS, edges_of
+from ._engine import confidences
 from ._stats import CalibrationStats
 
 __all__ = ["figure_from_stats", "reliability_diagram"]
@@ -16,10 +17,8 @@ __all__ = ["figure_from_stats", "reliability_diagram"]
 def _stats(probs: Any, y: Any, n_bins: int, binning: str) -> dict[str, Any]:
     if binning == "uniform":
         return CalibrationStats(n_bins).update(probs, y).compute()
-    xp, p, labels = prepare(probs, y)
-    conf, _ = top_label(p, labels, xp)
-    inner = np.asarray(to_numpy(quantile_edges(conf, n_bins, xp)), dtype=np.float64)
-    edges = np.unique(np.concatenate([[0.0], inner, [1.0]]))
+    conf = confidences(np.asarray(to_numpy(probs)), None, from_logits=False)
+    edges = np.unique(edges_of(conf, n_bins, "quantile"))
     return CalibrationStats(edges=edges).update(probs, y).compute()
 
 
@@ -98,7 +97,7 @@ def reliability_diagram(
         >>> [ax.get_ylabel() for ax in fig.axes]
         ['accuracy', 'count']
     """
-    n_bins = check_n_bins(n_bins)
+    n_bins = check_int(n_bins, "n_bins")
     check_choice(binning, "binning", BINNINGS)
     panels = [probs] if calibrated is None else [probs, calibrated]
     stats = [_stats(p, y, n_bins, binning) for p in panels]
