@@ -39,7 +39,10 @@ row blocks through :func:`._blocks.row_sums` (the engine never names Dask).
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,14 +61,20 @@ from .._namespace import (
     is_numpy,
     to_numpy,
 )
-from ._binning import acc_dtype, bin_index, check_label_range, check_labels
+from ._binning import acc_dtype, bin_index, check_label_range, check_labels, uniform_edges
 
 __all__ = ["Rows", "Spec", "Sums", "accumulate_rows", "row_pass", "row_sum_tolerance"]
 
 #: Elements per chunk of the row pass: big enough that NumPy's per-call overhead is small,
 #: small enough that the chunk and its temporaries stay in the cache between the reductions.
-CHUNK_ELEMENTS = 1 << 16
+CHUNK_ELEMENTS = 1 << 18
 MIN_CHUNK_ROWS = 256
+#: Inputs of this many elements and more are split into contiguous shares of chunks, one per
+#: thread (NumPy releases the GIL in its loops); the shares' sums are added in order.
+PARALLEL_ELEMENTS = 1 << 21
+THREADS = max(1, min(4, os.cpu_count() or 1))
+#: Rows whose per-row results are binned together.
+FLUSH_ROWS = 1 << 16
 
 
 def row_sum_tolerance(dtype: Any) -> float:
@@ -102,6 +111,8 @@ class Spec:
             smooth ECE works on them).
         keep_probs: also keep every row's probabilities and label (class-wise smooth ECE).
         brier: compute the Brier terms (``Σ_k p_k²``).
+        top: compute the top label (confidence, arg-max, hits); the NLL and the Brier score do
+            without it.
         groups: number of row groups ``G`` (1: plain sums).
     """
 
@@ -115,6 +126,7 @@ class Spec:
     keep_rows: bool = False
     keep_probs: bool = False
     brier: bool = True
+    top: bool = True
     groups: int = 1
 
     @property
@@ -204,12 +216,24 @@ class Sums:
 class Rows:
     """Per-row results of :func:`row_pass` (see the module docstring for the contract)."""
 
-    conf: np.ndarray
-    pred: np.ndarray
+    conf: np.ndarray | None
+    pred: np.ndarray | None
     p_y: np.ndarray
     logp_y: np.ndarray
     sumsq: np.ndarray | None
     probs: np.ndarray | None = None
+
+    @staticmethod
+    def concat(parts: list[Rows]) -> Rows:
+        """The rows of consecutive chunks as one (without probabilities)."""
+        if len(parts) == 1:
+            return parts[0]
+
+        def cat(name: str) -> Any:
+            first = getattr(parts[0], name)
+            return None if first is None else np.concatenate([getattr(r, name) for r in parts])
+
+        return Rows(cat("conf"), cat("pred"), cat("p_y"), cat("logp_y"), cat("sumsq"))
 
 
 def _work_dtype(dtype: np.dtype) -> np.dtype:
@@ -222,73 +246,87 @@ def _work_dtype(dtype: np.dtype) -> np.dtype:
 
 
 def row_pass(x: np.ndarray, y: np.ndarray, *, from_logits: bool, beta: float = 1.0,
-             sumsq: bool = True, probs: bool = False, arg: str = "probs") -> Rows:
+             top: bool = True, sumsq: bool = True, probs: bool = False, arg: str = "probs"
+             ) -> Rows:
     """The per-row statistics of one chunk (the engine's kernel contract, NumPy version).
 
     Args:
-        x: ``(n, K)`` float32/float64 probabilities or logits (other dtypes are widened).
+        x: ``(n, K)`` float32/float64 probabilities or logits (other dtypes are widened),
+            C-contiguous.
         y: ``(n,)`` ``intp`` labels, already checked to lie in ``[0, K)``.
         from_logits: ``x`` holds logits; the softmax at inverse temperature ``beta`` is fused.
         beta: inverse temperature (logits only).
+        top: compute ``conf`` and ``pred`` (the arg-max: the most expensive reduction in NumPy;
+            the NLL and the Brier score do without it).
         sumsq: compute ``Σ_k p_k²``.
         probs: also return the chunk's probabilities (a chunk-sized buffer).
         arg: the argument's name in error messages.
 
     Returns:
-        :class:`Rows`.  Invalid probabilities raise :class:`LogitkitValueError` here.
+        :class:`Rows` (``conf`` and ``pred`` are ``None`` without ``top``).  Invalid
+        probabilities and NaN logits raise :class:`LogitkitValueError` here.
     """
     in_dtype = x.dtype
     work = _work_dtype(in_dtype)
     if x.dtype != work:
         x = x.astype(work)
     n, k = x.shape
-    r = np.arange(n)
-    pred = x.argmax(axis=1)
-    top = x[r, pred]
-    at_y = x[r, y]
-    ones = np.ones(k, dtype=work)
+    flat = x.reshape(-1)
+    base = np.arange(0, n * k, k)
+    at_y = flat[base + y]
+    pred = x.argmax(axis=1) if top or (from_logits and probs) else None
+    peak = flat[base + pred] if pred is not None else None
     if not from_logits:
-        _check_probability_chunk(x, top, ones, in_dtype, arg)
-        conf = top.astype(np.float64)
+        _check_probability_chunk(x, peak, in_dtype, arg)
         p_y = at_y.astype(np.float64)
         with np.errstate(divide="ignore"):
             logp_y = np.log(p_y)
         sq = np.einsum("ij,ij->i", x, x).astype(np.float64) if sumsq else None
+        conf = peak.astype(np.float64) if peak is not None else None
         return Rows(conf, pred, p_y, logp_y, sq, x if probs else None)
-    good = np.isfinite(top)
-    if not good.all():
+    # Shift by the row maximum when it is at hand, else by the label's logit (the sum then
+    # holds the term 1 and cannot underflow; rows where it overflows are redone carefully).
+    shift = peak if peak is not None else at_y
+    with np.errstate(over="ignore", invalid="ignore"):
+        e = np.subtract(x, shift[:, None])
+        if beta != 1.0:
+            e *= work.type(beta)
+        np.exp(e, out=e)
+        s = np.einsum("ij->i", e).astype(np.float64)
+        sq = np.einsum("ij,ij->i", e, e).astype(np.float64) if sumsq else None
+    bad = ~np.isfinite(s if sq is None else s + sq)
+    if bad.any() or (peak is not None and not np.isfinite(peak).all()):
         return _careful_logit_rows(x, y, beta, sumsq, probs, arg)
-    e = np.subtract(x, top[:, None])
-    if beta != 1.0:
-        e *= work.type(beta)
-    np.exp(e, out=e)
-    s = (e @ ones).astype(np.float64)
-    conf = 1.0 / s
-    logp_y = beta * (at_y.astype(np.float64) - top) - np.log(s)
+    logp_y = beta * (at_y.astype(np.float64) - shift) - np.log(s)
     p_y = np.exp(logp_y)
-    sq = np.einsum("ij,ij->i", e, e).astype(np.float64) * conf * conf if sumsq else None
+    inv = 1.0 / s
+    if sq is not None:
+        sq *= inv * inv
     if probs:
-        e *= conf.astype(work)[:, None]
-    return Rows(conf, pred, p_y, logp_y, sq, e if probs else None)
+        e *= inv.astype(work)[:, None]
+    return Rows(inv if top else None, pred, p_y, logp_y, sq, e if probs else None)
 
 
-def _check_probability_chunk(x: np.ndarray, top: np.ndarray, ones: np.ndarray,
-                             in_dtype: Any, arg: str) -> None:
-    """NaN, range and row-sum checks of a chunk of probabilities (its minimum, its row maxima
-    and its row sums: reductions of the chunk while it is in the cache)."""
+def _check_probability_chunk(x: np.ndarray, peak: np.ndarray | None, in_dtype: Any, arg: str
+                             ) -> None:
+    """NaN, range and row-sum checks of a chunk of probabilities: its minimum and its row sums
+    (and its row maxima when the arg-max was taken), reductions of the chunk while it is in
+    the cache.  Without the maxima an entry above 1 is caught by the row sum (non-negative
+    entries summing to 1 within the tolerance are at most 1 + tolerance)."""
     lo = x.min()
     if np.isnan(lo):
         raise LogitkitValueError(expected(arg, "probabilities without NaN", "NaN"))
-    hi = top.max()
+    hi = peak.max() if peak is not None else 0.0
     if lo < 0 or hi > 1:
         raise LogitkitValueError(expected(
             arg, "probabilities in [0, 1] (pass logits through softmax first)",
             float(lo) if lo < 0 else float(hi)))
-    rowsum = (x @ ones).astype(np.float64)
-    worst = int(np.abs(rowsum - 1.0).argmax())
-    if abs(rowsum[worst] - 1.0) > row_sum_tolerance(in_dtype):
+    rowsum = np.einsum("ij->i", x).astype(np.float64)
+    rowsum -= 1.0
+    worst = int(np.abs(rowsum).argmax())
+    if abs(rowsum[worst]) > row_sum_tolerance(in_dtype):
         raise LogitkitValueError(expected(
-            arg, "probabilities whose rows sum to 1", f"a row summing to {rowsum[worst]:.6g}"))
+            arg, "probabilities whose rows sum to 1", f"a row summing to {rowsum[worst] + 1:.6g}"))
 
 
 def _careful_logit_rows(x: np.ndarray, y: np.ndarray, beta: float, sumsq: bool, probs: bool,
@@ -308,8 +346,7 @@ def _careful_logit_rows(x: np.ndarray, y: np.ndarray, beta: float, sumsq: bool, 
     conf = p[r, pred]
     logp_y = logp[r, y]
     sq = np.einsum("ij,ij->i", p, p) if sumsq else None
-    return Rows(conf, pred, p[r, y], logp_y, sq,
-                p.astype(x.dtype) if probs else None)
+    return Rows(conf, pred, p[r, y], logp_y, sq, p.astype(x.dtype) if probs else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,32 +378,61 @@ def _bincount(key: np.ndarray, weights: np.ndarray | None, size: int) -> np.ndar
     return np.bincount(key, weights=weights, minlength=size).astype(np.float64, copy=False)
 
 
+def top_bins(conf: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """Right-closed bins of float64 ``conf`` (:func:`._binning.bin_index`'s rule).  Uniform
+    inner edges ``b / B`` take ``ceil(B c) − 1``, corrected by one bin either way where the
+    product rounded across a correctly rounded edge (cheaper than a binary search)."""
+    nb = int(inner.shape[0]) + 1
+    if nb > 1 and inner[0] == 1.0 / nb and np.array_equal(inner, uniform_inner(nb)):
+        b = np.ceil(conf * nb).astype(np.intp)
+        b -= 1
+        np.clip(b, 0, nb - 1, out=b)
+        edges = uniform_full(nb)
+        b -= (conf <= edges[b]) & (b > 0)
+        b += (conf > edges[b + 1]) & (b < nb - 1)
+        return b
+    return np.searchsorted(inner, conf, side="left")
+
+
+@functools.lru_cache(maxsize=64)
+def uniform_full(nb: int) -> np.ndarray:
+    return uniform_edges(nb)
+
+
+def uniform_inner(nb: int) -> np.ndarray:
+    return uniform_full(nb)[1:-1]
+
+
 def accumulate_rows(sums: Sums, rows: Rows, y: np.ndarray, spec: Spec, offset: int) -> None:
     """Add one chunk's rows (``offset``: the index of its first row) to ``sums`` in place."""
-    n = rows.conf.shape[0]
+    n = rows.p_y.shape[0]
     k = sums.n_classes
     g = group_of(offset, offset + n, spec.groups)
     ng = spec.groups
-    correct = (rows.pred == y).astype(np.float64)
+    correct = (rows.pred == y).astype(np.float64) if spec.top and rows.pred is not None \
+        else None
     nll = -rows.logp_y
     brier = rows.sumsq - 2.0 * rows.p_y + 1.0 if rows.sumsq is not None else None
     if g is None:
         sums.n[0] += n
-        sums.hits[0] += correct.sum()
+        if correct is not None:
+            sums.hits[0] += correct.sum()
         sums.nll[0] += nll.sum()
         if brier is not None:
             sums.brier[0] += brier.sum()
     else:
         sums.n += _bincount(g, None, ng)
-        sums.hits += _bincount(g, correct, ng)
+        if correct is not None:
+            sums.hits += _bincount(g, correct, ng)
         sums.nll += _bincount(g, nll, ng)
         if brier is not None:
             sums.brier += _bincount(g, brier, ng)
     if sums.bins is not None:
+        assert rows.conf is not None and correct is not None
         nb = spec.n_bins
-        key = np.searchsorted(spec.inner, rows.conf, side="left")
+        key = top_bins(rows.conf, spec.inner)
         if g is not None:
-            key = key + g * nb
+            key += g * nb
         size = ng * nb
         parts = [_bincount(key, None, size), _bincount(key, rows.conf, size),
                  _bincount(key, correct, size)]
@@ -375,6 +441,7 @@ def accumulate_rows(sums: Sums, rows: Rows, y: np.ndarray, spec: Spec, offset: i
                       _bincount(key, rows.conf * correct, size)]
         sums.bins += np.stack(parts).reshape(len(parts), ng, nb).transpose(1, 0, 2)
     if sums.rows is not None:
+        assert rows.conf is not None and correct is not None
         new = {"conf": rows.conf, "hit": correct,
                "group": g if g is not None else np.zeros(n, dtype=np.intp)}
         if spec.keep_probs:
@@ -447,9 +514,8 @@ def block_sums(x: Any, y: Any, *, spec: Spec, offset: int = 0, arg: str = "probs
         raise LogitkitValueError(expected(arg, "of shape (N, K) or (N,)", f"shape {x.shape}"))
     x = as_rows_2d(x, spec.from_logits)
     n, k = x.shape
-    sums = Sums.zeros(spec, k)
     if n == 0:
-        return sums
+        return Sums.zeros(spec, k)
     if y.dtype.kind not in "iub":
         raise LogitkitTypeError(expected("y", "an array of integer class labels",
                                          f"dtype {y.dtype}"))
@@ -458,16 +524,40 @@ def block_sums(x: Any, y: Any, *, spec: Spec, offset: int = 0, arg: str = "probs
             "y", f"of shape ({n},) to match the predictions", f"shape {y.shape}"))
     yi = y.astype(np.intp, copy=False)
     check_label_range(int(yi.min()), int(yi.max()), k)
-    if not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x) if x.shape[0] * k <= CHUNK_ELEMENTS else x
     step = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // k)
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        rows = row_pass(np.ascontiguousarray(x[start:stop]), yi[start:stop],
-                        from_logits=spec.from_logits, beta=spec.beta, sumsq=spec.brier,
-                        probs=spec.needs_probs, arg=arg)
-        accumulate_rows(sums, rows, yi[start:stop], spec, offset + start)
-    return sums
+    starts = list(range(0, n, step))
+    workers = min(THREADS, len(starts) // 4) if n * k >= PARALLEL_ELEMENTS else 1
+
+    def part(lo: int, hi: int) -> Sums:
+        out = Sums.zeros(spec, k)
+        pending: list[Rows] = []
+        first = starts[lo] if lo < len(starts) else n
+        for start in starts[lo:hi]:
+            stop = min(n, start + step)
+            rows = row_pass(np.ascontiguousarray(x[start:stop]), yi[start:stop],
+                            from_logits=spec.from_logits, beta=spec.beta, top=spec.top,
+                            sumsq=spec.brier, probs=spec.needs_probs, arg=arg)
+            if spec.needs_probs:  # the chunk's probabilities are binned while in the cache
+                accumulate_rows(out, rows, yi[start:stop], spec, offset + start)
+                continue
+            # Per-row results are binned a batch of chunks at a time: each bincount then pays
+            # its setup (G·B bins) once per FLUSH_ROWS rows, not once per chunk.
+            pending.append(rows)
+            if stop - first >= FLUSH_ROWS or stop == min(n, starts[hi - 1] + step):
+                accumulate_rows(out, Rows.concat(pending), yi[first:stop], spec, offset + first)
+                pending, first = [], stop
+        return out
+
+    if workers <= 1:
+        return part(0, len(starts))
+    # Contiguous shares of the chunks, added in order: the result does not depend on timing.
+    cuts = [len(starts) * i // workers for i in range(workers + 1)]
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(part, cuts[:-1], cuts[1:]))
+    total = parts[0]
+    for other in parts[1:]:
+        total = total + other
+    return total
 
 
 def confidences(x: Any, y: Any, *, from_logits: bool, beta: float = 1.0, arg: str = "probs"

@@ -111,7 +111,8 @@ def mce_plan(x: Any, *, n_bins: object = 15, binning: str = "uniform", mode: str
 
 def _total_plan(field: str, *, from_logits: bool = False, temperature: float = 1.0) -> Plan:
     spec = Spec(from_logits=_check_flag(from_logits, "from_logits"),
-                beta=1.0 / check_temperature(temperature), brier=field == "brier")
+                beta=1.0 / check_temperature(temperature), brier=field == "brier",
+                top=field == "hits")
     return spec, partial(_share, field=field)
 
 
