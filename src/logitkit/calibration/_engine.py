@@ -193,18 +193,21 @@ class Sums:
                     rows=self.rows, n_classes=self.n_classes)
 
     def weighted(self, counts: np.ndarray) -> Sums:
-        """Resampled sums: ``counts`` ``(R, G)`` times each group's sums (a leading axis R)."""
+        """Resampled sums: ``counts`` ``(R, G)`` times each group's sums (a leading axis R), by
+        one matrix product over all the fields."""
         c = np.asarray(counts, dtype=np.float64)
-
-        def mix(a: Any) -> Any:
-            if a is None:
-                return None
-            flat = a.reshape(a.shape[0], -1)
-            return (c @ flat).reshape(c.shape[0], *a.shape[1:])
-
-        return Sums(n=mix(self.n), hits=mix(self.hits), nll=mix(self.nll),
-                    brier=mix(self.brier), bins=mix(self.bins), cw=mix(self.cw),
-                    n_classes=self.n_classes)
+        names = [f for f in ("n", "hits", "nll", "brier", "bins", "cw")
+                 if getattr(self, f) is not None]
+        arrays = [getattr(self, f) for f in names]
+        flat = np.concatenate([a.reshape(a.shape[0], -1) for a in arrays], axis=1)
+        mixed = c @ flat
+        out: dict[str, Any] = {}
+        start = 0
+        for name, a in zip(names, arrays, strict=True):
+            width = int(np.prod(a.shape[1:], dtype=np.int64))
+            out[name] = mixed[:, start:start + width].reshape(c.shape[0], *a.shape[1:])
+            start += width
+        return Sums(**out, n_classes=self.n_classes)
 
 
 # --------------------------------------------------------------------------------------------
