@@ -508,11 +508,11 @@ def smooth_reliability(
                              live.size).astype(np.float64)
         reps, _ = curve(counts @ res_g[live], counts @ dens_g[live])
         alpha = (1 - level) / 2
-        cols = np.flatnonzero(np.isfinite(acc) & np.isfinite(reps).any(axis=0))
+        seen = np.flatnonzero(np.isfinite(acc) & np.isfinite(reps).any(axis=0))
         low, high = np.full(points, np.nan), np.full(points, np.nan)
-        if cols.size:
-            q = np.nanquantile(reps[:, cols], [alpha, 1 - alpha], axis=0)
-            low[cols], high[cols] = q[0], q[1]
+        if seen.size:
+            q = np.nanquantile(reps[:, seen], [alpha, 1 - alpha], axis=0)
+            low[seen], high[seen] = q[0], q[1]
     # the density of the confidences: the smoothed weights per unit of t, over N
     density = sd * (m - 1) / n
     return SmoothReliability(t=np.linspace(0.0, 1.0, points), accuracy=acc, low=low,
