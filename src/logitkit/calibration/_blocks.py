@@ -18,20 +18,32 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["add", "register", "row_reduce", "row_sums"]
+__all__ = ["add", "partitioned", "register", "row_reduce", "row_sums"]
 
 #: ``adapter(fn, arrays, kwargs, *, finish, offset, lazy)`` returns ``finish`` of the sums (see
 #: :func:`row_reduce`), or ``NotImplemented`` for arrays it does not handle.
 Adapter = Callable[..., Any]
 
 _ADAPTERS: list[Adapter] = []
+_CLAIMS: list[Callable[[Any], bool]] = []
 
 
-def register(adapter: Adapter) -> Adapter:
-    """Add ``adapter`` to those :func:`row_sums` asks (once; returns it, for use as a decorator)."""
+def register(adapter: Adapter, *, claims: Callable[[Any], bool] | None = None) -> Adapter:
+    """Add ``adapter`` to those :func:`row_sums` asks (once; returns it, for use as a decorator).
+
+    ``claims(array)`` says whether the adapter handles an array (for :func:`partitioned`).
+    """
     if adapter not in _ADAPTERS:
         _ADAPTERS.append(adapter)
+        if claims is not None:
+            _CLAIMS.append(claims)
     return adapter
+
+
+def partitioned(*arrays: Any) -> bool:
+    """True when an adapter handles one of ``arrays`` (their sums are then a map-reduce, and
+    a metric's result may stay lazy): the one question calibration code asks about them."""
+    return any(claim(a) for a in arrays if a is not None for claim in _CLAIMS)
 
 
 def add(a: Any, b: Any) -> Any:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -74,7 +75,11 @@ def _rows(probs: Any, y: Any, w: Any = None, *, arg: str = "probs") -> tuple[Any
     return p, aligned(y, "y"), aligned(w, "sample_weight")
 
 
-@_register
+def _claims(x: Any) -> bool:
+    return is_dask(x)
+
+
+@partial(_register, claims=_claims)
 def _row_sums(fn: Callable[..., Any], arrays: Any, kwargs: dict[str, Any], *,
               finish: Callable[[Any], Any], offset: bool = False, lazy: bool = False) -> Any:
     """:func:`._blocks.row_reduce` for Dask arrays: ``fn`` mapped over aligned row blocks, the

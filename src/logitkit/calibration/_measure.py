@@ -26,7 +26,6 @@ from .._namespace import (
     check_choice,
     check_number,
     expected,
-    is_dask,
     namespace,
     to_numpy,
 )
@@ -39,7 +38,7 @@ from ._binning import (
     resolve_bins,
     uniform_edges,
 )
-from ._blocks import row_reduce
+from ._blocks import partitioned, row_reduce
 from ._engine import (
     Rows,
     Spec,
@@ -116,7 +115,7 @@ def resolve(x: Any, y: Any, spec: Spec) -> Spec:
     """``spec`` with equal-mass edges computed from the data (a first pass): the top-label
     confidences, one chunk at a time; class-wise, a sorted copy of the probabilities."""
     changes: dict[str, Any] = {}
-    lazy = is_dask(x, y)
+    lazy = partitioned(x, y)
     if (spec.n_bins and spec.inner is None) or (spec.cw_bins and spec.cw_inner is None):
         if lazy:
             raise LogitkitValueError(expected(
@@ -140,7 +139,7 @@ def resolve(x: Any, y: Any, spec: Spec) -> Spec:
 def host_sums(x: Any, y: Any, spec: Spec, *, base: int = 0, arg: str = "probs") -> Sums:
     """:class:`Sums` (float64 NumPy) of any input; ``base`` is the index of its first row (the
     rows seen before, for the row groups)."""
-    if is_dask(x, y):
+    if partitioned(x, y):
         spec = resolve(x, y, spec)
         return row_reduce(_offset_block_sums, x, y, offset=True, spec=spec, base=base, arg=arg)
     xp = namespace(x, y)
@@ -182,7 +181,7 @@ def evaluate(x: Any, y: Any, spec: Spec, value: Value, *, keys: tuple[str, ...] 
     """``value`` of the sums of ``(x, y)`` as a 0-d array of the input's kind (float64 where
     the backend has it; a lazy 0-d Dask array for Dask input).  With ``keys``, ``value``
     returns a dict and so does this (one pass; Dask parts share their blocks' work)."""
-    if is_dask(x, y):
+    if partitioned(x, y):
         spec = resolve(x, y, spec)
         if keys is None:
             return row_reduce(block_sums, x, y, lazy=True, spec=spec, arg=arg,

@@ -34,11 +34,10 @@ from .._namespace import (
     check_choice,
     check_number,
     expected,
-    is_dask,
     namespace,
 )
 from ._binning import MODES
-from ._blocks import row_reduce
+from ._blocks import partitioned, row_reduce
 from ._engine import Spec, Sums, block_sums, group_of
 from ._measure import host_sums
 from ._resample import MAX_GROUPS, draw_counts
@@ -301,17 +300,17 @@ def smooth_ece(
         ICLR 2024.
     """
     bw = _check(mode, bandwidth, from_logits)
-    if is_dask(probs, y):
+    if partitioned(probs, y):
         spec = Spec(from_logits=from_logits, brier=False, keep_rows=True,
                     keep_probs=mode == "classwise")
         return row_reduce(block_sums, probs, y, lazy=True, spec=spec,
-                          finish=_DaskFinish(mode, bw))
+                          finish=_LazyFinish(mode, bw))
     cols, _ = _columns(probs, y, mode, from_logits)
     return _like(_value(cols, bw)[0], probs, y)
 
 
-class _DaskFinish:
-    """The smooth ECE of concatenated per-row results (picklable, for a lazy Dask result)."""
+class _LazyFinish:
+    """The smooth ECE of concatenated per-row results (picklable, for a lazy result of partitioned input)."""
 
     def __init__(self, mode: str, bandwidth: float | None) -> None:
         self.mode, self.bandwidth = mode, bandwidth
