@@ -74,7 +74,7 @@ MIN_CHUNK_ROWS = 256
 PARALLEL_ELEMENTS = 1 << 21
 THREADS = max(1, min(4, os.cpu_count() or 1))
 #: Rows whose per-row results are binned together.
-FLUSH_ROWS = 1 << 16
+FLUSH_ROWS = 1 << 14
 
 
 def row_sum_tolerance(dtype: Any) -> float:

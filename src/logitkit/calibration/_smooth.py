@@ -14,9 +14,10 @@ satisfies ``σ ≥ smECE_σ``, else ten halvings of [0, 1], keeping the smallest
 ``σ ≥ smECE_σ`` (bandwidths below ``10⁻³`` count as satisfying it).
 
 Discretisation (``relplot`` 1.0's, so that the two agree to rounding): the weights 1 and ``r_i``
-are split linearly onto a mesh of ``max(2000, round(20/σ)) // 2 + 1`` nodes on [0, 1]; the mesh
-is reflected once at each end (the end nodes themselves are not mirrored) and convolved with the
-Gaussian evaluated on offsets within ±½; the two smoothed sequences are interpolated linearly at
+are split linearly onto a mesh of ``m = max(2000, round(20/σ)) // 2 + 1`` nodes on [0, 1]; the
+mesh is reflected once at each end (the end nodes themselves are not mirrored) and convolved
+with the Gaussian evaluated at ``linspace(0, 1, m) − ½`` (offsets within ±½, half a node off
+centre when ``m`` is even); the two smoothed sequences are interpolated linearly at
 ``max(round(10/σ), 200)`` points of [0, 1] and the smooth ECE is the ratio of their sums (the
 density sum with ``10⁻⁴`` added per point).  Convolutions use the FFT.
 """
@@ -75,15 +76,27 @@ def splat(f: np.ndarray, w: np.ndarray | None, m: int, key: np.ndarray | None = 
     return out.reshape(size, m)
 
 
+def _offsets(m: int) -> tuple[np.ndarray, float]:
+    """The kernel's node offsets ``d`` (an output node ``i`` gathers nodes ``i + d``) and the
+    half-node shift ``s`` of relplot's kernel for an even mesh: the Gaussian is evaluated on
+    ``linspace(0, 1, m) − ½``, centred on a node when ``m`` is odd and half-way between two
+    when ``m`` is even."""
+    shift = m // 2 - (m - 1) / 2
+    return np.arange(-(m - 1 - m // 2), m // 2 + 1), shift
+
+
+def _weights(sigma: float, m: int) -> tuple[np.ndarray, np.ndarray]:
+    d, shift = _offsets(m)
+    x = (d - shift) / (m - 1)
+    return d, np.exp(-(x * x) / (2 * sigma * sigma)) / (np.sqrt(2 * np.pi) * sigma)
+
+
 def _kernel_fft(sigma: float, m: int, length: int) -> np.ndarray:
-    """FFT of the Gaussian of bandwidth ``sigma`` on offsets ``d/(m − 1)``, ``|d| ≤ (m − 1)/2``,
-    laid out for a circular convolution of ``length``."""
-    half = (m - 1) // 2
-    d = np.arange(-half, half + 1) / (m - 1)
-    g = np.exp(-(d * d) / (2 * sigma * sigma)) / (np.sqrt(2 * np.pi) * sigma)
+    """FFT of the kernel of bandwidth ``sigma`` (:func:`_weights`) laid out for a circular
+    convolution of ``length``: position ``q`` holds the weight of offset ``d = −q``."""
+    d, w = _weights(sigma, m)
     buf = np.zeros(length)
-    buf[: half + 1] = g[half:]
-    buf[length - half:] = g[:half]
+    buf[(-d) % length] = w
     return np.fft.rfft(buf)
 
 
@@ -114,19 +127,18 @@ class Smoother:
         """``self(sigma).sum(axis=1)`` without smoothing: each extended node's weight times
         the kernel mass it sends to the ``m`` nodes of [0, 1]."""
         values, index = self._unique(sigma)
-        m, half = self.m, (self.m - 1) // 2
-        lattice = np.arange(-(m - 1), 2 * (m - 1) + 1)
+        m = self.m
+        lattice = np.arange(-(m - 1), 2 * (m - 1) + 1)  # the extended nodes
         out = np.empty(self.ext.shape[0])
         for j, sv in enumerate(values):
-            d = np.arange(-half, half + 1)
-            g = np.exp(-((d / (m - 1)) ** 2) / (2 * sv * sv)) / (np.sqrt(2 * np.pi) * sv)
-            c = np.concatenate([[0.0], np.cumsum(g)])
-            # node l reaches outputs i in [0, m) with |l − i| ≤ half
-            lo = np.clip(lattice - half, 0, m) - (lattice - half)
-            hi = np.clip(lattice + half + 1, 0, m) - (lattice - half)
-            w = c[np.clip(hi, 0, 2 * half + 1)] - c[np.clip(lo, 0, 2 * half + 1)]
+            d, w = _weights(float(sv), m)
+            c = np.concatenate([[0.0], np.cumsum(w)])
+            # node l reaches the outputs i = l − d in [0, m): d in (l − m, l]
+            lo = np.searchsorted(d, lattice - m, side="right")
+            hi = np.searchsorted(d, lattice, side="right")
+            mass = c[hi] - c[lo]
             sel = index == j
-            out[sel] = self.ext[sel] @ w.astype(self.ext.dtype)
+            out[sel] = self.ext[sel] @ mass.astype(self.ext.dtype)
         return out
 
 
@@ -512,8 +524,8 @@ def smooth_reliability(
         if seen.size:
             q = np.nanquantile(reps[:, seen], [alpha, 1 - alpha], axis=0)
             low[seen], high[seen] = q[0], q[1]
-    # the density of the confidences: the smoothed weights per unit of t, over N
-    density = sd * (m - 1) / n
+    # the density of the confidences: the smoothed weights Σ_i φ_σ(t − f_i), over N
+    density = sd / n
     return SmoothReliability(t=np.linspace(0.0, 1.0, points), accuracy=acc, low=low,
                              high=high, density=density, bandwidth=float(sigma),
                              smooth_ece=float(value), level=float(level))
