@@ -66,6 +66,22 @@ def draw_counts(rng: np.random.Generator, rb: int, g: int) -> np.ndarray:
     return np.bincount(draws.ravel(), minlength=rb * g).reshape(rb, g)
 
 
+def resample_counts(rng: np.random.Generator, n_resamples: int, g: int, batch: int
+                    ) -> Any:
+    """:func:`draw_counts` for ``n_resamples`` resamples, ``batch`` at a time (float64)."""
+    for s in range(0, n_resamples, batch):
+        yield draw_counts(rng, min(batch, n_resamples - s), g).astype(np.float64)
+
+
+def jackknife_counts(g: int, batch: int) -> Any:
+    """The leave-one-group-out counts (ones with one zero), ``batch`` rows at a time."""
+    for s in range(0, g, batch):
+        rows = np.arange(s, min(g, s + batch))
+        counts = np.ones((rows.size, g))
+        counts[np.arange(rows.size), rows] = 0.0
+        yield counts
+
+
 def resample_values(
     sums: Sums, values: Callable[[Sums, Any], np.ndarray], *, n_resamples: int,
     random_state: Any, jackknife: bool,
@@ -77,17 +93,10 @@ def resample_values(
     g = int(live.n.shape[0])
     per_group = int(sum(np.prod(a.shape[1:]) for a in (live.bins, live.cw) if a is not None)) + 4
     batch = max(1, BATCH_BUDGET // (per_group + g))
-    reps = [values(live.weighted(draw_counts(rng, min(batch, n_resamples - s), g)), np)
-            for s in range(0, n_resamples, batch)]
+    reps = [values(live.weighted(c), np) for c in resample_counts(rng, n_resamples, g, batch)]
     jack = None
     if jackknife:
-        parts = []
-        for s in range(0, g, batch):
-            rows = np.arange(s, min(g, s + batch))
-            counts = np.ones((rows.size, g))
-            counts[np.arange(rows.size), rows] = 0.0
-            parts.append(values(live.weighted(counts), np))
-        jack = np.concatenate(parts)
+        jack = np.concatenate([values(live.weighted(c), np) for c in jackknife_counts(g, batch)])
     return np.concatenate(reps), jack
 
 

@@ -41,7 +41,7 @@ from ._binning import MODES
 from ._blocks import partitioned, row_reduce
 from ._engine import Spec, Sums, block_sums, group_of
 from ._measure import host_sums
-from ._resample import MAX_GROUPS, draw_counts
+from ._resample import MAX_GROUPS, jackknife_counts, resample_counts
 
 __all__ = ["SmoothReliability", "smooth_ece", "smooth_reliability"]
 
@@ -376,19 +376,11 @@ def smooth_replicates(probs: Any, y: Any, *, mode: str = "top-label",
         res_g, dens_g = res_g[live], dens_g[live]
         gl = live.size
         batch = max(1, (1 << 24) // (8 * m))
-        out = []
-        for s in range(0, n_resamples, batch):
-            counts = draw_counts(rng, min(batch, n_resamples - s), gl).astype(np.float64)
-            out.append(_evaluate(counts @ res_g, counts @ dens_g, bw))
-        reps += np.concatenate(out)
+        reps += np.concatenate([_evaluate(c @ res_g, c @ dens_g, bw)
+                                for c in resample_counts(rng, n_resamples, gl, batch)])
         if jackknife:
-            jk = []
-            for s in range(0, gl, batch):
-                rows_j = np.arange(s, min(gl, s + batch))
-                counts = np.ones((rows_j.size, gl))
-                counts[np.arange(rows_j.size), rows_j] = 0.0
-                jk.append(_evaluate(counts @ res_g, counts @ dens_g, bw))
-            jack[:gl] += np.concatenate(jk)
+            jack[:gl] += np.concatenate([_evaluate(c @ res_g, c @ dens_g, bw)
+                                         for c in jackknife_counts(gl, batch)])
     k = len(cols)
     return value, reps / k, (jack / k if jackknife else None), g
 
@@ -515,8 +507,8 @@ def smooth_reliability(
         assert group is not None
         res_g, dens_g = _group_meshes(col, group, g, m)
         live = np.flatnonzero(dens_g.sum(axis=1) > 0)
-        counts = draw_counts(np.random.default_rng(random_state), int(n_resamples),
-                             live.size).astype(np.float64)
+        (counts,) = resample_counts(np.random.default_rng(random_state), int(n_resamples),
+                                    live.size, int(n_resamples))
         reps, _ = curve(counts @ res_g[live], counts @ dens_g[live])
         alpha = (1 - level) / 2
         seen = np.flatnonzero(np.isfinite(acc) & np.isfinite(reps).any(axis=0))
