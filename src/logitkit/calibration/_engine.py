@@ -175,9 +175,12 @@ class Sums:
         def add(a: Any, b: Any) -> Any:
             return None if a is None else a + b
 
-        rows = None if self.rows is None or other.rows is None else {
-            key: np.concatenate([self.rows[key], other.rows[key]]) if key in self.rows
-            else other.rows[key] for key in other.rows} if self.rows or other.rows else {}
+        rows = None
+        if self.rows is not None and other.rows is not None:
+            # concatenated in order; a block without rows (an empty one) has no keys
+            rows = {key: np.concatenate([part[key] for part in (self.rows, other.rows)
+                                         if key in part])
+                    for key in {**self.rows, **other.rows}}
         return Sums(n=self.n + other.n, hits=self.hits + other.hits, nll=self.nll + other.nll,
                     brier=self.brier + other.brier, bins=add(self.bins, other.bins),
                     cw=add(self.cw, other.cw), rows=rows,
