@@ -39,12 +39,12 @@ from .._namespace import (
     check_number,
     default_float,
     expected,
-    is_dask,
     is_numpy,
     namespace,
     to_numpy,
 )
-from ._blocks import row_sums
+from ._blocks import map_rows as map_row_blocks
+from ._blocks import partitioned, row_sums
 from ._fitting import small_problem_threads
 
 __all__ = ["SCHEMA_VERSION", "CalibrationWarning", "Calibrator", "FitData", "IdentityCalibrator"]
@@ -89,7 +89,7 @@ class FitData:
         self.x, self.y, self.w = x, y, w
         self.k, self.total_weight, self.from_probs = k, total_weight, from_probs
         self.n = int(x.shape[0])
-        self.partitioned = is_dask(x, y, w)
+        self.partitioned = partitioned(x, y, w)
 
     def take(self, rows: np.ndarray) -> FitData:
         """The rows selected by the boolean mask ``rows`` (in-memory arrays)."""
@@ -164,7 +164,7 @@ def _check_block(x: Any, y: Any, w: Any, *, k: int, from_probs: bool) -> np.ndar
 
 def _host(x: Any, arg: str) -> Any:
     """``x`` as a NumPy array (a view where possible), or as is when partitioned."""
-    if is_dask(x):
+    if partitioned(x):
         return x
     xp = namespace(x)
     arr = as_array(x, arg, xp)
@@ -204,7 +204,7 @@ def fit_data(logits: Any, y: Any, sample_weight: Any, *, from_probs: bool,
                                           Described(f"shape {tuple(labels.shape)}")))
     if labels.dtype.kind == "b":
         labels = labels.astype(np.int64)
-    if not is_dask(labels):
+    if not partitioned(labels):
         labels = labels.astype(np.intp, copy=False)
     w = None
     if sample_weight is not None:
@@ -264,15 +264,21 @@ def input_logits(logits: Any, from_probs: bool) -> tuple[Any, Any]:
     return xp, z
 
 
+def rowwise(fn: Callable[[Any], Any], z: Any) -> Any:
+    """``fn`` of ``z``, on each row block of a partitioned array (lazily)."""
+    return map_row_blocks(fn, z) if partitioned(z) else fn(z)
+
+
 def map_rows(fn: Callable[[np.ndarray], np.ndarray], z: Any, xp: Any) -> Any:
     """``fn`` (NumPy rows ``(r, K)`` → ``(r, K)``) applied to ``z`` of any array library, the
     result in ``z``'s library, dtype and device; partitioned arrays stay lazy, block by block."""
-    if is_dask(z):
-        z = z.rechunk({1: -1})
-        return z.map_blocks(lambda b: fn(np.asarray(b)).astype(b.dtype, copy=False),
-                            dtype=z.dtype)
-    host = np.asarray(to_numpy(z))
-    out = fn(host).astype(host.dtype, copy=False)
+    def rows(block: Any) -> np.ndarray:
+        host = np.asarray(block)
+        return fn(host).astype(host.dtype, copy=False)
+
+    if partitioned(z):
+        return map_row_blocks(rows, z)
+    out = rows(to_numpy(z))
     if is_numpy(xp):
         return out
     import array_api_compat
@@ -406,6 +412,9 @@ class Calibrator(Estimator):
             ``(N, K)`` logits of the input's array type, floating dtype and device.
         """
         xp, z = self._checked_input(logits)
+        if partitioned(z):  # the NumPy map on each row block, lazily
+            return map_row_blocks(lambda b: self._transform(np.asarray(b), np).astype(
+                b.dtype, copy=False), z)
         return self._transform(z, xp)
 
     def fit_transform(self, logits: Any, y: Any, sample_weight: Any = None) -> Any:
@@ -414,11 +423,11 @@ class Calibrator(Estimator):
 
     def predict_proba(self, logits: Any) -> Any:
         """Calibrated probabilities ``softmax(transform(logits))``, ``(N, K)``, input's type."""
-        return softmax(self.transform(logits), axis=-1)
+        return rowwise(lambda z: softmax(z, axis=-1), self.transform(logits))
 
     def predict_log_proba(self, logits: Any) -> Any:
         """``log_softmax(transform(logits))``, exact where the probability underflows."""
-        return log_softmax(self.transform(logits), axis=-1)
+        return rowwise(lambda z: log_softmax(z, axis=-1), self.transform(logits))
 
     def predict(self, logits: Any) -> Any:
         """The most probable class of each row after calibration, ``(N,)``, input's type."""

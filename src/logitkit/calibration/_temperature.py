@@ -12,7 +12,7 @@ import numpy as np
 
 from .._core import softmax
 from .._namespace import LogitkitTypeError, LogitkitValueError, check_int, check_number, expected
-from ._base import CalibrationWarning, Calibrator, FitData, expand_rows
+from ._base import CalibrationWarning, Calibrator, FitData, expand_rows, rowwise
 from ._blocks import row_sums
 from ._nll_sums import nll_sums
 
@@ -248,7 +248,8 @@ class TemperatureScaler(Calibrator):
             ``(N, K)`` probabilities of the input's array type.
         """
         _, z = self._checked_input(logits)
-        return softmax(z, axis=-1, temperature=self.temperature_)
+        t = self.temperature_
+        return rowwise(lambda rows: softmax(rows, axis=-1, temperature=t), z)
 
 
 def _newton(

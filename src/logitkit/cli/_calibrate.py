@@ -146,7 +146,7 @@ def evaluate(logits: np.ndarray, y: np.ndarray, temperature: float, n_bins: int,
         return evaluate_on_cluster(logits, y, temperature, n_bins, binning)
     from .. import softmax
     from ..calibration import CalibrationStats
-    from ..calibration._binning import uniform_edges
+    from ..calibration._binning import edges_of, uniform_edges
     from ..calibration._nll_sums import _nll_derivatives
 
     n, k = logits.shape
@@ -158,9 +158,7 @@ def evaluate(logits: np.ndarray, y: np.ndarray, temperature: float, n_bins: int,
 
     if binning == "quantile":
         conf = np.concatenate([probs(s).max(axis=1) for s in range(0, n, rows)])
-        idx = [-(-b * n // n_bins) - 1 for b in range(1, n_bins)]
-        inner = np.sort(conf)[idx] if idx else np.empty(0)
-        edges = np.unique(np.concatenate([[0.0], inner, [1.0]]))
+        edges = np.unique(edges_of(conf, n_bins, "quantile"))
     else:
         edges = uniform_edges(n_bins)
     stats = CalibrationStats(edges=edges)
