@@ -18,8 +18,9 @@ the best single method.
 
 ``speed``: one calibration set of ``--n`` rows and ``--k`` classes (float32 logits of a model
 three times too confident, with class biases), every parametric method fitted by logitkit and
-by every peer side by side; prints each fit's seconds, the peer's time over logitkit's, and the
-test NLL of each fit (so a fast fit that stops early shows).  A peer whose memory need is out of
+by every peer side by side (each peer in a spawned child, stopped after ``--cap`` seconds);
+prints each fit's seconds, the peer's time over logitkit's, and the test NLL of each fit (so a
+fast fit that stops early shows).  A peer whose memory need is out of
 reach (dirichletcal forms an ``N × (K+1) × (K+1)`` array) is skipped with the reason.
 
 Peers come from ``pip install -e ".[bench]"``; a missing peer is reported and skipped.  On
@@ -330,6 +331,35 @@ def _timed(fit: Fit, z: np.ndarray, y: np.ndarray) -> tuple[float, Callable | No
     return time.perf_counter() - t0, predict, ""
 
 
+def _peer_child(method: str, peer: str, n: int, k: int, conn: Any) -> None:
+    """In a fresh (spawned) process: rebuild the speed data and time one peer's fit."""
+    warnings.filterwarnings("ignore")
+    z, y, zt, yt = _speed_data(n, k)
+    t, predict, why = _timed(METHODS[method][1][peer], z, y)
+    conn.send((t, None if predict is None else _scores(predict(zt), yt), why))
+
+
+def _capped(method: str, peer: str, n: int, k: int,
+            cap: float) -> tuple[float, dict[str, float] | None, str]:
+    """A peer's fit in a spawned child, stopped after ``cap`` seconds: ``(seconds, test scores
+    or None, why)``.  Some peers take hours on large inputs (netcal's 1000 epochs); a fork is
+    unsafe once OpenMP runs, so the child rebuilds the (seeded) data itself."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_peer_child, args=(method, peer, n, k, child))
+    t0 = time.perf_counter()
+    proc.start()
+    if parent.poll(cap):
+        out = parent.recv()
+        proc.join()
+        return out
+    proc.terminate()
+    proc.join()
+    return time.perf_counter() - t0, None, f"stopped after {cap:.0f} s"
+
+
 def _applies(method: str, peer: str, k: int) -> bool:
     return not ((k == 2 and (method, peer) in MULTICLASS_ONLY)
                 or (k > 2 and (method, peer) in BINARY_ONLY))
@@ -384,12 +414,16 @@ def quality(methods: list[str]) -> None:
               f"{best:.4f}, ratio {s['nll'] / best:.3f}); uncalibrated {base['nll']:.4f}\n")
 
 
-def speed(n: int, k: int, methods: list[str], repeat: int) -> None:
+def _speed_data(n: int, k: int) -> Split:
     rng = np.random.default_rng(0)
     true = rng.normal(size=(n + 20000, k)) * 1.5
     y_all = _draw(true, rng)
     z_all = (3.0 * true + rng.normal(size=k) * 0.5).astype(np.float32)
-    z, y, zt, yt = z_all[:n], y_all[:n], z_all[n:], y_all[n:]
+    return z_all[:n], y_all[:n], z_all[n:], y_all[n:]
+
+
+def speed(n: int, k: int, methods: list[str], repeat: int, cap: float) -> None:
+    z, y, zt, yt = _speed_data(n, k)
     # warm the kernels and the imports up on a small fit
     for method in methods:
         METHODS[method][0](z[:500], y[:500])
@@ -406,19 +440,20 @@ def speed(n: int, k: int, methods: list[str], repeat: int) -> None:
         t_ours = min(times)
         nll_ours = _scores(predict(zt), yt)["nll"]
         print(f"  {method:18s} {t_ours:10.3f} {nll_ours:9.4f} |")
-        for peer, fit in peers.items():
+        for peer in peers:
             if not _applies(method, peer, k):
                 continue
             if peer == "dirichletcal" and n * (k + 1) ** 2 * 8 > 2 * 2**30:
                 print(f"  {'':18s} {'':10s} {'':9s} | {peer:>12s} skipped: needs an "
                       f"N x (K+1)^2 float64 array ({n * (k + 1) ** 2 * 8 / 2**30:.1f} GiB)")
                 continue
-            t, pp, why = _timed(fit, z, y)
-            if pp is None:
-                print(f"  {'':18s} {'':10s} {'':9s} | {peer:>12s} {why}")
+            t, scores, why = _capped(method, peer, n, k, cap)
+            if scores is None:
+                print(f"  {'':18s} {'':10s} {'':9s} | {peer:>12s} {why}"
+                      + (f" ({t / t_ours:.0f}x ours and more)" if why.startswith("stopped")
+                         else ""), flush=True)
                 continue
-            nll_p = _scores(pp(zt), yt)["nll"]
-            print(f"  {'':18s} {'':10s} {'':9s} | {peer:>12s} {t:8.2f} {nll_p:9.4f} "
+            print(f"  {'':18s} {'':10s} {'':9s} | {peer:>12s} {t:8.2f} {scores['nll']:9.4f} "
                   f"{t / t_ours:9.1f}", flush=True)
 
 
@@ -429,6 +464,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--cap", type=float, default=300.0,
+                        help="seconds after which a peer's fit is stopped (speed only)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     if args.part == "quality":
@@ -436,7 +473,7 @@ def main() -> None:
     else:
         parametric = ["temperature", "vector", "structured-vector", "beta", "dirichlet",
                       "structured", "matrix"]
-        speed(args.n, args.k, args.methods or parametric, args.repeat)
+        speed(args.n, args.k, args.methods or parametric, args.repeat, args.cap)
 
 
 if __name__ == "__main__":

@@ -126,22 +126,39 @@ def beta_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, free: np.ndarray,
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         lp, l1mp = beta_logs(x[start:stop], from_probs)
+        nl = np.negative(l1mp, out=l1mp)  # the second feature, −log(1 − p)
         t = _targets(np.asarray(y[start:stop]), k)
-        feats = np.stack([lp, -l1mp, np.ones_like(lp)], axis=2)  # (r, C, 3)
-        s = lp * th[:, 0] - l1mp * th[:, 1] + th[:, 2]
+        s = lp * th[:, 0]
+        s += nl * th[:, 1]
+        s += th[:, 2]
         # softplus(s) and σ(s) from one exponential: e = exp(−|s|)
         e = np.exp(-np.abs(s))
-        loss = np.maximum(s, 0.0) + np.log1p(e) - t * s
-        q = np.where(s >= 0, 1.0, e) / (1.0 + e)
+        loss = np.maximum(s, 0.0)
+        loss += np.log1p(e)
+        loss -= t * s
+        q = np.where(s >= 0, 1.0, e)
+        q /= 1.0 + e
         resid = q - t
         curv = q * (1.0 - q)
         if w is not None:
             wc = np.asarray(w[start:stop], dtype=np.float64)[:, None]
-            loss, resid, curv = loss * wc, resid * wc, curv * wc
+            loss *= wc
+            resid *= wc
+            curv *= wc
         f += loss.sum(axis=0)
-        fc = feats.transpose(1, 2, 0)  # (C, 3, r): per class, one batched product each
-        g += np.matmul(fc, resid.T[:, :, None])[:, :, 0]
-        h += np.matmul(fc * curv.T[:, None, :], feats.transpose(1, 0, 2))
+        # gradient and Hessian in (a, b, c): sums over rows of products with the features
+        g[:, 0] += np.einsum("rc,rc->c", resid, lp)
+        g[:, 1] += np.einsum("rc,rc->c", resid, nl)
+        g[:, 2] += resid.sum(axis=0)
+        c_lp = curv * lp
+        c_nl = curv * nl
+        h[:, 0, 0] += np.einsum("rc,rc->c", c_lp, lp)
+        h[:, 0, 1] += np.einsum("rc,rc->c", c_lp, nl)
+        h[:, 1, 1] += np.einsum("rc,rc->c", c_nl, nl)
+        h[:, 0, 2] += c_lp.sum(axis=0)
+        h[:, 1, 2] += c_nl.sum(axis=0)
+        h[:, 2, 2] += curv.sum(axis=0)
+    h[:, 1, 0], h[:, 2, 0], h[:, 2, 1] = h[:, 0, 1], h[:, 0, 2], h[:, 1, 2]
     return f, g * free, h * free[:, :, None] * free[:, None, :]
 
 
