@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -131,22 +132,29 @@ def test_a_failing_candidate_is_reported_and_never_chosen():
     assert sel.best_ != "vector"
 
 
-def test_folds_start_from_the_fit_on_all_rows_and_progress_is_reported():
-    z, y = make(n=800, k=3, seed=12)
+def test_fold_fits_never_see_their_held_out_rows_and_progress_is_reported():
+    # regression: folds warm-started from the fit on all rows stopped next to it where the
+    # optimum is flat (unpenalised matrix scaling of a few hundred rows), so the held-out
+    # rows leaked into their own scores and select chose that map (test NLL 0.30 vs 0.075)
+    rng = np.random.default_rng(12)
+    y = rng.integers(0, 10, 300)
+    z = np.eye(10)[y] * 8.0 + rng.normal(size=(300, 10)) * 2.0
     calls = []
-    sel = select(z, y, methods=["matrix", "dirichlet"], random_state=0,
+    sel = select(z, y, methods=["matrix"], random_state=0,
                  progress=lambda done, total, method: calls.append((done, total, method)))
-    assert [c[0] for c in calls] == list(range(1, 25)) and {c[1] for c in calls} == {24}
-    assert [c[2] for c in calls[::6]] == ["none", "temperature", "dirichlet", "matrix"]
-    for method in ("dirichlet", "matrix"):
-        cold = [type(c)(**c.get_params()).fit(z[sel.folds_ != f], y[sel.folds_ != f])
-                for f, c in enumerate(sel.fold_calibrators_[method])]
-        warm = sel.fold_calibrators_[method]
-        assert sum(c.n_iter_ for c in warm) <= sum(c.n_iter_ for c in cold)
-        for a, b in zip(warm, cold, strict=True):
-            assert abs(a.objective_ - b.objective_) < 1e-9
-    # the returned calibrator is the candidate's fit on all rows, not a refit
-    assert sel.calibrator_.n_classes_ == 3
+    assert [c[0] for c in calls] == list(range(1, 17)) and {c[1] for c in calls} == {16}
+    assert [c[2] for c in calls[:-1:5]] == ["none", "temperature", "matrix"]
+    for f, fitted in enumerate(sel.fold_calibrators_["matrix"]):
+        alone = type(fitted)(**fitted.get_params())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            alone.fit(z[sel.folds_ != f], y[sel.folds_ != f])
+        assert np.array_equal(alone.transform(z), fitted.transform(z))
+    direct = type(sel.calibrator_)(**sel.calibrator_.get_params())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        direct.fit(z, y)
+    assert np.array_equal(direct.transform(z), sel.calibrator_.transform(z))
 
 
 def test_scoring_random_state_and_json():
