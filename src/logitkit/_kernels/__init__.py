@@ -1,35 +1,37 @@
-"""Fused CPU kernels for NumPy input (numba), chosen automatically when they apply.
+"""Fused native CPU kernels for NumPy input (C++17, nanobind), chosen automatically when they apply.
 
 Each ``*_fast`` entry point returns ``None`` when the fast path does not apply to its arguments (a
-backend other than NumPy or a CPU torch tensor, an unsupported dtype or option, numba missing, or
+backend other than NumPy or a CPU torch tensor, an unsupported dtype or option, the extension missing, or
 the fast path turned off), and the caller then takes the generic array-API path, which computes
 the same values (within the accuracy bounds of DESIGN §7) and raises the errors for bad input.
 
-Turning the fast path off, for comparison or debugging:
+The kernels are compiled ahead of time when logitkit is installed (``_native``, built from
+``csrc/`` by scikit-build-core), once per SIMD target, and the widest target the CPU runs is
+chosen when the extension is first imported: the first call of each kernel costs nothing more
+than the next.  They release the GIL and run on a small pool of threads of their own, which is
+re-created in the child of a ``fork`` and left alone for small inputs (see ``csrc/pool.cpp``).
+
+Turning the fast path off, for comparison or debugging (the public faces of these switches are
+in :mod:`logitkit.config`):
 
 * ``LOGITKIT_DISABLE_KERNELS=1`` in the environment (read on every call),
-* ``logitkit._kernels.set_fast_path(False)`` for the whole process,
-* ``with logitkit._kernels.fast_path(False): ...`` for a block (a context variable: it applies to
-  the current thread or task only, and overrides the two above).
+* ``set_fast_path(False)`` for the whole process,
+* ``with fast_path(False): ...`` for a block (a context variable: it applies to the current
+  thread or task only, and overrides the two above).
 
 Large outputs (4 MiB and more) are recycled once every array viewing them is freed, so that a
 loop of calls does not pay the OS's page faults on each one (:mod:`._buffers`, which says how
 this is bounded); ``LOGITKIT_BUFFER_CACHE=0`` or ``set_buffer_cache(0)`` turns that off and
 :func:`release_buffers` gives the pooled memory back now.
-
-numba is imported, and the kernels compiled (or loaded from numba's on-disk cache), the first time
-a kernel is needed, never at ``import logitkit``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib.util
 import math
 import numbers
 import os
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,27 +47,63 @@ __all__ = [
     "fast_path_enabled",
     "log_softmax_fast",
     "logsumexp_fast",
+    "native",
+    "num_threads",
     "release_buffers",
     "set_buffer_cache",
     "set_fast_path",
+    "set_num_threads",
+    "simd_target",
     "softmax_fast",
 ]
 
 _override: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
     "logitkit_fast_path", default=None)
 _process_default: list[bool] = [True]
-_numba_available: list[bool | None] = [None]
+_native_module: list[Any] = []
 
-#: Rows shorter than this are never split across threads.
-_SPLIT_MIN_K = 16384
-#: Inputs with fewer elements than this run on the calling thread: waking numba's thread pool
-#: costs more than the work (and far more when the machine is busy).
-_PARALLEL_MIN_SIZE = 1 << 16
+SOFTMAX, LOG_SOFTMAX, LSE = 0, 1, 2
+
+
+def native() -> Any:
+    """The compiled extension (``logitkit._kernels._native``), or None where it is missing (a
+    checkout that was never installed); imported on first use, not at ``import logitkit``."""
+    if not _native_module:
+        try:
+            from . import _native as mod  # type: ignore[attr-defined]
+        except ImportError:  # pragma: no cover - every install builds it
+            mod = None
+        _native_module.append(mod)
+    return _native_module[0]
 
 
 def set_fast_path(enabled: bool) -> None:
-    """Turn the numba fast path on or off for the whole process (it is on by default)."""
+    """Turn the kernels on or off for the whole process (they are on by default)."""
     _process_default[0] = bool(enabled)
+
+
+def num_threads() -> int:
+    """Threads a kernel may use, the calling thread included (``LOGITKIT_NUM_THREADS``, read when
+    the extension is imported, else the CPUs this process may run on); 1 without the kernels."""
+    mod = native()
+    return 1 if mod is None else int(mod.num_threads())
+
+
+def set_num_threads(n: int) -> None:
+    """Let the kernels use at most ``n`` threads (0: as many as CPUs this process may run on)."""
+    from .._namespace import check_int
+
+    n = check_int(n, "n", low=0, what="a non-negative int")
+    mod = native()
+    if mod is not None:
+        mod.set_num_threads(n)
+
+
+def simd_target() -> str | None:
+    """The instruction set the kernels run with (``"avx512"``, ``"avx2"`` or ``"baseline"``),
+    None without the kernels.  ``LOGITKIT_SIMD`` asks for a narrower one."""
+    mod = native()
+    return None if mod is None else str(mod.target())
 
 
 @contextlib.contextmanager
@@ -90,7 +128,7 @@ def fast_path(enabled: bool) -> Iterator[None]:
 
 
 def fast_path_enabled() -> bool:
-    """Whether the fast path would be tried now (the switches above, and numba installed)."""
+    """Whether the kernels would be tried now (the switches above, and the extension built)."""
     forced = _override.get()
     if forced is False:
         return False
@@ -100,9 +138,7 @@ def fast_path_enabled() -> bool:
         if os.environ.get("LOGITKIT_DISABLE_KERNELS", "").strip().lower() in {"1", "true", "yes",
                                                                              "on"}:
             return False
-    if _numba_available[0] is None:
-        _numba_available[0] = importlib.util.find_spec("numba") is not None
-    return bool(_numba_available[0])
+    return native() is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,57 +235,6 @@ class _Plan:
         return np.ascontiguousarray(wb).reshape(self.outer, self.k, self.inner), True
 
 
-def _ro(a: np.ndarray) -> np.ndarray:
-    """A read-only view: every input reaches the kernels with the same numba type (one compiled
-    specialisation per dtype, whether or not the caller's array is writeable)."""
-    v = a.view()
-    v.flags.writeable = False
-    return v
-
-
-def _kernels() -> Any:
-    from . import _rows
-
-    return _rows
-
-
-def _threads() -> int:
-    import numba
-
-    return int(numba.get_num_threads())
-
-
-#: numba threading layers that take parallel launches from several Python threads at once.
-_THREADSAFE_LAYERS = frozenset({"omp", "tbb"})
-_layer_threadsafe: list[bool | None] = [None]
-_launch_lock = threading.Lock()
-
-
-def _launch(kernel: Any, *args: Any) -> Any:
-    """Run a parallel kernel, one launch at a time unless numba's threading layer allows more.
-
-    numba's ``workqueue`` layer (the one every install has: ``omp`` and ``tbb`` need their
-    runtimes, and macOS has neither by default) aborts the whole process when two Python
-    threads launch parallel kernels at once, as a Dask thread pool or a server's worker
-    threads do.  Under it, and until the first launch has told which layer numba loaded,
-    launches take a lock; each kernel already uses every core, so little is lost.
-    """
-    if _layer_threadsafe[0]:
-        return kernel(*args)
-    with _launch_lock:
-        result = kernel(*args)
-        if _layer_threadsafe[0] is None:
-            import numba
-
-            _layer_threadsafe[0] = numba.threading_layer() in _THREADSAFE_LAYERS
-    return result
-
-
-def _parallel(size: int, threads: int) -> bool:
-    """Whether an input of ``size`` elements is worth numba's thread pool."""
-    return threads > 1 and size >= _PARALLEL_MIN_SIZE
-
-
 # --------------------------------------------------------------------------------------------
 # torch CPU tensors: zero-copy NumPy views
 # --------------------------------------------------------------------------------------------
@@ -330,9 +315,8 @@ def _normalise_fast(x: Any, mode: int, *, axis: Any, temperature: Any, where: An
     mask = plan.mask(where)
     if mask is None or (plan.inner > 1 and cap > 0):
         return None
-    k = _kernels()
     out = _empty(plan.x.shape, plan.x.dtype, like=plan.x)
-    special = _run(k, plan, mask, cap, inv_t, mode, out)
+    special = _run(plan, mask, cap, inv_t, mode, out)
     if special.any():
         _fix_special(plan, special, out, mode, where=where, temperature=temperature,
                      softcap=softcap)
@@ -346,35 +330,22 @@ def _torch_dtype_to_numpy(dtype: Any) -> Any:
         return object
 
 
-def _run(k: Any, plan: _Plan, mask: tuple[np.ndarray, bool], cap: Any, inv_t: Any, mode: int,
-         out: np.ndarray) -> np.ndarray:
-    """Run the right kernel; returns the ``special`` flags, fills ``out`` (and returns lse)."""
+def _run(plan: _Plan, mask: tuple[np.ndarray, bool], cap: Any, inv_t: Any, mode: int,
+         out: np.ndarray | None) -> np.ndarray:
+    """Run the rows or the strided kernel; returns the ``special`` flags, fills ``out`` (None
+    for logsumexp) and ``plan.lse``."""
     m, has_mask = mask
+    mod = native()
     if plan.inner == 1:
-        x2 = plan.x.reshape(plan.outer, plan.k)
-        o2 = out.reshape(plan.outer, plan.k) if out.size else np.empty((1, 1), plan.x.dtype)
         lse = np.empty(plan.outer, dtype=np.float64)
         special = np.zeros(plan.outer, dtype=np.bool_)
-        threads = _threads()
-        if not _parallel(plan.x.size, threads):
-            k.rows_serial(_ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special, 1)
-        elif plan.outer < threads and plan.k >= _SPLIT_MIN_K:
-            parts = -(-2 * threads // plan.outer)
-            _launch(k.rows_split, _ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special,
-                    parts)
-        else:
-            _launch(k.rows, _ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special,
-                    threads)
+        mod.rows(plan.x.reshape(plan.outer, plan.k),
+                 None if out is None else out.reshape(plan.outer, plan.k), lse, special,
+                 m if has_mask else None, float(cap), float(inv_t), mode)
     else:
-        m3 = m if has_mask else np.ones((1, 1, 1), dtype=np.bool_)
-        o3 = out if out.size else np.empty((1, 1, 1), plan.x.dtype)
         lse = np.empty((plan.outer, plan.inner), dtype=np.float64)
         special = np.zeros((plan.outer, plan.inner), dtype=np.bool_)
-        args = (_ro(plan.x), _ro(m3), has_mask, inv_t, mode, o3, lse, special)
-        if _parallel(plan.x.size, _threads()):
-            _launch(k.strided, *args)
-        else:
-            k.strided_serial(*args)
+        mod.strided(plan.x, out, lse, special, m if has_mask else None, float(inv_t), mode)
     plan.lse = lse  # type: ignore[attr-defined]
     return special
 
@@ -412,7 +383,7 @@ def _fix_special(plan: _Plan, special: np.ndarray, out: np.ndarray, mode: int, *
     from .. import _core
 
     idx, xs, ws = _special_rows(plan, special, where)
-    fn = _core.softmax if mode == 0 else _core.log_softmax
+    fn = _core.softmax if mode == SOFTMAX else _core.log_softmax
     with fast_path(False):
         fixed = fn(xs, axis=-1, temperature=temperature, where=ws, softcap=softcap)
     if plan.inner == 1:
@@ -423,12 +394,12 @@ def _fix_special(plan: _Plan, special: np.ndarray, out: np.ndarray, mode: int, *
 
 def softmax_fast(x: Any, /, **options: Any) -> Any:
     """:func:`logitkit.softmax` by the fused kernel, or ``None`` when it does not apply."""
-    return _normalise_fast(x, 0, **options)
+    return _normalise_fast(x, SOFTMAX, **options)
 
 
 def log_softmax_fast(x: Any, /, **options: Any) -> Any:
     """:func:`logitkit.log_softmax` by the fused kernel, or ``None`` when it does not apply."""
-    return _normalise_fast(x, 1, **options)
+    return _normalise_fast(x, LOG_SOFTMAX, **options)
 
 
 def logsumexp_fast(x: Any, /, *, axis: Any, b: Any, where: Any, keepdims: Any, return_sign: Any,
@@ -452,9 +423,7 @@ def logsumexp_fast(x: Any, /, *, axis: Any, b: Any, where: Any, keepdims: Any, r
     mask = plan.mask(where)
     if mask is None:
         return None
-    k = _kernels()
-    one = xa.dtype.type(1.0)
-    special = _run(k, plan, mask, xa.dtype.type(0.0), one, 2, np.empty((0,) * 3, xa.dtype))
+    special = _run(plan, mask, 0.0, 1.0, LSE, None)
     lse = plan.lse  # type: ignore[attr-defined]
     if special.any():
         from .. import _core
@@ -484,10 +453,8 @@ def cross_entropy_with_grad_fast(logits: Any, target: Any, /, **options: Any) ->
     """
     if not fast_path_enabled():
         return None
-    try:
-        from . import _ce
-    except ImportError:  # work in progress
-        return None
+    from . import _ce
+
     return _ce.cross_entropy_with_grad(logits, target, **options)
 
 

@@ -1,325 +1,39 @@
-"""The fused cross-entropy with its gradient: loss and ``∂loss/∂logits`` in one pass per row.
+"""The fused cross-entropy with its gradient: the Python side of the native kernel (``csrc/ce.cpp``).
 
 Per row (class axis last, ``z = softcap(x)/T``, masked classes excluded, ``W_c = w_c·y_c`` the
-weighted smoothed target): pass 1 is the online ``(max, rest, n_top)`` of the softmax kernels;
-pass 2 writes, once, ``g_c = s·([coef·p_c − W_c]/T·softcap'(x_c) + λx_c)`` with
-``coef = Σ_c W_c + 2 c_z lse`` and ``s`` the reduction's scale, and accumulates the cross term
-``Σ_c W_c (z_c − max)`` of the loss ``Σ_c W_c lse − Σ_c W_c z_c + c_z lse² + (λ/2)‖x‖²`` in float64.
-Each gradient element is written after its logit was read, so the gradient may overwrite the
-logits (``out=logits``).  Rows that do not count (ignored label, every class masked) get a zero
-gradient and loss; rows with a NaN, a +inf or nothing finite are flagged and left untouched for
-the dispatcher, which recomputes them with the generic path.
+weighted smoothed target) the kernel computes the loss ``Σ_c W_c lse − Σ_c W_c z_c + c_z lse² +
+(λ/2)‖x‖²`` and writes, once, the gradient ``g_c = s·([coef·p_c − W_c]/T·softcap'(x_c) + λx_c)``
+with ``coef = Σ_c W_c + 2 c_z lse`` and ``s`` the reduction's scale.  The gradient may overwrite
+the logits (``out=logits``).  Rows that do not count (ignored label, every class masked) get a
+zero gradient and loss; rows the kernel flags (a NaN, a +inf, nothing finite, a label outside
+``[0, K)``, values that would overflow) are left untouched, and recomputed here by the generic
+path.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
-import numba
 import numpy as np
-from numba import prange
-from numba.extending import register_jitable
-
-from ._exp import as_like, max_of, vexp
-from ._rows import (
-    _FAST,
-    _OPTS,
-    _POPTS,
-    BLOCK_BYTES,
-    CHUNK,
-    MAX_BLOCK_ROWS,
-    STORE_EXP,
-    STORE_EXP_IN_PLACE,
-    STORE_NOTHING,
-    _chunk_stats,
-    _softcap,
-    block_logs,
-    log1p_sum,
-    sum_exp,
-)
 
 
-@numba.njit(**_OPTS)
-def _row_stats(src: Any, mr: Any, has_mask: bool, inv_t: Any,
-               scratch: Any) -> tuple[Any, float, float]:
-    m = as_like(-np.inf, inv_t)
-    rest = 0.0
-    n_top = 0.0
-    k = src.size
-    for c0 in range(0, k, CHUNK):
-        c1 = min(c0 + CHUNK, k)
-        mc = mr[c0:c1] if has_mask else mr
-        m, rest, n_top = _chunk_stats(src[c0:c1], mc, has_mask, inv_t, m, rest, n_top, False,
-                                      scratch)
-        if rest != rest:
-            break
-    return m, rest, n_top
+def _call(x: np.ndarray, out: np.ndarray | None, *, labels: np.ndarray | None,
+          probs: np.ndarray | None, mask: np.ndarray | None, weight: np.ndarray | None,
+          counted: np.ndarray, scales: np.ndarray, eps: float, cz: float, lam: float, cap: float,
+          inv_t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Run the kernel over the rows of ``x`` (N, K); returns ``(loss, lse, coef, special)``."""
+    from . import native
 
-
-@numba.njit(**_OPTS)
-def _ce_plain_block(x: Any, out: Any, labels: Any, counted: Any, cz: float, inv_t: Any,
-                    scales: Any, write: bool, in_place: bool, loss: Any, lse_out: Any,
-                    coef_out: Any, special: Any, i0: int, i1: int) -> None:
-    """Rows ``i0:i1`` of :func:`ce_rows` with integer labels and no option but ``z_loss`` and
-    the temperature, a block of rows at a time as the softmax kernel's plain rows: (1) per row
-    the max, the label's logit and the exponential sum, the exponentials stored in the gradient
-    row, (2) the block's logs in one vectorised loop, (3) the loss and the gradient
-    ``(coef·p − y)/T · scale`` written by rescaling the stored exponentials.  Each row's logits
-    are read in (1) before its gradient row is written, so ``out`` may be the logits; with
-    ``in_place`` (1) reads them through ``out`` (``STORE_EXP_IN_PLACE``)."""
-    k = x.shape[1]
-    store = STORE_EXP_IN_PLACE if in_place else (STORE_EXP if write else STORE_NOTHING)
-    nb = max(1, min(MAX_BLOCK_ROWS, BLOCK_BYTES // (k * x.itemsize)))
-    ms = np.empty(nb, dtype=x.dtype)
-    dts = np.empty(nb, dtype=x.dtype)
-    rest = np.empty(nb)
-    top = np.empty(nb)
-    logs = np.zeros(nb)
-    zero = as_like(0.0, inv_t)
-    for r0 in range(i0, i1, nb):
-        r1 = min(r0 + nb, i1)
-        for i in range(r0, r1):
-            j = i - r0
-            ms[j] = zero
-            dts[j] = zero
-            rest[j] = 0.0
-            top[j] = 1.0
-            if not counted[i]:
-                continue
-            xr = x[i]
-            m = max_of(xr)
-            ms[j] = m
-            t = labels[min(i, labels.size - 1)]
-            if not 0 <= t < k:  # never index out of range: the generic path raises for it
-                rest[j] = math.nan
-            elif -np.inf < m < np.inf:
-                dts[j] = (xr[t] - m) * inv_t
-                rest[j], top[j] = sum_exp(xr, m, inv_t, out[min(i, out.shape[0] - 1)], store)
-            else:
-                rest[j] = math.nan  # +inf, NaN or nothing finite: the generic path's
-        block_logs(rest, top, logs, r1 - r0, inv_t)
-        for i in range(r0, r1):
-            j = i - r0
-            orow = out[min(i, out.shape[0] - 1)]
-            if not counted[i]:
-                if write:
-                    for c in range(k):
-                        orow[c] = zero
-                loss[i] = 0.0
-                lse_out[i] = 0.0
-                coef_out[i] = 0.0
-                continue
-            if rest[j] != rest[j]:
-                special[i] = True
-                continue
-            log_s = logs[j]
-            lse = float(ms[j]) * float(inv_t) + log_s
-            coef = 1.0 + 2.0 * cz * lse
-            lse_out[i] = lse
-            coef_out[i] = coef
-            d_t = dts[j]
-            loss[i] = log_s - float(d_t) + cz * lse * lse
-            if not write:
-                continue
-            g_scale = inv_t * scales[min(i, scales.size - 1)]
-            inv_s = 1.0 / (rest[j] + top[j])
-            cs = as_like(inv_s * coef * float(g_scale), inv_t)
-            for c in range(k):
-                orow[c] = orow[c] * cs
-            orow[labels[min(i, labels.size - 1)]] -= g_scale  # (coef·p_t − 1)/T · scale
-
-
-@numba.njit(**_OPTS)
-def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
-              has_mask: bool, weight: Any, has_weight: bool, counted: Any, eps: float, cz: float,
-              lam: float, cap: Any, inv_t: Any, scales: Any, write: bool,
-              loss: Any, lse_out: Any, coef_out: Any, special: Any, i0: int, i1: int) -> None:
-    """Rows ``i0:i1`` of :func:`ce_rows`."""
-    k = x.shape[1]
-    nm = mask.shape[0]
-    plain = not (is_prob or has_mask or has_weight or eps > 0.0 or lam > 0.0 or cap > 0)
-    # out = logits: each row's logits are read before its gradient is written, but reading and
-    # writing one memory through two arrays keeps LLVM from vectorising (its runtime overlap
-    # check fails), so both blocks read the row through one array there.
-    in_place = write and out.ctypes.data == x.ctypes.data
-    if plain:
-        _ce_plain_block(x, out, labels, counted, cz, inv_t, scales, write, in_place, loss,
-                        lse_out, coef_out, special, i0, i1)
-        return
-    # Every load in the row loop is unconditional and in bounds (a vectorisable loop cannot
-    # branch on the options): absent options read rows that change nothing, the all-true mask,
-    # unit weights and zero target probabilities.
-    ybuf = np.empty(k if cap > 0 else 1, dtype=x.dtype)
-    xbuf = np.empty(k if in_place else 1, dtype=x.dtype)
-    all_live = np.ones(1 if has_mask else k, dtype=np.bool_)
-    unit_w = np.ones(1 if has_weight else k, dtype=x.dtype)
-    no_q = np.zeros(1 if is_prob else k, dtype=x.dtype)
-    cap_inv = as_like(1.0 / cap if cap > 0 else 0.0, inv_t)
-    ninf = as_like(-np.inf, inv_t)
-    zero = as_like(0.0, inv_t)
-    for i in range(i0, i1):
-        xr = x[i]
-        orow = out[min(i, out.shape[0] - 1)]
-        if not counted[i]:
-            if write:
-                for c in range(k):
-                    orow[c] = 0
-            loss[i] = 0.0
-            lse_out[i] = 0.0
-            coef_out[i] = 0.0
-            continue
-        scale = scales[min(i, scales.size - 1)]
-        mr = mask[min(i, nm - 1)] if has_mask else all_live
-        wr = weight if has_weight else unit_w
-        qr = probs[i] if is_prob else no_q
-        if cap > 0:
-            _softcap(xr, mr, has_mask, cap, ybuf)
-            src = ybuf
-        else:
-            src = xr
-        t = labels[min(i, labels.size - 1)]
-        if not 0 <= t < k:  # never index out of range: the generic path raises for it
-            special[i] = True
-            continue
-        m, rest, n_top = _row_stats(src, mr, has_mask, inv_t, ybuf)
-        if not (-np.inf < m < np.inf) or rest != rest:
-            special[i] = True
-            continue
-        log_s = log1p_sum(rest, n_top)
-        lse = float(m) * float(inv_t) + log_s
-        inv_s = as_like(1.0 / (rest + n_top), inv_t)
-        wt = float(wr[t]) if not is_prob else 1.0
-
-        # Σ_c W_c, before the pass that needs it for the gradient's coefficient.
-        if has_mask:
-            kv = 0.0
-            for c in range(k):
-                kv += mr[c]
-        else:
-            kv = float(k)
-        share = eps / kv
-        if is_prob:
-            total = 0.0
-            for c in range(k):
-                total += float(wr[c]) * ((1.0 - eps) * float(qr[c]) + share * mr[c])
-        else:
-            sw = kv
-            if has_weight and eps > 0.0:
-                sw = 0.0
-                for c in range(k):
-                    sw += float(wr[c]) * mr[c]
-            total = (1.0 - eps) * wt + share * sw if eps > 0.0 else wt
-        coef = total + 2.0 * cz * lse
-        lse_out[i] = lse
-        coef_out[i] = coef
-
-        # The label's own term, −b_t·y_t, is left out of the row loop (no data-dependent branch
-        # there); its logit is read now, before the loop may overwrite it (``out`` = logits).
-        b_t = (1.0 - eps) * wt if not is_prob else 0.0
-        live_t = mr[t]
-        s_t = src[t]
-        terms = (m, inv_t, inv_s, 1.0 - eps, share, as_like(coef, inv_t), lam, cap_inv, cap > 0,
-                 scale, write)
-        if in_place:  # the row loop reads a copy of the logits (see in_place above)
-            for c in range(k):
-                xbuf[c] = xr[c]
-            cross, sq = _ce_row(xbuf, ybuf if cap > 0 else xbuf, mr, wr, qr, terms, orow)
-        else:
-            cross, sq = _ce_row(xr, src, mr, wr, qr, terms, orow)
-        if b_t > 0.0:
-            d_t = ((s_t if live_t else ninf) - m) * inv_t
-            cross += b_t * float(d_t)
-            if write and live_t:
-                th = s_t * cap_inv if cap > 0 else zero
-                orow[t] -= as_like(b_t, inv_t) * inv_t * (as_like(1.0, inv_t) - th * th) * scale
-        ce = total * log_s - cross
-        loss[i] = ce + cz * lse * lse + (0.5 * lam * sq if lam > 0.0 else 0.0)
-
-
-@register_jitable(fastmath=_FAST)
-def _ce_term(xv: Any, sv: Any, live: Any, wc: Any, qc: Any, m: Any, inv_t: Any, inv_s: Any,
-             keep: float, share: float, coef: Any, lam: float, cap_inv: Any,
-             capped: bool) -> tuple[float, float, Any]:
-    """One class of a row: ``(w_c·d_c, x_c², ∂/∂x_c before the row's scale)`` for the target
-    weight ``w_c = W_c·(keep·q_c + share)`` (the label's own weight is added by the caller).
-    Options enter as values that change nothing when absent; the selects keep a ±inf logit
-    from turning an absent option's ``0·x`` into NaN."""
-    zero = as_like(0.0, inv_t)
-    y = sv if live else as_like(-np.inf, inv_t)
-    d = (y - m) * inv_t
-    p = vexp(d) * inv_s
-    wgt = float(wc) * (keep * float(qc) + share * live)
-    dd = float(d) if wgt > 0.0 else 0.0  # 0·(−inf) = 0
-    xs = xv if live else zero
-    th = sv * cap_inv if capped else zero
-    g = (coef * p - as_like(wgt, inv_t)) * inv_t * (as_like(1.0, inv_t) - th * th)
-    g = g + as_like(lam, inv_t) * xs if lam > 0.0 else g
-    return wgt * dd, float(xs) * float(xs), g
-
-
-@numba.njit(**_OPTS)
-def _ce_row(xs: Any, src: Any, mr: Any, wr: Any, qr: Any, terms: Any,
-            orow: Any) -> tuple[float, float]:
-    """``(Σ w_c·d_c, Σ x_c²)`` over a row (:func:`_ce_term`); with ``write`` its gradient into
-    ``orow``, masked classes 0."""
-    m, inv_t, inv_s, keep, share, coef, lam, cap_inv, capped, scale, write = terms
-    zero = as_like(0.0, inv_t)
-    cross = 0.0
-    sq = 0.0
-    if write:
-        for c in range(xs.size):
-            ct, st, g = _ce_term(xs[c], src[c], mr[c], wr[c], qr[c], m, inv_t, inv_s, keep,
-                                 share, coef, lam, cap_inv, capped)
-            cross += ct
-            sq += st
-            orow[c] = g * scale if mr[c] else zero
-    else:
-        for c in range(xs.size):
-            ct, st, g = _ce_term(xs[c], src[c], mr[c], wr[c], qr[c], m, inv_t, inv_s, keep,
-                                 share, coef, lam, cap_inv, capped)
-            cross += ct
-            sq += st
-    return cross, sq
-
-
-@numba.njit(**_POPTS)
-def ce_rows(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any, has_mask: bool,
-            weight: Any, has_weight: bool, counted: Any, eps: float, cz: float, lam: float,
-            cap: Any, inv_t: Any, scales: Any, write: bool, loss: Any,
-            lse_out: Any, coef_out: Any, special: Any, threads: int) -> None:
-    """Per-row loss, lse and gradient coefficient; with ``write`` the gradient into ``out``,
-    scaled per row by ``scales`` (the reduction's factor times the upstream cotangent)."""
     n = x.shape[0]
-    nblocks = min(n, 8 * threads)
-    for b in prange(nblocks):
-        _ce_block(x, out, labels, probs, is_prob, mask, has_mask, weight, has_weight, counted,
-                  eps, cz, lam, cap, inv_t, scales, write, loss, lse_out, coef_out,
-                  special, b * n // nblocks, (b + 1) * n // nblocks)
-
-
-@numba.njit(**_OPTS)
-def ce_rows_serial(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: Any,
-                   has_mask: bool, weight: Any, has_weight: bool, counted: Any, eps: float,
-                   cz: float, lam: float, cap: Any, inv_t: Any, scales: Any, write: bool,
-                   loss: Any, lse_out: Any, coef_out: Any, special: Any,
-                   threads: int) -> None:
-    """:func:`ce_rows` on the calling thread only: for small inputs, where waking the thread
-    pool costs more than the work (``threads`` is ignored; same signature as :func:`ce_rows`)."""
-    _ce_block(x, out, labels, probs, is_prob, mask, has_mask, weight, has_weight, counted, eps,
-              cz, lam, cap, inv_t, scales, write, loss, lse_out, coef_out, special, 0,
-              x.shape[0])
-
-
-def _ce_kernel(x: np.ndarray) -> Any:
-    """:func:`ce_rows` (launched through :func:`.._launch`), or its serial twin for inputs too
-    small for the thread pool."""
-    from . import _launch, _parallel, _threads
-
-    if _parallel(x.size, _threads()):
-        return functools.partial(_launch, ce_rows)
-    return ce_rows_serial
+    loss = np.zeros(n, dtype=np.float64)
+    stat = np.zeros((2, n), dtype=np.float64)
+    special = np.zeros(n, dtype=np.bool_)
+    native().cross_entropy(
+        x=x, out=out, labels=labels, probs=probs, mask=mask, weight=weight, counted=counted,
+        scales=scales, label_smoothing=eps, z_loss=cz, logit_l2=lam, softcap=cap, inv_t=inv_t,
+        loss=loss, lse=stat[0], coef=stat[1], special=special)
+    return loss, stat[0], stat[1], special
 
 
 def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axis: Any = -1,
@@ -331,7 +45,7 @@ def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axi
 
     The arguments were validated by :func:`logitkit.cross_entropy_with_grad`.
     """
-    from . import _axis, _empty, _float_array, _inv_temperature, _Plan, _ro, _scalar, _threads
+    from . import _axis, _empty, _float_array, _inv_temperature, _Plan, _scalar
     from . import _softcap as _cap
 
     x = _float_array(logits)
@@ -363,18 +77,18 @@ def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axi
         if target.shape != x.shape:
             return None
         probs = np.ascontiguousarray(target.reshape(n, k), dtype=dt)
-        labels = np.zeros(1, dtype=np.int64)
+        labels = None
         keep = None
     elif target.dtype.kind in "iu":
         if target.size != n:
             return None
         # The kernels flag a label out of [0, K) for the generic path (which raises for it).
-        labels = target.reshape(n).astype(np.int64, copy=False)
+        labels = np.ascontiguousarray(target.reshape(n), dtype=np.int64)
         keep = None
         if ignore_index is not None:
             keep = labels != int(ignore_index)
             labels = np.where(keep, labels, 0)
-        probs = np.zeros((1, 1), dtype=dt)
+        probs = None
     else:
         return None
 
@@ -386,13 +100,13 @@ def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axi
         if w.shape != (k,):
             return None
     else:
-        w = np.ones(1, dtype=dt)
+        w = None
 
     counted = np.ones(n, dtype=np.bool_) if keep is None else keep
     if has_mask:
         alive = np.asarray(mask.any(axis=1))
         counted = counted & (alive if alive.size == n else bool(alive[0]))
-    if has_weight and not is_prob:
+    if w is not None and labels is not None:
         denom = float(np.sum(w[np.clip(labels, 0, k - 1)][counted], dtype=np.float64))
     elif keep is None and not has_mask:
         denom = float(n)
@@ -417,17 +131,13 @@ def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axi
             return None
         g = out.reshape(n, k)
 
-    loss_rows = np.zeros(n, dtype=np.float64)
-    special = np.zeros(n, dtype=np.bool_)
-    stat = np.empty((2, n), dtype=np.float64)
-    kernel = _ce_kernel(x2)
-    kernel(_ro(x2), g, _ro(labels), _ro(probs), is_prob, _ro(mask), has_mask, _ro(w), has_weight,
-           _ro(counted), eps, cz, lam, cap, inv_t, _ro(np.full(1, scale, dtype=dt)), True,
-           loss_rows, stat[0], stat[1], special, _threads())
+    loss_rows, _lse, _coef, special = _call(
+        x2, g, labels=labels, probs=probs, mask=mask if has_mask else None, weight=w,
+        counted=counted,
+        scales=np.full(1, scale), eps=eps, cz=cz, lam=lam, cap=float(cap), inv_t=float(inv_t))
 
     if special.any():
-        _fix_special(special, x2, g, target, labels if not is_prob else None, probs,
-                     mask if has_mask else None, n, scale, loss_rows,
+        _fix_special(special, x2, g, labels, probs, mask if has_mask else None, scale, loss_rows,
                      dict(ignore_index=None, weight=weight, label_smoothing=label_smoothing,
                           z_loss=z_loss, logit_l2=logit_l2, temperature=temperature,
                           softcap=softcap))
@@ -443,16 +153,16 @@ def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axi
     return loss, (out if out is not None else g.reshape(x.shape))
 
 
-def _fix_special(special: np.ndarray, x2: np.ndarray, g: np.ndarray, target: Any,
-                 labels: np.ndarray | None, probs: np.ndarray, mask: np.ndarray | None, n: int,
-                 scale: float, loss_rows: np.ndarray, options: dict[str, Any]) -> None:
+def _fix_special(special: np.ndarray, x2: np.ndarray, g: np.ndarray, labels: np.ndarray | None,
+                 probs: np.ndarray | None, mask: np.ndarray | None, scale: float,
+                 loss_rows: np.ndarray, options: dict[str, Any]) -> None:
     """Rows with a NaN, a +inf or nothing finite: the generic path, per row, then scaled."""
     from .. import losses
     from . import fast_path
 
     idx = np.flatnonzero(special)
     xs = np.array(x2[idx])
-    ts = labels[idx] if labels is not None else probs[idx]
+    ts = labels[idx] if labels is not None else probs[idx]  # type: ignore[index]
     ws = None
     if mask is not None:
         ws = np.array(np.broadcast_to(mask, x2.shape)[idx])
@@ -467,7 +177,7 @@ def _fix_special(special: np.ndarray, x2: np.ndarray, g: np.ndarray, target: Any
 # --------------------------------------------------------------------------------------------
 
 
-def _problem_arrays(pb: Any) -> tuple[Any, ...] | None:
+def _problem_arrays(pb: Any) -> dict[str, Any] | None:
     """Kernel arguments for a row-form problem of torch tensors (see ``_autodiff._ce_rows``)."""
     from . import _torch_view
 
@@ -484,26 +194,29 @@ def _problem_arrays(pb: Any) -> tuple[Any, ...] | None:
     inv_t = dt.type(1.0) / dt.type(temp)
     if not np.isfinite(inv_t):
         return None
-    cap = dt.type(0.0) if pb.softcap is None else dt.type(pb.softcap)
-    is_prob = pb.probs is not None
-    if is_prob:
+    args: dict[str, Any] = dict(
+        labels=None, probs=None, mask=None, weight=None, eps=float(pb.label_smoothing),
+        cz=float(pb.z_loss), lam=float(pb.logit_l2),
+        cap=0.0 if pb.softcap is None else float(dt.type(pb.softcap)), inv_t=float(inv_t))
+    if pb.probs is not None:
         probs = _torch_view(pb.probs.detach())
         if probs is None or probs.shape != x.shape or probs.dtype != dt:
             return None
-        labels = np.zeros(1, dtype=np.int64)
+        args["probs"] = probs
     else:
-        labels = np.ascontiguousarray(pb.labels.detach().cpu().numpy(), dtype=np.int64)
-        probs = np.zeros((1, 1), dtype=dt)
-    has_mask = pb.mask is not None
-    mask = np.ones((1, 1), dtype=np.bool_)
-    if has_mask:
-        mask = np.ascontiguousarray(pb.mask.detach().cpu().numpy())
-    has_weight = pb.weight is not None
-    w = np.ones(1, dtype=dt)
-    if has_weight:
-        w = np.ascontiguousarray(pb.weight.detach().cpu().numpy(), dtype=dt)
-    keep = None if pb.keep is None else pb.keep.detach().cpu().numpy()
-    return (x, labels, probs, is_prob, mask, has_mask, w, has_weight, keep, inv_t, cap)
+        args["labels"] = np.ascontiguousarray(pb.labels.detach().cpu().numpy(), dtype=np.int64)
+    if pb.mask is not None:
+        args["mask"] = np.ascontiguousarray(pb.mask.detach().cpu().numpy(), dtype=np.bool_)
+    if pb.weight is not None:
+        args["weight"] = np.ascontiguousarray(pb.weight.detach().cpu().numpy(), dtype=dt)
+    keep = None if pb.keep is None else pb.keep.detach().cpu().numpy().astype(np.bool_)
+    counted = np.ones(n, dtype=np.bool_) if keep is None else keep
+    if args["mask"] is not None:
+        counted = counted & args["mask"].any(axis=1)
+    if args["labels"] is not None:
+        args["labels"] = np.where(counted, args["labels"], 0)
+    args["counted"] = np.ascontiguousarray(counted)
+    return {"x": x, **args}
 
 
 def torch_forward(pb: Any) -> Any:
@@ -511,36 +224,23 @@ def torch_forward(pb: Any) -> Any:
     import torch
 
     from .._autodiff._ce_rows import RowStats
-    from . import _ro, _threads
 
     args = _problem_arrays(pb)
     if args is None:
         return None
-    x, labels, probs, is_prob, mask, has_mask, w, has_weight, keep, inv_t, cap = args
-    n, _k = x.shape
-    counted = np.ones(n, dtype=np.bool_) if keep is None else keep.astype(np.bool_)
-    if has_mask:
-        counted = counted & mask.any(axis=1)
-    labels_safe = labels if is_prob else np.where(counted, labels, 0)
-    loss = np.zeros(n, dtype=np.float64)
-    stat = np.zeros((2, n), dtype=np.float64)
-    special = np.zeros(n, dtype=np.bool_)
-    kernel = _ce_kernel(x)
-    kernel(_ro(x), np.empty((1, 1), dtype=x.dtype), _ro(labels_safe), _ro(probs), is_prob,
-           _ro(mask), has_mask, _ro(w), has_weight, _ro(counted), float(pb.label_smoothing),
-           float(pb.z_loss), float(pb.logit_l2), cap, inv_t, _ro(np.ones(1, dtype=x.dtype)), False,
-           loss, stat[0], stat[1], special, _threads())
+    x, counted, labels, w = args.pop("x"), args["counted"], args["labels"], args["weight"]
+    loss, lse, coef, special = _call(x, None, scales=np.ones(1), **args)
     if special.any():
         return None  # the generic forward defines NaN, +inf and all −inf rows
-    if has_weight and not is_prob:
-        denom = float(np.sum(np.where(counted, w[labels_safe], 0), dtype=np.float64))
+    if w is not None and labels is not None:
+        denom = float(np.sum(np.where(counted, w[labels], 0), dtype=np.float64))
     else:
         denom = float(np.count_nonzero(counted))
     dt = torch.float32 if x.dtype == np.float32 else torch.float64
     return RowStats(
         torch.from_numpy(loss).to(dt),
-        torch.from_numpy(stat[0]).to(dt)[:, None],
-        torch.from_numpy(stat[1]).to(dt)[:, None],
+        torch.from_numpy(lse).to(dt)[:, None],
+        torch.from_numpy(coef).to(dt)[:, None],
         torch.from_numpy(counted),
         torch.from_numpy(special),
         torch.tensor(denom, dtype=dt),
@@ -551,30 +251,22 @@ def torch_gradient(pb: Any, stats: Any, scale: Any) -> Any:
     """``∂/∂x`` of ``Σ_i scale_i · loss_i`` into one fresh tensor by the kernel, or ``None``."""
     import torch
 
-    from . import _empty, _ro, _threads
+    from . import _empty
 
     args = _problem_arrays(pb)
-    if args is None:
+    if args is None or bool(stats.special.any()):
         return None
-    x, labels, probs, is_prob, mask, has_mask, w, has_weight, _keep, inv_t, cap = args
-    n, _k = x.shape
-    counted = stats.counted.detach().cpu().numpy()
-    if bool(stats.special.any()):
-        return None
-    scales = np.ascontiguousarray(scale.detach().cpu().numpy().reshape(-1), dtype=x.dtype)
+    x = args.pop("x")
+    n = x.shape[0]
+    args["counted"] = np.ascontiguousarray(stats.counted.detach().cpu().numpy(), dtype=np.bool_)
+    if args["labels"] is not None:
+        args["labels"] = np.where(args["counted"], args["labels"], 0)
+    scales = np.ascontiguousarray(scale.detach().cpu().numpy().reshape(-1), dtype=np.float64)
     if scales.size not in (1, n):
         return None
-    labels_safe = labels if is_prob else np.where(counted, labels, 0)
     gv = _empty(tuple(pb.x.shape), x.dtype, like=x)
     g = torch.from_numpy(gv)
-    loss = np.zeros(n, dtype=np.float64)
-    stat = np.zeros((2, n), dtype=np.float64)
-    special = np.zeros(n, dtype=np.bool_)
-    kernel = _ce_kernel(x)
-    kernel(_ro(x), gv, _ro(labels_safe), _ro(probs), is_prob, _ro(mask), has_mask, _ro(w),
-           has_weight, _ro(np.ascontiguousarray(counted, dtype=np.bool_)),
-           float(pb.label_smoothing), float(pb.z_loss), float(pb.logit_l2), cap, inv_t,
-           _ro(scales), True, loss, stat[0], stat[1], special, _threads())
+    _loss, _lse, _coef, special = _call(x, gv.reshape(x.shape), scales=scales, **args)
     if special.any():
         return None
     return g
