@@ -44,7 +44,7 @@ template <class T> void zero_row(T* o, int64_t k) {
 
 // Integer labels and no option but the z-loss and the temperature.
 template <class T, bool WRITE>
-void plain_range(const CeProblem& P, int64_t r0, int64_t r1) {
+void plain_range(const CeProblem& P, int64_t r0, int64_t r1, bool stream) {
     const int64_t k = P.k;
     const T* x = static_cast<const T*>(P.x);
     T* out = static_cast<T*>(P.out);
@@ -54,6 +54,10 @@ void plain_range(const CeProblem& P, int64_t r0, int64_t r1) {
     nb = nb < 1 ? 1 : (nb > kMaxBlockRows ? kMaxBlockRows : nb);
     const int64_t nchunks = (k + kChunk - 1) / kChunk;
     double* chunk_m = static_cast<double*>(alloc<double>(nb * nchunks));
+    // Streaming (a large gradient, not in place): the exponentials go to a scratch block that
+    // stays in cache, and the gradient is streamed out from it.
+    stream = stream && WRITE && !in_place;
+    T* sbuf = stream ? static_cast<T*>(alloc<T>(nb * k)) : nullptr;
     double ms[kMaxBlockRows], sums[kMaxBlockRows], a[kMaxBlockRows], logs[kMaxBlockRows], xt[kMaxBlockRows];
     uint8_t state[kMaxBlockRows];  // 0 computed, 1 special, 2 not counted
     for (int64_t b0 = r0; b0 < r1; b0 += nb) {
@@ -82,7 +86,8 @@ void plain_range(const CeProblem& P, int64_t r0, int64_t r1) {
                     continue;
                 }
             }
-            Stats s = WRITE ? pass1<T, false, STORE_EXP>(xi, nullptr, k, inv_t, out + i * k, chunk_m + j * nchunks)
+            T* oi = stream ? sbuf + j * k : out + i * k;
+            Stats s = WRITE ? pass1<T, false, STORE_EXP>(xi, nullptr, k, inv_t, oi, chunk_m + j * nchunks)
                             : pass1<T, false, STORE_NONE>(xi, nullptr, k, inv_t, nullptr, chunk_m + j * nchunks);
             if (!s.special && inv_t < T(1)) s.special = shift_overflows<T, false>(xi, nullptr, k, s.m);
             // The same verdicts as the first read of an in-place row (one answer either way).
@@ -120,12 +125,19 @@ void plain_range(const CeProblem& P, int64_t r0, int64_t r1) {
             if (WRITE) {
                 double gs = static_cast<double>(inv_t) * scale_of<T>(P, i);
                 T* o = out + i * k;
-                pass2<T>(o, k, 0, nchunks, SOFTMAX, ms[j], P.inv_t, sums[j], 0.0, chunk_m + j * nchunks, coef * gs);
-                o[P.labels[i]] -= static_cast<T>(gs);  // (coef·p_t − 1)/T · s
+                if (stream) {
+                    pass2_stream<T>(sbuf + j * k, o, k, SOFTMAX, ms[j], P.inv_t, sums[j], 0.0,
+                                    chunk_m + j * nchunks, coef * gs, P.labels[i], static_cast<T>(gs));
+                } else {
+                    pass2<T>(o, k, 0, nchunks, SOFTMAX, ms[j], P.inv_t, sums[j], 0.0, chunk_m + j * nchunks, coef * gs);
+                    o[P.labels[i]] -= static_cast<T>(gs);  // (coef·p_t − 1)/T · s
+                }
             }
         }
     }
+    if (stream) stream_fence();
     std::free(chunk_m);
+    std::free(sbuf);
 }
 
 // Every option: masks, class weights, label smoothing, logit_l2, softcap, probability targets.
@@ -308,7 +320,10 @@ void ce_kernel(const CeProblem& P) {
     using Range = void (*)(const CeProblem&, int64_t, int64_t);
     Range range;
     if (plain) {
-        range = plain_range<T, WRITE>;
+        range = [](const CeProblem& p, int64_t r0, int64_t r1) {
+            const int64_t rb = p.k * static_cast<int64_t>(sizeof(T));
+            plain_range<T, WRITE>(p, r0, r1, p.n * rb >= kStreamBytes && rb <= kStreamRowBytes);
+        };
     } else {
 #define LK_CE_OPTIONS(M, Q, C) if (mask == M && prob == Q && cap == C) range = options_range<T, WRITE, M, Q, C>;
         range = nullptr;

@@ -106,7 +106,8 @@ int num_threads();
 void set_num_threads(int n);  // 0: the CPUs this process may run on
 double min_parallel_ns();
 void set_min_parallel_ns(double ns);
-int64_t pool_jobs();  // calls that ran on the pool so far (a counter for the tests)
+int64_t pool_jobs();          // calls that ran on the pool so far (counters for the tests)
+int64_t pool_helper_tasks();  // tasks that the pool's helper threads ran so far
 
 }  // namespace lk
 

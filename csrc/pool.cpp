@@ -64,6 +64,7 @@ std::atomic<Pool*> g_pool{nullptr};
 std::atomic<int> g_threads{0};           // 0: not decided yet
 std::atomic<double> g_min_ns{50000.0};  // work below this runs on the calling thread
 std::atomic<int64_t> g_jobs{0};         // jobs that ran on the pool (for the tests)
+std::atomic<int64_t> g_helper_tasks{0};  // tasks that helper threads ran (for the tests)
 
 int cpus_available() {
 #ifdef __linux__
@@ -88,10 +89,11 @@ int default_threads() {
     return n < kMaxThreads ? n : kMaxThreads;
 }
 
-void run_tasks(Job* j) {
-    for (;;) {
+int64_t run_tasks(Job* j) {
+    int64_t ran = 0;
+    for (;; ++ran) {
         int64_t i = j->next.fetch_add(1, std::memory_order_relaxed);
-        if (i >= j->ntasks) return;
+        if (i >= j->ntasks) return ran;
         j->fn(j->ctx, i);
         j->done.fetch_add(1, std::memory_order_release);
     }
@@ -109,7 +111,7 @@ void* worker(void* arg) {
         ++j->joined;
         ++j->active;
         pthread_mutex_unlock(&p->mu);
-        run_tasks(j);
+        g_helper_tasks.fetch_add(run_tasks(j), std::memory_order_relaxed);
         pthread_mutex_lock(&p->mu);
         if (--j->active == 0) pthread_cond_signal(&p->finished);
     }
@@ -179,6 +181,7 @@ void set_num_threads(int n) {
 }
 
 int64_t pool_jobs() { return g_jobs.load(std::memory_order_relaxed); }
+int64_t pool_helper_tasks() { return g_helper_tasks.load(std::memory_order_relaxed); }
 
 double min_parallel_ns() { return g_min_ns.load(std::memory_order_relaxed); }
 void set_min_parallel_ns(double ns) { g_min_ns.store(ns < 0 ? 0 : ns, std::memory_order_relaxed); }

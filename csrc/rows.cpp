@@ -33,7 +33,7 @@ Stats row_pass1(int mode, const T* src, const uint8_t* mask, int64_t k, T inv_t,
 }
 
 template <class T, bool MASK, bool CAP>
-void rows_range(const RowsProblem& P, int64_t r0, int64_t r1) {
+void rows_range(const RowsProblem& P, int64_t r0, int64_t r1, bool stream) {
     const int64_t k = P.k;
     const T* x = static_cast<const T*>(P.x);
     T* out = static_cast<T*>(P.out);
@@ -43,6 +43,8 @@ void rows_range(const RowsProblem& P, int64_t r0, int64_t r1) {
     const int64_t nchunks = (k + kChunk - 1) / kChunk;
     double* chunk_m = static_cast<double*>(alloc<double>(nb * nchunks));
     T* capbuf = (CAP && P.mode == LSE) ? static_cast<T*>(alloc<T>(k)) : nullptr;
+    // Streaming: pass 1 writes a scratch block that stays in cache, pass 2 streams it out.
+    T* sbuf = stream ? static_cast<T*>(alloc<T>(nb * k)) : nullptr;
     double ms[kMaxBlockRows], sums[kMaxBlockRows], a[kMaxBlockRows], logs[kMaxBlockRows];
     bool sp[kMaxBlockRows];
     for (int64_t b0 = r0; b0 < r1; b0 += nb) {
@@ -51,7 +53,7 @@ void rows_range(const RowsProblem& P, int64_t r0, int64_t r1) {
             int64_t j = i - b0;
             const T* src = x + i * k;
             const uint8_t* mi = MASK ? P.mask + (P.mask_rows == 1 ? 0 : i) * k : nullptr;
-            T* oi = P.mode == LSE ? nullptr : out + i * k;
+            T* oi = P.mode == LSE ? nullptr : (stream ? sbuf + j * k : out + i * k);
             if (CAP) {
                 T* y = P.mode == LSE ? capbuf : oi;
                 softcap_row<T, MASK>(src, mi, k, cap, y);
@@ -72,13 +74,18 @@ void rows_range(const RowsProblem& P, int64_t r0, int64_t r1) {
                 continue;
             }
             P.lse[i] = ms[j] * P.inv_t + logs[j];
-            if (P.mode != LSE)
+            if (P.mode != LSE && stream)
+                pass2_stream<T>(sbuf + j * k, out + i * k, k, P.mode, ms[j], P.inv_t, sums[j], logs[j],
+                                chunk_m + j * nchunks);
+            else if (P.mode != LSE)
                 pass2<T>(out + i * k, k, 0, nchunks, P.mode, ms[j], P.inv_t, sums[j], logs[j],
                          chunk_m + j * nchunks);
         }
     }
+    if (stream) stream_fence();
     std::free(chunk_m);
     std::free(capbuf);
+    std::free(sbuf);
 }
 
 // A few long rows: segments of kSegment entries, (max, sum) merged per row.
@@ -161,7 +168,9 @@ void rows_kernel(const RowsProblem& P) {
     if (P.n < kSplitRows && P.k >= 2 * kSegment) return rows_split<T, MASK, CAP>(P);
     const double row_ns = ns_per_entry<T>(MASK, CAP) * static_cast<double>(P.k) + 30.0;
     const int64_t tasks = task_count(P.n, row_ns);
-    auto task = [&](int64_t t) { rows_range<T, MASK, CAP>(P, t * P.n / tasks, (t + 1) * P.n / tasks); };
+    const int64_t row_bytes = P.k * static_cast<int64_t>(sizeof(T));
+    const bool stream = P.mode != LSE && P.n * row_bytes >= kStreamBytes && row_bytes <= kStreamRowBytes;
+    auto task = [&](int64_t t) { rows_range<T, MASK, CAP>(P, t * P.n / tasks, (t + 1) * P.n / tasks, stream); };
     run_tasks(tasks, row_ns * static_cast<double>(P.n) / static_cast<double>(tasks), task);
 }
 

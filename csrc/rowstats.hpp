@@ -24,6 +24,9 @@
 
 #include <cmath>
 #include <cstdlib>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 #include "kernels.hpp"
 #include "simd.hpp"
@@ -142,24 +145,35 @@ LK_INLINE VF<T> exp_step(const T* src, const uint8_t* mask, T* out, int64_t r, V
     return e;
 }
 
-// Σ e^{(x − m)/T} over src[0, n) into (rest, comp, top); m finite.
+// Σ e^{(x − m)/T} over src[0, n) into (rest, comp, top); m finite.  `next` (or null) is the
+// next chunk of the row, fetched into cache while this one's exponentials keep the core busy:
+// its max pass then reads from cache, and the memory reads overlap the arithmetic.
 template <class T, bool MASK, int STORE>
 LK_INLINE void chunk_sum(const T* src, const uint8_t* mask, int64_t n, T m, T inv_t, T* out,
-                         double& rest, double& comp, double& top) {
+                         double& rest, double& comp, double& top, const T* next, int64_t n_next) {
     constexpr int L = kL<T>;
+    constexpr int64_t kLine = 64 / sizeof(T);
     const VF<T> vm = splat<T>(m), vt = splat<T>(inv_t);
+    // One prefetch per cache line of the next chunk, spread over this chunk's vectors.
+    const int64_t lines = next ? (n_next + kLine - 1) / kLine : 0;
+    const int64_t vectors = (n + L - 1) / L;
+    const int64_t per = lines > 0 ? (lines + vectors - 1) / vectors : 0;
+    int64_t line = 0;
     VF<T> d;
     if (sizeof(T) == 4) {
         for (int64_t b0 = 0; b0 < n; b0 += kSumBlock) {
             int64_t b1 = b0 + kSumBlock < n ? b0 + kSumBlock : n;
             VF<T> acc = splat<T>(0);
-            for (int64_t i = b0; i < b1; i += L)
+            for (int64_t i = b0; i < b1; i += L) {
+                for (int64_t q = 0; q < per && line < lines; ++q, ++line) __builtin_prefetch(next + line * kLine, 0, 3);
                 acc += exp_step<T, MASK, STORE>(src + i, MASK ? mask + i : nullptr, out + i, b1 - i, vm, vt, d);
+            }
             rest += hsum_wide(acc);
         }
     } else {
         VF<T> acc = splat<T>(0), cnt = splat<T>(0);
         for (int64_t i = 0; i < n; i += L) {
+            for (int64_t q = 0; q < per && line < lines; ++q, ++line) __builtin_prefetch(next + line * kLine, 0, 3);
             VF<T> e = exp_step<T, MASK, STORE>(src + i, MASK ? mask + i : nullptr, out + i, n - i, vm, vt, d);
             VI<T> at_top = d == T(0);
             acc += at_top ? splat<T>(0) : e;  // arithmetic, not a branch: NaN stays in acc
@@ -197,7 +211,9 @@ Stats pass1(const T* src, const uint8_t* mask, int64_t k, T inv_t, T* out, doubl
             if (STORE == STORE_SHIFTED) for (int64_t i = 0; i < n; ++i) out[c0 + i] = -inf<T>();
             continue;
         }
-        chunk_sum<T, MASK, STORE>(src + c0, mc, n, static_cast<T>(m), inv_t, out + c0, rest, comp, top);
+        int64_t n_next = k - c0 - n < kChunk ? k - c0 - n : kChunk;
+        chunk_sum<T, MASK, STORE>(src + c0, mc, n, static_cast<T>(m), inv_t, out + c0, rest, comp, top,
+                                  n_next > 0 ? src + c0 + n : nullptr, n_next);
         if (rest != rest) return Stats{m, nan<double>(), 0, true};
     }
     rest += comp;
@@ -250,6 +266,81 @@ void pass2(T* out, int64_t k, int64_t c_first, int64_t c_last, int mode, double 
             for (; i + L <= c1; i += L) store<T>(out + i, load<T>(out + i) - off);
             for (; i < c1; ++i) out[i] = out[i] - off;
         }
+    }
+}
+
+// Non-temporal ("streaming") stores: a large output written once goes straight to memory,
+// without first reading each of its cache lines in (a plain store's read for ownership), which
+// is a third of the memory traffic of a softmax.  Used for outputs far larger than the caches
+// only (see kStreamBytes): a small output is better left in cache for its reader.
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
+constexpr int64_t kStreamRowBytes = int64_t(1) << 20;  // a row's scratch stays in L2
+
+template <class T> LK_INLINE void stream_store(T* p, VF<T> v) {
+#if defined(__AVX512F__)
+    if (sizeof(T) == 4) _mm512_stream_ps(reinterpret_cast<float*>(p), reinterpret_cast<__m512&>(v));
+    else _mm512_stream_pd(reinterpret_cast<double*>(p), reinterpret_cast<__m512d&>(v));
+#elif defined(__AVX__)
+    if (sizeof(T) == 4) _mm256_stream_ps(reinterpret_cast<float*>(p), reinterpret_cast<__m256&>(v));
+    else _mm256_stream_pd(reinterpret_cast<double*>(p), reinterpret_cast<__m256d&>(v));
+#elif defined(__SSE2__)
+    if (sizeof(T) == 4) _mm_stream_ps(reinterpret_cast<float*>(p), reinterpret_cast<__m128&>(v));
+    else _mm_stream_pd(reinterpret_cast<double*>(p), reinterpret_cast<__m128d&>(v));
+#else
+    store<T>(p, v);
+#endif
+}
+
+// Orders this thread's streaming stores before whatever follows (a task's end, a plain store).
+LK_INLINE void stream_fence() {
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
+}
+
+// The write pass from a scratch row (as pass2 computes it in place) into out, streamed: the
+// entries before out's first 64-byte boundary and the tail by plain stores, the rest by
+// aligned streaming stores.  The caller fences.
+template <class T>
+void pass2_stream(const T* src, T* out, int64_t k, int mode, double m, double inv_t, double sum,
+                  double log_s, const double* chunk_m, double factor = 1.0, int64_t at = -1,
+                  T minus = T(0)) {
+    // `minus` comes off entry `at` (the cross-entropy's −s/T on the label), after the scaling,
+    // as pass2's caller does it.
+    constexpr int L = kL<T>;
+    const int64_t nchunks = (k + kChunk - 1) / kChunk;
+    // out[head] is the row's first entry on a 64-byte boundary (streaming stores need one).
+    const int64_t head = static_cast<int64_t>((64 - reinterpret_cast<uintptr_t>(out) % 64) % 64) / static_cast<int64_t>(sizeof(T));
+    if (reinterpret_cast<uintptr_t>(out) % sizeof(T) != 0) {  // never: NumPy aligns its floats
+        std::memcpy(out, src, sizeof(T) * static_cast<size_t>(k));
+        pass2<T>(out, k, 0, nchunks, mode, m, inv_t, sum, log_s, chunk_m, factor);
+        if (at >= 0) out[at] -= minus;
+        return;
+    }
+    for (int64_t c = 0; c < nchunks; ++c) {
+        int64_t c0 = c * kChunk, c1 = c0 + kChunk < k ? c0 + kChunk : k;
+        double mc = chunk_m[c];
+        T f = T(1), off = T(0);
+        if (mode == SOFTMAX) {
+            f = mc == -inf<double>() ? T(0) : static_cast<T>(factor * (mc == m ? 1.0 : std::exp((mc - m) * inv_t)) / sum);
+        } else {
+            off = mc == -inf<double>() ? T(0) : static_cast<T>((m - mc) * inv_t + log_s);
+        }
+        auto one = [&](int64_t i) {
+            T v = mode == SOFTMAX ? src[i] * f : src[i] - off;
+            out[i] = i == at ? v - minus : v;
+        };
+        // Plain stores up to the chunk's first entry on a 64-byte boundary.
+        constexpr int64_t kLine = 64 / sizeof(T);
+        const int64_t aligned = c0 + (((head - c0) % kLine) + kLine) % kLine;
+        int64_t i = c0;
+        for (; i < c1 && i < aligned; ++i) one(i);
+        for (; i + L <= c1; i += L) {
+            VF<T> v = mode == SOFTMAX ? load<T>(src + i) * f : load<T>(src + i) - off;
+            if (at >= i && at < i + L) v[at - i] -= minus;
+            stream_store<T>(out + i, v);
+        }
+        for (; i < c1; ++i) one(i);
     }
 }
 

@@ -303,6 +303,31 @@ def test_large_outputs_are_placed_on_huge_page_boundaries():
     assert (q.__array_interface__["data"][0] - addr) % 4096 == 2048
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_outputs_streamed_to_memory_equal_generic(dtype):
+    """Outputs of 16 MiB and more are written by streaming stores from a scratch row: rows
+    whose output starts off a 64-byte boundary (K = 4099), edge rows, and the label's entry of
+    the cross-entropy's gradient falling in the aligned part, the head and the tail."""
+    rng = np.random.default_rng(9)
+    k = 4099
+    n = (16 << 20) // (k * np.dtype(dtype).itemsize) + 3
+    x = (rng.standard_normal((n, k)) * 5).astype(dtype)
+    x[2, 7] = np.nan
+    x[5] = -np.inf
+    x[6, [1, 9]] = np.inf
+    t = rng.integers(0, k, n)
+    t[:4] = [0, 1, k - 1, 2048]
+    with np.errstate(all="ignore"):
+        for fn in (logitkit.softmax, logitkit.log_softmax):
+            assert_same(fn(x, temperature=1.3), generic(fn, x, temperature=1.3), dtype,
+                        scale=np.log(k))
+        loss, g = logitkit.cross_entropy_with_grad(x, t, reduction="none")
+        ref_loss, ref_g = generic(logitkit.cross_entropy_with_grad, x, t, reduction="none")
+    tol = dict(rtol=5e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-14)
+    assert_close(loss, ref_loss, **tol)
+    assert_close(g, ref_g, **tol)
+
+
 def test_cross_entropy_kernel_never_indexes_outside_the_row():
     """The kernel entry point checks the labels itself: a label outside [0, K) reaches the
     generic path, which raises the library's error (the public function validates first)."""
