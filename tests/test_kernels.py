@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from typing import Any
 
 import hypothesis.extra.numpy as hnp
 import mpmath
@@ -866,3 +867,109 @@ def test_python_threads_get_the_serial_results_bit_for_bit():
 
     with concurrent.futures.ThreadPoolExecutor(8) as ex:
         assert all(ex.map(work, range(8)))
+
+
+# --------------------------------------------------------------------------------------------
+# limits of the float range, and long rows: what the kernels compute, and what they hand over
+# --------------------------------------------------------------------------------------------
+
+
+def _exact(x: np.ndarray, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray, Any]:
+    """``(log_softmax, softmax, logsumexp)`` of ``x / temperature`` (1-D float64) in extended
+    precision, far more accurate than the float64 bounds under test (mpmath would take seconds
+    for 10^5 terms)."""
+    if np.finfo(np.longdouble).eps >= 2.0**-60:  # pragma: no cover - longdouble is double
+        pytest.skip("needs an extended-precision long double for the reference")
+    z = x.astype(np.longdouble) / np.longdouble(temperature)
+    m = z.max()
+    lse = m + np.log(np.sum(np.exp(z - m)))
+    return z - lse, np.exp(z - lse), lse
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+@pytest.mark.usefixtures("pool")
+def test_long_near_tie_rows_meet_the_bound(temperature):
+    """float64 rows of 10^5 near-equal logits (every term of the sum near 1): long running sums
+    drift outside the DESIGN §7 bound (the numba kernels' softmax was 52× over it at T = 3 on
+    the first row); lanes over short blocks, summed with compensation, stay within it."""
+    u = U[np.float64]
+    k = 100_000
+    rng = np.random.default_rng(16)
+    x = np.stack([1.0 + 1e-13 * rng.standard_normal(k), 1.0 + rng.random(k) * 1e-3])
+    logp = logitkit.log_softmax(x, temperature=temperature)
+    p = logitkit.softmax(x, temperature=temperature)
+    for i in range(2):
+        exact_logp, exact_p, _ = _exact(x[i], temperature)
+        d = (np.max(x[i]) - x[i]) / temperature
+        assert np.all(np.abs(logp[i] - exact_logp) <= 16 * u * (1 + d + np.log(k)))
+        assert np.all(np.abs(p[i] - exact_p) <= 16 * u * (1 + d) * exact_p)
+
+
+@pytest.mark.usefixtures("pool")
+def test_long_reductions_over_a_middle_axis_meet_the_bound():
+    """logsumexp / log_softmax over axis 0 of a (10^5, 3) float64 array (the strided kernel,
+    summing along the slow axis): within the §7 bounds (the numba kernel's logsumexp was 9.7×
+    over on the near-tie column)."""
+    u = U[np.float64]
+    k = 100_000
+    rng = np.random.default_rng(17)
+    x = np.stack([1.0 + 1e-13 * rng.standard_normal(k), rng.standard_normal(k) * 3,
+                  5.0 + rng.standard_normal(k) * 0.01], axis=1)
+    lse = logitkit.logsumexp(x, axis=0)
+    logp = logitkit.log_softmax(x, axis=0)
+    for j in range(3):
+        exact_logp, _, exact = _exact(x[:, j])
+        assert abs(lse[j] - exact) <= 16 * u * (max(1.0, abs(float(exact))) + np.log(k))
+        d = np.max(x[:, j]) - x[:, j]
+        assert np.all(np.abs(logp[:, j] - exact_logp) <= 16 * u * (1 + d + np.log(k)))
+
+
+def test_cross_entropy_with_huge_logsumexp_is_exact():
+    """|lse| beyond 1.34e154 with no z-loss: the z-loss term is never formed as 0·lse² = 0·inf;
+    the float32 lse of ``[[3e38, 2.9e38]]`` at T = 0.5 (6e38) is formed in float64, so it
+    cannot overflow (issue 16's list of limits)."""
+    x = np.array([[1e200, 0.0]])
+    assert _kernels.cross_entropy_with_grad_fast(x, np.array([0])) is not None
+    loss, g = logitkit.cross_entropy_with_grad(x, np.array([0]))
+    assert float(loss) == 0.0 and g.tolist() == [[0.0, 0.0]]
+    loss, g = logitkit.cross_entropy_with_grad(x, np.array([1]), reduction="sum")
+    assert float(loss) == 1e200 and g.tolist() == [[1.0, -1.0]]
+    x32 = np.array([[3e38, 2.9e38]], dtype=np.float32)
+    loss, g = logitkit.cross_entropy_with_grad(x32, np.array([1]), temperature=0.5)
+    assert abs(float(loss) - 2e37) <= 4 * U[np.float32] * 2e37  # exact: 2e37 + log1p(e^-2e37)
+    assert g.tolist() == [[2.0, -2.0]]
+
+
+def _native_ce(x, t, **options):
+    n = x.shape[0]
+    out = np.empty_like(x)
+    stats = [np.zeros(n) for _ in range(3)]
+    special = np.zeros(n, dtype=bool)
+    args = dict(labels=t, probs=None, mask=None, weight=None, counted=np.ones(n, bool),
+                scales=np.ones(1), label_smoothing=0.0, z_loss=0.0, logit_l2=0.0, softcap=0.0,
+                inv_t=1.0)
+    args.update(options)
+    _kernels.native().cross_entropy(x=x, out=out, loss=stats[0], lse=stats[1], coef=stats[2],
+                                    special=special, **args)
+    return stats[0], out, special
+
+
+def test_kernels_hand_over_what_overflows():
+    """Rows whose results would overflow inside the fast formulas are flagged for the generic
+    path, never answered with inf or NaN: the z-loss of lse = 1e308 (its gradient was
+    [[inf, nan]]), logits whose shift x − max overflows at T > 1 (log_softmax of float32
+    [3e38, −3e38] at T = 1e38 was [0, −inf]); temperatures whose reciprocal is not a finite
+    positive number in the input's precision are not taken at all."""
+    loss, g, special = _native_ce(np.array([[1e308, 0.0], [1.0, 2.0]]), np.array([0, 1]),
+                                  z_loss=1.0)
+    assert special.tolist() == [True, False]
+    assert np.isfinite(loss[1]) and np.isfinite(g[1]).all()
+    x = np.array([[3e38, -3e38], [1.0, 2.0]], dtype=np.float32)
+    out, lse, special = np.empty_like(x), np.zeros(2), np.zeros(2, dtype=bool)
+    with np.errstate(over="ignore"):
+        inv_t = float(np.float32(1) / np.float32(1e38))
+    _kernels.native().rows(x, out, lse, special, None, 0.0, inv_t, 1)
+    assert special.tolist() == [True, False]
+    assert not uses_kernel("softmax", np.array([1.0, 2.0], np.float32)[None], temperature=1e-46)
+    assert not uses_kernel("softmax", np.array([[1e308, -1e308, 0.0]]), temperature=math.inf)
+    assert not uses_kernel("log_softmax", np.array([[1.0, 2.0]]), temperature=1e-320)

@@ -167,7 +167,7 @@ def _inv_temperature(temperature: Any, dtype: np.dtype) -> Any:
     t = _scalar(temperature)
     if t is None or not (0.0 < t < math.inf):
         return None
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", divide="ignore"):  # a temperature that rounds to 0
         inv = dtype.type(1.0) / dtype.type(t)
     if not np.isfinite(inv) or inv == 0:
         return None
