@@ -1,15 +1,17 @@
-"""Fused native CPU kernels for NumPy input (C++17, nanobind), chosen automatically when they apply.
+"""Fused native CPU kernels (C++17, nanobind) for NumPy and CPU torch input, chosen automatically.
 
-Each ``*_fast`` entry point returns ``None`` when the fast path does not apply to its arguments (a
-backend other than NumPy or a CPU torch tensor, an unsupported dtype or option, the extension missing, or
-the fast path turned off), and the caller then takes the generic array-API path, which computes
-the same values (within the accuracy bounds of DESIGN §7) and raises the errors for bad input.
+The entry points, :func:`normalise` and :func:`cross_entropy`, take a problem the caller has
+already validated (:mod:`._problem`) and return ``None`` when no kernel applies (a backend other
+than NumPy or a CPU torch tensor, an unsupported dtype, layout or option, the extension missing,
+or the fast path turned off); otherwise the result and the rows the kernel left to the caller,
+which computes them on its generic array-API path.  This package computes only: it imports
+nothing of the library above :mod:`logitkit._namespace`, and never calls back into it.
 
 The kernels are compiled ahead of time when logitkit is installed (``_native``, built from
 ``csrc/`` by scikit-build-core), once per SIMD target, and the widest target the CPU runs is
 chosen when the extension is first imported: the first call of each kernel costs nothing more
 than the next.  They release the GIL and run on a small pool of threads of their own, which is
-re-created in the child of a ``fork`` and left alone for small inputs (see ``csrc/pool.cpp``).
+re-created in the child of a ``fork`` and left alone for small inputs (``csrc/pool.cpp``).
 
 Turning the fast path off, for comparison or debugging (the public faces of these switches are
 in :mod:`logitkit.config`):
@@ -30,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-import numbers
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -39,30 +40,32 @@ import numpy as np
 
 from ._buffers import buffer_cache_limit, release_buffers, set_buffer_cache
 from ._buffers import empty as _empty  # kernel outputs: on huge pages, recycled when large
+from ._problem import CrossEntropyResult, CrossEntropyRows, Normalise, NormaliseResult
 
 __all__ = [
+    "CrossEntropyResult",
+    "CrossEntropyRows",
+    "Normalise",
+    "NormaliseResult",
     "buffer_cache_limit",
-    "cross_entropy_with_grad_fast",
+    "cross_entropy",
     "fast_path",
     "fast_path_enabled",
-    "log_softmax_fast",
-    "logsumexp_fast",
     "native",
+    "nll_sums",
+    "normalise",
     "num_threads",
     "release_buffers",
     "set_buffer_cache",
     "set_fast_path",
     "set_num_threads",
     "simd_target",
-    "softmax_fast",
 ]
 
 _override: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
     "logitkit_fast_path", default=None)
 _process_default: list[bool] = [True]
 _native_module: list[Any] = []
-
-SOFTMAX, LOG_SOFTMAX, LSE = 0, 1, 2
 
 
 def native() -> Any:
@@ -78,19 +81,42 @@ def native() -> Any:
 
 
 def set_fast_path(enabled: bool) -> None:
-    """Turn the kernels on or off for the whole process (they are on by default)."""
+    """Turn the kernels on or off for the whole process (they are on by default).
+
+    Examples:
+        >>> from logitkit import config
+        >>> config.set_kernels(False)
+        >>> config.kernels_enabled()
+        False
+        >>> config.set_kernels(True)
+    """
     _process_default[0] = bool(enabled)
 
 
 def num_threads() -> int:
     """Threads a kernel may use, the calling thread included (``LOGITKIT_NUM_THREADS``, read when
-    the extension is imported, else the CPUs this process may run on); 1 without the kernels."""
+    the extension is imported, else the CPUs this process may run on); 1 without the kernels.
+
+    Examples:
+        >>> from logitkit import config
+        >>> config.num_threads() >= 1
+        True
+    """
     mod = native()
     return 1 if mod is None else int(mod.num_threads())
 
 
 def set_num_threads(n: int) -> None:
-    """Let the kernels use at most ``n`` threads (0: as many as CPUs this process may run on)."""
+    """Let the kernels use at most ``n`` threads (0: as many as CPUs this process may run on).
+
+    Examples:
+        >>> from logitkit import config
+        >>> before = config.num_threads()
+        >>> config.set_num_threads(1)
+        >>> config.num_threads()
+        1
+        >>> config.set_num_threads(before)
+    """
     from .._namespace import check_int
 
     n = check_int(n, "n", low=0, what="a non-negative int")
@@ -101,7 +127,8 @@ def set_num_threads(n: int) -> None:
 
 def simd_target() -> str | None:
     """The instruction set the kernels run with (``"avx512"``, ``"avx2"`` or ``"baseline"``),
-    None without the kernels.  ``LOGITKIT_SIMD`` asks for a narrower one."""
+    None without the kernels.  ``LOGITKIT_SIMD`` (read when the kernels are first used) asks
+    for a narrower one."""
     mod = native()
     return None if mod is None else str(mod.target())
 
@@ -142,7 +169,7 @@ def fast_path_enabled() -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# argument screening: anything unusual goes to the generic path (which validates it)
+# layouts the kernels take
 # --------------------------------------------------------------------------------------------
 
 
@@ -150,57 +177,6 @@ def _float_array(x: Any) -> np.ndarray | None:
     if type(x) is not np.ndarray or x.dtype not in (np.float32, np.float64) or x.ndim == 0:
         return None
     return x
-
-
-def _scalar(value: Any) -> float | None:
-    """A real Python/NumPy scalar (or 0-d array) as a float, else None."""
-    if isinstance(value, (bool, np.bool_)):
-        return None
-    if isinstance(value, numbers.Real):
-        return float(value)
-    if type(value) is np.ndarray and value.ndim == 0 and value.dtype.kind == "f":
-        return float(value)
-    return None
-
-
-def _inv_temperature(temperature: Any, dtype: np.dtype) -> Any:
-    t = _scalar(temperature)
-    if t is None or not (0.0 < t < math.inf):
-        return None
-    with np.errstate(over="ignore", divide="ignore"):  # a temperature that rounds to 0
-        inv = dtype.type(1.0) / dtype.type(t)
-    if not np.isfinite(inv) or inv == 0:
-        return None
-    return inv
-
-
-def _softcap(softcap: Any, dtype: np.dtype) -> Any:
-    if softcap is None:
-        return dtype.type(0.0)
-    c = _scalar(softcap)
-    if c is None or not (0.0 < c < math.inf):
-        return None
-    return dtype.type(c)
-
-
-def _axis(axis: Any, ndim: int) -> tuple[int, int] | None:
-    """``(first, last)`` of the reduced axes when they are consecutive, else None."""
-    if isinstance(axis, (bool, np.bool_)):
-        return None
-    axes = (axis,) if isinstance(axis, numbers.Integral) else axis
-    if not isinstance(axes, (tuple, list)) or not axes:
-        return None
-    out = []
-    for a in axes:
-        if isinstance(a, (bool, np.bool_)) or not isinstance(a, numbers.Integral):
-            return None
-        if not -ndim <= int(a) < ndim:
-            return None
-        out.append(int(a) % ndim)
-    out.sort()
-    if len(set(out)) != len(out) or out[-1] - out[0] != len(out) - 1:
-        return None
-    return out[0], out[-1]
 
 
 class _Plan:
@@ -214,7 +190,6 @@ class _Plan:
         self.inner = math.prod(x.shape[last + 1:])
         self.x = np.ascontiguousarray(x).reshape(self.outer, self.k, self.inner)
         self.reduced_shape = x.shape[:first] + x.shape[last + 1:]
-        self.keepdims_shape = tuple(1 if first <= a <= last else n for a, n in enumerate(x.shape))
 
     def mask(self, where: Any) -> tuple[np.ndarray, bool] | None:
         """``(mask, has_mask)``: rows ``(R, K)`` (R = 1 when shared by every row), or 3-D."""
@@ -270,70 +245,90 @@ def _torch_mask(where: Any) -> Any:
     return where.detach().resolve_conj().numpy()
 
 
-def _with_torch(x: Any, where: Any, call: Any) -> Any:
-    """Run ``call(x_numpy, where_numpy)`` for torch inputs and wrap the result back."""
-    view = _torch_view(x)
-    if view is None:
-        return None
-    mask = _torch_mask(where)
-    if mask is False:
-        return None
-    result = call(view, mask)
-    if result is None:
-        return None
-    import torch
-
-    if isinstance(result, tuple):
-        return tuple(torch.from_numpy(np.asarray(r)) for r in result)
-    return torch.from_numpy(np.asarray(result))
 
 
 # --------------------------------------------------------------------------------------------
 # softmax, log_softmax, logsumexp
 # --------------------------------------------------------------------------------------------
 
+SOFTMAX, LOG_SOFTMAX, LSE = 0, 1, 2  # the native kernels' modes
+_MODES = {"softmax": SOFTMAX, "log_softmax": LOG_SOFTMAX, "logsumexp": LSE}
 
-def _normalise_fast(x: Any, mode: int, *, axis: Any, temperature: Any, where: Any, softcap: Any,
-                    sink: Any, dtype: Any) -> np.ndarray | None:
+
+def normalise(problem: Normalise) -> NormaliseResult | None:
+    """softmax, log_softmax or logsumexp by the fused kernel, or ``None`` when it does not apply.
+
+    The rows flagged in the result hold a NaN, a ``+inf`` or nothing finite: the caller computes
+    them (the kernel's values there are undefined).
+    """
     if not fast_path_enabled():
         return None
-    if type(x) is not np.ndarray:
-        return _with_torch(x, where, lambda v, w: _normalise_fast(
-            v, mode, axis=axis, temperature=temperature, where=w, softcap=softcap, sink=sink,
-            dtype=None if dtype is None else _torch_dtype_to_numpy(dtype)))
-    xa = _float_array(x)
-    if xa is None or sink is not None:
+    x, torch_input = _numpy_input(problem.x)
+    if x is None:
         return None
-    if dtype is not None and np.dtype(dtype) != xa.dtype:
+    where = problem.where
+    if torch_input and where is not None:
+        where = _torch_mask(where)
+        if where is False:
+            return None
+    ax = _consecutive(problem.axes)
+    inv_t = _inverse(problem.temperature, x.dtype)
+    if ax is None or inv_t is None or x.size == 0:
         return None
-    ax = _axis(axis, xa.ndim)
-    inv_t = _inv_temperature(temperature, xa.dtype)
-    cap = _softcap(softcap, xa.dtype)
-    if ax is None or inv_t is None or cap is None or xa.size == 0:
-        return None
-    plan = _Plan(xa, *ax)
+    cap = x.dtype.type(0.0) if problem.softcap is None else x.dtype.type(problem.softcap)
+    plan = _Plan(x, *ax)
     mask = plan.mask(where)
     if mask is None or (plan.inner > 1 and cap > 0):
         return None
-    out = _empty(plan.x.shape, plan.x.dtype, like=plan.x)
-    special = _run(plan, mask, cap, inv_t, mode, out)
-    if special.any():
-        _fix_special(plan, special, out, mode, where=where, temperature=temperature,
-                     softcap=softcap)
-    return out.reshape(plan.shape)
+    mode = _MODES[problem.op]
+    if mode == LSE:
+        special = _run(plan, mask, cap, inv_t, mode, None)
+        values = plan.lse.astype(x.dtype).reshape(plan.reduced_shape)  # type: ignore[attr-defined]
+    else:
+        out = _empty(plan.x.shape, plan.x.dtype, like=plan.x)
+        special = _run(plan, mask, cap, inv_t, mode, out)
+        values = out.reshape(plan.shape)
+    return NormaliseResult(values, special.reshape(plan.reduced_shape), torch_input)
 
 
-def _torch_dtype_to_numpy(dtype: Any) -> Any:
-    try:
-        return np.dtype(str(dtype).replace("torch.", ""))
-    except TypeError:
-        return object
+def _numpy_input(x: Any) -> tuple[np.ndarray | None, bool]:
+    """``x`` as a float32/float64 NumPy array with at least one axis (a zero-copy view of a CPU
+    torch tensor outside autograd), and whether it was a torch tensor; ``(None, False)`` when the
+    kernels do not take it."""
+    if type(x) is not np.ndarray:
+        view = _torch_view(x)
+        return (None, False) if view is None else (_float_array(view), True)
+    return _float_array(x), False
+
+
+def _consecutive(axes: tuple[int, ...]) -> tuple[int, int] | None:
+    """``(first, last)`` of the reduced axes when they are consecutive (in any order), else None."""
+    first, last = min(axes), max(axes)
+    return (first, last) if last - first == len(axes) - 1 else None
+
+
+def _inverse(temperature: float, dtype: np.dtype) -> Any:
+    """``1/T`` in ``dtype``, or None when T or 1/T is not a normal number of it (the generic path
+    scales those exactly)."""
+    info = np.finfo(dtype)
+    t = float(temperature)
+    if not (float(info.smallest_normal) <= t <= float(info.max)):
+        return None
+    inv = 1.0 / t
+    if not (float(info.smallest_normal) <= inv <= float(info.max)):
+        return None
+    return dtype.type(inv)
 
 
 def _run(plan: _Plan, mask: tuple[np.ndarray, bool], cap: Any, inv_t: Any, mode: int,
          out: np.ndarray | None) -> np.ndarray:
-    """Run the rows or the strided kernel; returns the ``special`` flags, fills ``out`` (None
-    for logsumexp) and ``plan.lse``."""
+    """Run the rows or the strided kernel; returns the flagged rows, fills ``out`` (None for
+    logsumexp) and ``plan.lse``.
+
+    Besides NaN, +inf and rows with nothing finite, the kernels flag the rows whose shift
+    ``x − max`` overflows at T > 1 (``[3e38, −3e38]`` in float32): the quotient
+    ``(x − max)/T`` is finite there and the generic path computes it.
+    """
     m, has_mask = mask
     mod = native()
     if plan.inner == 1:
@@ -350,128 +345,133 @@ def _run(plan: _Plan, mask: tuple[np.ndarray, bool], cap: Any, inv_t: Any, mode:
     return special
 
 
-def _special_index(plan: _Plan, special: np.ndarray) -> tuple[np.ndarray, ...]:
-    if plan.inner == 1:
-        return (np.flatnonzero(special),)
-    oi, ji = np.nonzero(special)
-    return oi, ji
-
-
-def _gather(a: np.ndarray, plan: _Plan, idx: tuple[np.ndarray, ...]) -> np.ndarray:
-    """The special rows of a ``(outer, K, inner)`` array as ``(S, K)``."""
-    if plan.inner == 1:
-        return a.reshape(a.shape[0], -1)[idx[0]]
-    return a[idx[0], :, idx[1]]
-
-
-def _special_rows(plan: _Plan, special: np.ndarray,
-                  where: Any) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray | None]:
-    """The flagged rows (NaN, +inf, nothing finite) for the generic path: their index, their
-    logits as ``(S, K)`` and their mask (None without one)."""
-    idx = _special_index(plan, special)
-    xs = _gather(plan.x, plan, idx)
-    ws = None
-    if where is not None:
-        wb = np.broadcast_to(where, plan.shape).reshape(plan.x.shape)
-        ws = _gather(wb, plan, idx)
-    return idx, xs, ws
-
-
-def _fix_special(plan: _Plan, special: np.ndarray, out: np.ndarray, mode: int, *, where: Any,
-                 temperature: Any, softcap: Any) -> None:
-    """Recompute the flagged rows with the generic path."""
-    from .. import _core
-
-    idx, xs, ws = _special_rows(plan, special, where)
-    fn = _core.softmax if mode == SOFTMAX else _core.log_softmax
-    with fast_path(False):
-        fixed = fn(xs, axis=-1, temperature=temperature, where=ws, softcap=softcap)
-    if plan.inner == 1:
-        out.reshape(out.shape[0], -1)[idx[0]] = fixed
-    else:
-        out[idx[0], :, idx[1]] = fixed
-
-
-def softmax_fast(x: Any, /, **options: Any) -> Any:
-    """:func:`logitkit.softmax` by the fused kernel, or ``None`` when it does not apply."""
-    return _normalise_fast(x, SOFTMAX, **options)
-
-
-def log_softmax_fast(x: Any, /, **options: Any) -> Any:
-    """:func:`logitkit.log_softmax` by the fused kernel, or ``None`` when it does not apply."""
-    return _normalise_fast(x, LOG_SOFTMAX, **options)
-
-
-def logsumexp_fast(x: Any, /, *, axis: Any, b: Any, where: Any, keepdims: Any, return_sign: Any,
-                   dtype: Any) -> Any:
-    """:func:`logitkit.logsumexp` by the fused kernel, or ``None`` when it does not apply."""
-    if not fast_path_enabled() or b is not None:
-        return None
-    if not isinstance(keepdims, bool) or not isinstance(return_sign, bool):
-        return None
-    if type(x) is not np.ndarray:
-        return _with_torch(x, where, lambda v, w: logsumexp_fast(
-            v, axis=axis, b=None, where=w, keepdims=keepdims, return_sign=return_sign,
-            dtype=None if dtype is None else _torch_dtype_to_numpy(dtype)))
-    xa = _float_array(x)
-    if xa is None or (dtype is not None and np.dtype(dtype) != xa.dtype):
-        return None
-    ax = _axis(axis, xa.ndim)
-    if ax is None or xa.size == 0:
-        return None
-    plan = _Plan(xa, *ax)
-    mask = plan.mask(where)
-    if mask is None:
-        return None
-    special = _run(plan, mask, 0.0, 1.0, LSE, None)
-    lse = plan.lse  # type: ignore[attr-defined]
-    if special.any():
-        from .. import _core
-
-        idx, xs, ws = _special_rows(plan, special, where)
-        with fast_path(False):
-            fixed = _core.logsumexp(xs, axis=-1, where=ws)
-        lse[idx] = fixed
-    out = lse.astype(xa.dtype).reshape(plan.keepdims_shape if keepdims else plan.reduced_shape)
-    if not return_sign:
-        return out
-    sign = np.where(out == -np.inf, xa.dtype.type(0.0), xa.dtype.type(1.0))
-    sign = np.where(np.isnan(out), xa.dtype.type(np.nan), sign).astype(xa.dtype)
-    return out, sign.reshape(out.shape)
-
-
 # --------------------------------------------------------------------------------------------
 # cross-entropy with its gradient
 # --------------------------------------------------------------------------------------------
 
 
-def cross_entropy_with_grad_fast(logits: Any, target: Any, /, **options: Any) -> Any:
-    """``(loss, dlogits)`` from the fused kernel, or ``None`` when the kernel does not apply.
+def cross_entropy(problem: CrossEntropyRows) -> CrossEntropyResult | None:
+    """Per-row cross-entropy losses (and the gradient, if asked for) by the fused kernel, or
+    ``None`` when it does not apply.
 
-    Called by :func:`logitkit.cross_entropy_with_grad` after it validated its arguments; takes the
-    same keyword options plus ``out``.
+    Flagged rows (a NaN, a ``+inf`` or nothing finite among the unmasked logits, a label outside
+    ``[0, K)``, a gradient coefficient that overflows) are left to the caller, their gradient
+    rows untouched.
     """
     if not fast_path_enabled():
         return None
-    from . import _ce
-
-    return _ce.cross_entropy_with_grad(logits, target, **options)
+    return _cross_entropy_rows(problem)
 
 
-def torch_cross_entropy_forward(pb: Any) -> Any:
-    """The torch adapter's forward statistics for CPU tensors by the kernel, or ``None``."""
-    if not fast_path_enabled() or _torch_view(pb.x) is None:
+def _cross_entropy_rows(pb: CrossEntropyRows) -> CrossEntropyResult | None:
+    """The native kernel (``csrc/ce.cpp``) on a validated problem, or ``None`` when it does not
+    apply.  Besides NaN, +inf, nothing finite and labels outside ``[0, K)``, it flags rows whose
+    z-loss terms or shifted logits would overflow, and rows a ``-inf`` logit makes infinite
+    under an option; it decides before it writes a row, so ``out=x`` keeps the flagged rows'
+    logits."""
+    torch_input = type(pb.x) is not np.ndarray
+    x = _float_array(_torch_view(pb.x) if torch_input else pb.x)
+    if x is None or x.ndim != 2 or not x.flags.c_contiguous:
         return None
-    from . import _ce
-
-    return _ce.torch_forward(pb)
-
-
-def torch_cross_entropy_gradient(pb: Any, stats: Any, scale: Any) -> Any:
-    """The torch adapter's ``∂loss/∂x`` for CPU tensors by the kernel (one fresh tensor), or
-    ``None``."""
-    if not fast_path_enabled() or _torch_view(pb.x) is None:
+    n, k = x.shape
+    dt = x.dtype
+    inv_t = _inverse(pb.temperature, dt)
+    if n == 0 or k == 0 or inv_t is None:
         return None
-    from . import _ce
+    args: dict[str, Any] = {"labels": None, "probs": None, "mask": None, "weight": None}
+    if pb.probs is not None:
+        probs = _array(pb.probs)
+        if probs is None or probs.shape != x.shape or probs.dtype != dt:
+            return None
+        args["probs"] = np.ascontiguousarray(probs)
+    else:
+        lab = _array(pb.labels)
+        if lab is None or lab.shape != (n,) or lab.dtype.kind not in "iu":
+            return None
+        args["labels"] = np.ascontiguousarray(lab, dtype=np.int64)
+    counted = np.ones(n, dtype=np.bool_)
+    if pb.counted is not None:
+        c = _array(pb.counted)
+        if c is None or c.shape != (n,):
+            return None
+        counted = np.ascontiguousarray(c, dtype=np.bool_)
+    if pb.where is not None:
+        mask = _array(pb.where)
+        if mask is None or mask.ndim != 2 or mask.shape[1] != k or mask.shape[0] not in (1, n):
+            return None
+        args["mask"] = np.ascontiguousarray(mask, dtype=np.bool_)
+    if pb.weight is not None:
+        w = _array(pb.weight)
+        if w is None or w.shape != (k,):
+            return None
+        args["weight"] = np.ascontiguousarray(w, dtype=dt)
 
-    return _ce.torch_gradient(pb, stats, scale)
+    g: Any = None
+    if pb.grad_scale is not None:
+        scales = (np.full(1, float(pb.grad_scale)) if isinstance(pb.grad_scale, (int, float))
+                  else _array(pb.grad_scale))
+        if scales is None or scales.size not in (1, n):
+            return None
+        scales = np.ascontiguousarray(scales.reshape(-1), dtype=np.float64)
+        if pb.out is None:
+            g = _empty(x.shape, dt, like=x)
+        else:
+            g = _array(pb.out)
+            if g is None or g.shape != x.shape or g.dtype != dt or not g.flags.c_contiguous:
+                return None
+            if not g.flags.writeable:
+                return None
+            same = g.__array_interface__["data"][0] == x.__array_interface__["data"][0]
+            if not same and np.shares_memory(g, x):
+                # Partial overlap: the row-by-row order would corrupt the logits.  The same array
+                # is fine: each row's logits are read before its gradient row is written.
+                return None
+    else:
+        scales = np.ones(1)
+
+    loss = np.zeros(n, dtype=np.float64)
+    stat = np.zeros((2, n), dtype=np.float64)
+    flagged = np.zeros(n, dtype=np.bool_)
+    native().cross_entropy(
+        x=x, out=g, counted=counted, scales=scales, label_smoothing=float(pb.label_smoothing),
+        z_loss=float(pb.z_loss), logit_l2=float(pb.logit_l2),
+        softcap=0.0 if pb.softcap is None else float(dt.type(pb.softcap)), inv_t=float(inv_t),
+        loss=loss, lse=stat[0], coef=stat[1], special=flagged, **args)
+    return CrossEntropyResult(loss, g, flagged, torch_input)
+
+
+def _array(a: Any) -> np.ndarray | None:
+    """A NumPy array (or a zero-copy view of a CPU torch tensor), else None."""
+    if a is None:
+        return None
+    if type(a) is np.ndarray:
+        return a
+    if type(a).__module__.startswith("torch"):
+        import torch
+
+        if isinstance(a, torch.Tensor) and a.device.type == "cpu" and not a.is_sparse:
+            return a.detach().resolve_conj().resolve_neg().numpy()
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# the temperature fit's sums
+# --------------------------------------------------------------------------------------------
+
+
+def nll_sums(z: Any, y: Any, beta: float,
+             w: Any = None) -> tuple[float, float, float, float] | None:
+    """``(Σw, Σw·nll, Σw·dnll/dβ, Σw·d²nll/dβ²)`` of the temperature fit over the rows of ``z``
+    (N, K) with labels ``y`` in ``[0, K)`` (validated by the caller), in float64 and one read of
+    each row (``csrc/nll.cpp``); ``None`` when the kernel does not apply (not a float32/float64
+    NumPy array, the fast path off)."""
+    if not fast_path_enabled():
+        return None
+    x = _float_array(z)
+    if x is None or x.ndim != 2 or x.shape[1] == 0:
+        return None
+    labels = np.ascontiguousarray(y, dtype=np.int64)
+    weight = None if w is None else np.ascontiguousarray(w, dtype=np.float64)
+    sums = native().nll_sums(np.ascontiguousarray(x), labels, weight, float(beta))
+    return float(sums[0]), float(sums[1]), float(sums[2]), float(sums[3])
+
