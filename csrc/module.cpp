@@ -142,7 +142,32 @@ const uint8_t* bool_data(const std::optional<In>& m, const char* name) {
     return static_cast<const uint8_t*>(m->data());
 }
 
+uint8_t* flags_data(Out& a, const char* name) {
+    auto dt = a.dtype();
+    if (!(dt == nb::dtype<bool>() || dt == nb::dtype<uint8_t>())) fail(name, "expected booleans");
+    return static_cast<uint8_t*>(a.data());
+}
+
 nb::dlpack::dtype float_dtype(int idx) { return idx == 0 ? nb::dtype<float>() : nb::dtype<double>(); }
+
+// x as (N, K) rows, C order; returns its float index (0: float32, 1: float64).
+int rows_of(const In& x, int64_t& n, int64_t& k) {
+    int f = float_index(x, "x");
+    if (x.ndim() != 2) fail("x", "expected 2 dimensions");
+    check_c(x, "x");
+    n = static_cast<int64_t>(x.shape(0));
+    k = static_cast<int64_t>(x.shape(1));
+    return f;
+}
+
+// A row mask of shape (1, K) (shared by every row) or (N, K); returns its number of rows.
+int64_t mask_rows(const In& mask, int64_t n, int64_t k) {
+    int64_t r = static_cast<int64_t>(mask.shape(0));
+    if (mask.ndim() != 2 || (r != 1 && r != n) || static_cast<int64_t>(mask.shape(1)) != k)
+        fail("mask", "expected shape (1, K) or (N, K)");
+    check_c(mask, "mask");
+    return r;
+}
 
 // ------------------------------------------------------------------------------------------
 // entry points
@@ -150,10 +175,8 @@ nb::dlpack::dtype float_dtype(int idx) { return idx == 0 ? nb::dtype<float>() : 
 
 void rows(In x, std::optional<Out> out, Out lse, Out special, std::optional<In> mask, double cap,
           double inv_t, int mode) {
-    int f = float_index(x, "x");
-    if (x.ndim() != 2) fail("x", "expected 2 dimensions");
-    int64_t n = x.shape(0), k = x.shape(1);
-    check_c(x, "x");
+    int64_t n, k;
+    int f = rows_of(x, n, k);
     lk::RowsProblem p{};
     p.x = x.data();
     p.n = n;
@@ -168,15 +191,9 @@ void rows(In x, std::optional<Out> out, Out lse, Out special, std::optional<In> 
     check_dtype(lse, "lse", nb::dtype<double>());
     check_shape(special, "special", {n});
     p.lse = static_cast<double*>(lse.data());
-    p.special = static_cast<uint8_t*>(special.data());
+    p.special = flags_data(special, "special");
     p.mask = bool_data(mask, "mask");
-    if (mask) {
-        if (mask->ndim() != 2 || (static_cast<int64_t>(mask->shape(0)) != 1 && static_cast<int64_t>(mask->shape(0)) != n) ||
-            static_cast<int64_t>(mask->shape(1)) != k)
-            fail("mask", "expected shape (1, K) or (N, K)");
-        check_c(*mask, "mask");
-        p.mask_rows = mask->shape(0);
-    }
+    if (mask) p.mask_rows = mask_rows(*mask, n, k);
     if (!(inv_t > 0) || !(cap >= 0) || mode < 0 || mode > 2) fail("inv_t", "bad options");
     p.cap = cap;
     p.inv_t = inv_t;
@@ -206,7 +223,7 @@ void strided(In x, std::optional<Out> out, Out lse, Out special, std::optional<I
     check_dtype(lse, "lse", nb::dtype<double>());
     check_shape(special, "special", {o, in});
     p.lse = static_cast<double*>(lse.data());
-    p.special = static_cast<uint8_t*>(special.data());
+    p.special = flags_data(special, "special");
     p.mask = bool_data(mask, "mask");
     if (mask) check_shape(*mask, "mask", {o, k, in});
     if (!(inv_t > 0) || mode < 0 || mode > 2) fail("inv_t", "bad options");
@@ -220,10 +237,8 @@ void cross_entropy(In x, std::optional<Out> out, std::optional<In> labels, std::
                    std::optional<In> mask, std::optional<In> weight, In counted, In scales,
                    double label_smoothing, double z_loss, double logit_l2, double softcap,
                    double inv_t, Out loss, Out lse, Out coef, Out special) {
-    int f = float_index(x, "x");
-    if (x.ndim() != 2) fail("x", "expected 2 dimensions");
-    int64_t n = x.shape(0), k = x.shape(1);
-    check_c(x, "x");
+    int64_t n, k;
+    int f = rows_of(x, n, k);
     lk::CeProblem p{};
     p.x = x.data();
     p.n = n;
@@ -250,13 +265,7 @@ void cross_entropy(In x, std::optional<Out> out, std::optional<In> labels, std::
         p.probs = probs->data();
     }
     p.mask = bool_data(mask, "mask");
-    if (mask) {
-        if (mask->ndim() != 2 || (static_cast<int64_t>(mask->shape(0)) != 1 && static_cast<int64_t>(mask->shape(0)) != n) ||
-            static_cast<int64_t>(mask->shape(1)) != k)
-            fail("mask", "expected shape (1, K) or (N, K)");
-        check_c(*mask, "mask");
-        p.mask_rows = mask->shape(0);
-    }
+    if (mask) p.mask_rows = mask_rows(*mask, n, k);
     if (weight) {
         check_shape(*weight, "weight", {k});
         check_dtype(*weight, "weight", float_dtype(f));
@@ -278,7 +287,7 @@ void cross_entropy(In x, std::optional<Out> out, std::optional<In> labels, std::
     p.loss = static_cast<double*>(loss.data());
     p.lse = static_cast<double*>(lse.data());
     p.coef = static_cast<double*>(coef.data());
-    p.special = static_cast<uint8_t*>(special.data());
+    p.special = flags_data(special, "special");
     if (!(inv_t > 0) || !(softcap >= 0) || !(label_smoothing >= 0 && label_smoothing <= 1) || !(z_loss >= 0) ||
         !(logit_l2 >= 0))
         fail("options", "out of range");
@@ -292,10 +301,8 @@ void cross_entropy(In x, std::optional<Out> out, std::optional<In> labels, std::
 }
 
 nb::tuple nll_sums(In z, In labels, std::optional<In> weight, double beta) {
-    int f = float_index(z, "z");
-    if (z.ndim() != 2) fail("z", "expected 2 dimensions");
-    int64_t n = z.shape(0), k = z.shape(1);
-    check_c(z, "z");
+    int64_t n, k;
+    int f = rows_of(z, n, k);
     check_shape(labels, "labels", {n});
     check_dtype(labels, "labels", nb::dtype<int64_t>());
     lk::NllProblem p{};

@@ -129,18 +129,18 @@ LK_INLINE void neumaier(double& s, double& c, double v) {
 }
 
 // One vector of the sum pass: d = (x − m)/T (masked: −inf), e = exp(d), stored as asked.
-template <class T, bool MASK, int STORE>
+// FULL: L entries; else the r < L entries of a row's tail.
+template <class T, bool MASK, int STORE, bool FULL>
 LK_INLINE VF<T> exp_step(const T* src, const uint8_t* mask, T* out, int64_t r, VF<T> m, VF<T> inv_t,
                          VF<T>& d) {
-    constexpr int L = kL<T>;
-    VF<T> v = r >= L ? load<T>(src) : load_part<T>(src, r, -inf<T>());
-    if (MASK) v = select<T>(r >= L ? load_mask<T>(mask) : load_mask_part<T>(mask, r), v, splat<T>(-inf<T>()));
+    VF<T> v = FULL ? load<T>(src) : load_part<T>(src, r, -inf<T>());
+    if (MASK) v = select<T>(FULL ? load_mask<T>(mask) : load_mask_part<T>(mask, r), v, splat<T>(-inf<T>()));
     d = (v - m) * inv_t;
     VF<T> e = vexp<T>(d);
     if (STORE == STORE_EXP) {
-        if (r >= L) store<T>(out, e); else store_part<T>(out, e, r);
+        if (FULL) store<T>(out, e); else store_part<T>(out, e, r);
     } else if (STORE == STORE_SHIFTED) {
-        if (r >= L) store<T>(out, d); else store_part<T>(out, d, r);
+        if (FULL) store<T>(out, d); else store_part<T>(out, d, r);
     }
     return e;
 }
@@ -164,10 +164,13 @@ LK_INLINE void chunk_sum(const T* src, const uint8_t* mask, int64_t n, T m, T in
         for (int64_t b0 = 0; b0 < n; b0 += kSumBlock) {
             int64_t b1 = b0 + kSumBlock < n ? b0 + kSumBlock : n;
             VF<T> acc = splat<T>(0);
-            for (int64_t i = b0; i < b1; i += L) {
+            int64_t i = b0;
+            for (; i + L <= b1; i += L) {
                 for (int64_t q = 0; q < per && line < lines; ++q, ++line) __builtin_prefetch(next + line * kLine, 0, 3);
-                acc += exp_step<T, MASK, STORE>(src + i, MASK ? mask + i : nullptr, out + i, b1 - i, vm, vt, d);
+                acc += exp_step<T, MASK, STORE, true>(src + i, MASK ? mask + i : nullptr, out + i, L, vm, vt, d);
             }
+            if (i < b1)
+                acc += exp_step<T, MASK, STORE, false>(src + i, MASK ? mask + i : nullptr, out + i, b1 - i, vm, vt, d);
             rest += hsum_wide(acc);
         }
     } else {
@@ -176,11 +179,18 @@ LK_INLINE void chunk_sum(const T* src, const uint8_t* mask, int64_t n, T m, T in
         for (int64_t b0 = 0; b0 < n; b0 += kSumBlock) {
             int64_t b1 = b0 + kSumBlock < n ? b0 + kSumBlock : n;
             VF<T> acc = splat<T>(0), cnt = splat<T>(0);
-            for (int64_t i = b0; i < b1; i += L) {
+            int64_t i = b0;
+            for (; i + L <= b1; i += L) {
                 for (int64_t q = 0; q < per && line < lines; ++q, ++line) __builtin_prefetch(next + line * kLine, 0, 3);
-                VF<T> e = exp_step<T, MASK, STORE>(src + i, MASK ? mask + i : nullptr, out + i, b1 - i, vm, vt, d);
+                VF<T> e = exp_step<T, MASK, STORE, true>(src + i, MASK ? mask + i : nullptr, out + i, L, vm, vt, d);
                 VI<T> at_top = d == T(0);
                 acc += at_top ? splat<T>(0) : e;  // arithmetic, not a branch: NaN stays in acc
+                cnt += at_top ? splat<T>(1) : splat<T>(0);
+            }
+            if (i < b1) {
+                VF<T> e = exp_step<T, MASK, STORE, false>(src + i, MASK ? mask + i : nullptr, out + i, b1 - i, vm, vt, d);
+                VI<T> at_top = d == T(0);
+                acc += at_top ? splat<T>(0) : e;
                 cnt += at_top ? splat<T>(1) : splat<T>(0);
             }
             neumaier(rest, comp, hsum<T>(acc));

@@ -11,6 +11,9 @@
 
 #include <cstdint>
 #include <cstring>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 #ifndef LK_TARGET
 #error "LK_TARGET must name the SIMD target this file is compiled for"
@@ -64,17 +67,36 @@ template <class T> LK_INLINE void store(T* p, VF<T> v) {
     std::memcpy(p, &v, sizeof v);
 }
 // The first n (< lanes) entries from p, the others `fill`: row tails run through the same
-// vector code as full vectors, so every entry is computed by the same instructions.
+// vector code as full vectors, so every entry is computed by the same instructions.  Masked
+// loads and stores where the target has them (they never touch the entries past n).
 template <class T> LK_INLINE VF<T> load_part(const T* p, int64_t n, T fill) {
+#if defined(__AVX512F__)
+    if constexpr (sizeof(T) == 4) {
+        __m512 r = _mm512_mask_loadu_ps(_mm512_set1_ps(fill), static_cast<__mmask16>((1u << n) - 1), p);
+        return reinterpret_cast<VF<T>&>(r);
+    } else {
+        __m512d r = _mm512_mask_loadu_pd(_mm512_set1_pd(fill), static_cast<__mmask8>((1u << n) - 1), p);
+        return reinterpret_cast<VF<T>&>(r);
+    }
+#else
     T buf[kL<T>];
-    for (int i = 0; i < kL<T>; ++i) buf[i] = fill;
-    std::memcpy(buf, p, sizeof(T) * static_cast<size_t>(n));
+    for (int i = 0; i < kL<T>; ++i) buf[i] = i < n ? p[i] : fill;
     return load<T>(buf);
+#endif
 }
 template <class T> LK_INLINE void store_part(T* p, VF<T> v, int64_t n) {
+#if defined(__AVX512F__)
+    if constexpr (sizeof(T) == 4) {
+        _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), reinterpret_cast<__m512&>(v));
+    } else {
+        _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1), reinterpret_cast<__m512d&>(v));
+    }
+#else
     T buf[kL<T>];
     store<T>(buf, v);
-    std::memcpy(p, buf, sizeof(T) * static_cast<size_t>(n));
+    for (int i = 0; i < kL<T>; ++i)
+        if (i < n) p[i] = buf[i];
+#endif
 }
 // A boolean mask (one byte per entry, NumPy's bool) as all-ones / all-zeros integer lanes.
 template <class T> LK_INLINE VI<T> load_mask(const uint8_t* p) {
@@ -83,8 +105,10 @@ template <class T> LK_INLINE VI<T> load_mask(const uint8_t* p) {
     return __builtin_convertvector(b, VI<T>) != 0;
 }
 template <class T> LK_INLINE VI<T> load_mask_part(const uint8_t* p, int64_t n) {
-    typename Lanes<T>::B b{};
-    std::memcpy(&b, p, static_cast<size_t>(n));
+    uint8_t buf[kL<T>];
+    for (int i = 0; i < kL<T>; ++i) buf[i] = i < n ? p[i] : 0;
+    typename Lanes<T>::B b;
+    std::memcpy(&b, buf, sizeof b);
     return __builtin_convertvector(b, VI<T>) != 0;
 }
 template <class T> LK_INLINE VF<T> select(VI<T> m, VF<T> a, VF<T> b) {
@@ -224,6 +248,29 @@ template <> LK_INLINE VF<double> exp_poly<double>(VF<double> r) {
 template <class T> LK_INLINE VF<T> vexp(VF<T> d) {
     using C = ExpConst<T>;
     d = d < C::lo ? splat<T>(C::lo) : d;  // NaN stays NaN (the comparison is false)
+#if defined(__AVX512F__)
+    // AVX-512 rounds to an integer and scales by 2^n in one instruction each (vrndscale,
+    // vscalef: p·2^n rounded once, subnormal results included), a third of the work.
+    if constexpr (sizeof(T) == 4) {
+        __m512 t = reinterpret_cast<__m512&>(d) * C::log2e;
+        __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        VF<T> nv = reinterpret_cast<VF<T>&>(n);
+        VF<T> r = d - nv * C::c1;
+        r = r - nv * C::c2;
+        VF<T> p = exp_poly<T>(r);
+        __m512 out = _mm512_scalef_ps(reinterpret_cast<__m512&>(p), n);
+        return reinterpret_cast<VF<T>&>(out);
+    } else {
+        __m512d t = reinterpret_cast<__m512d&>(d) * C::log2e;
+        __m512d n = _mm512_roundscale_pd(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        VF<T> nv = reinterpret_cast<VF<T>&>(n);
+        VF<T> r = d - nv * C::c1;
+        r = r - nv * C::c2;
+        VF<T> p = exp_poly<T>(r);
+        __m512d out = _mm512_scalef_pd(reinterpret_cast<__m512d&>(p), n);
+        return reinterpret_cast<VF<T>&>(out);
+    }
+#endif
     VF<T> t = d * C::log2e + C::magic;
     VF<T> n = t - C::magic;
     VI<T> ni = as_int<T>(t) - C::magic_bits;
