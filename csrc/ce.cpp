@@ -321,8 +321,7 @@ void ce_kernel(const CeProblem& P) {
     Range range;
     if (plain) {
         range = [](const CeProblem& p, int64_t r0, int64_t r1) {
-            const int64_t rb = p.k * static_cast<int64_t>(sizeof(T));
-            plain_range<T, WRITE>(p, r0, r1, p.n * rb >= kStreamBytes && rb <= kStreamRowBytes);
+            plain_range<T, WRITE>(p, r0, r1, streamed(p.n, p.k * static_cast<int64_t>(sizeof(T))));
         };
     } else {
 #define LK_CE_OPTIONS(M, Q, C) if (mask == M && prob == Q && cap == C) range = options_range<T, WRITE, M, Q, C>;

@@ -106,6 +106,10 @@ int num_threads();
 void set_num_threads(int n);  // 0: the CPUs this process may run on
 double min_parallel_ns();
 void set_min_parallel_ns(double ns);
+// Outputs at least this large are written by streaming stores (3/4 of the last-level cache, as
+// glibc's memcpy; settable for tests and comparisons).
+int64_t stream_min_bytes();
+void set_stream_min_bytes(int64_t bytes);
 int64_t pool_jobs();          // calls that ran on the pool so far (counters for the tests)
 int64_t pool_helper_tasks();  // tasks that the pool's helper threads ran so far
 

@@ -368,5 +368,7 @@ NB_MODULE(_native, m) {
     m.def("min_parallel_ns", &lk::min_parallel_ns, "Estimated work below which a call runs on one thread.");
     m.def("set_min_parallel_ns", &lk::set_min_parallel_ns, nb::arg("ns"), "Set it.");
     m.def("pool_jobs", &lk::pool_jobs, "Calls that ran on the thread pool so far.");
+    m.def("stream_min_bytes", &lk::stream_min_bytes, "Outputs this large are written by streaming stores.");
+    m.def("set_stream_min_bytes", &lk::set_stream_min_bytes, nb::arg("bytes"), "Set it.");
     m.def("pool_helper_tasks", &lk::pool_helper_tasks, "Tasks the pool's helper threads ran so far.");
 }

@@ -64,6 +64,7 @@ std::atomic<Pool*> g_pool{nullptr};
 std::atomic<int> g_threads{0};           // 0: not decided yet
 std::atomic<double> g_min_ns{50000.0};  // work below this runs on the calling thread
 std::atomic<int64_t> g_jobs{0};         // jobs that ran on the pool (for the tests)
+std::atomic<int64_t> g_stream_bytes{-1};  // -1: not decided yet
 std::atomic<int64_t> g_helper_tasks{0};  // tasks that helper threads ran (for the tests)
 
 int cpus_available() {
@@ -181,6 +182,22 @@ void set_num_threads(int n) {
 }
 
 int64_t pool_jobs() { return g_jobs.load(std::memory_order_relaxed); }
+// Outputs larger than about the last-level cache are streamed, as glibc's memcpy does (from 3/4
+// of the shared cache on): below that, the output is likelier to be read from cache next, and on
+// our machines streaming stores made a 32 MiB softmax slower, not faster.
+int64_t stream_min_bytes() {
+    int64_t b = g_stream_bytes.load(std::memory_order_relaxed);
+    if (b < 0) {
+        long l3 = -1;
+#ifdef _SC_LEVEL3_CACHE_SIZE
+        l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+        b = l3 > 0 ? static_cast<int64_t>(l3) / 4 * 3 : int64_t(32) << 20;
+        g_stream_bytes.store(b, std::memory_order_relaxed);
+    }
+    return b;
+}
+void set_stream_min_bytes(int64_t bytes) { g_stream_bytes.store(bytes, std::memory_order_relaxed); }
 int64_t pool_helper_tasks() { return g_helper_tasks.load(std::memory_order_relaxed); }
 
 double min_parallel_ns() { return g_min_ns.load(std::memory_order_relaxed); }

@@ -168,8 +168,7 @@ void rows_kernel(const RowsProblem& P) {
     if (P.n < kSplitRows && P.k >= 2 * kSegment) return rows_split<T, MASK, CAP>(P);
     const double row_ns = ns_per_entry<T>(MASK, CAP) * static_cast<double>(P.k) + 30.0;
     const int64_t tasks = task_count(P.n, row_ns);
-    const int64_t row_bytes = P.k * static_cast<int64_t>(sizeof(T));
-    const bool stream = P.mode != LSE && P.n * row_bytes >= kStreamBytes && row_bytes <= kStreamRowBytes;
+    const bool stream = P.mode != LSE && streamed(P.n, P.k * static_cast<int64_t>(sizeof(T)));
     auto task = [&](int64_t t) { rows_range<T, MASK, CAP>(P, t * P.n / tasks, (t + 1) * P.n / tasks, stream); };
     run_tasks(tasks, row_ns * static_cast<double>(P.n) / static_cast<double>(tasks), task);
 }

@@ -287,9 +287,14 @@ void pass2(T* out, int64_t k, int64_t c_first, int64_t c_last, int mode, double 
 // Non-temporal ("streaming") stores: a large output written once goes straight to memory,
 // without first reading each of its cache lines in (a plain store's read for ownership), which
 // is a third of the memory traffic of a softmax.  Used for outputs far larger than the caches
-// only (see kStreamBytes): a small output is better left in cache for its reader.
-constexpr int64_t kStreamBytes = int64_t(16) << 20;
+// only (stream_min_bytes(): 3/4 of the last-level cache): a smaller output is better left in
+// cache for its reader.
 constexpr int64_t kStreamRowBytes = int64_t(1) << 20;  // a row's scratch stays in L2
+
+// Whether an output of n rows of row_bytes is streamed (stream_min_bytes(): kernels.hpp).
+LK_INLINE bool streamed(int64_t n, int64_t row_bytes) {
+    return n * row_bytes >= stream_min_bytes() && row_bytes <= kStreamRowBytes;
+}
 
 template <class T> LK_INLINE void stream_store(T* p, VF<T> v) {
 #if defined(__AVX512F__)

@@ -324,14 +324,25 @@ def test_large_outputs_are_placed_on_huge_page_boundaries():
     assert (q.__array_interface__["data"][0] - addr) % 4096 == 2048
 
 
+@pytest.fixture
+def streaming():
+    """Outputs of 1 MiB and more streamed (the default starts at 3/4 of the last-level cache)."""
+    native = _kernels.native()
+    before = native.stream_min_bytes()
+    native.set_stream_min_bytes(1 << 20)
+    yield
+    native.set_stream_min_bytes(before)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.usefixtures("streaming", "pool")
 def test_large_outputs_streamed_to_memory_equal_generic(dtype):
-    """Outputs of 16 MiB and more are written by streaming stores from a scratch row: rows
-    whose output starts off a 64-byte boundary (K = 4099), edge rows, and the label's entry of
-    the cross-entropy's gradient falling in the aligned part, the head and the tail."""
+    """Large outputs are written by streaming stores from a scratch row: rows whose output
+    starts off a 64-byte boundary (K = 4099), edge rows, and the label's entry of the
+    cross-entropy's gradient falling in the aligned part, the head and the tail."""
     rng = np.random.default_rng(9)
     k = 4099
-    n = (16 << 20) // (k * np.dtype(dtype).itemsize) + 3
+    n = (1 << 20) // (k * np.dtype(dtype).itemsize) + 3
     x = (rng.standard_normal((n, k)) * 5).astype(dtype)
     x[2, 7] = np.nan
     x[5] = -np.inf
