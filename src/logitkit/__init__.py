@@ -41,7 +41,7 @@ _LAZY = {
     "merge_logsumexp": "logitkit._attention",
     "merge_attention": "logitkit._attention",
 }
-_SUBMODULES = {"losses", "calibration", "models", "sampling", "rl", "distributed", "cli"}
+_SUBMODULES = {"losses", "calibration", "models", "sampling", "rl", "distributed", "cli", "config"}
 
 
 def __getattr__(name: str) -> Any:
