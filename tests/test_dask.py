@@ -199,7 +199,8 @@ def test_cli_calibrates_a_folder_of_shards_on_the_cluster(client, tmp_path, caps
     remote = json.loads(out)
     assert remote["inputs"] == local["inputs"] and len(remote["inputs"]) == 3
     assert remote["n_samples"] == 3000
-    np.testing.assert_allclose(remote["temperature"], local["temperature"], rtol=1e-8)
+    np.testing.assert_allclose(remote["calibrator"]["params"]["temperature"],
+                               local["calibrator"]["params"]["temperature"], rtol=1e-8)
     for when in ("before", "after"):
         for key, value in local[when].items():
             np.testing.assert_allclose(remote[when][key], value, rtol=1e-8, atol=1e-12,

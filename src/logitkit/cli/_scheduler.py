@@ -1,16 +1,14 @@
-"""Sharded inputs for ``logitkit calibrate``: folders, glob patterns, and a Dask cluster.
+"""``logitkit calibrate --scheduler ADDRESS``: the shards of a folder on a Dask cluster.
 
-``expand_inputs`` turns folders and glob patterns into the sorted list of prediction files they
-hold.  With ``--scheduler ADDRESS`` each file becomes one block of a Dask array, read by the
-cluster's workers and kept in their memory; the temperature fit (one map-reduce per Newton step)
-and the before/after metrics (one map-reduce each) then run there, and only O(bins) sums come
-back.
+Each file becomes one block of a Dask array, read by the cluster's workers with the same reader
+as a local run (so every file is checked the same way) and kept in their memory; the
+temperature fit (one map-reduce per Newton step) and the before/after metrics (one map-reduce
+each) then run there, and only O(bins) sums come back.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,34 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ._io import FORMATS, CliError, Columns, read_labels, read_predictions
-
-_PATTERN = "*?["
-
-
-def expand_inputs(paths: list[Path]) -> list[Path]:
-    """Files as given; a folder becomes its prediction files, a glob pattern its matches.
-
-    Both expansions are sorted by name, so shard order (and the result) is reproducible.
-    """
-    out: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir()
-                           if p.is_file() and p.suffix.lower() in FORMATS)
-            if not found:
-                raise CliError(f"{path}: no prediction files ({', '.join(FORMATS)}) in this "
-                               "folder")
-            out.extend(found)
-        elif not path.exists() and any(c in str(path) for c in _PATTERN):
-            found = sorted(Path(p) for p in glob.glob(str(path), recursive=True)
-                           if Path(p).is_file())
-            if not found:
-                raise CliError(f"{path}: no file matches this pattern")
-            out.extend(found)
-        else:
-            out.append(path)
-    return out
+from ._io import CliError, Columns, missing_labels, read_predictions
+from ._kinds import Kind, detect, to_logits
 
 
 @contextmanager
@@ -70,61 +42,69 @@ def on_cluster(address: str) -> Iterator[Any]:
 
 def _read_shard(path: Path, labels_path: Path | None, cols: Columns
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """One file's ``(logits, labels)``, checked as the in-process reader checks them."""
-    pred = read_predictions(path, cols, need_labels=labels_path is None)
-    labels = read_labels(labels_path, cols) if labels_path is not None else pred.labels
-    if labels is None:
-        raise CliError(f"{path}: no labels found; pass --labels FILE (or store them as "
-                       f"'{cols.labels_key}' / a '{cols.label_column}' column)")
-    if labels.shape[0] != pred.logits.shape[0]:
-        src = labels_path if labels_path is not None else path
-        raise CliError(f"{src}: {labels.shape[0]} labels for {pred.logits.shape[0]} rows of "
-                       "logits")
-    logits = pred.logits
-    if logits.shape[1] == 1:  # one binary logit per row: the logits [0, z]
-        logits = np.concatenate([np.zeros_like(logits), logits], axis=1)
-    return logits, labels
+    """One file's ``(scores, labels)``, checked as the in-process reader checks them."""
+    pred = read_predictions(path, cols, labels_path)
+    if pred.labels is None:
+        raise missing_labels(path, pred, cols)
+    return pred.scores, pred.labels
 
 
-def _meta(shard: tuple[np.ndarray, np.ndarray]) -> tuple[int, int, str]:
-    return int(shard[0].shape[0]), int(shard[0].shape[1]), shard[0].dtype.str
+def _meta(shard: tuple[np.ndarray, np.ndarray], given: str
+          ) -> tuple[int, int, str, str, str]:
+    kind = detect(shard[0], given)
+    return (int(shard[0].shape[0]), int(shard[0].shape[1]), shard[0].dtype.str, kind.name,
+            kind.reason)
 
 
-def _logits_of(shard: tuple[np.ndarray, np.ndarray], dtype: str) -> np.ndarray:
-    return shard[0].astype(dtype, copy=False)
+def _logits_of(shard: tuple[np.ndarray, np.ndarray], kind: Kind, dtype: str, path: str
+               ) -> np.ndarray:
+    return to_logits(shard[0], kind, path).astype(dtype, copy=False)
 
 
 def _labels_of(shard: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     return shard[1]
 
 
-def load_on_cluster(args: argparse.Namespace, files: list[Path]) -> tuple[Any, Any, list[str]]:
-    """Dask ``(logits, labels)`` with one block per file, read and held by the workers."""
+def load_on_cluster(args: argparse.Namespace, files: list[Path]) -> Any:
+    """The calibration set as Dask arrays with one block per file, read and held by the
+    workers: a :class:`~logitkit.cli._calibrate.Labelled`."""
     import dask
     import dask.array as da
     from dask import delayed
+
+    from ._calibrate import Labelled, check_label_range
 
     if args.binning == "quantile":
         raise CliError("--binning quantile needs every confidence in one place; use uniform "
                        "bins with --scheduler")
     if args.labels is not None and len(files) > 1:
         raise CliError("--labels works with one input file; give each file its labels instead")
-    cols = Columns(label_column=args.label_column, logits_key=args.logits_key,
-                   labels_key=args.labels_key)
+    cols = Columns.from_args(args)
     read = delayed(_read_shard, pure=True)
     shards = dask.persist(*[read(path, args.labels, cols) for path in files])
-    meta = dask.compute(*[delayed(_meta, pure=True)(s) for s in shards])
-    widths = sorted({k for _, k, _ in meta})
+    meta = dask.compute(*[delayed(_meta, pure=True)(s, args.input) for s in shards])
+    widths = sorted({m[1] for m in meta})
     if len(widths) > 1:
         raise CliError(f"the input files have different numbers of classes: {widths}")
-    dtype = np.result_type(*[np.dtype(d) for _, _, d in meta]).str
+    kinds = {m[3] for m in meta}
+    if len(kinds) > 1:
+        first = {m[3]: (path, m[4]) for path, m in zip(files, meta, strict=True)}
+        raise CliError("the input files hold different kinds of scores: "
+                       + "; ".join(f"{p} {name} ({why})" for name, (p, why) in first.items())
+                       + "; pass --input to say which")
+    kind = Kind(meta[0][3], meta[0][4])
+    dtype = np.result_type(*[np.dtype(m[2]) for m in meta]).str
+    k = max(2, widths[0])
     logits = da.concatenate([
-        da.from_delayed(delayed(_logits_of, pure=True)(s, dtype), shape=(n, k), dtype=dtype)
-        for s, (n, k, _) in zip(shards, meta, strict=True)])
+        da.from_delayed(delayed(_logits_of, pure=True)(s, kind, dtype, str(path)),
+                        shape=(m[0], k), dtype=dtype)
+        for s, m, path in zip(shards, meta, files, strict=True)])
     labels = da.concatenate([
-        da.from_delayed(delayed(_labels_of, pure=True)(s), shape=(n,), dtype=np.int64)
-        for s, (n, _, _) in zip(shards, meta, strict=True)])
-    return logits, labels, [str(p) for p in files]
+        da.from_delayed(delayed(_labels_of, pure=True)(s), shape=(m[0],), dtype=np.int64)
+        for s, m in zip(shards, meta, strict=True)])
+    low, high = dask.compute(labels.min(), labels.max())
+    check_label_range(np.array([low, high]), k, str(files[0]))
+    return Labelled(logits, labels, kind, [str(p) for p in files])
 
 
 def _evaluate_block(z: np.ndarray, y: np.ndarray, temperature: float, edges: np.ndarray

@@ -1,0 +1,54 @@
+"""Options that ``calibrate`` and ``apply`` share, so both read a file the same way."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from ._kinds import KINDS
+from ._progress import MODES
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def add_reader_options(p: argparse.ArgumentParser) -> None:
+    """How the reader finds scores and labels in a file, and what the scores are."""
+    p.add_argument("--input", choices=KINDS, default="auto",
+                   help="what the scores are: logits, probs (probabilities), log-probs, or auto "
+                        "(default): rows that are non-negative and sum to 1 within 1e-3, or "
+                        "one column in [0, 1], are probabilities, anything else logits")
+    p.add_argument("--logits-key", default="logits", metavar="NAME",
+                   help="array name of the scores in .npz/.pt files (default: logits)")
+    p.add_argument("--labels-key", default="labels", metavar="NAME",
+                   help="array name of the labels in .npz/.pt files (default: labels)")
+    p.add_argument("--label-column", default=None, metavar="NAME",
+                   help="label column of .csv/.parquet files (default: a column named 'label'; "
+                        "in a .csv without header, columns are named 0, 1, 2, … and the first "
+                        "is the label when it holds class indices)")
+    p.add_argument("--logit-columns", default=None, metavar="NAMES",
+                   help="score columns of .csv/.parquet files: names separated by commas, or "
+                        "one prefix (e.g. 'logit_'); default: every column but the label")
+
+
+def add_progress_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", choices=MODES, default="auto",
+                   help="progress on stderr: auto = bars for long inputs on a terminal; always = "
+                        "bars on a terminal, one line per finished stage elsewhere")

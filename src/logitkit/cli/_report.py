@@ -1,0 +1,139 @@
+"""``report.json``: its schema, how ``calibrate`` builds it, how ``apply`` reads it back, and the
+table printed from it.
+
+The report is the one place the figures live: ``calibrate`` builds it, writes it, and prints the
+table from it (or the report itself with ``--json``), so the table never says anything the
+report does not.  ``apply`` reads it back through :func:`load_report`, which checks the schema.
+
+Schema (version 1)::
+
+    schema_version   1
+    method           the chosen calibrator ("none": the scores are left as they are)
+    calibrator       what apply needs to rebuild it: {"method": ..., "params": {...}}
+    n_classes        K (apply refuses a file with another class count)
+    input            {"kind": "logits" | "probs" | "log-probs", "reason": ...}
+    converged, at_bound, warnings   the fit's health (apply refuses a bound or no convergence
+                                    unless --force, and repeats the warnings)
+    evaluation       {"kind": "test" | "cross-fitted" | "held-out", "folds": N or null,
+                      "rows": rows measured, "text": what "after" means, in words}
+    candidates       every method tried: out-of-fold nll, ece, brier, accuracy, fit_seconds,
+                     nll_spread, accuracy_change, flagged, chosen
+    before, after    accuracy, nll, ece, mce, rms_ce, brier on the evaluation rows (null = inf)
+    inputs, test_inputs, source, notes, n_samples, bins, binning, diagram, logitkit_version
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ._io import CliError
+
+SCHEMA_VERSION = 1
+METRICS = (("accuracy", "accuracy"), ("nll", "NLL"), ("ece", "ECE"), ("mce", "MCE"),
+           ("rms_ce", "RMS CE"), ("brier", "Brier"))
+CANDIDATE_COLUMNS = (("nll", "NLL"), ("ece", "ECE"), ("brier", "Brier"),
+                     ("accuracy", "accuracy"), ("fit_seconds", "fit s"))
+
+
+def clean(v: Any) -> float | None:
+    """A JSON number: ``None`` for ±inf and NaN (JSON has neither)."""
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def figures(metrics: dict[str, Any]) -> dict[str, float | None]:
+    """The report's metric block from a ``CalibrationStats.compute()``-like dict."""
+    return {key: clean(metrics[key]) for key, _ in METRICS}
+
+
+# --------------------------------------------------------------------------------------------
+# the table
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(v: float | None) -> str:
+    return "inf" if v is None else f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"
+
+
+def render(report: dict[str, Any]) -> str:
+    """The text the command prints: what was read, what "after" means, candidates, figures."""
+    lines = [f"logitkit calibrate: {report['source']}",
+             f"input: {report['input']['kind']} ({report['input']['reason']})",
+             f"after: {report['evaluation']['text']}"]
+    candidates = report.get("candidates") or []
+    if candidates:
+        lines.append("")
+        lines.append(f"{'method':14}" + "".join(f"{name:>10}" for _, name in
+                                                CANDIDATE_COLUMNS))
+        for c in candidates:
+            mark = "  <- chosen" if c["chosen"] else ""
+            if c.get("flagged"):
+                mark += f"  (accuracy {100 * c['accuracy_change']:+.1f} points)"
+            cells = "".join(f"{_fmt(c[key]):>10}" for key, _ in CANDIDATE_COLUMNS)
+            lines.append(f"{c['method']:14}{cells}{mark}")
+        lines.append(f"(out-of-fold on the calibration rows; {report['candidates_note']})")
+    lines.append("")
+    lines.append(f"chosen: {describe_calibrator(report['calibrator'])}")
+    lines.append(f"{'':10}{'before':>12}{'after':>12}")
+    b, a = report["before"], report["after"]
+    for key, name in METRICS:
+        lines.append(f"{name:10}{_fmt(b[key]):>12}{_fmt(a[key]):>12}")
+    return "\n".join(lines)
+
+
+def describe_calibrator(cal: dict[str, Any]) -> str:
+    method = cal["method"]
+    if method == "none":
+        return "none (the scores are left as they are)"
+    if method == "temperature":
+        return f"temperature (T = {cal['params']['temperature']:.4g})"
+    return method
+
+
+# --------------------------------------------------------------------------------------------
+# reading it back
+# --------------------------------------------------------------------------------------------
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """A report written by ``logitkit calibrate``, checked enough for ``apply`` to trust it."""
+    from ._io import check_input_file
+
+    check_input_file(path, "--report")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            report = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"--report {path}: not a JSON report ({str(exc).splitlines()[0]})"
+                       ) from None
+    if not isinstance(report, dict):
+        raise CliError(f"--report {path}: not a report of `logitkit calibrate` (a JSON "
+                       f"{type(report).__name__}, expected an object)")
+    version = report.get("schema_version")
+    if version != SCHEMA_VERSION:
+        what = "has no schema_version" if version is None else f"has schema_version {version!r}"
+        raise CliError(f"--report {path}: {what}; this logitkit reads version "
+                       f"{SCHEMA_VERSION}: run `logitkit calibrate` again to write one")
+    problems = []
+    cal = report.get("calibrator")
+    if not (isinstance(cal, dict) and isinstance(cal.get("method"), str)
+            and isinstance(cal.get("params"), dict)):
+        problems.append("'calibrator' (an object with 'method' and 'params')")
+    k = report.get("n_classes")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        problems.append("'n_classes' (an integer ≥ 2)")
+    kind = report.get("input")
+    if not (isinstance(kind, dict) and kind.get("kind") in ("logits", "probs", "log-probs")):
+        problems.append("'input' (with 'kind' logits, probs or log-probs)")
+    for key in ("converged", "at_bound"):
+        if not isinstance(report.get(key), bool):
+            problems.append(f"{key!r} (true or false)")
+    if not (isinstance(report.get("warnings"), list)
+            and all(isinstance(w, str) for w in report["warnings"])):
+        problems.append("'warnings' (a list of strings)")
+    if problems:
+        raise CliError(f"--report {path}: missing or malformed {', '.join(problems)}")
+    return report
