@@ -85,9 +85,23 @@ def detect(scores: np.ndarray, given: str) -> Kind:
     return Kind("logits", f"assumed: {why}, so not probabilities")
 
 
-def _first_bad(mask: np.ndarray) -> tuple[int, int]:
-    i, j = np.argwhere(mask)[0]
-    return int(i), int(j)
+def _refusal(path: Path | str, problem: str, kind: Kind) -> CliError:
+    return CliError(f"{path}: {problem} (read as {kind.describe()}); pass --input logits if "
+                    "they are logits")
+
+
+def _check_range(bad: np.ndarray, scores: np.ndarray, path: Path | str, rule: str,
+                 kind: Kind) -> None:
+    if bad.any():
+        i, j = (int(v) for v in np.argwhere(bad)[0])
+        raise _refusal(path, f"{rule}, found {scores[i, j]:g} in row {i}, column {j}", kind)
+
+
+def _check_sums(sums: np.ndarray, path: Path | str, rule: str, kind: Kind) -> None:
+    off = np.abs(sums - 1) > SUM_TOL
+    if off.any():
+        i = int(np.flatnonzero(off)[0])
+        raise _refusal(path, f"{rule}, row {i} sums to {sums[i]:.6g}", kind)
 
 
 def to_logits(scores: np.ndarray, kind: Kind, path: Path | str) -> np.ndarray:
@@ -98,41 +112,21 @@ def to_logits(scores: np.ndarray, kind: Kind, path: Path | str) -> np.ndarray:
             return np.concatenate([np.zeros_like(scores), scores], axis=1)
         return scores
     if kind.name == "probs":
-        bad = (scores < 0) | (scores > 1)
-        if bad.any():
-            i, j = _first_bad(bad)
-            raise CliError(f"{path}: probabilities must lie in [0, 1], found {scores[i, j]:g} "
-                           f"in row {i}, column {j} (read as probabilities: "
-                           f"{kind.reason}); pass --input logits if they are logits")
+        _check_range((scores < 0) | (scores > 1), scores, path,
+                     "probabilities must lie in [0, 1]", kind)
         with np.errstate(divide="ignore"):
             if k == 1:
                 return np.concatenate([np.log1p(-scores), np.log(scores)], axis=1)
             sums = _row_sums(scores)
-            off = np.abs(sums - 1) > SUM_TOL
-            if off.any():
-                i = int(np.flatnonzero(off)[0])
-                raise CliError(f"{path}: probabilities must sum to 1 in every row, row {i} "
-                               f"sums to {sums[i]:.6g} (read as probabilities: {kind.reason}); "
-                               "pass --input logits if they are logits")
+            _check_sums(sums, path, "probabilities must sum to 1 in every row", kind)
             out = np.log(scores)
             out -= np.log(sums).astype(out.dtype)[:, None]
             return out
-    # log-probabilities
-    bad = scores > 1e-6
-    if bad.any():
-        i, j = _first_bad(bad)
-        raise CliError(f"{path}: log-probabilities must be ≤ 0, found {scores[i, j]:g} in row "
-                       f"{i}, column {j} ({kind.reason}); pass --input logits if they are "
-                       "logits")
+    _check_range(scores > 1e-6, scores, path, "log-probabilities must be ≤ 0", kind)
     if k == 1:
         lp = np.minimum(scores, 0)
         with np.errstate(divide="ignore"):
             return np.concatenate([np.log(-np.expm1(lp)), lp], axis=1)
-    sums = _row_sums(scores, exp=True)
-    off = np.abs(sums - 1) > SUM_TOL
-    if off.any():
-        i = int(np.flatnonzero(off)[0])
-        raise CliError(f"{path}: log-probabilities must exponentiate to rows that sum to 1, row "
-                       f"{i} sums to {sums[i]:.6g} ({kind.reason}); pass --input logits if they "
-                       "are logits")
+    _check_sums(_row_sums(scores, exp=True), path,
+                "log-probabilities must exponentiate to rows that sum to 1", kind)
     return scores

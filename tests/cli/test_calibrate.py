@@ -1,7 +1,6 @@
 """``logitkit calibrate`` end to end: the demo, the table and the report, progress, warnings,
 ``python -m logitkit``, the top-level usage and ``logitkit bench``.  The reader is tested in
-``test_cli_inputs.py``, ``apply`` in ``test_cli_apply.py``, path errors in
-``test_cli_paths.py``."""
+``test_inputs.py``, ``apply`` in ``test_apply.py``, path errors in ``test_paths.py``."""
 
 from __future__ import annotations
 
@@ -14,20 +13,8 @@ import sys
 import numpy as np
 import pytest
 
-from cli_util import overconfident, report, run, user_error
 from logitkit.calibration import TemperatureScaler
 from logitkit.cli import main
-
-
-@pytest.fixture
-def data():
-    return overconfident()
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-
 
 # ------------------------------------------------------------------------- the demo
 
@@ -39,12 +26,12 @@ def demo_run(tmp_path_factory):
     return code, folder
 
 
-def test_demo_halves_ece_and_writes_report_and_png(demo_run):
+def test_demo_halves_ece_and_writes_report_and_png(cli, demo_run):
     from matplotlib.image import imread
 
     code, folder = demo_run
     assert code == 0
-    rep = report(folder)
+    rep = cli.report(folder)
     assert rep["after"]["ece"] <= 0.5 * rep["before"]["ece"]
     assert rep["after"]["nll"] < rep["before"]["nll"]
     assert rep["calibrator"]["params"]["temperature"] > 1 and rep["converged"]
@@ -54,18 +41,18 @@ def test_demo_halves_ece_and_writes_report_and_png(demo_run):
     assert sorted(os.listdir(folder)) == ["reliability.png", "report.json"]  # no temp files
 
 
-def test_demo_prints_before_after_table_and_default_folder(capsys):
-    code, out, _ = run(capsys, "calibrate", "--bins", "10")
+def test_demo_prints_before_after_table_and_default_folder(cli):
+    code, out, _ = cli.run("calibrate", "--bins", "10")
     assert code == 0
     for row in ("accuracy", "NLL", "ECE", "MCE", "Brier", "chosen: temperature (T = "):
         assert any(line.startswith(row) for line in out.splitlines()), row
     assert os.path.isdir("logitkit-calibration")
-    code, _, _ = run(capsys, "calibrate", "--json")
+    code, _, _ = cli.run("calibrate", "--json")
     assert code == 0 and os.path.isdir("logitkit-calibration-2")  # never reuses a folder
 
 
-def test_subprocess_python_m_logitkit(tmp_path):
-    z, y = overconfident()
+def test_subprocess_python_m_logitkit(cli, make_data, tmp_path):
+    z, y = make_data()
     np.savez(tmp_path / "preds.npz", logits=z, labels=y)
     out = tmp_path / "sub"
     proc = subprocess.run([sys.executable, "-m", "logitkit", "calibrate", "preds.npz", "--json",
@@ -73,7 +60,7 @@ def test_subprocess_python_m_logitkit(tmp_path):
                           timeout=120, check=False, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
-    assert rep == report(out)
+    assert rep == cli.report(out)
     assert rep["calibrator"]["params"]["temperature"] == pytest.approx(
         TemperatureScaler().fit(z, y).temperature_, rel=1e-9)
     bad = subprocess.run([sys.executable, "-m", "logitkit", "calibrate", "missing.npz"],
@@ -81,12 +68,12 @@ def test_subprocess_python_m_logitkit(tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 
 
-def test_report_schema_and_table_come_from_one_place(capsys, data):
+def test_report_schema_and_table_come_from_one_place(cli, data):
     from logitkit.cli._report import load_report, render
 
     z, y = data
     np.savez("preds.npz", logits=z, labels=y)
-    code, out, _ = run(capsys, "calibrate", "preds.npz", "--out", "o", "--no-diagram")
+    code, out, _ = cli.run("calibrate", "preds.npz", "--out", "o", "--no-diagram")
     assert code == 0
     rep = load_report(__import__("pathlib").Path("o/report.json"))
     assert rep["schema_version"] == 1 and rep["n_classes"] == 4
@@ -97,31 +84,31 @@ def test_report_schema_and_table_come_from_one_place(capsys, data):
 # ------------------------------------------------------------------------- options
 
 
-def test_bins_and_binning_options(capsys, data):
+def test_bins_and_binning_options(cli, data):
     z, y = data
     np.savez("preds.npz", logits=z, labels=y)
-    code, _, _ = run(capsys, "calibrate", "preds.npz", "--bins", "5", "--binning", "quantile",
+    code, _, _ = cli.run("calibrate", "preds.npz", "--bins", "5", "--binning", "quantile",
                      "--out", "q")
     assert code == 0
-    rep = report("q")
+    rep = cli.report("q")
     assert rep["bins"] == 5 and rep["binning"] == "quantile"
-    code, _, _ = run(capsys, "calibrate", "preds.npz", "--bins", "5", "--out", "u",
+    code, _, _ = cli.run("calibrate", "preds.npz", "--bins", "5", "--out", "u",
                      "--no-diagram")
-    assert report("u")["after"]["ece"] != rep["after"]["ece"]
-    assert report("u")["calibrator"] == rep["calibrator"]
+    assert cli.report("u")["after"]["ece"] != rep["after"]["ece"]
+    assert cli.report("u")["calibrator"] == rep["calibrator"]
 
 
-def test_progress_always_off_a_terminal_prints_finished_stages_not_stuck_bars(capsys, data):
+def test_progress_always_off_a_terminal_prints_finished_stages_not_stuck_bars(cli, data):
     z, y = data
     np.savez("preds.npz", logits=z, labels=y)
-    code, _, err = run(capsys, "calibrate", "preds.npz", "--progress", "always", "--out", "p",
+    code, _, err = cli.run("calibrate", "preds.npz", "--progress", "always", "--out", "p",
                        "--no-diagram")
     assert code == 0
     assert "0%" not in err and "\r" not in err
     lines = [line for line in err.splitlines() if line.startswith("logitkit: fitting T")]
     assert len(lines) == 1 and "400 rows" in lines[0] and " passes) in " in lines[0]
     assert any(line.startswith("logitkit: measuring: ") for line in err.splitlines())
-    code, _, err = run(capsys, "calibrate", "preds.npz", "--progress", "never", "--out", "n",
+    code, _, err = cli.run("calibrate", "preds.npz", "--progress", "never", "--out", "n",
                        "--no-diagram")
     assert code == 0 and err == ""
 
@@ -146,42 +133,42 @@ def test_progress_on_a_terminal_draws_bars_and_counts_passes():
     assert quiet.getvalue() == ""
 
 
-def test_at_bound_warning_is_one_line_and_in_the_report(capsys):
+def test_at_bound_warning_is_one_line_and_in_the_report(cli):
     rng = np.random.default_rng(1)
     np.savez("random.npz", logits=rng.normal(size=(300, 3)), labels=rng.integers(0, 3, 300))
-    code, _, err = run(capsys, "calibrate", "random.npz", "--out", "r", "--no-diagram")
+    code, _, err = cli.run("calibrate", "random.npz", "--out", "r", "--no-diagram")
     assert code == 0
     assert err.startswith("logitkit: warning: The optimal temperature lies at the upper bound")
-    assert report("r")["at_bound"] and report("r")["warnings"]
+    assert cli.report("r")["at_bound"] and cli.report("r")["warnings"]
 
 
-def test_bad_options_are_one_line_and_exit_2(capsys):
+def test_bad_options_are_one_line_and_exit_2(cli):
     for args, match in [(["--bins", "0"], "positive integer"),
                         (["--binning", "adaptive"], "invalid choice"),
                         (["--input", "odds"], "invalid choice"),
                         (["--progress", "sometimes"], "invalid choice"),
                         (["--unknown"], "unrecognized arguments")]:
-        user_error(capsys, "calibrate", *args, "--out", "never", match=match)
+        cli.error("calibrate", *args, "--out", "never", match=match)
     assert not os.path.exists("never")
 
 
-def test_top_level_usage(capsys):
-    code, out, err = run(capsys)
+def test_top_level_usage(cli):
+    code, out, err = cli.run()
     assert code == 2 and "calibrate" in err
-    code, out, _ = run(capsys, "--version")
+    code, out, _ = cli.run("--version")
     assert code == 0 and out.startswith("logitkit ")
-    code, out, _ = run(capsys, "calibrate", "--help")
+    code, out, _ = cli.run("calibrate", "--help")
     assert code == 0 and "--binning" in out and "--force" in out
-    user_error(capsys, "frobnicate", match="invalid choice")
+    cli.error("frobnicate", match="invalid choice")
 
 
 # ------------------------------------------------------------------------- bench
 
 
-def test_bench_json_and_table(capsys):
+def test_bench_json_and_table(cli):
     argv = ["bench", "--shapes", "16x64,4x300", "--ops", "softmax,cross_entropy",
             "--dtypes", "float32", "--peers", "scipy", "--repeats", "1"]
-    code, out, err = run(capsys, *argv, "--json")
+    code, out, err = cli.run(*argv, "--json")
     assert code == 0, err
     report = json.loads(out)
     assert report["repeats"] == 1
@@ -199,16 +186,16 @@ def test_bench_json_and_table(capsys):
             r["seconds"]["logitkit"] / r["copy_s"])
         assert r["speedup"]["scipy"] == pytest.approx(
             r["seconds"]["scipy"] / r["seconds"]["logitkit"])
-    code, out, err = run(capsys, *argv[:-2], "--repeats", "1", "--peers", "none")
+    code, out, err = cli.run(*argv[:-2], "--repeats", "1", "--peers", "none")
     assert code == 0
     assert out.splitlines()[0].split()[:5] == ["op", "shape", "dtype", "memcpy", "ms"]
     assert "softmax" in out and "times are medians of 1 repeats" in out
     assert "output recycling" in out
 
 
-def test_bench_bad_options_are_one_line_and_exit_2(capsys):
-    user_error(capsys, "bench", "--shapes", "12by4", match="--shapes")
-    user_error(capsys, "bench", "--ops", "softmax,frobnicate", match="--ops")
-    user_error(capsys, "bench", "--dtypes", "float16", match="--dtypes")
-    user_error(capsys, "bench", "--peers", "numpy", match="--peers")
-    user_error(capsys, "bench", "--repeats", "0", match="--repeats")
+def test_bench_bad_options_are_one_line_and_exit_2(cli):
+    cli.error("bench", "--shapes", "12by4", match="--shapes")
+    cli.error("bench", "--ops", "softmax,frobnicate", match="--ops")
+    cli.error("bench", "--dtypes", "float16", match="--dtypes")
+    cli.error("bench", "--peers", "numpy", match="--peers")
+    cli.error("bench", "--repeats", "0", match="--repeats")

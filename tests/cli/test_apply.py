@@ -7,26 +7,14 @@ import json
 import pathlib
 
 import numpy as np
-import pytest
 
-from cli_util import overconfident, report, run, user_error
 from logitkit import softmax
 
 
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture
-def data():
-    return overconfident()
-
-
-def _calibrated(capsys, path, out="cal", *extra):
-    code, _, err = run(capsys, "calibrate", path, "--out", out, "--no-diagram", *extra)
+def _calibrated(cli, path, out="cal", *extra):
+    code, _, err = cli.run("calibrate", path, "--out", out, "--no-diagram", *extra)
     assert code == 0, err
-    return report(out)
+    return cli.report(out)
 
 
 def _temperature(rep):
@@ -34,21 +22,21 @@ def _temperature(rep):
     return rep["calibrator"]["params"]["temperature"]
 
 
-def test_apply_with_temperature_or_report(capsys, data):
+def test_apply_with_temperature_or_report(cli, data):
     z, y = data
     np.save("logits.npy", z)
     np.savez("preds.npz", logits=z, labels=y)
-    t = _temperature(_calibrated(capsys, "preds.npz"))
-    code, out, err = run(capsys, "apply", "logits.npy", "--report", "cal/report.json", "--out",
+    t = _temperature(_calibrated(cli, "preds.npz"))
+    code, out, err = cli.run("apply", "logits.npy", "--report", "cal/report.json", "--out",
                          "probs.npy")
     assert code == 0, err
     assert "probs.npy" in out and "temperature" in out
     probs = np.load("probs.npy")
     assert probs.dtype == np.float32
     np.testing.assert_allclose(probs, softmax(z.astype(np.float64) / t), rtol=1e-5, atol=1e-7)
-    user_error(capsys, "apply", "logits.npy", "--temperature", "2", "--out", "probs.npy",
+    cli.error("apply", "logits.npy", "--temperature", "2", "--out", "probs.npy",
                match="--force")
-    code, _, _ = run(capsys, "apply", "preds.npz", "--temperature", "2", "--out", "probs.npy",
+    code, _, _ = cli.run("apply", "preds.npz", "--temperature", "2", "--out", "probs.npy",
                      "--force")
     assert code == 0
     np.testing.assert_allclose(np.load("probs.npy"), softmax(z.astype(np.float64) / 2),
@@ -58,16 +46,16 @@ def test_apply_with_temperature_or_report(capsys, data):
     frame = pd.DataFrame(z, columns=list("abcd"))
     frame["label"] = y
     frame.to_csv("preds.csv", index=False)
-    assert run(capsys, "apply", "preds.csv", "--temperature", "0.5", "--out", "p.csv")[0] == 0
+    assert cli.run("apply", "preds.csv", "--temperature", "0.5", "--out", "p.csv")[0] == 0
     back = np.loadtxt("p.csv", delimiter=",", skiprows=1)
     np.testing.assert_allclose(back, softmax(z.astype(np.float64) / 0.5), rtol=1e-6, atol=1e-9)
 
 
-def test_headerless_csv_is_read_the_same_by_calibrate_and_apply(capsys, data):
+def test_headerless_csv_is_read_the_same_by_calibrate_and_apply(cli, data):
     z, y = data
     np.savetxt("labelled.csv", np.column_stack([y, z]), delimiter=",", fmt="%.9g")
-    t = _temperature(_calibrated(capsys, "labelled.csv"))
-    code, _, err = run(capsys, "apply", "labelled.csv", "--report", "cal/report.json", "--out",
+    t = _temperature(_calibrated(cli, "labelled.csv"))
+    code, _, err = cli.run("apply", "labelled.csv", "--report", "cal/report.json", "--out",
                        "p.npy")
     assert code == 0, err
     assert "column 0" in err and "read as the labels" in err
@@ -76,7 +64,7 @@ def test_headerless_csv_is_read_the_same_by_calibrate_and_apply(capsys, data):
     np.testing.assert_allclose(probs, softmax(z.astype(np.float64) / t), rtol=1e-6, atol=1e-9)
 
 
-def test_pandas_index_is_dropped_by_apply_too(capsys, data):
+def test_pandas_index_is_dropped_by_apply_too(cli, data):
     import pandas as pd
 
     z, y = data
@@ -84,9 +72,9 @@ def test_pandas_index_is_dropped_by_apply_too(capsys, data):
     frame["label"] = y
     frame.to_csv("indexed.csv")
     frame.drop(columns="label").to_csv("scores.csv")
-    t = _temperature(_calibrated(capsys, "indexed.csv"))
+    t = _temperature(_calibrated(cli, "indexed.csv"))
     for path in ("indexed.csv", "scores.csv"):
-        code, _, err = run(capsys, "apply", path, "--report", "cal/report.json", "--out",
+        code, _, err = cli.run("apply", path, "--report", "cal/report.json", "--out",
                            f"{path}.npy")
         assert code == 0, err
         assert "pandas index" in err
@@ -94,31 +82,31 @@ def test_pandas_index_is_dropped_by_apply_too(capsys, data):
                                    rtol=1e-6, atol=1e-9)
 
 
-def test_apply_refuses_a_file_with_another_class_count(capsys, data):
+def test_apply_refuses_a_file_with_another_class_count(cli, data):
     z, y = data
     np.savez("preds.npz", logits=z, labels=y)
     np.save("five.npy", np.column_stack([z, z[:, :1]]))
-    _calibrated(capsys, "preds.npz")
-    line = user_error(capsys, "apply", "five.npy", "--report", "cal/report.json", "--out",
+    _calibrated(cli, "preds.npz")
+    line = cli.error("apply", "five.npy", "--report", "cal/report.json", "--out",
                       "p.npy", match="5 columns of scores (5 classes)")
     assert "fitted on 4 classes" in line
     assert not pathlib.Path("p.npy").exists()
     # a class count is not a matter of opinion: --force does not override it
-    user_error(capsys, "apply", "five.npy", "--report", "cal/report.json", "--out", "p.npy",
+    cli.error("apply", "five.npy", "--report", "cal/report.json", "--out", "p.npy",
                "--force", match="fitted on 4 classes")
 
 
-def test_apply_refuses_a_fit_at_a_bound_unless_forced_and_repeats_the_warning(capsys):
+def test_apply_refuses_a_fit_at_a_bound_unless_forced_and_repeats_the_warning(cli):
     rng = np.random.default_rng(1)
     z = rng.normal(size=(300, 3))
     np.savez("random.npz", logits=z, labels=rng.integers(0, 3, 300))
-    rep = _calibrated(capsys, "random.npz")
+    rep = _calibrated(cli, "random.npz")
     assert rep["at_bound"] and rep["warnings"]
-    line = user_error(capsys, "apply", "random.npz", "--report", "cal/report.json", "--out",
+    line = cli.error("apply", "random.npz", "--report", "cal/report.json", "--out",
                       "p.npy", match="not applied: its fit stopped at a bound")
     assert "upper bound" in line and "--force" in line
     assert not pathlib.Path("p.npy").exists()
-    code, _, err = run(capsys, "apply", "random.npz", "--report", "cal/report.json", "--out",
+    code, _, err = cli.run("apply", "random.npz", "--report", "cal/report.json", "--out",
                          "p.npy", "--force")
     assert code == 0, err
     assert err.startswith("logitkit: warning: cal/report.json: The optimal temperature lies at "
@@ -126,63 +114,63 @@ def test_apply_refuses_a_fit_at_a_bound_unless_forced_and_repeats_the_warning(ca
     assert pathlib.Path("p.npy").exists()
 
 
-def test_apply_refuses_a_fit_that_did_not_converge_unless_forced(capsys, data):
+def test_apply_refuses_a_fit_that_did_not_converge_unless_forced(cli, data):
     z, y = data
     np.savez("preds.npz", logits=z, labels=y)
-    rep = _calibrated(capsys, "preds.npz")
+    rep = _calibrated(cli, "preds.npz")
     rep["converged"] = False
     rep["warnings"] = ["the fit stopped after 3 iterations"]
     pathlib.Path("cal/report.json").write_text(json.dumps(rep))
-    user_error(capsys, "apply", "preds.npz", "--report", "cal/report.json", "--out", "p.npy",
+    cli.error("apply", "preds.npz", "--report", "cal/report.json", "--out", "p.npy",
                match="did not converge (the fit stopped after 3 iterations)")
-    code, _, err = run(capsys, "apply", "preds.npz", "--report", "cal/report.json", "--out",
+    code, _, err = cli.run("apply", "preds.npz", "--report", "cal/report.json", "--out",
                        "p.npy", "--force")
     assert code == 0 and "warning: cal/report.json: the fit stopped after 3" in err
 
 
-def test_apply_reads_the_kind_the_calibrator_was_fitted_on(capsys, data):
+def test_apply_reads_the_kind_the_calibrator_was_fitted_on(cli, data):
     z, y = data
     p = softmax(z.astype(np.float64))
     np.savez("probs.npz", logits=p, labels=y)
     np.save("logits.npy", z)
     np.save("probs.npy", p)
-    rep = _calibrated(capsys, "probs.npz")
+    rep = _calibrated(cli, "probs.npz")
     assert rep["input"]["kind"] == "probs"
     t = _temperature(rep)
-    code, out, err = run(capsys, "apply", "probs.npy", "--report", "cal/report.json", "--out",
+    code, out, err = cli.run("apply", "probs.npy", "--report", "cal/report.json", "--out",
                          "out.npy")
     assert code == 0, err
     assert "from probabilities" in out
     np.testing.assert_allclose(np.load("out.npy"), softmax(np.log(p) / t), rtol=1e-9)
-    line = user_error(capsys, "apply", "logits.npy", "--report", "cal/report.json", "--out",
+    line = cli.error("apply", "logits.npy", "--report", "cal/report.json", "--out",
                       "x.npy", match="logits.npy: read as logits")
     assert "fitted on probs" in line and "--input probs" in line
-    user_error(capsys, "apply", "probs.npy", "--report", "cal/report.json", "--input", "logits",
+    cli.error("apply", "probs.npy", "--report", "cal/report.json", "--input", "logits",
                "--out", "x.npy", match="--input logits: the calibrator in cal/report.json was "
                                        "fitted on probs")
     # a log-probabilities report takes files that auto-detection calls logits
     np.savez("logp.npz", logits=np.log(p), labels=y)
-    _calibrated(capsys, "logp.npz", "lp", "--input", "log-probs")
+    _calibrated(cli, "logp.npz", "lp", "--input", "log-probs")
     np.save("logp.npy", np.log(p))
-    code, _, err = run(capsys, "apply", "logp.npy", "--report", "lp/report.json", "--out",
+    code, _, err = cli.run("apply", "logp.npy", "--report", "lp/report.json", "--out",
                        "lp.npy")
     assert code == 0, err
 
 
-def test_apply_reads_a_folder_of_shards_in_order(capsys, data):
+def test_apply_reads_a_folder_of_shards_in_order(cli, data):
     z, y = data
     np.savez("preds.npz", logits=z, labels=y)
-    t = _temperature(_calibrated(capsys, "preds.npz"))
+    t = _temperature(_calibrated(cli, "preds.npz"))
     pathlib.Path("shards").mkdir()
     for i, part in enumerate(np.array_split(z, 3)):
         np.save(f"shards/part-{i}.npy", part)
-    code, _, err = run(capsys, "apply", "shards", "--report", "cal/report.json", "--out",
+    code, _, err = cli.run("apply", "shards", "--report", "cal/report.json", "--out",
                        "p.npy")
     assert code == 0, err
     np.testing.assert_allclose(np.load("p.npy"), softmax(z.astype(np.float64) / t), rtol=1e-5)
 
 
-def test_apply_refuses_reports_it_cannot_trust(capsys, data):
+def test_apply_refuses_reports_it_cannot_trust(cli, data):
     z, _ = data
     np.save("logits.npy", z)
     pathlib.Path("bad.json").write_text("{not json")
@@ -205,11 +193,11 @@ def test_apply_refuses_reports_it_cannot_trust(capsys, data):
         (["--report", "unknown.json"], "unknown calibrator method 'voodoo'"),
     ]
     for args, match in cases:
-        user_error(capsys, "apply", "logits.npy", *args, "--out", "p.npy", match=match)
+        cli.error("apply", "logits.npy", *args, "--out", "p.npy", match=match)
     assert not pathlib.Path("p.npy").exists()
 
 
-def test_apply_bad_options(capsys, data):
+def test_apply_bad_options(cli, data):
     z, _ = data
     np.save("logits.npy", z)
     cases = [
@@ -224,5 +212,5 @@ def test_apply_bad_options(capsys, data):
          "invalid choice"),
     ]
     for args, match in cases:
-        user_error(capsys, "apply", *args, match=match)
+        cli.error("apply", *args, match=match)
     assert not pathlib.Path("p.npy").exists()

@@ -11,19 +11,8 @@ import os
 import numpy as np
 import pytest
 
-from cli_util import overconfident, report, run, user_error
 from logitkit import log_softmax, softmax
 from logitkit.calibration import TemperatureScaler
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture
-def data():
-    return overconfident()
 
 
 def _t(z, y):
@@ -33,16 +22,16 @@ def _t(z, y):
     return TemperatureScaler().fit(z, y).temperature_
 
 
-def _calibrate(capsys, *args, out="out"):
-    code, stdout, err = run(capsys, "calibrate", *args, "--out", out, "--no-diagram")
+def _calibrate(cli, *args, out="out"):
+    code, stdout, err = cli.run("calibrate", *args, "--out", out, "--no-diagram")
     assert code == 0, err
-    return report(out), stdout, err
+    return cli.report(out), stdout, err
 
 
 # ------------------------------------------------------------------------- formats
 
 
-def test_every_input_format_gives_the_same_temperature(capsys, data):
+def test_every_input_format_gives_the_same_temperature(cli, data):
     import pandas as pd
     import torch
 
@@ -74,7 +63,7 @@ def test_every_input_format_gives_the_same_temperature(capsys, data):
         "pt-numpy": ["numpy.pt"],
     }
     for name, args in cases.items():
-        code, out, err = run(capsys, "calibrate", *args, "--out", name, "--json",
+        code, out, err = cli.run("calibrate", *args, "--out", name, "--json",
                              "--no-diagram")
         assert code == 0, (name, err)
         assert os.listdir(name) == ["report.json"]
@@ -86,11 +75,11 @@ def test_every_input_format_gives_the_same_temperature(capsys, data):
         assert rep["input"]["kind"] == "logits"
 
 
-def test_several_files_are_concatenated_and_a_binary_column_accepted(capsys, data):
+def test_several_files_are_concatenated_and_a_binary_column_accepted(cli, data):
     z, y = data
     np.savez("a.npz", logits=z[:150], labels=y[:150])
     np.savez("b.npz", logits=z[150:], labels=y[150:])
-    code, out, err = run(capsys, "calibrate", "a.npz", "b.npz", "--json", "--out", "two",
+    code, out, err = cli.run("calibrate", "a.npz", "b.npz", "--json", "--out", "two",
                          "--no-diagram")
     assert code == 0, err
     assert json.loads(out)["calibrator"]["params"]["temperature"] == pytest.approx(
@@ -98,7 +87,7 @@ def test_several_files_are_concatenated_and_a_binary_column_accepted(capsys, dat
     s = z[:, 1] - z[:, 0]
     yb = (y % 2).astype(np.int64)
     np.savez("binary.npz", logits=s, labels=yb)
-    rep, _, _ = _calibrate(capsys, "binary.npz", out="bin")
+    rep, _, _ = _calibrate(cli, "binary.npz", out="bin")
     assert rep["n_classes"] == 2 and rep["input"]["kind"] == "logits"
     assert rep["calibrator"]["params"]["temperature"] == pytest.approx(_t(s, yb), rel=1e-9)
 
@@ -106,26 +95,26 @@ def test_several_files_are_concatenated_and_a_binary_column_accepted(capsys, dat
 # ------------------------------------------------------------------------- CSV shapes
 
 
-def test_pandas_index_column_is_dropped_with_a_note(capsys, data):
+def test_pandas_index_column_is_dropped_with_a_note(cli, data):
     import pandas as pd
 
     z, y = data
     frame = pd.DataFrame(z.astype(np.float64), columns=[f"z{k}" for k in range(4)])
     frame["label"] = y
     frame.to_csv("indexed.csv")  # pandas writes its index as an unnamed first column
-    rep, _, err = _calibrate(capsys, "indexed.csv")
+    rep, _, err = _calibrate(cli, "indexed.csv")
     assert rep["calibrator"]["params"]["temperature"] == pytest.approx(_t(z, y), rel=1e-6)
     assert rep["n_classes"] == 4
     assert "pandas index" in err and "index=False" in err
     assert any("pandas index" in note for note in rep["notes"])
     # the same without a header: an index counting 0, 1, 2, … before the label column
     frame.to_csv("indexed-noheader.csv", header=False, columns=["label", *frame.columns[:4]])
-    rep, _, err = _calibrate(capsys, "indexed-noheader.csv", out="noheader")
+    rep, _, err = _calibrate(cli, "indexed-noheader.csv", out="noheader")
     assert rep["calibrator"]["params"]["temperature"] == pytest.approx(_t(z, y), rel=1e-6)
     assert "pandas index" in err and "column 0" in err
 
 
-def test_pandas_index_read_back_and_written_again_is_dropped(capsys, data):
+def test_pandas_index_read_back_and_written_again_is_dropped(cli, data):
     import pandas as pd
 
     z, y = data
@@ -133,11 +122,11 @@ def test_pandas_index_read_back_and_written_again_is_dropped(capsys, data):
     frame["label"] = y
     frame.to_csv("once.csv")
     pd.read_csv("once.csv").to_csv("twice.csv", index=False)  # a column named "Unnamed: 0"
-    rep, _, err = _calibrate(capsys, "twice.csv")
+    rep, _, err = _calibrate(cli, "twice.csv")
     assert rep["n_classes"] == 4 and "pandas index" in err
 
 
-def test_parquet_index_stored_by_pandas_is_dropped(capsys, data):
+def test_parquet_index_stored_by_pandas_is_dropped(cli, data):
     import pandas as pd
 
     z, y = data
@@ -145,45 +134,45 @@ def test_parquet_index_stored_by_pandas_is_dropped(capsys, data):
     frame["label"] = y
     frame.index = 1000 + 3 * np.arange(len(y))  # not a RangeIndex: pandas stores it as a column
     frame.to_parquet("indexed.parquet")
-    rep, _, err = _calibrate(capsys, "indexed.parquet")
+    rep, _, err = _calibrate(cli, "indexed.parquet")
     assert rep["n_classes"] == 4
     assert rep["calibrator"]["params"]["temperature"] == pytest.approx(_t(z, y), rel=1e-9)
     assert "index column" in err
 
 
-def test_pandas_column_numbers_are_a_header_not_a_row(capsys, data):
+def test_pandas_column_numbers_are_a_header_not_a_row(cli, data):
     import pandas as pd
 
     z, y = data
     pd.DataFrame(np.column_stack([y, z])).to_csv("numbered.csv", index=False)  # "0,1,2,3,4"
-    rep, _, err = _calibrate(capsys, "numbered.csv")
+    rep, _, err = _calibrate(cli, "numbered.csv")
     assert rep["n_samples"] == len(y) and rep["n_classes"] == 4
     assert rep["calibrator"]["params"]["temperature"] == pytest.approx(_t(z, y), rel=1e-6)
     assert "column names" in err
 
 
-def test_headerless_csv_label_first_or_scores_only(capsys, data):
+def test_headerless_csv_label_first_or_scores_only(cli, data):
     z, y = data
     np.savetxt("labelled.csv", np.column_stack([y, z]), delimiter=",", fmt="%.9g")
     np.savetxt("scores.csv", z, delimiter=",", fmt="%.9g")
     np.save("labels.npy", y)
-    rep, _, err = _calibrate(capsys, "labelled.csv", out="a")
+    rep, _, err = _calibrate(cli, "labelled.csv", out="a")
     assert rep["n_classes"] == 4 and "column 0" in err and "read as the labels" in err
     t = _t(z, y)
     assert rep["calibrator"]["params"]["temperature"] == pytest.approx(t, rel=1e-6)
-    code, _, err = run(capsys, "calibrate", "scores.csv", "--labels", "labels.npy", "--out", "b",
+    code, _, err = cli.run("calibrate", "scores.csv", "--labels", "labels.npy", "--out", "b",
                        "--no-diagram")
     assert code == 0, err
     assert "all 4 columns read as scores" in err
-    assert report("b")["calibrator"]["params"]["temperature"] == pytest.approx(t, rel=1e-6)
+    assert cli.report("b")["calibrator"]["params"]["temperature"] == pytest.approx(t, rel=1e-6)
     # a column chosen by its number
-    code, _, err = run(capsys, "calibrate", "labelled.csv", "--label-column", "0",
+    code, _, err = cli.run("calibrate", "labelled.csv", "--label-column", "0",
                        "--logit-columns", "1,2,3,4", "--out", "c", "--no-diagram")
     assert code == 0, err
-    assert report("c")["calibrator"]["params"]["temperature"] == pytest.approx(t, rel=1e-6)
+    assert cli.report("c")["calibrator"]["params"]["temperature"] == pytest.approx(t, rel=1e-6)
 
 
-def test_label_and_logit_columns_by_name_list_and_prefix(capsys, data):
+def test_label_and_logit_columns_by_name_list_and_prefix(cli, data):
     import pandas as pd
 
     z, y = data
@@ -197,45 +186,45 @@ def test_label_and_logit_columns_by_name_list_and_prefix(capsys, data):
     for path in ("named.csv", "named.parquet"):
         for columns in ("logit_", "logit_*", "logit_0,logit_1,logit_2,logit_3"):
             out = f"{path}-{columns}".replace("*", "s").replace(",", "")
-            code, _, err = run(capsys, "calibrate", path, "--label-column", "target",
+            code, _, err = cli.run("calibrate", path, "--label-column", "target",
                                "--logit-columns", columns, "--out", out, "--no-diagram")
             assert code == 0, err
-            assert report(out)["calibrator"]["params"]["temperature"] == pytest.approx(
+            assert cli.report(out)["calibrator"]["params"]["temperature"] == pytest.approx(
                 t, rel=1e-6)
     found = "'id', 'target', 'logit_0', 'logit_1', 'logit_2', 'logit_3', 'weight'"
-    line = user_error(capsys, "calibrate", "named.csv", "--logit-columns", "logit_",
+    line = cli.error("calibrate", "named.csv", "--logit-columns", "logit_",
                       "--out", "x", match="no labels found")
     assert found in line and "--label-column" in line
-    line = user_error(capsys, "calibrate", "named.csv", "--label-column", "y", "--out", "x",
+    line = cli.error("calibrate", "named.csv", "--label-column", "y", "--out", "x",
                       match="no column named 'y'")
     assert found in line and "use --label-column" in line
-    line = user_error(capsys, "calibrate", "named.csv", "--label-column", "target",
+    line = cli.error("calibrate", "named.csv", "--label-column", "target",
                       "--logit-columns", "score_", "--out", "x",
                       match="no column named or starting with 'score_'")
     assert found in line and "use --logit-columns" in line
-    user_error(capsys, "calibrate", "named.csv", "--label-column", "target", "--logit-columns",
+    cli.error("calibrate", "named.csv", "--label-column", "target", "--logit-columns",
                "logit_0,z9", "--out", "x", match="no column named 'z9'")
-    user_error(capsys, "calibrate", "named.csv", "--label-column", "target", "--logit-columns",
+    cli.error("calibrate", "named.csv", "--label-column", "target", "--logit-columns",
                "target,logit_0", "--out", "x", match="both the label column and a score")
     assert not os.path.exists("x")
 
 
-def test_npz_and_pt_errors_name_the_keys_found_and_the_option(capsys, data):
+def test_npz_and_pt_errors_name_the_keys_found_and_the_option(cli, data):
     import torch
 
     z, y = data
     np.savez("named.npz", scores=z, target=y)
     np.savez("nolabels.npz", logits=z)
     torch.save({"scores": torch.from_numpy(z)}, "named.pt")
-    line = user_error(capsys, "calibrate", "named.npz", match="no array named 'logits'")
+    line = cli.error("calibrate", "named.npz", match="no array named 'logits'")
     assert "'scores', 'target'" in line and "--logits-key" in line
-    line = user_error(capsys, "calibrate", "nolabels.npz", match="no labels found")
+    line = cli.error("calibrate", "nolabels.npz", match="no labels found")
     assert "arrays: 'logits'" in line and "--labels-key" in line and "--labels FILE" in line
-    line = user_error(capsys, "calibrate", "named.pt", match="no entry named 'logits'")
+    line = cli.error("calibrate", "named.pt", match="no entry named 'logits'")
     assert "'scores'" in line and "--logits-key" in line
 
 
-def test_pt_refused_by_weights_only_loading_is_one_clean_complete_line(capsys, data):
+def test_pt_refused_by_weights_only_loading_is_one_clean_complete_line(cli, data):
     import datetime
 
     import torch
@@ -243,7 +232,7 @@ def test_pt_refused_by_weights_only_loading_is_one_clean_complete_line(capsys, d
     z, y = data
     torch.save({"logits": torch.from_numpy(z), "labels": torch.from_numpy(y),
                 "written": datetime.date(2025, 1, 31)}, "objects.pt")
-    line = user_error(capsys, "calibrate", "objects.pt", match="weights-only loader refuses")
+    line = cli.error("calibrate", "objects.pt", match="weights-only loader refuses")
     assert "\x1b" not in line
     assert "datetime.date" in line
     assert line.rstrip().endswith("as .npz")
@@ -252,88 +241,88 @@ def test_pt_refused_by_weights_only_loading_is_one_clean_complete_line(capsys, d
 # ------------------------------------------------------------------------- input kinds
 
 
-def test_probabilities_are_recognised_and_calibrated_through_their_log(capsys, data):
+def test_probabilities_are_recognised_and_calibrated_through_their_log(cli, data):
     z, y = data
     p = softmax(z.astype(np.float64))
     np.savez("probs.npz", logits=p.astype(np.float32), labels=y)
-    rep, out, _ = _calibrate(capsys, "probs.npz")
+    rep, out, _ = _calibrate(cli, "probs.npz")
     assert rep["input"]["kind"] == "probs"
     assert "sums to 1 within 0.001" in rep["input"]["reason"]
     assert "input: probs (assumed: every row is non-negative and sums to 1" in out
     assert rep["calibrator"]["params"]["temperature"] == pytest.approx(_t(z, y), rel=1e-5)
 
 
-def test_one_column_of_probabilities_is_p_of_class_one(capsys):
+def test_one_column_of_probabilities_is_p_of_class_one(cli):
     rng = np.random.default_rng(3)
     s = rng.normal(size=500) * 4
     y = (rng.uniform(size=500) < 1 / (1 + np.exp(-s / 4))).astype(np.int64)
     p = 1 / (1 + np.exp(-s))
     np.savez("p1.npz", logits=p, labels=y)
-    rep, out, _ = _calibrate(capsys, "p1.npz")
+    rep, out, _ = _calibrate(cli, "p1.npz")
     assert rep["input"]["kind"] == "probs" and rep["n_classes"] == 2
     assert "P(class 1)" in out
     assert rep["calibrator"]["params"]["temperature"] == pytest.approx(_t(s, y), rel=1e-6)
     # the same column, declared logits, is fitted as logits
-    code, _, err = run(capsys, "calibrate", "p1.npz", "--input", "logits", "--out", "as-logits",
+    code, _, err = cli.run("calibrate", "p1.npz", "--input", "logits", "--out", "as-logits",
                        "--no-diagram")
     assert code == 0, err
-    rep = report("as-logits")
+    rep = cli.report("as-logits")
     assert rep["input"] == {"kind": "logits", "reason": "given (--input logits)"}
     assert rep["calibrator"]["params"]["temperature"] == pytest.approx(_t(p, y), rel=1e-9)
 
 
-def test_log_probabilities_kind(capsys, data):
+def test_log_probabilities_kind(cli, data):
     z, y = data
     lp = log_softmax(z.astype(np.float64))
     np.savez("logp.npz", logits=lp, labels=y)
-    rep, _, _ = _calibrate(capsys, "logp.npz")
+    rep, _, _ = _calibrate(cli, "logp.npz")
     assert rep["input"]["kind"] == "logits"  # auto: log-probabilities are logits already
     t = _t(z, y)
     assert rep["calibrator"]["params"]["temperature"] == pytest.approx(t, rel=1e-6)
-    code, _, err = run(capsys, "calibrate", "logp.npz", "--input", "log-probs", "--out", "lp",
+    code, _, err = cli.run("calibrate", "logp.npz", "--input", "log-probs", "--out", "lp",
                        "--no-diagram")
     assert code == 0, err
-    assert report("lp")["input"]["kind"] == "log-probs"
-    assert report("lp")["calibrator"]["params"]["temperature"] == pytest.approx(t, rel=1e-6)
+    assert cli.report("lp")["input"]["kind"] == "log-probs"
+    assert cli.report("lp")["calibrator"]["params"]["temperature"] == pytest.approx(t, rel=1e-6)
     s = z[:, 1] - z[:, 0]
     yb = (y % 2).astype(np.int64)
     np.savez("logp1.npz", logits=-np.logaddexp(0, -s), labels=yb)  # log P(class 1)
-    code, _, err = run(capsys, "calibrate", "logp1.npz", "--input", "log-probs", "--out",
+    code, _, err = cli.run("calibrate", "logp1.npz", "--input", "log-probs", "--out",
                        "lp1", "--no-diagram")
     assert code == 0, err
-    assert report("lp1")["calibrator"]["params"]["temperature"] == pytest.approx(
+    assert cli.report("lp1")["calibrator"]["params"]["temperature"] == pytest.approx(
         _t(s, yb), rel=1e-6)
 
 
-def test_zero_probabilities_exclude_a_class(capsys, data):
+def test_zero_probabilities_exclude_a_class(cli, data):
     z, y = data
     p = softmax(z.astype(np.float64))
     p[np.arange(len(y)) % 7 == 0, (y[np.arange(len(y)) % 7 == 0] + 1) % 4] = 0.0
     p /= p.sum(axis=1, keepdims=True)
     np.savez("zeros.npz", logits=p, labels=y)
-    rep, _, _ = _calibrate(capsys, "zeros.npz")
+    rep, _, _ = _calibrate(cli, "zeros.npz")
     assert rep["input"]["kind"] == "probs" and rep["after"]["nll"] is not None
 
 
-def test_input_kind_errors_are_one_line(capsys, data):
+def test_input_kind_errors_are_one_line(cli, data):
     z, y = data
     p = softmax(z.astype(np.float64))
     np.savez("logits.npz", logits=z, labels=y)
     np.savez("unnormalised.npz", logits=p * 0.99, labels=y)
     np.savez("probs.npz", logits=p, labels=y)
-    user_error(capsys, "calibrate", "logits.npz", "--input", "probs",
+    cli.error("calibrate", "logits.npz", "--input", "probs",
                match="probabilities must lie in [0, 1]")
-    line = user_error(capsys, "calibrate", "unnormalised.npz", "--input", "probs",
+    line = cli.error("calibrate", "unnormalised.npz", "--input", "probs",
                       match="probabilities must sum to 1 in every row, row 0 sums to 0.99")
     assert "--input logits" in line
-    user_error(capsys, "calibrate", "logits.npz", "--input", "log-probs",
+    cli.error("calibrate", "logits.npz", "--input", "log-probs",
                match="log-probabilities must be ≤ 0")
-    user_error(capsys, "calibrate", "probs.npz", "--input", "log-probs",
+    cli.error("calibrate", "probs.npz", "--input", "log-probs",
                match="log-probabilities must be ≤ 0")
     np.savez("negative.npz", logits=-np.abs(z), labels=y)
-    user_error(capsys, "calibrate", "negative.npz", "--input", "log-probs",
+    cli.error("calibrate", "negative.npz", "--input", "log-probs",
                match="must exponentiate to rows that sum to 1")
-    line = user_error(capsys, "calibrate", "probs.npz", "--test", "logits.npz",
+    line = cli.error("calibrate", "probs.npz", "--test", "logits.npz",
                       match="--test logits.npz: read as logits")
     assert "probs.npz as probabilities" in line and "--input" in line
 
@@ -341,7 +330,7 @@ def test_input_kind_errors_are_one_line(capsys, data):
 # ------------------------------------------------------------------------- bad files
 
 
-def test_bad_files_are_one_line_and_exit_2(capsys, data):
+def test_bad_files_are_one_line_and_exit_2(cli, data):
     import pathlib
 
     z, y = data
@@ -399,5 +388,5 @@ def test_bad_files_are_one_line_and_exit_2(capsys, data):
         (["logits.npy", "logits.npy", "--labels", "labels.npy"], "one input file"),
     ]
     for args, match in cases:
-        user_error(capsys, "calibrate", *args, "--out", "never", match=match)
+        cli.error("calibrate", *args, "--out", "never", match=match)
     assert not os.path.exists("never")

@@ -14,15 +14,9 @@ import tempfile
 import numpy as np
 import pytest
 
-from cli_util import overconfident, run, user_error
 from logitkit.cli import main
 
 NOBODY = 65534
-
-
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture
@@ -39,8 +33,8 @@ def no_work(monkeypatch):
 
 
 @pytest.fixture
-def files():
-    z, y = overconfident()
+def files(make_data):
+    z, y = make_data()
     np.savez("preds.npz", logits=z, labels=y)
     np.save("logits.npy", z)
     np.save("labels.npy", y)
@@ -50,7 +44,7 @@ def files():
     pathlib.Path("existing.npy").write_bytes(b"x")
 
 
-def test_calibrate_path_errors_exit_2_before_any_work(capsys, files, no_work):
+def test_calibrate_path_errors_exit_2_before_any_work(cli, files, no_work):
     cases = [
         (["missing.npz"], "missing.npz: no such file"),
         (["afile/preds.npz"], "afile/preds.npz: no such file (afile is a file, not a folder)"),
@@ -70,11 +64,11 @@ def test_calibrate_path_errors_exit_2_before_any_work(capsys, files, no_work):
         (["--out", "afile/demo"], "afile is a file, not a folder"),
     ]
     for args, match in cases:
-        user_error(capsys, "calibrate", *args, match=match)
+        cli.error("calibrate", *args, match=match)
     assert sorted(os.listdir("existing")) == []
 
 
-def test_apply_path_errors_exit_2_before_any_work(capsys, files, no_work):
+def test_apply_path_errors_exit_2_before_any_work(cli, files, no_work):
     t = ["--temperature", "2"]
     pathlib.Path("report.json").write_text("{}")
     cases = [
@@ -93,7 +87,7 @@ def test_apply_path_errors_exit_2_before_any_work(capsys, files, no_work):
     pathlib.Path("adir.npy").mkdir()
     cases.append((["logits.npy", *t, "--out", "adir.npy"], "is a folder, expected a file"))
     for args, match in cases:
-        user_error(capsys, "apply", *args, match=match)
+        cli.error("apply", *args, match=match)
 
 
 def _as_ordinary_user(argv, cwd):
@@ -128,12 +122,12 @@ def _as_ordinary_user(argv, cwd):
     return int(code), err
 
 
-def test_unwritable_output_folder_exits_2_before_any_work(capsys, no_work):
+def test_unwritable_output_folder_exits_2_before_any_work(make_data, cli, no_work):
     # A folder every user can enter and none but its owner can write, outside pytest's private
     # temporary folder (which an ordinary user cannot enter).
     base = pathlib.Path(tempfile.mkdtemp(prefix="logitkit-ro-"))
     try:
-        z, y = overconfident(50, 3)
+        z, y = make_data(50, 3)
         np.savez(base / "preds.npz", logits=z, labels=y)
         (base / "ro").mkdir()
         (base / "ro" / "existing").mkdir()
@@ -163,15 +157,15 @@ def test_unwritable_output_folder_exits_2_before_any_work(capsys, no_work):
         shutil.rmtree(base)
 
 
-def test_existing_output_needs_force_and_writes_are_atomic(capsys):
-    z, y = overconfident()
+def test_existing_output_needs_force_and_writes_are_atomic(make_data, cli):
+    z, y = make_data()
     np.savez("preds.npz", logits=z, labels=y)
-    assert run(capsys, "calibrate", "preds.npz", "--out", "out")[0] == 0
+    assert cli.run("calibrate", "preds.npz", "--out", "out")[0] == 0
     before = pathlib.Path("out/report.json").read_text()
-    user_error(capsys, "calibrate", "preds.npz", "--out", "out", match="--force")
+    cli.error("calibrate", "preds.npz", "--out", "out", match="--force")
     assert pathlib.Path("out/report.json").read_text() == before
     np.savez("preds.npz", logits=z[:200], labels=y[:200])
-    code, _, _ = run(capsys, "calibrate", "preds.npz", "--out", "out", "--force")
+    code, _, _ = cli.run("calibrate", "preds.npz", "--out", "out", "--force")
     assert code == 0
     assert pathlib.Path("out/report.json").read_text() != before
     assert sorted(os.listdir("out")) == ["reliability.png", "report.json"]  # no temp files
