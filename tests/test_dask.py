@@ -17,7 +17,7 @@ from logitkit.calibration import (
     mce,
     nll,
 )
-from logitkit.calibration import _dask as dask_impl
+from logitkit.calibration import _temperature as temperature_module
 
 TOL = {"rtol": 1e-8, "atol": 1e-10}
 
@@ -65,13 +65,13 @@ def test_each_newton_step_is_one_pass_over_the_blocks(monkeypatch):
     z, y = overconfident(3000, 4, 2)
     dz, dy = chunked(z, y, rows=500)  # 6 blocks
     calls = []
-    original = dask_impl._block_nll_sums
+    original = temperature_module.temperature_sums
 
-    def counting(*args):
+    def counting(*args, **kwargs):
         calls.append(1)
-        return original(*args)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(dask_impl, "_block_nll_sums", counting)
+    monkeypatch.setattr(temperature_module, "temperature_sums", counting)
     # The synchronous scheduler runs the tasks here, where the counter lives (the graph is
     # the one a cluster would run).
     with dask.config.set(scheduler="synchronous"):
