@@ -56,6 +56,12 @@ class Cli:
         with open(os.path.join(folder, "report.json"), encoding="utf-8") as fh:
             return json.load(fh)
 
+    @staticmethod
+    def temperature(report):
+        """The fitted T of a report whose calibrator is temperature scaling."""
+        assert report["calibrator"]["method"] == "temperature", report["calibrator"]["method"]
+        return report["calibrator"]["fitted"]["temperature_"]
+
 
 @pytest.fixture
 def cli(capsys):
@@ -77,3 +83,18 @@ def data():
 def make_data():
     """:func:`overconfident`, for other sizes."""
     return overconfident
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A ``distributed`` cluster in this process (one worker, two threads)."""
+    import distributed
+
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                       dashboard_address=":0")
+    c = distributed.Client(cluster)
+    try:
+        yield c
+    finally:
+        c.close()
+        cluster.close()

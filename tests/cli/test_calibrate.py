@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -21,61 +22,209 @@ from logitkit.cli import main
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
+    """The demo, run once for the module: ``(exit status, output folder, stdout)``."""
     folder = tmp_path_factory.mktemp("demo") / "out"
-    code = main(["calibrate", "--out", str(folder)])
-    return code, folder
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["calibrate", "--out", str(folder)])
+    return code, folder, stdout.getvalue()
 
 
-def test_demo_halves_ece_and_writes_report_and_png(cli, demo_run):
+def test_demo_tells_the_whole_story_held_out(cli, demo_run):
     from matplotlib.image import imread
 
-    code, folder = demo_run
+    code, folder, _ = demo_run
     assert code == 0
     rep = cli.report(folder)
+    methods = [c["method"] for c in rep["candidates"]]
+    assert len(methods) >= 5 and methods[:2] == ["none", "temperature"]
+    chosen = [c for c in rep["candidates"] if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["method"] == rep["method"] != "none"
+    assert rep["evaluation"]["kind"] == "cross-fitted" and rep["evaluation"]["folds"] == 5
+    # the "after" figures are the winner's out-of-fold figures, and beat leaving it alone
+    assert rep["after"]["nll"] == pytest.approx(chosen[0]["nll"], rel=1e-9)
+    assert rep["before"]["nll"] == pytest.approx(rep["candidates"][0]["nll"], rel=1e-9)
     assert rep["after"]["ece"] <= 0.5 * rep["before"]["ece"]
-    assert rep["after"]["nll"] < rep["before"]["nll"]
-    assert rep["calibrator"]["params"]["temperature"] > 1 and rep["converged"]
-    assert rep["before"]["accuracy"] == rep["after"]["accuracy"]
+    assert rep["after"]["nll"] <= 0.5 * rep["before"]["nll"]
+    assert min(c["nll"] for c in rep["candidates"] if c["nll"] is not None) <= chosen[0]["nll"]
     assert set(rep["before"]) == {"accuracy", "nll", "ece", "mce", "rms_ce", "brier"}
     assert imread(folder / "reliability.png").shape == (500, 1000, 4)
     assert sorted(os.listdir(folder)) == ["reliability.png", "report.json"]  # no temp files
 
 
-def test_demo_prints_before_after_table_and_default_folder(cli):
-    code, out, _ = cli.run("calibrate", "--bins", "10")
+def test_demo_model_is_scikit_learns_gaussian_naive_bayes():
+    from sklearn.naive_bayes import GaussianNB
+
+    from logitkit.cli._demo import (
+        N_TRAIN,
+        VAR_SMOOTHING,
+        _load_digits,
+        gaussian_naive_bayes,
+        make_demo,
+        naive_bayes_logits,
+    )
+
+    x, y = _load_digits()
+    perm = np.random.default_rng(0).permutation(len(y))
+    x, y = x[perm], y[perm]
+    ours = naive_bayes_logits(x[N_TRAIN:], gaussian_naive_bayes(x[:N_TRAIN], y[:N_TRAIN], 10,
+                                                                VAR_SMOOTHING))
+    theirs = GaussianNB(var_smoothing=VAR_SMOOTHING).fit(x[:N_TRAIN], y[:N_TRAIN])
+    np.testing.assert_allclose(ours, theirs.predict_joint_log_proba(x[N_TRAIN:]), atol=1e-9)
+    demo = make_demo()
+    np.testing.assert_array_equal(demo.logits, ours)
+    np.testing.assert_array_equal(demo.labels, y[N_TRAIN:])
+
+
+def test_demo_prints_the_candidates_and_the_figures(demo_run):
+    code, _, out = demo_run
     assert code == 0
-    for row in ("accuracy", "NLL", "ECE", "MCE", "Brier", "chosen: temperature (T = "):
-        assert any(line.startswith(row) for line in out.splitlines()), row
-    assert os.path.isdir("logitkit-calibration")
-    code, _, _ = cli.run("calibrate", "--json")
-    assert code == 0 and os.path.isdir("logitkit-calibration-2")  # never reuses a folder
+    lines = out.splitlines()
+    assert lines[2].startswith("after: cross-fitted: each of the 1,497 rows")
+    header = next(i for i, line in enumerate(lines) if line.startswith("method "))
+    assert lines[header].split() == ["method", "NLL", "ECE", "Brier", "accuracy", "fit", "s"]
+    assert lines[header + 1].startswith("none ") and lines[header + 2].startswith("temperature ")
+    assert sum("<- chosen" in line for line in lines) == 1
+    for row in ("accuracy", "NLL", "ECE", "MCE", "RMS CE", "Brier", "chosen: "):
+        assert any(line.startswith(row) for line in lines), row
 
 
-def test_subprocess_python_m_logitkit(cli, make_data, tmp_path):
-    z, y = make_data()
-    np.savez(tmp_path / "preds.npz", logits=z, labels=y)
-    out = tmp_path / "sub"
-    proc = subprocess.run([sys.executable, "-m", "logitkit", "calibrate", "preds.npz", "--json",
-                           "--no-diagram", "--out", str(out)], capture_output=True, text=True,
-                          timeout=120, check=False, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    rep = json.loads(proc.stdout)
-    assert rep == cli.report(out)
-    assert rep["calibrator"]["params"]["temperature"] == pytest.approx(
-        TemperatureScaler().fit(z, y).temperature_, rel=1e-9)
-    bad = subprocess.run([sys.executable, "-m", "logitkit", "calibrate", "missing.npz"],
-                         capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+def test_without_out_a_new_folder_every_time(cli, data):
+    z, y = data
+    np.savez("preds.npz", logits=z, labels=y)
+    out, _ = cli.ok("calibrate", "preds.npz", "--method", "temperature")
+    assert "wrote logitkit-calibration/report.json" in out
+    cli.ok("calibrate", "preds.npz", "--method", "temperature", "--json")
+    assert os.path.isdir("logitkit-calibration-2")  # never reuses a folder
+
+
+# ------------------------------------------------------------------------- held out
+
+
+def _figures(logits, y):
+    from logitkit import softmax
+    from logitkit.calibration import accuracy, brier_score, ece, nll
+
+    logits = np.asarray(logits, dtype=np.float64)
+    probs = softmax(logits)
+    return {"accuracy": float(accuracy(probs, y)), "nll": float(nll(logits, y, from_logits=True)),
+            "ece": float(ece(probs, y)), "brier": float(brier_score(probs, y))}
+
+
+def _assert_figures(block, expected, rel=1e-9):
+    for key, value in expected.items():
+        assert block[key] == pytest.approx(value, rel=rel, abs=1e-12), key
+
+
+def test_after_figures_are_cross_fitted_not_in_sample(cli, make_data):
+    from logitkit.calibration import MatrixScaler, select
+
+    # few rows and a flexible method: in-sample figures would flatter it
+    z, y = make_data(150, 5, seed=4)
+    np.savez("small.npz", logits=z, labels=y)
+    out, _ = cli.ok("calibrate", "small.npz", "--method", "matrix", "--cv", "3", "--seed", "7",
+                    "--out", "m", "--no-diagram")
+    rep = cli.report("m")
+    assert rep["method"] == "matrix" and rep["evaluation"]["kind"] == "cross-fitted"
+    assert "cross-fitted: each of the 150 rows scored by a calibrator fitted on the other 2 of 3" \
+        in out
+    sel = select(z, y, methods=["matrix"], cv=3, random_state=7)
+    # (the same fits, to the optimiser's tolerance: threads may add in another order)
+    _assert_figures(rep["after"], _figures(sel.oof_logits("matrix"), y), rel=1e-6)
+    _assert_figures(rep["before"], _figures(z, y))
+    fitted = MatrixScaler().fit(z, y)
+    in_sample = fitted.predict_proba(z)
+    assert rep["after"]["nll"] > 1.2 * _figures(fitted.transform(z), y)["nll"]
+    assert [c["method"] for c in rep["candidates"]] == ["none", "temperature", "matrix"]
+    # the calibrator written is the method refitted on every row
+    from logitkit.calibration import Calibrator
+
+    again = Calibrator.from_dict(rep["calibrator"])
+    np.testing.assert_allclose(again.predict_proba(z), in_sample, rtol=1e-6, atol=1e-9)
+
+
+def test_after_figures_on_a_test_file(cli, make_data):
+    z, y = make_data(600, 4, seed=5)
+    np.savez("calib.npz", logits=z[:400], labels=y[:400])
+    np.savez("test.npz", logits=z[400:], labels=y[400:])
+    out, _ = cli.ok("calibrate", "calib.npz", "--test", "test.npz", "--method", "temperature",
+                    "--out", "t", "--no-diagram")
+    rep = cli.report("t")
+    assert rep["evaluation"] == {"kind": "test", "folds": None, "rows": 200, "text": (
+        "held out: the calibrator, fitted on all 400 calibration rows, measured on the 200 "
+        "--test rows")}
+    assert rep["test_inputs"] == ["test.npz"] and rep["n_samples"] == 400
+    t = TemperatureScaler().fit(z[:400], y[:400]).temperature_
+    assert cli.temperature(rep) == pytest.approx(t, rel=1e-9)
+    test_z = z[400:].astype(np.float64)
+    _assert_figures(rep["after"], _figures(test_z / t, y[400:]))
+    _assert_figures(rep["before"], _figures(test_z, y[400:]))
+    assert "measured on the 200 --test rows" in out
+    # auto on the same files: the candidates still come from cross-validation on calib.npz
+    cli.ok("calibrate", "calib.npz", "--test", "test.npz", "--out", "a", "--no-diagram")
+    rep = cli.report("a")
+    assert rep["evaluation"]["kind"] == "test" and len(rep["candidates"]) >= 5
+
+
+def test_leaving_it_alone_is_a_legitimate_answer(cli):
+    from logitkit import softmax
+
+    # a small file from a model that is calibrated already: every fit only adds noise
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(120, 3)) * 4
+    y = (softmax(z).cumsum(axis=1) > rng.random((120, 1))).argmax(axis=1)
+    np.savez("calibrated.npz", logits=z, labels=y)
+    out, _ = cli.ok("calibrate", "calibrated.npz", "--out", "r", "--no-diagram")
+    rep = cli.report("r")
+    assert rep["method"] == "none" and rep["calibrator"]["method"] == "none"
+    assert "chosen: none (the scores are left as they are)" in out
+    assert rep["after"] == rep["before"]
+    assert all(c["nll"] > rep["after"]["nll"] for c in rep["candidates"][1:] if c["nll"])
+    cli.ok("apply", "calibrated.npz", "--report", "r/report.json", "--out", "p.npy")
+    np.testing.assert_allclose(np.load("p.npy"), softmax(z), rtol=1e-12)
+
+
+def test_a_method_asked_for_is_used_and_compared_with_the_baselines(cli, data):
+    z, y = data
+    np.savez("preds.npz", logits=z, labels=y)
+    out, _ = cli.ok("calibrate", "preds.npz", "--method", "histogram", "--out", "h",
+                    "--no-diagram")
+    rep = cli.report("h")
+    assert rep["method"] == "histogram"
+    assert [c["method"] for c in rep["candidates"]] == ["none", "temperature", "histogram"]
+    assert [c["chosen"] for c in rep["candidates"]] == [False, False, True]
+    assert rep["after"]["nll"] == pytest.approx(rep["candidates"][2]["nll"], rel=1e-9)
+    chosen_line = next(line for line in out.splitlines() if "<- chosen" in line)
+    assert chosen_line.startswith("histogram ")
+
+
+def test_cv_and_seed_options(cli, data):
+    z, y = data
+    np.savez("preds.npz", logits=z, labels=y)
+    cli.ok("calibrate", "preds.npz", "--method", "vector", "--cv", "3", "--out", "a",
+           "--no-diagram")
+    cli.ok("calibrate", "preds.npz", "--method", "vector", "--cv", "3", "--seed", "1",
+           "--out", "b", "--no-diagram")
+    cli.ok("calibrate", "preds.npz", "--method", "vector", "--cv", "3", "--out", "c",
+           "--no-diagram")
+    a, b, c = (cli.report(f) for f in "abc")
+    assert a["evaluation"]["folds"] == 3 and "3-fold" in a["candidates_note"]
+    assert a["after"] == c["after"]  # reruns agree
+    assert a["after"]["nll"] != b["after"]["nll"]  # other folds
+    cli.error("calibrate", "preds.npz", "--cv", "1", match="expected an integer ≥ 2")
+    cli.error("calibrate", "preds.npz", "--cv", "500", match="cv")
+    cli.error("calibrate", "preds.npz", "--method", "platt", match="invalid choice")
 
 
 def test_report_schema_and_table_come_from_one_place(cli, data):
+    import pathlib
+
     from logitkit.cli._report import load_report, render
 
     z, y = data
     np.savez("preds.npz", logits=z, labels=y)
-    code, out, _ = cli.run("calibrate", "preds.npz", "--out", "o", "--no-diagram")
-    assert code == 0
-    rep = load_report(__import__("pathlib").Path("o/report.json"))
+    out, _ = cli.ok("calibrate", "preds.npz", "--out", "o", "--no-diagram")
+    rep = load_report(pathlib.Path("o/report.json"))
     assert rep["schema_version"] == 1 and rep["n_classes"] == 4
     assert rep["input"]["kind"] == "logits" and rep["method"] == rep["calibrator"]["method"]
     assert out.startswith(render(rep))
@@ -84,16 +233,31 @@ def test_report_schema_and_table_come_from_one_place(cli, data):
 # ------------------------------------------------------------------------- options
 
 
+def test_subprocess_python_m_logitkit(cli, make_data, tmp_path):
+    z, y = make_data()
+    np.savez(tmp_path / "preds.npz", logits=z, labels=y)
+    out = tmp_path / "sub"
+    proc = subprocess.run([sys.executable, "-m", "logitkit", "calibrate", "preds.npz", "--json",
+                           "--no-diagram", "--method", "temperature", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    assert rep == cli.report(out)
+    assert cli.temperature(rep) == pytest.approx(TemperatureScaler().fit(z, y).temperature_,
+                                                 rel=1e-9)
+    bad = subprocess.run([sys.executable, "-m", "logitkit", "calibrate", "missing.npz"],
+                         capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
 def test_bins_and_binning_options(cli, data):
     z, y = data
     np.savez("preds.npz", logits=z, labels=y)
-    code, _, _ = cli.run("calibrate", "preds.npz", "--bins", "5", "--binning", "quantile",
-                     "--out", "q")
-    assert code == 0
+    cli.ok("calibrate", "preds.npz", "--bins", "5", "--binning", "quantile", "--out", "q")
     rep = cli.report("q")
     assert rep["bins"] == 5 and rep["binning"] == "quantile"
-    code, _, _ = cli.run("calibrate", "preds.npz", "--bins", "5", "--out", "u",
-                     "--no-diagram")
+    cli.ok("calibrate", "preds.npz", "--bins", "5", "--out", "u", "--no-diagram")
     assert cli.report("u")["after"]["ece"] != rep["after"]["ece"]
     assert cli.report("u")["calibrator"] == rep["calibrator"]
 
@@ -101,16 +265,16 @@ def test_bins_and_binning_options(cli, data):
 def test_progress_always_off_a_terminal_prints_finished_stages_not_stuck_bars(cli, data):
     z, y = data
     np.savez("preds.npz", logits=z, labels=y)
-    code, _, err = cli.run("calibrate", "preds.npz", "--progress", "always", "--out", "p",
-                       "--no-diagram")
-    assert code == 0
+    _, err = cli.ok("calibrate", "preds.npz", "--progress", "always", "--out", "p",
+                    "--no-diagram")
     assert "0%" not in err and "\r" not in err
-    lines = [line for line in err.splitlines() if line.startswith("logitkit: fitting T")]
-    assert len(lines) == 1 and "400 rows" in lines[0] and " passes) in " in lines[0]
-    assert any(line.startswith("logitkit: measuring: ") for line in err.splitlines())
-    code, _, err = cli.run("calibrate", "preds.npz", "--progress", "never", "--out", "n",
-                       "--no-diagram")
-    assert code == 0 and err == ""
+    lines = err.splitlines()
+    assert any(line.startswith("logitkit: cross-validating 10 methods over 5 folds: 400 rows in ")
+               for line in lines), err
+    assert any(line.startswith("logitkit: measuring: 800 rows in ") for line in lines), err
+    _, err = cli.ok("calibrate", "preds.npz", "--progress", "never", "--out", "n",
+                    "--no-diagram")
+    assert err == ""
 
 
 def test_progress_on_a_terminal_draws_bars_and_counts_passes():
@@ -131,13 +295,18 @@ def test_progress_on_a_terminal_draws_bars_and_counts_passes():
     with Progress("auto", long_input=False, stream=quiet).stage("fitting", 10) as tick:
         tick(10)
     assert quiet.getvalue() == ""
+    lines = io.StringIO()
+    with Progress("always", long_input=False, stream=lines).stage("fitting", 10) as tick:
+        for _ in range(3):
+            tick(10)
+    assert lines.getvalue().startswith("logitkit: fitting: 10 rows (3 passes) in ")
 
 
 def test_at_bound_warning_is_one_line_and_in_the_report(cli):
     rng = np.random.default_rng(1)
     np.savez("random.npz", logits=rng.normal(size=(300, 3)), labels=rng.integers(0, 3, 300))
-    code, _, err = cli.run("calibrate", "random.npz", "--out", "r", "--no-diagram")
-    assert code == 0
+    _, err = cli.ok("calibrate", "random.npz", "--method", "temperature", "--out", "r",
+                    "--no-diagram")
     assert err.startswith("logitkit: warning: The optimal temperature lies at the upper bound")
     assert cli.report("r")["at_bound"] and cli.report("r")["warnings"]
 
@@ -147,6 +316,8 @@ def test_bad_options_are_one_line_and_exit_2(cli):
                         (["--binning", "adaptive"], "invalid choice"),
                         (["--input", "odds"], "invalid choice"),
                         (["--progress", "sometimes"], "invalid choice"),
+                        (["--method", "auto", "--cv", "two"], "expected an integer ≥ 2"),
+                        (["--seed", "x"], "invalid int value"),
                         (["--unknown"], "unrecognized arguments")]:
         cli.error("calibrate", *args, "--out", "never", match=match)
     assert not os.path.exists("never")

@@ -23,7 +23,9 @@ def _t(z, y):
 
 
 def _calibrate(cli, *args, out="out"):
-    code, stdout, err = cli.run("calibrate", *args, "--out", out, "--no-diagram")
+    """``calibrate`` with temperature scaling: the reader's tests compare the fitted T."""
+    code, stdout, err = cli.run("calibrate", *args, "--method", "temperature", "--out", out,
+                                "--no-diagram")
     assert code == 0, err
     return cli.report(out), stdout, err
 
@@ -63,13 +65,13 @@ def test_every_input_format_gives_the_same_temperature(cli, data):
         "pt-numpy": ["numpy.pt"],
     }
     for name, args in cases.items():
-        code, out, err = cli.run("calibrate", *args, "--out", name, "--json",
+        code, out, err = cli.run("calibrate", "--method", "temperature", *args, "--out", name, "--json",
                              "--no-diagram")
         assert code == 0, (name, err)
         assert os.listdir(name) == ["report.json"]
         rep = json.loads(out)
         tol = 1e-6 if "csv" in name else 1e-9
-        assert rep["calibrator"]["params"]["temperature"] == pytest.approx(t, rel=tol), name
+        assert cli.temperature(rep) == pytest.approx(t, rel=tol), name
         assert rep["n_samples"] == len(y) and rep["n_classes"] == z.shape[1]
         assert rep["inputs"] == [args[0]]
         assert rep["input"]["kind"] == "logits"
@@ -79,17 +81,17 @@ def test_several_files_are_concatenated_and_a_binary_column_accepted(cli, data):
     z, y = data
     np.savez("a.npz", logits=z[:150], labels=y[:150])
     np.savez("b.npz", logits=z[150:], labels=y[150:])
-    code, out, err = cli.run("calibrate", "a.npz", "b.npz", "--json", "--out", "two",
+    code, out, err = cli.run("calibrate", "--method", "temperature", "a.npz", "b.npz", "--json", "--out", "two",
                          "--no-diagram")
     assert code == 0, err
-    assert json.loads(out)["calibrator"]["params"]["temperature"] == pytest.approx(
+    assert cli.temperature(json.loads(out)) == pytest.approx(
         _t(z, y), rel=1e-9)
     s = z[:, 1] - z[:, 0]
     yb = (y % 2).astype(np.int64)
     np.savez("binary.npz", logits=s, labels=yb)
     rep, _, _ = _calibrate(cli, "binary.npz", out="bin")
     assert rep["n_classes"] == 2 and rep["input"]["kind"] == "logits"
-    assert rep["calibrator"]["params"]["temperature"] == pytest.approx(_t(s, yb), rel=1e-9)
+    assert cli.temperature(rep) == pytest.approx(_t(s, yb), rel=1e-9)
 
 
 # ------------------------------------------------------------------------- CSV shapes
@@ -103,14 +105,14 @@ def test_pandas_index_column_is_dropped_with_a_note(cli, data):
     frame["label"] = y
     frame.to_csv("indexed.csv")  # pandas writes its index as an unnamed first column
     rep, _, err = _calibrate(cli, "indexed.csv")
-    assert rep["calibrator"]["params"]["temperature"] == pytest.approx(_t(z, y), rel=1e-6)
+    assert cli.temperature(rep) == pytest.approx(_t(z, y), rel=1e-6)
     assert rep["n_classes"] == 4
     assert "pandas index" in err and "index=False" in err
     assert any("pandas index" in note for note in rep["notes"])
     # the same without a header: an index counting 0, 1, 2, … before the label column
     frame.to_csv("indexed-noheader.csv", header=False, columns=["label", *frame.columns[:4]])
     rep, _, err = _calibrate(cli, "indexed-noheader.csv", out="noheader")
-    assert rep["calibrator"]["params"]["temperature"] == pytest.approx(_t(z, y), rel=1e-6)
+    assert cli.temperature(rep) == pytest.approx(_t(z, y), rel=1e-6)
     assert "pandas index" in err and "column 0" in err
 
 
@@ -136,7 +138,7 @@ def test_parquet_index_stored_by_pandas_is_dropped(cli, data):
     frame.to_parquet("indexed.parquet")
     rep, _, err = _calibrate(cli, "indexed.parquet")
     assert rep["n_classes"] == 4
-    assert rep["calibrator"]["params"]["temperature"] == pytest.approx(_t(z, y), rel=1e-9)
+    assert cli.temperature(rep) == pytest.approx(_t(z, y), rel=1e-9)
     assert "index column" in err
 
 
@@ -147,7 +149,7 @@ def test_pandas_column_numbers_are_a_header_not_a_row(cli, data):
     pd.DataFrame(np.column_stack([y, z])).to_csv("numbered.csv", index=False)  # "0,1,2,3,4"
     rep, _, err = _calibrate(cli, "numbered.csv")
     assert rep["n_samples"] == len(y) and rep["n_classes"] == 4
-    assert rep["calibrator"]["params"]["temperature"] == pytest.approx(_t(z, y), rel=1e-6)
+    assert cli.temperature(rep) == pytest.approx(_t(z, y), rel=1e-6)
     assert "column names" in err
 
 
@@ -159,17 +161,17 @@ def test_headerless_csv_label_first_or_scores_only(cli, data):
     rep, _, err = _calibrate(cli, "labelled.csv", out="a")
     assert rep["n_classes"] == 4 and "column 0" in err and "read as the labels" in err
     t = _t(z, y)
-    assert rep["calibrator"]["params"]["temperature"] == pytest.approx(t, rel=1e-6)
-    code, _, err = cli.run("calibrate", "scores.csv", "--labels", "labels.npy", "--out", "b",
+    assert cli.temperature(rep) == pytest.approx(t, rel=1e-6)
+    code, _, err = cli.run("calibrate", "--method", "temperature", "scores.csv", "--labels", "labels.npy", "--out", "b",
                        "--no-diagram")
     assert code == 0, err
     assert "all 4 columns read as scores" in err
-    assert cli.report("b")["calibrator"]["params"]["temperature"] == pytest.approx(t, rel=1e-6)
+    assert cli.temperature(cli.report("b")) == pytest.approx(t, rel=1e-6)
     # a column chosen by its number
-    code, _, err = cli.run("calibrate", "labelled.csv", "--label-column", "0",
+    code, _, err = cli.run("calibrate", "--method", "temperature", "labelled.csv", "--label-column", "0",
                        "--logit-columns", "1,2,3,4", "--out", "c", "--no-diagram")
     assert code == 0, err
-    assert cli.report("c")["calibrator"]["params"]["temperature"] == pytest.approx(t, rel=1e-6)
+    assert cli.temperature(cli.report("c")) == pytest.approx(t, rel=1e-6)
 
 
 def test_label_and_logit_columns_by_name_list_and_prefix(cli, data):
@@ -186,10 +188,10 @@ def test_label_and_logit_columns_by_name_list_and_prefix(cli, data):
     for path in ("named.csv", "named.parquet"):
         for columns in ("logit_", "logit_*", "logit_0,logit_1,logit_2,logit_3"):
             out = f"{path}-{columns}".replace("*", "s").replace(",", "")
-            code, _, err = cli.run("calibrate", path, "--label-column", "target",
+            code, _, err = cli.run("calibrate", "--method", "temperature", path, "--label-column", "target",
                                "--logit-columns", columns, "--out", out, "--no-diagram")
             assert code == 0, err
-            assert cli.report(out)["calibrator"]["params"]["temperature"] == pytest.approx(
+            assert cli.temperature(cli.report(out)) == pytest.approx(
                 t, rel=1e-6)
     found = "'id', 'target', 'logit_0', 'logit_1', 'logit_2', 'logit_3', 'weight'"
     line = cli.error("calibrate", "named.csv", "--logit-columns", "logit_",
@@ -249,7 +251,7 @@ def test_probabilities_are_recognised_and_calibrated_through_their_log(cli, data
     assert rep["input"]["kind"] == "probs"
     assert "sums to 1 within 0.001" in rep["input"]["reason"]
     assert "input: probs (assumed: every row is non-negative and sums to 1" in out
-    assert rep["calibrator"]["params"]["temperature"] == pytest.approx(_t(z, y), rel=1e-5)
+    assert cli.temperature(rep) == pytest.approx(_t(z, y), rel=1e-5)
 
 
 def test_one_column_of_probabilities_is_p_of_class_one(cli):
@@ -261,14 +263,14 @@ def test_one_column_of_probabilities_is_p_of_class_one(cli):
     rep, out, _ = _calibrate(cli, "p1.npz")
     assert rep["input"]["kind"] == "probs" and rep["n_classes"] == 2
     assert "P(class 1)" in out
-    assert rep["calibrator"]["params"]["temperature"] == pytest.approx(_t(s, y), rel=1e-6)
+    assert cli.temperature(rep) == pytest.approx(_t(s, y), rel=1e-6)
     # the same column, declared logits, is fitted as logits
-    code, _, err = cli.run("calibrate", "p1.npz", "--input", "logits", "--out", "as-logits",
+    code, _, err = cli.run("calibrate", "--method", "temperature", "p1.npz", "--input", "logits", "--out", "as-logits",
                        "--no-diagram")
     assert code == 0, err
     rep = cli.report("as-logits")
     assert rep["input"] == {"kind": "logits", "reason": "given (--input logits)"}
-    assert rep["calibrator"]["params"]["temperature"] == pytest.approx(_t(p, y), rel=1e-9)
+    assert cli.temperature(rep) == pytest.approx(_t(p, y), rel=1e-9)
 
 
 def test_log_probabilities_kind(cli, data):
@@ -278,19 +280,19 @@ def test_log_probabilities_kind(cli, data):
     rep, _, _ = _calibrate(cli, "logp.npz")
     assert rep["input"]["kind"] == "logits"  # auto: log-probabilities are logits already
     t = _t(z, y)
-    assert rep["calibrator"]["params"]["temperature"] == pytest.approx(t, rel=1e-6)
-    code, _, err = cli.run("calibrate", "logp.npz", "--input", "log-probs", "--out", "lp",
+    assert cli.temperature(rep) == pytest.approx(t, rel=1e-6)
+    code, _, err = cli.run("calibrate", "--method", "temperature", "logp.npz", "--input", "log-probs", "--out", "lp",
                        "--no-diagram")
     assert code == 0, err
     assert cli.report("lp")["input"]["kind"] == "log-probs"
-    assert cli.report("lp")["calibrator"]["params"]["temperature"] == pytest.approx(t, rel=1e-6)
+    assert cli.temperature(cli.report("lp")) == pytest.approx(t, rel=1e-6)
     s = z[:, 1] - z[:, 0]
     yb = (y % 2).astype(np.int64)
     np.savez("logp1.npz", logits=-np.logaddexp(0, -s), labels=yb)  # log P(class 1)
-    code, _, err = cli.run("calibrate", "logp1.npz", "--input", "log-probs", "--out",
+    code, _, err = cli.run("calibrate", "--method", "temperature", "logp1.npz", "--input", "log-probs", "--out",
                        "lp1", "--no-diagram")
     assert code == 0, err
-    assert cli.report("lp1")["calibrator"]["params"]["temperature"] == pytest.approx(
+    assert cli.temperature(cli.report("lp1")) == pytest.approx(
         _t(s, yb), rel=1e-6)
 
 

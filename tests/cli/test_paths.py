@@ -4,17 +4,15 @@ before any file is read or anything is fitted."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
 import pytest
-
-from logitkit.cli import main
 
 NOBODY = 65534
 
@@ -90,39 +88,28 @@ def test_apply_path_errors_exit_2_before_any_work(cli, files, no_work):
         cli.error("apply", *args, match=match)
 
 
-def _as_ordinary_user(argv, cwd):
-    """``main(argv)`` in a forked child that runs as an ordinary user when we are root (root
-    writes anywhere, so only then do folder modes bind): ``(exit status, stderr)``.
+#: A fresh interpreter that runs ``logitkit`` as an ordinary user (root writes anywhere, so only
+#: then do folder modes bind) with every reader replaced by a failure: it loads as the user who
+#: started it (the interpreter may live where an ordinary user cannot read), then drops root.
+AS_ORDINARY_USER = f"""
+import os, sys
+from logitkit.cli import _apply, _calibrate, _demo, main
 
-    Forked rather than started afresh: the interpreter may live where an ordinary user cannot
-    read it; the child only needs the modules this process has already imported.
-    """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        status = 1
-        try:
-            os.close(read_end)
-            if os.geteuid() == 0:
-                os.setgid(NOBODY)
-                os.setuid(NOBODY)
-            os.chdir(cwd)
-            err = io.StringIO()
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                code = main(argv)
-            os.write(write_end, f"{code}\n{err.getvalue()}".encode())
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as fh:
-        text = fh.read().decode()
-    os.waitpid(pid, 0)
-    code, _, err = text.partition("\n")
-    return int(code), err
+def forbidden(*args, **kwargs):
+    raise AssertionError("a file was read before every path was checked")
+
+_calibrate.read_inputs = _apply.read_inputs = _demo.make_demo = forbidden
+if os.geteuid() == 0:
+    import contextlib, io, locale, tempfile  # what the command imports late, while readable
+    with contextlib.redirect_stderr(io.StringIO()):
+        main(["calibrate", "--out", tempfile.gettempdir()])  # parses, prints an error
+    os.setgid({NOBODY})
+    os.setuid({NOBODY})
+sys.exit(main(sys.argv[1:]))
+"""
 
 
-def test_unwritable_output_folder_exits_2_before_any_work(make_data, cli, no_work):
+def test_unwritable_output_folder_exits_2_before_any_work(make_data):
     # A folder every user can enter and none but its owner can write, outside pytest's private
     # temporary folder (which an ordinary user cannot enter).
     base = pathlib.Path(tempfile.mkdtemp(prefix="logitkit-ro-"))
@@ -144,10 +131,11 @@ def test_unwritable_output_folder_exits_2_before_any_work(make_data, cli, no_wor
              "--out ro/p.npy: cannot write in ro"),
         ]
         for argv, match in argvs:
-            code, err = _as_ordinary_user(argv, base)
-            assert code == 2, (argv, err)
-            assert err.count("\n") == 1 and match in err, err
-            assert "Permission denied" in err and "Traceback" not in err
+            proc = subprocess.run([sys.executable, "-c", AS_ORDINARY_USER, *argv], cwd=base,
+                                  capture_output=True, text=True, timeout=120, check=False)
+            assert proc.returncode == 2, (argv, proc.stderr)
+            assert proc.stderr.count("\n") == 1 and match in proc.stderr, proc.stderr
+            assert "Permission denied" in proc.stderr and "Traceback" not in proc.stderr
         assert sorted(os.listdir(base / "ro")) == ["existing"]
         assert os.listdir(base / "ro" / "existing") == []
     finally:

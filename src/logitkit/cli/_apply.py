@@ -10,7 +10,6 @@ refused unless ``--force``, and the report's warnings are repeated.  ``--tempera
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -67,20 +66,18 @@ def _refusal(report: dict[str, Any]) -> str | None:
 
 def calibrator_from_report(cal: dict[str, Any], where: str
                            ) -> Callable[[np.ndarray], np.ndarray]:
-    """The calibrated probabilities as a function of ``(N, K)`` logits."""
-    from .. import softmax
+    """The calibrated probabilities as a function of ``(N, K)`` logits, from the report's
+    ``Calibrator.to_dict()``."""
+    from .._namespace import LogitkitError
+    from ..calibration import Calibrator
 
-    method, params = cal["method"], cal["params"]
-    if method == "none":
-        return lambda z: np.asarray(softmax(z, axis=1))
-    if method == "temperature":
-        t = params.get("temperature")
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < math.inf:
-            raise CliError(f"{where}: expected a positive 'temperature' in the calibrator's "
-                           f"parameters, got {t!r}")
-        return lambda z: np.asarray(softmax(z, axis=1, temperature=float(t)))
-    raise CliError(f"{where}: unknown calibrator method {method!r} (this logitkit applies "
-                   "none and temperature)")
+    try:
+        calibrator = Calibrator.from_dict(cal)
+    except (LogitkitError, KeyError, TypeError, ValueError) as exc:
+        text = str(exc).strip().splitlines()
+        raise CliError(f"{where}: cannot rebuild its calibrator "
+                       f"({text[0] if text else type(exc).__name__})") from None
+    return lambda z: np.asarray(calibrator.predict_proba(z))
 
 
 def _kind_from_report(scores: np.ndarray, given: str, fitted: str, path: str,

@@ -13,13 +13,14 @@ import io
 import json
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..calibration._select import CANDIDATES
 from ._io import (
     FORMATS,
     CliError,
@@ -33,13 +34,14 @@ from ._io import (
     write_json,
 )
 from ._kinds import Kind, detect, to_logits
-from ._options import add_progress_option, add_reader_options, positive_int
+from ._options import add_progress_option, add_reader_options, fold_count, positive_int
 from ._progress import Progress
-from ._report import SCHEMA_VERSION, figures, render
+from ._report import SCHEMA_VERSION, candidates, describe_calibrator, figures, render
 
 DEFAULT_OUT = "logitkit-calibration"
 REPORT = "report.json"
 DIAGRAM = "reliability.png"
+METHODS = tuple(name for name in CANDIDATES if name != "none")  # simplest first
 LONG_INPUT = 5_000_000  # logits entries from which the progress bar shows (on a terminal)
 _EVAL_CHUNK = 1 << 20  # logits entries per evaluation chunk
 
@@ -51,9 +53,18 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "built-in demo.")
     p.add_argument("--labels", type=Path, metavar="FILE",
                    help="labels for a scores-only input (.npy, .npz, .csv, .parquet, .pt)")
+    p.add_argument("--method", choices=("auto", *METHODS), default="auto",
+                   help="the calibrator: auto (default) cross-validates every method, and "
+                        "'none' (leave the scores alone), and picks the best out-of-fold NLL; "
+                        "a method name fits that one (still compared with none and "
+                        "temperature in the table)")
+    p.add_argument("--cv", type=fold_count, default=5, metavar="N",
+                   help="folds of the cross-validation (default: 5)")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seed of the fold assignment (default: 0, so reruns agree)")
     p.add_argument("--test", type=Path, metavar="FILE",
                    help="held-out predictions with labels (or a folder of them): every 'after' "
-                        "figure is measured there")
+                        "figure is measured there; without it they are cross-fitted")
     p.add_argument("--test-labels", type=Path, metavar="FILE",
                    help="labels for a scores-only --test file")
     add_reader_options(p)
@@ -127,54 +138,86 @@ def _out_dir(args: argparse.Namespace) -> Path:
 # measuring
 
 
-LogProbs = Callable[[int, int], np.ndarray]  # rows [start, stop) → float64 log-probabilities
-
-
-def temperature_log_probs(logits: np.ndarray, temperature: float) -> LogProbs:
+def _log_probs(z: np.ndarray, folds: np.ndarray | None, calibrators: Sequence[Any] | None
+               ) -> np.ndarray:
+    """float64 log-probabilities of a block of rows: of the logits themselves, or of each
+    row's calibrator (``calibrators[f]`` for the rows of fold ``f``; one calibrator for all)."""
     from .. import log_softmax
 
-    def rows(start: int, stop: int) -> np.ndarray:
-        return np.asarray(log_softmax(logits[start:stop].astype(np.float64), axis=1,
-                                      temperature=temperature))
+    z = z.astype(np.float64)
+    if calibrators is None:
+        return np.asarray(log_softmax(z, axis=1))
+    if folds is None or len(calibrators) == 1:
+        return np.asarray(calibrators[0].predict_log_proba(z))
+    out = np.empty(z.shape)
+    for f, cal in enumerate(calibrators):
+        rows = folds == f
+        if rows.any():
+            out[rows] = np.asarray(cal.predict_log_proba(z[rows]))
+    return out
 
-    return rows
+
+def _chunks(n: int, k: int) -> list[slice]:
+    step = max(1, _EVAL_CHUNK // k)
+    return [slice(start, start + step) for start in range(0, n, step)]
 
 
-def evaluate(log_probs: LogProbs, y: np.ndarray, k: int, n_bins: int, binning: str,
-             progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Metrics of the calibrated log-probabilities in chunks of rows: O(chunk + bins) memory.
-
-    The NLL comes from the log-probabilities (exact where ``log(softmax)`` would underflow), the
-    binned figures from their exponentials.
-    """
+def _block_figures(z: np.ndarray, y: np.ndarray, folds: np.ndarray | None, *,
+                   calibrators: Sequence[Any] | None, edges: np.ndarray, cv: int
+                   ) -> tuple[Any, np.ndarray, np.ndarray]:
+    """Sums that add across row blocks: ``(CalibrationStats, Σ −log p_y per fold, rows per
+    fold)``, in chunks of rows (O(chunk + bins) memory)."""
     from ..calibration import CalibrationStats
+
+    stats = CalibrationStats(edges=edges)
+    nll = np.zeros(cv)
+    count = np.zeros(cv)
+    for rows in _chunks(len(y), z.shape[1]):
+        fc = None if folds is None else folds[rows]
+        lp = _log_probs(z[rows], fc, calibrators)
+        yc = y[rows]
+        stats.update(np.exp(lp), yc)
+        f = np.zeros(len(yc), dtype=np.intp) if fc is None else fc.astype(np.intp)
+        nll += np.bincount(f, weights=-lp[np.arange(len(yc)), yc], minlength=cv)
+        count += np.bincount(f, minlength=cv)
+    return stats, nll, count
+
+
+def evaluate(z: Any, y: Any, n_bins: int, binning: str, *, folds: Any = None,
+             calibrators: Sequence[Any] | None = None, cv: int = 1) -> dict[str, Any]:
+    """Held-out figures of ``z`` (logits), calibrated row by row as :func:`_log_probs` says.
+
+    One pass over the rows through :func:`~logitkit.calibration._blocks.row_sums`, so the same
+    code measures in-memory arrays and Dask arrays (one map-reduce, only O(bins) sums come
+    back).  The NLL comes from the log-probabilities (exact where ``log(softmax)`` would
+    underflow); ``fold_spread`` is the standard deviation of the per-fold NLL.
+    """
     from ..calibration._binning import uniform_edges
-
-    n = y.shape[0]
-    rows = max(1, _EVAL_CHUNK // k)
-
-    def chunks() -> Iterator[tuple[int, np.ndarray]]:
-        for start in range(0, n, rows):
-            yield start, log_probs(start, min(n, start + rows))
+    from ..calibration._blocks import row_sums
 
     if binning == "quantile":
-        conf = np.concatenate([np.exp(lp.max(axis=1)) for _, lp in chunks()])
-        idx = [-(-b * n // n_bins) - 1 for b in range(1, n_bins)]
-        inner = np.sort(conf)[idx] if idx else np.empty(0)
-        edges = np.unique(np.concatenate([[0.0], inner, [1.0]]))
+        edges = _quantile_edges(z, folds, calibrators, n_bins)
     else:
         edges = uniform_edges(n_bins)
-    stats = CalibrationStats(edges=edges)
-    nll_sum = 0.0
-    for start, lp in chunks():
-        yc = y[start:start + lp.shape[0]]
-        stats.update(np.exp(lp), yc)
-        nll_sum -= float(lp[np.arange(lp.shape[0]), yc].sum())
-        if progress is not None:
-            progress(len(yc))
-    out = stats.compute()
-    out["nll"] = nll_sum / n
+    stats, nll, count = row_sums(_block_figures, z, y, folds, calibrators=calibrators,
+                                 edges=edges, cv=cv)
+    out: dict[str, Any] = stats.compute()
+    out["nll"] = float(nll.sum() / count.sum())
+    per_fold = nll[count > 0] / count[count > 0]
+    out["fold_spread"] = float(np.std(per_fold)) if per_fold.size > 1 else float("nan")
     return out
+
+
+def _quantile_edges(z: np.ndarray, folds: Any, calibrators: Sequence[Any] | None,
+                    n_bins: int) -> np.ndarray:
+    """Equal-mass bin edges: the quantiles of the confidences (a first pass, in memory)."""
+    n = z.shape[0]
+    conf = np.concatenate([
+        np.exp(_log_probs(z[rows], None if folds is None else folds[rows], calibrators)
+               .max(axis=1)) for rows in _chunks(n, z.shape[1])])
+    idx = [-(-b * n // n_bins) - 1 for b in range(1, n_bins)]
+    inner = np.sort(conf)[idx] if idx else np.empty(0)
+    return np.unique(np.concatenate([[0.0], inner, [1.0]]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,14 +234,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 @dataclass
-class _Fit:
-    calibrator: dict[str, Any]
-    converged: bool
-    at_bound: bool
+class Outcome:
+    """What a fit produced: the calibrator and the held-out figures (the report's content)."""
+
+    calibrator: Any  # a fitted logitkit.calibration.Calibrator
     warnings: list[str]
     before: dict[str, Any]
     after: dict[str, Any]
     evaluation: dict[str, Any]
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    candidates_note: str = ""
 
 
 def _check_paths(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
@@ -226,60 +271,63 @@ def _run(args: argparse.Namespace) -> int:
     out = _out_dir(args)
     # ---- every path is fine: the work starts here
     cols = Columns.from_args(args)
-    notes: list[str] = []
+    test = None
     if files and args.scheduler is not None:
         from ._scheduler import load_on_cluster
 
         train = load_on_cluster(args, files)
-        test = None
         source = ", ".join(train.inputs)
     elif files:
         train = read_labelled(files, cols, args.labels, args.input)
-        test = None
-        if test_files:
-            test = read_labelled(test_files, cols, args.test_labels, args.input, "--test")
-            _check_test_matches(train, test)
         source = ", ".join(train.inputs)
     else:
         from ._demo import make_demo
 
         demo = make_demo()
-        train = Labelled(demo.calib_logits, demo.calib_labels,
+        train = Labelled(demo.logits, demo.labels,
                          Kind("logits", "the demo's model outputs logits"), [])
-        test = Labelled(demo.test_logits, demo.test_labels, train.kind, [])
         source = demo.description
-    notes += train.notes + (test.notes if test is not None else [])
+    if test_files:
+        test = read_labelled(test_files, cols, args.test_labels, args.input, "--test")
+        _check_test_matches(train, test)
+    notes = train.notes + (test.notes if test is not None else [])
     for note in notes:
         print(f"logitkit: note: {note}", file=sys.stderr)
 
     n, k = train.logits.shape
     progress = Progress(args.progress, long_input=n * k >= LONG_INPUT)
-    fit = _fit_temperature(train, test, args, progress)
+    if _is_dask(train.logits):
+        from ._scheduler import fit_on_cluster
 
+        outcome = fit_on_cluster(train, test, args, progress)
+    else:
+        outcome = fit(train, test, args, progress)
+    cal = outcome.calibrator
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "logitkit_version": _version(),
-        "method": fit.calibrator["method"],
-        "calibrator": fit.calibrator,
+        "method": cal.method,
+        "calibrator": cal.to_dict(),
         "n_classes": int(k),
         "input": {"kind": train.kind.name, "reason": train.kind.reason},
-        "converged": fit.converged,
-        "at_bound": fit.at_bound,
-        "warnings": fit.warnings,
+        "converged": bool(getattr(cal, "converged_", True)),
+        "at_bound": bool(getattr(cal, "at_bound_", False)),
+        "warnings": outcome.warnings,
         "notes": notes,
         "inputs": train.inputs,
         "test_inputs": test.inputs if test is not None else [],
         "source": source,
         "n_samples": int(n),
-        "evaluation": fit.evaluation,
-        "candidates": [],
+        "evaluation": outcome.evaluation,
+        "candidates": outcome.candidates,
+        "candidates_note": outcome.candidates_note,
         "bins": args.bins,
         "binning": args.binning,
-        "before": figures(fit.before),
-        "after": figures(fit.after),
+        "before": figures(outcome.before),
+        "after": figures(outcome.after),
     }
 
-    png = None if args.no_diagram else _diagram(fit, report)
+    png = None if args.no_diagram else _diagram(outcome, report)
     report["diagram"] = DIAGRAM if png is not None else None
     out.mkdir(parents=True, exist_ok=True)
     if png is not None:
@@ -303,55 +351,82 @@ def _version() -> str:
 
 
 def _check_test_matches(train: Labelled, test: Labelled) -> None:
+    where = f"--test {test.inputs[0]}"
     if test.logits.shape[1] != train.logits.shape[1]:
-        raise CliError(f"--test {test.inputs[0]}: {test.logits.shape[1]} classes, but "
-                       f"{train.inputs[0]} has {train.logits.shape[1]}")
+        raise CliError(f"{where}: {test.logits.shape[1]} classes, but "
+                       f"{train.inputs[0] if train.inputs else 'the demo'} has "
+                       f"{train.logits.shape[1]}")
     if test.kind.name != train.kind.name:
-        raise CliError(f"--test {test.inputs[0]}: read as {test.kind.describe()}, but "
-                       f"{train.inputs[0]} as {train.kind.describe()}; pass --input to say "
-                       "which they are")
+        raise CliError(f"{where}: read as {test.kind.describe()}, but {train.inputs[0]} as "
+                       f"{train.kind.describe()}; pass --input to say which they are")
 
 
-def _fit_temperature(train: Labelled, test: Labelled | None, args: argparse.Namespace,
-                     progress: Progress) -> _Fit:
-    from ..calibration import CalibrationWarning, TemperatureScaler
+def fit(train: Labelled, test: Labelled | None, args: argparse.Namespace,
+        progress: Progress) -> Outcome:
+    """Choose and fit the calibrator on ``train``; measure it where it was not fitted.
 
-    n, k = train.logits.shape
+    Without ``test`` the "after" figures are the chosen method's out-of-fold predictions from
+    the cross-validation that chose it (no refit, no row scored by a calibrator that saw it);
+    with ``test`` they are the calibrator, refitted on all of ``train``, on ``test``.
+    """
+    from ..calibration import CalibrationWarning, select
+
+    n = int(train.logits.shape[0])
+    methods = "auto" if args.method == "auto" else [args.method]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
-        with progress.stage("fitting T", n) as tick:
-            scaler = TemperatureScaler().fit(train.logits, train.y, progress=tick)
-    notes = [str(w.message) for w in caught if issubclass(w.category, CalibrationWarning)]
-    t = scaler.temperature_
+        with progress.stage(f"cross-validating {_plural(len(_tried(methods)), 'method')} "
+                            f"over {args.cv} folds", n) as tick:
+            sel = select(train.logits, train.y, methods=methods, cv=args.cv,
+                         random_state=args.seed)
+            tick(n)
+        chosen = sel.best_ if args.method == "auto" else args.method
+        if chosen == sel.best_:
+            cal = sel.calibrator_
+        else:  # the method asked for, although another candidate scored better
+            cls, params = CANDIDATES[chosen]
+            cal = cls(**params).fit(train.logits, train.y)
+    row = sel.row(chosen)
+    if row["error"] is not None:
+        raise CliError(f"--method {chosen}: the fit failed in cross-validation: {row['error']}")
+    said = list(dict.fromkeys([*row["warnings"], *(
+        str(w.message) for w in caught if issubclass(w.category, CalibrationWarning))]))
+    table = candidates(sel.table_, chosen)
+    note = (f"{args.cv}-fold stratified cross-validation, seed {args.seed}; near-ties go to the "
+            "simpler method")
     measured = test if test is not None else train
     m = int(measured.y.shape[0])
-    if not train.inputs:
-        text = f"held out: measured on {m:,} test images the fit never saw"
-        kind = "held-out"
-    elif test is not None:
-        text = f"held out: measured on the {m:,} --test rows, which the fit never saw"
-        kind = "test"
-    else:
-        text = ("in-sample: T fitted and measured on the same rows (optimistic; pass --test "
-                "FILE for held-out figures)")
-        kind = "in-sample"
     with progress.stage("measuring", 2 * m) as tick:
-        if _is_dask(measured.logits):
-            from ._scheduler import evaluate_on_cluster
-
-            before = evaluate_on_cluster(measured.logits, measured.y, 1.0, args.bins,
-                                         args.binning)
-            after = evaluate_on_cluster(measured.logits, measured.y, t, args.bins,
-                                        args.binning)
+        before = evaluate(measured.logits, measured.y, args.bins, args.binning)
+        tick(m)
+        if test is None:  # the chosen method's out-of-fold logits: no row seen by its fit
+            after = evaluate(sel.oof_logits(chosen), measured.y, args.bins, args.binning)
         else:
-            before = evaluate(temperature_log_probs(measured.logits, 1.0), measured.y, k,
-                              args.bins, args.binning, tick)
-            after = evaluate(temperature_log_probs(measured.logits, t), measured.y, k,
-                             args.bins, args.binning, tick)
-    return _Fit(calibrator={"method": "temperature", "params": {"temperature": t}},
-                converged=bool(scaler.converged_), at_bound=bool(scaler.at_bound_),
-                warnings=notes, before=before, after=after,
-                evaluation={"kind": kind, "folds": None, "rows": m, "text": text})
+            after = evaluate(test.logits, test.y, args.bins, args.binning, calibrators=[cal])
+        tick(m)
+    evaluation = held_out(args, n, m, test is not None)
+    return Outcome(cal, said, before, after, evaluation, table, note)
+
+
+def held_out(args: argparse.Namespace, n: int, m: int, on_test: bool) -> dict[str, Any]:
+    """The report's ``evaluation``: what the "after" figures are, in words too."""
+    if on_test:
+        return {"kind": "test", "folds": None, "rows": m,
+                "text": f"held out: the calibrator, fitted on all {n:,} calibration rows, "
+                        f"measured on the {m:,} --test rows"}
+    return {"kind": "cross-fitted", "folds": args.cv, "rows": m,
+            "text": f"cross-fitted: each of the {m:,} rows scored by a calibrator fitted on "
+                    f"the other {args.cv - 1} of {args.cv} folds"}
+
+
+def _tried(methods: Any) -> list[str]:
+    if methods == "auto":
+        return list(CANDIDATES)
+    return list(dict.fromkeys(["none", "temperature", *methods]))
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def _is_dask(x: Any) -> bool:
@@ -360,13 +435,12 @@ def _is_dask(x: Any) -> bool:
     return is_dask(x)
 
 
-def _diagram(fit: _Fit, report: dict[str, Any]) -> bytes | None:
+def _diagram(outcome: Outcome, report: dict[str, Any]) -> bytes | None:
     from ..calibration._diagram import figure_from_stats
-    from ._report import describe_calibrator
 
     try:
-        fig = figure_from_stats([fit.before, fit.after],
-                                ("before", f"after: {describe_calibrator(fit.calibrator)}"))
+        fig = figure_from_stats([outcome.before, outcome.after],
+                                ("before", f"after: {describe_calibrator(report['calibrator'])}"))
     except ImportError:
         report["warnings"].append("matplotlib is not installed: no reliability diagram "
                                   "(pip install matplotlib, or pass --no-diagram)")

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 from ._kinds import KINDS
 from ._progress import MODES
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(low: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = _int_at_least(1, "a positive integer")
+fold_count = _int_at_least(2, "an integer ≥ 2 (folds)")
 
 
 def positive_float(text: str) -> float:

@@ -9,15 +9,17 @@ Schema (version 1)::
 
     schema_version   1
     method           the chosen calibrator ("none": the scores are left as they are)
-    calibrator       what apply needs to rebuild it: {"method": ..., "params": {...}}
+    calibrator       what apply needs to rebuild it: Calibrator.to_dict() (method, params,
+                     fitted values, class count; restored by Calibrator.from_dict)
     n_classes        K (apply refuses a file with another class count)
     input            {"kind": "logits" | "probs" | "log-probs", "reason": ...}
     converged, at_bound, warnings   the fit's health (apply refuses a bound or no convergence
                                     unless --force, and repeats the warnings)
-    evaluation       {"kind": "test" | "cross-fitted" | "held-out", "folds": N or null,
+    evaluation       {"kind": "test" | "cross-fitted", "folds": N or null,
                       "rows": rows measured, "text": what "after" means, in words}
     candidates       every method tried: out-of-fold nll, ece, brier, accuracy, fit_seconds,
-                     nll_spread, accuracy_change, flagged, chosen
+                     fold_spread, accuracy_change, flagged, converged, error, chosen; and
+    candidates_note  how they were scored
     before, after    accuracy, nll, ece, mce, rms_ce, brier on the evaluation rows (null = inf)
     inputs, test_inputs, source, notes, n_samples, bins, binning, diagram, logitkit_version
 """
@@ -49,6 +51,24 @@ def figures(metrics: dict[str, Any]) -> dict[str, float | None]:
     return {key: clean(metrics[key]) for key, _ in METRICS}
 
 
+def candidates(table: list[dict[str, Any]], chosen: str) -> list[dict[str, Any]]:
+    """The report's candidate rows from ``Selection.table_``, ``chosen`` marked."""
+    rows = []
+    for r in table:
+        rows.append({
+            "method": r["method"],
+            **{key: clean(r[key]) for key in ("nll", "ece", "brier", "accuracy")},
+            "fit_seconds": clean(r["fit_time"]),
+            "fold_spread": clean(r["fold_spread"]),
+            "accuracy_change": clean(r["accuracy_change"]),
+            "flagged": bool(r["flagged"]),
+            "converged": bool(r["converged"]),
+            "error": r["error"],
+            "chosen": r["method"] == chosen,
+        })
+    return rows
+
+
 # --------------------------------------------------------------------------------------------
 # the table
 # --------------------------------------------------------------------------------------------
@@ -66,15 +86,14 @@ def render(report: dict[str, Any]) -> str:
     candidates = report.get("candidates") or []
     if candidates:
         lines.append("")
-        lines.append(f"{'method':14}" + "".join(f"{name:>10}" for _, name in
+        lines.append(f"{'method':18}" + "".join(f"{name:>10}" for _, name in
                                                 CANDIDATE_COLUMNS))
         for c in candidates:
-            mark = "  <- chosen" if c["chosen"] else ""
-            if c.get("flagged"):
-                mark += f"  (accuracy {100 * c['accuracy_change']:+.1f} points)"
-            cells = "".join(f"{_fmt(c[key]):>10}" for key, _ in CANDIDATE_COLUMNS)
-            lines.append(f"{c['method']:14}{cells}{mark}")
-        lines.append(f"(out-of-fold on the calibration rows; {report['candidates_note']})")
+            cells = [("-" if c["error"] is not None else _fmt(c[key]))
+                     for key, _ in CANDIDATE_COLUMNS]
+            lines.append(f"{c['method']:18}" + "".join(f"{v:>10}" for v in cells)
+                         + _remark(c))
+        lines.append(f"(out of fold on the calibration rows: {report['candidates_note']})")
     lines.append("")
     lines.append(f"chosen: {describe_calibrator(report['calibrator'])}")
     lines.append(f"{'':10}{'before':>12}{'after':>12}")
@@ -84,12 +103,25 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _remark(c: dict[str, Any]) -> str:
+    if c["error"] is not None:
+        return f"  failed: {c['error']}"
+    notes = ["<- chosen"] if c["chosen"] else []
+    if c["flagged"] and c["accuracy_change"] is not None:
+        notes.append(f"accuracy {100 * c['accuracy_change']:+.1f} points")
+    if not c["converged"]:
+        notes.append("did not converge")
+    return "  " + ", ".join(notes) if notes else ""
+
+
 def describe_calibrator(cal: dict[str, Any]) -> str:
+    """The chosen calibrator in a few words (``cal``: its ``to_dict()``)."""
     method = cal["method"]
     if method == "none":
         return "none (the scores are left as they are)"
-    if method == "temperature":
-        return f"temperature (T = {cal['params']['temperature']:.4g})"
+    t = cal.get("fitted", {}).get("temperature_")
+    if method == "temperature" and isinstance(t, (int, float)):
+        return f"temperature (T = {t:.4g})"
     return method
 
 

@@ -107,40 +107,73 @@ def load_on_cluster(args: argparse.Namespace, files: list[Path]) -> Any:
     return Labelled(logits, labels, kind, [str(p) for p in files])
 
 
-def _evaluate_block(z: np.ndarray, y: np.ndarray, temperature: float, edges: np.ndarray
-                    ) -> tuple[Any, float]:
-    """``(CalibrationStats of softmax(z / T), Σ −log p_y)`` of one block, from the logits."""
-    from .. import log_softmax, softmax
-    from ..calibration import CalibrationStats
+def fit_on_cluster(train: Any, test: Any, args: argparse.Namespace, progress: Any) -> Any:
+    """``calibrate``'s fit when the rows live on the cluster: cross-fitted there.
 
-    z = z.astype(np.float64)
-    stats = CalibrationStats(edges=edges).update(softmax(z, axis=1, temperature=temperature), y)
-    logp = log_softmax(z, axis=1, temperature=temperature)
-    return stats, -float(logp[np.arange(len(y)), y].sum())
+    ``--method auto`` is temperature scaling here: choosing among the methods compares their
+    out-of-fold predictions, which :func:`~logitkit.calibration.select` holds in one place.
+    The folds interleave the rows (row ``i`` is in fold ``(i + seed) mod cv``), so every shard
+    takes part in every fold; each fold's fit is the method fitted with the fold's rows
+    weighted 0 (one map-reduce per optimiser step, like the final fit on every row), and the
+    out-of-fold figures are one more map-reduce.
+    """
+    import time
+    import warnings
 
+    import dask.array as da
 
-def _merge_evaluations(a: tuple[Any, float], b: tuple[Any, float]) -> tuple[Any, float]:
-    return a[0].merge(b[0]), a[1] + b[1]
+    from .._namespace import LogitkitError
+    from ..calibration import CalibrationWarning
+    from ..calibration._select import ACCURACY_FLAG, CANDIDATES
+    from ._calibrate import Outcome, evaluate, held_out
+    from ._report import candidates
 
-
-def evaluate_on_cluster(logits: Any, y: Any, temperature: float, n_bins: int,
-                        binning: str) -> dict[str, Any]:
-    """The CLI's ``evaluate`` on Dask arrays: one map-reduce of per-block stats."""
-    import dask
-    from dask import delayed
-
-    from ..calibration._binning import uniform_edges
-    from ..calibration._dask import _tree
-
-    if binning != "uniform":
-        raise CliError("--binning quantile needs every confidence in one place; use uniform "
-                       "bins with --scheduler")
-    edges = uniform_edges(n_bins)
-    y = y.rechunk((logits.chunks[0],))
-    block = delayed(_evaluate_block, pure=True)
-    parts = [block(zb, yb, temperature, edges)
-             for zb, yb in zip(logits.to_delayed().ravel(), y.to_delayed().ravel(), strict=True)]
-    (stats, nll_sum) = dask.compute(_tree(parts, _merge_evaluations))[0]
-    out: dict[str, Any] = stats.compute()
-    out["nll"] = nll_sum / stats.count  # from the logits: exact where log(softmax) underflows
-    return out
+    method = "temperature" if args.method == "auto" else args.method
+    cls, params = CANDIDATES[method]
+    z, y = train.logits, train.y
+    n = int(z.shape[0])
+    y = y.rechunk((z.chunks[0],))
+    folds = ((da.arange(n, chunks=(z.chunks[0],)) + args.seed) % args.cv).astype(np.int64)
+    fold_fits = []
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CalibrationWarning)
+        try:
+            with progress.stage(f"cross-fitting {method} over {args.cv} folds", n) as tick:
+                for f in range(args.cv):
+                    weight = (folds != f).astype(np.float64)
+                    fold_fits.append(cls(**params).fit(z, y, sample_weight=weight))
+                    tick(n // args.cv)
+            seconds = (time.perf_counter() - start) / args.cv
+            with progress.stage(f"fitting {method} on every row", n) as tick:
+                cal = cls(**params).fit(z, y)
+                tick(n)
+        except LogitkitError as exc:
+            raise CliError(f"--method {method} on the cluster: {exc}") from None
+    said = list(dict.fromkeys(str(w.message) for w in caught
+                              if issubclass(w.category, CalibrationWarning)))
+    with progress.stage("measuring", 2 * n) as tick:
+        none = evaluate(z, y, args.bins, args.binning, folds=folds, cv=args.cv)
+        oof = evaluate(z, y, args.bins, args.binning, folds=folds, calibrators=fold_fits,
+                       cv=args.cv)
+        tick(2 * n)
+    table = []
+    for name, figures, fit_seconds, fits in (("none", none, 0.0, []),
+                                             (method, oof, seconds, fold_fits)):
+        change = figures["accuracy"] - none["accuracy"]
+        table.append({"method": name, "error": None, "fit_time": fit_seconds,
+                      "fold_spread": figures["fold_spread"], "accuracy_change": change,
+                      "flagged": abs(change) > ACCURACY_FLAG,
+                      "converged": all(bool(getattr(c, "converged_", True)) for c in fits),
+                      **{key: figures[key] for key in ("nll", "ece", "brier", "accuracy")}})
+    note = (f"{args.cv} interleaved folds on the cluster (row i in fold (i + {args.seed}) mod "
+            f"{args.cv})" + ("; --method auto fits temperature scaling there"
+                             if args.method == "auto" else ""))
+    if test is None:
+        before, after = none, oof
+    else:
+        before = evaluate(test.logits, test.y, args.bins, args.binning)
+        after = evaluate(test.logits, test.y, args.bins, args.binning, calibrators=[cal])
+    m = n if test is None else int(test.y.shape[0])
+    return Outcome(cal, said, before, after, held_out(args, n, m, test is not None),
+                   candidates(table, method), note)
