@@ -296,14 +296,33 @@ def test_log_probabilities_kind(cli, data):
         _t(s, yb), rel=1e-6)
 
 
-def test_zero_probabilities_exclude_a_class(cli, data):
+def test_zero_probabilities_are_read_as_half_the_smallest_with_a_note(cli, data):
     z, y = data
-    p = softmax(z.astype(np.float64))
-    p[np.arange(len(y)) % 7 == 0, (y[np.arange(len(y)) % 7 == 0] + 1) % 4] = 0.0
+    p = np.round(softmax(z.astype(np.float64)), 3)  # a CSV's rounding: many exact zeros
     p /= p.sum(axis=1, keepdims=True)
-    np.savez("zeros.npz", logits=p, labels=y)
-    rep, _, _ = _calibrate(cli, "zeros.npz")
-    assert rep["input"]["kind"] == "probs" and rep["after"]["nll"] is not None
+    zeros = int((p == 0).sum())
+    smallest = p[p > 0].min()
+    assert zeros > 50
+    np.savez("rounded.npz", logits=p, labels=y)
+    code, _, err = cli.run("calibrate", "rounded.npz", "--out", "r", "--no-diagram")
+    assert code == 0, err
+    rep = cli.report("r")
+    note = f"rounded.npz: {zeros} probabilities of exactly 0 read as {smallest / 2:.3g}, half"
+    assert note in err and any(note in n for n in rep["notes"])
+    assert all(c["error"] is None for c in rep["candidates"]), rep["candidates"]
+    assert rep["before"]["nll"] is not None  # finite: no label has probability 0 left
+    floored = np.where(p == 0, smallest / 2, p)
+    floored /= floored.sum(axis=1, keepdims=True)
+    cli.ok("calibrate", "rounded.npz", "--method", "temperature", "--out", "t", "--no-diagram")
+    assert cli.temperature(cli.report("t")) == pytest.approx(_t(np.log(floored), y), rel=1e-6)
+    # one column: p = 0 and p = 1 both leave a class at 0
+    np.savez("p1.npz", logits=np.array([0.0, 1.0, 0.25, 0.5, 0.75, 1.0]),
+             labels=np.array([0, 1, 0, 1, 1, 0]))
+    _, err = cli.ok("calibrate", "p1.npz", "--method", "temperature", "--cv", "2", "--out",
+                    "one", "--no-diagram")
+    assert "3 probabilities of exactly 0 read as 0.125" in err
+    _, err = cli.ok("apply", "rounded.npz", "--report", "t/report.json", "--out", "p.npy")
+    assert note in err
 
 
 def test_input_kind_errors_are_one_line(cli, data):

@@ -26,7 +26,7 @@ from ._io import (
     read_inputs,
     write_array,
 )
-from ._kinds import Kind, detect, to_logits
+from ._kinds import Kind, detect, logits_of
 from ._options import add_reader_options, positive_float
 from ._report import describe_calibrator, load_report
 
@@ -126,7 +126,9 @@ def run(args: argparse.Namespace) -> int:
                                  args.report)
     else:
         kind = detect(pred.scores, args.input)
-    logits = to_logits(pred.scores, kind, where)
+    logits, notes = logits_of(pred.scores, kind, where)
+    for note in notes:
+        print(f"logitkit: note: {note}", file=sys.stderr)
     n, k = logits.shape
     if report is not None and k != report["n_classes"]:
         cols = pred.scores.shape[1]

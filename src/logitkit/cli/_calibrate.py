@@ -33,7 +33,7 @@ from ._io import (
     read_inputs,
     write_json,
 )
-from ._kinds import Kind, detect, to_logits
+from ._kinds import Kind, detect, logits_of
 from ._options import add_progress_option, add_reader_options, fold_count, positive_int
 from ._progress import Progress
 from ._report import SCHEMA_VERSION, candidates, describe_calibrator, figures, render
@@ -110,9 +110,9 @@ def read_labelled(paths: list[Path], cols: Columns, labels: Path | None, given: 
     if pred.labels is None:
         raise missing_labels(where, pred, cols)
     kind = detect(pred.scores, given)
-    logits = to_logits(pred.scores, kind, where)
+    logits, notes = logits_of(pred.scores, kind, where)
     check_label_range(pred.labels, logits.shape[1], where)
-    return Labelled(logits, pred.labels, kind, [str(p) for p in paths], pred.notes)
+    return Labelled(logits, pred.labels, kind, [str(p) for p in paths], pred.notes + notes)
 
 
 def check_label_range(y: np.ndarray, k: int, where: str) -> None:

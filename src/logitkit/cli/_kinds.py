@@ -13,11 +13,13 @@ The logits handed on are always ``(N, K)`` with ``K ≥ 2``:
   renormalised exactly); one column ``p = P(class 1)`` becomes ``[log(1 − p), log p]``;
 - log-probabilities: as given; one column ``log p`` becomes ``[log(1 − p), log p]``.
 
-A probability of exactly 0 becomes a logit of ``-inf``: the model excluded that class.
+A probability of exactly 0 would be a logit of ``-inf``; it is read as half the smallest positive
+probability in the file instead (:func:`zero_floor`), with a note.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,8 +106,61 @@ def _check_sums(sums: np.ndarray, path: Path | str, rule: str, kind: Kind) -> No
         raise _refusal(path, f"{rule}, row {i} sums to {sums[i]:.6g}", kind)
 
 
-def to_logits(scores: np.ndarray, kind: Kind, path: Path | str) -> np.ndarray:
-    """The ``(N, K ≥ 2)`` logits of ``scores`` read as ``kind`` (checked; see the module)."""
+def zero_floor(scores: np.ndarray, kind: Kind) -> tuple[int, float]:
+    """``(how many probabilities are exactly 0, the log-probability that replaces them)``.
+
+    A class given probability 0 has a logit of ``-inf``, which most calibrators cannot fit
+    (an affine map of ``-inf`` is not a number) and which temperature scaling can never move.
+    In a file, such zeros are nearly always probabilities rounded below the file's resolution,
+    so they are read as half the smallest positive probability in the file.  One column of
+    probabilities counts ``p = 1`` too (its ``1 − p`` is 0).
+    """
+    if kind.name == "logits":
+        return 0, -math.inf
+    p = np.exp(scores.astype(np.float64)) if kind.name == "log-probs" else scores
+    parts = [p, 1 - p] if scores.shape[1] == 1 else [p]
+    count = sum(int(np.count_nonzero(q == 0)) for q in parts)
+    if count == 0:
+        return 0, -math.inf
+    positive = [q[q > 0] for q in parts]
+    smallest = min(float(q.min()) for q in positive if q.size)
+    return count, math.log(smallest / 2)
+
+
+def floor_note(path: Path | str, count: int, floor: float) -> str:
+    return (f"{path}: {count} probabilit{'y' if count == 1 else 'ies'} of exactly 0 read as "
+            f"{math.exp(floor):.3g}, half the smallest positive one: a logit of -inf leaves most "
+            "calibrators nothing to fit")
+
+
+def logits_of(scores: np.ndarray, kind: Kind, path: Path | str
+              ) -> tuple[np.ndarray, list[str]]:
+    """:func:`to_logits` with zero probabilities floored, and the note that says so."""
+    count, floor = zero_floor(scores, kind)
+    logits = to_logits(scores, kind, path, floor=floor)
+    return logits, [floor_note(path, count, floor)] if count else []
+
+
+def to_logits(scores: np.ndarray, kind: Kind, path: Path | str, *,
+              floor: float = -math.inf) -> np.ndarray:
+    """The ``(N, K ≥ 2)`` logits of ``scores`` read as ``kind`` (checked; see the module).
+
+    Log-probabilities of ``-inf`` from probabilities of 0 become ``floor`` (see
+    :func:`zero_floor`; the default keeps them ``-inf``), and their rows are renormalised.
+    """
+    out = _logits(scores, kind, path)
+    if kind.name != "logits" and floor > -math.inf:
+        hit = np.isneginf(out)
+        if hit.any():
+            rows = hit.any(axis=1)
+            block = np.where(hit[rows], floor, out[rows]).astype(np.float64)
+            block -= np.logaddexp.reduce(block, axis=1, keepdims=True)
+            out = out.copy() if out is scores else out
+            out[rows] = block.astype(out.dtype)
+    return out
+
+
+def _logits(scores: np.ndarray, kind: Kind, path: Path | str) -> np.ndarray:
     k = scores.shape[1]
     if kind.name == "logits":
         if k == 1:  # one binary logit per row: the logits [0, z]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._io import CliError, Columns, missing_labels, read_predictions
-from ._kinds import Kind, detect, to_logits
+from ._kinds import Kind, detect, floor_note, to_logits, zero_floor
 
 
 @contextmanager
@@ -56,9 +56,13 @@ def _meta(shard: tuple[np.ndarray, np.ndarray], given: str
             kind.reason)
 
 
-def _logits_of(shard: tuple[np.ndarray, np.ndarray], kind: Kind, dtype: str, path: str
-               ) -> np.ndarray:
-    return to_logits(shard[0], kind, path).astype(dtype, copy=False)
+def _zeros(shard: tuple[np.ndarray, np.ndarray], kind: Kind) -> tuple[int, float]:
+    return zero_floor(shard[0], kind)
+
+
+def _logits_of(shard: tuple[np.ndarray, np.ndarray], kind: Kind, dtype: str, path: str,
+               floor: float) -> np.ndarray:
+    return to_logits(shard[0], kind, path, floor=floor).astype(dtype, copy=False)
 
 
 def _labels_of(shard: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -93,10 +97,13 @@ def load_on_cluster(args: argparse.Namespace, files: list[Path]) -> Any:
                        + "; ".join(f"{p} {name} ({why})" for name, (p, why) in first.items())
                        + "; pass --input to say which")
     kind = Kind(meta[0][3], meta[0][4])
+    zeros = dask.compute(*[delayed(_zeros, pure=True)(s, kind) for s in shards])
+    count = sum(c for c, _ in zeros)
+    floor = min(f for _, f in zeros)  # one floor for every shard: the smallest over them all
     dtype = np.result_type(*[np.dtype(m[2]) for m in meta]).str
     k = max(2, widths[0])
     logits = da.concatenate([
-        da.from_delayed(delayed(_logits_of, pure=True)(s, kind, dtype, str(path)),
+        da.from_delayed(delayed(_logits_of, pure=True)(s, kind, dtype, str(path), floor),
                         shape=(m[0], k), dtype=dtype)
         for s, m, path in zip(shards, meta, files, strict=True)])
     labels = da.concatenate([
@@ -104,7 +111,8 @@ def load_on_cluster(args: argparse.Namespace, files: list[Path]) -> Any:
         for s, m in zip(shards, meta, strict=True)])
     low, high = dask.compute(labels.min(), labels.max())
     check_label_range(np.array([low, high]), k, str(files[0]))
-    return Labelled(logits, labels, kind, [str(p) for p in files])
+    notes = [floor_note(files[0].parent, count, floor)] if count else []
+    return Labelled(logits, labels, kind, [str(p) for p in files], notes)
 
 
 def fit_on_cluster(train: Any, test: Any, args: argparse.Namespace, progress: Any) -> Any:
