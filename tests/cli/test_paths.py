@@ -40,6 +40,8 @@ def files(make_data):
     pathlib.Path("adir").mkdir()
     pathlib.Path("existing").mkdir()
     pathlib.Path("existing.npy").write_bytes(b"x")
+    pathlib.Path("adir.npy").mkdir()
+    pathlib.Path("labels.txt").write_text("0\n1\n")
 
 
 def test_calibrate_path_errors_exit_2_before_any_work(cli, files, no_work):
@@ -47,10 +49,12 @@ def test_calibrate_path_errors_exit_2_before_any_work(cli, files, no_work):
         (["missing.npz"], "missing.npz: no such file"),
         (["afile/preds.npz"], "afile/preds.npz: no such file (afile is a file, not a folder)"),
         (["preds.npz", "--labels", "missing.npy"], "--labels missing.npy: no such file"),
-        (["logits.npy", "--labels", "adir"], "--labels adir: is a folder, expected a file"),
+        (["logits.npy", "--labels", "adir"], "--labels adir: unsupported file type '(none)'"),
+        (["logits.npy", "--labels", "adir.npy"], "--labels adir.npy: is a folder, expected a"),
+        (["logits.npy", "--labels", "labels.txt"], "--labels labels.txt: unsupported file type"),
         (["preds.npz", "--test", "missing.npz"], "missing.npz: no such file"),
-        (["preds.npz", "--test", "logits.npy", "--test-labels", "adir"],
-         "--test-labels adir: is a folder, expected a file"),
+        (["preds.npz", "--test", "logits.npy", "--test-labels", "adir.npy"],
+         "--test-labels adir.npy: is a folder, expected a file"),
         (["preds.npz", "--test-labels", "labels.npy"], "--test-labels needs --test FILE"),
         (["--test", "preds.npz"], "--test needs an input file"),
         (["--labels", "labels.npy"], "--labels needs an input file"),
@@ -82,7 +86,6 @@ def test_apply_path_errors_exit_2_before_any_work(cli, files, no_work):
         (["logits.npy", *t, "--out", "afile/p.npy"], "afile is a file, not a folder"),
         (["logits.npy", *t, "--out", "afile/a/p.npy"], "afile is a file, not a folder"),
     ]
-    pathlib.Path("adir.npy").mkdir()
     cases.append((["logits.npy", *t, "--out", "adir.npy"], "is a folder, expected a file"))
     for args, match in cases:
         cli.error("apply", *args, match=match)

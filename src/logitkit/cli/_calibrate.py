@@ -53,10 +53,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "built-in demo.")
     p.add_argument("--labels", type=Path, metavar="FILE",
                    help="labels for a scores-only input (.npy, .npz, .csv, .parquet, .pt)")
-    p.add_argument("--method", choices=("auto", *METHODS), default="auto",
-                   help="the calibrator: auto (default) cross-validates every method, and "
-                        "'none' (leave the scores alone), and picks the best out-of-fold NLL; "
-                        "a method name fits that one (still compared with none and "
+    p.add_argument("--method", choices=("auto", *METHODS), default="auto", metavar="METHOD",
+                   help="the calibrator: auto (default) cross-validates every method and "
+                        "'none' (leave the scores alone) and picks the best out-of-fold NLL; "
+                        f"or one of {', '.join(METHODS)} (still compared with none and "
                         "temperature in the table)")
     p.add_argument("--cv", type=fold_count, default=5, metavar="N",
                    help="folds of the cross-validation (default: 5)")
@@ -83,7 +83,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_progress_option(p)
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="run on a Dask cluster (e.g. tcp://host:8786): its workers read the "
-                        "files, one block each, and the fit and metrics are map-reduces there")
+                        "files, one block each, and the cross-fitting and metrics are "
+                        "map-reduces there (--method auto is temperature scaling there)")
     p.set_defaults(_run=run)
 
 

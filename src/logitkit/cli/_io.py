@@ -87,9 +87,13 @@ def _listing(names: Sequence[str]) -> str:
     return (shown + f", … ({len(names)} in all)") if len(names) > _SHOWN else (shown or "none")
 
 
-def check_input_file(path: Path, option: str = "") -> None:
-    """A readable, non-empty file; anything else is a one-line :class:`CliError`."""
+def check_input_file(path: Path, option: str = "", *, predictions: bool = True) -> None:
+    """A readable, non-empty file (of a prediction format, with ``predictions``); anything else
+    is a one-line :class:`CliError`."""
     where = f"{option} {path}" if option else str(path)
+    if predictions and path.suffix.lower() not in FORMATS:
+        raise CliError(f"{where}: unsupported file type {path.suffix.lower() or '(none)'!r}; "
+                       f"expected one of {', '.join(FORMATS)}")
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -204,7 +208,6 @@ def expand_inputs(paths: Sequence[Path]) -> list[Path]:
             out.append(path)
     for path in out:
         check_input_file(path)
-        _suffix(path)
     return out
 
 

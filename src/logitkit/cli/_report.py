@@ -134,7 +134,7 @@ def load_report(path: Path) -> dict[str, Any]:
     """A report written by ``logitkit calibrate``, checked enough for ``apply`` to trust it."""
     from ._io import check_input_file
 
-    check_input_file(path, "--report")
+    check_input_file(path, "--report", predictions=False)
     try:
         with open(path, encoding="utf-8") as fh:
             report = json.load(fh)
