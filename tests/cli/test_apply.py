@@ -7,6 +7,7 @@ import json
 import pathlib
 
 import numpy as np
+import pytest
 
 from logitkit import softmax
 
@@ -209,3 +210,17 @@ def test_apply_bad_options(cli, data):
     for args, match in cases:
         cli.error("apply", *args, match=match)
     assert not pathlib.Path("p.npy").exists()
+
+
+@pytest.mark.parametrize("method", ["structured", "isotonic"])
+def test_apply_reproduces_the_reports_calibrator(cli, data, method):
+    from logitkit.calibration._select import CANDIDATES
+
+    z, y = data
+    np.savez("preds.npz", logits=z, labels=y)
+    rep = _calibrated(cli, "preds.npz", method=method)
+    assert rep["method"] == method
+    cli.ok("apply", "preds.npz", "--report", "cal/report.json", "--out", "p.npy")
+    cls, params = CANDIDATES[method]  # the method, fitted on every row
+    expected = cls(**params).fit(z, y).predict_proba(z)
+    np.testing.assert_allclose(np.load("p.npy"), expected, rtol=1e-5, atol=1e-7)
