@@ -440,8 +440,9 @@ def _diagram(outcome: Outcome, report: dict[str, Any]) -> bytes | None:
     from ..calibration._diagram import figure_from_stats
 
     try:
-        fig = figure_from_stats([outcome.before, outcome.after],
-                                ("before", f"after: {describe_calibrator(report['calibrator'])}"))
+        after = (f"after ({outcome.evaluation['kind']}): "
+                 f"{describe_calibrator(report['calibrator'], short=True)}")
+        fig = figure_from_stats([outcome.before, outcome.after], ("before", after))
     except ImportError:
         report["warnings"].append("matplotlib is not installed: no reliability diagram "
                                   "(pip install matplotlib, or pass --no-diagram)")

@@ -114,15 +114,30 @@ def _remark(c: dict[str, Any]) -> str:
     return "  " + ", ".join(notes) if notes else ""
 
 
-def describe_calibrator(cal: dict[str, Any]) -> str:
-    """The chosen calibrator in a few words (``cal``: its ``to_dict()``)."""
+_METHODS = {
+    "vector": "a scale and a bias per class; Platt scaling for two classes",
+    "structured-vector": "structured vector scaling, Berta et al. 2026",
+    "structured": "structured matrix scaling, Berta et al. 2026",
+    "dirichlet": "Dirichlet calibration, Kull et al. 2019",
+    "matrix": "a full matrix and bias on the logits",
+    "beta": "beta calibration one-vs-rest, Kull et al. 2017",
+    "isotonic": "isotonic regression one-vs-rest",
+    "histogram": "histogram binning one-vs-rest",
+}
+
+
+def describe_calibrator(cal: dict[str, Any], *, short: bool = False) -> str:
+    """The chosen calibrator in a few words (``cal``: its ``to_dict()``); ``short`` for a
+    title."""
     method = cal["method"]
-    if method == "none":
-        return "none (the scores are left as they are)"
     t = cal.get("fitted", {}).get("temperature_")
     if method == "temperature" and isinstance(t, (int, float)):
-        return f"temperature (T = {t:.4g})"
-    return method
+        return f"temperature, T = {t:.3g}" if short else f"temperature (T = {t:.4g})"
+    if short:
+        return method
+    if method == "none":
+        return "none (the scores are left as they are)"
+    return f"{method} ({_METHODS[method]})" if method in _METHODS else method
 
 
 # --------------------------------------------------------------------------------------------
