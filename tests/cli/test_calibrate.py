@@ -166,6 +166,31 @@ def test_after_figures_on_a_test_file(cli, make_data):
     assert rep["evaluation"]["kind"] == "test" and len(rep["candidates"]) >= 5
 
 
+def test_a_separable_file_is_not_reported_perfect(cli):
+    # the wine file: every calibration row right with a wide margin drives T to its lower
+    # bound, where in-sample figures read NLL 0; a held-out mistake costs its margin / T
+    rng = np.random.default_rng(0)
+
+    def rows(n, mistakes):
+        y = rng.integers(0, 3, n)
+        z = rng.normal(size=(n, 3)) + 6 * np.eye(3)[y]
+        z[:mistakes] = np.roll(6 * np.eye(3)[y[:mistakes]], 1, axis=1) + rng.normal(
+            size=(mistakes, 3))
+        return z, y
+
+    z, y = rows(120, 0)
+    zt, yt = rows(60, 1)
+    np.savez("calib.npz", logits=z, labels=y)
+    np.savez("test.npz", logits=zt, labels=yt)
+    _, err = cli.ok("calibrate", "calib.npz", "--test", "test.npz", "--out", "w",
+                      "--no-diagram")
+    rep = cli.report("w")
+    assert rep["at_bound"] and "lower bound" in err
+    assert rep["after"]["nll"] > 5 * rep["before"]["nll"]  # held out: the bound's cost shows
+    cli.error("apply", "test.npz", "--report", "w/report.json", "--out", "p.npy",
+              match="not applied: its fit stopped at a bound")
+
+
 def test_leaving_it_alone_is_a_legitimate_answer(cli):
     from logitkit import softmax
 
