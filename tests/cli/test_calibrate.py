@@ -183,7 +183,7 @@ def test_a_separable_file_is_not_reported_perfect(cli):
     np.savez("calib.npz", logits=z, labels=y)
     np.savez("test.npz", logits=zt, labels=yt)
     _, err = cli.ok("calibrate", "calib.npz", "--test", "test.npz", "--out", "w",
-                      "--no-diagram")
+                    "--no-diagram")
     rep = cli.report("w")
     assert rep["at_bound"] and "lower bound" in err
     assert rep["after"]["nll"] > 5 * rep["before"]["nll"]  # held out: the bound's cost shows
