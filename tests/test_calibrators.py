@@ -589,5 +589,5 @@ def test_large_full_maps_take_lbfgs_from_subsample_warm_starts(monkeypatch):
     assert ms.converged_ and {300, 1000, 6000} <= set(sizes)
     monkeypatch.setattr(scaling, "_NEWTON_MAX_CLASSES", 16)
     ref = MatrixScaler(alpha=1e-3).fit(z, y)
-    assert_close(ms.coef_, ref.coef_, atol=1e-4)
-    assert ms.objective_ <= ref.objective_ + 1e-9
+    assert abs(ms.objective_ - ref.objective_) <= 1e-8  # both stop at a gradient of 1e-6
+    assert_close(ms.predict_proba(z), ref.predict_proba(z), atol=1e-4)

@@ -165,6 +165,7 @@ def lbfgs(
     max_iter: int,
     tol: float,
     memory: int = 20,
+    grad_max: Callable[[np.ndarray], float] | None = None,
 ) -> Result:
     """SciPy's L-BFGS-B on ``evaluate(θ) -> (f, ∇f)`` (one pass over the rows per call).
 
@@ -174,25 +175,30 @@ def lbfgs(
         max_iter: the most passes over the data.
         tol: converged when ``max |∇f| <= tol``.
         memory: the number of correction pairs kept.
+        grad_max: for a preconditioned problem, the largest gradient entry in the original
+            parameters given that of the optimised ones (the test is applied to it).
 
     Returns:
         A :class:`Result`; ``n_iter`` counts passes.
     """
     minimize = scipy_optimize().minimize
-    last: dict[str, object] = {}
+    last: dict[str, float] = {"gmax": math.inf}
 
     def fun(t: np.ndarray) -> tuple[float, np.ndarray]:
         f, g = evaluate(t)
         _check_finite(f, g)
-        last["g"] = g
+        last["gmax"] = grad_max(g) if grad_max is not None else float(np.max(np.abs(g)))
         return f, g
 
-    res = minimize(fun, theta, jac=True, method="L-BFGS-B",
-                   options={"maxiter": max_iter, "maxfun": max_iter, "gtol": tol,
+    def stop(intermediate_result: Any) -> None:
+        if last["gmax"] <= tol:
+            raise StopIteration
+
+    res = minimize(fun, theta, jac=True, method="L-BFGS-B", callback=stop,
+                   options={"maxiter": max_iter, "maxfun": max_iter, "gtol": 0.0,
                             "ftol": 1e-15, "maxcor": memory})
-    f, g = evaluate(res.x) if "g" not in last else (float(res.fun), np.asarray(res.jac))
-    gmax = float(np.max(np.abs(g))) if g.size else 0.0
+    gmax = last["gmax"]
     # At ftol = 1e-15 a stop on the relative reduction of f means no further progress is
     # possible in float64: the minimum, to the precision of the objective.
     converged = gmax <= tol or (res.status == 0 and "REL_REDUCTION" in str(res.message))
-    return Result(np.asarray(res.x), float(f), gmax, int(res.nfev), bool(converged))
+    return Result(np.asarray(res.x), float(res.fun), gmax, int(res.nfev), bool(converged))
