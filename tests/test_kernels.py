@@ -33,14 +33,33 @@ def generic(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
+def _spy(entry: str, call) -> bool:
+    """Whether ``call()`` got a result from the kernel entry point ``entry``."""
+    real = getattr(_kernels, entry)
+    seen = []
+
+    def spy(problem):
+        result = real(problem)
+        seen.append(result is not None)
+        return result
+
+    setattr(_kernels, entry, spy)
+    try:
+        with np.errstate(all="ignore"):
+            call()
+    finally:
+        setattr(_kernels, entry, real)
+    return any(seen)
+
+
 def uses_kernel(name: str, x, **kwargs) -> bool:
-    fast = getattr(_kernels, f"{name}_fast")
-    if name == "logsumexp":
-        opts = dict(axis=-1, b=None, where=None, keepdims=False, return_sign=False, dtype=None)
-    else:
-        opts = dict(axis=-1, temperature=1.0, where=None, softcap=None, sink=None, dtype=None)
-    opts.update(kwargs)
-    return fast(x, **opts) is not None
+    """Whether ``logitkit.<name>(x, **kwargs)`` is computed by the kernel."""
+    return _spy("normalise", lambda: getattr(logitkit, name)(x, **kwargs))
+
+
+def uses_ce_kernel(x, t, **kwargs) -> bool:
+    """Whether ``cross_entropy_with_grad(x, t, **kwargs)`` is computed by the kernel."""
+    return _spy("cross_entropy", lambda: logitkit.cross_entropy_with_grad(x, t, **kwargs))
 
 
 @pytest.fixture(params=["serial", "parallel"])
@@ -115,7 +134,7 @@ def test_unsupported_options_fall_back_to_the_generic_path():
     assert not uses_kernel("softmax", x.astype(np.float16))
     assert not uses_kernel("softmax", x.astype(np.int64))
     assert not uses_kernel("softmax", x, dtype=np.float32)
-    assert not uses_kernel("softmax", x, axis=(0, 2) if x.ndim > 2 else 5)
+    assert not uses_kernel("softmax", x[:, :, None], axis=(0, 2))  # not consecutive
     assert not uses_kernel("logsumexp", x, b=np.ones(5))
     assert not uses_kernel("softmax", np.zeros((3, 0)))
     # ...and the library still answers them (the generic path).
@@ -288,15 +307,16 @@ def test_large_outputs_are_placed_on_huge_page_boundaries():
 
 
 def test_cross_entropy_kernel_never_indexes_outside_the_row():
-    """The kernel entry point checks the labels itself: a label outside [0, K) reaches the
-    generic path, which raises the library's error (the public function validates first)."""
+    """The kernel entry point checks the labels itself: a label outside [0, K) is flagged for
+    the caller (the public function raised for it before), never read out of range."""
     x = np.zeros((3, 4))
     for bad in (4, -1, 1 << 40):
-        t = np.array([0, bad, 2])
+        res = _kernels.cross_entropy(_kernels.CrossEntropyRows(x, labels=np.array([0, bad, 2]),
+                                                               grad_scale=1.0))
+        assert res.flagged.tolist() == [False, True, False]
+        assert_close(res.loss[[0, 2]], np.full(2, np.log(4)))
         with pytest.raises(logitkit.LogitkitValueError, match="target"):
-            _kernels.cross_entropy_with_grad_fast(
-                x, t, axis=-1, ignore_index=None, weight=None, label_smoothing=0.0, z_loss=0.0,
-                logit_l2=0.0, temperature=1.0, where=None, softcap=None, reduction="mean")
+            logitkit.cross_entropy(x, np.array([0, bad, 2]))
 
 
 def test_logsumexp_keeps_the_tiny_terms_of_a_dominant_row():
@@ -663,7 +683,7 @@ def _ce_case(dtype, options, target_kind):
 @pytest.mark.usefixtures("pool")
 def test_cross_entropy_with_grad_matches_reference_and_generic(dtype, target_kind, options):
     x, t, opts = _ce_case(dtype, options, target_kind)
-    assert _kernels.cross_entropy_with_grad_fast(x, t, **opts) is not None
+    assert uses_ce_kernel(x, t, **opts)
     tol = dict(rtol=5e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-14)
     for reduction in ("mean", "sum", "none"):
         loss, g = logitkit.cross_entropy_with_grad(x, t, reduction=reduction, **opts)
@@ -730,11 +750,13 @@ def test_cross_entropy_gradient_into_the_logits_themselves(dtype, options):
         loss, g = logitkit.cross_entropy_with_grad(x, t, out=other, **opts)
     assert g is other
     assert_close(other, expected, rtol=0)
-    # A buffer that partly overlaps the logits is not written row by row (generic path).
+    # A buffer that partly overlaps the logits is not written row by row: the gradient is
+    # computed apart and copied.
     big = np.concatenate([x.ravel(), np.zeros(x.shape[1], dtype)])
     shifted = big[x.shape[1]:].reshape(x.shape)
-    assert _kernels.cross_entropy_with_grad_fast(big[: x.size].reshape(x.shape), t, out=shifted,
-                                                 **opts) is None
+    with np.errstate(invalid="ignore"):
+        logitkit.cross_entropy_with_grad(big[: x.size].reshape(x.shape), t, out=shifted, **opts)
+    assert_close(shifted, expected, rtol=0)
 
 
 def test_cross_entropy_batch_shapes_and_fallbacks():
@@ -746,27 +768,26 @@ def test_cross_entropy_batch_shapes_and_fallbacks():
     sl, sg = generic(logitkit.cross_entropy_with_grad, x, t, reduction="none")
     assert_close(loss, sl)
     assert_close(g, sg)
-    # Class axis in the middle, per-row temperature: the generic path answers.
-    assert _kernels.cross_entropy_with_grad_fast(x, t[:, None].repeat(7, 1)[:, :, 0], axis=1) is None
-    assert _kernels.cross_entropy_with_grad_fast(x, t, temperature=np.ones((2, 3))) is None
+    # Class axis in the middle: the rows are made contiguous for the kernel; a per-row
+    # temperature: the generic path answers.
+    assert uses_ce_kernel(x, t[:, None].repeat(7, 1)[:, :, 0] % 3, axis=1)
+    assert not uses_ce_kernel(x, t, temperature=np.ones((2, 3)))
 
 
 @pytest.mark.usefixtures("pool")
 def test_torch_adapter_uses_the_kernel_on_cpu(monkeypatch):
     import torch
 
-    from logitkit._kernels import _ce
-
     calls = []
-    for name in ("torch_forward", "torch_gradient"):
-        real = getattr(_ce, name)
+    real = _kernels.cross_entropy
 
-        def spy(*a, _real=real, _name=name, **k):
-            out = _real(*a, **k)
-            calls.append((_name, out is not None))
-            return out
+    def spy(problem):
+        out = real(problem)
+        calls.append(("torch_forward" if problem.grad_scale is None else "torch_gradient",
+                      out is not None))
+        return out
 
-        monkeypatch.setattr(_ce, name, spy)
+    monkeypatch.setattr(_kernels, "cross_entropy", spy)
     rng = np.random.default_rng(0)
     x = torch.tensor(rng.standard_normal((6, 50)), dtype=torch.float32, requires_grad=True)
     t = torch.tensor(rng.integers(0, 50, 6))

@@ -275,7 +275,7 @@ def test_numpy_peak_memory_is_a_block_not_the_logits():
         ({"bias": np.ones(9)}, LogitkitValueError, "`bias`"),
         ({"chunk_size": 0}, LogitkitValueError, "`chunk_size`"),
         ({"chunk_size": (4, 0)}, LogitkitValueError, "`chunk_size`"),
-        ({"chunk_size": 2.5}, LogitkitValueError, "`chunk_size`"),
+        ({"chunk_size": 2.5}, LogitkitTypeError, "`chunk_size`"),
         ({"label_smoothing": 1.5}, LogitkitValueError, "`label_smoothing`"),
         ({"z_loss": -1.0}, LogitkitValueError, "`z_loss`"),
         ({"softcap": 0.0}, LogitkitValueError, "`softcap`"),

@@ -24,7 +24,7 @@ def _generic_path(monkeypatch):
     """These tests pin the generic path; the fused kernel is compared with it in its own tests."""
     import logitkit._kernels as kernels
 
-    monkeypatch.setattr(kernels, "cross_entropy_with_grad_fast", lambda *a, **k: None)
+    monkeypatch.setattr(kernels, "cross_entropy", lambda problem: None)
 
 
 def _wg(xp, *arrays, **options):
@@ -308,30 +308,32 @@ def test_out_must_be_writeable():
         cross_entropy_with_grad(np.zeros((2, 3)), np.zeros(2, dtype=int), out=out)
 
 
-def test_fast_kernel_is_asked_first_with_every_option(monkeypatch):
+def test_fast_kernel_is_asked_first_with_the_validated_problem(monkeypatch):
     import logitkit._kernels as kernels
 
-    seen = {}
+    seen = []
 
-    def fake(logits, target, /, **options):
-        seen.update(options, logits=logits, target=target)
-        return ("kernel", "result")
+    def fake(problem):
+        seen.append(problem)
+        return None
 
-    monkeypatch.setattr(kernels, "cross_entropy_with_grad_fast", fake)
+    monkeypatch.setattr(kernels, "cross_entropy", fake)
     x = np.zeros((2, 3))
     t = np.array([0, 1])
     out = np.empty((2, 3))
-    res = cross_entropy_with_grad(x, t, label_smoothing=0.1, z_loss=1e-4, out=out)
-    assert res == ("kernel", "result")
-    assert seen["logits"] is x and seen["target"] is t and seen["out"] is out
-    assert set(seen) >= {"axis", "ignore_index", "weight", "label_smoothing", "z_loss",
-                         "logit_l2", "temperature", "where", "softcap", "reduction", "out"}
+    _, g = cross_entropy_with_grad(x, t, label_smoothing=0.1, z_loss=1e-4, out=out)
+    assert g is out
+    (pb,) = seen
+    assert pb.x.base is x or pb.x is x  # the logits' own rows, no copy
+    assert pb.label_smoothing == 0.1 and pb.z_loss == 1e-4 and pb.temperature == 1.0
+    assert pb.out.base is out and pb.grad_scale.shape == (2,)
+    assert pb.counted.tolist() == [True, True]
 
 
 def test_generic_path_when_the_kernel_declines(monkeypatch):
     import logitkit._kernels as kernels
 
-    monkeypatch.setattr(kernels, "cross_entropy_with_grad_fast", lambda *a, **k: None)
+    monkeypatch.setattr(kernels, "cross_entropy", lambda problem: None)
     loss, g = cross_entropy_with_grad(np.zeros((1, 2)), np.array([0]))
     assert loss == pytest.approx(math.log(2))
     np.testing.assert_allclose(g, [[-0.5, 0.5]])

@@ -20,7 +20,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from ._core import _const, logsumexp
+from ._core import logsumexp
 from ._namespace import (
     Array,
     Described,
@@ -29,6 +29,7 @@ from ._namespace import (
     as_array,
     astype,
     broadcast_shapes,
+    check_int,
     check_number,
     compute_dtypes,
     expected,
@@ -37,16 +38,6 @@ from ._namespace import (
 )
 
 __all__ = ["attention", "merge_attention", "merge_logsumexp"]
-
-
-def _check_block_size(block_size: object) -> int | None:
-    if block_size is None:
-        return None
-    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
-        raise LogitkitTypeError(expected("block_size", "a positive int or None", block_size))
-    if block_size < 1:
-        raise LogitkitValueError(expected("block_size", "a positive int or None", block_size))
-    return int(block_size)
 
 
 def _check_shapes(q: Array, k: Array, v: Array) -> tuple[tuple[int, ...], int, int, int]:
@@ -193,7 +184,7 @@ def attention(
     if not isinstance(return_lse, bool):
         raise LogitkitTypeError(expected("return_lse", "a bool", return_lse))
     batch, s_len, kv_len, dv = _check_shapes(q, k, v)
-    block = _check_block_size(block_size)
+    block = None if block_size is None else check_int(block_size, "block_size")
     cap = None if softcap is None else check_number(
         softcap, "softcap", low=0.0, low_open=True, high=math.inf, high_open=True)
     if scale is None:
@@ -242,17 +233,17 @@ def attention(
             causal = cols <= rows
             allowed = causal if allowed is None else (allowed & causal)
         if allowed is not None:
-            scores = xp.where(allowed, scores, _const(-math.inf, scores, xp))
+            scores = xp.where(allowed, scores, -math.inf)
         m, total, out = _online_update(m, total, out, scores, v[..., start:stop, :], xp)
 
     empty = total == 0
-    denom = xp.where(empty, _const(1.0, total, xp), total)
-    result = xp.where(empty, _const(0.0, out, xp), out / denom)
+    denom = xp.where(empty, 1.0, total)
+    result = xp.where(empty, 0.0, out / denom)
     result = astype(result, out_dtype, xp)
     if not return_lse:
         return result
-    m_safe = xp.where(m == -math.inf, _const(0.0, m, xp), m)
-    lse = xp.where(empty, _const(-math.inf, total, xp), m_safe + xp.log(denom))
+    m_safe = xp.where(m == -math.inf, 0.0, m)
+    lse = xp.where(empty, -math.inf, m_safe + xp.log(denom))
     return result, astype(lse[..., 0], out_dtype, xp)
 
 
@@ -263,7 +254,7 @@ def _online_update(
     block_max = xp.max(scores, axis=-1, keepdims=True)
     m_new = stop_gradient(xp.maximum(m, block_max), xp)
     # A row with nothing seen yet keeps m = -inf; shifting by 0 there gives exp(-inf) = 0.
-    m_safe = xp.where(m_new == -math.inf, _const(0.0, m_new, xp), m_new)
+    m_safe = xp.where(m_new == -math.inf, 0.0, m_new)
     alpha = xp.exp(m - m_safe)
     p = xp.exp(scores - m_safe)
     total = alpha * total + xp.sum(p, axis=-1, keepdims=True)
@@ -347,7 +338,7 @@ def merge_attention(out_a: Any, lse_a: Any, out_b: Any, lse_b: Any, /) -> tuple[
                                "axis)", Described(f"shape {tuple(lse.shape)}"))
             )
     lse = merge_logsumexp(la, lb)
-    safe = xp.where(lse == -math.inf, _const(0.0, lse, xp), lse)
+    safe = xp.where(lse == -math.inf, 0.0, lse)
     out = _weight(la, safe, xp) * oa + _weight(lb, safe, xp) * ob
     return out, lse
 
@@ -355,6 +346,6 @@ def merge_attention(out_a: Any, lse_a: Any, out_b: Any, lse_b: Any, /) -> tuple[
 def _weight(lse_part: Array, lse_total: Array, xp: Any) -> Array:
     """``exp(lse_part − lse_total)`` as a column, 0 (with a zero gradient) for an empty part."""
     present = lse_part != -math.inf
-    part = xp.where(present, lse_part, _const(0.0, lse_part, xp))
-    w = xp.where(present, xp.exp(part - lse_total), _const(0.0, lse_part, xp))
+    part = xp.where(present, lse_part, 0.0)
+    w = xp.where(present, xp.exp(part - lse_total), 0.0)
     return xp.expand_dims(w, axis=-1)

@@ -1,19 +1,31 @@
 """softmax, log_softmax, logsumexp and entropy: exact on every edge case, on any array library.
 
-Every function here reduces over one or more axes.  Internally the reduced axes are moved to the end
-and flattened into one axis of length K ("rows"), so the math below only ever reduces over ``-1``.
+Every function here reduces over one or more axes.  The arguments are validated once; NumPy and
+CPU torch input then goes to a fused kernel when one applies (:mod:`._kernels`), and the rows the
+kernel leaves (a NaN, a ``+inf``, nothing finite) come back here.  Everything else is computed on
+``(N, K)`` rows (:mod:`._layout`), so the math below only ever reduces over ``-1``.
 
-The computation order is the one of DESIGN §2: softcap ``c·tanh(x/c)`` → divide by the temperature →
-mask → shift by the (constant) row max → exponentiate → normalise.  Rows that the shifted formula
-cannot handle (a NaN, a +inf, nothing unmasked) are computed apart and selected with ``where``; their
-inputs to the ordinary path are replaced by zeros first, so no NaN or inf reaches any derivative
-(the "double where" rule: sanitise the input of an op, not only its output).
+The computation order is the one of DESIGN §2: softcap ``c·tanh(x/c)`` → shift by the (constant)
+row max ``m`` → divide by the temperature → mask → exponentiate → normalise.  Shifting *before*
+dividing keeps ``x/T`` from overflowing when T is small or ``x`` huge (``[3e38, 2.9e38] / 0.5`` in
+float32 would be ``[inf, inf]``, a wrong tie), and keeps the near-ties of large logits exact
+(``(1.0000002 − 1)/1e-10``, not ``1.0000002e10 − 1e10`` rounded to a multiple of 1024).  Above
+T = 1 the shift is taken on halves, ``(x/2 − m/2)/(T/2)``, so that a row spanning more than the
+float range (``[3e38, −3e38]``) still gives its finite quotient.  A temperature that is not a
+normal number of the working dtype (``1e-46`` in float32) is applied as an exact power of two and
+a mantissa.
+
+Rows that the shifted formula cannot handle (a NaN, a +inf, nothing unmasked) are computed apart
+and selected with ``where``; their inputs to the ordinary path are replaced by zeros first, so no
+NaN or inf reaches any derivative (the "double where" rule: sanitise the input of an op, not only
+its output).  Whether such rows exist is asked only of arrays whose values can be read, and the
+special values (±inf, NaN) enter as Python floats folded into ``where``: an eager JAX call on
+finite input creates no infinite or NaN array, so ``jax.debug_infs``/``debug_nans`` stay quiet.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,255 +33,254 @@ import array_api_compat
 import numpy as np
 
 from . import _kernels
+from ._layout import Axis, Layout, from_rows, layout, param_rows, reduced, to_rows
 from ._namespace import (
     Array,
+    ArrayT,
     LogitkitTypeError,
     as_array,
     astype,
     broadcast_shapes,
+    check_bool,
     check_mask,
     check_number,
     check_positive_scalar_or_array,
     compute_dtypes,
     expected,
+    is_concrete,
+    is_numpy,
+    is_torch,
+    materialize,
     namespace,
-    normalize_axis,
     stop_gradient,
+    to_numpy,
 )
 
 __all__ = ["entropy", "log_softmax", "logsumexp", "softmax"]
 
-Axis = int | Sequence[int]
+Temperature = float | Array
 
 
 # --------------------------------------------------------------------------------------------
-# layout: reduced axes last, flattened
+# validation: once, before any kernel
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class _Layout:
-    shape: tuple[int, ...]  # original shape
-    axes: tuple[int, ...]  # reduced axes (sorted, non-negative)
-    perm: tuple[int, ...] | None  # permutation that moves them last (None: already last)
-    batch_shape: tuple[int, ...]
-    k: int
+class _Problem:
+    """A validated normalisation problem."""
 
-    @property
-    def reduced_keepdims(self) -> tuple[int, ...]:
-        return tuple(1 if i in self.axes else n for i, n in enumerate(self.shape))
-
-
-def _layout(shape: tuple[int, ...], axis: Axis) -> _Layout:
-    axes = normalize_axis(axis, len(shape))
-    ndim = len(shape)
-    batch_axes = tuple(a for a in range(ndim) if a not in axes)
-    perm = batch_axes + axes
-    batch_shape = tuple(shape[a] for a in batch_axes)
-    k = math.prod(shape[a] for a in axes)
-    return _Layout(shape, axes, None if perm == tuple(range(ndim)) else perm, batch_shape, k)
-
-
-def _to_rows(x: Array, lay: _Layout, xp: Any) -> Array:
-    if lay.perm is not None:
-        x = xp.permute_dims(x, lay.perm)
-    if len(lay.axes) != 1:
-        x = xp.reshape(x, (*lay.batch_shape, lay.k))
-    return x
-
-
-def _from_rows(y: Array, lay: _Layout, xp: Any) -> Array:
-    if len(lay.axes) != 1:
-        y = xp.reshape(y, (*lay.batch_shape, *(lay.shape[a] for a in lay.axes)))
-    if lay.perm is not None:
-        inverse = [0] * len(lay.perm)
-        for i, p in enumerate(lay.perm):
-            inverse[p] = i
-        y = xp.permute_dims(y, tuple(inverse))
-    return y
-
-
-def _reduced(y: Array, lay: _Layout, keepdims: bool, xp: Any) -> Array:
-    """A per-row result of shape ``batch_shape + (1,)`` reshaped to the reduced shape."""
-    if keepdims:
-        return xp.reshape(y, lay.reduced_keepdims)
-    return xp.reshape(y, lay.batch_shape)
-
-
-def _param_rows(value: Array, lay: _Layout, arg: str, xp: Any) -> Array:
-    """A per-row parameter (temperature, sink) given for the reduced shape, as ``batch + (1,)``."""
-    shape = tuple(value.shape)
-    # Accept either the reduced shape (axes removed) or the keepdims shape.
-    if len(shape) == len(lay.shape):
-        broadcast_shapes(arg, shape, lay.reduced_keepdims)
-        value = xp.broadcast_to(value, lay.reduced_keepdims)
-        value = _to_rows(value, _Layout(lay.reduced_keepdims, lay.axes, lay.perm,
-                                        lay.batch_shape, 1), xp)
-        return value
-    broadcast_shapes(arg, shape, lay.batch_shape)
-    value = xp.broadcast_to(value, lay.batch_shape)
-    return xp.reshape(value, (*lay.batch_shape, 1))
-
-
-def _const(value: float, like: Array, xp: Any) -> Array:
-    return xp.asarray(value, dtype=like.dtype, device=array_api_compat.device(like))
-
-
-# --------------------------------------------------------------------------------------------
-# preparation: validation, softcap, temperature, mask, sink
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Rows:
-    """Logits as rows, ready to normalise."""
-
-    z: Array  # (*batch, K[+1]) working dtype; excluded entries are -inf
-    nan: Array  # (*batch, 1) bool: an unmasked NaN (or a NaN parameter) in the row
-    lay: _Layout
+    x: Array  # as given (a numeric array of xp)
+    lay: Layout
+    acc: Any  # accumulation dtype
     out_dtype: Any
-    has_sink: bool
+    temperature: Temperature  # a float, or the array as given (the reduced or keepdims shape)
+    mask: Array | None  # boolean, broadcast to x's shape
+    softcap: float | None
+    sink: float | Array | None
 
 
-def _validate_softcap(softcap: object) -> float | None:
+def check_softcap(softcap: object) -> float | None:
+    """``softcap`` as a positive finite float, or None."""
     if softcap is None:
         return None
     return check_number(softcap, "softcap", low=0.0, low_open=True, high=math.inf, high_open=True)
 
 
-def _prepare(
-    x: Any,
-    *,
-    axis: Axis,
-    temperature: Any,
-    where: Any,
-    softcap: Any,
-    sink: Any,
-    dtype: Any,
-) -> tuple[_Rows, Any]:
+def _validate(x: Any, *, axis: Axis, temperature: Any, where: Any, softcap: Any, sink: Any,
+              dtype: Any) -> tuple[_Problem, Any]:
     xp = namespace(x, where, temperature, sink)
     x = as_array(x, "x", xp)
     acc, out_dtype = compute_dtypes(x, dtype, xp)
-    lay = _layout(tuple(x.shape), axis)
-    cap = _validate_softcap(softcap)
+    lay = layout(tuple(x.shape), axis)
+    cap = check_softcap(softcap)
     temp = check_positive_scalar_or_array(temperature, "temperature", xp, allow_zero=True,
                                           allow_inf=True)
     mask = None if where is None else check_mask(where, tuple(x.shape), xp)
-
-    x = astype(x, acc, xp)
-    rows = _to_rows(x, lay, xp)
-    mrows = None if mask is None else _to_rows(mask, lay, xp)
-    if mrows is not None:
-        # Sanitise masked entries first: nothing from them reaches a value or a gradient.
-        rows = xp.where(mrows, rows, _const(0.0, rows, xp))
-    if cap is not None:
-        rows = cap * xp.tanh(rows / cap)
-
-    nan = xp.isnan(rows)
-    if mrows is not None:
-        nan = nan & mrows
-    nan_row = xp.any(nan, axis=-1, keepdims=True)
-
-    has_sink = sink is not None
-    rows, shift = _apply_temperature(rows, temp, mrows, lay, xp, sink_shift=has_sink)
-    if mrows is not None:
-        rows = xp.where(mrows, rows, _const(-math.inf, rows, xp))
-
-    if has_sink:
-        s = as_array(sink, "sink", xp) if not isinstance(sink, (int, float)) else sink
-        if isinstance(s, (int, float)):
-            if isinstance(s, bool):
-                raise LogitkitTypeError(expected("sink", "a real number or array", sink))
-            col = xp.full((*lay.batch_shape, 1), float(s), dtype=acc,
-                          device=array_api_compat.device(rows))
-        else:
-            col = _param_rows(astype(s, acc, xp), lay, "sink", xp)
-            col = xp.broadcast_to(col, (*lay.batch_shape, 1))
-        nan_row = nan_row | xp.isnan(col)
-        if shift is not None:
-            # The sink is a logit on the scale of x/T (not divided by T): give it the same shift.
-            col = xp.where(xp.isinf(col), col, col - shift)
-        rows = xp.concat([rows, col], axis=-1)
-    return _Rows(rows, nan_row, lay, out_dtype, has_sink), xp
+    if sink is not None:
+        if isinstance(sink, (bool, np.bool_, str)):
+            raise LogitkitTypeError(expected("sink", "a real number or array", sink))
+        sink = float(sink) if isinstance(sink, (int, float, np.floating, np.integer)) else (
+            as_array(sink, "sink", xp))
+    return _Problem(x, lay, acc, out_dtype, temp, mask, cap, sink), xp
 
 
-def _apply_temperature(
-    rows: Array, temp: float | Array, mask: Array | None, lay: _Layout, xp: Any, *,
-    sink_shift: bool,
-) -> tuple[Array, Array | None]:
-    """``(rows − m)/T`` and, if asked, the shift ``m/T`` it took off (``None`` when T = 1).
+def _row_inputs(pb: _Problem, xp: Any) -> tuple[Array, Array | None, Temperature, Array | None]:
+    """The problem as rows: ``(N, K)`` logits and mask, the temperature and the sink column."""
+    lay = pb.lay
+    x = to_rows(astype(pb.x, pb.acc, xp), lay, xp)
+    mask = None if pb.mask is None else to_rows(pb.mask, lay, xp)
+    t = pb.temperature
+    if not isinstance(t, float):
+        t = param_rows(astype(t, pb.acc, xp), lay, "temperature", xp)
+    sink = pb.sink
+    if isinstance(sink, float):
+        sink = xp.full((lay.n, 1), sink, dtype=pb.acc, device=array_api_compat.device(x))
+    elif sink is not None:
+        sink = param_rows(astype(sink, pb.acc, xp), lay, "sink", xp)
+    return x, mask, t, sink
 
-    ``m`` is the row max over unmasked non-NaN entries (a constant for differentiation, 0 when it
-    is not finite).  Shifting *before* dividing keeps ``x/T`` from overflowing when T is small or
-    ``x`` huge (``[2e9, 3e9] / 1e-30`` in float32 would be ``[inf, inf]``, a wrong tie); the
-    softmax is shift-invariant, so only the sink, which is not divided by T, needs the shift too.
-    Limits: T = 0 gives 0 on the row max and −inf elsewhere (a one-hot, ties split); T = ∞ gives
-    0 on every finite entry (uniform).  ±inf and NaN entries pass through unchanged.
+
+# --------------------------------------------------------------------------------------------
+# the shift and the temperature
+# --------------------------------------------------------------------------------------------
+
+
+def _may(flags: Array, xp: Any) -> bool:
+    """Whether any of ``flags`` may be set: read when the values can be, else assumed (jit)."""
+    if not is_concrete(flags):
+        return True
+    return bool(xp.any(flags))
+
+
+@dataclass
+class _Shifted:
+    """Logits as rows shifted by their max and divided by the temperature."""
+
+    q: Array  # (N, K) (softcap(x) − m)/T; masked entries −inf; ±inf and NaN entries kept
+    m: Array  # (N, 1) the row max m of softcap(x) in x's units, a constant; 0 where not finite
+    top: Array | None  # (N, 1) the index of a max entry (None when ``m`` was given)
+    nan: Array  # (N, 1) an unmasked NaN in the row
+    pos: Array  # (N, 1) an unmasked +inf (and no NaN)
+    neg: Array  # (N, 1) nothing finite unmasked (all −inf, every entry masked, or K = 0)
+    special: bool  # whether any row may be one of those three (False when known that none is)
+
+
+def _shift(x: Array, mask: Array | None, softcap: float | None, t: Temperature, xp: Any, *,
+           m: Array | None = None) -> _Shifted:
+    """``(softcap(x) − m)/T`` for ``(N, K)`` rows in the working dtype, with the row flags.
+
+    ``m`` (the max, from an earlier call on the same rows) skips the max pass.  The max is
+    located by its index: whether ``x − m`` is exactly 0 there depends on the compiler (XLA
+    contracts ``c·tanh(x/c) − m`` into a fused multiply-add, which is not 0 at the max).
     """
-    if isinstance(temp, float) and temp == 1.0:
-        return rows, None
-    neg_inf = _const(-math.inf, rows, xp)
-    zero = _const(0.0, rows, xp)
-    live = rows if mask is None else xp.where(mask, rows, neg_inf)
-    m = xp.max(xp.where(xp.isnan(live), neg_inf, live), axis=-1, keepdims=True)
-    m = stop_gradient(m, xp)
+    n, k = x.shape
+    if mask is not None:
+        x = xp.where(mask, x, 0.0)  # nothing from a masked entry reaches a value or a gradient
+    if softcap is not None:
+        x = materialize(softcap * xp.tanh(x / softcap), xp)
+    is_nan = xp.isnan(x)
+    if mask is not None:
+        is_nan = is_nan & mask
+    live = x if mask is None else xp.where(mask, x, -math.inf)
+    has_nan = k > 0 and _may(is_nan, xp)
+    top = None
+    if m is None:
+        if k == 0:
+            m = xp.zeros((n, 1), dtype=x.dtype, device=array_api_compat.device(x))
+        else:
+            candidates = xp.where(is_nan, -math.inf, live) if has_nan else live
+            top = xp.argmax(candidates, axis=-1, keepdims=True)
+            m = stop_gradient(xp.take_along_axis(candidates, top, axis=-1), xp)
+    if has_nan:
+        nan = xp.any(is_nan, axis=-1, keepdims=True)
+    else:
+        nan = xp.zeros((n, 1), dtype=xp.bool, device=array_api_compat.device(x))
     finite_m = xp.isfinite(m)
-    m_safe = xp.where(finite_m, m, zero)
-    # A row with a +inf is decided by its +inf entries: zero its finite ones so that dividing
-    # them by a tiny T cannot overflow into new +infs.
-    d = xp.where(finite_m | ~xp.isfinite(rows), rows - m_safe, zero)
-    fmax = float(xp.finfo(rows.dtype).max)
-    if isinstance(temp, float):
-        if temp == 0.0:
-            return _zero_temperature(d, xp), _zero_temperature_shift(m, sink_shift, xp)
-        if temp == math.inf:
-            return _infinite_temperature(d, xp), (zero if sink_shift else None)
-        t = _const(temp, rows, xp)
-        shift = _divide(m_safe, t, fmax, xp) if sink_shift else None
-        return _divide(d, t, fmax, xp), shift
-    t = _param_rows(astype(temp, rows.dtype, xp), lay, "temperature", xp)
-    is_zero = t == 0
-    is_inf = t == math.inf
-    t_safe = xp.where(is_zero | is_inf, _const(1.0, t, xp), t)
-    out = _divide(d, t_safe, fmax, xp)
-    out = xp.where(is_zero, _zero_temperature(d, xp), out)
-    out = xp.where(is_inf, _infinite_temperature(d, xp), out)
-    if not sink_shift:
-        return out, None
-    shift = _divide(m_safe, t_safe, fmax, xp)
-    shift = xp.where(is_zero, _zero_temperature_shift(m, True, xp), shift)
-    return out, xp.where(is_inf, _const(0.0, shift, xp), shift)
+    if k == 0:
+        finite_m = xp.zeros((n, 1), dtype=xp.bool, device=array_api_compat.device(x))
+    odd = ~finite_m
+    special = n > 0 and (has_nan or _may(odd, xp))
+    pos = (m == math.inf) & ~nan
+    neg = (odd & ~(m == math.inf)) & ~nan
+    if special:
+        m = xp.where(finite_m, m, 0.0)
+        # A row decided by its +inf entries: zero its finite ones, so that dividing them by a
+        # tiny T cannot overflow into new +infs.
+        x = xp.where(finite_m | ~xp.isfinite(x), x, 0.0)
+    q = _divide_by_temperature(x, m, t, xp)
+    if mask is not None:
+        q = xp.where(mask, q, -math.inf)
+    return _Shifted(q, m, top, nan, pos, neg, special)
 
 
-def _divide(a: Array, t: Array, fmax: float, xp: Any) -> Array:
-    """``a / t`` for ``t > 0``, giving ±inf where the quotient overflows without computing it
-    (NumPy would warn), so that results that round to ±inf do so silently and exactly."""
-    lim = _const(fmax, a, xp) * xp.minimum(t, _const(1.0, t, xp))
-    q = xp.minimum(xp.maximum(a, -lim), lim) / t
-    q = xp.where(a < -lim, _const(-math.inf, a, xp), q)
-    return xp.where(a > lim, _const(math.inf, a, xp), q)
+def _divide_by_temperature(x: Array, m: Array, t: Temperature, xp: Any) -> Array:
+    """``(x − m)/T`` with the limits T = 0 (0 at the row max, −inf below) and T = ∞ (0 on every
+    finite entry); ±inf and NaN entries keep their meaning."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if isinstance(t, float):
+            if t == 1.0:
+                return x - m
+            if t == 0.0:
+                return _zero_temperature(x - m, xp)
+            if t == math.inf:
+                return _infinite_temperature(x, x - m, xp)
+            if t > 1.0:
+                return divide(x * 0.5 - m * 0.5, t * 0.5, xp)
+            return divide(x - m, t, xp)
+        is_zero = t == 0.0
+        is_inf = t == math.inf
+        t_safe = xp.where(is_zero | is_inf, 1.0, t)
+        wide = t_safe > 1.0
+        d = x - m
+        q = xp.where(wide, (x * 0.5 - m * 0.5) / xp.where(wide, t_safe * 0.5, 1.0), d / t_safe)
+        q = xp.where(is_zero, _zero_temperature(d, xp), q)
+        return xp.where(is_inf, _infinite_temperature(x, d, xp), q)
+
+
+def divide(a: Array, t: float, xp: Any) -> Array:
+    """``a / t`` for a positive finite Python float ``t``, rounded once (overflow gives ±inf).
+
+    When ``t`` or ``1/t`` is not a normal number of ``a``'s dtype (``t = 1e-46`` in float32 is 0
+    there), ``a`` is scaled by the power of two of ``1/t`` in steps the dtype can hold, then
+    divided by the mantissa.
+    """
+    info = xp.finfo(a.dtype)
+    low, high = float(info.smallest_normal), float(info.max)
+    with np.errstate(over="ignore", under="ignore"):
+        if low <= t <= high and low <= 1.0 / t <= high:
+            return a / t
+        mantissa, exponent = math.frexp(t)  # t = mantissa · 2**exponent, 0.5 <= mantissa < 1
+        step_low, step_high = math.frexp(low)[1] - 1, math.frexp(high)[1] - 1
+        e = -exponent
+        while e:
+            step = max(step_low, min(step_high, e))
+            a = a * 2.0**step
+            e -= step
+        return a / mantissa
 
 
 def _zero_temperature(d: Array, xp: Any) -> Array:
-    # The row max (d == 0) wins; constants on both sides, so the limit's derivative is 0.
-    win = xp.where(d == 0, _const(0.0, d, xp), d)
-    return xp.where(d < 0, _const(-math.inf, d, xp), win)
+    # The row max (d == 0) wins with a constant 0 (the limit's derivative is 0); below it −inf.
+    return xp.where(d < 0, -math.inf, xp.where(d == 0, 0.0, d))
 
 
-def _zero_temperature_shift(m: Array, wanted: bool, xp: Any) -> Array | None:
+def _infinite_temperature(x: Array, d: Array, xp: Any) -> Array:
+    # Every finite entry 0, through the graph (torch refuses to backpropagate through an output
+    # that does not require grad), with derivative 0; ±inf and NaN entries keep d.
+    finite = xp.isfinite(x)
+    return xp.where(finite, xp.where(finite, d, 0.0) * 0.0, d)
+
+
+def _sink_shift(m: Array, t: Temperature, xp: Any) -> Array:
+    """``m/T``: the sink is a logit on the scale of x/T (not divided by T) and takes this shift."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if isinstance(t, float):
+            if t == 1.0:
+                return m
+            if t == 0.0:
+                return _zero_shift(m, xp)
+            if t == math.inf:
+                return m * 0.0
+            return divide(m, t, xp)
+        is_zero = t == 0.0
+        is_inf = t == math.inf
+        shift = m / xp.where(is_zero | is_inf, 1.0, t)
+        shift = xp.where(is_zero, _zero_shift(m, xp), shift)
+        return xp.where(is_inf, 0.0, shift)
+
+
+def _zero_shift(m: Array, xp: Any) -> Array:
     """``lim m/T`` as T → 0⁺: ±inf by the sign of the row max, 0 when it is 0."""
-    if not wanted:
-        return None
-    inf = _const(math.inf, m, xp)
-    return xp.where(m > 0, inf, xp.where(m < 0, -inf, _const(0.0, m, xp)))
+    return xp.where(m > 0, math.inf, xp.where(m < 0, -math.inf, m * 0.0))
 
 
-def _infinite_temperature(d: Array, xp: Any) -> Array:
-    finite = xp.isfinite(d)
-    # 0·d, not a constant 0: the limit's derivative is 0, but the result must stay connected to
-    # the graph (torch refuses to backpropagate through an output that does not require grad).
-    zero_on_graph = xp.where(finite, d, _const(0.0, d, xp)) * 0.0
-    return xp.where(finite, zero_on_graph, stop_gradient(d, xp))
+def merge_lse(a: Array, b: Array, xp: Any) -> Array:
+    """``log(eᵃ + eᵇ)`` of two finite running log-sum-exps: the online merge of blocks
+    (Milakov & Gimelshein 2018).  :func:`logitkit.merge_logsumexp` is the public form, with
+    the edge cases block statistics never have."""
+    hi = xp.maximum(a, b)
+    return hi + xp.log1p(xp.exp(xp.minimum(a, b) - hi))
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,72 +290,182 @@ def _infinite_temperature(d: Array, xp: Any) -> Array:
 
 @dataclass
 class _Normalised:
-    d: Array  # z - max (finite garbage in special rows)
+    d: Array  # z − max, 0 in special rows
     e: Array  # exp(d)
-    log_s: Array  # log(sum exp(d)) with the dominant term split off (log1p form), (*batch, 1)
-    m: Array  # row max (constant for autodiff), (*batch, 1)
+    log_s: Array  # log(sum exp(d)) with the dominant term split off (log1p form), (N, 1)
+    m: Array  # row max (constant for autodiff) when computed here, else 0; (N, 1)
     nan: Array  # row has NaN
     pos: Array  # row has +inf (and no NaN)
     neg: Array  # row has nothing but -inf (and no NaN)
-    posinf: Array  # entries equal to +inf
-    n_posinf: Array  # their count per row, as the working dtype
+    posinf: Any  # entries equal to +inf (None: no special row)
+    n_posinf: Any  # their count per row, as the working dtype (None: no special row)
+    special: bool
 
 
-def _normalise(z: Array, nan: Array, xp: Any) -> _Normalised:
-    neg_inf = _const(-math.inf, z, xp)
-    zero = _const(0.0, z, xp)
-    z_nonan = xp.where(xp.isnan(z), neg_inf, z)
-    m = stop_gradient(xp.max(z_nonan, axis=-1, keepdims=True), xp)
-    pos = (m == math.inf) & ~nan
-    neg = (m == -math.inf) & ~nan
-    special = nan | pos | neg
-    m_safe = xp.where(special, zero, m)
-    zs = xp.where(special, zero, z_nonan)
+def _normalise(z: Array, nan: Array, xp: Any, *, shifted: _Shifted | None = None) -> _Normalised:
+    """The exponentials and ``log Σ e^{z − max}`` of rows ``z``.
+
+    ``shifted``: ``z`` is its ``q`` (max 0 in every ordinary row), so its flags are reused and no
+    max is taken again.
+    """
+    n, k = z.shape
+    dev = array_api_compat.device(z)
+    if shifted is not None:
+        pos, neg, special, top = shifted.pos, shifted.neg, shifted.special, shifted.top
+        m = xp.zeros((n, 1), dtype=z.dtype, device=dev)
+        z_nonan = xp.where(xp.isnan(z), -math.inf, z) if special else z
+    else:
+        z_nonan = xp.where(xp.isnan(z), -math.inf, z) if _may(nan, xp) else z
+        top = None
+        if k == 0:
+            m = xp.zeros((n, 1), dtype=z.dtype, device=dev)
+            odd = xp.ones((n, 1), dtype=xp.bool, device=dev)
+        else:
+            top = xp.argmax(z_nonan, axis=-1, keepdims=True)
+            m = stop_gradient(xp.take_along_axis(z_nonan, top, axis=-1), xp)
+            odd = ~xp.isfinite(m)
+        pos = (m == math.inf) & ~nan
+        neg = odd & ~(m == math.inf) & ~nan
+        special = n > 0 and (_may(nan, xp) or _may(odd, xp))
+        if special:
+            m = xp.where(odd, 0.0, m)
+    rows_special = nan | pos | neg
+    zs = xp.where(rows_special, 0.0, z_nonan) if special else z_nonan
     # z − max rounds to −inf when the row spans more than the float range ([3e38, −3e38] in
     # float32); that is the right value, so NumPy (and array_api_strict, built on it) must not warn.
     with np.errstate(over="ignore"):
-        d = zs - m_safe
+        d = zs if shifted is not None else zs - m
     e = xp.exp(d)
-    top = d == 0
-    # Blanchard–Higham–Higham: log(sum e) = log1p(sum of the non-dominant terms).  Each tie at
-    # the top contributes exactly 1; the straight-through term keeps their derivative (value 0).
-    e_rest = xp.where(top, e - stop_gradient(e, xp), e)
-    n_top = xp.sum(astype(top, z.dtype, xp), axis=-1, keepdims=True)
-    rest = xp.sum(e_rest, axis=-1, keepdims=True) + (n_top - 1)
+    # Blanchard–Higham–Higham: log(sum e) = log1p(sum of the terms but one at the max, whose
+    # e^0 = 1 is left out exactly; a tie contributes its own 1).  The straight-through term keeps
+    # the left-out term's derivative (value 0).
+    if k == 0:
+        rest = xp.zeros((n, 1), dtype=z.dtype, device=dev)
+    else:
+        is_top = xp.arange(k, device=dev) == top
+        rest = xp.sum(xp.where(is_top, e - stop_gradient(e, xp), e), axis=-1, keepdims=True)
+    if special:
+        rest = xp.where(rows_special, 0.0, rest)
     log_s = xp.log1p(rest)
-    posinf = z == math.inf
-    n_posinf = xp.sum(astype(posinf, z.dtype, xp), axis=-1, keepdims=True)
-    return _Normalised(d, e, log_s, m, nan, pos, neg, posinf, n_posinf)
+    posinf = n_posinf = None
+    if special:
+        posinf = z == math.inf
+        n_posinf = xp.sum(astype(posinf, z.dtype, xp), axis=-1, keepdims=True)
+    return _Normalised(d, e, log_s, m, nan, pos, neg, posinf, n_posinf, special)
 
 
 def _softmax_rows(n: _Normalised, xp: Any) -> Array:
     p = n.e / xp.exp(n.log_s)
-    zero = _const(0.0, p, xp)
-    n_safe = xp.where(n.n_posinf > 0, n.n_posinf, _const(1.0, p, xp))
-    p = xp.where(n.pos, xp.where(n.posinf, 1.0 / n_safe, zero), p)
-    p = xp.where(n.neg, zero, p)
-    return xp.where(n.nan, _const(math.nan, p, xp), p)
+    if not n.special:
+        return p
+    n_safe = xp.where(n.n_posinf > 0, n.n_posinf, 1.0)
+    p = xp.where(n.pos, xp.where(n.posinf, 1.0 / n_safe, 0.0), p)
+    p = xp.where(n.neg, 0.0, p)
+    return xp.where(n.nan, math.nan, p)
 
 
 def _log_softmax_rows(n: _Normalised, xp: Any) -> Array:
     out = n.d - n.log_s
-    neg_inf = _const(-math.inf, out, xp)
-    n_safe = xp.where(n.n_posinf > 0, n.n_posinf, _const(1.0, out, xp))
-    out = xp.where(n.pos, xp.where(n.posinf, -xp.log(n_safe), neg_inf), out)
-    out = xp.where(n.neg, neg_inf, out)
-    return xp.where(n.nan, _const(math.nan, out, xp), out)
+    if not n.special:
+        return out
+    n_safe = xp.where(n.n_posinf > 0, n.n_posinf, 1.0)
+    out = xp.where(n.pos, xp.where(n.posinf, -xp.log(n_safe), -math.inf), out)
+    out = xp.where(n.neg, -math.inf, out)
+    return xp.where(n.nan, math.nan, out)
 
 
-def _lse_rows(n: _Normalised, xp: Any) -> Array:
-    m_safe = xp.where(n.pos | n.neg | n.nan, _const(0.0, n.m, xp), n.m)
-    out = m_safe + n.log_s
-    out = xp.where(n.pos, _const(math.inf, out, xp), out)
-    out = xp.where(n.neg, _const(-math.inf, out, xp), out)
-    return xp.where(n.nan, _const(math.nan, out, xp), out)
+def _lse_rows(shift: Array, n: _Normalised, xp: Any) -> Array:
+    """``shift + log Σ e^d`` with the special rows' limits."""
+    out = shift + n.log_s
+    if not n.special:
+        return out
+    out = xp.where(n.pos, math.inf, out)
+    out = xp.where(n.neg, -math.inf, out)
+    return xp.where(n.nan, math.nan, out)
 
 
-def _drop_sink(y: Array, rows: _Rows) -> Array:
-    return y[..., :-1] if rows.has_sink else y
+def _rows(op: str, x: Array, mask: Array | None, softcap: float | None, t: Temperature,
+          sink: Array | None, xp: Any) -> Array:
+    """The generic path on ``(N, K)`` rows: ``(N, K)`` for softmax, log_softmax and the entropy
+    terms' inputs, ``(N, 1)`` for logsumexp and entropy."""
+    sh = _shift(x, mask, softcap, t, xp)
+    if sink is None:
+        n = _normalise(sh.q, sh.nan, xp, shifted=sh)
+    else:
+        col = xp.where(xp.isinf(sink), sink, sink - _sink_shift(sh.m, t, xp))
+        n = _normalise(xp.concat([sh.q, col], axis=-1), sh.nan | xp.isnan(sink), xp)
+    if op == "softmax":
+        p = _softmax_rows(n, xp)
+        return p if sink is None else p[:, :-1]
+    if op == "log_softmax":
+        out = _log_softmax_rows(n, xp)
+        return out if sink is None else out[:, :-1]
+    if op == "logsumexp":
+        return _lse_rows(sh.m, n, xp)
+    # entropy: −Σ p log p with 0·log 0 = 0 in value and gradient
+    p = _softmax_rows(n, xp)
+    logp = _log_softmax_rows(n, xp)
+    positive = p > 0
+    terms = xp.where(positive, p * xp.where(positive, logp, 0.0), 0.0)
+    h = -xp.sum(terms, axis=-1, keepdims=True)
+    return xp.where(n.nan, math.nan, h) if n.special else h
+
+
+# --------------------------------------------------------------------------------------------
+# the kernels: tried after validation, their flagged rows computed here
+# --------------------------------------------------------------------------------------------
+
+
+def _kernel(pb: _Problem, xp: Any, op: str) -> Any:
+    """The kernel's result in the input's array type (the flagged rows filled in), or None."""
+    t = pb.temperature
+    if (pb.sink is not None or not isinstance(t, float) or not 0.0 < t < math.inf
+            or not (is_numpy(xp) or is_torch(xp)) or pb.acc != pb.x.dtype
+            or pb.out_dtype != pb.x.dtype):
+        return None
+    res = _kernels.normalise(_kernels.Normalise(pb.x, pb.lay.axes, op, t, pb.softcap, pb.mask))
+    if res is None:
+        return None
+    if res.flagged.any():
+        _fill_flagged(res.values, res.flagged, pb, op)
+    return res.as_input(res.values)
+
+
+def _fill_flagged(values: np.ndarray, flagged: np.ndarray, pb: _Problem, op: str) -> None:
+    """Compute the rows the kernel flagged on the generic path and write them into ``values``
+    (a NumPy array the kernel handed over: the in-place writes stay on NumPy)."""
+    lay = pb.lay
+    idx = np.flatnonzero(flagged)
+    rows = np.unravel_index(idx, lay.batch_shape) if lay.batch_shape else ()
+    x = _gather(to_numpy(pb.x), lay, rows)
+    mask = None if pb.mask is None else _gather(to_numpy(pb.mask), lay, rows)
+    fixed = _rows(op, x, mask, pb.softcap, pb.temperature, None, namespace(x))
+    if op == "logsumexp":
+        values.reshape(-1)[idx] = fixed[:, 0]
+        return
+    view = values if lay.perm is None else np.transpose(values, lay.perm)
+    if rows:
+        view[rows] = fixed.reshape((len(idx), *(lay.shape[a] for a in lay.axes)))
+    else:
+        view[...] = fixed.reshape(view.shape)
+
+
+def _gather(a: np.ndarray, lay: Layout, rows: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The rows ``rows`` (batch indices) of ``a`` (``lay.shape``, broadcast views allowed) as
+    ``(S, K)``."""
+    a = np.broadcast_to(a, lay.shape)
+    view = a if lay.perm is None else np.transpose(a, lay.perm)
+    picked = view[rows] if rows else view[None]
+    return np.ascontiguousarray(picked.reshape(picked.shape[0], lay.k))
+
+
+def _normalised(pb: _Problem, xp: Any, op: str) -> Any:
+    fast = _kernel(pb, xp, op)
+    if fast is not None:
+        return fast
+    x, mask, t, sink = _row_inputs(pb, xp)
+    out = _rows(op, x, mask, pb.softcap, t, sink, xp)
+    return astype(from_rows(out, pb.lay, xp), pb.out_dtype, xp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,7 +474,7 @@ def _drop_sink(y: Array, rows: _Rows) -> Array:
 
 
 def softmax(
-    x: Any,
+    x: ArrayT,
     /,
     *,
     axis: Axis = -1,
@@ -362,7 +483,7 @@ def softmax(
     softcap: float | None = None,
     sink: Any = None,
     dtype: Any = None,
-) -> Any:
+) -> ArrayT:
     r"""Softmax of ``x`` over ``axis``: probabilities that are non-negative and sum to one.
 
     .. math::
@@ -411,20 +532,13 @@ def softmax(
         Blanchard, Higham & Higham, "Accurately computing the log-sum-exp and softmax
         functions", IMA J. Numer. Anal. 41 (2021).
     """
-    fast = _kernels.softmax_fast(x, axis=axis, temperature=temperature, where=where,
-                                 softcap=softcap, sink=sink, dtype=dtype)
-    if fast is not None:  # fused CPU kernel (NumPy, CPU torch); same values
-        return fast
-    rows, xp = _prepare(x, axis=axis, temperature=temperature, where=where, softcap=softcap,
-                        sink=sink, dtype=dtype)
-    if rows.lay.k == 0 and not rows.has_sink:
-        return astype(_from_rows(rows.z, rows.lay, xp), rows.out_dtype, xp)
-    p = _drop_sink(_softmax_rows(_normalise(rows.z, rows.nan, xp), xp), rows)
-    return astype(_from_rows(p, rows.lay, xp), rows.out_dtype, xp)
+    pb, xp = _validate(x, axis=axis, temperature=temperature, where=where, softcap=softcap,
+                       sink=sink, dtype=dtype)
+    return _normalised(pb, xp, "softmax")
 
 
 def log_softmax(
-    x: Any,
+    x: ArrayT,
     /,
     *,
     axis: Axis = -1,
@@ -433,7 +547,7 @@ def log_softmax(
     softcap: float | None = None,
     sink: Any = None,
     dtype: Any = None,
-) -> Any:
+) -> ArrayT:
     r"""Log of the softmax of ``x`` over ``axis``, computed without forming the softmax.
 
     .. math::
@@ -466,20 +580,13 @@ def log_softmax(
     References:
         Blanchard, Higham & Higham (2021), IMA J. Numer. Anal. 41.
     """
-    fast = _kernels.log_softmax_fast(x, axis=axis, temperature=temperature, where=where,
-                                     softcap=softcap, sink=sink, dtype=dtype)
-    if fast is not None:  # fused CPU kernel (NumPy, CPU torch); same values
-        return fast
-    rows, xp = _prepare(x, axis=axis, temperature=temperature, where=where, softcap=softcap,
-                        sink=sink, dtype=dtype)
-    if rows.lay.k == 0 and not rows.has_sink:
-        return astype(_from_rows(rows.z, rows.lay, xp), rows.out_dtype, xp)
-    out = _drop_sink(_log_softmax_rows(_normalise(rows.z, rows.nan, xp), xp), rows)
-    return astype(_from_rows(out, rows.lay, xp), rows.out_dtype, xp)
+    pb, xp = _validate(x, axis=axis, temperature=temperature, where=where, softcap=softcap,
+                       sink=sink, dtype=dtype)
+    return _normalised(pb, xp, "log_softmax")
 
 
 def logsumexp(
-    x: Any,
+    x: ArrayT,
     /,
     *,
     axis: Axis = -1,
@@ -525,79 +632,67 @@ def logsumexp(
         >>> float(lse), float(sign)
         (0.0, -1.0)
     """
-    fast = _kernels.logsumexp_fast(x, axis=axis, b=b, where=where, keepdims=keepdims,
-                                   return_sign=return_sign, dtype=dtype)
-    if fast is not None:  # fused CPU kernel (NumPy, CPU torch); same values
-        return fast
-    if not isinstance(keepdims, bool):
-        raise LogitkitTypeError(expected("keepdims", "a bool", keepdims))
-    rows, xp = _prepare(x, axis=axis, temperature=1.0, where=where, softcap=None, sink=None,
-                        dtype=dtype)
-    lay = rows.lay
-    z = rows.z
+    keepdims = check_bool(keepdims, "keepdims")
+    return_sign = check_bool(return_sign, "return_sign")
+    pb, xp = _validate(x, axis=axis, temperature=1.0, where=where, softcap=None, sink=None,
+                       dtype=dtype)
+    lay = pb.lay
+    out = _kernel(pb, xp, "logsumexp") if b is None else None
+    if out is not None:
+        out = astype(reduced(out, lay, keepdims, xp), pb.out_dtype, xp)
+        sign = xp.where(out == -math.inf, 0.0, xp.where(xp.isnan(out), out, 1.0))
+        return (out, sign) if return_sign else out
+    rows, mask, _, _ = _row_inputs(pb, xp)
     if b is None:
-        if lay.k == 0:
-            out = xp.full((*lay.batch_shape, 1), -math.inf, dtype=z.dtype,
-                          device=array_api_compat.device(z))
-        else:
-            out = _lse_rows(_normalise(z, rows.nan, xp), xp)
-        sign = xp.where(out == -math.inf, _const(0.0, out, xp), _const(1.0, out, xp))
-        sign = xp.where(xp.isnan(out), _const(math.nan, out, xp), sign)
+        out = _rows("logsumexp", rows, mask, None, 1.0, None, xp)
+        sign = xp.where(out == -math.inf, 0.0, xp.where(xp.isnan(out), out, 1.0))
     else:
-        out, sign = _weighted_lse(z, rows.nan, b, x, lay, xp)
+        out, sign = _weighted_lse(rows, mask, b, lay, xp)
         if not return_sign:
-            out = xp.where(sign < 0, _const(math.nan, out, xp), out)
-    out = astype(_reduced(out, lay, keepdims, xp), rows.out_dtype, xp)
+            out = xp.where(sign < 0, math.nan, out)
+    out = astype(reduced(out, lay, keepdims, xp), pb.out_dtype, xp)
     if return_sign:
-        return out, astype(_reduced(sign, lay, keepdims, xp), rows.out_dtype, xp)
+        return out, astype(reduced(sign, lay, keepdims, xp), pb.out_dtype, xp)
     return out
 
 
-def _weighted_lse(
-    z: Array, nan: Array, b: Any, x: Any, lay: _Layout, xp: Any
-) -> tuple[Array, Array]:
+def _weighted_lse(z: Array, mask: Array | None, b: Any, lay: Layout, xp: Any
+                  ) -> tuple[Array, Array]:
     b = as_array(b, "b", xp)
     broadcast_shapes("b", tuple(b.shape), lay.shape)
-    b = _to_rows(xp.broadcast_to(astype(b, z.dtype, xp), lay.shape), lay, xp)
-    if lay.k == 0:
-        shape = (*lay.batch_shape, 1)
-        dev = array_api_compat.device(z)
-        return (xp.full(shape, -math.inf, dtype=z.dtype, device=dev),
-                xp.zeros(shape, dtype=z.dtype, device=dev))
-    zero = _const(0.0, z, xp)
-    # Entries with b == 0 are ignored, a NaN logit there included (as in SciPy): recompute the
-    # row's NaN flag from the live entries instead of using the one from the mask alone.
+    b = to_rows(xp.broadcast_to(astype(b, z.dtype, xp), lay.shape), lay, xp)
+    if mask is not None:
+        b = xp.where(mask, b, 0.0)
+    # Entries with b == 0 are ignored, a NaN logit there included (as in SciPy).
     nan = xp.any(xp.isnan(b) | (xp.isnan(z) & (b != 0)), axis=-1, keepdims=True)
-    z = xp.where(b == 0, _const(-math.inf, z, xp), z)
+    z = xp.where(b == 0, -math.inf, z)
     n = _normalise(z, nan, xp)
-    b_safe = xp.where(n.pos | n.neg | n.nan, zero, b)
-    s = xp.sum(b_safe * n.e, axis=-1, keepdims=True)
+    b_live = xp.where(n.pos | n.neg | n.nan, 0.0, b) if n.special else b
+    s = xp.sum(b_live * n.e, axis=-1, keepdims=True)
     sign = xp.sign(s)
     abs_s = xp.abs(s)
-    abs_safe = xp.where(abs_s == 0, _const(1.0, s, xp), abs_s)
-    m_safe = xp.where(n.pos | n.neg | n.nan, zero, n.m)
-    out = xp.where(abs_s == 0, _const(-math.inf, s, xp), m_safe + xp.log(abs_safe))
+    out = xp.where(abs_s == 0, -math.inf, n.m + xp.log(xp.where(abs_s == 0, 1.0, abs_s)))
+    if not n.special:
+        return out, sign
     # Rows with +inf: the sign of the weights on the +inf entries decides; they cancel to NaN.
-    s_inf = xp.sum(xp.where(n.posinf, b, zero), axis=-1, keepdims=True)
-    inf_sign = xp.sign(s_inf)
-    out = xp.where(n.pos, xp.where(s_inf == 0, _const(math.nan, s, xp),
-                                   _const(math.inf, s, xp)), out)
-    sign = xp.where(n.pos, inf_sign, sign)
-    out = xp.where(n.neg, _const(-math.inf, s, xp), out)
-    sign = xp.where(n.neg, zero, sign)
-    out = xp.where(n.nan, _const(math.nan, s, xp), out)
-    sign = xp.where(n.nan, _const(math.nan, s, xp), sign)
+    s_inf = xp.sum(xp.where(n.posinf, b, 0.0), axis=-1, keepdims=True)
+    out = xp.where(n.pos, xp.where(s_inf == 0, math.nan, xp.full_like(out, math.inf)), out)
+    sign = xp.where(n.pos, xp.sign(s_inf), sign)
+    out = xp.where(n.neg, -math.inf, out)
+    sign = xp.where(n.neg, 0.0, sign)
+    out = xp.where(n.nan, math.nan, out)
+    sign = xp.where(n.nan, math.nan, sign)
     return out, sign
 
 
 def entropy(
-    x: Any,
+    x: ArrayT,
     /,
     *,
     axis: Axis = -1,
     temperature: Any = 1.0,
     where: Any = None,
-) -> Any:
+) -> ArrayT:
     r"""Shannon entropy (nats) of ``softmax(x)`` over ``axis``, computed from the logits.
 
     .. math::
@@ -624,18 +719,8 @@ def entropy(
         >>> float(entropy(np.array([0.0, -np.inf])))
         0.0
     """
-    rows, xp = _prepare(x, axis=axis, temperature=temperature, where=where, softcap=None,
-                        sink=None, dtype=None)
-    lay = rows.lay
-    if lay.k == 0:
-        out = xp.zeros(lay.batch_shape, dtype=rows.z.dtype, device=array_api_compat.device(rows.z))
-        return astype(out, rows.out_dtype, xp)
-    n = _normalise(rows.z, rows.nan, xp)
-    p = _softmax_rows(n, xp)
-    logp = _log_softmax_rows(n, xp)
-    positive = p > 0
-    zero = _const(0.0, p, xp)
-    terms = xp.where(positive, p * xp.where(positive, logp, zero), zero)
-    h = -xp.sum(terms, axis=-1, keepdims=True)
-    h = xp.where(n.nan, _const(math.nan, h, xp), h)
-    return astype(_reduced(h, lay, False, xp), rows.out_dtype, xp)
+    pb, xp = _validate(x, axis=axis, temperature=temperature, where=where, softcap=None,
+                       sink=None, dtype=None)
+    rows, mask, t, _ = _row_inputs(pb, xp)
+    h = _rows("entropy", rows, mask, None, t, None, xp)
+    return astype(reduced(h, pb.lay, False, xp), pb.out_dtype, xp)

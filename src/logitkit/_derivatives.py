@@ -13,7 +13,8 @@ from typing import Any
 
 import array_api_compat
 
-from ._core import Axis, _const, _from_rows, _layout, _param_rows, _to_rows, softmax
+from ._core import softmax
+from ._layout import Axis, from_rows, layout, param_rows, to_rows
 from ._namespace import (
     Array,
     as_array,
@@ -40,10 +41,9 @@ def _inverse_temperature(temperature: Any, lay: Any, dtype: Any, xp: Any) -> flo
                                        allow_inf=True)
     if isinstance(t, float):
         return 0.0 if t in (0.0, math.inf) else 1.0 / t
-    rows = _param_rows(astype(t, dtype, xp), lay, "temperature", xp)
-    zero = rows == 0
-    safe = xp.where(zero, _const(1.0, rows, xp), rows)
-    return xp.where(zero, _const(0.0, rows, xp), 1.0 / safe)
+    rows = param_rows(astype(t, dtype, xp), lay, "temperature", xp)
+    limit = (rows == 0) | (rows == math.inf)
+    return xp.where(limit, 0.0, 1.0 / xp.where(limit, 1.0, rows))
 
 
 def _product(x: Any, v: Any, axis: Axis, temperature: Any, where: Any) -> Any:
@@ -52,16 +52,16 @@ def _product(x: Any, v: Any, axis: Axis, temperature: Any, where: Any) -> Any:
     v = as_array(v, "v", xp)
     acc, out_dtype = compute_dtypes(x, None, xp)
     broadcast_shapes("v", tuple(v.shape), tuple(x.shape))
-    lay = _layout(tuple(x.shape), axis)
+    lay = layout(tuple(x.shape), axis)
     p = softmax(x, axis=axis, temperature=temperature, where=where, dtype=acc)
     v = xp.broadcast_to(astype(v, acc, xp), tuple(x.shape))
     if where is not None:
         mask = check_mask(where, tuple(x.shape), xp)
-        v = xp.where(mask, v, _const(0.0, v, xp))
-    pr, vr = _to_rows(p, lay, xp), _to_rows(v, lay, xp)
+        v = xp.where(mask, v, 0.0)
+    pr, vr = to_rows(p, lay, xp), to_rows(v, lay, xp)
     out = pr * (vr - xp.sum(pr * vr, axis=-1, keepdims=True))
     out = out * _inverse_temperature(temperature, lay, acc, xp)
-    return astype(_from_rows(out, lay, xp), out_dtype, xp)
+    return astype(from_rows(out, lay, xp), out_dtype, xp)
 
 
 def softmax_jvp(
@@ -147,14 +147,14 @@ def softmax_jacobian(
     xp = namespace(x, where, temperature)
     x = as_array(x, "x", xp)
     acc, out_dtype = compute_dtypes(x, None, xp)
-    lay = _layout(tuple(x.shape), axis)
-    p = _to_rows(softmax(x, axis=axis, temperature=temperature, where=where, dtype=acc), lay, xp)
+    lay = layout(tuple(x.shape), axis)
+    p = to_rows(softmax(x, axis=axis, temperature=temperature, where=where, dtype=acc), lay, xp)
     eye = xp.eye(lay.k, dtype=acc, device=array_api_compat.device(p))
     jac = p[..., :, None] * eye - p[..., :, None] * p[..., None, :]
     inv_t = _inverse_temperature(temperature, lay, acc, xp)
     if not isinstance(inv_t, float):
         inv_t = inv_t[..., None]
-    return astype(jac * inv_t, out_dtype, xp)
+    return astype(xp.reshape(jac * inv_t, (*lay.batch_shape, lay.k, lay.k)), out_dtype, xp)
 
 
 def cross_entropy_hessian(x: Any, /, *, axis: int = -1, where: Any = None) -> Any:

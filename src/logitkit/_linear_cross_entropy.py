@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
 import array_api_compat
 
-from ._core import _validate_softcap
+from . import _ce_rows as ce
+from ._core import check_softcap, merge_lse
 from ._losses._validate import check_ignore_index, check_options
 from ._namespace import (
     Array,
@@ -42,6 +42,7 @@ from ._namespace import (
     LogitkitValueError,
     as_array,
     astype,
+    check_int,
     compute_dtypes,
     expected,
     is_lazy,
@@ -100,22 +101,17 @@ class _Inputs:
     opts: _Options
 
 
+_CHUNKS = "a positive int or a pair of positive ints"
+
+
 def _chunks(chunk_size: object, n: int, v: int) -> tuple[int, int]:
     if chunk_size is None:
         rows = max(_BLOCK_ELEMENTS // max(v, 1), _MIN_ROWS)
         cols = max(_BLOCK_ELEMENTS // rows, 1)
-    elif isinstance(chunk_size, numbers.Integral) and not isinstance(chunk_size, bool):
-        rows, cols = int(chunk_size), v
-        if rows < 1:
-            raise LogitkitValueError(
-                expected("chunk_size", "a positive int or a pair of positive ints", chunk_size))
-    elif (isinstance(chunk_size, tuple | list) and len(chunk_size) == 2
-          and all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and int(c) >= 1
-                  for c in chunk_size)):
-        rows, cols = int(chunk_size[0]), int(chunk_size[1])
+    elif isinstance(chunk_size, (tuple, list)) and len(chunk_size) == 2:
+        rows, cols = (check_int(c, "chunk_size", what=_CHUNKS) for c in chunk_size)
     else:
-        raise LogitkitValueError(
-            expected("chunk_size", "a positive int or a pair of positive ints", chunk_size))
+        rows, cols = check_int(chunk_size, "chunk_size", what=_CHUNKS), v
     return max(1, min(rows, max(n, 1))), max(1, min(cols, max(v, 1)))
 
 
@@ -155,7 +151,7 @@ def _validate(
     check_ignore_index(ignore_index)
     eps, zl, _, red = check_options(label_smoothing=label_smoothing, z_loss=z_loss,
                                        logit_l2=0.0, reduction=reduction)
-    cap = _validate_softcap(softcap)
+    cap = check_softcap(softcap)
 
     # One working dtype for all three arrays: their common type, floating, float32 at least.
     dtypes = [hidden.dtype, weight.dtype] + ([] if bias is None else [bias.dtype])
@@ -258,11 +254,6 @@ class _Kernel:
 
             np.tanh(x, out=x)
 
-    def one_minus_square_(self, x: Array) -> None:
-        x *= x
-        x -= 1.0
-        x *= -1.0
-
     def matmul_acc(self, acc: Array, a: Array, b: Array) -> None:
         """``acc += a @ b`` without a temporary the size of ``acc`` per call."""
         if self.is_torch:
@@ -278,40 +269,18 @@ class _Kernel:
         acc += tmp
 
 
-def _merge_lse(a: Array, b: Array, xp: Any) -> Array:
-    """``log(eᵃ + eᵇ)`` of two running log-sum-exps: the online merge (Milakov & Gimelshein).
-
-    Written out rather than calling :func:`logitkit.logsumexp` on the ``(rows, 2)`` pair: that
-    is the same formula, plus the edge-case handling finite block statistics never need and a
-    JIT compilation on the first call from NumPy.
-    """
-    hi = xp.maximum(a, b)
-    return hi + xp.log1p(xp.exp(xp.minimum(a, b) - hi))
-
-
-def _finish_grad(g: Array, t: Array | None, rows: Array, cols: Array, scale: Array,
-                 v: int, opts: _Options, k: _Kernel) -> None:
-    """Turn ``g = scale·(1 + 2c·lse)·p`` into ``∂loss/∂(h wᵀ + b)`` in place.
-
-    Subtracts ``scale·ε/V`` everywhere and ``scale·(1−ε)`` at each target (``rows``, ``cols``),
-    then applies the softcap's derivative ``1 − tanh²``.
-    """
-    eps = opts.label_smoothing
-    if eps:
-        g -= (eps / v) * scale
-    if int(rows.shape[0]):
-        g[rows, cols] -= (1.0 - eps) * k.xp.take(scale[:, 0], rows, axis=0)
-    if t is not None:
-        k.one_minus_square_(t)
-        g *= t
-
-
 def _blocked(
     hidden: Array, weight: Array, bias: Array | None, y: Array, opts: _Options, xp: Any, *,
     scale: Any, lse: Any = None,
 ) -> _Result:
     """Per-token losses of ``hidden @ weight.T + bias`` and, if ``scale`` is given, the gradients
-    of ``Σ scale_i·loss_i``.  ``lse`` (from an earlier forward) skips the statistics pass.
+    of ``Σ scale_i·loss_i``.
+
+    A block that holds whole rows of logits (the vocabulary in one block) is a dense
+    cross-entropy problem: :mod:`logitkit._ce_rows` computes its losses and writes its gradient
+    over the logits (the fused kernel on NumPy and CPU torch).  A split vocabulary takes the
+    online log-sum-exp over blocks of columns and that module's column rules; ``lse`` (from an
+    earlier forward) then skips the statistics pass.
     """
     n, h = int(hidden.shape[0]), int(hidden.shape[1])
     v = int(weight.shape[0])
@@ -326,9 +295,9 @@ def _blocked(
 
     # Any: NumPy arrays or torch tensors, or None where the pass does not need them.
     zflat: Any = k.empty((rows * cols,))
-    tflat: Any = k.empty((rows * cols,)) if cap is not None else None
+    tflat: Any = k.empty((rows * cols,)) if cap is not None and not single else None
     losses: Any = k.empty((n,)) if lse is None else None
-    lses: Any = k.empty((n,)) if lse is None else lse
+    lses: Any = k.empty((n,)) if lse is None and not single else lse
     d_hidden: Any = k.zeros((n, h)) if want_grad else None
     d_weight: Any = k.zeros((v, h)) if want_grad else None
     d_bias: Any = k.zeros((v,)) if want_grad and bias is not None else None
@@ -338,36 +307,30 @@ def _blocked(
         m = r1 - r0
         h_c, y_c = hidden[r0:r1, :], y[r0:r1]
         s_c = None if scale is None else xp.reshape(scale[r0:r1], (m, 1))
-        every = xp.arange(m, device=k.device)
+        if single:
+            z, _ = k.logits(h_c, weight, bias, k.view(zflat, (m, v)), None, None)
+            pb = ce.Problem(x=z, labels=y_c, probs=None, mask=None, weight=None, keep=None,
+                            bad=None, temperature=1.0, softcap=cap, label_smoothing=eps,
+                            z_loss=zc, logit_l2=0.0, reduction="none")
+            counted = xp.ones((m,), dtype=xp.bool, device=k.device)
+            if not want_grad:
+                losses[r0:r1] = ce.fast_forward(pb, xp).loss
+                continue
+            loss, g = ce.loss_and_gradient(pb, s_c, xp, counted=counted, out=z)
+            if losses is not None:
+                losses[r0:r1] = loss
+            d_hidden[r0:r1, :] = xp.matmul(g, weight)
+            k.matmul_acc(d_weight, g.T, h_c)
+            if bias is not None:
+                d_bias += xp.sum(g, axis=0)
+            continue
         if lse is not None:
             lse_c = xp.reshape(lse[r0:r1], (m, 1))
-        elif single:
-            # Statistics and gradient from one block of logits: the fast path.
-            z, t = k.logits(h_c, weight, bias, k.view(zflat, (m, v)),
-                            None if tflat is None else k.view(tflat, (m, v)), cap)
-            top = xp.max(z, axis=1, keepdims=True)
-            loss = -(1.0 - eps) * xp.take_along_axis(z, y_c[:, None], axis=1)
-            if eps:
-                loss = loss - (eps / v) * xp.sum(z, axis=1, keepdims=True)
-            z -= top
-            k.exp_(z)
-            s = xp.sum(z, axis=1, keepdims=True)
-            lse_c = top + xp.log(s)
-            loss = loss + lse_c + zc * lse_c * lse_c
-            losses[r0:r1] = loss[:, 0]
-            lses[r0:r1] = lse_c[:, 0]
-            if want_grad:
-                z *= (1.0 + 2.0 * zc * lse_c) * s_c / s
-                _finish_grad(z, t, every, y_c, s_c, v, opts, k)
-                d_hidden[r0:r1, :] = xp.matmul(z, weight)
-                k.matmul_acc(d_weight, z.T, h_c)
-                if bias is not None:
-                    d_bias += xp.sum(z, axis=0)
-            continue
         else:
             # Pass 1 over the vocabulary: online log-sum-exp, target logit, sum of logits.
             lse_c = None
-            loss = xp.zeros((m, 1), dtype=k.dtype, device=k.device)
+            z_t = xp.zeros((m, 1), dtype=k.dtype, device=k.device)
+            z_sum = xp.zeros((m, 1), dtype=k.dtype, device=k.device)
             for c0 in col_starts:
                 c1 = min(c0 + cols, v)
                 z, _ = k.logits(h_c, weight[c0:c1, :], None if bias is None else bias[c0:c1],
@@ -376,22 +339,20 @@ def _blocked(
                 inside = (y_c >= c0) & (y_c < c1)
                 local = xp.where(inside, y_c - c0, xp.zeros_like(y_c))
                 picked = xp.take_along_axis(z, local[:, None], axis=1)
-                loss = loss - (1.0 - eps) * xp.where(inside[:, None], picked,
-                                                     xp.zeros_like(picked))
+                z_t = z_t + xp.where(inside[:, None], picked, 0.0)
                 if eps:
-                    loss = loss - (eps / v) * xp.sum(z, axis=1, keepdims=True)
+                    z_sum = z_sum + xp.sum(z, axis=1, keepdims=True)
                 top = xp.max(z, axis=1, keepdims=True)
                 z -= top
                 k.exp_(z)
                 block_lse = top + xp.log(xp.sum(z, axis=1, keepdims=True))
-                lse_c = block_lse if lse_c is None else _merge_lse(lse_c, block_lse, xp)
-            loss = loss + lse_c + zc * lse_c * lse_c
+                lse_c = block_lse if lse_c is None else merge_lse(lse_c, block_lse, xp)
+            loss = ce.column_loss(lse_c, z_t, z_sum, vocab=v, label_smoothing=eps, z_loss=zc)
             losses[r0:r1] = loss[:, 0]
             lses[r0:r1] = lse_c[:, 0]
         if not want_grad:
             continue
         # Pass 2 (or the backward's only pass): p = exp(z − lse), block by block.
-        coef = (1.0 + 2.0 * zc * lse_c) * s_c
         for c0 in col_starts:
             c1 = min(c0 + cols, v)
             w_j = weight[c0:c1, :]
@@ -400,9 +361,9 @@ def _blocked(
                             None if tflat is None else k.view(tflat, (m, c1 - c0)), cap)
             z -= lse_c
             k.exp_(z)
-            z *= coef
             (hit,) = xp.nonzero((y_c >= c0) & (y_c < c1))
-            _finish_grad(z, t, hit, xp.take(y_c, hit, axis=0) - c0, s_c, v, opts, k)
+            ce.column_gradient_(z, lse_c, s_c, hit, xp.take(y_c, hit, axis=0) - c0, vocab=v,
+                                label_smoothing=eps, z_loss=zc, tanh=t)
             k.matmul_acc(d_hidden[r0:r1, :], z, w_j)
             k.matmul_acc(d_weight[c0:c1, :], z.T, h_c)
             if bias is not None:
@@ -430,21 +391,19 @@ def _scatter_rows(values: Array, inp: _Inputs, xp: Any) -> Array:
     return xp.take(xp.concat([values, zero_row], axis=0), pos, axis=0)
 
 
-def _row_scale(opts: _Options, n_kept: int) -> float:
-    if opts.reduction == "mean":
-        return 1.0 / n_kept if n_kept else 0.0
-    return 1.0
+def _row_scale(inp: _Inputs, n_kept: int, g: Any, xp: Any, like: Array) -> Array:
+    """The per-token factor ``∂(reduced loss)/∂loss_i · g`` of the kept tokens, ``(n,)``."""
+    ones = xp.ones((n_kept,), dtype=xp.bool, device=array_api_compat.device(like))
+    g = astype(xp.asarray(g, device=array_api_compat.device(like)), like.dtype, xp)
+    return ce.row_scale(ones, inp.opts.reduction, float(n_kept), g, xp)[:, 0]
 
 
 def _reduce(loss_kept: Array, inp: _Inputs, xp: Any) -> Array:
-    n = int(loss_kept.shape[0])
     if inp.opts.reduction == "none":
         full = _scatter_rows(loss_kept, inp, xp)
         return astype(xp.reshape(full, inp.target_shape), inp.out_dtype, xp)
-    total = xp.sum(loss_kept)
-    if inp.opts.reduction == "mean":
-        total = total / n if n else total
-    return astype(total, inp.out_dtype, xp)
+    loss = ce.reduce(loss_kept, inp.opts.reduction, float(loss_kept.shape[0]), xp)
+    return astype(loss, inp.out_dtype, xp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -468,7 +427,7 @@ def _torch_function() -> Any:
             wants = any(ctx.needs_input_grad[:3])
             in_forward = wants and strategy == "forward" and opts.reduction != "none"
             res = _blocked(h_kept, inp.weight, inp.bias, y_kept, opts, xp,
-                           scale=_row_scale(opts, n) if in_forward else None)
+                           scale=_row_scale(inp, n, 1.0, xp, h_kept) if in_forward else None)
             ctx.inp, ctx.xp, ctx.in_forward = inp, xp, in_forward
             ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
             if in_forward:
@@ -494,8 +453,7 @@ def _torch_function() -> Any:
                 if inp.opts.reduction == "none":
                     scale = xp.take(xp.reshape(g, (inp.n_total,)), inp.keep, axis=0)
                 else:
-                    scale = xp.full((n,), _row_scale(inp.opts, n), dtype=h_kept.dtype,
-                                    device=array_api_compat.device(h_kept)) * g
+                    scale = _row_scale(inp, n, g, xp, h_kept)
                 res = _blocked(h_kept, inp.weight, inp.bias, y_kept, inp.opts, xp,
                                scale=scale, lse=lse)
                 d_hidden = _scatter_rows(res.d_hidden, inp, xp)
@@ -674,11 +632,9 @@ def linear_cross_entropy_with_grad(
                         z_loss=z_loss, softcap=softcap, reduction=reduction)
     h_kept, y_kept = _kept(inp, xp)
     n = int(h_kept.shape[0])
-    scale = _row_scale(inp.opts, n)
     dt = h_kept.dtype
-    dev = array_api_compat.device(h_kept)
     if grad_output is None:
-        row_scale: Any = scale
+        row_scale: Any = _row_scale(inp, n, 1.0, xp, h_kept)
     else:
         g = astype(as_array(grad_output, "grad_output", xp), dt, xp)
         if inp.opts.reduction == "none" and g.ndim > 0:
@@ -688,7 +644,7 @@ def linear_cross_entropy_with_grad(
                                                   f"shape {tuple(g.shape)}"))
             row_scale = xp.take(xp.reshape(g, (inp.n_total,)), inp.keep, axis=0)
         elif g.ndim == 0:
-            row_scale = xp.full((n,), scale, dtype=dt, device=dev) * g
+            row_scale = _row_scale(inp, n, g, xp, h_kept)
         else:
             raise LogitkitValueError(expected("grad_output", "a scalar", f"shape {g.shape}"))
     res = _blocked(h_kept, inp.weight, inp.bias, y_kept, inp.opts, xp, scale=row_scale)

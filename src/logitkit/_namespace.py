@@ -139,7 +139,8 @@ def is_concrete(x: object) -> bool:
     ``jit`` holds its values, and validation (a negative temperature) must see them.
     """
     if not is_lazy(x):
-        return True
+        # A torch "meta" tensor has a shape and a dtype but no values.
+        return not (array_api_compat.is_torch_array(x) and x.device.type == "meta")
     if array_api_compat.is_jax_array(x):
         import jax
 
@@ -179,6 +180,17 @@ def stop_gradient(x: Array, xp: Any) -> Array:
     return x
 
 
+def materialize(x: Array, xp: Any) -> Array:
+    """``x``, computed once: under ``jax.jit`` XLA may recompute an elementwise expression in
+    each fusion that reads it, with different roundings (``tanh`` of the softcap), and the row
+    max would then not be exactly an entry of the array it is subtracted from."""
+    if is_jax(xp):
+        import jax
+
+        return jax.lax.optimization_barrier(x)
+    return x
+
+
 # --------------------------------------------------------------------------------------------
 # dtype policy
 # --------------------------------------------------------------------------------------------
@@ -214,8 +226,7 @@ def compute_dtypes(x: Array, dtype: Any, xp: Any) -> tuple[Any, Any]:
     promoted to the namespace's default floating dtype; an explicit ``dtype`` sets both.
     """
     if dtype is not None:
-        if not _is_float_dtype(dtype, xp):
-            raise LogitkitTypeError(expected("dtype", "a real floating dtype", dtype))
+        dtype = _resolve_dtype(dtype, xp)
         acc = xp.float32 if _is_low_precision(dtype, xp) else dtype
         return acc, dtype
     in_dtype = x.dtype
@@ -225,6 +236,21 @@ def compute_dtypes(x: Array, dtype: Any, xp: Any) -> tuple[Any, Any]:
     if _is_low_precision(in_dtype, xp):
         return xp.float32, in_dtype
     return in_dtype, in_dtype
+
+
+def _resolve_dtype(dtype: Any, xp: Any) -> Any:
+    """A floating dtype of ``xp``, or its name (``"float32"``); anything else is a type error."""
+    resolved = dtype
+    if isinstance(dtype, str):
+        resolved = getattr(xp, dtype, None) if dtype.isidentifier() else None
+        if resolved is None and dtype == "bfloat16" and is_jax(xp):
+            import jax.numpy as jnp
+
+            resolved = jnp.bfloat16
+    if resolved is None or not _is_float_dtype(resolved, xp):
+        raise LogitkitTypeError(expected(
+            "dtype", "a real floating dtype of the array's library (or its name)", dtype))
+    return resolved
 
 
 def _is_float_dtype(dtype: Any, xp: Any) -> bool:
@@ -250,7 +276,8 @@ def finfo_max(dtype: Any, xp: Any) -> float:
 
 
 def normalize_axis(axis: int | Sequence[int], ndim: int, arg: str = "axis") -> tuple[int, ...]:
-    """``axis`` (int or sequence of ints) as a sorted tuple of non-negative axes."""
+    """``axis`` (int or sequence of ints) as a tuple of distinct non-negative axes, in the order
+    given (a tuple of axes is flattened in that order, as ``transpose`` + ``reshape`` would)."""
     if isinstance(axis, (bool, np.bool_)):
         raise LogitkitTypeError(expected(arg, "an int or a tuple of ints", axis))
     if isinstance(axis, numbers.Integral):
@@ -270,7 +297,7 @@ def normalize_axis(axis: int | Sequence[int], ndim: int, arg: str = "axis") -> t
         out.append(int(a) % ndim)
     if len(set(out)) != len(out):
         raise LogitkitValueError(expected(arg, "a tuple of distinct axes", axis))
-    return tuple(sorted(out))
+    return tuple(out)
 
 
 def broadcast_shapes(arg: str, shape: tuple[int, ...], target: tuple[int, ...]) -> None:
@@ -406,6 +433,13 @@ def check_int(
     if (low is not None and v < low) or (high is not None and v > high):
         raise LogitkitValueError(expected(arg, what, value))
     return v
+
+
+def check_bool(value: object, arg: str) -> bool:
+    """``value`` as a bool (a Python or NumPy bool, nothing else), else a :class:`LogitkitTypeError`."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise LogitkitTypeError(expected(arg, "a bool", value))
+    return bool(value)
 
 
 REDUCTIONS = ("none", "sum", "mean")

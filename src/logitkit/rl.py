@@ -13,7 +13,7 @@ from typing import Any
 
 import array_api_compat
 
-from ._core import _const, entropy, log_softmax, logsumexp, softmax
+from ._core import entropy, log_softmax, logsumexp, softmax
 from ._namespace import (
     Array,
     Described,
@@ -67,7 +67,7 @@ def _action_one_hot(actions: Any, q: Array, xp: Any) -> Array:
 
 def _select(values: Array, hot: Array, xp: Any) -> Array:
     """``values[..., a]`` through a one-hot (a ``where``, so ``-inf`` elsewhere does not leak)."""
-    return xp.sum(xp.where(hot, values, _const(0.0, values, xp)), axis=-1)
+    return xp.sum(xp.where(hot, values, 0.0), axis=-1)
 
 
 class BoltzmannPolicy:
@@ -177,7 +177,7 @@ class BoltzmannPolicy:
         lp1 = log_softmax(q1, temperature=self.temperature, where=m)
         lp2 = log_softmax(q2, temperature=self.temperature, where=m)
         live = p1 > 0
-        zero = _const(0.0, p1, xp)
+        zero = 0.0
         diff = xp.where(live, lp1, zero) - xp.where(live, lp2, zero)
         return xp.sum(xp.where(live, p1 * diff, zero), axis=-1)
 
@@ -234,7 +234,7 @@ def soft_value(q: Any, /, *, alpha: float, where: Any = None) -> Any:
     if a == 0.0:
         z = astype(q, acc, xp)
         if m is not None:
-            z = xp.where(m, z, _const(-math.inf, z, xp))
+            z = xp.where(m, z, -math.inf)
         return xp.max(z, axis=-1)
     return a * logsumexp(astype(q, acc, xp) / a, axis=-1, where=m)
 
@@ -280,6 +280,6 @@ def policy_gradient_score(
     p = softmax(astype(z, acc, xp), temperature=t, where=_mask(where, z, xp))
     score = (astype(hot, acc, xp) - p) / t
     if where is not None:
-        score = xp.where(_mask(where, z, xp), score, _const(0.0, score, xp))
+        score = xp.where(_mask(where, z, xp), score, 0.0)
     return astype(score, out, xp)
 

@@ -24,7 +24,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from ._core import _const, softmax
+from ._core import softmax
 from ._namespace import (
     Array,
     Described,
@@ -32,6 +32,7 @@ from ._namespace import (
     LogitkitValueError,
     as_array,
     astype,
+    check_int,
     check_number,
     compute_dtypes,
     expected,
@@ -50,19 +51,11 @@ __all__ = ["filter_logits", "gumbel_max", "gumbel_softmax", "gumbel_top_k", "sam
 # --------------------------------------------------------------------------------------------
 
 
-def _check_int(value: object, arg: str, what: str = "a positive int") -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise LogitkitTypeError(expected(arg, what, value))
-    if value < 1:
-        raise LogitkitValueError(expected(arg, what, value))
-    return int(value)
-
-
 def _check_filters(
     temperature: object, top_k: object, top_p: object, min_p: object
 ) -> tuple[float, int | None, float | None, float | None]:
     t = check_number(temperature, "temperature", low=0.0, high=math.inf, high_open=True)
-    k = None if top_k is None else _check_int(top_k, "top_k")
+    k = None if top_k is None else check_int(top_k, "top_k")
     p = None if top_p is None else check_number(top_p, "top_p", low=0.0, low_open=True, high=1.0)
     mp = None if min_p is None else check_number(min_p, "min_p", low=0.0, high=1.0)
     return t, k, p, mp
@@ -122,10 +115,10 @@ def _exponential(shape: tuple[int, ...], rng: object, like: Array, xp: Any, arg:
 def _gumbel(shape: tuple[int, ...], rng: object, like: Array, xp: Any, arg: str) -> Array:
     """Standard Gumbel noise ``−log E``, finite even when ``E`` is 0 or inf."""
     e = _exponential(shape, rng, like, xp, arg)
-    tiny = _const(float(xp.finfo(e.dtype).smallest_normal), e, xp)
-    big = _const(float(xp.finfo(e.dtype).max), e, xp)
+    tiny = float(xp.finfo(e.dtype).smallest_normal)
+    big = float(xp.finfo(e.dtype).max)
     e = xp.where(e < tiny, tiny, xp.where(e > big, big, e))
-    e = xp.where(xp.isnan(e), _const(1.0, e, xp), e)
+    e = xp.where(xp.isnan(e), 1.0, e)
     return -xp.log(e)
 
 
@@ -144,7 +137,7 @@ def _top_k(z: Array, k: int, xp: Any) -> Array:
     if k >= n:
         return z
     kth = xp.sort(z, axis=-1, descending=True)[..., k - 1 : k]
-    return xp.where(z < kth, _const(-math.inf, z, xp), z)
+    return xp.where(z < kth, -math.inf, z)
 
 
 def _top_p(z: Array, p: float, xp: Any) -> Array:
@@ -156,25 +149,25 @@ def _top_p(z: Array, p: float, xp: Any) -> Array:
     before = xp.concat([xp.zeros_like(cum[..., :1]), cum[..., :-1]], axis=-1)
     # Keep a token while the mass of the tokens ranked before it is below p (the first always);
     # every token as probable as the last kept one is kept too (ties are not split by index).
-    threshold = xp.min(xp.where(before < p, ordered, _const(math.inf, ordered, xp)), axis=-1,
+    threshold = xp.min(xp.where(before < p, ordered, math.inf), axis=-1,
                        keepdims=True)
-    return xp.where(probs >= threshold, z, _const(-math.inf, z, xp))
+    return xp.where(probs >= threshold, z, -math.inf)
 
 
 def _min_p(z: Array, min_p: float, xp: Any) -> Array:
     if min_p <= 0.0:
         return z
     top = xp.max(z, axis=-1, keepdims=True)
-    top = xp.where(xp.isfinite(top), top, _const(0.0, top, xp))
+    top = xp.where(xp.isfinite(top), top, 0.0)
     # p_i < min_p · p_max  ⇔  z_i − z_max < log(min_p), without forming the probabilities.
-    return xp.where(z - top < math.log(min_p), _const(-math.inf, z, xp), z)
+    return xp.where(z - top < math.log(min_p), -math.inf, z)
 
 
 def _filter(z: Array, t: float, k: int | None, p: float | None, mp: float | None,
             xp: Any) -> Array:
     if t == 0.0:
         hot = _one_hot(xp.argmax(z, axis=-1), z.shape[-1], z, xp)
-        return xp.where(hot, _const(0.0, z, xp), _const(-math.inf, z, xp))
+        return xp.where(hot, xp.zeros_like(z), -math.inf)
     if t != 1.0:
         z = z / t
     if k is not None:
@@ -300,7 +293,7 @@ def sample(
     xp = namespace(logits)
     z = _logits(logits, xp)
     t, k, p, mp = _check_filters(temperature, top_k, top_p, min_p)
-    n = _check_int(num_samples, "num_samples")
+    n = check_int(num_samples, "num_samples")
     if t == 0.0:
         best = xp.expand_dims(xp.argmax(z, axis=-1), axis=-1)
         return xp.tile(best, (*([1] * (best.ndim - 1)), n))
@@ -373,9 +366,7 @@ def gumbel_top_k(logits: Any, k: int, /, *, rng: Any = None) -> Any:
     xp = namespace(logits)
     z = _logits(logits, xp)
     n = z.shape[-1]
-    kk = _check_int(k, "k", f"an int in [1, {n}]")
-    if kk > n:
-        raise LogitkitValueError(expected("k", f"an int in [1, {n}]", k))
+    kk = check_int(k, "k", high=n)
     perturbed = z + _gumbel(tuple(z.shape), rng, z, xp, "rng")
     return xp.argsort(perturbed, axis=-1, descending=True, stable=True)[..., :kk]
 
@@ -430,10 +421,7 @@ def gumbel_softmax(
     t = check_number(tau, "tau", low=0.0, low_open=True, high=math.inf, high_open=True)
     if not isinstance(hard, bool):
         raise LogitkitTypeError(expected("hard", "a bool", hard))
-    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-        raise LogitkitTypeError(expected("axis", "an int", axis))
-    if not -z.ndim <= axis < z.ndim:
-        raise LogitkitValueError(expected("axis", f"in [-{z.ndim}, {z.ndim})", axis))
+    axis = check_int(axis, "axis", low=-z.ndim, high=z.ndim - 1)
     y = softmax(z + _gumbel(tuple(z.shape), generator, z, xp, "generator"), axis=axis,
                 temperature=t)
     if not hard:

@@ -12,8 +12,8 @@ from typing import Any
 
 import jax
 
-from . import _ce_rows as rows
-from ._ce_rows import Problem, RowStats
+from .. import _ce_rows as ce
+from .._ce_rows import Problem, RowStats
 
 
 def _problem(static: tuple, x: Any, labels: Any, probs: Any, mask: Any, keep: Any,
@@ -37,32 +37,33 @@ def _xp() -> Any:
 def _ce(static: tuple, x: Any, labels: Any, probs: Any, mask: Any, keep: Any, bad: Any) -> Any:
     xp = _xp()
     pb = _problem(static, x, labels, probs, mask, keep, bad)
-    return rows.reduce(rows.forward(pb, xp, differentiable=False), pb.reduction, xp)
+    stats = ce.forward(pb, xp)
+    return ce.reduce(stats.loss, pb.reduction, stats.denom, xp)
 
 
 def _ce_fwd(static: tuple, x: Any, labels: Any, probs: Any, mask: Any, keep: Any,
             bad: Any) -> Any:
     xp = _xp()
     pb = _problem(static, x, labels, probs, mask, keep, bad)
-    # Differentiable form: reverse-over-reverse differentiates this forward and the backward
-    # below as ordinary JAX code (the residual lse must carry its own derivative).
-    stats = rows.forward(pb, xp, differentiable=True)
-    loss = rows.reduce(stats, pb.reduction, xp)
-    residuals = (x, labels, probs, mask, keep, bad, stats.lse, stats.coef, stats.counted,
-                 stats.special, stats.denom)
+    # Reverse-over-reverse differentiates this forward and the backward below as ordinary JAX
+    # code: the residual log s carries its own derivative (the shift m is a constant).
+    stats = ce.forward(pb, xp)
+    loss = ce.reduce(stats.loss, pb.reduction, stats.denom, xp)
+    residuals = (x, labels, probs, mask, keep, bad, stats.m, stats.log_s, stats.total_w,
+                 stats.counted, stats.special, stats.denom)
     return loss, residuals
 
 
 def _ce_bwd(static: tuple, residuals: tuple, g: Any) -> tuple:
     xp = _xp()
-    x, labels, probs, mask, keep, bad, lse, coef, counted, special, denom = residuals
+    x, labels, probs, mask, keep, bad, m, log_s, total_w, counted, special, denom = residuals
     pb = _problem(static, x, labels, probs, mask, keep, bad)
-    stats = RowStats(None, lse, coef, counted, special, denom)
-    scale = rows.row_scale(stats, pb.reduction, g, xp)
-    gx = rows.gradient(pb, stats, scale, xp).astype(x.dtype)
+    stats = RowStats(None, m, log_s, total_w, counted, special, denom)
+    scale = ce.row_scale(counted, pb.reduction, denom, g, xp)
+    gx = ce.gradient(pb, stats, scale, xp).astype(x.dtype)
     gprobs = None
     if probs is not None:
-        gprobs = rows.target_gradient(pb, stats, scale, xp).astype(probs.dtype)
+        gprobs = ce.target_gradient(pb, stats, scale, xp).astype(probs.dtype)
     return gx, None, gprobs, None, None, None
 
 

@@ -1,9 +1,11 @@
 """Fused CPU kernels for NumPy input (numba), chosen automatically when they apply.
 
-Each ``*_fast`` entry point returns ``None`` when the fast path does not apply to its arguments (a
-backend other than NumPy or a CPU torch tensor, an unsupported dtype or option, numba missing, or
-the fast path turned off), and the caller then takes the generic array-API path, which computes
-the same values (within the accuracy bounds of DESIGN §7) and raises the errors for bad input.
+The entry points, :func:`normalise` and :func:`cross_entropy`, take a problem the caller has
+already validated (:mod:`._problem`) and return ``None`` when no kernel applies (a backend other
+than NumPy or a CPU torch tensor, an unsupported dtype, layout or option, numba missing, or the
+fast path turned off); otherwise the result and the rows the kernel left to the caller, which
+computes them on its generic array-API path.  This package computes only: it imports nothing of
+the library above :mod:`logitkit._namespace`, and never calls back into it.
 
 Turning the fast path off, for comparison or debugging:
 
@@ -25,9 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib.util
 import math
-import numbers
 import os
 import threading
 from collections.abc import Iterator
@@ -37,18 +39,21 @@ import numpy as np
 
 from ._buffers import buffer_cache_limit, release_buffers, set_buffer_cache
 from ._buffers import empty as _empty  # kernel outputs: on huge pages, recycled when large
+from ._problem import CrossEntropyResult, CrossEntropyRows, Normalise, NormaliseResult
 
 __all__ = [
+    "CrossEntropyResult",
+    "CrossEntropyRows",
+    "Normalise",
+    "NormaliseResult",
     "buffer_cache_limit",
-    "cross_entropy_with_grad_fast",
+    "cross_entropy",
     "fast_path",
     "fast_path_enabled",
-    "log_softmax_fast",
-    "logsumexp_fast",
+    "normalise",
     "release_buffers",
     "set_buffer_cache",
     "set_fast_path",
-    "softmax_fast",
 ]
 
 _override: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
@@ -106,7 +111,7 @@ def fast_path_enabled() -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# argument screening: anything unusual goes to the generic path (which validates it)
+# layouts the kernels take
 # --------------------------------------------------------------------------------------------
 
 
@@ -114,57 +119,6 @@ def _float_array(x: Any) -> np.ndarray | None:
     if type(x) is not np.ndarray or x.dtype not in (np.float32, np.float64) or x.ndim == 0:
         return None
     return x
-
-
-def _scalar(value: Any) -> float | None:
-    """A real Python/NumPy scalar (or 0-d array) as a float, else None."""
-    if isinstance(value, (bool, np.bool_)):
-        return None
-    if isinstance(value, numbers.Real):
-        return float(value)
-    if type(value) is np.ndarray and value.ndim == 0 and value.dtype.kind == "f":
-        return float(value)
-    return None
-
-
-def _inv_temperature(temperature: Any, dtype: np.dtype) -> Any:
-    t = _scalar(temperature)
-    if t is None or not (0.0 < t < math.inf):
-        return None
-    with np.errstate(over="ignore"):
-        inv = dtype.type(1.0) / dtype.type(t)
-    if not np.isfinite(inv) or inv == 0:
-        return None
-    return inv
-
-
-def _softcap(softcap: Any, dtype: np.dtype) -> Any:
-    if softcap is None:
-        return dtype.type(0.0)
-    c = _scalar(softcap)
-    if c is None or not (0.0 < c < math.inf):
-        return None
-    return dtype.type(c)
-
-
-def _axis(axis: Any, ndim: int) -> tuple[int, int] | None:
-    """``(first, last)`` of the reduced axes when they are consecutive, else None."""
-    if isinstance(axis, (bool, np.bool_)):
-        return None
-    axes = (axis,) if isinstance(axis, numbers.Integral) else axis
-    if not isinstance(axes, (tuple, list)) or not axes:
-        return None
-    out = []
-    for a in axes:
-        if isinstance(a, (bool, np.bool_)) or not isinstance(a, numbers.Integral):
-            return None
-        if not -ndim <= int(a) < ndim:
-            return None
-        out.append(int(a) % ndim)
-    out.sort()
-    if len(set(out)) != len(out) or out[-1] - out[0] != len(out) - 1:
-        return None
-    return out[0], out[-1]
 
 
 class _Plan:
@@ -178,7 +132,6 @@ class _Plan:
         self.inner = math.prod(x.shape[last + 1:])
         self.x = np.ascontiguousarray(x).reshape(self.outer, self.k, self.inner)
         self.reduced_shape = x.shape[:first] + x.shape[last + 1:]
-        self.keepdims_shape = tuple(1 if first <= a <= last else n for a, n in enumerate(x.shape))
 
     def mask(self, where: Any) -> tuple[np.ndarray, bool] | None:
         """``(mask, has_mask)``: rows ``(R, K)`` (R = 1 when shared by every row), or 3-D."""
@@ -285,70 +238,105 @@ def _torch_mask(where: Any) -> Any:
     return where.detach().resolve_conj().numpy()
 
 
-def _with_torch(x: Any, where: Any, call: Any) -> Any:
-    """Run ``call(x_numpy, where_numpy)`` for torch inputs and wrap the result back."""
-    view = _torch_view(x)
-    if view is None:
-        return None
-    mask = _torch_mask(where)
-    if mask is False:
-        return None
-    result = call(view, mask)
-    if result is None:
-        return None
-    import torch
-
-    if isinstance(result, tuple):
-        return tuple(torch.from_numpy(np.asarray(r)) for r in result)
-    return torch.from_numpy(np.asarray(result))
 
 
 # --------------------------------------------------------------------------------------------
 # softmax, log_softmax, logsumexp
 # --------------------------------------------------------------------------------------------
 
+_MODES = {"softmax": 0, "log_softmax": 1, "logsumexp": 2}
 
-def _normalise_fast(x: Any, mode: int, *, axis: Any, temperature: Any, where: Any, softcap: Any,
-                    sink: Any, dtype: Any) -> np.ndarray | None:
+
+def normalise(problem: Normalise) -> NormaliseResult | None:
+    """softmax, log_softmax or logsumexp by the fused kernel, or ``None`` when it does not apply.
+
+    The rows flagged in the result hold a NaN, a ``+inf`` or nothing finite: the caller computes
+    them (the kernel's values there are undefined).
+    """
     if not fast_path_enabled():
         return None
-    if type(x) is not np.ndarray:
-        return _with_torch(x, where, lambda v, w: _normalise_fast(
-            v, mode, axis=axis, temperature=temperature, where=w, softcap=softcap, sink=sink,
-            dtype=None if dtype is None else _torch_dtype_to_numpy(dtype)))
-    xa = _float_array(x)
-    if xa is None or sink is not None:
+    x, torch_input = _numpy_input(problem.x)
+    if x is None:
         return None
-    if dtype is not None and np.dtype(dtype) != xa.dtype:
+    where = problem.where
+    if torch_input and where is not None:
+        where = _torch_mask(where)
+        if where is False:
+            return None
+    ax = _consecutive(problem.axes)
+    inv_t = _inverse(problem.temperature, x.dtype)
+    if ax is None or inv_t is None or x.size == 0:
         return None
-    ax = _axis(axis, xa.ndim)
-    inv_t = _inv_temperature(temperature, xa.dtype)
-    cap = _softcap(softcap, xa.dtype)
-    if ax is None or inv_t is None or cap is None or xa.size == 0:
-        return None
-    plan = _Plan(xa, *ax)
+    cap = x.dtype.type(0.0) if problem.softcap is None else x.dtype.type(problem.softcap)
+    plan = _Plan(x, *ax)
     mask = plan.mask(where)
     if mask is None or (plan.inner > 1 and cap > 0):
         return None
+    mode = _MODES[problem.op]
     k = _kernels()
-    out = _empty(plan.x.shape, plan.x.dtype, like=plan.x)
-    special = _run(k, plan, mask, cap, inv_t, mode, out)
-    if special.any():
-        _fix_special(plan, special, out, mode, where=where, temperature=temperature,
-                     softcap=softcap)
-    return out.reshape(plan.shape)
+    if mode == 2:
+        special = _run(k, plan, mask, cap, inv_t, mode, np.empty((0,) * 3, x.dtype))
+        values = plan.lse.astype(x.dtype).reshape(plan.reduced_shape)  # type: ignore[attr-defined]
+    else:
+        out = _empty(plan.x.shape, plan.x.dtype, like=plan.x)
+        special = _run(k, plan, mask, cap, inv_t, mode, out)
+        values = out.reshape(plan.shape)
+    wide = _wide_rows(plan.x, problem.temperature, axis=1)
+    if wide is not None:
+        special |= wide.reshape(special.shape)
+    return NormaliseResult(values, special.reshape(plan.reduced_shape), torch_input)
 
 
-def _torch_dtype_to_numpy(dtype: Any) -> Any:
-    try:
-        return np.dtype(str(dtype).replace("torch.", ""))
-    except TypeError:
-        return object
+def _numpy_input(x: Any) -> tuple[np.ndarray | None, bool]:
+    """``x`` as a float32/float64 NumPy array with at least one axis (a zero-copy view of a CPU
+    torch tensor outside autograd), and whether it was a torch tensor; ``(None, False)`` when the
+    kernels do not take it."""
+    if type(x) is not np.ndarray:
+        view = _torch_view(x)
+        return (None, False) if view is None else (_float_array(view), True)
+    return _float_array(x), False
+
+
+def _consecutive(axes: tuple[int, ...]) -> tuple[int, int] | None:
+    """``(first, last)`` of the reduced axes when they are consecutive (in any order), else None."""
+    first, last = min(axes), max(axes)
+    return (first, last) if last - first == len(axes) - 1 else None
+
+
+def _inverse(temperature: float, dtype: np.dtype) -> Any:
+    """``1/T`` in ``dtype``, or None when T or 1/T is not a normal number of it (the generic path
+    scales those exactly)."""
+    info = np.finfo(dtype)
+    t = float(temperature)
+    if not (float(info.smallest_normal) <= t <= float(info.max)):
+        return None
+    inv = 1.0 / t
+    if not (float(info.smallest_normal) <= inv <= float(info.max)):
+        return None
+    return dtype.type(inv)
+
+
+def _wide_rows(x: np.ndarray, temperature: float, axis: int) -> np.ndarray | None:
+    """The rows (reduced over ``axis``) whose ``x − max`` overflows, or None when there is none.
+
+    The kernels shift before they divide, and above T = 1 a row spanning more than the float
+    range (``[3e38, −3e38]`` in float32) has a finite ``(x − max)/T`` that the shift overflows:
+    such rows are flagged for the caller.  At T ≤ 1 the quotient overflows with the shift.  One
+    pass over the whole input rules them out first (NaN is ignored: such rows are flagged anyway).
+    """
+    if temperature <= 1.0:
+        return None
+    fmax = float(np.finfo(x.dtype).max)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not float(np.fmax.reduce(x, axis=None)) - float(np.fmin.reduce(x, axis=None)) > fmax:
+            return None
+        span = np.fmax.reduce(x, axis=axis).astype(np.float64) - np.fmin.reduce(x, axis=axis)
+    return np.asarray(span > fmax)
 
 
 def _run(k: Any, plan: _Plan, mask: tuple[np.ndarray, bool], cap: Any, inv_t: Any, mode: int,
          out: np.ndarray) -> np.ndarray:
-    """Run the right kernel; returns the ``special`` flags, fills ``out`` (and returns lse)."""
+    """Run the right kernel; returns the ``special`` flags, fills ``out`` (and ``plan.lse``)."""
     m, has_mask = mask
     if plan.inner == 1:
         x2 = plan.x.reshape(plan.outer, plan.k)
@@ -379,132 +367,142 @@ def _run(k: Any, plan: _Plan, mask: tuple[np.ndarray, bool], cap: Any, inv_t: An
     return special
 
 
-def _special_index(plan: _Plan, special: np.ndarray) -> tuple[np.ndarray, ...]:
-    if plan.inner == 1:
-        return (np.flatnonzero(special),)
-    oi, ji = np.nonzero(special)
-    return oi, ji
-
-
-def _gather(a: np.ndarray, plan: _Plan, idx: tuple[np.ndarray, ...]) -> np.ndarray:
-    """The special rows of a ``(outer, K, inner)`` array as ``(S, K)``."""
-    if plan.inner == 1:
-        return a.reshape(a.shape[0], -1)[idx[0]]
-    return a[idx[0], :, idx[1]]
-
-
-def _special_rows(plan: _Plan, special: np.ndarray,
-                  where: Any) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray | None]:
-    """The flagged rows (NaN, +inf, nothing finite) for the generic path: their index, their
-    logits as ``(S, K)`` and their mask (None without one)."""
-    idx = _special_index(plan, special)
-    xs = _gather(plan.x, plan, idx)
-    ws = None
-    if where is not None:
-        wb = np.broadcast_to(where, plan.shape).reshape(plan.x.shape)
-        ws = _gather(wb, plan, idx)
-    return idx, xs, ws
-
-
-def _fix_special(plan: _Plan, special: np.ndarray, out: np.ndarray, mode: int, *, where: Any,
-                 temperature: Any, softcap: Any) -> None:
-    """Recompute the flagged rows with the generic path."""
-    from .. import _core
-
-    idx, xs, ws = _special_rows(plan, special, where)
-    fn = _core.softmax if mode == 0 else _core.log_softmax
-    with fast_path(False):
-        fixed = fn(xs, axis=-1, temperature=temperature, where=ws, softcap=softcap)
-    if plan.inner == 1:
-        out.reshape(out.shape[0], -1)[idx[0]] = fixed
-    else:
-        out[idx[0], :, idx[1]] = fixed
-
-
-def softmax_fast(x: Any, /, **options: Any) -> Any:
-    """:func:`logitkit.softmax` by the fused kernel, or ``None`` when it does not apply."""
-    return _normalise_fast(x, 0, **options)
-
-
-def log_softmax_fast(x: Any, /, **options: Any) -> Any:
-    """:func:`logitkit.log_softmax` by the fused kernel, or ``None`` when it does not apply."""
-    return _normalise_fast(x, 1, **options)
-
-
-def logsumexp_fast(x: Any, /, *, axis: Any, b: Any, where: Any, keepdims: Any, return_sign: Any,
-                   dtype: Any) -> Any:
-    """:func:`logitkit.logsumexp` by the fused kernel, or ``None`` when it does not apply."""
-    if not fast_path_enabled() or b is not None:
-        return None
-    if not isinstance(keepdims, bool) or not isinstance(return_sign, bool):
-        return None
-    if type(x) is not np.ndarray:
-        return _with_torch(x, where, lambda v, w: logsumexp_fast(
-            v, axis=axis, b=None, where=w, keepdims=keepdims, return_sign=return_sign,
-            dtype=None if dtype is None else _torch_dtype_to_numpy(dtype)))
-    xa = _float_array(x)
-    if xa is None or (dtype is not None and np.dtype(dtype) != xa.dtype):
-        return None
-    ax = _axis(axis, xa.ndim)
-    if ax is None or xa.size == 0:
-        return None
-    plan = _Plan(xa, *ax)
-    mask = plan.mask(where)
-    if mask is None:
-        return None
-    k = _kernels()
-    one = xa.dtype.type(1.0)
-    special = _run(k, plan, mask, xa.dtype.type(0.0), one, 2, np.empty((0,) * 3, xa.dtype))
-    lse = plan.lse  # type: ignore[attr-defined]
-    if special.any():
-        from .. import _core
-
-        idx, xs, ws = _special_rows(plan, special, where)
-        with fast_path(False):
-            fixed = _core.logsumexp(xs, axis=-1, where=ws)
-        lse[idx] = fixed
-    out = lse.astype(xa.dtype).reshape(plan.keepdims_shape if keepdims else plan.reduced_shape)
-    if not return_sign:
-        return out
-    sign = np.where(out == -np.inf, xa.dtype.type(0.0), xa.dtype.type(1.0))
-    sign = np.where(np.isnan(out), xa.dtype.type(np.nan), sign).astype(xa.dtype)
-    return out, sign.reshape(out.shape)
-
-
 # --------------------------------------------------------------------------------------------
 # cross-entropy with its gradient
 # --------------------------------------------------------------------------------------------
 
 
-def cross_entropy_with_grad_fast(logits: Any, target: Any, /, **options: Any) -> Any:
-    """``(loss, dlogits)`` from the fused kernel, or ``None`` when the kernel does not apply.
+def cross_entropy(problem: CrossEntropyRows) -> CrossEntropyResult | None:
+    """Per-row cross-entropy losses (and the gradient, if asked for) by the fused kernel, or
+    ``None`` when it does not apply.
 
-    Called by :func:`logitkit.cross_entropy_with_grad` after it validated its arguments; takes the
-    same keyword options plus ``out``.
+    Flagged rows (a NaN, a ``+inf`` or nothing finite among the unmasked logits, a label outside
+    ``[0, K)``, a gradient coefficient that overflows) are left to the caller, their gradient
+    rows untouched.
     """
     if not fast_path_enabled():
         return None
-    try:
-        from . import _ce
-    except ImportError:  # work in progress
+    return _cross_entropy_rows(problem)
+
+
+def _ce_kernel(x: np.ndarray) -> Any:
+    """:func:`ce_rows` (launched through :func:`.._launch`), or its serial twin for inputs too
+    small for the thread pool."""
+    from ._ce import ce_rows, ce_rows_serial
+
+    if _parallel(x.size, _threads()):
+        return functools.partial(_launch, ce_rows)
+    return ce_rows_serial
+
+
+def _cross_entropy_rows(pb: CrossEntropyRows) -> CrossEntropyResult | None:
+    """:func:`ce_rows` on a validated problem, or ``None`` when the kernel does not apply."""
+    torch_input = type(pb.x) is not np.ndarray
+    x = _float_array(_torch_view(pb.x) if torch_input else pb.x)
+    if x is None or x.ndim != 2 or not x.flags.c_contiguous:
         return None
-    return _ce.cross_entropy_with_grad(logits, target, **options)
-
-
-def torch_cross_entropy_forward(pb: Any) -> Any:
-    """The torch adapter's forward statistics for CPU tensors by the kernel, or ``None``."""
-    if not fast_path_enabled() or _torch_view(pb.x) is None:
+    n, k = x.shape
+    dt = x.dtype
+    inv_t = _inverse(pb.temperature, dt)
+    if n == 0 or k == 0 or inv_t is None:
         return None
-    from . import _ce
+    wide = _wide_rows(x, pb.temperature, axis=1)
+    cap = dt.type(0.0) if pb.softcap is None else dt.type(pb.softcap)
 
-    return _ce.torch_forward(pb)
+    is_prob = pb.probs is not None
+    if is_prob:
+        probs = _array(pb.probs)
+        if probs is None or probs.shape != x.shape or probs.dtype != dt:
+            return None
+        probs = np.ascontiguousarray(probs)
+        labels = np.zeros(1, dtype=np.int64)
+    else:
+        lab = _array(pb.labels)
+        if lab is None or lab.shape != (n,) or lab.dtype.kind not in "iu":
+            return None
+        labels = lab.astype(np.int64, copy=False)
+        probs = np.zeros((1, 1), dtype=dt)
+    counted: Any = np.ones(n, dtype=np.bool_)
+    if pb.counted is not None:
+        counted = _array(pb.counted)
+        if counted is None or counted.shape != (n,):
+            return None
+        counted = counted.astype(np.bool_, copy=False)
+        if not is_prob:  # rows that do not count may hold any label: never index with it
+            labels = np.where(counted, labels, 0)
+    has_mask = pb.where is not None
+    mask: Any = np.ones((1, 1), dtype=np.bool_)
+    if has_mask:
+        mask = _array(pb.where)
+        if mask is None or mask.ndim != 2 or mask.shape[1] != k or mask.shape[0] not in (1, n):
+            return None
+        mask = np.ascontiguousarray(mask, dtype=np.bool_)
+    has_weight = pb.weight is not None
+    w: Any = np.ones(1, dtype=dt)
+    if has_weight:
+        w = _array(pb.weight)
+        if w is None or w.shape != (k,):
+            return None
+        w = np.ascontiguousarray(w, dtype=dt)
+
+    write = pb.grad_scale is not None
+    if write:
+        scales = _array(pb.grad_scale) if not isinstance(pb.grad_scale, float) else np.full(
+            1, pb.grad_scale)
+        if scales is None or scales.size not in (1, n):
+            return None
+        scales = np.ascontiguousarray(scales.reshape(-1), dtype=dt)
+        g: Any
+        if pb.out is None:
+            g = _empty(x.shape, dt, like=x)
+        else:
+            g = _array(pb.out)
+            if g is None or g.shape != x.shape or g.dtype != dt or not g.flags.c_contiguous:
+                return None
+            same = g.__array_interface__["data"][0] == x.__array_interface__["data"][0]
+            if not same and np.shares_memory(g, x):
+                # Partial overlap: the row-by-row order would corrupt the logits.  The same array
+                # is fine: each row's logits are read before its gradient row is written.
+                return None
+            if same and (wide is not None or (pb.z_loss > 0.0 and not _coefficient_bounded(x, pb))):
+                # A flagged row is left to the caller after its exponentials were written (a
+                # z-loss coefficient that overflows, a row too wide for the shift): in place,
+                # its logits would be gone.
+                return None
+    else:
+        scales = np.ones(1, dtype=dt)
+        g = np.empty((1, 1), dtype=dt)
+
+    loss = np.zeros(n, dtype=np.float64)
+    special = np.zeros(n, dtype=np.bool_)
+    stat = np.empty((2, n), dtype=np.float64)
+    _ce_kernel(x)(_ro(x), g, _ro(labels), _ro(probs), is_prob, _ro(mask), has_mask, _ro(w),
+                  has_weight, _ro(counted), float(pb.label_smoothing), float(pb.z_loss),
+                  float(pb.logit_l2), cap, inv_t, _ro(scales), write, loss, stat[0], stat[1],
+                  special, _threads())
+    if wide is not None:
+        special |= wide
+    return CrossEntropyResult(loss, g if write else None, special, torch_input)
 
 
-def torch_cross_entropy_gradient(pb: Any, stats: Any, scale: Any) -> Any:
-    """The torch adapter's ``∂loss/∂x`` for CPU tensors by the kernel (one fresh tensor), or
-    ``None``."""
-    if not fast_path_enabled() or _torch_view(pb.x) is None:
+def _array(a: Any) -> np.ndarray | None:
+    """A NumPy array (or a zero-copy view of a CPU torch tensor), else None."""
+    if a is None:
         return None
-    from . import _ce
+    if type(a) is np.ndarray:
+        return a
+    if type(a).__module__.startswith("torch"):
+        import torch
 
-    return _ce.torch_gradient(pb, stats, scale)
+        if isinstance(a, torch.Tensor) and a.device.type == "cpu" and not a.is_sparse:
+            return a.detach().resolve_conj().resolve_neg().numpy()
+    return None
+
+
+def _coefficient_bounded(x: np.ndarray, pb: CrossEntropyRows) -> bool:
+    """Whether every row's z-loss coefficient ``Σ W + 2 c_z lse`` is finite, from a bound on
+    ``|lse| ≤ max|x|/T + log K``."""
+    # Rows with a NaN or an infinity are flagged before anything is written: bound the others.
+    top = float(np.max(np.abs(np.where(np.isfinite(x), x, 0.0)), initial=0.0))
+    bound = top / pb.temperature + math.log(x.shape[1]) + 1.0
+    return bool(2.0 * pb.z_loss * bound < 1e300)

@@ -7,13 +7,13 @@ pass 2 writes, once, ``g_c = s·([coef·p_c − W_c]/T·softcap'(x_c) + λx_c)``
 ``Σ_c W_c (z_c − max)`` of the loss ``Σ_c W_c lse − Σ_c W_c z_c + c_z lse² + (λ/2)‖x‖²`` in float64.
 Each gradient element is written after its logit was read, so the gradient may overwrite the
 logits (``out=logits``).  Rows that do not count (ignored label, every class masked) get a zero
-gradient and loss; rows with a NaN, a +inf or nothing finite are flagged and left untouched for
-the dispatcher, which recomputes them with the generic path.
+gradient and loss; rows with a NaN, a +inf or nothing finite, a label outside ``[0, K)`` or a
+z-loss coefficient that overflows are flagged for the caller, which computes them on its generic
+path (their gradient rows are untouched, except for the exponentials of an overflowing row).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -115,12 +115,18 @@ def _ce_plain_block(x: Any, out: Any, labels: Any, counted: Any, cz: float, inv_
                 special[i] = True
                 continue
             log_s = logs[j]
-            lse = float(ms[j]) * float(inv_t) + log_s
-            coef = 1.0 + 2.0 * cz * lse
+            # In float64: a float32 m/T overflows for [3e38, 2.9e38] at T = 0.5.  The z-loss terms
+            # only when asked for (0·lse² is NaN once |lse| > 1.34e154), and a coefficient that
+            # overflows leaves the row to the caller (inf·0 in the gradient).
+            lse = np.float64(ms[j]) * np.float64(inv_t) + log_s
+            coef = 1.0 + 2.0 * cz * lse if cz > 0.0 else 1.0
+            if not abs(coef) < np.inf:
+                special[i] = True
+                continue
             lse_out[i] = lse
             coef_out[i] = coef
             d_t = dts[j]
-            loss[i] = log_s - float(d_t) + cz * lse * lse
+            loss[i] = log_s - float(d_t) + (cz * lse * lse if cz > 0.0 else 0.0)
             if not write:
                 continue
             g_scale = inv_t * scales[min(i, scales.size - 1)]
@@ -188,7 +194,7 @@ def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: An
             special[i] = True
             continue
         log_s = log1p_sum(rest, n_top)
-        lse = float(m) * float(inv_t) + log_s
+        lse = np.float64(m) * np.float64(inv_t) + log_s  # float64: see _ce_plain_block
         inv_s = as_like(1.0 / (rest + n_top), inv_t)
         wt = float(wr[t]) if not is_prob else 1.0
 
@@ -211,7 +217,10 @@ def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: An
                 for c in range(k):
                     sw += float(wr[c]) * mr[c]
             total = (1.0 - eps) * wt + share * sw if eps > 0.0 else wt
-        coef = total + 2.0 * cz * lse
+        coef = total + 2.0 * cz * lse if cz > 0.0 else total
+        if not abs(coef) < np.inf:
+            special[i] = True
+            continue
         lse_out[i] = lse
         coef_out[i] = coef
 
@@ -235,7 +244,7 @@ def _ce_block(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mask: An
                 th = s_t * cap_inv if cap > 0 else zero
                 orow[t] -= as_like(b_t, inv_t) * inv_t * (as_like(1.0, inv_t) - th * th) * scale
         ce = total * log_s - cross
-        loss[i] = ce + cz * lse * lse + (0.5 * lam * sq if lam > 0.0 else 0.0)
+        loss[i] = ce + (cz * lse * lse if cz > 0.0 else 0.0) + (0.5 * lam * sq if lam > 0.0 else 0.0)
 
 
 @register_jitable(fastmath=_FAST)
@@ -310,271 +319,3 @@ def ce_rows_serial(x: Any, out: Any, labels: Any, probs: Any, is_prob: bool, mas
     _ce_block(x, out, labels, probs, is_prob, mask, has_mask, weight, has_weight, counted, eps,
               cz, lam, cap, inv_t, scales, write, loss, lse_out, coef_out, special, 0,
               x.shape[0])
-
-
-def _ce_kernel(x: np.ndarray) -> Any:
-    """:func:`ce_rows` (launched through :func:`.._launch`), or its serial twin for inputs too
-    small for the thread pool."""
-    from . import _launch, _parallel, _threads
-
-    if _parallel(x.size, _threads()):
-        return functools.partial(_launch, ce_rows)
-    return ce_rows_serial
-
-
-def cross_entropy_with_grad(logits: Any, target: Any, /, *, out: Any = None, axis: Any = -1,
-                            ignore_index: Any = None, weight: Any = None,
-                            label_smoothing: Any = 0.0, z_loss: Any = 0.0, logit_l2: Any = 0.0,
-                            temperature: Any = 1.0, where: Any = None, softcap: Any = None,
-                            reduction: str = "mean") -> Any:
-    """``(loss, dlogits)`` by :func:`ce_rows`, or ``None`` when the kernel does not apply.
-
-    The arguments were validated by :func:`logitkit.cross_entropy_with_grad`.
-    """
-    from . import _axis, _empty, _float_array, _inv_temperature, _Plan, _ro, _scalar, _threads
-    from . import _softcap as _cap
-
-    x = _float_array(logits)
-    if x is None or not x.flags.c_contiguous or reduction not in ("mean", "sum", "none"):
-        return None
-    ax = _axis(axis, x.ndim)
-    if ax is None or ax[1] != x.ndim - 1:
-        return None
-    plan = _Plan(x, *ax)
-    n, k = plan.outer, plan.k
-    if n == 0 or k == 0:
-        return None
-    x2 = x.reshape(n, k)
-    dt = x.dtype
-    inv_t = _inv_temperature(temperature, dt)
-    cap = _cap(softcap, dt)
-    eps, cz, lam = _scalar(label_smoothing), _scalar(z_loss), _scalar(logit_l2)
-    if inv_t is None or cap is None or eps is None or cz is None or lam is None:
-        return None
-    mask_info = plan.mask(where)
-    if mask_info is None:
-        return None
-    mask, has_mask = mask_info
-
-    if type(target) is not np.ndarray:
-        return None
-    is_prob = target.dtype.kind == "f"
-    if is_prob:
-        if target.shape != x.shape:
-            return None
-        probs = np.ascontiguousarray(target.reshape(n, k), dtype=dt)
-        labels = np.zeros(1, dtype=np.int64)
-        keep = None
-    elif target.dtype.kind in "iu":
-        if target.size != n:
-            return None
-        # The kernels flag a label out of [0, K) for the generic path (which raises for it).
-        labels = target.reshape(n).astype(np.int64, copy=False)
-        keep = None
-        if ignore_index is not None:
-            keep = labels != int(ignore_index)
-            labels = np.where(keep, labels, 0)
-        probs = np.zeros((1, 1), dtype=dt)
-    else:
-        return None
-
-    has_weight = weight is not None
-    if has_weight:
-        if type(weight) is not np.ndarray:
-            return None
-        w = np.ascontiguousarray(weight, dtype=dt)
-        if w.shape != (k,):
-            return None
-    else:
-        w = np.ones(1, dtype=dt)
-
-    counted = np.ones(n, dtype=np.bool_) if keep is None else keep
-    if has_mask:
-        alive = np.asarray(mask.any(axis=1))
-        counted = counted & (alive if alive.size == n else bool(alive[0]))
-    if has_weight and not is_prob:
-        denom = float(np.sum(w[np.clip(labels, 0, k - 1)][counted], dtype=np.float64))
-    elif keep is None and not has_mask:
-        denom = float(n)
-    else:
-        denom = float(np.count_nonzero(counted))
-    if reduction == "mean":
-        scale = 1.0 / denom if denom > 0 else 0.0
-    else:
-        scale = 1.0
-
-    if out is None:
-        g = _empty(x2.shape, dt, like=x2)
-    else:
-        if type(out) is not np.ndarray or out.shape != x.shape or out.dtype != dt:
-            return None
-        if not out.flags.c_contiguous or not out.flags.writeable:
-            return None
-        same = out.__array_interface__["data"][0] == x.__array_interface__["data"][0]
-        if not same and np.shares_memory(out, x):
-            # Partial overlap: the row-by-row order would corrupt the logits.  The same array
-            # is fine: each row's logits are read before its gradient row is written.
-            return None
-        g = out.reshape(n, k)
-
-    loss_rows = np.zeros(n, dtype=np.float64)
-    special = np.zeros(n, dtype=np.bool_)
-    stat = np.empty((2, n), dtype=np.float64)
-    kernel = _ce_kernel(x2)
-    kernel(_ro(x2), g, _ro(labels), _ro(probs), is_prob, _ro(mask), has_mask, _ro(w), has_weight,
-           _ro(counted), eps, cz, lam, cap, inv_t, _ro(np.full(1, scale, dtype=dt)), True,
-           loss_rows, stat[0], stat[1], special, _threads())
-
-    if special.any():
-        _fix_special(special, x2, g, target, labels if not is_prob else None, probs,
-                     mask if has_mask else None, n, scale, loss_rows,
-                     dict(ignore_index=None, weight=weight, label_smoothing=label_smoothing,
-                          z_loss=z_loss, logit_l2=logit_l2, temperature=temperature,
-                          softcap=softcap))
-
-    if reduction == "none":
-        loss: Any = loss_rows.astype(dt).reshape(plan.reduced_shape)
-    else:
-        total = float(np.sum(loss_rows))
-        if reduction == "sum":
-            loss = dt.type(total)
-        else:
-            loss = np.asarray(total / denom if denom > 0 else 0.0, dtype=dt)
-    return loss, (out if out is not None else g.reshape(x.shape))
-
-
-def _fix_special(special: np.ndarray, x2: np.ndarray, g: np.ndarray, target: Any,
-                 labels: np.ndarray | None, probs: np.ndarray, mask: np.ndarray | None, n: int,
-                 scale: float, loss_rows: np.ndarray, options: dict[str, Any]) -> None:
-    """Rows with a NaN, a +inf or nothing finite: the generic path, per row, then scaled."""
-    from .. import losses
-    from . import fast_path
-
-    idx = np.flatnonzero(special)
-    xs = np.array(x2[idx])
-    ts = labels[idx] if labels is not None else probs[idx]
-    ws = None
-    if mask is not None:
-        ws = np.array(np.broadcast_to(mask, x2.shape)[idx])
-    with fast_path(False):
-        ls, gs = losses.cross_entropy_with_grad(xs, ts, where=ws, reduction="none", **options)
-    loss_rows[idx] = ls
-    g[idx] = gs * gs.dtype.type(scale)
-
-
-# --------------------------------------------------------------------------------------------
-# the torch autograd adapter on CPU: the same kernel through zero-copy NumPy views
-# --------------------------------------------------------------------------------------------
-
-
-def _problem_arrays(pb: Any) -> tuple[Any, ...] | None:
-    """Kernel arguments for a row-form problem of torch tensors (see ``_autodiff._ce_rows``)."""
-    from . import _torch_view
-
-    x = _torch_view(pb.x)
-    if x is None or x.ndim != 2 or pb.bad is not None:
-        return None
-    n, k = x.shape
-    if n == 0 or k == 0:
-        return None
-    dt = x.dtype
-    temp = pb.temperature
-    if not isinstance(temp, float) or not (0.0 < temp < math.inf):
-        return None
-    inv_t = dt.type(1.0) / dt.type(temp)
-    if not np.isfinite(inv_t):
-        return None
-    cap = dt.type(0.0) if pb.softcap is None else dt.type(pb.softcap)
-    is_prob = pb.probs is not None
-    if is_prob:
-        probs = _torch_view(pb.probs.detach())
-        if probs is None or probs.shape != x.shape or probs.dtype != dt:
-            return None
-        labels = np.zeros(1, dtype=np.int64)
-    else:
-        labels = np.ascontiguousarray(pb.labels.detach().cpu().numpy(), dtype=np.int64)
-        probs = np.zeros((1, 1), dtype=dt)
-    has_mask = pb.mask is not None
-    mask = np.ones((1, 1), dtype=np.bool_)
-    if has_mask:
-        mask = np.ascontiguousarray(pb.mask.detach().cpu().numpy())
-    has_weight = pb.weight is not None
-    w = np.ones(1, dtype=dt)
-    if has_weight:
-        w = np.ascontiguousarray(pb.weight.detach().cpu().numpy(), dtype=dt)
-    keep = None if pb.keep is None else pb.keep.detach().cpu().numpy()
-    return (x, labels, probs, is_prob, mask, has_mask, w, has_weight, keep, inv_t, cap)
-
-
-def torch_forward(pb: Any) -> Any:
-    """The adapter's forward statistics (``RowStats``) by the kernel, or ``None``."""
-    import torch
-
-    from .._autodiff._ce_rows import RowStats
-    from . import _ro, _threads
-
-    args = _problem_arrays(pb)
-    if args is None:
-        return None
-    x, labels, probs, is_prob, mask, has_mask, w, has_weight, keep, inv_t, cap = args
-    n, _k = x.shape
-    counted = np.ones(n, dtype=np.bool_) if keep is None else keep.astype(np.bool_)
-    if has_mask:
-        counted = counted & mask.any(axis=1)
-    labels_safe = labels if is_prob else np.where(counted, labels, 0)
-    loss = np.zeros(n, dtype=np.float64)
-    stat = np.zeros((2, n), dtype=np.float64)
-    special = np.zeros(n, dtype=np.bool_)
-    kernel = _ce_kernel(x)
-    kernel(_ro(x), np.empty((1, 1), dtype=x.dtype), _ro(labels_safe), _ro(probs), is_prob,
-           _ro(mask), has_mask, _ro(w), has_weight, _ro(counted), float(pb.label_smoothing),
-           float(pb.z_loss), float(pb.logit_l2), cap, inv_t, _ro(np.ones(1, dtype=x.dtype)), False,
-           loss, stat[0], stat[1], special, _threads())
-    if special.any():
-        return None  # the generic forward defines NaN, +inf and all −inf rows
-    if has_weight and not is_prob:
-        denom = float(np.sum(np.where(counted, w[labels_safe], 0), dtype=np.float64))
-    else:
-        denom = float(np.count_nonzero(counted))
-    dt = torch.float32 if x.dtype == np.float32 else torch.float64
-    return RowStats(
-        torch.from_numpy(loss).to(dt),
-        torch.from_numpy(stat[0]).to(dt)[:, None],
-        torch.from_numpy(stat[1]).to(dt)[:, None],
-        torch.from_numpy(counted),
-        torch.from_numpy(special),
-        torch.tensor(denom, dtype=dt),
-    )
-
-
-def torch_gradient(pb: Any, stats: Any, scale: Any) -> Any:
-    """``∂/∂x`` of ``Σ_i scale_i · loss_i`` into one fresh tensor by the kernel, or ``None``."""
-    import torch
-
-    from . import _empty, _ro, _threads
-
-    args = _problem_arrays(pb)
-    if args is None:
-        return None
-    x, labels, probs, is_prob, mask, has_mask, w, has_weight, _keep, inv_t, cap = args
-    n, _k = x.shape
-    counted = stats.counted.detach().cpu().numpy()
-    if bool(stats.special.any()):
-        return None
-    scales = np.ascontiguousarray(scale.detach().cpu().numpy().reshape(-1), dtype=x.dtype)
-    if scales.size not in (1, n):
-        return None
-    labels_safe = labels if is_prob else np.where(counted, labels, 0)
-    gv = _empty(tuple(pb.x.shape), x.dtype, like=x)
-    g = torch.from_numpy(gv)
-    loss = np.zeros(n, dtype=np.float64)
-    stat = np.zeros((2, n), dtype=np.float64)
-    special = np.zeros(n, dtype=np.bool_)
-    kernel = _ce_kernel(x)
-    kernel(_ro(x), gv, _ro(labels_safe), _ro(probs), is_prob, _ro(mask), has_mask, _ro(w),
-           has_weight, _ro(np.ascontiguousarray(counted, dtype=np.bool_)),
-           float(pb.label_smoothing), float(pb.z_loss), float(pb.logit_l2), cap, inv_t,
-           _ro(scales), True, loss, stat[0], stat[1], special, _threads())
-    if special.any():
-        return None
-    return g

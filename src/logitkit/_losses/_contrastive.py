@@ -14,13 +14,13 @@ from .._namespace import (
     as_array,
     astype,
     check_number,
+    check_reduction,
     compute_dtypes,
     expected,
     is_array,
     namespace,
 )
 from ._cross_entropy import cross_entropy
-from ._validate import REDUCTIONS
 
 __all__ = ["clip_loss", "info_nce", "ntxent"]
 
@@ -97,8 +97,7 @@ def info_nce(
                      high_open=True)
     if not isinstance(normalize, bool):
         raise LogitkitTypeError(expected("normalize", "a bool", normalize))
-    if reduction not in REDUCTIONS:
-        raise LogitkitValueError(expected("reduction", "one of 'none', 'sum', 'mean'", reduction))
+    check_reduction(reduction)
     if positive is None:
         if k.shape[0] < q.shape[0]:
             raise LogitkitValueError(expected(

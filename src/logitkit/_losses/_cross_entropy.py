@@ -8,8 +8,8 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._autodiff import _ce_rows as rows
-from .._core import Axis, _from_rows
+from .. import _ce_rows as ce
+from .._layout import Axis, from_rows
 from .._namespace import (
     LogitkitTypeError,
     LogitkitValueError,
@@ -24,7 +24,7 @@ from .._namespace import (
     namespace,
     to_numpy,
 )
-from ._validate import Checked, cast, check_cross_entropy
+from ._validate import Checked, check_cross_entropy
 
 __all__ = ["cross_entropy", "cross_entropy_with_grad", "margin_cross_entropy"]
 
@@ -138,9 +138,23 @@ def cross_entropy(
 
         if _jax.applies(ck.pb):
             return _loss_shape(_jax.cross_entropy(ck.pb, ck.acc), ck)
-    differentiable = is_torch(xp) or is_jax(xp)
-    stats = rows.forward(cast(ck.pb, ck.acc, xp), xp, differentiable=differentiable)
-    return _loss_shape(rows.reduce(stats, ck.pb.reduction, xp), ck)
+    pb = ce.cast(ck.pb, ck.acc, xp)
+    if _needs_graph(ck):  # the backend differentiates the generic path itself
+        stats = ce.forward(pb, xp)
+    else:
+        stats = ce.fast_forward(pb, xp)
+    return _loss_shape(ce.reduce(stats.loss, pb.reduction, stats.denom, xp), ck)
+
+
+def _needs_graph(ck: Checked) -> bool:
+    """Whether torch records a graph through one of the inputs (the kernels would cut it)."""
+    if not is_torch(ck.xp):
+        return False
+    import torch
+
+    return torch.is_grad_enabled() and any(
+        bool(getattr(a, "requires_grad", False))
+        for a in (ck.logits, ck.target, ck.weight, ck.temperature))
 
 
 def cross_entropy_with_grad(
@@ -207,31 +221,42 @@ def cross_entropy_with_grad(
         >>> g
         array([[ 0.25, -0.75,  0.25,  0.25]])
     """
-    options = dict(axis=axis, ignore_index=ignore_index, weight=weight,
-                   label_smoothing=label_smoothing, z_loss=z_loss, logit_l2=logit_l2,
-                   temperature=temperature, where=where, softcap=softcap, reduction=reduction)
-    ck = check_cross_entropy(logits, target, **options)
+    ck = check_cross_entropy(
+        logits, target, axis=axis, ignore_index=ignore_index, weight=weight,
+        label_smoothing=label_smoothing, z_loss=z_loss, logit_l2=logit_l2,
+        temperature=temperature, where=where, softcap=softcap, reduction=reduction)
     xp = ck.xp
     if out is not None:
         _check_out(out, ck)
-    if is_numpy(xp):
-        from .._kernels import cross_entropy_with_grad_fast
-
-        fast = cross_entropy_with_grad_fast(ck.logits, ck.target, out=out, **options)
-        if fast is not None:
-            return fast
-    pb = cast(ck.pb, ck.acc, xp)
-    stats = rows.forward(pb, xp, differentiable=False)
-    loss = rows.reduce(stats, pb.reduction, xp)
-    ones = xp.ones(stats.counted.shape, dtype=ck.acc, device=array_api_compat.device(pb.x))
-    g = rows.gradient(pb, stats, rows.row_scale(stats, pb.reduction, ones, xp), xp)
-    g = xp.reshape(g, (*ck.lay.batch_shape, ck.lay.k))
-    g = astype(_from_rows(g, ck.lay, xp), ck.grad_dtype, xp)
-    loss = _loss_shape(loss, ck)
+    pb = ce.cast(ck.pb, ck.acc, xp)
+    counted = ce.counted_rows(pb, xp)
+    denom = ce.denominator(pb, counted, xp)
+    ones = xp.ones(counted.shape, dtype=ck.acc, device=array_api_compat.device(pb.x))
+    scale = ce.row_scale(counted, pb.reduction, denom, ones, xp)
+    # The gradient straight into `out` when its rows are the problem's rows (the class axis
+    # last, C order, the working dtype): then `out` may also be the logits themselves.
+    rows_out = None
+    if (out is not None and ck.lay.perm is None and len(ck.lay.axes) == 1
+            and out.flags.c_contiguous and out.dtype == np.dtype(ck.acc)
+            and (_same_memory(out, pb.x) or not np.shares_memory(out, pb.x))):
+        rows_out = out.reshape(ck.lay.n, ck.lay.k)
+    loss_rows, g = ce.loss_and_gradient(pb, scale, xp, counted=counted, denom=denom,
+                                        out=rows_out)
+    loss = _loss_shape(ce.reduce(loss_rows, pb.reduction, denom, xp), ck)
+    if rows_out is not None:
+        return loss, out
+    g = astype(from_rows(g, ck.lay, xp), ck.grad_dtype, xp)
     if out is not None:
         np.copyto(out, g)
         return loss, out
     return loss, g
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` and ``b`` are the same elements (partial overlap is neither this nor apart:
+    writing the gradient row by row there would overwrite logits not yet read)."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.strides == b.reshape(a.shape).strides)
 
 
 def _check_out(out: Any, ck: Checked) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._core import Axis, _layout, _to_rows, log_softmax, softmax
+from .._ce_rows import reduce
+from .._core import log_softmax, softmax
+from .._layout import Axis, layout, to_rows
 from .._namespace import (
     LogitkitValueError,
     as_array,
@@ -13,13 +15,13 @@ from .._namespace import (
     check_choice,
     check_mask,
     check_number,
+    check_reduction,
     compute_dtypes,
     expected,
     namespace,
     stop_gradient,
 )
 from ._cross_entropy import cross_entropy
-from ._validate import REDUCTIONS
 
 __all__ = ["distillation_loss", "kl_divergence"]
 
@@ -35,26 +37,17 @@ def _counted(where: Any, shape: tuple[int, ...], axis: Axis, xp: Any) -> Any:
     """Rows (the reduced shape) with at least one unmasked class, or None without a mask."""
     if where is None:
         return None
-    lay = _layout(shape, axis)
-    m = _to_rows(check_mask(where, shape, xp), lay, xp)
-    m = xp.reshape(m, (*lay.batch_shape, lay.k))
-    return xp.any(m, axis=-1)
+    lay = layout(shape, axis)
+    m = to_rows(check_mask(where, shape, xp), lay, xp)
+    return xp.reshape(xp.any(m, axis=-1), lay.batch_shape)
 
 
 def _reduce_rows(rows: Any, counted: Any, reduction: str, xp: Any) -> Any:
     """``"none"``, ``"sum"``, or the mean over the counted rows (0 when none counts)."""
-    if counted is not None:
-        rows = xp.where(counted, rows, xp.zeros_like(rows))
-    if reduction == "none":
-        return rows
-    total = xp.sum(rows)
-    if reduction == "sum":
-        return total
     if counted is None:
-        n = math.prod(rows.shape)
-        return total / n if n > 0 else total
-    c = xp.sum(astype(counted, rows.dtype, xp))
-    return xp.where(c > 0, total / xp.where(c > 0, c, xp.ones_like(c)), xp.zeros_like(total))
+        return reduce(rows, reduction, float(math.prod(rows.shape)), xp)
+    rows = xp.where(counted, rows, 0.0)
+    return reduce(rows, reduction, xp.sum(astype(counted, rows.dtype, xp)), xp)
 
 
 def kl_divergence(
@@ -111,7 +104,7 @@ def kl_divergence(
     target = as_array(target, "target", xp)
     if not isinstance(log_target, bool):
         raise LogitkitValueError(expected("log_target", "a bool", log_target))
-    check_choice(reduction, "reduction", REDUCTIONS)
+    check_reduction(reduction)
     if tuple(target.shape) != tuple(logits.shape):
         raise LogitkitValueError(expected("target", f"of the logits' shape {tuple(logits.shape)}",
                                           f"shape {tuple(target.shape)}"))
@@ -126,9 +119,9 @@ def kl_divergence(
         log_q = xp.log(xp.where(q > 0, q, xp.ones_like(q)))
     ce = cross_entropy(logits, q, axis=axis, temperature=temperature, where=where,
                        reduction="none")
-    lay = _layout(tuple(logits.shape), axis)
-    neg_h = xp.reshape(_to_rows(_xlogx(q, log_q, xp), lay, xp), (*lay.batch_shape, lay.k))
-    kl = astype(ce, neg_h.dtype, xp) + xp.sum(neg_h, axis=-1)
+    lay = layout(tuple(logits.shape), axis)
+    neg_h = xp.reshape(xp.sum(to_rows(_xlogx(q, log_q, xp), lay, xp), axis=-1), lay.batch_shape)
+    kl = astype(ce, neg_h.dtype, xp) + neg_h
     counted = _counted(where, tuple(logits.shape), axis, xp)
     return astype(_reduce_rows(kl, counted, reduction, xp), ce.dtype, xp)
 
@@ -208,7 +201,7 @@ def distillation_loss(
                      high_open=True)
     check_choice(divergence, "divergence", ("forward", "reverse", "jsd"))
     a = check_number(alpha, "alpha", low=0.0, high=1.0)
-    check_choice(reduction, "reduction", REDUCTIONS)
+    check_reduction(reduction)
     if labels is None and ignore_index is not None:
         raise LogitkitValueError(expected("ignore_index", "None when no `labels` are given",
                                           ignore_index))
@@ -216,10 +209,10 @@ def distillation_loss(
     teacher = stop_gradient(astype(teacher, acc, xp), xp)
     student = astype(student, acc, xp)
     opts = dict(axis=axis, temperature=t, where=where)
-    lay = _layout(tuple(student.shape), axis)
+    lay = layout(tuple(student.shape), axis)
 
     def row_sum(v: Any) -> Any:
-        return xp.sum(xp.reshape(_to_rows(v, lay, xp), (*lay.batch_shape, lay.k)), axis=-1)
+        return xp.reshape(xp.sum(to_rows(v, lay, xp), axis=-1), lay.batch_shape)
 
     if divergence == "forward":
         p_t = softmax(teacher, **opts)

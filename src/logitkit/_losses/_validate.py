@@ -3,31 +3,30 @@
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .._autodiff._ce_rows import Problem
-from .._core import Axis, _Layout, _layout, _param_rows, _to_rows, _validate_softcap
+from .._ce_rows import Problem
+from .._core import check_softcap
+from .._layout import Axis, Layout, layout, param_rows, to_rows
 from .._namespace import (
     LogitkitTypeError,
     LogitkitValueError,
     as_array,
     astype,
-    check_choice,
+    check_int,
     check_mask,
     check_number,
     check_positive_scalar_or_array,
+    check_reduction,
     compute_dtypes,
     expected,
     is_concrete,
     namespace,
     to_numpy,
 )
-
-REDUCTIONS = ("none", "sum", "mean")
 
 
 @dataclass
@@ -36,7 +35,7 @@ class Checked:
 
     pb: Problem  # rows in the input dtype (cast with `cast` before computing)
     xp: Any
-    lay: _Layout
+    lay: Layout
     acc: Any  # accumulation dtype
     out_dtype: Any  # loss dtype
     grad_dtype: Any  # dlogits dtype
@@ -80,10 +79,9 @@ def check_probability_targets(q: Any, mask: Any, xp: Any, arg: str = "target") -
 
 def check_ignore_index(ignore_index: object) -> int | None:
     """``ignore_index`` as an int (or None); a bool or a float is a type error."""
-    if ignore_index is not None and (isinstance(ignore_index, (bool, np.bool_))
-                                     or not isinstance(ignore_index, numbers.Integral)):
-        raise LogitkitTypeError(expected("ignore_index", "an int or None", ignore_index))
-    return None if ignore_index is None else int(ignore_index)
+    if ignore_index is None:
+        return None
+    return check_int(ignore_index, "ignore_index", low=None, what="an int or None")
 
 
 def check_options(
@@ -92,7 +90,7 @@ def check_options(
     eps = check_number(label_smoothing, "label_smoothing", low=0.0, high=1.0)
     zl = check_number(z_loss, "z_loss", low=0.0, high=math.inf, high_open=True)
     l2 = check_number(logit_l2, "logit_l2", low=0.0, high=math.inf, high_open=True)
-    red = check_choice(reduction, "reduction", REDUCTIONS)
+    red = check_reduction(reduction)
     return eps, zl, l2, red
 
 
@@ -116,25 +114,22 @@ def check_cross_entropy(
     acc, out_dtype = compute_dtypes(logits, None, xp)
     grad_dtype = out_dtype
     shape = tuple(logits.shape)
-    if len(shape) == 0:
-        raise LogitkitValueError(expected("logits", "an array with a class axis", "a 0-d array"))
-    lay = _layout(shape, axis)
+    lay = layout(shape, axis, "logits")
     eps, zl, l2, red = check_options(label_smoothing=label_smoothing, z_loss=z_loss,
                                      logit_l2=logit_l2, reduction=reduction)
-    cap = _validate_softcap(softcap)
-    n = math.prod(lay.batch_shape)
-    k = lay.k
+    cap = check_softcap(softcap)
+    n, k = lay.n, lay.k
 
     temp = check_positive_scalar_or_array(temperature, "temperature", xp, allow_zero=False,
                                           allow_inf=False)
     if not isinstance(temp, float):
-        t_rows = xp.reshape(_param_rows(astype(temp, acc, xp), lay, "temperature", xp), (n, 1))
+        t_rows = param_rows(astype(temp, acc, xp), lay, "temperature", xp)
     else:
         t_rows = temp
 
     mask = None
     if where is not None:
-        mask = xp.reshape(_to_rows(check_mask(where, shape, xp), lay, xp), (n, k))
+        mask = to_rows(check_mask(where, shape, xp), lay, xp)
 
     w = None
     if weight is not None:
@@ -167,7 +162,8 @@ def check_cross_entropy(
         if not is_concrete(valid):  # under jit even a concrete target gives a traced `valid`
             bad_rows = ~valid
         elif not bool(xp.all(valid)):
-            got = to_numpy(lab)[~to_numpy(valid)][0].item()
+            # From the target as given: an unsigned label past 2**63 is negative as int64.
+            got = to_numpy(xp.reshape(target, (n,)))[~to_numpy(valid)][0].item()
             raise LogitkitValueError(expected("target", f"class indices in [0, {k})", got))
         ok = valid if keep is None else valid & keep
         labels = xp.where(ok, lab, xp.zeros_like(lab))
@@ -180,7 +176,7 @@ def check_cross_entropy(
             raise LogitkitValueError(expected(
                 "ignore_index", "None with probability targets (it applies to class indices)",
                 ignore_index))
-        probs = xp.reshape(_to_rows(target, lay, xp), (n, k))
+        probs = to_rows(target, lay, xp)
         check_probability_targets(probs, mask, xp)
     else:
         raise LogitkitTypeError(expected(
@@ -188,16 +184,9 @@ def check_cross_entropy(
             f"an array of dtype {target.dtype}"))
 
     pb = Problem(
-        x=xp.reshape(_to_rows(logits, lay, xp), (n, k)), labels=labels, probs=probs, mask=mask,
+        x=to_rows(logits, lay, xp), labels=labels, probs=probs, mask=mask,
         weight=w, keep=keep, bad=bad_rows, temperature=t_rows, softcap=cap,
         label_smoothing=eps, z_loss=zl, logit_l2=l2, reduction=red,
     )
     return Checked(pb, xp, lay, acc, out_dtype, grad_dtype, logits, target, weight, temp)
 
-
-def cast(pb: Problem, acc: Any, xp: Any) -> Problem:
-    """The problem with its logits and probability targets in the accumulation dtype."""
-    from dataclasses import replace
-
-    probs = None if pb.probs is None else astype(pb.probs, acc, xp)
-    return replace(pb, x=astype(pb.x, acc, xp), probs=probs)

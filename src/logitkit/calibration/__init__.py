@@ -10,6 +10,10 @@
 - :func:`ece`, :func:`mce`, :func:`brier_score`, :func:`nll`, :func:`accuracy` score
   probabilities; :class:`CalibrationStats` accumulates the same metrics in O(bins) memory and
   merges exactly across batches and workers.
+- :func:`smooth_ece` (Błasiok & Nakkiran's smECE, relplot's automatic bandwidth) and
+  :func:`smooth_reliability`, its smoothed curve; :func:`brier_decomposition`.
+- :func:`bootstrap` gives any metric a confidence interval (resampling fixed row groups: no
+  second pass over the data); :meth:`CalibrationStats.intervals` does it for every figure.
 - :func:`reliability_diagram` draws them (matplotlib, optional).
 """
 
@@ -22,8 +26,12 @@ from ._base import IdentityCalibrator as IdentityCalibrator
 from ._binary import BetaCalibrator as BetaCalibrator
 from ._binary import HistogramCalibrator as HistogramCalibrator
 from ._binary import IsotonicCalibrator as IsotonicCalibrator
+from ._binning import auto_bins as auto_bins
+from ._bootstrap import BootstrapResult as BootstrapResult
+from ._bootstrap import bootstrap as bootstrap
 from ._diagram import reliability_diagram as reliability_diagram
 from ._metrics import accuracy as accuracy
+from ._metrics import brier_decomposition as brier_decomposition
 from ._metrics import brier_score as brier_score
 from ._metrics import ece as ece
 from ._metrics import mce as mce
@@ -34,11 +42,15 @@ from ._scaling import StructuredScaler as StructuredScaler
 from ._scaling import VectorScaler as VectorScaler
 from ._select import Selection as Selection
 from ._select import select as select
+from ._smooth import SmoothReliability as SmoothReliability
+from ._smooth import smooth_ece as smooth_ece
+from ._smooth import smooth_reliability as smooth_reliability
 from ._stats import CalibrationStats as CalibrationStats
 from ._temperature import TemperatureScaler as TemperatureScaler
 
 __all__ = [
     "BetaCalibrator",
+    "BootstrapResult",
     "CalibrationStats",
     "CalibrationWarning",
     "Calibrator",
@@ -48,14 +60,20 @@ __all__ = [
     "IsotonicCalibrator",
     "MatrixScaler",
     "Selection",
+    "SmoothReliability",
     "StructuredScaler",
     "TemperatureScaler",
     "VectorScaler",
     "accuracy",
+    "auto_bins",
+    "bootstrap",
+    "brier_decomposition",
     "brier_score",
     "ece",
     "mce",
     "nll",
     "reliability_diagram",
     "select",
+    "smooth_ece",
+    "smooth_reliability",
 ]

@@ -37,12 +37,11 @@ from .._namespace import (
     astype,
     default_float,
     expected,
-    is_dask,
     is_numpy,
     namespace,
     to_numpy,
 )
-from ._blocks import row_sums
+from ._blocks import partitioned, row_sums
 from ._fitting import small_problem_threads
 
 __all__ = ["SCHEMA_VERSION", "CalibrationWarning", "Calibrator", "FitData", "IdentityCalibrator"]
@@ -87,7 +86,7 @@ class FitData:
         self.x, self.y, self.w = x, y, w
         self.k, self.total_weight, self.from_probs = k, total_weight, from_probs
         self.n = int(x.shape[0])
-        self.partitioned = is_dask(x, y, w)
+        self.partitioned = partitioned(x, y, w)
 
     def take(self, rows: np.ndarray) -> FitData:
         """The rows selected by the boolean mask ``rows`` (in-memory arrays)."""
@@ -148,7 +147,7 @@ def _check_block(x: Any, y: Any, w: Any, *, k: int, from_probs: bool) -> np.ndar
 
 def _host(x: Any, arg: str) -> Any:
     """``x`` as a NumPy array (a view where possible), or as is when partitioned."""
-    if is_dask(x):
+    if partitioned(x):
         return x
     xp = namespace(x)
     arr = as_array(x, arg, xp)
@@ -188,7 +187,7 @@ def fit_data(logits: Any, y: Any, sample_weight: Any, *, from_probs: bool,
                                           Described(f"shape {tuple(labels.shape)}")))
     if labels.dtype.kind == "b":
         labels = labels.astype(np.int64)
-    if not is_dask(labels):
+    if not partitioned(labels):
         labels = labels.astype(np.intp, copy=False)
     w = None
     if sample_weight is not None:
@@ -251,7 +250,7 @@ def input_logits(logits: Any, from_probs: bool) -> tuple[Any, Any]:
 def map_rows(fn: Callable[[np.ndarray], np.ndarray], z: Any, xp: Any) -> Any:
     """``fn`` (NumPy rows ``(r, K)`` → ``(r, K)``) applied to ``z`` of any array library, the
     result in ``z``'s library, dtype and device; partitioned arrays stay lazy, block by block."""
-    if is_dask(z):
+    if partitioned(z):
         z = z.rechunk({1: -1})
         return z.map_blocks(lambda b: fn(np.asarray(b)).astype(b.dtype, copy=False),
                             dtype=z.dtype)
@@ -262,6 +261,13 @@ def map_rows(fn: Callable[[np.ndarray], np.ndarray], z: Any, xp: Any) -> Any:
     import array_api_compat
 
     return xp.asarray(out, device=array_api_compat.device(z))
+
+
+def rowwise(fn: Callable[..., Any], z: Any) -> Any:
+    """``fn(z, axis=-1)``; partitioned arrays block by block (the core takes in-memory arrays)."""
+    if partitioned(z):
+        return map_rows(lambda b: np.asarray(fn(b, axis=-1)), z, None)
+    return fn(z, axis=-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,6 +370,8 @@ class Calibrator(Estimator):
             ``(N, K)`` logits of the input's array type, floating dtype and device.
         """
         xp, z = self._checked_input(logits)
+        if partitioned(z):  # the core takes in-memory arrays: each block through NumPy
+            return map_rows(lambda b: np.asarray(self._transform(b, np)), z, xp)
         return self._transform(z, xp)
 
     def fit_transform(self, logits: Any, y: Any, sample_weight: Any = None) -> Any:
@@ -372,11 +380,11 @@ class Calibrator(Estimator):
 
     def predict_proba(self, logits: Any) -> Any:
         """Calibrated probabilities ``softmax(transform(logits))``, ``(N, K)``, input's type."""
-        return softmax(self.transform(logits), axis=-1)
+        return rowwise(softmax, self.transform(logits))
 
     def predict_log_proba(self, logits: Any) -> Any:
         """``log_softmax(transform(logits))``, exact where the probability underflows."""
-        return log_softmax(self.transform(logits), axis=-1)
+        return rowwise(log_softmax, self.transform(logits))
 
     def predict(self, logits: Any) -> Any:
         """The most probable class of each row after calibration, ``(N,)``, input's type."""

@@ -12,7 +12,14 @@ import numpy as np
 
 from .._core import softmax
 from .._namespace import LogitkitTypeError, LogitkitValueError, check_int, check_number, expected
-from ._base import CalibrationWarning, Calibrator, FitData, convergence_warning, expand_rows
+from ._base import (
+    CalibrationWarning,
+    Calibrator,
+    FitData,
+    convergence_warning,
+    expand_rows,
+    rowwise,
+)
 from ._blocks import row_sums
 from ._nll_sums import nll_sums
 
@@ -260,7 +267,8 @@ class TemperatureScaler(Calibrator):
             ``(N, K)`` probabilities of the input's array type.
         """
         _, z = self._checked_input(logits)
-        return softmax(z, axis=-1, temperature=self.temperature_)
+        t = self.temperature_
+        return rowwise(lambda b, axis: softmax(b, axis=axis, temperature=t), z)
 
 
 def _newton(

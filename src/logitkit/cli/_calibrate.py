@@ -211,14 +211,13 @@ def evaluate(z: Any, y: Any, n_bins: int, binning: str, *, folds: Any = None,
 
 def _quantile_edges(z: np.ndarray, folds: Any, calibrators: Sequence[Any] | None,
                     n_bins: int) -> np.ndarray:
-    """Equal-mass bin edges: the quantiles of the confidences (a first pass, in memory)."""
-    n = z.shape[0]
+    """Equal-mass bin edges of the confidences (a first pass, in memory)."""
+    from ..calibration._binning import edges_of
+
     conf = np.concatenate([
         np.exp(_log_probs(z[rows], None if folds is None else folds[rows], calibrators)
-               .max(axis=1)) for rows in _chunks(n, z.shape[1])])
-    idx = [-(-b * n // n_bins) - 1 for b in range(1, n_bins)]
-    inner = np.sort(conf)[idx] if idx else np.empty(0)
-    return np.unique(np.concatenate([[0.0], inner, [1.0]]))
+               .max(axis=1)) for rows in _chunks(z.shape[0], z.shape[1])])
+    return np.unique(edges_of(conf, n_bins, "quantile"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,10 @@ import functools
 import math
 from typing import Any
 
-from .._core import _validate_softcap
+import array_api_compat
+
+from .. import _ce_rows as ce
+from .._core import check_softcap
 from .._losses._validate import check_ignore_index, check_options
 from .._namespace import (
     LogitkitTypeError,
@@ -60,6 +63,7 @@ def _function() -> Any:
         def forward(ctx: Any, logits: Any, target: Any, start: int, total: int,
                     group: Any, distributed: bool, keep: Any, opts: tuple) -> Any:
             eps, zc, cap, reduction, n_kept = opts
+            xp = array_api_compat.array_namespace(logits)
             z = _working(logits)
             t = None
             if cap is not None:
@@ -85,42 +89,38 @@ def _function() -> Any:
                 dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
             s, z_y, sum_z = sums[0], sums[1], sums[2]
             lse = top + torch.log(s)
-            loss = lse - (1.0 - eps) * z_y - (eps / total) * sum_z + zc * lse * lse
+            loss = ce.column_loss(lse, z_y, sum_z, vocab=total, label_smoothing=eps, z_loss=zc)
             loss = torch.where(keep, loss, torch.zeros_like(loss))
             ctx.save_for_backward(logits, target, lse, keep)
             ctx.meta = (start, total, opts)
-            if reduction != "none":
-                loss = loss.sum()
-                loss = loss / n_kept if reduction == "mean" and n_kept else loss
-            return loss.to(logits.dtype)
+            return ce.reduce(loss, reduction, float(n_kept), xp).to(logits.dtype)
 
         @staticmethod
         @torch.autograd.function.once_differentiable
         def backward(ctx: Any, grad_out: Any) -> Any:
             logits, target, lse, keep = ctx.saved_tensors
             start, total, (eps, zc, cap, reduction, n_kept) = ctx.meta
+            xp = array_api_compat.array_namespace(logits)
             z = _working(logits)
             t = None
             if cap is not None:
                 t = torch.tanh(z / cap)
                 z = cap * t
-            scale = grad_out.to(z.dtype)
-            if reduction == "mean":
-                scale = scale / max(n_kept, 1)
-            scale = torch.where(keep, scale, torch.zeros_like(lse))
-            g = torch.exp(z - lse.unsqueeze(-1))
-            g.mul_((scale * (1.0 + 2.0 * zc * lse)).unsqueeze(-1))
-            if eps:
-                g.sub_((scale * (eps / total)).unsqueeze(-1))
-            local = z.shape[-1]
-            inside = keep & (target >= start) & (target < start + local)
-            col = torch.where(inside, target - start, torch.zeros_like(target))
-            hit = torch.where(inside, scale * (1.0 - eps), torch.zeros_like(scale))
-            if local:
-                g.scatter_add_(-1, col.unsqueeze(-1), -hit.unsqueeze(-1))
-            if t is not None:
-                g.mul_(1.0 - t * t)
-            return g.to(logits.dtype), None, None, None, None, None, None, None
+            shape = z.shape
+            local = shape[-1]
+            scale = ce.row_scale(keep.reshape(-1), reduction, float(n_kept),
+                                 grad_out.to(z.dtype).reshape(-1) if reduction == "none"
+                                 else grad_out.to(z.dtype), xp)
+            z = z.reshape(-1, local)
+            lse = lse.reshape(-1, 1)
+            g = torch.exp(z - lse)
+            flat = target.reshape(-1)
+            inside = keep.reshape(-1) & (flat >= start) & (flat < start + local)
+            (rows,) = torch.nonzero(inside, as_tuple=True)
+            ce.column_gradient_(g, lse, scale, rows, flat[rows] - start, vocab=total,
+                                label_smoothing=eps, z_loss=zc,
+                                tanh=None if t is None else t.reshape(-1, local))
+            return g.reshape(shape).to(logits.dtype), None, None, None, None, None, None, None
 
     return VocabParallelCrossEntropy
 
@@ -208,7 +208,7 @@ def vocab_parallel_cross_entropy(
     check_ignore_index(ignore_index)
     eps, zc, _, red = check_options(label_smoothing=label_smoothing, z_loss=z_loss,
                                        logit_l2=0.0, reduction=reduction)
-    cap = _validate_softcap(softcap)
+    cap = check_softcap(softcap)
 
     start, total, distributed = _group_layout(group, int(logits_shard.shape[-1]),
                                               logits_shard.device)

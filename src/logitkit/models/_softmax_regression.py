@@ -32,6 +32,7 @@ from .._namespace import (
     as_array,
     astype,
     check_choice,
+    check_int,
     check_number,
     compute_dtypes,
     expected,
@@ -494,10 +495,8 @@ class SoftmaxRegression(Estimator):
         max_iter = self.max_iter
         if max_iter is None:
             max_iter = _DEFAULT_MAX_ITER[solver]
-        elif isinstance(max_iter, (bool, np.bool_)) or not isinstance(max_iter, numbers.Integral):
-            raise LogitkitTypeError(expected("max_iter", "a positive int or None", max_iter))
-        elif max_iter < 1:
-            raise LogitkitValueError(expected("max_iter", "a positive int or None", max_iter))
+        else:
+            max_iter = check_int(max_iter, "max_iter", what="a positive int or None")
         tol = check_number(self.tol, "tol", low=0.0)
         lr = self.learning_rate
         if lr is not None:
