@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -35,6 +35,8 @@ from .._namespace import (
     LogitkitValueError,
     as_array,
     astype,
+    check_int,
+    check_number,
     default_float,
     expected,
     is_numpy,
@@ -93,6 +95,20 @@ class FitData:
         w = None if self.w is None else self.w[rows]
         total = float(np.count_nonzero(rows)) if w is None else float(w.sum())
         return FitData(self.x[rows], self.y[rows], w, self.k, total, self.from_probs)
+
+    def warm_starts(self, sizes: tuple[int, ...]) -> Iterator[FitData]:
+        """Evenly spaced subsamples of about ``sizes`` rows each (in-memory inputs at least
+        four times larger only), for fits that start from a subsample's optimum: a few cheap
+        passes there save full passes here, and only the starting point depends on them."""
+        if self.partitioned:
+            return
+        for size in sizes:
+            if self.n <= 4 * size:
+                return
+            sub = self.subsample(self.n // size)
+            if not sub.total_weight > 0:
+                return
+            yield sub
 
     def subsample(self, step: int) -> FitData:
         """Every ``step``-th row (views of in-memory arrays)."""
@@ -320,6 +336,24 @@ class Calibrator(Estimator):
     def _check_params(self) -> None:
         if not isinstance(self.from_probs, bool):
             raise LogitkitTypeError(expected("from_probs", "a bool", self.from_probs))
+
+    def _iteration_settings(self) -> tuple[int, float]:
+        """``(max_iter, tol)`` checked: a positive int and a number in ``(0, 1]``."""
+        me: Any = self  # the calibrators that iterate have both parameters
+        max_iter = check_int(me.max_iter, "max_iter")
+        tol = check_number(me.tol, "tol", low=0.0, low_open=True, high=1.0)
+        return max_iter, tol
+
+    def _record_convergence(self, n_iter: int, converged: bool, detail: str) -> None:
+        """Store ``n_iter_`` and ``converged_``; a fit that stopped before converging warns
+        (at the user's ``fit`` call), never silently."""
+        self.n_iter_ = n_iter
+        self.converged_ = converged
+        if not converged:
+            warnings.warn(
+                f"{type(self).__name__} did not converge in {n_iter} passes over the data "
+                f"({detail}); increase max_iter, add regularisation, or check the data.",
+                convergence_warning(), stacklevel=5)
 
     # ---------------------------------------------------------------- contract
 

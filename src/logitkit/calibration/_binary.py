@@ -12,14 +12,13 @@ and the NLL stays finite.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
 
 from .._core import log_softmax
-from .._namespace import check_choice, check_int, check_number
-from ._base import Calibrator, FitData, convergence_warning, expand_rows, map_rows
+from .._namespace import check_choice, check_int
+from ._base import Calibrator, FitData, expand_rows, map_rows
 from ._blocks import row_sums
 from ._fitting import newton, scipy_optimize
 
@@ -180,8 +179,7 @@ class BetaCalibrator(_OneVsRest):
         self.from_probs = from_probs
 
     def _fit(self, data: FitData) -> None:
-        max_iter = check_int(self.max_iter, "max_iter")
-        tol = check_number(self.tol, "tol", low=0.0, low_open=True, high=1.0)
+        max_iter, tol = self._iteration_settings()
         k = data.k
         n_cls = 1 if k == 2 else k
         free = np.ones((n_cls, 3))
@@ -209,13 +207,8 @@ class BetaCalibrator(_OneVsRest):
             theta = res.theta.reshape(n_cls, 3) * free
             n_iter, converged = n_iter + res.n_iter, res.converged
         self.coef_ = theta
-        self.n_iter_ = n_iter
-        self.converged_ = converged
-        if not converged:
-            warnings.warn(
-                f"BetaCalibrator did not converge in {n_iter} passes (largest gradient entry "
-                f"{res.grad_max:.3g} > tol = {tol:g}); the data may be separable for a class.",
-                convergence_warning(), stacklevel=4)
+        self._record_convergence(n_iter, converged, f"largest gradient entry "
+                                 f"{res.grad_max:.3g} > tol = {tol:g}; a class may be separable")
 
     def _class_probs(self, p: np.ndarray, lp: np.ndarray,
                      l1mp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -27,8 +27,8 @@ import numpy as np
 
 from .._core import log_softmax
 from .._losses._cross_entropy import cross_entropy_with_grad
-from .._namespace import LogitkitTypeError, check_int, check_number, expected
-from ._base import Calibrator, FitData, convergence_warning, expand_rows
+from .._namespace import LogitkitTypeError, check_number, expected
+from ._base import Calibrator, FitData, expand_rows
 from ._blocks import row_sums
 from ._fitting import Result, lbfgs, newton
 
@@ -382,14 +382,8 @@ def minimise(data: FitData, form: str, spec: Features, penalty: Penalty, theta: 
         res.theta = std.theta(res.theta)
         return res
 
-    if not data.partitioned:
-        for size in _WARM_START_ROWS:
-            if data.n <= 4 * size:
-                break
-            sub = data.subsample(data.n // size)
-            if not sub.total_weight > 0:
-                break
-            theta = run(sub, theta).theta
+    for sub in data.warm_starts(_WARM_START_ROWS):
+        theta = run(sub, theta).theta
     return run(data, theta)
 
 
@@ -414,11 +408,6 @@ class _AffineScaler(Calibrator):
     max_iter: int
     tol: float
 
-    def _check_common(self) -> tuple[int, float]:
-        super()._check_params()
-        max_iter = check_int(self.max_iter, "max_iter")
-        tol = check_number(self.tol, "tol", low=0.0, low_open=True, high=1.0)
-        return max_iter, tol
 
     def _features(self, data: FitData) -> Features:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -445,22 +434,17 @@ class _AffineScaler(Calibrator):
         return theta
 
     def _fit(self, data: FitData) -> None:
-        max_iter, tol = self._check_common()
+        max_iter, tol = self._iteration_settings()
         spec = self._features(data)
         res = minimise(data, self._form, spec, self._penalty(data), self._start(data),
                        max_iter=max_iter, tol=tol)
         a, b = unpack(res.theta, self._form, data.k)
         self.coef_ = np.array(a)
         self.intercept_ = np.array(b)
-        self.n_iter_ = res.n_iter
-        self.converged_ = res.converged
         self.objective_ = res.value
         self._spec = spec
-        if not res.converged:
-            warnings.warn(
-                f"{type(self).__name__} did not converge in {res.n_iter} passes (largest "
-                f"gradient entry {res.grad_max:.3g} > tol = {tol:g}); increase max_iter, "
-                "add regularisation, or check the data.", convergence_warning(), stacklevel=4)
+        self._record_convergence(res.n_iter, res.converged,
+                                 f"largest gradient entry {res.grad_max:.3g} > tol = {tol:g}")
 
     def _spec_from_fitted(self) -> Features:
         return self._spec

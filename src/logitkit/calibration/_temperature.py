@@ -12,14 +12,7 @@ import numpy as np
 
 from .._core import softmax
 from .._namespace import LogitkitTypeError, LogitkitValueError, check_int, check_number, expected
-from ._base import (
-    CalibrationWarning,
-    Calibrator,
-    FitData,
-    convergence_warning,
-    expand_rows,
-    rowwise,
-)
+from ._base import CalibrationWarning, Calibrator, FitData, expand_rows, rowwise
 from ._blocks import row_sums
 from ._nll_sums import nll_sums
 
@@ -153,8 +146,7 @@ class TemperatureScaler(Calibrator):
                              high_open=True)
         t_max = check_number(b[1], "bounds[1]", low=t_min, low_open=True, high=math.inf,
                              high_open=True)
-        max_iter = check_int(self.max_iter, "max_iter")
-        tol = check_number(self.tol, "tol", low=0.0, low_open=True, high=1.0)
+        max_iter, tol = self._iteration_settings()
         n = self.n_threads
         n = _default_threads() if n is None else check_int(n, "n_threads",
                                                             what="a positive int or None")
@@ -205,32 +197,17 @@ class TemperatureScaler(Calibrator):
             return evaluate
 
         beta0 = 1.0
-        if not data.partitioned:
-            for size in _WARM_START_ROWS:
-                # Start from the optimum of evenly spaced subsamples (5k, then 50k rows): a few
-                # cheap passes there save full passes here (Newton converges quadratically
-                # from nearby).  Only the starting point depends on them.
-                if data.n <= 4 * size:
-                    break
-                sub = data.subsample(data.n // size)
-                if not sub.total_weight > 0:
-                    break
-                res = _newton(evaluator(sub, None), lo, hi, beta0, 50, tol)
-                beta0 = min(max(res[0], lo), hi)
+        for sub in data.warm_starts(_WARM_START_ROWS):  # 5k, then 50k rows
+            res = _newton(evaluator(sub, None), lo, hi, beta0, 50, tol)
+            beta0 = min(max(res[0], lo), hi)
         beta, n_iter, converged, at_bound, f = _newton(evaluator(data, progress), lo, hi,
                                                        beta0, max_iter, tol)
         self.beta_ = float(beta)
         self.temperature_ = float(1.0 / beta)
-        self.n_iter_ = n_iter
-        self.converged_ = converged
         self.at_bound_ = at_bound
         self.nll_ = f
-        if not converged:
-            warnings.warn(
-                f"Temperature scaling did not converge in {n_iter} iterations "
-                f"(T = {self.temperature_:.6g}); increase max_iter or check the data.",
-                convergence_warning(), stacklevel=4)
-        elif at_bound:
+        self._record_convergence(n_iter, converged, f"T = {self.temperature_:.6g}")
+        if converged and at_bound:
             side = "lower" if math.isclose(beta, hi) else "upper"
             why = ("the data look separable (the NLL keeps falling as T -> 0)"
                    if side == "lower" else
