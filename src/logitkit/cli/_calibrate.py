@@ -13,7 +13,6 @@ import io
 import json
 import sys
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,16 +33,23 @@ from ._io import (
     write_json,
 )
 from ._kinds import Kind, detect, logits_of
-from ._options import add_progress_option, add_reader_options, fold_count, positive_int
+from ._measure import Options, measure
+from ._options import (
+    add_progress_option,
+    add_reader_options,
+    bin_count,
+    fold_count,
+    non_negative_int,
+    probability,
+)
 from ._progress import Progress
-from ._report import SCHEMA_VERSION, candidates, describe_calibrator, figures, render
+from ._report import SCHEMA_VERSION, candidates, describe_calibrator, measured, render
 
 DEFAULT_OUT = "logitkit-calibration"
 REPORT = "report.json"
 DIAGRAM = "reliability.png"
 METHODS = tuple(name for name in CANDIDATES if name != "none")  # simplest first
 LONG_INPUT = 5_000_000  # logits entries from which the progress bar shows (on a terminal)
-_EVAL_CHUNK = 1 << 20  # logits entries per evaluation chunk
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -72,10 +78,16 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help=f"output folder (default: a new ./{DEFAULT_OUT}[-N])")
     p.add_argument("--force", action="store_true",
                    help="write into an existing output folder, replacing its report and diagram")
-    p.add_argument("--bins", type=positive_int, default=15, metavar="N",
-                   help="number of bins for ECE/MCE and the diagram (default: 15)")
+    p.add_argument("--bins", type=bin_count, default=15, metavar="N",
+                   help="number of bins for ECE/MCE and the diagram (default: 15), or 'auto': "
+                        "N^(1/3) within [5, 50] for N predictions")
     p.add_argument("--binning", choices=("uniform", "quantile"), default="uniform",
                    help="uniform right-closed bins, or equal-mass (quantile) bins")
+    p.add_argument("--level", type=probability, default=0.95, metavar="P",
+                   help="confidence level of the intervals on every figure (default: 0.95)")
+    p.add_argument("--resamples", type=non_negative_int, default=1000, metavar="N",
+                   help="bootstrap resamples of those intervals (default: 1000; 0: no "
+                        "intervals)")
     p.add_argument("--json", action="store_true",
                    help="print the report as JSON on stdout instead of the table")
     p.add_argument("--no-diagram", action="store_true",
@@ -136,91 +148,6 @@ def _out_dir(args: argparse.Namespace) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# measuring
-
-
-def _log_probs(z: np.ndarray, folds: np.ndarray | None, calibrators: Sequence[Any] | None
-               ) -> np.ndarray:
-    """float64 log-probabilities of a block of rows: of the logits themselves, or of each
-    row's calibrator (``calibrators[f]`` for the rows of fold ``f``; one calibrator for all)."""
-    from .. import log_softmax
-
-    z = z.astype(np.float64)
-    if calibrators is None:
-        return np.asarray(log_softmax(z, axis=1))
-    if folds is None or len(calibrators) == 1:
-        return np.asarray(calibrators[0].predict_log_proba(z))
-    out = np.empty(z.shape)
-    for f, cal in enumerate(calibrators):
-        rows = folds == f
-        if rows.any():
-            out[rows] = np.asarray(cal.predict_log_proba(z[rows]))
-    return out
-
-
-def _chunks(n: int, k: int) -> list[slice]:
-    step = max(1, _EVAL_CHUNK // k)
-    return [slice(start, start + step) for start in range(0, n, step)]
-
-
-def _block_figures(z: np.ndarray, y: np.ndarray, folds: np.ndarray | None, *,
-                   calibrators: Sequence[Any] | None, edges: np.ndarray, cv: int
-                   ) -> tuple[Any, np.ndarray, np.ndarray]:
-    """Sums that add across row blocks: ``(CalibrationStats, Σ −log p_y per fold, rows per
-    fold)``, in chunks of rows (O(chunk + bins) memory)."""
-    from ..calibration import CalibrationStats
-
-    stats = CalibrationStats(edges=edges)
-    nll = np.zeros(cv)
-    count = np.zeros(cv)
-    for rows in _chunks(len(y), z.shape[1]):
-        fc = None if folds is None else folds[rows]
-        lp = _log_probs(z[rows], fc, calibrators)
-        yc = y[rows]
-        stats.update(np.exp(lp), yc)
-        f = np.zeros(len(yc), dtype=np.intp) if fc is None else fc.astype(np.intp)
-        nll += np.bincount(f, weights=-lp[np.arange(len(yc)), yc], minlength=cv)
-        count += np.bincount(f, minlength=cv)
-    return stats, nll, count
-
-
-def evaluate(z: Any, y: Any, n_bins: int, binning: str, *, folds: Any = None,
-             calibrators: Sequence[Any] | None = None, cv: int = 1) -> dict[str, Any]:
-    """Held-out figures of ``z`` (logits), calibrated row by row as :func:`_log_probs` says.
-
-    One pass over the rows through :func:`~logitkit.calibration._blocks.row_sums`, so the same
-    code measures in-memory arrays and Dask arrays (one map-reduce, only O(bins) sums come
-    back).  The NLL comes from the log-probabilities (exact where ``log(softmax)`` would
-    underflow); ``fold_spread`` is the standard deviation of the per-fold NLL.
-    """
-    from ..calibration._binning import uniform_edges
-    from ..calibration._blocks import row_sums
-
-    if binning == "quantile":
-        edges = _quantile_edges(z, folds, calibrators, n_bins)
-    else:
-        edges = uniform_edges(n_bins)
-    stats, nll, count = row_sums(_block_figures, z, y, folds, calibrators=calibrators,
-                                 edges=edges, cv=cv)
-    out: dict[str, Any] = stats.compute()
-    out["nll"] = float(nll.sum() / count.sum())
-    per_fold = nll[count > 0] / count[count > 0]
-    out["fold_spread"] = float(np.std(per_fold)) if per_fold.size > 1 else float("nan")
-    return out
-
-
-def _quantile_edges(z: np.ndarray, folds: Any, calibrators: Sequence[Any] | None,
-                    n_bins: int) -> np.ndarray:
-    """Equal-mass bin edges of the confidences (a first pass, in memory)."""
-    from ..calibration._binning import edges_of
-
-    conf = np.concatenate([
-        np.exp(_log_probs(z[rows], None if folds is None else folds[rows], calibrators)
-               .max(axis=1)) for rows in _chunks(z.shape[0], z.shape[1])])
-    return np.unique(edges_of(conf, n_bins, "quantile"))
-
-
-# --------------------------------------------------------------------------------------------
 # the command
 
 
@@ -276,17 +203,17 @@ def _run(args: argparse.Namespace) -> int:
         from ._scheduler import load_on_cluster
 
         train = load_on_cluster(args, files)
-        source = ", ".join(train.inputs)
+        source, title = ", ".join(train.inputs), _data_name(args.files, files)
     elif files:
         train = read_labelled(files, cols, args.labels, args.input)
-        source = ", ".join(train.inputs)
+        source, title = ", ".join(train.inputs), _data_name(args.files, files)
     else:
         from ._demo import make_demo
 
         demo = make_demo()
         train = Labelled(demo.logits, demo.labels,
                          Kind("logits", "the demo's model outputs logits"), [])
-        source = demo.description
+        source, title = demo.description, demo.title
     if test_files:
         test = read_labelled(test_files, cols, args.test_labels, args.input, "--test")
         _check_test_matches(train, test)
@@ -321,13 +248,12 @@ def _run(args: argparse.Namespace) -> int:
         "evaluation": outcome.evaluation,
         "candidates": outcome.candidates,
         "candidates_note": outcome.candidates_note,
-        "bins": args.bins,
         "binning": args.binning,
-        "before": figures(outcome.before),
-        "after": figures(outcome.after),
+        **measured(outcome.before, outcome.after, level=args.level,
+                   resamples=args.resamples),
     }
 
-    png = None if args.no_diagram else _diagram(outcome, report)
+    png = None if args.no_diagram else _diagram(outcome, report, title)
     report["diagram"] = DIAGRAM if png is not None else None
     out.mkdir(parents=True, exist_ok=True)
     if png is not None:
@@ -342,6 +268,14 @@ def _run(args: argparse.Namespace) -> int:
         print(render(report))
         print(f"wrote {out / REPORT}" + (f" and {out / DIAGRAM}" if png is not None else ""))
     return 0
+
+
+def _data_name(given: list[Path], files: list[Path]) -> str:
+    """What the diagram's title calls the data: the file, the folder or pattern given, or the
+    first file and how many more."""
+    if len(given) == 1:
+        return given[0].name or str(given[0])
+    return files[0].name if len(files) == 1 else f"{files[0].name} and {len(files) - 1} more"
 
 
 def _version() -> str:
@@ -391,21 +325,29 @@ def fit(train: Labelled, test: Labelled | None, args: argparse.Namespace,
         raise CliError(f"--method {chosen}: the fit failed in cross-validation: {row['error']}")
     said = list(dict.fromkeys([*row["warnings"], *(
         str(w.message) for w in caught if issubclass(w.category, CalibrationWarning))]))
-    table = candidates(sel.table_, chosen)
+    opts = Options.from_args(args)
+    # every candidate's out-of-fold figures, from the engine (no refit: each fold's calibrator
+    # on the rows it did not see); "none"'s are the model's own figures on these rows
+    figures: dict[str, dict[str, Any]] = {}
+    with progress.stage(f"measuring {_plural(len(sel.table_), 'method')} out of fold", n) as tick:
+        for r in sel.table_:
+            if r["error"] is None:
+                figures[r["method"]] = measure(sel.oof_logits(r["method"]), train.y, opts)
+        tick(n)
+    table = candidates(sel.table_, chosen, figures)
     note = (f"{args.cv}-fold stratified cross-validation, seed {args.seed}; near-ties go to the "
             "simpler method")
-    measured = test if test is not None else train
-    m = int(measured.y.shape[0])
-    with progress.stage("measuring", 2 * m) as tick:
-        before = evaluate(measured.logits, measured.y, args.bins, args.binning)
-        tick(m)
-        if test is None:  # the chosen method's out-of-fold logits: no row seen by its fit
-            after = evaluate(sel.oof_logits(chosen), measured.y, args.bins, args.binning)
-        else:
-            after = evaluate(test.logits, test.y, args.bins, args.binning, calibrators=[cal])
-        tick(m)
-    evaluation = held_out(args, n, m, test is not None)
-    return Outcome(cal, said, before, after, evaluation, table, note)
+    if test is None:
+        before, after = figures["none"], figures[chosen]
+        m = n
+    else:
+        m = int(test.y.shape[0])
+        with progress.stage("measuring on --test", 2 * m) as tick:
+            before = measure(test.logits, test.y, opts)
+            after = measure(test.logits, test.y, opts, calibrators=[cal])
+            tick(2 * m)
+    return Outcome(cal, said, before, after, held_out(args, n, m, test is not None), table,
+                   note)
 
 
 def held_out(args: argparse.Namespace, n: int, m: int, on_test: bool) -> dict[str, Any]:
@@ -435,13 +377,16 @@ def _is_dask(x: Any) -> bool:
     return is_dask(x)
 
 
-def _diagram(outcome: Outcome, report: dict[str, Any]) -> bytes | None:
+def _diagram(outcome: Outcome, report: dict[str, Any], name: str) -> bytes | None:
+    """The reliability diagram of the report's figures, before and after, titled with the
+    data's name and the method."""
     from ..calibration._diagram import figure_from_stats
 
+    method = describe_calibrator(report["calibrator"], short=True)
     try:
-        after = (f"after ({outcome.evaluation['kind']}): "
-                 f"{describe_calibrator(report['calibrator'], short=True)}")
-        fig = figure_from_stats([outcome.before, outcome.after], ("before", after))
+        fig = figure_from_stats(
+            [outcome.before, outcome.after], ("before", f"after ({outcome.evaluation['kind']})"),
+            level=report["intervals"]["level"], title=f"{name}: calibrated by {method}")
     except ImportError:
         report["warnings"].append("matplotlib is not installed: no reliability diagram "
                                   "(pip install matplotlib, or pass --no-diagram)")

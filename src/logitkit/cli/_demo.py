@@ -33,6 +33,7 @@ class Demo:
     logits: np.ndarray
     labels: np.ndarray
     description: str
+    title: str = "demo: Gaussian naive Bayes on scikit-learn's digits"
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:

@@ -23,8 +23,24 @@ def _int_at_least(low: int, what: str) -> Callable[[str], int]:
     return parse
 
 
-positive_int = _int_at_least(1, "a positive integer")
+non_negative_int = _int_at_least(0, "a non-negative integer")
 fold_count = _int_at_least(2, "an integer ≥ 2 (folds)")
+
+
+def bin_count(text: str) -> int | str:
+    """A positive number of bins, or ``auto``."""
+    return "auto" if text == "auto" else _int_at_least(1, "a positive integer or 'auto'")(text)
+
+
+def probability(text: str) -> float:
+    """A number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return value
 
 
 def positive_float(text: str) -> float:

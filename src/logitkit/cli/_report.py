@@ -37,7 +37,7 @@ SCHEMA_VERSION = 1
 METRICS = (("accuracy", "accuracy"), ("nll", "NLL"), ("ece", "ECE"), ("mce", "MCE"),
            ("rms_ce", "RMS CE"), ("brier", "Brier"))
 CANDIDATE_COLUMNS = (("nll", "NLL"), ("ece", "ECE"), ("brier", "Brier"),
-                     ("accuracy", "accuracy"), ("fit_seconds", "fit s"))
+                     ("accuracy", "accuracy"))
 
 
 def clean(v: Any) -> float | None:
@@ -47,17 +47,51 @@ def clean(v: Any) -> float | None:
 
 
 def figures(metrics: dict[str, Any]) -> dict[str, float | None]:
-    """The report's metric block from a ``CalibrationStats.compute()``-like dict."""
+    """The report's figures from a ``CalibrationStats.compute()`` dict."""
     return {key: clean(metrics[key]) for key, _ in METRICS}
 
 
-def candidates(table: list[dict[str, Any]], chosen: str) -> list[dict[str, Any]]:
-    """The report's candidate rows from ``Selection.table_``, ``chosen`` marked."""
+def intervals(metrics: dict[str, Any]) -> dict[str, list[float | None]]:
+    """Their intervals, ``{figure: [low, high]}`` (empty without resamples)."""
+    found = metrics.get("intervals") or {}
+    return {key: [clean(v) for v in found[key]] for key, _ in METRICS if key in found}
+
+
+def measured(before: dict[str, Any], after: dict[str, Any], *, level: float, resamples: int
+             ) -> dict[str, Any]:
+    """The report's figures of both sides (one place, so the table and the JSON agree)."""
+    return {
+        "before": figures(before),
+        "after": figures(after),
+        "intervals": {"level": level, "resamples": resamples,
+                      "before": intervals(before), "after": intervals(after)},
+        "bins": int(len(before["bin_edges"]) - 1),
+        "mce_min_count": int(before["mce_min_count"]),
+        "mce_excluded_bins": {"before": before["mce_excluded_bins"],
+                              "after": after["mce_excluded_bins"]},
+        "brier_decomposition": {"before": _clean_dict(before["brier_decomposition"]),
+                                "after": _clean_dict(after["brier_decomposition"])},
+    }
+
+
+def _clean_dict(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (clean(v) if isinstance(v, (int, float)) else v) for k, v in d.items()}
+
+
+def candidates(table: list[dict[str, Any]], chosen: str,
+               measured: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The report's candidate rows: ``Selection.table_``'s fits, their figures (and intervals)
+    from the engine's ``measured[method]``, ``chosen`` marked."""
     rows = []
     for r in table:
+        m = measured.get(r["method"])
         rows.append({
             "method": r["method"],
-            **{key: clean(r[key]) for key in ("nll", "ece", "brier", "accuracy")},
+            **{key: clean(m[key] if m is not None else math.nan)
+               for key, _ in CANDIDATE_COLUMNS},
+            "intervals": {} if m is None else {
+                key: v for key, v in intervals(m).items()
+                if key in dict(CANDIDATE_COLUMNS)},
             "fit_seconds": clean(r["fit_time"]),
             "fold_spread": clean(r["fold_spread"]),
             "accuracy_change": clean(r["accuracy_change"]),
@@ -78,28 +112,53 @@ def _fmt(v: float | None) -> str:
     return "inf" if v is None else f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"
 
 
+def _with_interval(v: float | None, ci: list[float | None] | None) -> str:
+    """``value [low, high]``."""
+    return _fmt(v) if not ci else f"{_fmt(v)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _with_spread(v: float | None, ci: list[float | None] | None) -> str:
+    """``value ±h``, h half the interval's width (the candidates' compact form)."""
+    if not ci or v is None or None in ci:
+        return _fmt(v)
+    half = (ci[1] - ci[0]) / 2  # type: ignore[operator]
+    return f"{_fmt(v)} ±{half:.3f}" if half < 1 else f"{_fmt(v)} ±{half:.3g}"
+
+
 def render(report: dict[str, Any]) -> str:
-    """The text the command prints: what was read, what "after" means, candidates, figures."""
+    """The text the command prints: what was read, what "after" means, the candidates, the
+    figures; every figure with its interval."""
+    ci = report["intervals"]
+    level = f"{100 * ci['level']:g}%"
     lines = [f"logitkit calibrate: {report['source']}",
              f"input: {report['input']['kind']} ({report['input']['reason']})",
              f"after: {report['evaluation']['text']}"]
     candidates = report.get("candidates") or []
     if candidates:
         lines.append("")
-        lines.append(f"{'method':18}" + "".join(f"{name:>10}" for _, name in
-                                                CANDIDATE_COLUMNS))
+        lines.append(f"{'method':18}" + "".join(f"{name:>16}" for _, name in
+                                                CANDIDATE_COLUMNS) + f"{'fit s':>8}")
         for c in candidates:
-            cells = [("-" if c["error"] is not None else _fmt(c[key]))
-                     for key, _ in CANDIDATE_COLUMNS]
-            lines.append(f"{c['method']:18}" + "".join(f"{v:>10}" for v in cells)
-                         + _remark(c))
-        lines.append(f"(out of fold on the calibration rows: {report['candidates_note']})")
+            if c["error"] is not None:
+                cells = ["-"] * 4 + ["-"]
+            else:
+                cells = [_with_spread(c[key], c["intervals"].get(key))
+                         for key, _ in CANDIDATE_COLUMNS] + [f"{c['fit_seconds']:.3f}"]
+            lines.append(f"{c['method']:18}" + "".join(f"{v:>16}" for v in cells[:4])
+                         + f"{cells[4]:>8}" + _remark(c))
+        spread = f"; ± half the {level} interval" if ci["resamples"] else ""
+        lines.append(f"(out of fold on the calibration rows: {report['candidates_note']}"
+                     f"{spread})")
     lines.append("")
     lines.append(f"chosen: {describe_calibrator(report['calibrator'])}")
-    lines.append(f"{'':10}{'before':>12}{'after':>12}")
+    head = f"before ({level} interval)" if ci["resamples"] else "before"
+    lines.append(f"{'':10}{head:>26}{'after':>26}")
     b, a = report["before"], report["after"]
     for key, name in METRICS:
-        lines.append(f"{name:10}{_fmt(b[key]):>12}{_fmt(a[key]):>12}")
+        lines.append(f"{name:10}{_with_interval(b[key], ci['before'].get(key)):>26}"
+                     f"{_with_interval(a[key], ci['after'].get(key)):>26}")
+    if report["mce_excluded_bins"]["before"] or report["mce_excluded_bins"]["after"]:
+        lines.append(f"(MCE over the bins of at least {report['mce_min_count']} predictions)")
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ each) then run there, and only O(bins) sums come back.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -133,7 +134,8 @@ def fit_on_cluster(train: Any, test: Any, args: argparse.Namespace, progress: An
     from .._namespace import LogitkitError
     from ..calibration import CalibrationWarning
     from ..calibration._select import ACCURACY_FLAG, CANDIDATES
-    from ._calibrate import Outcome, evaluate, held_out
+    from ._calibrate import Outcome, held_out
+    from ._measure import Options, measure
     from ._report import candidates
 
     method = "temperature" if args.method == "auto" else args.method
@@ -160,28 +162,27 @@ def fit_on_cluster(train: Any, test: Any, args: argparse.Namespace, progress: An
             raise CliError(f"--method {method} on the cluster: {exc}") from None
     said = list(dict.fromkeys(str(w.message) for w in caught
                               if issubclass(w.category, CalibrationWarning)))
+    opts = Options.from_args(args)
     with progress.stage("measuring", 2 * n) as tick:
-        none = evaluate(z, y, args.bins, args.binning, folds=folds, cv=args.cv)
-        oof = evaluate(z, y, args.bins, args.binning, folds=folds, calibrators=fold_fits,
-                       cv=args.cv)
+        none = measure(z, y, opts)
+        oof = measure(z, y, opts, calibrators=fold_fits, folds=folds)
         tick(2 * n)
     table = []
     for name, figures, fit_seconds, fits in (("none", none, 0.0, []),
                                              (method, oof, seconds, fold_fits)):
         change = figures["accuracy"] - none["accuracy"]
         table.append({"method": name, "error": None, "fit_time": fit_seconds,
-                      "fold_spread": figures["fold_spread"], "accuracy_change": change,
+                      "fold_spread": math.nan, "accuracy_change": change,
                       "flagged": abs(change) > ACCURACY_FLAG,
-                      "converged": all(bool(getattr(c, "converged_", True)) for c in fits),
-                      **{key: figures[key] for key in ("nll", "ece", "brier", "accuracy")}})
+                      "converged": all(bool(getattr(c, "converged_", True)) for c in fits)})
     note = (f"{args.cv} interleaved folds on the cluster (row i in fold (i + {args.seed}) mod "
             f"{args.cv})" + ("; --method auto fits temperature scaling there"
                              if args.method == "auto" else ""))
     if test is None:
         before, after = none, oof
     else:
-        before = evaluate(test.logits, test.y, args.bins, args.binning)
-        after = evaluate(test.logits, test.y, args.bins, args.binning, calibrators=[cal])
+        before = measure(test.logits, test.y, opts)
+        after = measure(test.logits, test.y, opts, calibrators=[cal])
     m = n if test is None else int(test.y.shape[0])
     return Outcome(cal, said, before, after, held_out(args, n, m, test is not None),
-                   candidates(table, method), note)
+                   candidates(table, method, {"none": none, method: oof}), note)
