@@ -332,7 +332,8 @@ def fit(train: Labelled, test: Labelled | None, args: argparse.Namespace,
     with progress.stage(f"measuring {_plural(len(sel.table_), 'method')} out of fold", n) as tick:
         for r in sel.table_:
             if r["error"] is None:
-                figures[r["method"]] = measure(sel.oof_logits(r["method"]), train.y, opts)
+                figures[r["method"]] = measure(_oof(sel, r["method"], train.logits), train.y,
+                                               opts)
         tick(n)
     table = candidates(sel.table_, chosen, figures)
     note = (f"{args.cv}-fold stratified cross-validation, seed {args.seed}; near-ties go to the "
@@ -348,6 +349,14 @@ def fit(train: Labelled, test: Labelled | None, args: argparse.Namespace,
             tick(2 * m)
     return Outcome(cal, said, before, after, held_out(args, n, m, test is not None), table,
                    note)
+
+
+def _oof(sel: Any, method: str, logits: Any) -> Any:
+    """A candidate's out-of-fold logits: the model's own for "none" (its calibrator is the
+    identity), those ``select`` kept for its choice, the others rebuilt from its folds."""
+    if method == "none":
+        return logits
+    return sel.oof_logits_ if method == sel.best_ else sel.oof_logits(method)
 
 
 def held_out(args: argparse.Namespace, n: int, m: int, on_test: bool) -> dict[str, Any]:
