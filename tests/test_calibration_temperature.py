@@ -287,3 +287,14 @@ def test_transform_does_not_warn_on_probabilities():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ts.predict_proba(softmax(z)).shape == z.shape
+
+
+def test_separable_data_whose_gradient_underflows_report_the_bound():
+    # margins of 50: the NLL and its derivative underflow to exactly 0 at T ~ 0.04, which the
+    # fit took for an optimum; the NLL keeps falling toward T_min, where the bound is reported
+    rng = np.random.default_rng(11)
+    y = np.repeat(np.arange(3), 15)
+    z = np.eye(3)[y] * 50.0 + rng.normal(size=(45, 3))
+    with pytest.warns(CalibrationWarning, match="lower bound"):
+        ts = TemperatureScaler().fit(z, y)
+    assert ts.at_bound_ and ts.converged_ and ts.temperature_ == 1e-2

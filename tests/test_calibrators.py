@@ -153,7 +153,7 @@ def test_dirichlet_scaling_with_odir_is_the_optimum():
 
     def pen(t):
         w = t[:k * k].reshape(k, k)
-        return 0.3 / (k * (k - 1)) * np.sum(w[off] ** 2) + 0.2 / k * np.sum(t[k * k:] ** 2)
+        return 0.3 * k * (k - 1) / 700 * np.sum(w[off] ** 2) + 0.2 * k / 700 * np.sum(t[k * k:] ** 2)
 
     ref, f_ref = _reference(z, y, unpack, pen, np.r_[np.eye(k).ravel(), np.zeros(k)])
     assert ds.converged_ and ds.objective_ <= f_ref + 1e-10

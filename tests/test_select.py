@@ -45,7 +45,7 @@ def test_table_holds_out_of_fold_figures_of_every_candidate():
     assert [r["method"] for r in sel.table_] == list(CANDIDATES)
     for r in sel.table_:
         assert set(r) >= {"method", "nll", "ece", "brier", "accuracy", "accuracy_change",
-                          "fold_spread", "fit_time", "converged", "flagged", "chosen",
+                          "fold_spread", "fit_time", "converged", "at_bound", "flagged", "chosen",
                           "warnings", "error"}
         if r["error"] is None:
             oof = sel.oof_logits(r["method"])
@@ -59,8 +59,8 @@ def test_table_holds_out_of_fold_figures_of_every_candidate():
     assert len(set(ts)) == 5
     rows = sel.folds_ == 2
     assert_close(sel.oof_logits("temperature")[rows], z[rows] / ts[2], rtol=1e-12)
-    refit = TemperatureScaler().fit(z[~rows], y[~rows])
-    assert refit.temperature_ == ts[2]
+    refit = TemperatureScaler().fit(z[~rows], y[~rows])  # the folds start from all rows' fit
+    assert_close(refit.temperature_, ts[2], rtol=1e-9)
     assert sum(r["chosen"] for r in sel.table_) == 1 and sel.row()["method"] == sel.best_
     assert_close(sel.oof_logits_, sel.oof_logits(sel.best_), rtol=0)
 
@@ -99,6 +99,18 @@ def test_leave_it_alone_on_near_separable_small_data():
     assert np.isfinite(sel.row()["nll"])
 
 
+def test_a_temperature_at_its_bound_is_never_chosen():
+    # separable folds (the wine file of issue 13): T goes to its lower bound and the folds'
+    # held-out rows all look right, yet new rows get infinitely confident predictions
+    rng = np.random.default_rng(11)
+    y = np.repeat(np.arange(3), 15)
+    z = np.eye(3)[y] * 50.0 + rng.normal(size=(45, 3))
+    sel = select(z, y, methods=["temperature"], random_state=0)
+    row = sel.row("temperature")
+    assert row["at_bound"] and not row["chosen"]
+    assert sel.best_ == "none"
+
+
 def test_accuracy_changes_beyond_one_point_are_flagged():
     # class biases that misplace the arg-max: vector scaling removes them and gains accuracy
     z, y = make(n=1500, k=3, seed=5, scale=1.0, bias=np.array([2.0, 0.0, 0.0]))
@@ -117,6 +129,24 @@ def test_a_failing_candidate_is_reported_and_never_chosen():
     assert row["error"] is not None and "finite" in row["error"] and not row["chosen"]
     assert row["nll"] == np.inf
     assert sel.best_ != "vector"
+
+
+def test_folds_start_from_the_fit_on_all_rows_and_progress_is_reported():
+    z, y = make(n=800, k=3, seed=12)
+    calls = []
+    sel = select(z, y, methods=["matrix", "dirichlet"], random_state=0,
+                 progress=lambda done, total, method: calls.append((done, total, method)))
+    assert [c[0] for c in calls] == list(range(1, 25)) and {c[1] for c in calls} == {24}
+    assert [c[2] for c in calls[::6]] == ["none", "temperature", "dirichlet", "matrix"]
+    for method in ("dirichlet", "matrix"):
+        cold = [type(c)(**c.get_params()).fit(z[sel.folds_ != f], y[sel.folds_ != f])
+                for f, c in enumerate(sel.fold_calibrators_[method])]
+        warm = sel.fold_calibrators_[method]
+        assert sum(c.n_iter_ for c in warm) <= sum(c.n_iter_ for c in cold)
+        for a, b in zip(warm, cold, strict=True):
+            assert abs(a.objective_ - b.objective_) < 1e-9
+    # the returned calibrator is the candidate's fit on all rows, not a refit
+    assert sel.calibrator_.n_classes_ == 3
 
 
 def test_scoring_random_state_and_json():

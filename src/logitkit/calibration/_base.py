@@ -376,11 +376,19 @@ class Calibrator(Estimator):
                         allow_neg_inf=self._allow_neg_inf)
         return self._fit_data(data)
 
-    def _fit_data(self, data: FitData) -> Calibrator:
-        """Fit on validated rows (``fit`` after its input pass; :func:`select`'s folds)."""
+    def _fit_data(self, data: FitData, warm: Calibrator | None = None) -> Calibrator:
+        """Fit on validated rows (``fit`` after its input pass; :func:`select`'s folds).
+
+        ``warm``: a fitted calibrator of the same kind whose parameters start the iterations
+        (select fits every candidate on all rows first, then each fold from there).
+        """
         self._check_params()
-        with small_problem_threads(data.n * data.k):
-            self._fit(data)
+        self._warm = warm
+        try:
+            with small_problem_threads(data.n * data.k):
+                self._fit(data)
+        finally:
+            del self._warm
         self.n_classes_ = data.k
         return self
 

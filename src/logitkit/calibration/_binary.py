@@ -24,14 +24,19 @@ from ._fitting import newton, scipy_optimize
 
 __all__ = ["BetaCalibrator", "HistogramCalibrator", "IsotonicCalibrator"]
 
-_CHUNK_ELEMENTS = 1 << 17
+_CHUNK_ELEMENTS = 1 << 20  # 8 MiB of float64 per chunk: amortises the kernels' parallel launches
 
 
 def _log1mexp(a: np.ndarray) -> np.ndarray:
-    """``log(1 − exp(a))`` for ``a ≤ 0``, accurate on both sides of ``−log 2`` (Mächler 2012)."""
+    """``log(1 − exp(a))`` for ``a ≤ 0``, accurate on both sides of ``−log 2`` (Mächler 2012):
+    ``log1p(−eᵃ)`` below, ``log(−expm1(a))`` above (computed only where needed: most class
+    probabilities are small)."""
     with np.errstate(divide="ignore"):
-        return np.where(a > -math.log(2.0), np.log(-np.expm1(np.minimum(a, 0.0))),
-                        np.log1p(-np.exp(a)))
+        out = np.log1p(-np.exp(a))
+        near = a > -math.log(2.0)
+        if near.any():
+            out[near] = np.log(-np.expm1(np.minimum(a[near], 0.0)))
+    return out
 
 
 def class_logs(x: Any, from_probs: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -46,6 +51,17 @@ def class_logs(x: Any, from_probs: bool) -> tuple[np.ndarray, np.ndarray]:
         return -np.logaddexp(0.0, -m), -np.logaddexp(0.0, m)
     lp = log_softmax(z, axis=1)
     return lp, _log1mexp(lp)
+
+
+#: Beta calibration reads ``log p`` and ``log(1 − p)`` floored at ``log ε`` (``ε = 2⁻⁵²``):
+#: betacal clips ``p`` to ``[ε, 1 − ε]`` and the map should not extrapolate beyond it.
+LOG_EPS = math.log(np.finfo(np.float64).eps)
+
+
+def beta_logs(x: Any, from_probs: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`class_logs` floored at :data:`LOG_EPS`."""
+    lp, l1mp = class_logs(x, from_probs)
+    return np.maximum(lp, LOG_EPS), np.maximum(l1mp, LOG_EPS)
 
 
 def _targets(y: np.ndarray, k: int) -> np.ndarray:
@@ -109,26 +125,23 @@ def beta_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, free: np.ndarray,
     th = theta * free
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        lp, l1mp = class_logs(x[start:stop], from_probs)
+        lp, l1mp = beta_logs(x[start:stop], from_probs)
         t = _targets(np.asarray(y[start:stop]), k)
+        feats = np.stack([lp, -l1mp, np.ones_like(lp)], axis=2)  # (r, C, 3)
         s = lp * th[:, 0] - l1mp * th[:, 1] + th[:, 2]
-        loss = np.logaddexp(0.0, s) - t * s
-        q = np.exp(-np.logaddexp(0.0, -s))
+        # softplus(s) and σ(s) from one exponential: e = exp(−|s|)
+        e = np.exp(-np.abs(s))
+        loss = np.maximum(s, 0.0) + np.log1p(e) - t * s
+        q = np.where(s >= 0, 1.0, e) / (1.0 + e)
         resid = q - t
         curv = q * (1.0 - q)
         if w is not None:
             wc = np.asarray(w[start:stop], dtype=np.float64)[:, None]
             loss, resid, curv = loss * wc, resid * wc, curv * wc
         f += loss.sum(axis=0)
-        cols = (lp, -l1mp, None)
-        for j in range(3):
-            fj = cols[j]
-            g[:, j] += (resid if fj is None else resid * fj).sum(axis=0)
-            cj = curv if fj is None else curv * fj
-            for m in range(j, 3):
-                fm = cols[m]
-                h[:, j, m] += (cj if fm is None else cj * fm).sum(axis=0)
-                h[:, m, j] = h[:, j, m]
+        fc = feats.transpose(1, 2, 0)  # (C, 3, r): per class, one batched product each
+        g += np.matmul(fc, resid.T[:, :, None])[:, :, 0]
+        h += np.matmul(fc * curv.T[:, None, :], feats.transpose(1, 0, 2))
     return f, g * free, h * free[:, :, None] * free[:, None, :]
 
 
@@ -142,7 +155,10 @@ class BetaCalibrator(_OneVsRest):
     logistic likelihood.  As in the authors' ``betacal``, the unconstrained fit comes first; a
     class whose ``a`` (else ``b``) comes out negative is refitted with that coefficient at 0,
     which keeps the map monotone.  ``log p`` and ``log(1 − p)`` come exactly from the logits
-    (``betacal`` clips ``p`` to ``[ε, 1 − ε]``).
+    and are floored at ``log ε`` (``ε = 2⁻⁵²``), as ``betacal`` clips ``p`` to ``[ε, 1 − ε]``:
+    without the floor, the very confident rows of an overfitted network (``log p`` of −100
+    and below) drove the map to extreme probabilities on new rows (digits MLP: test NLL 0.169
+    against betacal's 0.115).
 
     Args:
         max_iter: the most passes over the data (per stage).
@@ -194,7 +210,8 @@ class BetaCalibrator(_OneVsRest):
                 hess[3 * c:3 * c + 3, 3 * c:3 * c + 3] = h[c] / tw
             return float(f.sum()) / tw, (g / tw).ravel(), hess
 
-        theta0 = np.tile([1.0, 1.0, 0.0], (n_cls, 1)).ravel()
+        warm = getattr(self, "_warm", None)
+        theta0 = (warm.coef_ if warm is not None else np.tile([1.0, 1.0, 0.0], (n_cls, 1))).ravel()
         res = newton(evaluate, theta0, max_iter=max_iter, tol=tol)
         theta = res.theta.reshape(n_cls, 3)
         n_iter, converged = res.n_iter, res.converged
@@ -212,6 +229,7 @@ class BetaCalibrator(_OneVsRest):
 
     def _class_probs(self, p: np.ndarray, lp: np.ndarray,
                      l1mp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lp, l1mp = np.maximum(lp, LOG_EPS), np.maximum(l1mp, LOG_EPS)
         a, b, c = self.coef_[:, 0], self.coef_[:, 1], self.coef_[:, 2]
         s = a * lp - b * l1mp + c
         return -np.logaddexp(0.0, -s), -np.logaddexp(0.0, s)

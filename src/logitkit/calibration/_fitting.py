@@ -127,7 +127,8 @@ def newton(
         gmax = float(np.max(np.abs(g))) if g.size else 0.0
         if gmax <= tol:
             return Result(theta, f, gmax, passes, True)
-        step = _newton_step(h, g)
+        with small_problem_threads(0):  # a dense solve of at most a few hundred unknowns
+            step = _newton_step(h, g)
         slope = float(g @ step)
         if slope >= 0:  # not a descent direction (an indefinite Hessian): steepest descent
             step, slope = -g, -float(g @ g)

@@ -196,8 +196,12 @@ class TemperatureScaler(Calibrator):
                 return sums
             return evaluate
 
-        beta0 = 1.0
-        for sub in data.warm_starts(_WARM_START_ROWS):  # 5k, then 50k rows
+        warm = getattr(self, "_warm", None)
+        if warm is not None:
+            beta0 = min(max(1.0 / warm.temperature_, lo), hi)
+        else:
+            beta0 = 1.0
+        for sub in data.warm_starts(_WARM_START_ROWS if warm is None else ()):  # 5k, 50k rows
             res = _newton(evaluator(sub, None), lo, hi, beta0, 50, tol)
             beta0 = min(max(res[0], lo), hi)
         beta, n_iter, converged, at_bound, f = _newton(evaluator(data, progress), lo, hi,
@@ -277,6 +281,8 @@ def _newton(
         if beta >= hi and g <= 0:
             return hi, it, True, True, f
         if g == 0.0:
+            if f == 0.0:  # every row certain and right: separable, the NLL falls toward T_min
+                return hi, it, True, True, f
             return beta, it, True, False, f
         if g > 0:
             b = beta

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration._select import CANDIDATES
+from ..calibration._select import CANDIDATES, make_candidate
 from ._io import (
     FORMATS,
     CliError,
@@ -309,17 +309,16 @@ def fit(train: Labelled, test: Labelled | None, args: argparse.Namespace,
     methods = "auto" if args.method == "auto" else [args.method]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
-        with progress.stage(f"cross-validating {_plural(len(_tried(methods)), 'method')} "
-                            f"over {args.cv} folds", n) as tick:
+        tried = len(_tried(methods))
+        with progress.stage(f"cross-validating {_plural(tried, 'method')} over {args.cv} folds",
+                            tried * (args.cv + 1), unit="fits") as tick:
             sel = select(train.logits, train.y, methods=methods, cv=args.cv,
-                         random_state=args.seed)
-            tick(n)
+                         random_state=args.seed, progress=lambda done, total, name: tick(1))
         chosen = sel.best_ if args.method == "auto" else args.method
         if chosen == sel.best_:
             cal = sel.calibrator_
         else:  # the method asked for, although another candidate scored better
-            cls, params = CANDIDATES[chosen]
-            cal = cls(**params).fit(train.logits, train.y)
+            cal = make_candidate(chosen).fit(train.logits, train.y)
     row = sel.row(chosen)
     if row["error"] is not None:
         raise CliError(f"--method {chosen}: the fit failed in cross-validation: {row['error']}")

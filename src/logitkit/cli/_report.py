@@ -17,11 +17,17 @@ Schema (version 1)::
                                     unless --force, and repeats the warnings)
     evaluation       {"kind": "test" | "cross-fitted", "folds": N or null,
                       "rows": rows measured, "text": what "after" means, in words}
-    candidates       every method tried: out-of-fold nll, ece, brier, accuracy, fit_seconds,
-                     fold_spread, accuracy_change, flagged, converged, error, chosen; and
+    candidates       every method tried, out of fold: nll, ece, brier, accuracy and their
+                     "intervals", fit_seconds, fold_spread, accuracy_change, flagged,
+                     converged, at_bound, error, chosen; and
     candidates_note  how they were scored
     before, after    accuracy, nll, ece, mce, rms_ce, brier on the evaluation rows (null = inf)
-    inputs, test_inputs, source, notes, n_samples, bins, binning, diagram, logitkit_version
+    intervals        {"level", "resamples", "before": {figure: [low, high]}, "after": {...}}
+    bins, binning, mce_min_count, mce_excluded_bins, brier_decomposition
+    inputs, test_inputs, source, notes, n_samples, diagram, logitkit_version
+
+Every figure is computed by the measurement engine (:mod:`._measure`); this module only
+arranges them, so adding a column is a change here and nowhere else.
 """
 
 from __future__ import annotations
@@ -97,6 +103,7 @@ def candidates(table: list[dict[str, Any]], chosen: str,
             "accuracy_change": clean(r["accuracy_change"]),
             "flagged": bool(r["flagged"]),
             "converged": bool(r["converged"]),
+            "at_bound": bool(r.get("at_bound", False)),
             "error": r["error"],
             "chosen": r["method"] == chosen,
         })
@@ -152,11 +159,11 @@ def render(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"chosen: {describe_calibrator(report['calibrator'])}")
     head = f"before ({level} interval)" if ci["resamples"] else "before"
-    lines.append(f"{'':10}{head:>26}{'after':>26}")
+    lines.append(f"{'':10}{head:>28}{'after':>28}")
     b, a = report["before"], report["after"]
     for key, name in METRICS:
-        lines.append(f"{name:10}{_with_interval(b[key], ci['before'].get(key)):>26}"
-                     f"{_with_interval(a[key], ci['after'].get(key)):>26}")
+        lines.append(f"{name:10}{_with_interval(b[key], ci['before'].get(key)):>28}"
+                     f"{_with_interval(a[key], ci['after'].get(key)):>28}")
     if report["mce_excluded_bins"]["before"] or report["mce_excluded_bins"]["after"]:
         lines.append(f"(MCE over the bins of at least {report['mce_min_count']} predictions)")
     return "\n".join(lines)
@@ -170,6 +177,8 @@ def _remark(c: dict[str, Any]) -> str:
         notes.append(f"accuracy {100 * c['accuracy_change']:+.1f} points")
     if not c["converged"]:
         notes.append("did not converge")
+    if c["at_bound"]:
+        notes.append("at a bound (separable?)")
     return "  " + ", ".join(notes) if notes else ""
 
 

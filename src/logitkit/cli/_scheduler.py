@@ -133,13 +133,12 @@ def fit_on_cluster(train: Any, test: Any, args: argparse.Namespace, progress: An
 
     from .._namespace import LogitkitError
     from ..calibration import CalibrationWarning
-    from ..calibration._select import ACCURACY_FLAG, CANDIDATES
+    from ..calibration._select import ACCURACY_FLAG, make_candidate
     from ._calibrate import Outcome, held_out
     from ._measure import Options, measure
     from ._report import candidates
 
     method = "temperature" if args.method == "auto" else args.method
-    cls, params = CANDIDATES[method]
     z, y = train.logits, train.y
     n = int(z.shape[0])
     y = y.rechunk((z.chunks[0],))
@@ -152,11 +151,11 @@ def fit_on_cluster(train: Any, test: Any, args: argparse.Namespace, progress: An
             with progress.stage(f"cross-fitting {method} over {args.cv} folds", n) as tick:
                 for f in range(args.cv):
                     weight = (folds != f).astype(np.float64)
-                    fold_fits.append(cls(**params).fit(z, y, sample_weight=weight))
+                    fold_fits.append(make_candidate(method).fit(z, y, sample_weight=weight))
                     tick(n // args.cv)
             seconds = (time.perf_counter() - start) / args.cv
             with progress.stage(f"fitting {method} on every row", n) as tick:
-                cal = cls(**params).fit(z, y)
+                cal = make_candidate(method).fit(z, y)
                 tick(n)
         except LogitkitError as exc:
             raise CliError(f"--method {method} on the cluster: {exc}") from None
@@ -174,7 +173,8 @@ def fit_on_cluster(train: Any, test: Any, args: argparse.Namespace, progress: An
         table.append({"method": name, "error": None, "fit_time": fit_seconds,
                       "fold_spread": math.nan, "accuracy_change": change,
                       "flagged": abs(change) > ACCURACY_FLAG,
-                      "converged": all(bool(getattr(c, "converged_", True)) for c in fits)})
+                      "converged": all(bool(getattr(c, "converged_", True)) for c in fits),
+                      "at_bound": any(bool(getattr(c, "at_bound_", False)) for c in fits)})
     note = (f"{args.cv} interleaved folds on the cluster (row i in fold (i + {args.seed}) mod "
             f"{args.cv})" + ("; --method auto fits temperature scaling there"
                              if args.method == "auto" else ""))
