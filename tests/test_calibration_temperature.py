@@ -159,10 +159,10 @@ def test_excluded_classes_and_invalid_logits():
     assert_close(ts.beta_, ref.x, rtol=1e-6)
     bad = z.copy()
     bad[5, 1] = np.nan
-    with pytest.raises(LogitkitValueError, match="NaN or \\+inf"):
+    with pytest.raises(LogitkitValueError, match="1 NaN"):
         TemperatureScaler().fit(bad, y)
     bad[5, 1] = np.inf
-    with pytest.raises(LogitkitValueError, match="NaN or \\+inf"):
+    with pytest.raises(LogitkitValueError, match="1 \\+inf"):
         TemperatureScaler().fit(bad, y)
     bad = z.copy()
     bad[7, y[7]] = -np.inf
@@ -287,3 +287,14 @@ def test_transform_does_not_warn_on_probabilities():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ts.predict_proba(softmax(z)).shape == z.shape
+
+
+def test_separable_data_whose_gradient_underflows_report_the_bound():
+    # margins of 50: the NLL and its derivative underflow to exactly 0 at T ~ 0.04, which the
+    # fit took for an optimum; the NLL keeps falling toward T_min, where the bound is reported
+    rng = np.random.default_rng(11)
+    y = np.repeat(np.arange(3), 15)
+    z = np.eye(3)[y] * 50.0 + rng.normal(size=(45, 3))
+    with pytest.warns(CalibrationWarning, match="lower bound"):
+        ts = TemperatureScaler().fit(z, y)
+    assert ts.at_bound_ and ts.converged_ and ts.temperature_ == 1e-2

@@ -20,7 +20,7 @@ from logitkit.calibration import (
     nll,
     smooth_ece,
 )
-from logitkit.calibration import _dask as dask_impl
+from logitkit.calibration import _temperature as temperature_module
 
 TOL = {"rtol": 1e-8, "atol": 1e-10}
 
@@ -68,13 +68,13 @@ def test_each_newton_step_is_one_pass_over_the_blocks(monkeypatch):
     z, y = overconfident(3000, 4, 2)
     dz, dy = chunked(z, y, rows=500)  # 6 blocks
     calls = []
-    original = dask_impl._block_nll_sums
+    original = temperature_module.temperature_sums
 
-    def counting(*args):
+    def counting(*args, **kwargs):
         calls.append(1)
-        return original(*args)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(dask_impl, "_block_nll_sums", counting)
+    monkeypatch.setattr(temperature_module, "temperature_sums", counting)
     # The synchronous scheduler runs the tasks here, where the counter lives (the graph is
     # the one a cluster would run).
     with dask.config.set(scheduler="synchronous"):
@@ -200,70 +200,6 @@ def test_bad_dask_input_raises_clear_errors(client):
         TemperatureScaler().fit(bad, dy)
     with pytest.raises(LogitkitValueError, match="probabilities"):
         ece(dp * 2.0, dy).compute()
-
-
-def write_shards(folder, z, y, parts=3):
-    folder.mkdir()
-    for i, (zs, ys) in enumerate(zip(np.array_split(z, parts), np.array_split(y, parts),
-                                     strict=True)):
-        np.savez(folder / f"part-{i:02d}.npz", logits=zs.astype(np.float32), labels=ys)
-
-
-def run_cli(argv, capsys):
-    from logitkit.cli import main
-
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_cli_calibrates_a_folder_of_shards_on_the_cluster(client, tmp_path, capsys):
-    import json
-
-    z, y = overconfident(3000, 5, 9)
-    write_shards(tmp_path / "shards", z, y)
-    common = ["--no-diagram", "--json", "--progress", "never"]
-    code, out, err = run_cli(["calibrate", str(tmp_path / "shards"), "--out",
-                              str(tmp_path / "local"), *common], capsys)
-    assert code == 0, err
-    local = json.loads(out)
-    code, out, err = run_cli(["calibrate", str(tmp_path / "shards" / "part-*.npz"), "--out",
-                              str(tmp_path / "dask"), "--scheduler", client.scheduler.address,
-                              *common], capsys)
-    assert code == 0, err
-    remote = json.loads(out)
-    assert remote["inputs"] == local["inputs"] and len(remote["inputs"]) == 3
-    assert remote["n_samples"] == 3000
-    np.testing.assert_allclose(remote["temperature"], local["temperature"], rtol=1e-8)
-    for when in ("before", "after"):
-        for key, value in local[when].items():
-            np.testing.assert_allclose(remote[when][key], value, rtol=1e-8, atol=1e-12,
-                                       err_msg=f"{when} {key}")
-    assert remote["after"]["ece"] < remote["before"]["ece"]
-
-
-def test_cli_sharded_bad_input_is_one_line_and_exit_2(client, tmp_path, capsys):
-    z, y = overconfident(600, 4, 10)
-    write_shards(tmp_path / "shards", z, y)
-    addr = ["--scheduler", client.scheduler.address, "--no-diagram"]
-    code, _, err = run_cli(["calibrate", str(tmp_path / "shards"), "--binning", "quantile",
-                            "--out", str(tmp_path / "o1"), *addr], capsys)
-    assert code == 2 and "--binning quantile" in err and len(err.strip().splitlines()) == 1
-    np.savez(tmp_path / "shards" / "part-09.npz", logits=np.ones((5, 3)), labels=np.zeros(5))
-    code, _, err = run_cli(["calibrate", str(tmp_path / "shards"), "--out",
-                            str(tmp_path / "o2"), *addr], capsys)
-    assert code == 2 and "different numbers of classes" in err
-    np.savez(tmp_path / "shards" / "part-09.npz", logits=np.ones((5, 4)))
-    code, _, err = run_cli(["calibrate", str(tmp_path / "shards"), "--out",
-                            str(tmp_path / "o3"), *addr], capsys)
-    assert code == 2 and "part-09.npz: no labels found" in err
-    code, _, err = run_cli(["calibrate", str(tmp_path / "nothing-*.npz"), "--out",
-                            str(tmp_path / "o4"), *addr], capsys)
-    assert code == 2 and "no file matches" in err
-    (tmp_path / "empty").mkdir()
-    code, _, err = run_cli(["calibrate", str(tmp_path / "empty"), "--out",
-                            str(tmp_path / "o5")], capsys)
-    assert code == 2 and "no prediction files" in err
 
 
 def _moments(x, y, w=None, *, scale=1.0):

@@ -1,7 +1,12 @@
-"""Post-hoc calibration: temperature scaling, calibration metrics, mergeable statistics, plots.
+"""Post-hoc calibration: calibrators, the choice among them, metrics, mergeable statistics, plots.
 
 - :class:`TemperatureScaler` fits one temperature T > 0 on held-out logits (safeguarded Newton
-  on β = 1/T, float64, one pass over the data per iteration).
+  on β = 1/T, float64, one pass over the data per iteration); :class:`VectorScaler`,
+  :class:`MatrixScaler`, :class:`DirichletScaler` and :class:`StructuredScaler` fit affine maps
+  of the logits, :class:`BetaCalibrator`, :class:`IsotonicCalibrator` and
+  :class:`HistogramCalibrator` one-vs-rest maps of the probabilities; every one is a
+  :class:`Calibrator`, saved with ``to_dict`` and restored with ``Calibrator.from_dict``.
+- :func:`select` chooses among them (and "none") by cross-validated NLL.
 - :func:`ece`, :func:`mce`, :func:`brier_score`, :func:`nll`, :func:`accuracy` score
   probabilities; :class:`CalibrationStats` accumulates the same metrics in O(bins) memory and
   merges exactly across batches and workers.
@@ -15,6 +20,12 @@
 from __future__ import annotations
 
 from . import _dask  # noqa: F401  (registers the Dask adapter of _blocks.row_sums; imports no Dask)
+from ._base import CalibrationWarning as CalibrationWarning
+from ._base import Calibrator as Calibrator
+from ._base import IdentityCalibrator as IdentityCalibrator
+from ._binary import BetaCalibrator as BetaCalibrator
+from ._binary import HistogramCalibrator as HistogramCalibrator
+from ._binary import IsotonicCalibrator as IsotonicCalibrator
 from ._binning import auto_bins as auto_bins
 from ._bootstrap import BootstrapResult as BootstrapResult
 from ._bootstrap import bootstrap as bootstrap
@@ -25,19 +36,34 @@ from ._metrics import brier_score as brier_score
 from ._metrics import ece as ece
 from ._metrics import mce as mce
 from ._metrics import nll as nll
+from ._scaling import DirichletScaler as DirichletScaler
+from ._scaling import MatrixScaler as MatrixScaler
+from ._scaling import StructuredScaler as StructuredScaler
+from ._scaling import VectorScaler as VectorScaler
+from ._select import Selection as Selection
+from ._select import select as select
 from ._smooth import SmoothReliability as SmoothReliability
 from ._smooth import smooth_ece as smooth_ece
 from ._smooth import smooth_reliability as smooth_reliability
 from ._stats import CalibrationStats as CalibrationStats
-from ._temperature import CalibrationWarning as CalibrationWarning
 from ._temperature import TemperatureScaler as TemperatureScaler
 
 __all__ = [
+    "BetaCalibrator",
     "BootstrapResult",
     "CalibrationStats",
     "CalibrationWarning",
+    "Calibrator",
+    "DirichletScaler",
+    "HistogramCalibrator",
+    "IdentityCalibrator",
+    "IsotonicCalibrator",
+    "MatrixScaler",
+    "Selection",
     "SmoothReliability",
+    "StructuredScaler",
     "TemperatureScaler",
+    "VectorScaler",
     "accuracy",
     "auto_bins",
     "bootstrap",
@@ -47,6 +73,7 @@ __all__ = [
     "mce",
     "nll",
     "reliability_diagram",
+    "select",
     "smooth_ece",
     "smooth_reliability",
 ]

@@ -6,7 +6,8 @@ blocks and adding the results in a tree (one pass over the data, one ``compute``
 * the metrics and :class:`~logitkit.calibration.CalibrationStats`: the engine's per-block sums
   (:func:`._engine.block_sums`), reached through :func:`._blocks.row_reduce`; a metric's result
   stays a lazy 0-d Dask array (array type in = array type out);
-* ``TemperatureScaler.fit``: each Newton step maps ``_nll_derivatives`` over the blocks.
+* every calibrator's fit (``TemperatureScaler`` included): each optimiser step maps its
+  objective's sums over the blocks through :func:`._blocks.row_sums`.
 
 This module imports :mod:`._blocks` and registers itself there; no other calibration module
 imports it (the package facade imports it once so that it registers).  With a
@@ -138,115 +139,3 @@ def _tree(parts: list[Any], combine: Callable[[Any, Any], Any]) -> Any:
             nxt.append(parts[-1])
         parts = nxt
     return parts[0]
-
-
-# --------------------------------------------------------------------------------------------
-# temperature scaling
-# --------------------------------------------------------------------------------------------
-
-
-def _block_nll_sums(z: np.ndarray, y: np.ndarray, w: np.ndarray | None, beta: float,
-                    from_probs: bool) -> tuple[float, float, float, float]:
-    from ._nll_sums import _nll_derivatives
-
-    if from_probs:
-        with np.errstate(divide="ignore"):
-            z = np.log(z.astype(np.float64))
-    return _nll_derivatives(z, y, beta, w)
-
-
-def _add4(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, ...]:
-    return a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3]
-
-
-def nll_sums(z: Any, y: Any, beta: float, w: Any, *, chunk_rows: int, from_probs: bool,
-             pool: Any = None, progress: Any = None, cache: Any = None
-             ) -> tuple[float, float, float, float]:
-    """The four sums of :func:`._nll_sums.nll_sums` over Dask blocks: one pass, one compute.
-
-    ``chunk_rows``, ``pool`` and ``cache`` belong to the NumPy path and are ignored: the blocks
-    are Dask's, and the scheduler runs them in parallel.
-    """
-    import dask
-    from dask import delayed
-
-    block = delayed(_block_nll_sums, pure=True)
-    w_blocks = _blocks(w) if w is not None else [None] * len(_blocks(y))
-    parts = [block(zb, yb, wb, float(beta), from_probs)
-             for zb, yb, wb in zip(_blocks(z), _blocks(y), w_blocks, strict=True)]
-    (total,) = dask.compute(_tree(parts, _add4))
-    if progress is not None:
-        progress(int(z.shape[0]))
-    return float(total[0]), float(total[1]), float(total[2]), float(total[3])
-
-
-def _binary_logits(z: Any, from_probs: bool) -> Any:
-    import dask.array as da
-
-    if from_probs:
-        return da.concatenate([1.0 - z, z], axis=1)
-    return da.concatenate([da.zeros_like(z), z], axis=1)
-
-
-def fit_temperature(scaler: Any, logits: Any, y: Any, sample_weight: Any = None, *,
-                    progress: Any = None) -> Any:
-    """``TemperatureScaler.fit`` for Dask arrays (same result as on NumPy, to ~1e-10).
-
-    One pass validates the labels (and the weights, or the probabilities with ``from_probs``);
-    then every Newton step is one map-reduce.  There is no subsample warm start: it would cost a
-    pass of its own over data that is not in memory.
-    """
-    import dask
-    import dask.array as da
-
-    from ._temperature import _newton
-
-    t_min, t_max, max_iter, tol, _ = scaler._check_params()
-    z, labels, w = _rows(logits, y, sample_weight, arg="logits")
-    if not (z.dtype.kind in "f" or z.dtype.kind in "iub"):
-        raise LogitkitTypeError(expected("logits", "a real numeric array", f"dtype {z.dtype}"))
-    if z.dtype.kind != "f":
-        z = z.astype(np.float64)
-    if labels.dtype.kind not in "iub":
-        raise LogitkitTypeError(expected("y", "an array of integer class labels",
-                                         f"dtype {labels.dtype}"))
-    if z.ndim == 1:
-        z = z[:, None]
-    if z.shape[1] == 1:
-        z = _binary_logits(z, scaler.from_probs).rechunk({1: -1})
-    n, k = int(z.shape[0]), int(z.shape[1])
-
-    checks: list[Any] = [labels.min(), labels.max()]
-    if w is not None:
-        w = w.astype(np.float64)
-        checks += [(~da.isfinite(w)).any(), w.min(), w.max()]
-    if scaler.from_probs:
-        checks += [z.min(), z.max()]
-    values = dask.compute(*checks)
-    lo_y, hi_y = int(values[0]), int(values[1])
-    if lo_y < 0 or hi_y >= k:
-        raise LogitkitValueError(expected("y", f"class labels in [0, {k})",
-                                          lo_y if lo_y < 0 else hi_y))
-    rest = values[2:]
-    if w is not None:
-        bad, w_min, w_max = rest[:3]
-        rest = rest[3:]
-        if bool(bad) or float(w_min) < 0 or not float(w_max) > 0:
-            raise LogitkitValueError(expected(
-                "sample_weight", "finite, non-negative and not all zero",
-                f"values in [{float(w_min)}, {float(w_max)}]"))
-    if scaler.from_probs:
-        p_min, p_max = float(rest[0]), float(rest[1])
-        if not (p_min >= 0.0 and p_max <= 1.0):
-            raise LogitkitValueError(expected(
-                "logits", "probabilities in [0, 1] (from_probs=True)",
-                p_max if not p_max <= 1.0 else p_min))
-    else:
-        scaler._warn_if_probs(np.asarray(z[: min(n, 1000)].compute()), "logits")
-
-    beta, n_iter, converged, at_bound, f = _newton(
-        z, labels, w, 1.0 / t_max, 1.0 / t_min, 1.0, max_iter, tol, 0, scaler.from_probs, None,
-        progress, sums=nll_sums)
-    scaler._record_fit(beta, n_iter, converged, at_bound, k, f, beta_max=1.0 / t_min,
-                       stacklevel=3)
-    return scaler

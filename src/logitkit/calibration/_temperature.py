@@ -11,29 +11,15 @@ from typing import Any
 import numpy as np
 
 from .._core import softmax
-from .._estimator import ParamsMixin
-from .._namespace import (
-    LogitkitTypeError,
-    LogitkitValueError,
-    as_array,
-    astype,
-    check_number,
-    expected,
-    namespace,
-    to_numpy,
-)
-from ._binning import check_labels
-from ._dask import is_dask
+from .._namespace import LogitkitTypeError, LogitkitValueError, check_int, check_number, expected
+from ._base import CalibrationWarning, Calibrator, FitData, expand_rows, rowwise
+from ._blocks import row_sums
 from ._nll_sums import nll_sums
 
 __all__ = ["CalibrationWarning", "TemperatureScaler"]
 
 _CHUNK_ELEMENTS = 1 << 16  # float64 temporaries of one chunk stay in cache (512 KiB)
 _WARM_START_ROWS = (5_000, 50_000)
-
-
-class CalibrationWarning(UserWarning):
-    """A calibration result that is valid but needs attention (a bound, no convergence)."""
 
 
 def _default_threads() -> int:
@@ -44,7 +30,30 @@ def _default_threads() -> int:
     return max(1, min(8, n))
 
 
-class TemperatureScaler(ParamsMixin):
+def temperature_sums(x: Any, y: Any, w: Any, *, beta: float, from_probs: bool,
+                     n_threads: int) -> tuple[float, float, float, float]:
+    """``(Σ w, Σ w·nll, Σ w·nll', Σ w·nll'')`` at ``β`` over a block of input rows.
+
+    A single column is expanded to ``[0, z]`` (``[1 − p, p]`` with ``from_probs``) and
+    probabilities are logged a chunk at a time; chunks are summed in order (on ``n_threads``
+    threads: NumPy releases the GIL), so the sums do not depend on the thread count.
+    """
+    x = np.asarray(x)
+    y = np.asarray(y).astype(np.intp, copy=False)
+    w = None if w is None else np.asarray(w, dtype=np.float64)
+    k = max(2, x.shape[1])
+    chunk_rows = max(1, _CHUNK_ELEMENTS // k)
+    if x.shape[1] == 1:  # [0, z] or [log(1 - p), log p]: the sums want two columns
+        x, from_probs = expand_rows(x, from_probs), False
+    pool = ThreadPoolExecutor(n_threads) if n_threads > 1 and x.shape[0] > chunk_rows else None
+    try:
+        return nll_sums(x, y, beta, w, chunk_rows=chunk_rows, from_probs=from_probs, pool=pool)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+class TemperatureScaler(Calibrator):
     r"""Temperature scaling (Guo et al. 2017): divide the logits by one fitted ``T > 0``.
 
     ``fit`` minimises the mean (weighted) negative log-likelihood of the labels over the inverse
@@ -107,6 +116,10 @@ class TemperatureScaler(ParamsMixin):
         Guo, Pleiss, Sun & Weinberger, "On Calibration of Modern Neural Networks", ICML 2017.
     """
 
+    method = "temperature"
+    _allow_neg_inf = True
+    _fitted_fields = ("temperature_", "beta_", "n_iter_", "converged_", "at_bound_", "nll_")
+
     def __init__(
         self,
         *,
@@ -124,7 +137,8 @@ class TemperatureScaler(ParamsMixin):
 
     # ---------------------------------------------------------------- validation
 
-    def _check_params(self) -> tuple[float, float, int, float, int]:
+    def _settings(self) -> tuple[float, float, int, float, int]:
+        super()._check_params()
         b = self.bounds
         if not isinstance(b, (tuple, list)) or len(b) != 2:
             raise LogitkitTypeError(expected("bounds", "a pair (T_min, T_max)", b))
@@ -132,65 +146,14 @@ class TemperatureScaler(ParamsMixin):
                              high_open=True)
         t_max = check_number(b[1], "bounds[1]", low=t_min, low_open=True, high=math.inf,
                              high_open=True)
-        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, (int, np.integer)) \
-                or self.max_iter < 1:
-            raise LogitkitValueError(expected("max_iter", "a positive int", self.max_iter))
-        tol = check_number(self.tol, "tol", low=0.0, low_open=True, high=1.0)
-        if not isinstance(self.from_probs, bool):
-            raise LogitkitTypeError(expected("from_probs", "a bool", self.from_probs))
+        max_iter, tol = self._iteration_settings()
         n = self.n_threads
-        if n is None:
-            n = _default_threads()
-        elif isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise LogitkitValueError(expected("n_threads", "a positive int or None", n))
-        return t_min, t_max, int(self.max_iter), tol, int(n)
+        n = _default_threads() if n is None else check_int(n, "n_threads",
+                                                            what="a positive int or None")
+        return t_min, t_max, max_iter, tol, n
 
-    def _host_logits(self, x: Any, arg: str) -> np.ndarray:
-        """``x`` as a NumPy ``(N, K)`` array (a view where possible), validated."""
-        xp = namespace(x)
-        arr = as_array(x, arg, xp)
-        try:
-            z = np.asarray(to_numpy(arr))
-        except Exception:  # a JAX tracer, a lazy array that cannot be read
-            raise LogitkitTypeError(
-                expected(arg, "a concrete array (fit cannot be traced)", arr)) from None
-        if z.dtype.kind != "f":
-            z = z.astype(np.float64)
-        if z.ndim == 1:
-            z = z[:, None]
-        if z.ndim != 2:
-            raise LogitkitValueError(expected(arg, "of shape (N, K) or (N,)", f"shape {z.shape}"))
-        if z.shape[0] == 0:
-            raise LogitkitValueError(expected(arg, "non-empty (at least one row)", "0 rows"))
-        if z.shape[1] == 1:
-            if self.from_probs:
-                p = z[:, 0].astype(np.float64)
-                z = np.stack([1.0 - p, p], axis=1)
-            else:
-                z = np.concatenate([np.zeros_like(z), z], axis=1)
-        if self.from_probs:
-            self._check_probs(z, arg)
-        else:
-            self._warn_if_probs(z, arg)
-        return z
-
-    @staticmethod
-    def _check_probs(z: np.ndarray, arg: str) -> None:
-        lo, hi = float(np.min(z)), float(np.max(z))
-        if not (lo >= 0.0 and hi <= 1.0):  # also catches NaN
-            bad = hi if not hi <= 1.0 else lo
-            raise LogitkitValueError(
-                expected(arg, "probabilities in [0, 1] (from_probs=True)", bad))
-
-    @staticmethod
-    def _warn_if_probs(z: np.ndarray, arg: str) -> None:
-        head = z[:1000]
-        if head.shape[1] >= 2 and np.all(head >= 0) and np.all(head <= 1) \
-                and np.allclose(head.sum(axis=1), 1.0, atol=1e-4):
-            warnings.warn(
-                f"`{arg}` looks like probabilities (rows in [0, 1] summing to 1); temperature "
-                "scaling needs logits. Pass from_probs=True to use their log.",
-                CalibrationWarning, stacklevel=3)
+    def _check_params(self) -> None:
+        self._settings()
 
     # ---------------------------------------------------------------- fit
 
@@ -205,108 +168,62 @@ class TemperatureScaler(ParamsMixin):
             y: ``(N,)`` integer labels in ``[0, K)``.
             sample_weight: optional ``(N,)`` non-negative weights (at least one positive).
             progress: optional callable receiving the number of rows processed after each
-                chunk (the CLI uses it for its progress bar).
+                pass over the data (the CLI uses it for its progress bar).
 
         Returns:
             ``self``, with ``temperature_``, ``beta_``, ``n_iter_``, ``converged_``, ``at_bound_``.
         """
-        if is_dask(logits, y, sample_weight):  # each Newton step one map-reduce
-            from ._dask import fit_temperature
-
-            return fit_temperature(self, logits, y, sample_weight, progress=progress)
-        t_min, t_max, max_iter, tol, n_threads = self._check_params()
-        z = self._host_logits(logits, "logits")
-        n, k = z.shape
-        labels = np.asarray(to_numpy(check_labels(y, n, k, namespace(y))), dtype=np.intp)
-        w = None
-        if sample_weight is not None:
-            w = np.asarray(to_numpy(as_array(sample_weight, "sample_weight", namespace(
-                sample_weight))), dtype=np.float64)
-            if w.shape != (n,):
-                raise LogitkitValueError(expected("sample_weight", f"of shape ({n},)",
-                                                  f"shape {w.shape}"))
-            if not np.all(np.isfinite(w)) or np.any(w < 0) or not np.any(w > 0):
-                raise LogitkitValueError(expected(
-                    "sample_weight", "finite, non-negative and not all zero", w))
-        chunk_rows = max(1, _CHUNK_ELEMENTS // k)
-        lo, hi = 1.0 / t_max, 1.0 / t_min
-        beta0 = 1.0
-        pool = ThreadPoolExecutor(n_threads) if n_threads > 1 and n > chunk_rows else None
+        self._progress = progress
         try:
-            for size in _WARM_START_ROWS:
-                # Start from the optimum of evenly spaced subsamples (5k, then 50k rows): a few
-                # cheap passes there save full passes here (Newton converges quadratically
-                # from nearby).  Only the starting point depends on them.
-                if n <= 4 * size:
-                    break
-                step = n // size
-                sub_w = None if w is None else w[::step]
-                if sub_w is not None and not np.any(sub_w > 0):
-                    break
-                res = _newton(z[::step], labels[::step], sub_w, lo, hi, beta0, 50, tol,
-                              chunk_rows, self.from_probs, pool, None)
-                beta0 = min(max(res[0], lo), hi)
-            beta, n_iter, converged, at_bound, f = _newton(
-                z, labels, w, lo, hi, beta0, max_iter, tol, chunk_rows, self.from_probs, pool,
-                progress)
+            super().fit(logits, y, sample_weight)
         finally:
-            if pool is not None:
-                pool.shutdown()
-        self._record_fit(beta, n_iter, converged, at_bound, k, f, beta_max=hi, stacklevel=2)
+            self._progress = None
         return self
 
-    def _record_fit(self, beta: float, n_iter: int, converged: bool, at_bound: bool, k: int,
-                    f: float, *, beta_max: float, stacklevel: int) -> None:
-        """Store the fitted attributes and warn (at the user's ``fit`` call) when the fit did not
-        converge or stopped at a bound; shared by the in-memory and the Dask fits."""
+    def _fit(self, data: FitData) -> None:
+        t_min, t_max, max_iter, tol, n_threads = self._settings()
+        if data.partitioned:
+            n_threads = 1  # the blocks run in parallel already
+        lo, hi = 1.0 / t_max, 1.0 / t_min
+        progress = getattr(self, "_progress", None)
+
+        def evaluator(d: FitData, report: Any) -> Any:
+            def evaluate(beta: float) -> tuple[float, float, float, float]:
+                sums = row_sums(temperature_sums, d.x, d.y, d.w, beta=beta,
+                                from_probs=d.from_probs, n_threads=n_threads)
+                if report is not None:
+                    report(d.n)
+                return sums
+            return evaluate
+
+        warm = getattr(self, "_warm", None)
+        if warm is not None:
+            beta0 = min(max(1.0 / warm.temperature_, lo), hi)
+        else:
+            beta0 = 1.0
+        for sub in data.warm_starts(_WARM_START_ROWS if warm is None else ()):  # 5k, 50k rows
+            res = _newton(evaluator(sub, None), lo, hi, beta0, 50, tol)
+            beta0 = min(max(res[0], lo), hi)
+        beta, n_iter, converged, at_bound, f = _newton(evaluator(data, progress), lo, hi,
+                                                       beta0, max_iter, tol)
         self.beta_ = float(beta)
         self.temperature_ = float(1.0 / beta)
-        self.n_iter_ = n_iter
-        self.converged_ = converged
         self.at_bound_ = at_bound
-        self.n_classes_ = k
         self.nll_ = f
-        if not converged:
-            warnings.warn(
-                f"Temperature scaling did not converge in {n_iter} iterations "
-                f"(T = {self.temperature_:.6g}); increase max_iter or check the data.",
-                CalibrationWarning, stacklevel=stacklevel + 1)
-        elif at_bound:
-            side = "lower" if math.isclose(beta, beta_max) else "upper"
+        self._record_convergence(n_iter, converged, f"T = {self.temperature_:.6g}")
+        if converged and at_bound:
+            side = "lower" if math.isclose(beta, hi) else "upper"
             why = ("the data look separable (the NLL keeps falling as T -> 0)"
                    if side == "lower" else
                    "the logits carry little information about the labels (T -> inf)")
             warnings.warn(
                 f"The optimal temperature lies at the {side} bound T = {self.temperature_:.6g}: "
-                f"{why}.", CalibrationWarning, stacklevel=stacklevel + 1)
+                f"{why}.", CalibrationWarning, stacklevel=4)
 
     # ---------------------------------------------------------------- transform
 
-    def _check_fitted(self) -> float:
-        t = getattr(self, "temperature_", None)
-        if t is None:
-            raise LogitkitValueError(
-                expected("the TemperatureScaler", "fitted (call fit first)", "an unfitted one"))
-        return float(t)
-
-    def _input(self, logits: Any) -> tuple[Any, Any]:
-        xp = namespace(logits)
-        z = as_array(logits, "logits", xp)
-        if not xp.isdtype(z.dtype, "real floating"):
-            z = astype(z, xp.float64 if hasattr(xp, "float64") else xp.float32, xp)
-        if z.ndim == 1:
-            z = xp.reshape(z, (int(z.shape[0]), 1))
-        if z.ndim != 2:
-            raise LogitkitValueError(
-                expected("logits", "of shape (N, K) or (N,)", f"shape {tuple(z.shape)}"))
-        if int(z.shape[1]) == 1:
-            zero = xp.zeros_like(z)
-            z = xp.concat([1.0 - z, z], axis=1) if self.from_probs else xp.concat([zero, z], 1)
-        if self.from_probs:
-            positive = z > 0
-            one = xp.ones((), dtype=z.dtype)
-            z = xp.where(positive, xp.log(xp.where(positive, z, one)), -math.inf * one)
-        return xp, z
+    def _transform(self, z: Any, xp: Any) -> Any:
+        return z / self.temperature_
 
     def transform(self, logits: Any) -> Any:
         """The scaled logits ``z / T`` (log-probabilities ``/ T`` with ``from_probs``).
@@ -319,9 +236,7 @@ class TemperatureScaler(ParamsMixin):
             An array of the input's type, dtype (floating) and device; shape ``(N, K)`` (a binary
             column becomes ``[0, z / T]``).
         """
-        t = self._check_fitted()
-        _, z = self._input(logits)
-        return z / t
+        return super().transform(logits)
 
     def predict_proba(self, logits: Any) -> Any:
         """Calibrated probabilities ``softmax(z / T)``.
@@ -332,19 +247,13 @@ class TemperatureScaler(ParamsMixin):
         Returns:
             ``(N, K)`` probabilities of the input's array type.
         """
-        t = self._check_fitted()
-        _, z = self._input(logits)
-        return softmax(z, axis=-1, temperature=t)
-
-    def fit_transform(self, logits: Any, y: Any, sample_weight: Any = None) -> Any:
-        """``fit(logits, y, sample_weight).transform(logits)``."""
-        return self.fit(logits, y, sample_weight).transform(logits)
+        _, z = self._checked_input(logits)
+        t = self.temperature_
+        return rowwise(lambda b, axis: softmax(b, axis=axis, temperature=t), z)
 
 
 def _newton(
-    z: np.ndarray, y: np.ndarray, w: np.ndarray | None, lo: float, hi: float, beta: float,
-    max_iter: int, tol: float, chunk_rows: int, from_probs: bool,
-    pool: ThreadPoolExecutor | None, progress: Any, sums: Any = nll_sums,
+    evaluate: Any, lo: float, hi: float, beta: float, max_iter: int, tol: float,
 ) -> tuple[float, int, bool, bool, float]:
     """Safeguarded Newton on β in ``[lo, hi]``: ``(β, passes, converged, at_bound, nll)``.
 
@@ -360,8 +269,7 @@ def _newton(
     last_step = last_newton = 0.0
     for it in range(1, max_iter + 1):
         previous = beta
-        sw, s_nll, s_g, s_h = sums(z, y, beta, w, chunk_rows=chunk_rows,
-                                   from_probs=from_probs, pool=pool, progress=progress)
+        sw, s_nll, s_g, s_h = evaluate(beta)
         f, g, h = s_nll / sw, s_g / sw, s_h / sw
         if not (math.isfinite(f) and math.isfinite(g)):
             raise LogitkitValueError(expected(
@@ -373,6 +281,8 @@ def _newton(
         if beta >= hi and g <= 0:
             return hi, it, True, True, f
         if g == 0.0:
+            if f == 0.0:  # every row certain and right: separable, the NLL falls toward T_min
+                return hi, it, True, True, f
             return beta, it, True, False, f
         if g > 0:
             b = beta

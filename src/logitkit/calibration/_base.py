@@ -1,0 +1,579 @@
+"""The calibrators' shared shell: inputs, the estimator contract, and saving to JSON.
+
+Every calibrator maps logits ``(N, K)`` to calibrated logits ``(N, K)`` (log-probabilities up to
+a per-row constant), so ``predict_proba`` is always ``softmax(transform(x))``.  This module holds
+what they share, once:
+
+- the input rule: a 1-D array or a single column is the logit of class 1 of a binary problem
+  (the logits ``[0, z]``); with ``from_probs=True`` the inputs are probabilities and their natural
+  log is used (a single column ``p`` becomes ``[1 − p, p]``);
+- the fit's input pass: labels, weights and values checked in one pass over the rows (one
+  map-reduce through :func:`._blocks.row_sums` on partitioned arrays), the fit itself then
+  reading NumPy (or partitioned) rows, never a float64 copy of them;
+- the estimator contract (``fit``/``transform``/``predict_proba``/``predict``/``score``,
+  ``get_params``/``set_params``, scikit-learn's ``check_is_fitted`` and ``clone``);
+- :meth:`Calibrator.to_dict` / :meth:`Calibrator.from_dict`: a fitted calibrator as plain JSON
+  data (method, parameters, fitted values, class count, input kind, schema version), restored
+  exactly (floats are written with ``repr``, which round-trips).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .._core import log_softmax, softmax
+from .._estimator import Estimator, check_is_fitted, convergence_warning_class
+from .._namespace import (
+    Described,
+    LogitkitTypeError,
+    LogitkitValueError,
+    as_array,
+    astype,
+    check_int,
+    check_number,
+    default_float,
+    expected,
+    is_numpy,
+    namespace,
+    to_numpy,
+)
+from ._blocks import partitioned, row_sums
+from ._fitting import small_problem_threads
+
+__all__ = ["SCHEMA_VERSION", "CalibrationWarning", "Calibrator", "FitData", "IdentityCalibrator"]
+
+#: Version of the dictionaries written by :meth:`Calibrator.to_dict`.
+SCHEMA_VERSION = 1
+
+
+class CalibrationWarning(UserWarning):
+    """A calibration result that is valid but needs attention (a bound, no convergence)."""
+
+
+_CONVERGENCE: list[type[Warning]] = []
+
+
+def convergence_warning() -> type[Warning]:
+    """The warning for a fit that stopped before converging: a :class:`CalibrationWarning`
+    that is also scikit-learn's ``ConvergenceWarning`` when that is installed, so either
+    filter silences it."""
+    if not _CONVERGENCE:
+        base = convergence_warning_class()
+        bases = (CalibrationWarning,) if issubclass(CalibrationWarning, base) else (
+            CalibrationWarning, base)
+        _CONVERGENCE.append(type("CalibrationConvergenceWarning", bases, {
+            "__module__": __name__,
+            "__doc__": "A calibrator's fit stopped at max_iter before converging."}))
+    return _CONVERGENCE[0]
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+# --------------------------------------------------------------------------------------------
+
+
+class FitData:
+    """The rows a fit reads: ``x`` (NumPy ``(N, K_in)`` of any real dtype, or a partitioned
+    array), ``y`` (integer labels), ``w`` (float64 weights or ``None``), the class count ``k``
+    (2 for a single column), the total weight and whether ``x`` holds probabilities."""
+
+    def __init__(self, x: Any, y: Any, w: Any, k: int, total_weight: float,
+                 from_probs: bool) -> None:
+        self.x, self.y, self.w = x, y, w
+        self.k, self.total_weight, self.from_probs = k, total_weight, from_probs
+        self.n = int(x.shape[0])
+        self.partitioned = partitioned(x, y, w)
+
+    def take(self, rows: np.ndarray) -> FitData:
+        """The rows selected by the boolean mask ``rows`` (in-memory arrays)."""
+        w = None if self.w is None else self.w[rows]
+        total = float(np.count_nonzero(rows)) if w is None else float(w.sum())
+        return FitData(self.x[rows], self.y[rows], w, self.k, total, self.from_probs)
+
+    def warm_starts(self, sizes: tuple[int, ...]) -> Iterator[FitData]:
+        """Evenly spaced subsamples of about ``sizes`` rows each (in-memory inputs at least
+        four times larger only), for fits that start from a subsample's optimum: a few cheap
+        passes there save full passes here, and only the starting point depends on them."""
+        if self.partitioned:
+            return
+        for size in sizes:
+            if self.n <= 4 * size:
+                return
+            sub = self.subsample(self.n // size)
+            if not sub.total_weight > 0:
+                return
+            yield sub
+
+    def subsample(self, step: int) -> FitData:
+        """Every ``step``-th row (views of in-memory arrays)."""
+        w = None if self.w is None else self.w[::step]
+        total = float(self.n // step + (self.n % step > 0)) if w is None else float(w.sum())
+        return FitData(self.x[::step], self.y[::step], w, self.k, total, self.from_probs)
+
+
+def expand_rows(x: np.ndarray, from_probs: bool) -> np.ndarray:
+    """A block of input rows as float64 logits ``(rows, K)``: a single column becomes
+    ``[0, z]`` (``[log(1 − p), log p]`` from probabilities), probabilities their logs."""
+    x = np.asarray(x)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.shape[1] == 1:
+        c = x[:, 0].astype(np.float64)
+        if from_probs:
+            with np.errstate(divide="ignore"):
+                return np.stack([np.log1p(-c), np.log(c)], axis=1)
+        return np.stack([np.zeros_like(c), c], axis=1)
+    out = x.astype(np.float64)
+    if from_probs:
+        with np.errstate(divide="ignore"):
+            np.log(out, out=out)
+    return out
+
+
+def _check_block(x: Any, y: Any, w: Any, *, k: int, from_probs: bool) -> np.ndarray:
+    """Counts of what is wrong in a block of rows (all add across blocks): ``[rows, labels out
+    of range, NaN, +inf, -inf, probabilities outside [0, 1], bad weights, Σ weights]``."""
+    x = np.asarray(x)
+    y = np.asarray(y)
+    out = np.zeros(8)
+    out[0] = x.shape[0]
+    if x.shape[0] == 0:
+        return out
+    out[1] = np.count_nonzero((y < 0) | (y >= k))
+    if x.dtype.kind == "f" and not np.isfinite(x.min() + x.max()):
+        out[2] = np.count_nonzero(np.isnan(x))
+        out[3] = np.count_nonzero(x == np.inf)
+        out[4] = np.count_nonzero(x == -np.inf)
+    if from_probs:
+        out[5] = np.count_nonzero((x < 0) | (x > 1))
+    if w is None:
+        out[7] = x.shape[0]
+    else:
+        w = np.asarray(w, dtype=np.float64)
+        out[6] = np.count_nonzero(~np.isfinite(w) | (w < 0))
+        out[7] = w[np.isfinite(w)].sum()
+    return out
+
+
+def _host(x: Any, arg: str) -> Any:
+    """``x`` as a NumPy array (a view where possible), or as is when partitioned."""
+    if partitioned(x):
+        return x
+    xp = namespace(x)
+    arr = as_array(x, arg, xp)
+    try:
+        return np.asarray(to_numpy(arr))
+    except Exception:  # a JAX tracer, a lazy array that cannot be read
+        raise LogitkitTypeError(
+            expected(arg, "a concrete array (fit cannot be traced)", arr)) from None
+
+
+def fit_data(logits: Any, y: Any, sample_weight: Any, *, from_probs: bool,
+             allow_neg_inf: bool) -> FitData:
+    """Validate the fit's inputs in one pass over the rows and return them as :class:`FitData`.
+
+    Raises one clear error for: a wrong shape or dtype, no rows, labels out of ``[0, K)``,
+    NaN or ``+inf`` values (and ``-inf`` unless ``allow_neg_inf``), probabilities outside
+    ``[0, 1]`` with ``from_probs``, negative or non-finite weights, all weights zero.
+    """
+    x = _host(logits, "logits")
+    if x.dtype.kind not in "biuf":
+        raise LogitkitTypeError(expected("logits", "a real numeric array", f"dtype {x.dtype}"))
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2:
+        raise LogitkitValueError(expected("logits", "of shape (N, K) or (N,)",
+                                          Described(f"shape {tuple(x.shape)}")))
+    n = int(x.shape[0])
+    if n == 0:
+        raise LogitkitValueError(expected("logits", "non-empty (at least one row)", "0 rows"))
+    k = 2 if int(x.shape[1]) == 1 else int(x.shape[1])
+    labels = _host(y, "y")
+    if labels.dtype.kind not in "iub":
+        raise LogitkitTypeError(expected("y", "an array of integer class labels",
+                                         Described(f"dtype {labels.dtype}")))
+    if labels.ndim != 1 or int(labels.shape[0]) != n:
+        raise LogitkitValueError(expected("y", f"of shape ({n},) to match the logits",
+                                          Described(f"shape {tuple(labels.shape)}")))
+    if labels.dtype.kind == "b":
+        labels = labels.astype(np.int64)
+    if not partitioned(labels):
+        labels = labels.astype(np.intp, copy=False)
+    w = None
+    if sample_weight is not None:
+        w = _host(sample_weight, "sample_weight")
+        if w.ndim != 1 or int(w.shape[0]) != n:
+            raise LogitkitValueError(expected("sample_weight", f"of shape ({n},)",
+                                              Described(f"shape {tuple(w.shape)}")))
+        w = w.astype(np.float64)
+    counts = row_sums(_check_block, x, labels, w, k=k, from_probs=from_probs)
+    _, bad_y, nan, pinf, ninf, bad_p, bad_w, total = (float(c) for c in counts)
+    if bad_y:
+        raise LogitkitValueError(expected("y", f"class labels in [0, {k})",
+                                          Described(f"{int(bad_y)} labels outside that range")))
+    if bad_w or not total > 0:
+        raise LogitkitValueError(expected("sample_weight", "finite, non-negative and not all zero",
+                                          Described(f"{int(bad_w)} negative or non-finite "
+                                                    f"weights, total {total:g}")))
+    if from_probs:
+        if bad_p or nan:
+            raise LogitkitValueError(expected(
+                "logits", "probabilities in [0, 1] (from_probs=True)",
+                Described(f"{int(bad_p + nan)} values outside [0, 1]")))
+    elif nan or pinf or (ninf and not allow_neg_inf):
+        what = "finite" if not allow_neg_inf else \
+            "finite (-inf allowed only for classes that are not the label)"
+        raise LogitkitValueError(expected("logits", what, Described(
+            f"{int(nan)} NaN, {int(pinf)} +inf and {int(ninf)} -inf values")))
+    if not from_probs and int(x.shape[1]) >= 2:
+        head = np.asarray(x[:1000])
+        if np.all(head >= 0) and np.all(head <= 1) and np.allclose(
+                head.sum(axis=1), 1.0, atol=1e-4):
+            warnings.warn(
+                "`logits` looks like probabilities (rows in [0, 1] summing to 1); the "
+                "calibrators need logits. Pass from_probs=True to use their log.",
+                CalibrationWarning, stacklevel=4)
+    return FitData(x, labels, w, k, total, from_probs)
+
+
+def input_logits(logits: Any, from_probs: bool) -> tuple[Any, Any]:
+    """``(xp, z)``: the input as ``(N, K)`` floating logits of its own array library."""
+    xp = namespace(logits)
+    z = as_array(logits, "logits", xp)
+    if not xp.isdtype(z.dtype, "real floating"):
+        z = astype(z, default_float(xp, z), xp)
+    if z.ndim == 1:
+        z = xp.reshape(z, (int(z.shape[0]), 1))
+    if z.ndim != 2:
+        raise LogitkitValueError(
+            expected("logits", "of shape (N, K) or (N,)", Described(f"shape {tuple(z.shape)}")))
+    if int(z.shape[1]) == 1:
+        z = xp.concat([1.0 - z, z], axis=1) if from_probs else xp.concat([xp.zeros_like(z), z],
+                                                                        axis=1)
+    if from_probs:
+        positive = z > 0
+        one = xp.ones((), dtype=z.dtype)
+        z = xp.where(positive, xp.log(xp.where(positive, z, one)), -math.inf * one)
+    return xp, z
+
+
+def map_rows(fn: Callable[[np.ndarray], np.ndarray], z: Any, xp: Any) -> Any:
+    """``fn`` (NumPy rows ``(r, K)`` → ``(r, K)``) applied to ``z`` of any array library, the
+    result in ``z``'s library, dtype and device; partitioned arrays stay lazy, block by block."""
+    if partitioned(z):
+        z = z.rechunk({1: -1})
+        return z.map_blocks(lambda b: fn(np.asarray(b)).astype(b.dtype, copy=False),
+                            dtype=z.dtype)
+    host = np.asarray(to_numpy(z))
+    out = fn(host).astype(host.dtype, copy=False)
+    if is_numpy(xp):
+        return out
+    import array_api_compat
+
+    return xp.asarray(out, device=array_api_compat.device(z))
+
+
+def rowwise(fn: Callable[..., Any], z: Any) -> Any:
+    """``fn(z, axis=-1)``; partitioned arrays block by block (the core takes in-memory arrays)."""
+    if partitioned(z):
+        return map_rows(lambda b: np.asarray(fn(b, axis=-1)), z, None)
+    return fn(z, axis=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# the base class
+# --------------------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, type[Calibrator]] = {}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class Calibrator(Estimator):
+    """Base of every calibrator: logits in, calibrated logits (and probabilities) out.
+
+    Subclasses set ``method`` (the name ``select`` and the command line use), list the fitted
+    attributes that define them in ``_fitted_fields`` and implement ``_fit(data)`` and
+    ``_transform(z, xp)``.
+    """
+
+    method: ClassVar[str] = ""
+    _fitted_attr = "n_classes_"
+    #: Fitted attributes written by :meth:`to_dict`, besides ``n_classes_``.
+    _fitted_fields: ClassVar[tuple[str, ...]] = ()
+    #: Whether ``-inf`` logits (excluded classes) are accepted by ``fit``.
+    _allow_neg_inf: ClassVar[bool] = False
+
+    from_probs: bool
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.method:
+            _REGISTRY[cls.method] = cls
+
+    # ---------------------------------------------------------------- hooks
+
+    def _fit(self, data: FitData) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _transform(self, z: Any, xp: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_params(self) -> None:
+        if not isinstance(self.from_probs, bool):
+            raise LogitkitTypeError(expected("from_probs", "a bool", self.from_probs))
+
+    def _iteration_settings(self) -> tuple[int, float]:
+        """``(max_iter, tol)`` checked: a positive int and a number in ``(0, 1]``."""
+        me: Any = self  # the calibrators that iterate have both parameters
+        max_iter = check_int(me.max_iter, "max_iter")
+        tol = check_number(me.tol, "tol", low=0.0, low_open=True, high=1.0)
+        return max_iter, tol
+
+    def _record_convergence(self, n_iter: int, converged: bool, detail: str) -> None:
+        """Store ``n_iter_`` and ``converged_``; a fit that stopped before converging warns
+        (at the user's ``fit`` call), never silently."""
+        self.n_iter_ = n_iter
+        self.converged_ = converged
+        if not converged:
+            warnings.warn(
+                f"{type(self).__name__} did not converge in {n_iter} passes over the data "
+                f"({detail}); increase max_iter, add regularisation, or check the data.",
+                convergence_warning(), stacklevel=5)
+
+    # ---------------------------------------------------------------- contract
+
+    def fit(self, logits: Any, y: Any, sample_weight: Any = None) -> Calibrator:
+        """Fit the calibrator on held-out logits and labels.
+
+        Args:
+            logits: ``(N, K)`` logits, or ``(N,)`` binary logits (the logit of class 1);
+                probabilities with ``from_probs=True``.  NumPy, PyTorch, JAX, array-likes, or
+                Dask arrays (for the parametric calibrators each optimiser step is then one
+                map-reduce over the row blocks).
+            y: ``(N,)`` integer labels in ``[0, K)``.
+            sample_weight: optional ``(N,)`` non-negative weights, not all zero.
+
+        Returns:
+            ``self``, fitted.
+        """
+        self._check_params()
+        data = fit_data(logits, y, sample_weight, from_probs=self.from_probs,
+                        allow_neg_inf=self._allow_neg_inf)
+        return self._fit_data(data)
+
+    def _fit_data(self, data: FitData, warm: Calibrator | None = None) -> Calibrator:
+        """Fit on validated rows (``fit`` after its input pass; :func:`select`'s folds).
+
+        ``warm``: a fitted calibrator of the same kind whose parameters start the iterations
+        (select fits every candidate on all rows first, then each fold from there).
+        """
+        self._check_params()
+        self._warm = warm
+        try:
+            with small_problem_threads(data.n * data.k):
+                self._fit(data)
+        finally:
+            del self._warm
+        self.n_classes_ = data.k
+        return self
+
+    def _checked_input(self, logits: Any) -> tuple[Any, Any]:
+        check_is_fitted(self)
+        xp, z = input_logits(logits, self.from_probs)
+        if int(z.shape[1]) != self.n_classes_:
+            raise LogitkitValueError(expected(
+                "logits", f"with {self.n_classes_} classes (columns) like the fit",
+                Described(f"{int(z.shape[1])} columns")))
+        return xp, z
+
+    def transform(self, logits: Any) -> Any:
+        """Calibrated logits: ``softmax`` of them is the calibrated probabilities.
+
+        Args:
+            logits: ``(N, K)`` or ``(N,)`` logits (probabilities with ``from_probs``), of any
+                supported array library.
+
+        Returns:
+            ``(N, K)`` logits of the input's array type, floating dtype and device.
+        """
+        xp, z = self._checked_input(logits)
+        if partitioned(z):  # the core takes in-memory arrays: each block through NumPy
+            return map_rows(lambda b: np.asarray(self._transform(b, np)), z, xp)
+        return self._transform(z, xp)
+
+    def fit_transform(self, logits: Any, y: Any, sample_weight: Any = None) -> Any:
+        """``fit(logits, y, sample_weight).transform(logits)``."""
+        return self.fit(logits, y, sample_weight).transform(logits)
+
+    def predict_proba(self, logits: Any) -> Any:
+        """Calibrated probabilities ``softmax(transform(logits))``, ``(N, K)``, input's type."""
+        return rowwise(softmax, self.transform(logits))
+
+    def predict_log_proba(self, logits: Any) -> Any:
+        """``log_softmax(transform(logits))``, exact where the probability underflows."""
+        return rowwise(log_softmax, self.transform(logits))
+
+    def predict(self, logits: Any) -> Any:
+        """The most probable class of each row after calibration, ``(N,)``, input's type."""
+        z = self.transform(logits)
+        return namespace(z).argmax(z, axis=-1)
+
+    def score(self, logits: Any, y: Any, sample_weight: Any = None) -> float:
+        """Mean (weighted) log-likelihood of the labels: the negative NLL, higher is better.
+
+        A calibrator exists to improve probabilities, not the arg-max, so its score is the
+        log-likelihood rather than scikit-learn's default accuracy.
+
+        Args:
+            logits: as for :meth:`transform`.
+            y: ``(N,)`` integer labels.
+            sample_weight: optional ``(N,)`` non-negative weights.
+
+        Returns:
+            A float ``≤ 0``.
+        """
+        logp = np.asarray(to_numpy(self.predict_log_proba(logits)), dtype=np.float64)
+        labels = np.asarray(to_numpy(as_array(y, "y", namespace(y))))
+        if labels.shape != (logp.shape[0],):
+            raise LogitkitValueError(expected("y", f"of shape ({logp.shape[0]},)",
+                                              Described(f"shape {labels.shape}")))
+        picked = logp[np.arange(logp.shape[0]), labels.astype(np.intp)]
+        w = None if sample_weight is None else np.asarray(to_numpy(sample_weight), np.float64)
+        return float(np.average(picked, weights=w))
+
+    # ---------------------------------------------------------------- JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted calibrator as JSON-ready data, restored exactly by :meth:`from_dict`.
+
+        Returns:
+            ``{"schema_version", "method", "params", "n_classes", "input", "fitted"}``:
+            the constructor's arguments, the class count, ``"probs"`` or ``"logits"`` (what
+            ``transform`` expects) and every fitted attribute (lists of floats).
+
+        Examples:
+            >>> import json
+            >>> import numpy as np
+            >>> from logitkit.calibration import Calibrator, TemperatureScaler
+            >>> rng = np.random.default_rng(0)
+            >>> z, y = rng.normal(size=(200, 3)) * 3, rng.integers(0, 3, 200)
+            >>> ts = TemperatureScaler().fit(z + 3 * np.eye(3)[y], y)
+            >>> text = json.dumps(ts.to_dict())
+            >>> again = Calibrator.from_dict(json.loads(text))
+            >>> again.temperature_ == ts.temperature_, type(again).__name__
+            (True, 'TemperatureScaler')
+        """
+        check_is_fitted(self)
+        fitted = {"n_classes_": int(self.n_classes_)}
+        for name in self._fitted_fields:
+            fitted[name] = _jsonable(getattr(self, name))
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "method": self.method,
+            "params": {k: _jsonable(v) for k, v in self.get_params().items()},
+            "n_classes": int(self.n_classes_),
+            "input": "probs" if self.from_probs else "logits",
+            "fitted": fitted,
+        }
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as a JSON string."""
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | str) -> Calibrator:
+        """A fitted calibrator from :meth:`to_dict`'s data (or its JSON text).
+
+        Args:
+            data: the dictionary (or JSON string) written by :meth:`to_dict`.
+
+        Returns:
+            A fitted calibrator of the class named by ``data["method"]`` whose
+            ``transform`` equals the saved one's.
+        """
+        if isinstance(data, str):
+            data = json.loads(data)
+        if not isinstance(data, dict):
+            raise LogitkitTypeError(expected("data", "a dict written by to_dict", data))
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise LogitkitValueError(expected("data['schema_version']", str(SCHEMA_VERSION),
+                                              version))
+        method = data.get("method")
+        if method not in _REGISTRY:
+            raise LogitkitValueError(expected(
+                "data['method']", f"one of {', '.join(sorted(_REGISTRY))}", method))
+        target = _REGISTRY[str(method)]
+        if cls is not Calibrator and not issubclass(target, cls):
+            raise LogitkitValueError(expected("data['method']", repr(cls.method), method))
+        defaults = {p: getattr(target(), p) for p in target._param_names()}
+        params = {}
+        for name, value in data["params"].items():
+            if isinstance(defaults.get(name), tuple) and isinstance(value, list):
+                value = tuple(value)
+            params[name] = value
+        est = target(**params)
+        fitted = data["fitted"]
+        for name, value in fitted.items():
+            if isinstance(value, list):
+                value = np.asarray(value, dtype=np.float64)
+            setattr(est, name, value)
+        est._restore()
+        return est
+
+    def _restore(self) -> None:
+        """Rebuild derived attributes after :meth:`from_dict` (nothing by default)."""
+
+
+class IdentityCalibrator(Calibrator):
+    """No calibration: ``transform`` returns the logits unchanged (the method ``"none"``).
+
+    The baseline every choice is measured against: :func:`select` always includes it, so
+    "leave the model alone" is an answer it can give.
+
+    Args:
+        from_probs: the inputs are probabilities (their logs are returned).
+
+    Examples:
+        >>> import numpy as np
+        >>> from logitkit.calibration import IdentityCalibrator
+        >>> IdentityCalibrator().fit(np.array([[2.0, 0.0]]), np.array([0])).transform(
+        ...     np.array([[1.0, 3.0]]))
+        array([[1., 3.]])
+    """
+
+    method = "none"
+    _allow_neg_inf = True
+
+    def __init__(self, *, from_probs: bool = False) -> None:
+        self.from_probs = from_probs
+
+    def _fit(self, data: FitData) -> None:
+        pass
+
+    def _transform(self, z: Any, xp: Any) -> Any:
+        return z
+
+
+def method_names() -> list[str]:
+    """The registered calibration methods, by name."""
+    return sorted(_REGISTRY)
+
+
+def calibrator_class(method: str) -> type[Calibrator]:
+    return _REGISTRY[method]

@@ -1,0 +1,205 @@
+"""Minimisers for the calibrators' convex objectives, in float64, with convergence reported.
+
+The objectives are a mean negative log-likelihood over the rows plus a ridge penalty; one
+evaluation is one pass over the rows (one map-reduce on partitioned arrays).  Two minimisers:
+
+- :func:`newton` for small parameter vectors (temperature aside, at most a few hundred
+  numbers): a Newton step from the exact gradient and a Hessian (exact, or summed over an evenly
+  spaced subsample of the rows when all rows would cost far more than the gradient), solved by
+  an eigendecomposition that leaves directions of zero curvature alone (the gauge of
+  unpenalised biases), with an Armijo backtracking line search.  Convergence is tested on the
+  exact gradient of all rows, so a subsampled Hessian changes the path, never the answer.
+- :func:`lbfgs` for matrix maps (``K(K + 1)`` parameters): SciPy's L-BFGS-B on the exact value
+  and gradient.
+
+Both stop when the largest gradient entry is at most ``tol`` and report passes, convergence
+and the final gradient; neither hides a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._namespace import LogitkitValueError, expected
+
+__all__ = ["Result", "lbfgs", "newton", "small_problem_threads"]
+
+#: Inputs of at most this many values are fitted with single-threaded BLAS (see below).
+SMALL_INPUT = 1 << 20
+_CONTROLLER: list[Any] = []
+
+
+@contextlib.contextmanager
+def small_problem_threads(n_values: int) -> Iterator[None]:
+    """Single-threaded BLAS while fitting an input of at most :data:`SMALL_INPUT` values.
+
+    The small matrices of such fits (a Hessian's eigendecomposition, products with a few
+    thousand rows) gain nothing from BLAS threads, and on a busy machine OpenBLAS's thread
+    hand-offs made them 10× slower (an eigendecomposition of 110 × 110 took 240 ms on two
+    loaded cores, 20 ms single-threaded).  Uses threadpoolctl (which scikit-learn installs)
+    when it is there; otherwise it changes nothing.
+    """
+    if n_values > SMALL_INPUT:
+        yield
+        return
+    if not _CONTROLLER:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - scikit-learn brings it
+            _CONTROLLER.append(None)
+        else:
+            _CONTROLLER.append(ThreadpoolController())
+    controller = _CONTROLLER[0]
+    if controller is None:  # pragma: no cover
+        yield
+        return
+    with controller.limit(limits=1, user_api="blas"):
+        yield
+
+
+@dataclass
+class Result:
+    """What a minimiser found: parameters, objective, largest gradient entry, passes over the
+    data, and whether the gradient test was met."""
+
+    theta: np.ndarray
+    value: float
+    grad_max: float
+    n_iter: int
+    converged: bool
+
+
+def _check_finite(f: float, g: np.ndarray) -> None:
+    if not (math.isfinite(f) and np.all(np.isfinite(g))):
+        raise LogitkitValueError(expected(
+            "logits", "finite values that keep the objective finite",
+            "a NaN or infinite objective (overflow in the calibrated logits)"))
+
+
+def _newton_step(h: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``-(H + δI)⁻¹ g`` by Cholesky, with ``δ = 1e-10·max diag H`` (raised ×100 until the
+    factorisation succeeds): a flat direction of ``H`` (the gauge of unpenalised biases) gets
+    no component of ``g`` and so no step, and elsewhere the step is Newton's to 1e-10."""
+    h = 0.5 * (h + h.T)
+    scale = float(np.max(np.abs(np.diag(h)))) if h.size else 0.0
+    if not scale > 0:
+        return -g
+    eye = np.eye(h.shape[0])
+    delta = 1e-10 * scale
+    while delta <= scale:
+        try:
+            chol = np.linalg.cholesky(h + delta * eye)
+        except np.linalg.LinAlgError:
+            delta *= 100.0
+            continue
+        return -np.linalg.solve(chol.T, np.linalg.solve(chol, g))
+    return -g / scale  # pragma: no cover - H is positive semi-definite by construction
+
+
+def newton(
+    evaluate: Callable[[np.ndarray], tuple[float, np.ndarray, np.ndarray]],
+    theta: np.ndarray,
+    *,
+    max_iter: int,
+    tol: float,
+) -> Result:
+    """Damped Newton: ``evaluate(θ) -> (f, ∇f, H)`` is one pass over the rows.
+
+    Args:
+        evaluate: the objective, its exact gradient and a positive semi-definite Hessian.
+        theta: the starting point.
+        max_iter: the most passes over the data.
+        tol: converged when ``max |∇f| <= tol``.
+
+    Returns:
+        A :class:`Result`; ``n_iter`` counts passes (line-search trials included).
+    """
+    f, g, h = evaluate(theta)
+    _check_finite(f, g)
+    passes = 1
+    while passes < max_iter:
+        gmax = float(np.max(np.abs(g))) if g.size else 0.0
+        if gmax <= tol:
+            return Result(theta, f, gmax, passes, True)
+        with small_problem_threads(0):  # a dense solve of at most a few hundred unknowns
+            step = _newton_step(h, g)
+        slope = float(g @ step)
+        if slope >= 0:  # not a descent direction (an indefinite Hessian): steepest descent
+            step, slope = -g, -float(g @ g)
+        t = 1.0
+        while True:
+            trial = theta + t * step
+            f1, g1, h1 = evaluate(trial)
+            passes += 1
+            if math.isfinite(f1) and f1 <= f + 1e-4 * t * slope:
+                break
+            if passes >= max_iter or t < 1e-12:
+                gmax = float(np.max(np.abs(g)))
+                return Result(theta, f, gmax, passes, False)
+            t *= 0.5
+        _check_finite(f1, g1)
+        theta, f, g, h = trial, f1, g1, h1
+    gmax = float(np.max(np.abs(g))) if g.size else 0.0
+    return Result(theta, f, gmax, passes, gmax <= tol)
+
+
+def scipy_optimize() -> Any:
+    """``scipy.optimize``, or an ImportError that says which extra brings it."""
+    try:
+        import scipy.optimize
+    except ImportError:  # pragma: no cover - scipy is in the cli, models and test extras
+        raise ImportError("This calibrator needs SciPy (its L-BFGS or isotonic regression): "
+                          "pip install 'logitkit[models]'") from None
+    return scipy.optimize
+
+
+def lbfgs(
+    evaluate: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    theta: np.ndarray,
+    *,
+    max_iter: int,
+    tol: float,
+    memory: int = 20,
+    grad_max: Callable[[np.ndarray], float] | None = None,
+) -> Result:
+    """SciPy's L-BFGS-B on ``evaluate(θ) -> (f, ∇f)`` (one pass over the rows per call).
+
+    Args:
+        evaluate: the objective and its exact gradient.
+        theta: the starting point.
+        max_iter: the most passes over the data.
+        tol: converged when ``max |∇f| <= tol``.
+        memory: the number of correction pairs kept.
+        grad_max: for a preconditioned problem, the largest gradient entry in the original
+            parameters given that of the optimised ones (the test is applied to it).
+
+    Returns:
+        A :class:`Result`; ``n_iter`` counts passes.
+    """
+    minimize = scipy_optimize().minimize
+    last: dict[str, float] = {"gmax": math.inf}
+
+    def fun(t: np.ndarray) -> tuple[float, np.ndarray]:
+        f, g = evaluate(t)
+        _check_finite(f, g)
+        last["gmax"] = grad_max(g) if grad_max is not None else float(np.max(np.abs(g)))
+        return f, g
+
+    def stop(intermediate_result: Any) -> None:
+        if last["gmax"] <= tol:
+            raise StopIteration
+
+    res = minimize(fun, theta, jac=True, method="L-BFGS-B", callback=stop,
+                   options={"maxiter": max_iter, "maxfun": max_iter, "gtol": 0.0,
+                            "ftol": 1e-15, "maxcor": memory})
+    gmax = last["gmax"]
+    # At ftol = 1e-15 a stop on the relative reduction of f means no further progress is
+    # possible in float64: the minimum, to the precision of the objective.
+    converged = gmax <= tol or (res.status == 0 and "REL_REDUCTION" in str(res.message))
+    return Result(np.asarray(res.x), float(res.fun), gmax, int(res.nfev), bool(converged))

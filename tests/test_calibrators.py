@@ -1,0 +1,593 @@
+"""The calibrators beyond temperature: optima against independent objectives and the peers,
+exact derivatives, every input kind and array library, Dask, saving, and errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+from scipy.special import expit, log_softmax
+
+from conftest import asarray, assert_close, is_type_of, to_numpy
+from logitkit import LogitkitTypeError, LogitkitValueError, softmax
+from logitkit.calibration import (
+    BetaCalibrator,
+    CalibrationWarning,
+    Calibrator,
+    DirichletScaler,
+    HistogramCalibrator,
+    IdentityCalibrator,
+    IsotonicCalibrator,
+    MatrixScaler,
+    StructuredScaler,
+    TemperatureScaler,
+    VectorScaler,
+)
+from logitkit.calibration import _scaling as scaling
+from logitkit.calibration._base import FitData
+
+ALL = [IdentityCalibrator, TemperatureScaler, VectorScaler, MatrixScaler, DirichletScaler,
+       StructuredScaler, BetaCalibrator, IsotonicCalibrator, HistogramCalibrator]
+PARAMETRIC = [TemperatureScaler, VectorScaler, MatrixScaler, DirichletScaler,
+              StructuredScaler, BetaCalibrator]
+
+
+def make(n=1500, k=4, seed=0, scale=3.0, bias=True):
+    """Logits of a model ``scale`` times too confident (with class biases), and labels drawn
+    from the true probabilities."""
+    rng = np.random.default_rng(seed)
+    true = rng.normal(size=(n, k)) * 1.5
+    p = softmax(true, axis=1)
+    y = (p.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)
+    z = scale * true + (rng.normal(size=k) if bias else 0.0)
+    return z, y
+
+
+def make_binary(n=1500, seed=0):
+    rng = np.random.default_rng(seed)
+    s = rng.normal(size=n) * 2
+    y = (rng.random(n) < expit(s)).astype(np.int64)
+    return 2.5 * s + 0.7, y
+
+
+def nll_of(logits, y):
+    lp = log_softmax(np.asarray(logits, dtype=np.float64), axis=1)
+    return -lp[np.arange(len(y)), y].mean()
+
+
+def quiet(est, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        return est.fit(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# optima against independently written objectives
+# --------------------------------------------------------------------------------------------
+
+
+def _reference(z, y, unpack, penalty, x0):
+    """Minimise the mean NLL of ``unpack(θ)(z)`` plus ``penalty(θ)`` with SciPy's BFGS on a
+    numerically differentiated objective written here from the definitions."""
+    def f(theta):
+        return nll_of(unpack(theta)(z), y) + penalty(theta)
+
+    res = minimize(f, x0, method="BFGS", options={"gtol": 1e-9, "maxiter": 5000})
+    return res.x, res.fun
+
+
+def test_vector_scaling_is_the_optimum():
+    z, y = make(n=800, k=3, seed=1)
+    vs = VectorScaler().fit(z, y)
+    assert vs.converged_
+    k = 3
+
+    def unpack(t):
+        return lambda x: x * t[:k] + t[k:]
+
+    ref, f_ref = _reference(z, y, unpack, lambda t: 0.0, np.r_[np.ones(k), np.zeros(k)])
+    ours = nll_of(vs.transform(z), y)
+    assert ours <= f_ref + 1e-10
+    assert_close(vs.coef_, ref[:k], rtol=1e-4)
+    # biases are defined up to a constant without a penalty
+    assert_close(vs.intercept_ - vs.intercept_.mean(), ref[k:] - ref[k:].mean(), atol=1e-4)
+
+
+def test_vector_scaling_penalty_and_its_optimum():
+    z, y = make(n=600, k=3, seed=2)
+    vs = VectorScaler(alpha=0.05).fit(z, y)
+    k = 3
+
+    def unpack(t):
+        return lambda x: x * t[:k] + t[k:]
+
+    def pen(t):
+        return 0.05 * (np.sum((t[:k] - 1) ** 2) + np.sum(t[k:] ** 2))
+
+    ref, f_ref = _reference(z, y, unpack, pen, np.r_[np.ones(k), np.zeros(k)])
+    assert_close(np.r_[vs.coef_, vs.intercept_], ref, atol=1e-5)
+    assert vs.objective_ <= f_ref + 1e-10
+
+
+def test_vector_scaling_of_two_classes_is_platt_scaling():
+    from sklearn.linear_model import LogisticRegression
+
+    s, y = make_binary(seed=3)
+    one = VectorScaler().fit(s, y)
+    two = VectorScaler().fit(np.stack([-0.5 * s, 0.5 * s], axis=1), y)
+    lr = LogisticRegression(C=np.inf, tol=1e-12, max_iter=10_000).fit(s[:, None], y)
+    platt = expit(lr.coef_[0, 0] * s + lr.intercept_[0])
+    assert_close(one.predict_proba(s)[:, 1], platt, rtol=1e-6)
+    assert_close(two.predict_proba(np.stack([-0.5 * s, 0.5 * s], axis=1))[:, 1], platt,
+                 rtol=1e-6)
+
+
+def test_matrix_scaling_is_the_optimum():
+    z, y = make(n=700, k=3, seed=4)
+    ms = MatrixScaler(alpha=0.01).fit(z, y)
+    k = 3
+
+    def unpack(t):
+        return lambda x: x @ t[:k * k].reshape(k, k).T + t[k * k:]
+
+    def pen(t):
+        return 0.01 * (np.sum((t[:k * k] - np.eye(k).ravel()) ** 2) + np.sum(t[k * k:] ** 2))
+
+    ref, f_ref = _reference(z, y, unpack, pen, np.r_[np.eye(k).ravel(), np.zeros(k)])
+    assert ms.converged_ and ms.objective_ <= f_ref + 1e-10
+    assert_close(np.r_[ms.coef_.ravel(), ms.intercept_], ref, atol=1e-5)
+
+
+def test_dirichlet_scaling_with_odir_is_the_optimum():
+    z, y = make(n=700, k=3, seed=5)
+    ds = DirichletScaler(reg_lambda=0.3, reg_mu=0.2).fit(z, y)
+    k = 3
+    off = ~np.eye(k, dtype=bool)
+
+    def unpack(t):
+        return lambda x: log_softmax(x, axis=1) @ t[:k * k].reshape(k, k).T + t[k * k:]
+
+    def pen(t):
+        w = t[:k * k].reshape(k, k)
+        return 0.3 * k * (k - 1) / 700 * np.sum(w[off] ** 2) + 0.2 * k / 700 * np.sum(t[k * k:] ** 2)
+
+    ref, f_ref = _reference(z, y, unpack, pen, np.r_[np.eye(k).ravel(), np.zeros(k)])
+    assert ds.converged_ and ds.objective_ <= f_ref + 1e-10
+    assert_close(np.r_[ds.coef_.ravel(), ds.intercept_], ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["matrix", "vector"])
+def test_structured_scaling_is_the_optimum_of_its_definition(form):
+    z, y = make(n=600, k=3, seed=6)
+    sms = StructuredScaler(form=form, reg_intercept=2.0, reg_diagonal=0.5,
+                           reg_off_diagonal=3.0).fit(z, y)
+    k, n = 3, 600
+    t = TemperatureScaler().fit(z, y).temperature_
+    assert sms.temperature_ == t and sms.mix_ == 1 / (n + 1)
+    eps = 1 / (n + 1)
+    x = np.log((1 - eps) * softmax(z / t, axis=1) + eps / k)
+    off = ~np.eye(k, dtype=bool)
+
+    if form == "vector":
+        def unpack(th):
+            return lambda _: x * th[:k] + th[k:]
+
+        def pen(th):
+            return k / n * (0.5 * np.sum((th[:k] - 1) ** 2) + 2.0 * np.sum(th[k:] ** 2))
+
+        x0 = np.r_[np.ones(k), np.zeros(k)]
+        got = np.r_[sms.coef_, sms.intercept_]
+    else:
+        def unpack(th):
+            return lambda _: x @ th[:k * k].reshape(k, k).T + th[k * k:]
+
+        def pen(th):
+            a = th[:k * k].reshape(k, k)
+            return (k / n * (0.5 * np.sum((np.diag(a) - 1) ** 2) + 2.0 * np.sum(th[k * k:] ** 2))
+                    + 3.0 * k * (k - 1) / n * np.sum(a[off] ** 2))
+
+        x0 = np.r_[np.eye(k).ravel(), np.zeros(k)]
+        got = np.r_[sms.coef_.ravel(), sms.intercept_]
+    ref, f_ref = _reference(z, y, unpack, pen, x0)
+    assert sms.converged_ and sms.objective_ <= f_ref + 1e-10
+    assert_close(got, ref, atol=1e-5)
+    assert_close(sms.transform(z), unpack(got)(z), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_structured_scaling_matches_probmetrics():
+    import torch
+    from probmetrics.calibrators import SMSCalibrator, SVSCalibrator
+
+    torch.set_num_threads(1)
+    z, y = make(n=1200, k=4, seed=7)
+    zt, yt = make(n=3000, k=4, seed=8)
+    probs, probs_t = softmax(z, axis=1), softmax(zt, axis=1)
+    for ours, theirs in ((StructuredScaler(), SMSCalibrator(print_init_info=False)),
+                         (StructuredScaler(form="vector"), SVSCalibrator(print_init_info=False))):
+        ours.fit(z, y)
+        theirs.fit(probs, y)
+        p_theirs = theirs.predict_proba(probs_t)
+        nll_theirs = -np.log(p_theirs[np.arange(len(yt)), yt]).mean()
+        nll_ours = nll_of(ours.transform(zt), yt)
+        # the same model; probmetrics optimises in float32 with torchmin's default tolerance
+        assert nll_ours <= nll_theirs + 2e-4
+        assert abs(nll_ours - nll_theirs) < 2e-3
+
+
+def test_beta_calibration_matches_betacal():
+    from betacal import BetaCalibration
+
+    s, y = make_binary(n=2000, seed=9)
+    bc = BetaCalibrator().fit(s, y)
+    p = expit(s)
+    ref = BetaCalibration(parameters="abm").fit(p, y)
+    q_ref, q = ref.predict(p), bc.predict_proba(s)[:, 1]
+    # the same model: betacal's L-BFGS stops near the optimum, Newton's at it
+    assert_close(q, q_ref, rtol=1e-3)
+    nll = -np.mean(y * np.log(q) + (1 - y) * np.log1p(-q))
+    assert nll <= -np.mean(y * np.log(q_ref) + (1 - y) * np.log1p(-q_ref)) + 1e-12
+    a, b, _ = bc.coef_[0]
+    assert a >= 0 and b >= 0
+
+
+def test_beta_refits_a_negative_coefficient_at_zero():
+    # Labels that rise with p only through log(1 - p): a comes out negative unconstrained.
+    rng = np.random.default_rng(10)
+    s = rng.normal(size=3000) * 3
+    p = expit(s)
+    truth = expit(-0.5 * np.log(p) + 1.5 * -np.log1p(-p) - 1.0)
+    y = (rng.random(3000) < truth).astype(int)
+    bc = BetaCalibrator().fit(s, y)
+    a, b, _ = bc.coef_[0]
+    assert a == 0.0 and b > 0 and bc.converged_
+    from betacal import BetaCalibration
+
+    ref = BetaCalibration(parameters="abm").fit(p, y)
+    assert_close(bc.predict_proba(s)[:, 1], ref.predict(p), rtol=2e-3)
+
+
+def test_isotonic_matches_scikit_learn_and_never_gives_zero():
+    from sklearn.isotonic import IsotonicRegression
+
+    s, y = make_binary(n=1000, seed=11)
+    iso = IsotonicCalibrator().fit(s, y)
+    p = expit(s)
+    ref = IsotonicRegression(out_of_bounds="clip").fit(p, y)
+    test = np.linspace(-12, 12, 501)
+    want = np.clip(ref.predict(expit(test)), iso.floor_, 1 - iso.floor_)
+    assert_close(iso.predict_proba(test)[:, 1], want, rtol=1e-12, atol=1e-15)
+    assert iso.predict_proba(test).min() >= iso.floor_ > 0
+    # multiclass: per class as scikit-learn's one-vs-rest, then renormalised
+    z, yk = make(n=900, k=3, seed=12)
+    iso3 = IsotonicCalibrator().fit(z, yk)
+    pk = softmax(z, axis=1)
+    cols = np.stack([np.clip(IsotonicRegression(out_of_bounds="clip").fit(pk[:, c], yk == c)
+                             .predict(pk[:, c]), iso3.floor_, 1 - iso3.floor_)
+                     for c in range(3)], axis=1)
+    assert_close(iso3.predict_proba(z), cols / cols.sum(axis=1, keepdims=True), rtol=1e-12)
+
+
+def test_histogram_bins_values_and_floor():
+    s, y = make_binary(n=2000, seed=13)
+    hb = HistogramCalibrator(n_bins=8).fit(s, y)
+    p = expit(s)
+    b = np.clip(np.ceil(p * 8).astype(int) - 1, 0, 7)
+    share = np.array([y[b == i].mean() if np.any(b == i) else y.mean() for i in range(8)])
+    assert_close(hb.values_[0], share, rtol=1e-12)
+    q = hb.predict_proba(s)[:, 1]
+    assert_close(q, np.clip(share[b], hb.floor_, 1 - hb.floor_), rtol=1e-12)
+    hq = HistogramCalibrator(n_bins=8, binning="quantile").fit(s, y)
+    counts = np.bincount(np.clip(np.searchsorted(hq.edges_[0, 1:-1], p), 0, 7), minlength=8)
+    assert counts.min() >= 240 and counts.max() <= 260  # equal mass
+    # a class absent from the fit still gets a positive probability
+    z, yk = make(n=600, k=3, seed=14)
+    yk[yk == 2] = 0
+    for est in (HistogramCalibrator(), IsotonicCalibrator()):
+        est.fit(z, yk)
+        prob = est.predict_proba(z)
+        assert prob.min() > 0 and np.isfinite(np.log(prob)).all()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_histogram_matches_probmetrics():
+    from probmetrics.calibrators import BinaryHistogramBinningCalibrator
+
+    s, y = make_binary(n=2000, seed=15)
+    p = expit(s)
+    ours = HistogramCalibrator().fit(s, y).predict_proba(s)[:, 1]
+    theirs = BinaryHistogramBinningCalibrator().fit(np.stack([1 - p, p], 1), y)
+    q = theirs.predict_proba(np.stack([1 - p, p], 1))[:, 1]
+    on_edge = np.isclose(p * 10, np.round(p * 10))  # their bins are left-closed
+    assert_close(ours[~on_edge], q[~on_edge], rtol=1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# derivatives
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["diag", "full"])
+@pytest.mark.parametrize("kind", ["logits", "log_softmax", "tempered", "margin"])
+def test_block_sums_have_exact_gradient_hessian_and_hvp(form, kind):
+    k = 2 if kind == "margin" else 3
+    z, y = make(n=300, k=k, seed=16)
+    w = np.random.default_rng(16).uniform(0.2, 2.0, size=300)
+    spec = scaling.Features(kind, k, beta=0.4, mix=0.01)
+    dim = 2 * k if form == "diag" else k * (k + 1)
+    theta = np.random.default_rng(17).normal(size=dim) * 0.3
+    theta[:k] += 1.0 if form == "diag" else 0.0
+    data = FitData(z, y, w, k, float(w.sum()), False)
+    obj = scaling.Objective(data, form, spec, scaling.Penalty(0.1, 0.2, 0.3))
+    obj.stride = 1
+    f, g, h = obj.value_grad_hess(theta)
+    eps = 1e-6
+    fd_g = np.array([(obj.value_grad(theta + eps * e)[0] - obj.value_grad(theta - eps * e)[0])
+                     / (2 * eps) for e in np.eye(dim)])
+    assert_close(g, fd_g, rtol=1e-6, atol=1e-8)
+    fd_h = np.array([(obj.value_grad(theta + eps * e)[1] - obj.value_grad(theta - eps * e)[1])
+                     / (2 * eps) for e in np.eye(dim)])
+    assert_close(h, fd_h, rtol=1e-5, atol=1e-7)
+    v = np.random.default_rng(18).normal(size=dim)
+    assert_close(obj.hvp(theta, v), h @ v, rtol=1e-10, atol=1e-12)
+    assert_close(f, obj.value_grad(theta)[0], rtol=1e-14)
+
+
+# --------------------------------------------------------------------------------------------
+# inputs, array libraries, Dask
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_backends_give_the_same_fit_and_keep_the_array_type(cls, xp):
+    z, y = make(n=300, k=3, seed=19)
+    ref = quiet(cls(), z, y)
+    za, ya = asarray(xp, z), asarray(xp, y)
+    est = quiet(cls(), za, ya)
+    out = est.predict_proba(za)
+    assert is_type_of(out, xp) and is_type_of(est.transform(za), xp)
+    assert_close(out, ref.predict_proba(z), rtol=1e-9, atol=1e-12)
+    z32 = asarray(xp, z, dtype=np.float32)
+    t32 = est.transform(z32)
+    assert to_numpy(t32).dtype == np.float32
+    assert_close(t32, ref.transform(z), rtol=1e-4, atol=1e-4)
+    assert_close(est.predict(za), np.argmax(to_numpy(out), axis=1))
+
+
+@pytest.mark.parametrize("cls", PARAMETRIC[1:5], ids=lambda c: c.__name__)
+def test_affine_transform_is_differentiable_and_jittable(cls):
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    z, y = make(n=200, k=3, seed=20)
+    est = quiet(cls(), z, y)
+    zt = torch.tensor(z, requires_grad=True)
+    est.predict_proba(zt)[:, 0].sum().backward()
+    assert zt.grad is not None and torch.isfinite(zt.grad).all()
+    jitted = jax.jit(est.predict_proba)(jnp.asarray(z))
+    assert_close(jitted, est.predict_proba(z), rtol=1e-12)
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_dask_fit_and_transform_equal_numpy(cls):
+    import dask
+    import dask.array as da
+
+    z, y = make(n=900, k=3, seed=21)
+    w = np.random.default_rng(21).uniform(0.5, 1.5, size=900)
+    ref = quiet(cls(), z, y, w)
+    dz, dy, dw = (da.from_array(a, chunks=(250, *a.shape[1:])) for a in (z, y, w))
+    with dask.config.set(scheduler="threads"):
+        est = quiet(cls(), dz, dy, dw)
+        out = est.predict_proba(dz)
+        assert isinstance(out, da.Array)  # lazy, array type in = out
+        assert_close(out.compute(), ref.predict_proba(z), rtol=1e-7, atol=1e-10)
+
+
+def test_each_optimiser_step_is_one_map_reduce(monkeypatch):
+    import dask
+    import dask.array as da
+
+    z, y = make(n=1000, k=3, seed=22)
+    calls = []
+    inner = scaling.affine_sums
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(scaling, "affine_sums", counting)
+    with dask.config.set(scheduler="synchronous"):
+        vs = VectorScaler().fit(da.from_array(z, chunks=(250, 3)), da.from_array(y, chunks=250))
+    assert len(calls) == 4 * vs.n_iter_  # 4 blocks per pass, one pass per evaluation
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_binary_as_one_column_or_two(cls):
+    s, y = make_binary(n=600, seed=23)
+    one = quiet(cls(), s, y)
+    two = quiet(cls(), np.stack([np.zeros_like(s), s], axis=1), y)
+    assert one.n_classes_ == two.n_classes_ == 2
+    assert_close(one.predict_proba(s), two.predict_proba(np.stack([0 * s, s], 1)), rtol=1e-8,
+                 atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_probabilities_with_from_probs_equal_their_logits(cls):
+    z, y = make(n=500, k=3, seed=24)
+    p = softmax(z, axis=1)
+    ref = quiet(cls(), log_softmax(z, axis=1), y)
+    est = quiet(cls(from_probs=True), p, y)
+    assert_close(est.predict_proba(p), ref.predict_proba(log_softmax(z, axis=1)), rtol=1e-7,
+                 atol=1e-12)
+    assert est.to_dict()["input"] == "probs"
+    if cls is not IdentityCalibrator:
+        with pytest.warns(CalibrationWarning, match="looks like probabilities"):
+            quiet_fit = cls()
+            quiet_fit.fit(p, y)
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_integer_weights_equal_repeated_rows(cls):
+    z, y = make(n=300, k=3, seed=25)
+    w = np.random.default_rng(25).integers(0, 3, 300)
+    a = quiet(cls(), z, y, w)
+    b = quiet(cls(), np.repeat(z, w, axis=0), np.repeat(y, w))
+    test = make(n=50, k=3, seed=26)[0]
+    tol = 1e-6 if cls not in (StructuredScaler,) else 1e-5
+    assert_close(a.predict_proba(test), b.predict_proba(test), rtol=tol, atol=1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# contract, saving, errors
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_estimator_contract(cls):
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    est = cls()
+    with pytest.raises(NotFittedError):
+        check_is_fitted(est)
+    with pytest.raises(NotFittedError):
+        est.transform(np.zeros((2, 3)))
+    params = est.get_params()
+    assert est.set_params(**params) is est
+    twin = clone(est)
+    assert twin.get_params() == params and twin is not est
+    z, y = make(n=200, k=3, seed=27)
+    assert quiet(est, z, y) is est
+    check_is_fitted(est)
+    assert est.__sklearn_tags__().estimator_type == "classifier"
+    assert est.score(z, y) == pytest.approx(-nll_of(est.transform(z), y), rel=1e-12)
+    assert_close(est.predict_log_proba(z), np.log(est.predict_proba(z)), rtol=1e-9)
+    assert not hasattr(clone(est), "n_classes_")
+    with pytest.raises(LogitkitValueError, match="3 classes"):
+        est.transform(np.zeros((2, 4)))
+    with pytest.raises(LogitkitValueError, match="Invalid parameter"):
+        est.set_params(not_a_parameter=1)
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_saved_calibrator_is_restored_exactly(cls):
+    z, y = make(n=400, k=3, seed=28)
+    est = quiet(cls(), z, y)
+    text = json.dumps(est.to_dict())
+    again = Calibrator.from_dict(json.loads(text))
+    assert type(again) is cls and again.get_params() == est.get_params()
+    assert np.array_equal(again.transform(z), est.transform(z))
+    assert Calibrator.from_dict(est.to_json()).n_classes_ == 3
+    data = est.to_dict()
+    assert data["schema_version"] == 1 and data["method"] == cls.method
+    assert data["n_classes"] == 3 and data["input"] == "logits"
+
+
+def test_from_dict_refuses_what_it_cannot_restore():
+    est = VectorScaler().fit(*make(n=200, k=3, seed=29))
+    data = est.to_dict()
+    with pytest.raises(LogitkitValueError, match="schema_version"):
+        Calibrator.from_dict({**data, "schema_version": 99})
+    with pytest.raises(LogitkitValueError, match="method"):
+        Calibrator.from_dict({**data, "method": "magic"})
+    with pytest.raises(LogitkitValueError, match="method"):
+        MatrixScaler.from_dict(data)
+    with pytest.raises(LogitkitTypeError, match="data"):
+        Calibrator.from_dict([1, 2])
+
+
+@pytest.mark.parametrize(("cls", "params", "match"), [
+    (VectorScaler, {"alpha": -1.0}, "alpha"),
+    (VectorScaler, {"max_iter": 0}, "max_iter"),
+    (MatrixScaler, {"tol": 0.0}, "tol"),
+    (DirichletScaler, {"reg_lambda": -1.0}, "reg_lambda"),
+    (DirichletScaler, {"reg_mu": math.nan}, "reg_mu"),
+    (StructuredScaler, {"form": "diagonal"}, "form"),
+    (StructuredScaler, {"reg_off_diagonal": -2.0}, "reg_off_diagonal"),
+    (BetaCalibrator, {"max_iter": 1.5}, "max_iter"),
+    (HistogramCalibrator, {"n_bins": 0}, "n_bins"),
+    (HistogramCalibrator, {"binning": "equal"}, "binning"),
+    (IsotonicCalibrator, {"from_probs": 1}, "from_probs"),
+])
+def test_bad_parameters_name_the_argument(cls, params, match):
+    z, y = make(n=50, k=3, seed=30)
+    with pytest.raises((LogitkitValueError, LogitkitTypeError), match=match):
+        cls(**params).fit(z, y)
+
+
+@pytest.mark.parametrize("cls", ALL[1:], ids=lambda c: c.__name__)
+def test_bad_inputs_get_one_clear_error(cls):
+    z, y = make(n=60, k=3, seed=31)
+    with pytest.raises(LogitkitValueError, match=r"labels in \[0, 3\)"):
+        cls().fit(z, y + 1)
+    with pytest.raises(LogitkitValueError, match="shape"):
+        cls().fit(z, y[:10])
+    with pytest.raises(LogitkitValueError, match="non-empty"):
+        cls().fit(z[:0], y[:0])
+    with pytest.raises(LogitkitTypeError, match="integer class labels"):
+        cls().fit(z, y.astype(float))
+    bad = z.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(LogitkitValueError, match="1 NaN"):
+        cls().fit(bad, y)
+    with pytest.raises(LogitkitValueError, match="sample_weight"):
+        cls().fit(z, y, -np.ones(60))
+    with pytest.raises(LogitkitValueError, match="probabilities in"):
+        cls(from_probs=True).fit(z, y)
+
+
+def test_minus_infinity_is_an_excluded_class_or_refused():
+    z, y = make(n=200, k=3, seed=32)
+    masked = z.copy()
+    masked[np.arange(200), (y + 1) % 3] = -np.inf
+    for cls in (VectorScaler, MatrixScaler, BetaCalibrator):
+        with pytest.raises(LogitkitValueError, match="-inf"):
+            cls().fit(masked, y)
+    # Maps of the (log-)probabilities take an excluded class as probability 0.
+    for cls in (TemperatureScaler, DirichletScaler, StructuredScaler, IsotonicCalibrator,
+                HistogramCalibrator):
+        est = quiet(cls(), masked, y)
+        p = est.predict_proba(masked)
+        assert np.isfinite(p).all() and np.allclose(p.sum(axis=1), 1.0)
+        excluded = p[np.arange(200), (y + 1) % 3]
+        if cls in (TemperatureScaler, DirichletScaler, StructuredScaler):
+            assert excluded.max() < 0.05  # one-vs-rest bins pool them with other rows
+
+
+def test_non_convergence_is_reported_as_both_warnings():
+    from sklearn.exceptions import ConvergenceWarning
+
+    z, y = make(n=400, k=3, seed=33)
+    for est in (VectorScaler(max_iter=2), MatrixScaler(max_iter=2), BetaCalibrator(max_iter=1),
+                StructuredScaler(max_iter=2), DirichletScaler(max_iter=2)):
+        with pytest.warns(CalibrationWarning, match="did not converge") as record:
+            est.fit(z, y)
+        assert est.converged_ is False
+        assert any(issubclass(r.category, ConvergenceWarning) for r in record)
+
+
+def test_large_full_maps_take_lbfgs_from_subsample_warm_starts(monkeypatch):
+    monkeypatch.setattr(scaling, "_NEWTON_MAX_CLASSES", 2)
+    monkeypatch.setattr(scaling, "_WARM_START_ROWS", (300, 1000))
+    z, y = make(n=6000, k=4, seed=35)
+    sizes = []
+    inner = scaling.affine_sums
+
+    def recording(x, *args, **kwargs):
+        sizes.append(x.shape[0])
+        return inner(x, *args, **kwargs)
+
+    monkeypatch.setattr(scaling, "affine_sums", recording)
+    ms = MatrixScaler(alpha=1e-3).fit(z, y)
+    assert ms.converged_ and {300, 1000, 6000} <= set(sizes)
+    monkeypatch.setattr(scaling, "_NEWTON_MAX_CLASSES", 16)
+    ref = MatrixScaler(alpha=1e-3).fit(z, y)
+    assert abs(ms.objective_ - ref.objective_) <= 1e-8  # both stop at a gradient of 1e-6
+    assert_close(ms.predict_proba(z), ref.predict_proba(z), atol=1e-4)
