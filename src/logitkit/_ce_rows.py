@@ -86,6 +86,7 @@ class RowStats:
 
     loss: Any  # (N,) per-row loss (0 on rows that do not count), or None
     m: Any  # (N, 1) the shift: row max of softcap(x) in x's units (0 on special rows), or None
+    top: Any  # (N, 1) the index of the max, or None
     log_s: Any  # (N, 1) log Σ exp(q) (0 on special rows), or None
     total_w: Any  # (N, 1) Σ_c W_ic, or None
     counted: Array  # (N,) bool: the row counts (not ignored, not fully masked)
@@ -244,13 +245,13 @@ def forward(pb: Problem, xp: Any, *, counted: Array | None = None,
         denom = denominator(pb, counted, xp)
     parts = [_forward_block(_part(pb, r0, r1), counted[r0:r1], xp)
              for r0, r1 in _blocks(pb, xp)]
-    loss, m, log_s, total_w, specials = (list(p) for p in zip(*parts, strict=True))
+    loss, m, top, log_s, total_w, specials = (list(p) for p in zip(*parts, strict=True))
     special = None
     if any(s is not None for s in specials):
         special = _concat([xp.zeros_like(c) if s is None else s
                            for s, c in zip(specials, (counted[r0:r1] for r0, r1 in
                                                       _blocks(pb, xp)), strict=True)], xp)
-    return RowStats(_concat(loss, xp), _concat(m, xp), _concat(log_s, xp),
+    return RowStats(_concat(loss, xp), _concat(m, xp), _concat(top, xp), _concat(log_s, xp),
                     _concat(total_w, xp), counted, special, denom)
 
 
@@ -278,24 +279,27 @@ def _forward_block(pb: Problem, counted: Array, xp: Any) -> tuple[Any, ...]:
         loss = xp.where(rows, _special_ce(pb, nz, w, total_w, xp), loss)
         special = rows[:, 0]
     if pb.z_loss > 0.0:
-        lse = _lse(sh.m, log_s, pb.temperature, xp)
+        root = _lse_times(sh.m, log_s, pb.temperature, math.sqrt(pb.z_loss), xp)  # √c · lse
         if nz.special:
-            lse = xp.where(sh.pos, math.inf, xp.where(sh.neg, -math.inf, lse))
-            lse = xp.where(sh.nan, math.nan, lse)
-        loss = loss + pb.z_loss * (lse * lse)
+            root = xp.where(sh.pos, math.inf, xp.where(sh.neg, -math.inf, root))
+            root = xp.where(sh.nan, math.nan, root)
+        loss = loss + root * root
     if pb.logit_l2 > 0.0:
         xs = x if pb.mask is None else xp.where(pb.mask, x, 0.0)
         loss = loss + (0.5 * pb.logit_l2) * xp.sum(xs * xs, axis=-1, keepdims=True)
     if pb.bad is not None:
         loss = xp.where(pb.bad[:, None], math.nan, loss)
     loss = xp.where(counted[:, None], loss, 0.0)
-    return loss[:, 0], sh.m, log_s, total_w, special
+    return loss[:, 0], sh.m, sh.top, log_s, total_w, special
 
 
-def _lse(m: Array, log_s: Array, t: Temperature, xp: Any) -> Array:
-    """``lse = m/T + log s`` (overflowing to ±inf where the true value does)."""
+def _lse_times(m: Array, log_s: Array, t: Temperature, s: float, xp: Any) -> Array:
+    """``s · lse = s·m/T + s·log s``, in an order that overflows only where the product does:
+    ``lse`` itself may not fit the working dtype (``m/T = 6e38`` for ``[3e38, 0]`` at T = 0.5
+    in float32) while the z-loss's ``2c·lse`` and ``√c·lse`` do."""
     with np.errstate(over="ignore"):
-        return _sink_shift(m, t, xp) + log_s
+        head = _sink_shift(m * s, t, xp) if s <= 1.0 else _sink_shift(m, t, xp) * s
+        return head + s * log_s
 
 
 def _special_ce(pb: Problem, nz: Any, w: Array | None, total_w: Array, xp: Any) -> Array:
@@ -334,8 +338,9 @@ def gradient(pb: Problem, stats: RowStats, scale: Array, xp: Any, *, out: Any = 
     if out is None:
         out = xp.empty(tuple(pb.x.shape), dtype=pb.x.dtype, device=array_api_compat.device(pb.x))
     for r0, r1 in blocks:
-        part = RowStats(None, stats.m[r0:r1], stats.log_s[r0:r1], stats.total_w[r0:r1],
-                        stats.counted[r0:r1], _slice(stats.special, r0, r1), stats.denom)
+        part = RowStats(None, stats.m[r0:r1], _slice(stats.top, r0, r1), stats.log_s[r0:r1],
+                        stats.total_w[r0:r1], stats.counted[r0:r1],
+                        _slice(stats.special, r0, r1), stats.denom)
         out[r0:r1, ...] = _gradient_block(_part(pb, r0, r1), part, scale[r0:r1], xp)
     return out
 
@@ -347,8 +352,10 @@ def _probabilities(pb: Problem, stats: RowStats, xp: Any) -> Array:
     may = special is not None and _may(special, xp)
     if may:
         x = xp.where(special[:, None], 0.0, x)
-    q = _shift(x, pb.mask, pb.softcap, pb.temperature, xp, m=stats.m).q
-    p = xp.exp(q - stats.log_s)
+    q = _shift(x, pb.mask, pb.softcap, pb.temperature, xp, m=stats.m, top=stats.top).q
+    # e^q / s rather than e^{q − log s}: the rounding of log s (≈ 11.5 at K = 10⁵) would be
+    # magnified by exp into every probability.
+    p = xp.exp(q) / xp.exp(stats.log_s)
     if not may:
         return p
     rows = special[:, None]
@@ -372,10 +379,10 @@ def _gradient_block(pb: Problem, stats: RowStats, scale: Array, xp: Any) -> Arra
     p = _probabilities(pb, stats, xp)
     coef = stats.total_w
     if pb.z_loss > 0.0:
-        lse = _lse(stats.m, stats.log_s, pb.temperature, xp)
+        twice = _lse_times(stats.m, stats.log_s, pb.temperature, 2.0 * pb.z_loss, xp)
         if stats.special is not None:
-            lse = xp.where(stats.special[:, None], 0.0, lse)
-        coef = coef + (2.0 * pb.z_loss) * lse
+            twice = xp.where(stats.special[:, None], 0.0, twice)
+        coef = coef + twice
         if _may(~xp.isfinite(coef), xp):
             # An overflowing coefficient times p = 0 is 0, not inf·0 = NaN.
             gz = xp.where(p > 0, coef * p, 0.0)
@@ -417,7 +424,7 @@ def target_gradient(pb: Problem, stats: RowStats, scale: Array, xp: Any) -> Arra
     may = special is not None and _may(special, xp)
     if may:
         x = xp.where(special[:, None], 0.0, x)
-    q = _shift(x, pb.mask, pb.softcap, pb.temperature, xp, m=stats.m).q
+    q = _shift(x, pb.mask, pb.softcap, pb.temperature, xp, m=stats.m, top=stats.top).q
     g = -(1.0 - pb.label_smoothing) * (q - stats.log_s)
     if pb.weight is not None:
         g = g * pb.weight
@@ -470,7 +477,7 @@ def fast_forward(pb: Problem, xp: Any) -> RowStats:
         special = res.flagged
     loss_x = res.as_input(loss.astype(to_numpy(pb.x).dtype))
     special_x = None if special is None else res.as_input(special)
-    return RowStats(loss_x, None, None, None, counted, special_x, denom)
+    return RowStats(loss_x, None, None, None, None, counted, special_x, denom)
 
 
 def loss_and_gradient(pb: Problem, scale: Array, xp: Any, *, counted: Array,

@@ -180,15 +180,51 @@ def stop_gradient(x: Array, xp: Any) -> Array:
     return x
 
 
-def materialize(x: Array, xp: Any) -> Array:
-    """``x``, computed once: under ``jax.jit`` XLA may recompute an elementwise expression in
-    each fusion that reads it, with different roundings (``tanh`` of the softcap), and the row
-    max would then not be exactly an entry of the array it is subtracted from."""
-    if is_jax(xp):
-        import jax
+def ldexp(x: Array, e: int, xp: Any) -> Array:
+    """``x · 2**e`` rounded once, for any int ``e`` (``2**e`` itself may overflow the dtype).
 
-        return jax.lax.optimization_barrier(x)
+    NumPy's ``ldexp``; JAX's behind a ``custom_vjp`` (its derivative through ``frexp`` is wrong,
+    and a chain of constant factors is folded by XLA into one that overflows), so forward-mode
+    autodiff does not go through it; elsewhere powers of two the dtype holds, one at a time.
+    """
+    if is_numpy(xp):
+        with np.errstate(over="ignore", under="ignore"):
+            return xp.ldexp(x, e)
+    if is_jax(xp):
+        return _jax_ldexp()(x, e)
+    info = xp.finfo(x.dtype)
+    low = math.frexp(float(info.smallest_normal))[1] - 1
+    high = math.frexp(float(info.max))[1] - 1
+    while e:
+        step = max(low, min(high, e))
+        x = x * 2.0**step
+        e -= step
     return x
+
+
+_JAX_LDEXP: list[Any] = []
+
+
+def _jax_ldexp() -> Any:
+    if not _JAX_LDEXP:
+        import functools
+
+        import jax
+        import jax.numpy as jnp
+
+        @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+        def scaled(x: Any, e: int) -> Any:
+            return jnp.ldexp(x, e)
+
+        def fwd(x: Any, e: int) -> tuple[Any, None]:
+            return jnp.ldexp(x, e), None
+
+        def bwd(e: int, _: None, g: Any) -> tuple[Any]:
+            return (scaled(g, e),)
+
+        scaled.defvjp(fwd, bwd)
+        _JAX_LDEXP.append(scaled)
+    return _JAX_LDEXP[0]
 
 
 # --------------------------------------------------------------------------------------------

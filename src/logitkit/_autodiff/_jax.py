@@ -49,16 +49,16 @@ def _ce_fwd(static: tuple, x: Any, labels: Any, probs: Any, mask: Any, keep: Any
     # code: the residual log s carries its own derivative (the shift m is a constant).
     stats = ce.forward(pb, xp)
     loss = ce.reduce(stats.loss, pb.reduction, stats.denom, xp)
-    residuals = (x, labels, probs, mask, keep, bad, stats.m, stats.log_s, stats.total_w,
+    residuals = (x, labels, probs, mask, keep, bad, stats.m, stats.top, stats.log_s, stats.total_w,
                  stats.counted, stats.special, stats.denom)
     return loss, residuals
 
 
 def _ce_bwd(static: tuple, residuals: tuple, g: Any) -> tuple:
     xp = _xp()
-    x, labels, probs, mask, keep, bad, m, log_s, total_w, counted, special, denom = residuals
+    x, labels, probs, mask, keep, bad, m, top, log_s, total_w, counted, special, denom = residuals
     pb = _problem(static, x, labels, probs, mask, keep, bad)
-    stats = RowStats(None, m, log_s, total_w, counted, special, denom)
+    stats = RowStats(None, m, top, log_s, total_w, counted, special, denom)
     scale = ce.row_scale(counted, pb.reduction, denom, g, xp)
     gx = ce.gradient(pb, stats, scale, xp).astype(x.dtype)
     gprobs = None

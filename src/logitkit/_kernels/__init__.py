@@ -270,8 +270,10 @@ def normalise(problem: Normalise) -> NormaliseResult | None:
     cap = x.dtype.type(0.0) if problem.softcap is None else x.dtype.type(problem.softcap)
     plan = _Plan(x, *ax)
     mask = plan.mask(where)
-    if mask is None or (plan.inner > 1 and cap > 0):
+    if mask is None:
         return None
+    if plan.inner > 1 and (cap > 0 or plan.k > _STRIDED_MAX_K):
+        plan, mask = _as_rows(plan, mask)
     mode = _MODES[problem.op]
     k = _kernels()
     if mode == 2:
@@ -280,11 +282,38 @@ def normalise(problem: Normalise) -> NormaliseResult | None:
     else:
         out = _empty(plan.x.shape, plan.x.dtype, like=plan.x)
         special = _run(k, plan, mask, cap, inv_t, mode, out)
-        values = out.reshape(plan.shape)
+        values = _restore(out, plan)
     wide = _wide_rows(plan.x, problem.temperature, axis=1)
     if wide is not None:
         special |= wide.reshape(special.shape)
     return NormaliseResult(values, special.reshape(plan.reduced_shape), torch_input)
+
+
+#: Rows along a strided axis longer than this are copied into contiguous rows first: the strided
+#: kernel sums each row one term after another, and near-tie rows of K = 10⁵ ended 244× the
+#: DESIGN §7 bound (the row kernels sum in lanes and blocks).  The softcap has no strided kernel.
+_STRIDED_MAX_K = 256
+
+
+def _as_rows(plan: _Plan, mask: tuple[np.ndarray, bool]) -> tuple[_Plan, tuple[np.ndarray, bool]]:
+    """A strided ``(outer, K, inner)`` plan as ``(outer·inner, K)`` contiguous rows (a copy)."""
+    rows = _Plan(np.ascontiguousarray(np.moveaxis(plan.x, 1, 2)).reshape(-1, plan.k), 1, 1)
+    rows.shape, rows.reduced_shape = plan.shape, plan.reduced_shape
+    rows.strided = (plan.outer, plan.inner)  # type: ignore[attr-defined]
+    m, has_mask = mask
+    if has_mask:
+        m = np.ascontiguousarray(np.moveaxis(m, 1, 2)).reshape(-1, plan.k)
+    return rows, (m, has_mask)
+
+
+def _restore(out: np.ndarray, plan: _Plan) -> np.ndarray:
+    """The kernel's output in the input's shape (moved back when :func:`_as_rows` made rows)."""
+    strided = getattr(plan, "strided", None)
+    if strided is None:
+        return out.reshape(plan.shape)
+    outer, inner = strided
+    back = np.moveaxis(out.reshape(outer, inner, plan.k), 2, 1)
+    return np.ascontiguousarray(back).reshape(plan.shape)
 
 
 def _numpy_input(x: Any) -> tuple[np.ndarray | None, bool]:

@@ -69,10 +69,11 @@ def cross_entropy(
         target: integer class indices of the logits' shape without ``axis``, or probabilities
             of the logits' shape (non-negative, summing to 1 over ``axis``; checked on eager
             arrays).  The dtype decides which.
-        axis: the class axis (a tuple of axes is flattened into one class axis; indices then
-            count in that flattened order).
+        axis: the class axis.  A tuple of axes is one flattened class axis, counted in the order
+            given (as optax counts): ``axis=(2, 1)`` numbers class ``(i₂, i₁)`` as ``i₂·n₁ + i₁``.
         ignore_index: a class index whose rows give loss 0, gradient 0, and do not count in the
-            mean (integer targets only).
+            mean (integer targets only).  ``None`` by default, unlike PyTorch's −100: a label of
+            −100 is then out of range like any other.
         weight: ``(K,)`` non-negative per-class weights.  With integer targets ``"mean"`` divides
             by ``Σ_i weight[target_i]`` over the counted rows (PyTorch's weighted mean, also with
             label smoothing); with probability targets it divides by the number of rows (as

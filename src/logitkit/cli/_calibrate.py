@@ -138,16 +138,14 @@ def _out_dir(args: argparse.Namespace) -> Path:
 def evaluate(logits: np.ndarray, y: np.ndarray, temperature: float, n_bins: int,
              binning: str, progress: Any = None) -> dict[str, Any]:
     """Metrics of ``softmax(logits / T)`` in chunks: O(chunk + bins) memory beyond the input."""
-    from ..calibration._dask import is_dask
+    import array_api_compat
 
-    if is_dask(logits):
+    if array_api_compat.is_dask_array(logits):
         from ._scheduler import evaluate_on_cluster
 
         return evaluate_on_cluster(logits, y, temperature, n_bins, binning)
-    from .. import softmax
+    from .. import cross_entropy, softmax
     from ..calibration import CalibrationStats
-    from ..calibration._binning import uniform_edges
-    from ..calibration._nll_sums import _nll_derivatives
 
     n, k = logits.shape
     rows = max(1, _EVAL_CHUNK // k)
@@ -160,18 +158,17 @@ def evaluate(logits: np.ndarray, y: np.ndarray, temperature: float, n_bins: int,
         conf = np.concatenate([probs(s).max(axis=1) for s in range(0, n, rows)])
         idx = [-(-b * n // n_bins) - 1 for b in range(1, n_bins)]
         inner = np.sort(conf)[idx] if idx else np.empty(0)
-        edges = np.unique(np.concatenate([[0.0], inner, [1.0]]))
+        stats = CalibrationStats(edges=np.unique(np.concatenate([[0.0], inner, [1.0]])))
     else:
-        edges = uniform_edges(n_bins)
-    stats = CalibrationStats(edges=edges)
+        stats = CalibrationStats(n_bins=n_bins)
     nll_sum = 0.0
     for start in range(0, n, rows):
         chunk = logits[start:start + rows]
         yc = y[start:start + rows]
         stats.update(softmax(chunk.astype(np.float64), axis=1, temperature=temperature), yc)
-        # the NLL from the logits (exact where log(softmax) would underflow), by the same
-        # float64 row sums as the temperature fit
-        nll_sum += _nll_derivatives(chunk, yc, 1.0 / temperature)[1]
+        # the NLL from the logits: exact where log(softmax) would underflow
+        nll_sum += float(cross_entropy(chunk.astype(np.float64), yc, temperature=temperature,
+                                       reduction="sum"))
         if progress is not None:
             progress(len(yc))
     out = stats.compute()
