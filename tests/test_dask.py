@@ -12,10 +12,13 @@ from logitkit.calibration import (
     CalibrationStats,
     TemperatureScaler,
     accuracy,
+    bootstrap,
+    brier_decomposition,
     brier_score,
     ece,
     mce,
     nll,
+    smooth_ece,
 )
 from logitkit.calibration import _dask as dask_impl
 
@@ -127,6 +130,38 @@ def test_other_metrics_equal_numpy(client):
     (db, dyb) = chunked(binary, yb)
     np.testing.assert_allclose(ece(db, dyb).compute(), ece(binary, yb), **TOL)
     np.testing.assert_allclose(brier_score(db, dyb).compute(), brier_score(binary, yb), **TOL)
+
+
+def test_every_metric_from_logits_equals_numpy_and_stays_lazy(client):
+    z, y = overconfident(2600, 5, 11)
+    dz, dy = chunked(z.astype(np.float32), y, rows=500)
+    z32 = z.astype(np.float32)
+    for fn, options in ((ece, {}), (ece, {"mode": "classwise", "norm": "l2"}),
+                        (ece, {"n_bins": "auto"}), (mce, {"min_count": 5}),
+                        (brier_score, {}), (nll, {}), (accuracy, {}), (smooth_ece, {}),
+                        (smooth_ece, {"mode": "classwise"})):
+        got = fn(dz, dy, from_logits=True, **options)
+        assert isinstance(got, da.Array) and got.shape == (), fn.__name__
+        np.testing.assert_allclose(got.compute(), fn(z32, y, from_logits=True, **options),
+                                   **TOL, err_msg=f"{fn.__name__} {options}")
+    parts = brier_decomposition(dz, dy, from_logits=True)
+    ref = brier_decomposition(z32, y, from_logits=True)
+    for key, value in parts.items():
+        assert isinstance(value, da.Array)
+        np.testing.assert_allclose(value.compute(), ref[key], **TOL, err_msg=key)
+
+
+def test_intervals_do_not_depend_on_the_partition(client):
+    z, y = overconfident(3000, 4, 12)
+    dz, dy = chunked(z, y, rows=450)
+    ref = CalibrationStats().update(z, y, from_logits=True)
+    got = CalibrationStats().update(dz, dy, from_logits=True)
+    a, b = ref.intervals(random_state=1), got.intervals(random_state=1)
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-9, err_msg=key)
+    res = bootstrap(ece, dz, dy, from_logits=True, random_state=2)
+    want = bootstrap(ece, z, y, from_logits=True, random_state=2)
+    np.testing.assert_allclose([res.low, res.high], [want.low, want.high], rtol=1e-9)
 
 
 def test_calibration_stats_update_equals_numpy_and_merges_with_it(client):

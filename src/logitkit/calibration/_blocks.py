@@ -7,27 +7,43 @@ gradient and Hessian for each optimiser step of a calibrator's fit.  :func:`row_
 per call).  This module names no array library: an adapter is a leaf that imports this module and
 registers itself (the Dask adapter, :mod:`._dask`, does so when ``logitkit.calibration`` is
 imported), and nothing here imports an adapter.
+
+:func:`row_reduce` is the general form: ``fn`` may be told the index of its block's first row
+(``offset=True``), the total is passed through ``finish``, and with ``lazy=True`` an adapter
+returns ``finish(total)`` as a lazy 0-d array of its own kind (array type in = array type out).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["add", "register", "row_sums"]
+__all__ = ["add", "partitioned", "register", "row_reduce", "row_sums"]
 
-#: ``adapter(fn, arrays, kwargs)`` returns the sums, or ``NotImplemented`` for arrays it does not
-#: handle.
-Adapter = Callable[[Callable[..., Any], Sequence[Any], dict[str, Any]], Any]
+#: ``adapter(fn, arrays, kwargs, *, finish, offset, lazy)`` returns ``finish`` of the sums (see
+#: :func:`row_reduce`), or ``NotImplemented`` for arrays it does not handle.
+Adapter = Callable[..., Any]
 
 _ADAPTERS: list[Adapter] = []
+_CLAIMS: list[Callable[[Any], bool]] = []
 
 
-def register(adapter: Adapter) -> Adapter:
-    """Add ``adapter`` to those :func:`row_sums` asks (once; returns it, for use as a decorator)."""
+def register(adapter: Adapter, *, claims: Callable[[Any], bool] | None = None) -> Adapter:
+    """Add ``adapter`` to those :func:`row_sums` asks (once; returns it, for use as a decorator).
+
+    ``claims(array)`` says whether the adapter handles an array (for :func:`partitioned`).
+    """
     if adapter not in _ADAPTERS:
         _ADAPTERS.append(adapter)
+        if claims is not None:
+            _CLAIMS.append(claims)
     return adapter
+
+
+def partitioned(*arrays: Any) -> bool:
+    """True when an adapter handles one of ``arrays`` (their sums are then a map-reduce, and
+    a metric's result may stay lazy): the one question calibration code asks about them."""
+    return any(claim(a) for a in arrays if a is not None for claim in _CLAIMS)
 
 
 def add(a: Any, b: Any) -> Any:
@@ -63,8 +79,48 @@ def row_sums(fn: Callable[..., Any], *arrays: Any, **kwargs: Any) -> Any:
         >>> row_sums(moments, np.arange(4.0))
         (4, np.float64(6.0))
     """
+    return row_reduce(fn, *arrays, **kwargs)
+
+
+def _identity(total: Any) -> Any:
+    return total
+
+
+def row_reduce(
+    fn: Callable[..., Any],
+    *arrays: Any,
+    finish: Callable[[Any], Any] = _identity,
+    offset: bool = False,
+    lazy: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """``finish`` of ``fn`` summed over the rows of ``arrays``.
+
+    Args:
+        fn: as for :func:`row_sums`; with ``offset=True`` it also receives ``offset=``, the
+            index of its block's first row (0 for in-memory arrays).
+        *arrays: arrays whose first axis is the same rows (or ``None``).
+        finish: applied once to the total (a module-level function: adapters may run it
+            elsewhere).
+        offset: pass ``offset=`` to ``fn``.
+        lazy: for arrays an adapter handles, return ``finish(total)`` as a lazy 0-d float64
+            array of their kind instead of computing it now.
+        **kwargs: passed to every call of ``fn``.
+
+    Returns:
+        ``finish(fn(*arrays, **kwargs))`` for in-memory arrays.
+
+    Examples:
+        >>> import numpy as np
+        >>> def first_rows(x, *, offset):
+        ...     return np.array([offset, len(x)])
+        >>> row_reduce(first_rows, np.arange(5.0), offset=True, finish=list)
+        [np.int64(0), np.int64(5)]
+    """
     for adapter in _ADAPTERS:
-        out = adapter(fn, arrays, kwargs)
+        out = adapter(fn, arrays, kwargs, finish=finish, offset=offset, lazy=lazy)
         if out is not NotImplemented:
             return out
-    return fn(*arrays, **kwargs)
+    if offset:
+        kwargs = {**kwargs, "offset": 0}
+    return finish(fn(*arrays, **kwargs))

@@ -1,23 +1,24 @@
-"""Calibration on Dask arrays: every metric and every Newton step is one map-reduce.
+"""Calibration on Dask arrays: the adapter of :func:`._blocks.row_reduce`, a leaf module.
 
-The calibration code is built on sums (:mod:`._nll_sums` for the temperature fit, the per-bin sums
-of :class:`~logitkit.calibration.CalibrationStats` for the metrics), so a Dask array is handled by
-mapping the NumPy code over its row blocks and adding the results:
+Calibration is built on sums, so a Dask array is handled by mapping a NumPy function over its row
+blocks and adding the results in a tree (one pass over the data, one ``compute``):
 
-* ``TemperatureScaler.fit``: each Newton step maps ``_nll_derivatives`` (Σw, Σw·nll, Σw·nll',
-  Σw·nll'') over the blocks and adds the four numbers: one pass over the data per step;
-* ``ece``/``mce``/``brier_score``/``nll``/``accuracy``: one ``CalibrationStats`` per block, merged
-  in a tree; the result is a lazy 0-d Dask array (array type in = array type out);
-* ``CalibrationStats.update``: the same merged stats, computed and added to the object.
+* the metrics and :class:`~logitkit.calibration.CalibrationStats`: the engine's per-block sums
+  (:func:`._engine.block_sums`), reached through :func:`._blocks.row_reduce`; a metric's result
+  stays a lazy 0-d Dask array (array type in = array type out);
+* ``TemperatureScaler.fit``: each Newton step maps ``_nll_derivatives`` over the blocks.
 
-With a ``distributed.Client`` active, the work runs on its cluster.  Nothing here imports Dask at
-module import time.
+This module imports :mod:`._blocks` and registers itself there; no other calibration module
+imports it (the package facade imports it once so that it registers).  With a
+``distributed.Client`` active, the work runs on its cluster.  Nothing here imports Dask at module
+import time.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -74,14 +75,20 @@ def _rows(probs: Any, y: Any, w: Any = None, *, arg: str = "probs") -> tuple[Any
     return p, aligned(y, "y"), aligned(w, "sample_weight")
 
 
-@_register
-def _row_sums(fn: Callable[..., Any], arrays: Any, kwargs: dict[str, Any]) -> Any:
-    """:func:`._blocks.row_sums` for Dask arrays: ``fn`` mapped over aligned row blocks, the
-    results added in a tree, one ``compute``."""
+def _claims(x: Any) -> bool:
+    return is_dask(x)
+
+
+@partial(_register, claims=_claims)
+def _row_sums(fn: Callable[..., Any], arrays: Any, kwargs: dict[str, Any], *,
+              finish: Callable[[Any], Any], offset: bool = False, lazy: bool = False) -> Any:
+    """:func:`._blocks.row_reduce` for Dask arrays: ``fn`` mapped over aligned row blocks, the
+    results added in a tree, ``finish`` applied to the total; one ``compute`` (or none, lazy)."""
     first = next((a for a in arrays if a is not None and is_dask(a)), None)
     if first is None:
         return NotImplemented
     import dask
+    import dask.array as da
     from dask import delayed
 
     rows = _as_dask(first, "arrays")
@@ -98,8 +105,13 @@ def _row_sums(fn: Callable[..., Any], arrays: Any, kwargs: dict[str, Any]) -> An
         arr = rows if a is first else a.rechunk((chunks[0], *((-1,) * (a.ndim - 1))))
         aligned.append(_blocks_of(arr))
     block = delayed(fn, pure=True)
-    parts = [block(*blk, **kwargs) for blk in zip(*aligned, strict=True)]
-    (total,) = dask.compute(_tree(parts, _add_sums))
+    starts = np.concatenate([[0], np.cumsum(chunks[0])[:-1]]).astype(int).tolist()
+    parts = [block(*blk, **kwargs, **({"offset": start} if offset else {}))
+             for blk, start in zip(zip(*aligned, strict=True), starts, strict=True)]
+    result = delayed(finish, pure=True)(_tree(parts, _add_sums))
+    if lazy:
+        return da.from_delayed(result, shape=(), dtype=np.float64)
+    (total,) = dask.compute(result)
     return total
 
 
@@ -126,113 +138,6 @@ def _tree(parts: list[Any], combine: Callable[[Any, Any], Any]) -> Any:
             nxt.append(parts[-1])
         parts = nxt
     return parts[0]
-
-
-# --------------------------------------------------------------------------------------------
-# metrics
-# --------------------------------------------------------------------------------------------
-
-
-def _block_stats(p: np.ndarray, y: np.ndarray, edges: np.ndarray, mode: str) -> Any:
-    from ._stats import CalibrationStats
-
-    stats = CalibrationStats(mode=mode, edges=edges)
-    return stats.update(p, y) if p.shape[0] else stats
-
-
-def _merge(a: Any, b: Any) -> Any:
-    return a.merge(b)
-
-
-def _stats_delayed(probs: Any, y: Any, *, edges: np.ndarray, mode: str) -> Any:
-    from dask import delayed
-
-    p, labels, _ = _rows(probs, y)
-    block = delayed(_block_stats, pure=True)
-    parts = [block(pb, yb, edges, mode)
-             for pb, yb in zip(_blocks(p), _blocks(labels), strict=True)]
-    return _tree(parts, _merge)
-
-
-def _lazy_scalar(value: Any) -> Any:
-    import dask.array as da
-
-    return da.from_delayed(value, shape=(), dtype=np.float64)
-
-
-def _error(stats: Any, norm: str, debias: bool) -> np.ndarray:
-    from ._metrics import calibration_error_from_sums
-
-    return np.asarray(calibration_error_from_sums(stats._sums, stats.count, norm=norm,
-                                                  debias=debias, xp=np), dtype=np.float64)
-
-
-def _share(stats: Any, field: str) -> np.ndarray:
-    return np.asarray(getattr(stats, field) / stats.count, dtype=np.float64)
-
-
-def ece(probs: Any, y: Any, *, n_bins: int, binning: str, norm: str, mode: str,
-        debias: bool) -> Any:
-    """:func:`~logitkit.calibration.ece` of Dask arrays: a lazy 0-d Dask array."""
-    from dask import delayed
-
-    from ._binning import uniform_edges
-
-    if binning != "uniform":
-        raise LogitkitValueError(expected(
-            "binning", "'uniform' for Dask arrays (equal-mass edges need a global sort; give "
-            "CalibrationStats fixed `edges` instead)", binning))
-    stats = _stats_delayed(probs, y, edges=uniform_edges(n_bins), mode=mode)
-    return _lazy_scalar(delayed(_error, pure=True)(stats, norm, debias))
-
-
-def mean_of_stats(probs: Any, y: Any, field: str) -> Any:
-    """``sum_brier``, ``sum_nll`` or ``n_correct`` of the merged stats over the row count."""
-    from dask import delayed
-
-    from ._binning import uniform_edges
-
-    stats = _stats_delayed(probs, y, edges=uniform_edges(1), mode="top-label")
-    return _lazy_scalar(delayed(_share, pure=True)(stats, field))
-
-
-def _block_nll_from_logits(z: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-    from ._metrics import nll
-
-    n = int(z.shape[0])
-    return (float(nll(z, y, from_logits=True)) * n if n else 0.0), n
-
-
-def _add_pairs(a: tuple[float, int], b: tuple[float, int]) -> tuple[float, int]:
-    return a[0] + b[0], a[1] + b[1]
-
-
-def _pair_mean(pair: tuple[float, int]) -> np.ndarray:
-    return np.asarray(pair[0] / pair[1], dtype=np.float64)
-
-
-def nll_from_logits(logits: Any, y: Any) -> Any:
-    """:func:`~logitkit.calibration.nll` with ``from_logits=True`` of Dask arrays (lazy)."""
-    from dask import delayed
-
-    z, labels, _ = _rows(logits, y, arg="probs")
-    if z.ndim != 2:
-        raise LogitkitValueError(expected("probs", "logits of shape (N, K) with N >= 1",
-                                          f"shape {z.shape}"))
-    block = delayed(_block_nll_from_logits, pure=True)
-    parts = [block(zb, yb) for zb, yb in zip(_blocks(z), _blocks(labels), strict=True)]
-    return _lazy_scalar(delayed(_pair_mean, pure=True)(_tree(parts, _add_pairs)))
-
-
-def update_stats(stats: Any, probs: Any, y: Any) -> Any:
-    """``stats.update(probs, y)`` for Dask arrays: one map-reduce, then the sums are added."""
-    import dask
-
-    (other,) = dask.compute(_stats_delayed(probs, y, edges=stats.edges, mode=stats.mode))
-    merged = stats.merge(other)
-    for field in ("_sums", "n_classes", "count", "n_correct", "sum_brier", "sum_nll"):
-        setattr(stats, field, getattr(merged, field))
-    return stats
 
 
 # --------------------------------------------------------------------------------------------

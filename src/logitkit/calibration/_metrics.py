@@ -1,71 +1,146 @@
-"""Calibration metrics on probabilities: ECE (l1, l2, max), MCE, Brier score, NLL, accuracy.
+"""Calibration metrics: ECE (l1, l2, max; uniform or equal-mass bins; top-label or class-wise),
+MCE, Brier score and its decomposition, NLL, accuracy — thin functions of the engine's sums.
 
-Each binned metric is a function of per-bin sums (:mod:`._binning`), turned into a number by
-:func:`calibration_error_from_sums`, which :class:`~logitkit.calibration.CalibrationStats` shares.
+Each metric is a *plan*: the :class:`~._engine.Spec` of what one pass over the predictions must
+accumulate, and a function of the resulting sums (:mod:`._formulas`).  :func:`._measure.evaluate`
+runs the plan on NumPy, torch, JAX, array-api-strict or Dask input;
+:func:`~logitkit.calibration.bootstrap` runs the same plan with row groups and evaluates the same
+function on resampled sums.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-from .._core import log_softmax
+import numpy as np
+
 from .._namespace import (
-    Array,
+    LogitkitTypeError,
     LogitkitValueError,
-    as_array,
-    astype,
     check_choice,
+    check_int,
     expected,
-    namespace,
 )
-from ._binning import (
-    NORMS,
-    acc_dtype,
-    binned,
-    check_labels,
-    check_n_bins,
-    onehot,
-    prepare,
-    safe_log,
-)
-from ._dask import is_dask
+from ._binning import NORMS
+from ._engine import Spec, Sums
+from ._formulas import brier_parts, calibration_error
+from ._measure import Binning, check_temperature, evaluate, n_rows
 
-__all__ = ["accuracy", "brier_score", "calibration_error_from_sums", "ece", "mce", "nll"]
+__all__ = [
+    "PLANS",
+    "accuracy",
+    "brier_decomposition",
+    "brier_score",
+    "ece",
+    "mce",
+    "nll",
+]
+
+DECOMPOSITION = ("brier", "calibration", "refinement", "within_bin", "resolution", "uncertainty")
+
+#: Bins with fewer predictions than this are left out of the maximum (MCE) by default.
+MIN_COUNT = 10
+
+Plan = tuple[Spec, Callable[[Sums, Any], Any]]
 
 
-def calibration_error_from_sums(
-    sums: Array, n: Any, *, norm: str, debias: bool, xp: Any
-) -> Array:
-    """The calibration error from per-bin sums ``(count, Σ conf, Σ correct)``.
+def _check_flag(value: object, arg: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise LogitkitTypeError(expected(arg, "a bool", value))
+    return bool(value)
 
-    ``sums`` has shape ``(3, B)`` (top-label) or ``(3, K, B)`` (one row per class); ``n`` is the
-    number of predictions.  Per column, l1 is ``Σ_b (n_b/N)|acc_b − conf_b|``, l2 the square root
-    of ``Σ_b (n_b/N)(acc_b − conf_b)²`` (minus the Kumar et al. bias term when ``debias``), max the
-    largest gap over non-empty bins.  Classwise columns are combined as the mean (l1), the root
-    of the mean square (l2) and the max (max), as in Kumar et al. (2019).
-    """
-    count, s_conf, s_hit = sums[0, ...], sums[1, ...], sums[2, ...]
-    zero = xp.zeros((), dtype=count.dtype)
-    one = xp.ones((), dtype=count.dtype)
-    nonempty = count > 0
-    safe = xp.where(nonempty, count, one)
-    gap = xp.where(nonempty, (s_hit - s_conf) / safe, zero)
-    weight = count / n
-    if norm == "max":
-        return xp.max(xp.abs(gap))
-    if norm == "l1":
-        per_col = xp.sum(weight * xp.abs(gap), axis=-1)
-        return xp.mean(per_col) if per_col.ndim else per_col
-    sq = weight * gap * gap
-    if debias:
-        # Kumar, Liang & Ma (2019): subtract the variance of each bin's mean label,
-        # ybar (1 - ybar) / (n_b - 1); bins with fewer than two points contribute nothing.
-        ybar = xp.where(nonempty, s_hit / safe, zero)
-        two = count >= 2
-        denom = xp.where(two, count - 1, one)
-        sq = xp.where(two, sq - weight * ybar * (1 - ybar) / denom, zero)
-    per_col = xp.maximum(xp.sum(sq, axis=-1), zero)
-    return xp.sqrt(xp.mean(per_col) if per_col.ndim else per_col)
+
+# --------------------------------------------------------------------------------------------
+# values of sums
+# --------------------------------------------------------------------------------------------
+
+
+def _error_value(sums: Sums, xp: Any, *, norm: str, debias: bool, min_count: int,
+                 classwise: bool) -> Any:
+    b = sums.cw if classwise else sums.bins
+    assert b is not None
+    return calibration_error(b[:, 0, ...], b[:, 1, ...], b[:, 2, ...], sums.n, norm=norm,
+                             debias=debias, classwise=classwise, min_count=min_count, xp=xp)
+
+
+def _share(sums: Sums, xp: Any, *, field: str) -> Any:
+    return getattr(sums, field) / sums.n
+
+
+def _decomposition(sums: Sums, xp: Any, *, classwise: bool) -> dict[str, Any]:
+    if classwise:
+        c = sums.cw
+        assert c is not None
+        return brier_parts(c[:, 0, ...], c[:, 1, ...], c[:, 2, ...], c[:, 3, ...], c[:, 4, ...],
+                           sums.n, classwise=True, xp=xp)
+    b = sums.bins
+    assert b is not None
+    return brier_parts(b[:, 0, ...], b[:, 1, ...], b[:, 2, ...], b[:, 3, ...], b[:, 4, ...],
+                       sums.n, classwise=False, xp=xp)
+
+
+# --------------------------------------------------------------------------------------------
+# plans
+# --------------------------------------------------------------------------------------------
+
+
+def ece_plan(x: Any, *, n_bins: object = 15, binning: str = "uniform", norm: str = "l1",
+             mode: str = "top-label", debias: bool = False, min_count: int = MIN_COUNT,
+             edges: Any = None, from_logits: bool = False, temperature: float = 1.0) -> Plan:
+    bins = Binning(n_bins, binning, mode, edges)
+    check_choice(norm, "norm", NORMS)
+    if _check_flag(debias, "debias") and norm != "l2":
+        raise LogitkitValueError(expected("debias", "False unless norm='l2'", debias))
+    min_count = check_int(min_count, "min_count")
+    spec = Spec(from_logits=_check_flag(from_logits, "from_logits"),
+                beta=1.0 / check_temperature(temperature), brier=False,
+                **bins.fields(n_rows(x)))
+    return spec, partial(_error_value, norm=norm, debias=debias, min_count=min_count,
+                         classwise=bins.classwise)
+
+
+def mce_plan(x: Any, *, n_bins: object = 15, binning: str = "uniform", mode: str = "top-label",
+             min_count: int = MIN_COUNT, edges: Any = None, from_logits: bool = False,
+             temperature: float = 1.0) -> Plan:
+    return ece_plan(x, n_bins=n_bins, binning=binning, norm="max", mode=mode,
+                    min_count=min_count, edges=edges, from_logits=from_logits,
+                    temperature=temperature)
+
+
+def _total_plan(field: str, *, from_logits: bool = False, temperature: float = 1.0) -> Plan:
+    spec = Spec(from_logits=_check_flag(from_logits, "from_logits"),
+                beta=1.0 / check_temperature(temperature), brier=field == "brier",
+                top=field == "hits")
+    return spec, partial(_share, field=field)
+
+
+def brier_plan(x: Any, **options: Any) -> Plan:
+    return _total_plan("brier", **options)
+
+
+def nll_plan(x: Any, **options: Any) -> Plan:
+    return _total_plan("nll", **options)
+
+
+def accuracy_plan(x: Any, **options: Any) -> Plan:
+    return _total_plan("hits", **options)
+
+
+def decomposition_plan(x: Any, *, n_bins: object = 15, binning: str = "uniform",
+                       mode: str = "classwise", edges: Any = None, from_logits: bool = False,
+                       temperature: float = 1.0) -> Plan:
+    bins = Binning(n_bins, binning, mode, edges)
+    spec = Spec(from_logits=_check_flag(from_logits, "from_logits"),
+                beta=1.0 / check_temperature(temperature), brier=False, moments=True,
+                **bins.fields(n_rows(x)))
+    return spec, partial(_decomposition, classwise=bins.classwise)
+
+
+# --------------------------------------------------------------------------------------------
+# public metrics
+# --------------------------------------------------------------------------------------------
 
 
 def ece(
@@ -73,11 +148,13 @@ def ece(
     y: Any,
     /,
     *,
-    n_bins: int = 15,
+    n_bins: int | str = 15,
     binning: str = "uniform",
     norm: str = "l1",
     mode: str = "top-label",
     debias: bool = False,
+    min_count: int = MIN_COUNT,
+    from_logits: bool = False,
 ) -> Any:
     r"""Expected calibration error of predicted probabilities.
 
@@ -89,16 +166,18 @@ def ece(
         \qquad
         \mathrm{ECE}_{l2} = \Bigl(\sum_b \frac{n_b}{N}(\mathrm{acc}_b - \mathrm{conf}_b)^2\Bigr)^{1/2},
         \qquad
-        \mathrm{ECE}_{\max} = \max_{b:\,n_b>0} \bigl|\mathrm{acc}_b - \mathrm{conf}_b\bigr|
+        \mathrm{ECE}_{\max} = \max_{b:\,n_b \ge n_{\min}} \bigl|\mathrm{acc}_b - \mathrm{conf}_b\bigr|
 
     Args:
         probs: ``(N, K)`` probabilities (rows sum to one), or ``(N,)`` / ``(N, 1)`` the
-            probability of class 1 of a binary problem (expanded to ``[1 − p, p]``).
+            probability of class 1 of a binary problem (expanded to ``[1 − p, p]``); logits of
+            the same shapes with ``from_logits``.
         y: ``(N,)`` integer class labels in ``[0, K)``.
-        n_bins: number of bins ``B``.
-        binning: ``"uniform"``: bins ``((b−1)/B, b/B]``, right-closed as in Guo et al. (2017);
-            ``"quantile"``: equal-mass bins whose inner edges are the inverted-CDF empirical
-            quantiles of the confidences (right-closed too).
+        n_bins: number of bins ``B``, or ``"auto"``: ``ceil(N^{1/3})`` within [5, 50] (see
+            :func:`~logitkit.calibration.auto_bins`).
+        binning: ``"uniform"``: bins ``((b−1)/B, b/B]``; ``"quantile"``: equal-mass bins (the
+            *adaptive* ECE of Nguyen & O'Connor 2015 and Nixon et al. 2019) whose inner edges
+            are the inverted-CDF empirical quantiles of the confidences.  Both are right-closed.
         norm: ``"l1"`` (ECE), ``"l2"`` (RMS calibration error) or ``"max"`` (MCE).
         mode: ``"top-label"``: the confidence is the largest probability and "correct" means its
             class is the label; ``"classwise"``: every class column is binned on its own against
@@ -107,16 +186,27 @@ def ece(
         debias: for ``norm="l2"`` only, subtract each bin's sampling variance
             ``ȳ_b(1 − ȳ_b)/(n_b − 1)`` (Kumar et al. 2019); bins with one point then count 0, and
             a negative total is clipped to 0.
+        min_count: for ``norm="max"`` only: bins with fewer predictions are left out of the
+            maximum (default 10: a bin of one prediction has a gap of 0 or 1 whatever the
+            model); NaN when no bin has that many.  ``1`` keeps every non-empty bin.
+        from_logits: ``probs`` holds logits; the softmax is fused into the pass, never formed.
 
     Returns:
-        A 0-d array of the input's array type (float64 where the backend has it).  Dask
-        arrays give a lazy 0-d Dask array: one map-reduce of per-block bin sums (uniform bins).
+        A 0-d array of the input's array type (float64 where the backend has it).  Dask arrays
+        give a lazy 0-d Dask array: one map-reduce of per-block bin sums (uniform bins).
 
     Note:
-        A confidence of exactly 0 lands in the first bin and exactly 1 in the last; a value equal
-        to an edge ``b/B`` (computed as the correctly rounded ``b / B``) lands in the bin it
-        closes.  torchmetrics' bins are left-closed, so the two agree except for values exactly
-        on an edge.  ``argmax`` ties pick the first class.
+        **Bin edges.** A confidence of exactly 0 lands in the first bin and exactly 1 in the
+        last; a value equal to an edge ``b/B`` (the correctly rounded ``b / B``) lands in the
+        bin it closes: bins are right-closed, as in Guo et al. (2017).  torchmetrics, netcal and
+        relplot close their bins on the left, so the figures agree except for confidences
+        exactly on an edge (such as the 0.5 of a two-class tie).  ``argmax`` ties pick the
+        first class.
+
+        **One pass.** NumPy arrays and CPU torch tensors are read once, a chunk of rows at a
+        time, in their own precision (float32 stays float32; no float64 copy of the matrix);
+        probabilities are validated in the same pass, with a row-sum tolerance of ``1e-3``
+        (``4u`` for float16/bfloat16 input, whose own rounding is larger).
 
     Examples:
         >>> import numpy as np
@@ -125,69 +215,83 @@ def ece(
         >>> y = np.array([0, 1, 1, 0])
         >>> print(round(float(ece(probs, y, n_bins=5)), 6))
         0.25
-        >>> print(round(float(ece(probs, y, n_bins=5, norm="max")), 6))
+        >>> print(round(float(ece(probs, y, n_bins=5, norm="max", min_count=1)), 6))
         0.4
+        >>> print(round(float(ece(np.log(probs), y, n_bins=5, from_logits=True)), 6))
+        0.25
 
     References:
         Guo, Pleiss, Sun & Weinberger, "On Calibration of Modern Neural Networks", ICML 2017.
         Kumar, Liang & Ma, "Verified Uncertainty Calibration", NeurIPS 2019.
         Nixon et al., "Measuring Calibration in Deep Learning", CVPR Workshops 2019.
     """
-    n_bins = check_n_bins(n_bins)
-    check_choice(norm, "norm", NORMS)
-    if not isinstance(debias, bool):
-        raise LogitkitValueError(expected("debias", "a bool", debias))
-    if debias and norm != "l2":
-        raise LogitkitValueError(expected("debias", "False unless norm='l2'", debias))
-    if is_dask(probs, y):  # one map-reduce over the row blocks, a lazy result
-        from ._dask import ece as dask_ece
-
-        return dask_ece(probs, y, n_bins=n_bins, binning=binning, norm=norm, mode=mode,
-                        debias=debias)
-    xp, p, labels = prepare(probs, y)
-    sums, _ = binned(p, labels, n_bins=n_bins, binning=binning, mode=mode, xp=xp)
-    return calibration_error_from_sums(sums, int(p.shape[0]), norm=norm, debias=debias, xp=xp)
+    spec, value = ece_plan(probs, n_bins=n_bins, binning=binning, norm=norm, mode=mode,
+                           debias=debias, min_count=min_count, from_logits=from_logits)
+    return evaluate(probs, y, spec, value)
 
 
 def mce(
-    probs: Any, y: Any, /, *, n_bins: int = 15, binning: str = "uniform", mode: str = "top-label"
+    probs: Any,
+    y: Any,
+    /,
+    *,
+    n_bins: int | str = 15,
+    binning: str = "uniform",
+    mode: str = "top-label",
+    min_count: int = MIN_COUNT,
+    from_logits: bool = False,
 ) -> Any:
-    r"""Maximum calibration error: the largest accuracy–confidence gap over non-empty bins.
+    r"""Maximum calibration error: the largest accuracy–confidence gap over well-filled bins.
 
     .. math::
-        \mathrm{MCE} = \max_{b:\,n_b>0} \bigl|\mathrm{acc}_b - \mathrm{conf}_b\bigr|
+        \mathrm{MCE} = \max_{b:\,n_b \ge n_{\min}} \bigl|\mathrm{acc}_b - \mathrm{conf}_b\bigr|
 
     Args:
-        probs: ``(N, K)`` probabilities, or ``(N,)`` for a binary problem (see :func:`ece`).
+        probs: ``(N, K)`` probabilities, or ``(N,)`` for a binary problem (see :func:`ece`);
+            logits with ``from_logits``.
         y: ``(N,)`` integer labels.
-        n_bins: number of bins.
+        n_bins: number of bins, or ``"auto"``.
         binning: ``"uniform"`` (right-closed) or ``"quantile"``.
         mode: ``"top-label"`` or ``"classwise"`` (the max over classes and bins).
+        min_count: bins holding fewer predictions are not used for the maximum (default 10).
+            They are reported, not hidden: :meth:`CalibrationStats.compute` lists them
+            (``"mce_excluded_bins"``) and the reliability diagram draws them faint.
+        from_logits: ``probs`` holds logits.
 
     Returns:
-        A 0-d array of the input's array type; equals ``ece(..., norm="max")``.
+        A 0-d array of the input's array type; equals ``ece(..., norm="max")``; NaN when no bin
+        holds ``min_count`` predictions.
 
     Note:
-        Bins without predictions are ignored; MCE is sensitive to sparsely populated bins.
+        The maximum of a few sparsely filled bins says more about the bin's size than about the
+        model: one image in a bin of one has a gap of 0 or 1.  ``min_count=1`` gives the
+        classical MCE (Naeini et al. 2015) over every non-empty bin.
 
     Examples:
         >>> import numpy as np
         >>> from logitkit.calibration import mce
-        >>> print(round(float(mce(np.array([0.9, 0.9, 0.2]), np.array([1, 0, 0]))), 6))
+        >>> print(round(float(mce(np.array([0.9, 0.9, 0.2]), np.array([1, 0, 0]), min_count=1)), 6))
         0.4
+        >>> print(float(mce(np.array([0.9, 0.9, 0.2]), np.array([1, 0, 0]))))
+        nan
     """
-    return ece(probs, y, n_bins=n_bins, binning=binning, norm="max", mode=mode)
+    spec, value = mce_plan(probs, n_bins=n_bins, binning=binning, mode=mode,
+                           min_count=min_count, from_logits=from_logits)
+    return evaluate(probs, y, spec, value)
 
 
-def brier_score(probs: Any, y: Any, /) -> Any:
+def brier_score(probs: Any, y: Any, /, *, from_logits: bool = False) -> Any:
     r"""Brier score: the mean over rows of the squared distance to the one-hot label.
 
     .. math::
         \mathrm{BS} = \frac{1}{N}\sum_{i=1}^{N}\sum_{k=1}^{K}\bigl(p_{ik} - [y_i = k]\bigr)^2
+        = \frac{1}{N}\sum_i \Bigl(\sum_k p_{ik}^2 - 2 p_{i y_i} + 1\Bigr)
 
     Args:
-        probs: ``(N, K)`` probabilities, or ``(N,)`` for a binary problem.
+        probs: ``(N, K)`` probabilities, or ``(N,)`` for a binary problem; logits with
+            ``from_logits``.
         y: ``(N,)`` integer labels.
+        from_logits: ``probs`` holds logits.
 
     Returns:
         A 0-d array in ``[0, 2]``.
@@ -203,13 +307,8 @@ def brier_score(probs: Any, y: Any, /) -> Any:
         >>> print(round(float(brier_score(np.array([[0.9, 0.1], [0.4, 0.6]]), np.array([0, 0]))), 6))
         0.37
     """
-    if is_dask(probs, y):
-        from ._dask import mean_of_stats
-
-        return mean_of_stats(probs, y, "sum_brier")
-    xp, p, labels = prepare(probs, y)
-    diff = p - onehot(labels, int(p.shape[1]), p, xp)
-    return xp.mean(xp.sum(diff * diff, axis=1))
+    spec, value = brier_plan(probs, from_logits=from_logits)
+    return evaluate(probs, y, spec, value)
 
 
 def nll(probs: Any, y: Any, /, *, from_logits: bool = False) -> Any:
@@ -217,13 +316,14 @@ def nll(probs: Any, y: Any, /, *, from_logits: bool = False) -> Any:
 
     .. math::
         \mathrm{NLL} = -\frac{1}{N}\sum_{i=1}^{N} \log p_{i, y_i},
-        \qquad p = \operatorname{softmax}(z) \text{ when } \texttt{from\_logits}
+        \qquad \log p_{i y_i} = z_{i y_i} - \max_k z_{ik}
+        - \log \sum_k e^{z_{ik} - \max_k z_{ik}} \text{ when } \texttt{from\_logits}
 
     Args:
         probs: ``(N, K)`` probabilities (or ``(N,)`` binary), or logits when ``from_logits``.
         y: ``(N,)`` integer labels.
-        from_logits: ``probs`` holds logits; the log-probabilities come from
-            :func:`logitkit.log_softmax`, which is exact where ``log(softmax)`` would underflow.
+        from_logits: ``probs`` holds logits; the log-probability is computed from the logits,
+            exact where ``log(softmax)`` would underflow.
 
     Returns:
         A 0-d array; ``inf`` when a label has probability exactly 0.
@@ -239,36 +339,21 @@ def nll(probs: Any, y: Any, /, *, from_logits: bool = False) -> Any:
         >>> print(round(float(nll(np.array([[0.0, 800.0]]), np.array([0]), from_logits=True)), 1))
         800.0
     """
-    if is_dask(probs, y):
-        from ._dask import mean_of_stats, nll_from_logits
-
-        return nll_from_logits(probs, y) if from_logits else mean_of_stats(probs, y, "sum_nll")
-    if not from_logits:
-        xp, p, labels = prepare(probs, y)
-        py = xp.sum(p * onehot(labels, int(p.shape[1]), p, xp), axis=1)
-        return -xp.mean(safe_log(py, xp))
-    xp = namespace(probs, y)
-    z = as_array(probs, "probs", xp)
-    if z.ndim != 2 or int(z.shape[0]) == 0:
-        raise LogitkitValueError(expected("probs", "logits of shape (N, K) with N >= 1",
-                                          f"shape {tuple(z.shape)}"))
-    z = astype(z, acc_dtype(xp), xp)
-    labels = check_labels(y, int(z.shape[0]), int(z.shape[1]), xp)
-    logp = log_softmax(z, axis=1)
-    picked = xp.sum(xp.where(onehot(labels, int(z.shape[1]), z, xp) > 0, logp,
-                             xp.zeros((), dtype=z.dtype)), axis=1)
-    return -xp.mean(picked)
+    spec, value = nll_plan(probs, from_logits=from_logits)
+    return evaluate(probs, y, spec, value)
 
 
-def accuracy(probs: Any, y: Any, /) -> Any:
+def accuracy(probs: Any, y: Any, /, *, from_logits: bool = False) -> Any:
     r"""Top-1 accuracy: the share of rows whose most probable class is the label.
 
     .. math::
         \mathrm{acc} = \frac{1}{N}\sum_i \bigl[\arg\max_k p_{ik} = y_i\bigr]
 
     Args:
-        probs: ``(N, K)`` probabilities, or ``(N,)`` binary probabilities.
+        probs: ``(N, K)`` probabilities, or ``(N,)`` binary probabilities; logits with
+            ``from_logits``.
         y: ``(N,)`` integer labels.
+        from_logits: ``probs`` holds logits.
 
     Returns:
         A 0-d array in ``[0, 1]``.
@@ -282,10 +367,79 @@ def accuracy(probs: Any, y: Any, /) -> Any:
         >>> print(float(accuracy(np.array([[0.9, 0.1], [0.4, 0.6]]), np.array([0, 0]))))
         0.5
     """
-    if is_dask(probs, y):
-        from ._dask import mean_of_stats
+    spec, value = accuracy_plan(probs, from_logits=from_logits)
+    return evaluate(probs, y, spec, value)
 
-        return mean_of_stats(probs, y, "n_correct")
-    xp, p, labels = prepare(probs, y)
-    pred = xp.argmax(p, axis=1)
-    return xp.mean(astype(pred == astype(labels, pred.dtype, xp), p.dtype, xp))
+
+def brier_decomposition(
+    probs: Any,
+    y: Any,
+    /,
+    *,
+    n_bins: int | str = 15,
+    binning: str = "uniform",
+    mode: str = "classwise",
+    from_logits: bool = False,
+) -> dict[str, Any]:
+    r"""The Brier score split into calibration and refinement (Murphy 1973; DeGroot & Fienberg 1983).
+
+    Predictions are binned (per class in ``"classwise"`` mode); with ``n_b``, ``p̄_b`` and
+    ``ȳ_b`` a bin's size, mean probability and share of hits:
+
+    .. math::
+        \mathrm{BS} = \underbrace{\tfrac{1}{N}\sum_b n_b(\bar p_b - \bar y_b)^2}_{\text{calibration}}
+        + \underbrace{\tfrac{1}{N}\sum_b n_b\,\bar y_b(1 - \bar y_b)}_{\text{refinement}}
+        + \underbrace{\tfrac{1}{N}\sum_b \textstyle\sum_{i\in b}\bigl[(p_i - \bar p_b)^2
+          - 2(p_i - \bar p_b)(y_i - \bar y_b)\bigr]}_{\text{within-bin}}
+
+    and refinement = uncertainty − resolution, with uncertainty ``Σ_k ȳ_k(1 − ȳ_k)`` (the
+    score of always predicting the base rates) and resolution ``(1/N) Σ_b n_b (ȳ_b − ȳ)²``.
+
+    Args:
+        probs: ``(N, K)`` probabilities, or ``(N,)`` binary; logits with ``from_logits``.
+        y: ``(N,)`` integer labels.
+        n_bins: number of bins, or ``"auto"``.
+        binning: ``"uniform"`` or ``"quantile"`` (per class in class-wise mode).
+        mode: ``"classwise"`` (default): every class column against ``y == k``, summed over
+            classes, so ``brier`` equals :func:`brier_score`; ``"top-label"``: the confidence
+            against "correct", so ``brier`` is ``mean((conf − correct)²)``.
+        from_logits: ``probs`` holds logits.
+
+    Returns:
+        A dict of 0-d arrays (input's array type): ``brier``, ``calibration``, ``refinement``,
+        ``within_bin``, ``resolution``, ``uncertainty``; ``calibration + refinement +
+        within_bin == brier`` up to rounding.
+
+    Note:
+        The classical two-term decomposition is exact only when every prediction in a bin is
+        the same; with binned continuous predictions the within-bin term (Stephenson, Coelho &
+        Jolliffe 2008) closes the sum, and it is small when the bins are narrow.
+
+    Examples:
+        >>> import numpy as np
+        >>> from logitkit.calibration import brier_decomposition, brier_score
+        >>> p = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+        >>> y = np.array([0, 1, 1, 0])
+        >>> parts = brier_decomposition(p, y, n_bins=5)
+        >>> total = parts["calibration"] + parts["refinement"] + parts["within_bin"]
+        >>> print(round(float(total), 6), round(float(brier_score(p, y)), 6))
+        0.5 0.5
+
+    References:
+        Murphy, "A New Vector Partition of the Probability Score", J. Appl. Meteor. 1973.
+        Stephenson, Coelho & Jolliffe, "Two Extra Components in the Brier Score
+        Decomposition", Weather and Forecasting 2008.
+    """
+    spec, value = decomposition_plan(probs, n_bins=n_bins, binning=binning, mode=mode,
+                                     from_logits=from_logits)
+    return evaluate(probs, y, spec, value, keys=DECOMPOSITION)
+
+
+#: Each metric's plan, for :func:`~logitkit.calibration.bootstrap`.
+PLANS: dict[Callable[..., Any], Callable[..., Plan]] = {
+    ece: ece_plan,
+    mce: mce_plan,
+    brier_score: brier_plan,
+    nll: nll_plan,
+    accuracy: accuracy_plan,
+}

@@ -146,6 +146,7 @@ def evaluate(logits: np.ndarray, y: np.ndarray, temperature: float, n_bins: int,
         return evaluate_on_cluster(logits, y, temperature, n_bins, binning)
     from .. import cross_entropy, softmax
     from ..calibration import CalibrationStats
+    from ..calibration._binning import edges_of
 
     n, k = logits.shape
     rows = max(1, _EVAL_CHUNK // k)
@@ -156,9 +157,7 @@ def evaluate(logits: np.ndarray, y: np.ndarray, temperature: float, n_bins: int,
 
     if binning == "quantile":
         conf = np.concatenate([probs(s).max(axis=1) for s in range(0, n, rows)])
-        idx = [-(-b * n // n_bins) - 1 for b in range(1, n_bins)]
-        inner = np.sort(conf)[idx] if idx else np.empty(0)
-        stats = CalibrationStats(edges=np.unique(np.concatenate([[0.0], inner, [1.0]])))
+        stats = CalibrationStats(edges=np.unique(edges_of(conf, n_bins, "quantile")))
     else:
         stats = CalibrationStats(n_bins=n_bins)
     nll_sum = 0.0
