@@ -147,13 +147,13 @@ class _Shifted:
 
 
 def _shift(x: Array, mask: Array | None, softcap: float | None, t: Temperature, xp: Any, *,
-           m: Array | None = None, top: Array | None = None) -> _Shifted:
+           top: Array | None = None) -> _Shifted:
     """``(softcap(x) − m)/T`` for ``(N, K)`` rows in the working dtype, with the row flags.
 
-    ``m`` and ``top`` (the max and its index, from an earlier call on the same rows) skip the
-    max pass.  The max is located by its index, and with a softcap its entry is set to exactly
-    0: XLA contracts ``c·tanh(x/c) − m`` into a fused multiply-add, which is not 0 there (and
-    far from it once divided by a tiny T).
+    The max ``m`` is located by its index ``top`` (given: from an earlier call on the same rows,
+    which skips the search), and with a softcap its entry is set to exactly 0: XLA contracts
+    ``c·tanh(x/c) − m`` into a fused multiply-add, which is not 0 there (and far from it once
+    divided by a tiny T).
     """
     n, k = x.shape
     if mask is not None:
@@ -165,13 +165,13 @@ def _shift(x: Array, mask: Array | None, softcap: float | None, t: Temperature, 
         is_nan = is_nan & mask
     live = x if mask is None else xp.where(mask, x, -math.inf)
     has_nan = k > 0 and _may(is_nan, xp)
-    if m is None:
-        if k == 0:
-            m = xp.zeros((n, 1), dtype=x.dtype, device=array_api_compat.device(x))
-        else:
-            candidates = xp.where(is_nan, -math.inf, live) if has_nan else live
+    if k == 0:
+        m = xp.zeros((n, 1), dtype=x.dtype, device=array_api_compat.device(x))
+    else:
+        candidates = xp.where(is_nan, -math.inf, live) if has_nan else live
+        if top is None:
             top = xp.argmax(candidates, axis=-1, keepdims=True)
-            m = stop_gradient(xp.take_along_axis(candidates, top, axis=-1), xp)
+        m = stop_gradient(xp.take_along_axis(candidates, top, axis=-1), xp)
     if has_nan:
         nan = xp.any(is_nan, axis=-1, keepdims=True)
     else:

@@ -302,10 +302,6 @@ def astype(x: Array, dtype: Any, xp: Any) -> Array:
     return xp.astype(x, dtype)
 
 
-def finfo_max(dtype: Any, xp: Any) -> float:
-    return float(xp.finfo(dtype).max)
-
-
 # --------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------
@@ -357,10 +353,6 @@ def check_mask(where: Any, shape: tuple[int, ...], xp: Any) -> Array:
                                          Described(f"dtype {where.dtype}")))
     broadcast_shapes("where", tuple(where.shape), shape)
     return xp.broadcast_to(where, shape)
-
-
-def _any_true(cond: Array, xp: Any) -> bool:
-    return bool(xp.any(cond))
 
 
 def check_positive_scalar_or_array(

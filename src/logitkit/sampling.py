@@ -27,6 +27,7 @@ import numpy as np
 from ._core import softmax
 from ._namespace import (
     Array,
+    ArrayT,
     Described,
     LogitkitTypeError,
     LogitkitValueError,
@@ -180,14 +181,14 @@ def _filter(z: Array, t: float, k: int | None, p: float | None, mp: float | None
 
 
 def filter_logits(
-    logits: Any,
+    logits: ArrayT,
     /,
     *,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
     min_p: float | None = None,
-) -> Any:
+) -> ArrayT:
     r"""The logits :func:`sample` draws from: scaled by ``1/temperature``, filtered to ``-inf``.
 
     In Hugging Face's order, over the last axis (``K`` tokens):
@@ -372,14 +373,14 @@ def gumbel_top_k(logits: Any, k: int, /, *, rng: Any = None) -> Any:
 
 
 def gumbel_softmax(
-    logits: Any,
+    logits: ArrayT,
     /,
     *,
     tau: float,
     hard: bool = False,
     axis: int = -1,
     generator: Any = None,
-) -> Any:
+) -> ArrayT:
     r"""A differentiable sample from the Concrete (Gumbel-softmax) distribution.
 
     .. math::
