@@ -355,7 +355,9 @@ def _saved_shift(pb: Problem, stats: RowStats, xp: Any) -> tuple[Any, Any]:
         special = None
     else:
         x = xp.where(special[:, None], 0.0, x)
-    return _shift(x, pb.mask, pb.softcap, pb.temperature, xp, top=stats.top), special
+    sh = _shift(x, pb.mask, pb.softcap, pb.temperature, xp, top=stats.top,
+                ordinary=stats.special is None)
+    return sh, special
 
 
 def _probabilities(pb: Problem, stats: RowStats, xp: Any) -> tuple[Array, Array]:
@@ -418,7 +420,8 @@ def _gradient_block(pb: Problem, stats: RowStats, scale: Array, xp: Any) -> Arra
     g = gz * scale
     if pb.mask is not None:
         g = xp.where(pb.mask, g, 0.0)
-    g = xp.where(stats.counted[:, None], g, 0.0)
+    if _may(~stats.counted, xp):  # ignored rows: exactly 0, whatever an infinite logit gives
+        g = xp.where(stats.counted[:, None], g, 0.0)
     if pb.bad is not None:
         g = xp.where(pb.bad[:, None], math.nan, g)
     return g

@@ -147,24 +147,25 @@ class _Shifted:
 
 
 def _shift(x: Array, mask: Array | None, softcap: float | None, t: Temperature, xp: Any, *,
-           top: Array | None = None) -> _Shifted:
+           top: Array | None = None, ordinary: bool = False) -> _Shifted:
     """``(softcap(x) − m)/T`` for ``(N, K)`` rows in the working dtype, with the row flags.
 
     The max ``m`` is located by its index ``top`` (given: from an earlier call on the same rows,
     which skips the search), and with a softcap its entry is set to exactly 0: XLA contracts
     ``c·tanh(x/c) − m`` into a fused multiply-add, which is not 0 there (and far from it once
-    divided by a tiny T).
+    divided by a tiny T).  ``ordinary``: the caller knows that no row holds a NaN, a +inf or
+    nothing finite (an earlier call found none), so no row is looked at for them.
     """
     n, k = x.shape
     if mask is not None:
         x = xp.where(mask, x, 0.0)  # nothing from a masked entry reaches a value or a gradient
     if softcap is not None:
         x = softcap * xp.tanh(x / softcap)
-    is_nan = xp.isnan(x)
-    if mask is not None:
-        is_nan = is_nan & mask
+    is_nan = None
+    if not ordinary:
+        is_nan = xp.isnan(x) if mask is None else xp.isnan(x) & mask
     live = x if mask is None else xp.where(mask, x, -math.inf)
-    has_nan = k > 0 and _may(is_nan, xp)
+    has_nan = k > 0 and is_nan is not None and _may(is_nan, xp)
     if k == 0:
         m = xp.zeros((n, 1), dtype=x.dtype, device=array_api_compat.device(x))
     else:
@@ -172,7 +173,7 @@ def _shift(x: Array, mask: Array | None, softcap: float | None, t: Temperature, 
         if top is None:
             top = xp.argmax(candidates, axis=-1, keepdims=True)
         m = stop_gradient(xp.take_along_axis(candidates, top, axis=-1), xp)
-    if has_nan:
+    if has_nan and is_nan is not None:
         nan = xp.any(is_nan, axis=-1, keepdims=True)
     else:
         nan = xp.zeros((n, 1), dtype=xp.bool, device=array_api_compat.device(x))
@@ -180,7 +181,7 @@ def _shift(x: Array, mask: Array | None, softcap: float | None, t: Temperature, 
     if k == 0:
         finite_m = xp.zeros((n, 1), dtype=xp.bool, device=array_api_compat.device(x))
     odd = ~finite_m
-    special = n > 0 and (has_nan or _may(odd, xp))
+    special = n > 0 and not ordinary and (has_nan or _may(odd, xp))
     pos = (m == math.inf) & ~nan
     neg = (odd & ~(m == math.inf)) & ~nan
     if special:

@@ -261,6 +261,8 @@ def compute_dtypes(x: Array, dtype: Any, xp: Any) -> tuple[Any, Any]:
     float16/bfloat16 accumulate in float32 and return the input dtype; integer and boolean input is
     promoted to the namespace's default floating dtype; an explicit ``dtype`` sets both.
     """
+    if dtype is None and type(x) is np.ndarray and x.dtype.type in (np.float32, np.float64):
+        return x.dtype, x.dtype  # the common case, without the namespace's dtype queries
     if dtype is not None:
         dtype = _resolve_dtype(dtype, xp)
         acc = xp.float32 if _is_low_precision(dtype, xp) else dtype
