@@ -199,3 +199,5 @@ def test_diagram_validates_its_inputs():
         reliability_diagram(softmax(z), y, smooth="yes")
     fig = reliability_diagram(z, y, from_logits=True)
     assert f"{100 * float(ece(softmax(z), y)):.2f}%" in fig.axes[0].get_title()
+    auto = reliability_diagram(z, y, from_logits=True, n_bins="auto")  # 600 rows: 9 bins
+    assert f"{100 * float(ece(softmax(z), y, n_bins=9)):.2f}%" in auto.axes[0].get_title()

@@ -383,3 +383,13 @@ def test_the_calibration_package_has_no_import_circle_and_only_the_adapter_names
         names |= {a.name for n in ast.walk(ast.parse(p.read_text()))
                   if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
         assert not {n for n in names if "dask" in n.lower()}, m
+
+
+def test_an_empty_block_keeps_the_other_blocks_rows():
+    # regression: adding the sums of an empty block dropped the per-row results of the other
+    spec = engine.Spec(keep_rows=True, brier=False)
+    p, y = np.array([[0.7, 0.3], [0.4, 0.6]]), np.array([0, 0])
+    full, empty = engine.block_sums(p, y, spec=spec), engine.block_sums(p[:0], y[:0], spec=spec)
+    for total in (full + empty, empty + full):
+        np.testing.assert_array_equal(total.rows["conf"], [0.7, 0.6])
+        np.testing.assert_array_equal(total.rows["hit"], [1.0, 0.0])

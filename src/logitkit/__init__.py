@@ -40,7 +40,7 @@ _LAZY = {
     "linear_cross_entropy_with_grad": "logitkit.losses",
 }
 _SUBMODULES = {"attention", "losses", "calibration", "models", "sampling", "rl", "distributed",
-               "cli"}
+               "cli", "config"}
 
 
 def __getattr__(name: str) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .._namespace import LogitkitTypeError, check_choice, check_int, check_number, expected
-from ._binning import BINNINGS
+from ._binning import BINNINGS, check_n_bins, resolve_bins
 from ._engine import Spec
 from ._measure import Binning, host_sums, n_rows, resolve
 from ._metrics import MIN_COUNT
@@ -237,7 +237,7 @@ def reliability_diagram(
     *,
     calibrated: Any = None,
     ax: Any = None,
-    n_bins: int = 15,
+    n_bins: int | str = 15,
     binning: str = "uniform",
     from_logits: bool = False,
     min_count: int = MIN_COUNT,
@@ -271,7 +271,7 @@ def reliability_diagram(
             ``probs``): the two diagrams side by side (``titles`` names them).
         ax: a matplotlib Axes to draw the (single) diagram into; the counts go into an inset
             along its bottom.  Not with ``calibrated`` or ``classwise``.
-        n_bins: number of bins.
+        n_bins: number of bins, or ``"auto"`` (:func:`~logitkit.calibration.auto_bins`).
         binning: ``"uniform"`` (right-closed, as :func:`~logitkit.calibration.ece`) or
             ``"quantile"`` (equal-mass edges of each panel's own confidences, as
             ``ece(..., binning="quantile")`` uses).  Bins are drawn at their own edges; when some are narrower than
@@ -311,7 +311,7 @@ def reliability_diagram(
         >>> [ax.get_ylabel() for ax in fig.axes]
         ['accuracy', 'count']
     """
-    n_bins = check_int(n_bins, "n_bins")
+    n_bins = resolve_bins(check_n_bins(n_bins), n_rows(probs))
     check_choice(binning, "binning", BINNINGS)
     min_count = check_int(min_count, "min_count")
     level = check_number(level, "level", low=0.0, high=1.0, low_open=True, high_open=True)
