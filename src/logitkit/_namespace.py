@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import array_api_compat
 import numpy as np
+from numpy.lib import NumpyVersion
 
 __all__ = [
     "LogitkitError",
@@ -71,12 +72,22 @@ def is_array(x: object) -> bool:
     return array_api_compat.is_array_api_obj(x) and not isinstance(x, (int, float, bool, complex))
 
 
+#: NumPy ≥ 2.1 has every function the library calls in its own namespace (``astype`` and
+#: ``cumulative_sum`` came in 2.1): plain NumPy input then never imports array-api-compat's NumPy
+#: wrapper, whose import (it pulls ``numpy.testing`` and ``f2py``) cost 170–350 ms on the first
+#: call of a process.  Older NumPy keeps the wrapper.
+_NATIVE_NUMPY = NumpyVersion(np.__version__) >= "2.1.0"
+
+
 def namespace(*arrays: object) -> Any:
     """The array namespace shared by ``arrays`` (``None`` and Python scalars are ignored).
 
-    Array-likes that are not arrays (lists, tuples) count as NumPy.
+    Array-likes that are not arrays (lists, tuples) count as NumPy.  Plain NumPy input gets the
+    ``numpy`` module itself (see ``_NATIVE_NUMPY``).
     """
     present = [a for a in arrays if a is not None and is_array(a)]
+    if _NATIVE_NUMPY and all(type(a) is np.ndarray for a in present):
+        return np
     if not present:
         return array_api_compat.array_namespace(np.empty(0))
     try:

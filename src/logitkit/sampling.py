@@ -137,7 +137,7 @@ def _top_k(z: Array, k: int, xp: Any) -> Array:
     n = z.shape[-1]
     if k >= n:
         return z
-    kth = xp.sort(z, axis=-1, descending=True)[..., k - 1 : k]
+    kth = xp.sort(z, axis=-1)[..., n - k : n - k + 1]  # the k-th largest
     return xp.where(z < kth, -math.inf, z)
 
 
@@ -145,7 +145,7 @@ def _top_p(z: Array, p: float, xp: Any) -> Array:
     if p >= 1.0:
         return z
     probs = softmax(z, axis=-1)
-    ordered = xp.sort(probs, axis=-1, descending=True)
+    ordered = xp.flip(xp.sort(probs, axis=-1), axis=-1)  # (NumPy's sort has no `descending`)
     cum = xp.cumulative_sum(ordered, axis=-1)
     before = xp.concat([xp.zeros_like(cum[..., :1]), cum[..., :-1]], axis=-1)
     # Keep a token while the mass of the tokens ranked before it is below p (the first always);
@@ -369,7 +369,8 @@ def gumbel_top_k(logits: Any, k: int, /, *, rng: Any = None) -> Any:
     n = z.shape[-1]
     kk = check_int(k, "k", high=n)
     perturbed = z + _gumbel(tuple(z.shape), rng, z, xp, "rng")
-    return xp.argsort(perturbed, axis=-1, descending=True, stable=True)[..., :kk]
+    # Descending, ties in index order: a stable ascending sort of the negated values.
+    return xp.argsort(-perturbed, axis=-1, stable=True)[..., :kk]
 
 
 def gumbel_softmax(
