@@ -57,14 +57,10 @@ def _thread_limit(threads):
     import sklearn.linear_model  # noqa: F401
     from threadpoolctl import threadpool_limits
 
-    import logitkit.models  # noqa: F401
+    import logitkit.config
+    import logitkit.models
 
-    try:
-        import numba
-
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
-        pass
+    logitkit.config.set_num_threads(threads)
     with threadpool_limits(limits=threads):
         yield
 
@@ -145,7 +141,7 @@ def main(argv=None):
     parser.add_argument("--max-iter", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None,
-                        help="limit BLAS, OpenMP (both libraries) and numba threads to this")
+                        help="limit BLAS, OpenMP (both libraries) and logitkit's kernel threads to this")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead")
     args = parser.parse_args(argv)
     with _thread_limit(args.threads):

@@ -224,3 +224,35 @@ def test_concurrent_calls_never_share_a_live_buffer():
 
     with concurrent.futures.ThreadPoolExecutor(4) as ex:
         assert all(ex.map(work, range(4)))
+
+
+@needs_madv_free
+def test_a_copied_or_pickled_buffer_owner_never_frees_memory_in_use():
+    """The object that owns a recycled output cannot be copied or pickled (a second owner would
+    give the memory back to the pool while the first is still read), and even one made around
+    that guard does not; copies and pickles of the array itself are independent arrays."""
+    import copy
+    import pickle
+
+    p = logitkit.softmax(logits(0))
+    owner = p.base
+    while isinstance(owner, np.ndarray):  # the output is a view of the owner's array
+        owner = owner.base
+    assert type(owner) is _buffers._Lease
+    for attempt in (copy.copy, copy.deepcopy, pickle.dumps):
+        with pytest.raises(TypeError, match="cannot be copied or pickled"):
+            attempt(owner)
+    clone = object.__new__(_buffers._Lease)
+    clone._raw = owner._raw
+    clone.__array_interface__ = owner.__array_interface__
+    del clone
+    assert _buffers.pooled_bytes() == 0  # the clone gave nothing back
+    expected = p.copy()
+    for twin in (pickle.loads(pickle.dumps(p)), copy.deepcopy(p), copy.copy(p)):
+        assert not np.shares_memory(twin, p)
+        np.testing.assert_array_equal(twin, expected)
+    q = logitkit.softmax(logits(1))
+    assert not np.shares_memory(p, q)
+    np.testing.assert_array_equal(p, expected)
+    del p, owner
+    assert _buffers.pooled_bytes() > 0  # the true owner's buffer, once nothing views it

@@ -33,28 +33,29 @@ import logitkit.models
 from conftest import asarray, assert_close, is_type_of, to_numpy
 from logitkit import LogitkitTypeError, LogitkitValueError
 from logitkit.models import LogitkitConvergenceWarning, NotFittedError, SoftmaxRegression
-from logitkit.models._softmax_regression import _Objective
+from logitkit.models._solvers import Objective as _Objective
 
 SOLVERS = ["lbfgs", "newton", "gd"]
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Run BLAS, OpenMP and numba on one thread while these tests run.
+    """Run BLAS, OpenMP and logitkit's kernels on one thread while these tests run.
 
     The fits here are small (at most 1257 × 65): extra threads only add synchronisation, which on
     a shared, oversubscribed machine costs more than the arithmetic.  Restored afterwards.
     """
-    import numba
     from threadpoolctl import threadpool_limits
 
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
+    from logitkit import config
+
+    previous = config.num_threads()
+    config.set_num_threads(1)
     try:
         with threadpool_limits(limits=1):
             yield
     finally:
-        numba.set_num_threads(previous)
+        config.set_num_threads(previous)
 
 
 # --------------------------------------------------------------------------------------------
@@ -575,8 +576,7 @@ def test_not_fitted_error_is_logitkit_and_sklearn():
 
 
 def _python(code):
-    # A fresh interpreter; the numba kernels are left out so it does not spend its time compiling
-    # them (they are not what these tests are about).
+    # A fresh interpreter; the kernels are left out (they are not what these tests are about).
     env = {**os.environ, "LOGITKIT_DISABLE_KERNELS": "1"}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env=env)

@@ -1,37 +1,38 @@
-"""Fused CPU kernels for NumPy input (numba), chosen automatically when they apply.
+"""Fused native CPU kernels (C++17, nanobind) for NumPy and CPU torch input, chosen automatically.
 
 The entry points, :func:`normalise` and :func:`cross_entropy`, take a problem the caller has
 already validated (:mod:`._problem`) and return ``None`` when no kernel applies (a backend other
-than NumPy or a CPU torch tensor, an unsupported dtype, layout or option, numba missing, or the
-fast path turned off); otherwise the result and the rows the kernel left to the caller, which
-computes them on its generic array-API path.  This package computes only: it imports nothing of
-the library above :mod:`logitkit._namespace`, and never calls back into it.
+than NumPy or a CPU torch tensor, an unsupported dtype, layout or option, the extension missing,
+or the fast path turned off); otherwise the result and the rows the kernel left to the caller,
+which computes them on its generic array-API path.  This package computes only: it imports
+nothing of the library above :mod:`logitkit._namespace`, and never calls back into it.
 
-Turning the fast path off, for comparison or debugging:
+The kernels are compiled ahead of time when logitkit is installed (``_native``, built from
+``csrc/`` by scikit-build-core), once per SIMD target, and the widest target the CPU runs is
+chosen when the extension is first imported: the first call of each kernel costs nothing more
+than the next.  They release the GIL and run on a small pool of threads of their own, which is
+re-created in the child of a ``fork`` and left alone for small inputs (``csrc/pool.cpp``).
+
+Turning the fast path off, for comparison or debugging (the public faces of these switches are
+in :mod:`logitkit.config`):
 
 * ``LOGITKIT_DISABLE_KERNELS=1`` in the environment (read on every call),
-* ``logitkit._kernels.set_fast_path(False)`` for the whole process,
-* ``with logitkit._kernels.fast_path(False): ...`` for a block (a context variable: it applies to
-  the current thread or task only, and overrides the two above).
+* ``set_fast_path(False)`` for the whole process,
+* ``with fast_path(False): ...`` for a block (a context variable: it applies to the current
+  thread or task only, and overrides the two above).
 
 Large outputs (4 MiB and more) are recycled once every array viewing them is freed, so that a
 loop of calls does not pay the OS's page faults on each one (:mod:`._buffers`, which says how
 this is bounded); ``LOGITKIT_BUFFER_CACHE=0`` or ``set_buffer_cache(0)`` turns that off and
 :func:`release_buffers` gives the pooled memory back now.
-
-numba is imported, and the kernels compiled (or loaded from numba's on-disk cache), the first time
-a kernel is needed, never at ``import logitkit``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
-import importlib.util
 import math
 import os
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,27 +51,86 @@ __all__ = [
     "cross_entropy",
     "fast_path",
     "fast_path_enabled",
+    "native",
+    "nll_sums",
     "normalise",
+    "num_threads",
     "release_buffers",
     "set_buffer_cache",
     "set_fast_path",
+    "set_num_threads",
+    "simd_target",
 ]
 
 _override: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
     "logitkit_fast_path", default=None)
 _process_default: list[bool] = [True]
-_numba_available: list[bool | None] = [None]
+_native_module: list[Any] = []
 
-#: Rows shorter than this are never split across threads.
-_SPLIT_MIN_K = 16384
-#: Inputs with fewer elements than this run on the calling thread: waking numba's thread pool
-#: costs more than the work (and far more when the machine is busy).
-_PARALLEL_MIN_SIZE = 1 << 16
+
+def native() -> Any:
+    """The compiled extension (``logitkit._kernels._native``), or None where it is missing (a
+    checkout that was never installed); imported on first use, not at ``import logitkit``."""
+    if not _native_module:
+        try:
+            from . import _native as mod  # type: ignore[attr-defined]
+        except ImportError:  # pragma: no cover - every install builds it
+            mod = None
+        _native_module.append(mod)
+    return _native_module[0]
 
 
 def set_fast_path(enabled: bool) -> None:
-    """Turn the numba fast path on or off for the whole process (it is on by default)."""
+    """Turn the kernels on or off for the whole process (they are on by default).
+
+    Examples:
+        >>> from logitkit import config
+        >>> config.set_kernels(False)
+        >>> config.kernels_enabled()
+        False
+        >>> config.set_kernels(True)
+    """
     _process_default[0] = bool(enabled)
+
+
+def num_threads() -> int:
+    """Threads a kernel may use, the calling thread included (``LOGITKIT_NUM_THREADS``, read when
+    the extension is imported, else the CPUs this process may run on); 1 without the kernels.
+
+    Examples:
+        >>> from logitkit import config
+        >>> config.num_threads() >= 1
+        True
+    """
+    mod = native()
+    return 1 if mod is None else int(mod.num_threads())
+
+
+def set_num_threads(n: int) -> None:
+    """Let the kernels use at most ``n`` threads (0: as many as CPUs this process may run on).
+
+    Examples:
+        >>> from logitkit import config
+        >>> before = config.num_threads()
+        >>> config.set_num_threads(1)
+        >>> config.num_threads()
+        1
+        >>> config.set_num_threads(before)
+    """
+    from .._namespace import check_int
+
+    n = check_int(n, "n", low=0, what="a non-negative int")
+    mod = native()
+    if mod is not None:
+        mod.set_num_threads(n)
+
+
+def simd_target() -> str | None:
+    """The instruction set the kernels run with (``"avx512"``, ``"avx2"`` or ``"baseline"``),
+    None without the kernels.  ``LOGITKIT_SIMD`` (read when the kernels are first used) asks
+    for a narrower one."""
+    mod = native()
+    return None if mod is None else str(mod.target())
 
 
 @contextlib.contextmanager
@@ -95,7 +155,7 @@ def fast_path(enabled: bool) -> Iterator[None]:
 
 
 def fast_path_enabled() -> bool:
-    """Whether the fast path would be tried now (the switches above, and numba installed)."""
+    """Whether the kernels would be tried now (the switches above, and the extension built)."""
     forced = _override.get()
     if forced is False:
         return False
@@ -105,9 +165,7 @@ def fast_path_enabled() -> bool:
         if os.environ.get("LOGITKIT_DISABLE_KERNELS", "").strip().lower() in {"1", "true", "yes",
                                                                              "on"}:
             return False
-    if _numba_available[0] is None:
-        _numba_available[0] = importlib.util.find_spec("numba") is not None
-    return bool(_numba_available[0])
+    return native() is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,57 +210,6 @@ class _Plan:
         return np.ascontiguousarray(wb).reshape(self.outer, self.k, self.inner), True
 
 
-def _ro(a: np.ndarray) -> np.ndarray:
-    """A read-only view: every input reaches the kernels with the same numba type (one compiled
-    specialisation per dtype, whether or not the caller's array is writeable)."""
-    v = a.view()
-    v.flags.writeable = False
-    return v
-
-
-def _kernels() -> Any:
-    from . import _rows
-
-    return _rows
-
-
-def _threads() -> int:
-    import numba
-
-    return int(numba.get_num_threads())
-
-
-#: numba threading layers that take parallel launches from several Python threads at once.
-_THREADSAFE_LAYERS = frozenset({"omp", "tbb"})
-_layer_threadsafe: list[bool | None] = [None]
-_launch_lock = threading.Lock()
-
-
-def _launch(kernel: Any, *args: Any) -> Any:
-    """Run a parallel kernel, one launch at a time unless numba's threading layer allows more.
-
-    numba's ``workqueue`` layer (the one every install has: ``omp`` and ``tbb`` need their
-    runtimes, and macOS has neither by default) aborts the whole process when two Python
-    threads launch parallel kernels at once, as a Dask thread pool or a server's worker
-    threads do.  Under it, and until the first launch has told which layer numba loaded,
-    launches take a lock; each kernel already uses every core, so little is lost.
-    """
-    if _layer_threadsafe[0]:
-        return kernel(*args)
-    with _launch_lock:
-        result = kernel(*args)
-        if _layer_threadsafe[0] is None:
-            import numba
-
-            _layer_threadsafe[0] = numba.threading_layer() in _THREADSAFE_LAYERS
-    return result
-
-
-def _parallel(size: int, threads: int) -> bool:
-    """Whether an input of ``size`` elements is worth numba's thread pool."""
-    return threads > 1 and size >= _PARALLEL_MIN_SIZE
-
-
 # --------------------------------------------------------------------------------------------
 # torch CPU tensors: zero-copy NumPy views
 # --------------------------------------------------------------------------------------------
@@ -244,7 +251,8 @@ def _torch_mask(where: Any) -> Any:
 # softmax, log_softmax, logsumexp
 # --------------------------------------------------------------------------------------------
 
-_MODES = {"softmax": 0, "log_softmax": 1, "logsumexp": 2}
+SOFTMAX, LOG_SOFTMAX, LSE = 0, 1, 2  # the native kernels' modes
+_MODES = {"softmax": SOFTMAX, "log_softmax": LOG_SOFTMAX, "logsumexp": LSE}
 
 
 def normalise(problem: Normalise) -> NormaliseResult | None:
@@ -273,17 +281,13 @@ def normalise(problem: Normalise) -> NormaliseResult | None:
     if mask is None or (plan.inner > 1 and cap > 0):
         return None
     mode = _MODES[problem.op]
-    k = _kernels()
-    if mode == 2:
-        special = _run(k, plan, mask, cap, inv_t, mode, np.empty((0,) * 3, x.dtype))
+    if mode == LSE:
+        special = _run(plan, mask, cap, inv_t, mode, None)
         values = plan.lse.astype(x.dtype).reshape(plan.reduced_shape)  # type: ignore[attr-defined]
     else:
         out = _empty(plan.x.shape, plan.x.dtype, like=plan.x)
-        special = _run(k, plan, mask, cap, inv_t, mode, out)
+        special = _run(plan, mask, cap, inv_t, mode, out)
         values = out.reshape(plan.shape)
-    wide = _wide_rows(plan.x, problem.temperature, axis=1)
-    if wide is not None:
-        special |= wide.reshape(special.shape)
     return NormaliseResult(values, special.reshape(plan.reduced_shape), torch_input)
 
 
@@ -316,53 +320,27 @@ def _inverse(temperature: float, dtype: np.dtype) -> Any:
     return dtype.type(inv)
 
 
-def _wide_rows(x: np.ndarray, temperature: float, axis: int) -> np.ndarray | None:
-    """The rows (reduced over ``axis``) whose ``x − max`` overflows, or None when there is none.
+def _run(plan: _Plan, mask: tuple[np.ndarray, bool], cap: Any, inv_t: Any, mode: int,
+         out: np.ndarray | None) -> np.ndarray:
+    """Run the rows or the strided kernel; returns the flagged rows, fills ``out`` (None for
+    logsumexp) and ``plan.lse``.
 
-    The kernels shift before they divide, and above T = 1 a row spanning more than the float
-    range (``[3e38, −3e38]`` in float32) has a finite ``(x − max)/T`` that the shift overflows:
-    such rows are flagged for the caller.  At T ≤ 1 the quotient overflows with the shift.  One
-    pass over the whole input rules them out first (NaN is ignored: such rows are flagged anyway).
+    Besides NaN, +inf and rows with nothing finite, the kernels flag the rows whose shift
+    ``x − max`` overflows at T > 1 (``[3e38, −3e38]`` in float32): the quotient
+    ``(x − max)/T`` is finite there and the generic path computes it.
     """
-    if temperature <= 1.0:
-        return None
-    fmax = float(np.finfo(x.dtype).max)
-    with np.errstate(over="ignore", invalid="ignore"):
-        if not float(np.fmax.reduce(x, axis=None)) - float(np.fmin.reduce(x, axis=None)) > fmax:
-            return None
-        span = np.fmax.reduce(x, axis=axis).astype(np.float64) - np.fmin.reduce(x, axis=axis)
-    return np.asarray(span > fmax)
-
-
-def _run(k: Any, plan: _Plan, mask: tuple[np.ndarray, bool], cap: Any, inv_t: Any, mode: int,
-         out: np.ndarray) -> np.ndarray:
-    """Run the right kernel; returns the ``special`` flags, fills ``out`` (and ``plan.lse``)."""
     m, has_mask = mask
+    mod = native()
     if plan.inner == 1:
-        x2 = plan.x.reshape(plan.outer, plan.k)
-        o2 = out.reshape(plan.outer, plan.k) if out.size else np.empty((1, 1), plan.x.dtype)
         lse = np.empty(plan.outer, dtype=np.float64)
         special = np.zeros(plan.outer, dtype=np.bool_)
-        threads = _threads()
-        if not _parallel(plan.x.size, threads):
-            k.rows_serial(_ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special, 1)
-        elif plan.outer < threads and plan.k >= _SPLIT_MIN_K:
-            parts = -(-2 * threads // plan.outer)
-            _launch(k.rows_split, _ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special,
-                    parts)
-        else:
-            _launch(k.rows, _ro(x2), _ro(m), has_mask, cap, inv_t, mode, o2, lse, special,
-                    threads)
+        mod.rows(plan.x.reshape(plan.outer, plan.k),
+                 None if out is None else out.reshape(plan.outer, plan.k), lse, special,
+                 m if has_mask else None, float(cap), float(inv_t), mode)
     else:
-        m3 = m if has_mask else np.ones((1, 1, 1), dtype=np.bool_)
-        o3 = out if out.size else np.empty((1, 1, 1), plan.x.dtype)
         lse = np.empty((plan.outer, plan.inner), dtype=np.float64)
         special = np.zeros((plan.outer, plan.inner), dtype=np.bool_)
-        args = (_ro(plan.x), _ro(m3), has_mask, inv_t, mode, o3, lse, special)
-        if _parallel(plan.x.size, _threads()):
-            _launch(k.strided, *args)
-        else:
-            k.strided_serial(*args)
+        mod.strided(plan.x, out, lse, special, m if has_mask else None, float(inv_t), mode)
     plan.lse = lse  # type: ignore[attr-defined]
     return special
 
@@ -385,18 +363,12 @@ def cross_entropy(problem: CrossEntropyRows) -> CrossEntropyResult | None:
     return _cross_entropy_rows(problem)
 
 
-def _ce_kernel(x: np.ndarray) -> Any:
-    """:func:`ce_rows` (launched through :func:`.._launch`), or its serial twin for inputs too
-    small for the thread pool."""
-    from ._ce import ce_rows, ce_rows_serial
-
-    if _parallel(x.size, _threads()):
-        return functools.partial(_launch, ce_rows)
-    return ce_rows_serial
-
-
 def _cross_entropy_rows(pb: CrossEntropyRows) -> CrossEntropyResult | None:
-    """:func:`ce_rows` on a validated problem, or ``None`` when the kernel does not apply."""
+    """The native kernel (``csrc/ce.cpp``) on a validated problem, or ``None`` when it does not
+    apply.  Besides NaN, +inf, nothing finite and labels outside ``[0, K)``, it flags rows whose
+    z-loss terms or shifted logits would overflow, and rows a ``-inf`` logit makes infinite
+    under an option; it decides before it writes a row, so ``out=x`` keeps the flagged rows'
+    logits."""
     torch_input = type(pb.x) is not np.ndarray
     x = _float_array(_torch_view(pb.x) if torch_input else pb.x)
     if x is None or x.ndim != 2 or not x.flags.c_contiguous:
@@ -406,83 +378,66 @@ def _cross_entropy_rows(pb: CrossEntropyRows) -> CrossEntropyResult | None:
     inv_t = _inverse(pb.temperature, dt)
     if n == 0 or k == 0 or inv_t is None:
         return None
-    wide = _wide_rows(x, pb.temperature, axis=1)
-    cap = dt.type(0.0) if pb.softcap is None else dt.type(pb.softcap)
-
-    is_prob = pb.probs is not None
-    if is_prob:
+    args: dict[str, Any] = {"labels": None, "probs": None, "mask": None, "weight": None}
+    if pb.probs is not None:
         probs = _array(pb.probs)
         if probs is None or probs.shape != x.shape or probs.dtype != dt:
             return None
-        probs = np.ascontiguousarray(probs)
-        labels = np.zeros(1, dtype=np.int64)
+        args["probs"] = np.ascontiguousarray(probs)
     else:
         lab = _array(pb.labels)
         if lab is None or lab.shape != (n,) or lab.dtype.kind not in "iu":
             return None
-        labels = lab.astype(np.int64, copy=False)
-        probs = np.zeros((1, 1), dtype=dt)
-    counted: Any = np.ones(n, dtype=np.bool_)
+        args["labels"] = np.ascontiguousarray(lab, dtype=np.int64)
+    counted = np.ones(n, dtype=np.bool_)
     if pb.counted is not None:
-        counted = _array(pb.counted)
-        if counted is None or counted.shape != (n,):
+        c = _array(pb.counted)
+        if c is None or c.shape != (n,):
             return None
-        counted = counted.astype(np.bool_, copy=False)
-        if not is_prob:  # rows that do not count may hold any label: never index with it
-            labels = np.where(counted, labels, 0)
-    has_mask = pb.where is not None
-    mask: Any = np.ones((1, 1), dtype=np.bool_)
-    if has_mask:
+        counted = np.ascontiguousarray(c, dtype=np.bool_)
+    if pb.where is not None:
         mask = _array(pb.where)
         if mask is None or mask.ndim != 2 or mask.shape[1] != k or mask.shape[0] not in (1, n):
             return None
-        mask = np.ascontiguousarray(mask, dtype=np.bool_)
-    has_weight = pb.weight is not None
-    w: Any = np.ones(1, dtype=dt)
-    if has_weight:
+        args["mask"] = np.ascontiguousarray(mask, dtype=np.bool_)
+    if pb.weight is not None:
         w = _array(pb.weight)
         if w is None or w.shape != (k,):
             return None
-        w = np.ascontiguousarray(w, dtype=dt)
+        args["weight"] = np.ascontiguousarray(w, dtype=dt)
 
-    write = pb.grad_scale is not None
-    if write:
-        scales = _array(pb.grad_scale) if not isinstance(pb.grad_scale, float) else np.full(
-            1, pb.grad_scale)
+    g: Any = None
+    if pb.grad_scale is not None:
+        scales = (np.full(1, float(pb.grad_scale)) if isinstance(pb.grad_scale, (int, float))
+                  else _array(pb.grad_scale))
         if scales is None or scales.size not in (1, n):
             return None
-        scales = np.ascontiguousarray(scales.reshape(-1), dtype=dt)
-        g: Any
+        scales = np.ascontiguousarray(scales.reshape(-1), dtype=np.float64)
         if pb.out is None:
             g = _empty(x.shape, dt, like=x)
         else:
             g = _array(pb.out)
             if g is None or g.shape != x.shape or g.dtype != dt or not g.flags.c_contiguous:
                 return None
+            if not g.flags.writeable:
+                return None
             same = g.__array_interface__["data"][0] == x.__array_interface__["data"][0]
             if not same and np.shares_memory(g, x):
                 # Partial overlap: the row-by-row order would corrupt the logits.  The same array
                 # is fine: each row's logits are read before its gradient row is written.
                 return None
-            if same and (wide is not None or (pb.z_loss > 0.0 and not _coefficient_bounded(x, pb))):
-                # A flagged row is left to the caller after its exponentials were written (a
-                # z-loss coefficient that overflows, a row too wide for the shift): in place,
-                # its logits would be gone.
-                return None
     else:
-        scales = np.ones(1, dtype=dt)
-        g = np.empty((1, 1), dtype=dt)
+        scales = np.ones(1)
 
     loss = np.zeros(n, dtype=np.float64)
-    special = np.zeros(n, dtype=np.bool_)
-    stat = np.empty((2, n), dtype=np.float64)
-    _ce_kernel(x)(_ro(x), g, _ro(labels), _ro(probs), is_prob, _ro(mask), has_mask, _ro(w),
-                  has_weight, _ro(counted), float(pb.label_smoothing), float(pb.z_loss),
-                  float(pb.logit_l2), cap, inv_t, _ro(scales), write, loss, stat[0], stat[1],
-                  special, _threads())
-    if wide is not None:
-        special |= wide
-    return CrossEntropyResult(loss, g if write else None, special, torch_input)
+    stat = np.zeros((2, n), dtype=np.float64)
+    flagged = np.zeros(n, dtype=np.bool_)
+    native().cross_entropy(
+        x=x, out=g, counted=counted, scales=scales, label_smoothing=float(pb.label_smoothing),
+        z_loss=float(pb.z_loss), logit_l2=float(pb.logit_l2),
+        softcap=0.0 if pb.softcap is None else float(dt.type(pb.softcap)), inv_t=float(inv_t),
+        loss=loss, lse=stat[0], coef=stat[1], special=flagged, **args)
+    return CrossEntropyResult(loss, g, flagged, torch_input)
 
 
 def _array(a: Any) -> np.ndarray | None:
@@ -499,10 +454,24 @@ def _array(a: Any) -> np.ndarray | None:
     return None
 
 
-def _coefficient_bounded(x: np.ndarray, pb: CrossEntropyRows) -> bool:
-    """Whether every row's z-loss coefficient ``Σ W + 2 c_z lse`` is finite, from a bound on
-    ``|lse| ≤ max|x|/T + log K``."""
-    # Rows with a NaN or an infinity are flagged before anything is written: bound the others.
-    top = float(np.max(np.abs(np.where(np.isfinite(x), x, 0.0)), initial=0.0))
-    bound = top / pb.temperature + math.log(x.shape[1]) + 1.0
-    return bool(2.0 * pb.z_loss * bound < 1e300)
+# --------------------------------------------------------------------------------------------
+# the temperature fit's sums
+# --------------------------------------------------------------------------------------------
+
+
+def nll_sums(z: Any, y: Any, beta: float,
+             w: Any = None) -> tuple[float, float, float, float] | None:
+    """``(Σw, Σw·nll, Σw·dnll/dβ, Σw·d²nll/dβ²)`` of the temperature fit over the rows of ``z``
+    (N, K) with labels ``y`` in ``[0, K)`` (validated by the caller), in float64 and one read of
+    each row (``csrc/nll.cpp``); ``None`` when the kernel does not apply (not a float32/float64
+    NumPy array, the fast path off)."""
+    if not fast_path_enabled():
+        return None
+    x = _float_array(z)
+    if x is None or x.ndim != 2 or x.shape[1] == 0:
+        return None
+    labels = np.ascontiguousarray(y, dtype=np.int64)
+    weight = None if w is None else np.ascontiguousarray(w, dtype=np.float64)
+    sums = native().nll_sums(np.ascontiguousarray(x), labels, weight, float(beta))
+    return float(sums[0]), float(sums[1]), float(sums[2]), float(sums[3])
+

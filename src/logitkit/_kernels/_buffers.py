@@ -35,7 +35,6 @@ import collections
 import ctypes
 import math
 import mmap
-import numbers
 import os
 import sys
 from typing import Any
@@ -86,13 +85,9 @@ _advise = _madvise_free()
 def set_buffer_cache(max_bytes: int) -> None:
     """Keep at most ``max_bytes`` of freed kernel outputs for reuse (0 turns recycling off and
     empties the pool).  The default is 1 GiB; see the module's docstring."""
-    from .._namespace import LogitkitTypeError, LogitkitValueError, expected
+    from .._namespace import check_int
 
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral):
-        raise LogitkitTypeError(expected("max_bytes", "a non-negative integer", max_bytes))
-    if max_bytes < 0:
-        raise LogitkitValueError(expected("max_bytes", "a non-negative integer", max_bytes))
-    _limit[0] = int(max_bytes)
+    _limit[0] = check_int(max_bytes, "max_bytes", low=0, what="a non-negative integer")
     _trim()
 
 
@@ -162,10 +157,22 @@ def _take(need: int) -> np.ndarray | None:
     return None
 
 
+#: ``id(raw buffer) → id(its lease)`` for every buffer out on lease: a buffer goes back to the
+#: pool only from the lease it was handed to, never from a copy of that lease.
+_leased: dict[int, int] = {}
+
+
 class _Lease:
     """The owner of one output's memory: NumPy views it through ``__array_interface__``, so
     every array and tensor made from the output keeps it alive, and when the last goes its
-    raw buffer goes to the pool."""
+    raw buffer goes to the pool.
+
+    A lease cannot be copied or pickled (``copy.copy(p.base)`` raises): a second owner of the
+    same memory would hand it back to the pool while the first is still read.  Copying or
+    pickling the *array* copies its values, as for any array.  And only the lease the buffer
+    was handed to returns it, so even an owner made around the guard (``object.__new__``,
+    ``__setstate__``) cannot free memory that is still in use.
+    """
 
     __slots__ = ("__array_interface__", "_raw")
 
@@ -175,10 +182,24 @@ class _Lease:
         self.__array_interface__ = {
             "shape": tuple(shape), "typestr": dtype.str, "version": 3,
             "data": (raw.__array_interface__["data"][0] + start, False)}
+        _leased[id(raw)] = id(self)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("logitkit's output buffer owner cannot be copied or pickled; "
+                        "copy or pickle the array instead")
+
+    def __copy__(self) -> Any:
+        return self.__reduce__()
+
+    def __deepcopy__(self, memo: Any) -> Any:
+        return self.__reduce__()
 
     def __del__(self) -> None:
         try:
-            _give(self._raw)
+            raw = getattr(self, "_raw", None)
+            if raw is not None and _leased.get(id(raw)) == id(self):
+                del _leased[id(raw)]
+                _give(raw)
         except Exception:  # pragma: no cover - interpreter shutdown: the OS takes it back
             pass
 

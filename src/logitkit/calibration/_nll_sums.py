@@ -10,7 +10,10 @@ For logits ``z`` (rows ``i``), labels ``y``, weights ``w``, any per-row shift ``
 Every Newton step needs only ``(Σ w, Σ w·nll, Σ w·grad, Σ w·hess)`` over all rows, so the fit is
 one pass over the data per step, and chunks (or Dask blocks, or workers) are summed.
 
-The shift is the label's own logit (``d_iy = 0``), which needs no row maximum: the sum then
+NumPy float32/float64 chunks go to the native kernel (``_kernels.nll_sums``), which shifts by the
+row maximum and sums in one read of each row, without N×K temporaries.  Other arrays (and the
+kernels switched off) take the NumPy path below.  There the shift is the label's own logit
+(``d_iy = 0``), which needs no row maximum: the sum then
 holds the term 1 and cannot underflow, and it overflows only when ``β (max z − z_y) > 709``.
 Rows where that happens, and chunks with ``-inf`` entries, take the careful path, shifted by the
 row maximum.  Entries equal to ``-inf`` are excluded classes (probability 0); a NaN or ``+inf``
@@ -25,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+
+from .. import _kernels
 
 # -1e300 stands for -inf inside the sums: exp(β·(-1e300)) is 0 for every admissible β, and
 # 0·(-1e300) is 0 where 0·(-inf) would be NaN.
@@ -94,6 +99,9 @@ def _nll_derivatives(
     z = np.asarray(logits_chunk)
     if z.shape[0] == 0:
         return 0.0, 0.0, 0.0, 0.0
+    fast = _kernels.nll_sums(z, labels_chunk, beta, sample_weight_chunk)
+    if fast is not None:  # the native kernel: one read of each row, no N×K temporaries
+        return fast
     y = np.asarray(labels_chunk, dtype=np.intp)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         careful = z.dtype.kind == "f" and np.isneginf(z.min())

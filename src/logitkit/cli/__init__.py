@@ -53,13 +53,14 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"logitkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     cal = sub.add_parser(
-        "calibrate", help="fit a temperature and report calibration before/after",
-        description="Fit temperature scaling on logits and labels, print before/after metrics "
-                    "(accuracy, NLL, ECE, MCE, Brier, T), and write report.json and a "
+        "calibrate", help="fit a calibrator and report held-out calibration before/after",
+        description="Fit a calibrator on predictions and labels, print held-out before/after "
+                    "metrics (accuracy, NLL, ECE, MCE, Brier), and write report.json and a "
                     "reliability diagram. Without a file, runs a built-in demo.")
     _calibrate.configure(cal)
-    app = sub.add_parser("apply", help="write calibrated probabilities softmax(logits / T)",
-                         description="Write calibrated probabilities softmax(logits / T).")
+    app = sub.add_parser("apply", help="write calibrated probabilities",
+                         description="Write the calibrated probabilities of a file, with the "
+                                     "calibrator of a report.json or a given temperature.")
     _apply.configure(app)
     bench = sub.add_parser("bench", help="side-by-side timings against installed peers",
                            description="Side-by-side timings against the installed peers.")
@@ -83,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 on success, 2 for a user error (one line on stderr), 1 for an internal error.
     """
-    from .._namespace import LogitkitError
+    from .. import LogitkitError
     from ._io import CliError
 
     args_list = list(sys.argv[1:] if argv is None else argv)

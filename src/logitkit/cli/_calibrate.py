@@ -1,49 +1,55 @@
-"""``logitkit calibrate``: fit a temperature, report before/after metrics, draw the diagram."""
+"""``logitkit calibrate``: fit a calibrator, report held-out before/after figures, draw them.
+
+The order of work is the promise to the user: every path is checked (inputs exist and are
+files, the output folder can be written and would not be overwritten without ``--force``)
+before anything is read or fitted, so a typo costs nothing; then the files are read by the one
+reader, the fit runs, and the report and diagram are written atomically.
+"""
 
 from __future__ import annotations
 
 import argparse
 import io
 import json
-import math
 import sys
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._io import FORMATS, CliError, Columns, read_labels, read_predictions, write_json
-from ._io import atomic_write as atomic_write
+from ..calibration._select import CANDIDATES, make_candidate
+from ._io import (
+    FORMATS,
+    CliError,
+    Columns,
+    atomic_write,
+    check_input_file,
+    check_output_folder,
+    expand_inputs,
+    missing_labels,
+    read_inputs,
+    write_json,
+)
+from ._kinds import Kind, detect, logits_of
+from ._measure import Options, measure
+from ._options import (
+    add_progress_option,
+    add_reader_options,
+    bin_count,
+    fold_count,
+    non_negative_int,
+    probability,
+)
+from ._progress import Progress
+from ._report import SCHEMA_VERSION, candidates, describe_calibrator, measured, render
 
 DEFAULT_OUT = "logitkit-calibration"
 REPORT = "report.json"
 DIAGRAM = "reliability.png"
+METHODS = tuple(name for name in CANDIDATES if name != "none")  # simplest first
 LONG_INPUT = 5_000_000  # logits entries from which the progress bar shows (on a terminal)
-_EVAL_CHUNK = 1 << 20  # logits entries per evaluation chunk
-
-METRICS = (("accuracy", "accuracy"), ("nll", "NLL"), ("ece", "ECE"), ("mce", "MCE"),
-           ("rms_ce", "RMS CE"), ("brier", "Brier"))
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def add_column_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--logits-key", default="logits", metavar="NAME",
-                   help="array name of the logits in .npz/.pt files (default: logits)")
-    p.add_argument("--labels-key", default="labels", metavar="NAME",
-                   help="array name of the labels in .npz/.pt files (default: labels)")
-    p.add_argument("--label-column", default="label", metavar="NAME",
-                   help="label column of .csv/.parquet files (default: label; a .csv without "
-                        "header has the label first)")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -52,71 +58,81 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "(quoted); several files are concatenated. Without a file, runs a "
                         "built-in demo.")
     p.add_argument("--labels", type=Path, metavar="FILE",
-                   help="labels for a logits-only input (.npy, .npz, .csv, .parquet, .pt)")
-    add_column_options(p)
+                   help="labels for a scores-only input (.npy, .npz, .csv, .parquet, .pt)")
+    p.add_argument("--method", choices=("auto", *METHODS), default="auto", metavar="METHOD",
+                   help="the calibrator: auto (default) cross-validates every method and "
+                        "'none' (leave the scores alone) and picks the best out-of-fold NLL; "
+                        f"or one of {', '.join(METHODS)} (still compared with none and "
+                        "temperature in the table)")
+    p.add_argument("--cv", type=fold_count, default=5, metavar="N",
+                   help="folds of the cross-validation (default: 5)")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seed of the fold assignment (default: 0, so reruns agree)")
+    p.add_argument("--test", type=Path, metavar="FILE",
+                   help="held-out predictions with labels (or a folder of them): every 'after' "
+                        "figure is measured there; without it they are cross-fitted")
+    p.add_argument("--test-labels", type=Path, metavar="FILE",
+                   help="labels for a scores-only --test file")
+    add_reader_options(p)
     p.add_argument("--out", type=Path, metavar="DIR",
                    help=f"output folder (default: a new ./{DEFAULT_OUT}[-N])")
     p.add_argument("--force", action="store_true",
                    help="write into an existing output folder, replacing its report and diagram")
-    p.add_argument("--bins", type=positive_int, default=15, metavar="N",
-                   help="number of bins for ECE/MCE and the diagram (default: 15)")
+    p.add_argument("--bins", type=bin_count, default=15, metavar="N",
+                   help="number of bins for ECE/MCE and the diagram (default: 15), or 'auto': "
+                        "N^(1/3) within [5, 50] for N predictions")
     p.add_argument("--binning", choices=("uniform", "quantile"), default="uniform",
                    help="uniform right-closed bins, or equal-mass (quantile) bins")
+    p.add_argument("--level", type=probability, default=0.95, metavar="P",
+                   help="confidence level of the intervals on every figure (default: 0.95)")
+    p.add_argument("--resamples", type=non_negative_int, default=1000, metavar="N",
+                   help="bootstrap resamples of those intervals (default: 1000; 0: no "
+                        "intervals)")
     p.add_argument("--json", action="store_true",
                    help="print the report as JSON on stdout instead of the table")
     p.add_argument("--no-diagram", action="store_true",
                    help=f"skip the reliability diagram ({DIAGRAM}); matplotlib is then not needed")
-    p.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
-                   help="progress bar on stderr: auto = long inputs on a terminal")
+    add_progress_option(p)
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="run on a Dask cluster (e.g. tcp://host:8786): its workers read the "
-                        "files, one block each, and the fit and metrics are map-reduces there")
+                        "files, one block each, and the cross-fitting and metrics are "
+                        "map-reduces there (--method auto is temperature scaling there)")
     p.set_defaults(_run=run)
 
 
 # --------------------------------------------------------------------------------------------
+# reading
 
 
-def _load(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from ._scheduler import expand_inputs
+@dataclass
+class Labelled:
+    """Logits ``(N, K ≥ 2)`` and labels, with what was assumed to get them."""
 
-    files = expand_inputs(args.files)
-    if args.scheduler is not None:
-        from ._scheduler import load_on_cluster
+    logits: Any
+    y: Any
+    kind: Kind
+    inputs: list[str]
+    notes: list[str] = field(default_factory=list)
 
-        return load_on_cluster(args, files)
-    cols = Columns(label_column=args.label_column, logits_key=args.logits_key,
-                   labels_key=args.labels_key)
-    if args.labels is not None and len(files) > 1:
-        raise CliError("--labels works with one input file; give each file its labels instead")
-    parts, labels = [], []
-    for path in files:
-        pred = read_predictions(path, cols, need_labels=args.labels is None)
-        lab = pred.labels
-        if args.labels is not None:
-            lab = read_labels(args.labels, cols)
-        if lab is None:
-            raise CliError(f"{path}: no labels found; pass --labels FILE (or store them as "
-                           f"'{cols.labels_key}' / a '{cols.label_column}' column)")
-        if lab.shape[0] != pred.logits.shape[0]:
-            src = args.labels if args.labels is not None else path
-            raise CliError(f"{src}: {lab.shape[0]} labels for {pred.logits.shape[0]} rows of "
-                           "logits")
-        parts.append(pred.logits)
-        labels.append(lab)
-    widths = {p.shape[1] for p in parts}
-    if len(widths) > 1:
-        raise CliError(f"the input files have different numbers of classes: {sorted(widths)}")
-    logits = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    y = labels[0] if len(labels) == 1 else np.concatenate(labels)
-    if logits.shape[1] == 1:  # one binary logit per row: the logits [0, z]
-        logits = np.concatenate([np.zeros_like(logits), logits], axis=1)
-    k = logits.shape[1]
+
+def read_labelled(paths: list[Path], cols: Columns, labels: Path | None, given: str,
+                  what: str = "") -> Labelled:
+    """The one way ``calibrate`` reads a labelled set (the calibration file or ``--test``)."""
+    pred = read_inputs(paths, cols, labels)
+    where = f"{what} {paths[0]}" if what else str(paths[0])
+    if pred.labels is None:
+        raise missing_labels(where, pred, cols)
+    kind = detect(pred.scores, given)
+    logits, notes = logits_of(pred.scores, kind, where)
+    check_label_range(pred.labels, logits.shape[1], where)
+    return Labelled(logits, pred.labels, kind, [str(p) for p in paths], pred.notes + notes)
+
+
+def check_label_range(y: np.ndarray, k: int, where: str) -> None:
     if y.min() < 0 or y.max() >= k:
         bad = int(y.min()) if y.min() < 0 else int(y.max())
-        raise CliError(f"label {bad} is out of range for {k} classes (labels must be in "
-                       f"0..{k - 1})")
-    return logits, y, [str(p) for p in files]
+        raise CliError(f"{where}: label {bad} is out of range for {k} classes (labels must be "
+                       f"in 0..{k - 1})")
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
@@ -125,107 +141,14 @@ def _out_dir(args: argparse.Namespace) -> Path:
         while candidate.exists():
             i += 1
             candidate = Path(f"{DEFAULT_OUT}-{i}")
+        check_output_folder(candidate, force=False, replaces=())
         return candidate
-    out: Path = args.out
-    if out.exists() and not out.is_dir():
-        raise CliError(f"{out}: exists and is not a folder")
-    if out.exists() and not args.force:
-        raise CliError(f"{out}: the output folder exists; pass --force to replace its "
-                       f"{REPORT} and {DIAGRAM}, or choose another --out")
-    return out
+    check_output_folder(args.out, force=args.force, replaces=(REPORT, DIAGRAM))
+    return Path(args.out)
 
 
-def evaluate(logits: np.ndarray, y: np.ndarray, temperature: float, n_bins: int,
-             binning: str, progress: Any = None) -> dict[str, Any]:
-    """Metrics of ``softmax(logits / T)`` in chunks: O(chunk + bins) memory beyond the input."""
-    from ..calibration._dask import is_dask
-
-    if is_dask(logits):
-        from ._scheduler import evaluate_on_cluster
-
-        return evaluate_on_cluster(logits, y, temperature, n_bins, binning)
-    from .. import softmax
-    from ..calibration import CalibrationStats
-    from ..calibration._binning import edges_of, uniform_edges
-    from ..calibration._nll_sums import _nll_derivatives
-
-    n, k = logits.shape
-    rows = max(1, _EVAL_CHUNK // k)
-
-    def probs(start: int) -> np.ndarray:
-        return softmax(logits[start:start + rows].astype(np.float64), axis=1,
-                       temperature=temperature)
-
-    if binning == "quantile":
-        conf = np.concatenate([probs(s).max(axis=1) for s in range(0, n, rows)])
-        edges = np.unique(edges_of(conf, n_bins, "quantile"))
-    else:
-        edges = uniform_edges(n_bins)
-    stats = CalibrationStats(edges=edges)
-    nll_sum = 0.0
-    for start in range(0, n, rows):
-        chunk = logits[start:start + rows]
-        yc = y[start:start + rows]
-        stats.update(softmax(chunk.astype(np.float64), axis=1, temperature=temperature), yc)
-        # the NLL from the logits (exact where log(softmax) would underflow), by the same
-        # float64 row sums as the temperature fit
-        nll_sum += _nll_derivatives(chunk, yc, 1.0 / temperature)[1]
-        if progress is not None:
-            progress(len(yc))
-    out = stats.compute()
-    out["nll"] = nll_sum / n  # from the logits: exact where log(softmax) would underflow
-    return out
-
-
-def _clean(v: float) -> float | None:
-    return float(v) if math.isfinite(v) else None
-
-
-def _table(report: dict[str, Any]) -> str:
-    b, a = report["before"], report["after"]
-    lines = [f"{'':10}{'before':>12}{'after':>12}"]
-    for key, name in METRICS:
-        lines.append(f"{name:10}{_fmt(b[key]):>12}{_fmt(a[key]):>12}")
-    lines.append(f"{'T':10}{_fmt(1.0):>12}{_fmt(report['temperature']):>12}")
-    return "\n".join(lines)
-
-
-def _fmt(v: float | None) -> str:
-    return "inf" if v is None else f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"
-
-
-class _Progress:
-    """A tqdm bar over the rows of each pass (``desc`` names the pass)."""
-
-    def __init__(self, n: int, mode: str, long_input: bool, desc: str = "fitting T") -> None:
-        self.n = n
-        self.done = 0
-        self.passes = 1
-        self.desc = desc
-        self.bar = None
-        if mode == "never" or (mode == "auto" and not (long_input and sys.stderr.isatty())):
-            return
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:  # pragma: no cover - tqdm is in the cli extra
-            return
-        self.bar = tqdm(total=n, unit="rows", desc=f"{desc}, pass 1", file=sys.stderr,
-                        leave=False, dynamic_ncols=True)
-
-    def __call__(self, rows: int) -> None:
-        if self.bar is None:
-            return
-        if self.done >= self.n:
-            self.passes += 1
-            self.done = 0
-            self.bar.reset(total=self.n)
-            self.bar.set_description(f"{self.desc}, pass {self.passes}")
-        self.done += rows
-        self.bar.update(rows)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+# --------------------------------------------------------------------------------------------
+# the command
 
 
 def run(args: argparse.Namespace) -> int:
@@ -237,87 +160,245 @@ def run(args: argparse.Namespace) -> int:
     return _run(args)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from ..calibration import CalibrationWarning, TemperatureScaler
-    from ..calibration._diagram import figure_from_stats
+@dataclass
+class Outcome:
+    """What a fit produced: the calibrator and the held-out figures (the report's content)."""
 
-    if args.files:
-        logits, y, inputs = _load(args)
-        fit_logits, fit_y, test_logits, test_y = logits, y, logits, y
-        source = ", ".join(inputs)
-        split = "in-sample (T fitted and measured on the same data)"
+    calibrator: Any  # a fitted logitkit.calibration.Calibrator
+    warnings: list[str]
+    before: dict[str, Any]
+    after: dict[str, Any]
+    evaluation: dict[str, Any]
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    candidates_note: str = ""
+
+
+def _check_paths(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
+    """Every input path, before any work: the files (expanded), then the --test files."""
+    if not args.files:
+        for option in ("labels", "test", "test_labels"):
+            if getattr(args, option) is not None:
+                raise CliError(f"--{option.replace('_', '-')} needs an input file")
+        return [], []
+    files = expand_inputs(args.files)
+    if args.labels is not None:
+        check_input_file(args.labels, "--labels")
+    test: list[Path] = []
+    if args.test is not None:
+        test = expand_inputs([args.test])
+    if args.test_labels is not None:
+        if args.test is None:
+            raise CliError("--test-labels needs --test FILE")
+        check_input_file(args.test_labels, "--test-labels")
+    return files, test
+
+
+def _run(args: argparse.Namespace) -> int:
+    files, test_files = _check_paths(args)
+    out = _out_dir(args)
+    # ---- every path is fine: the work starts here
+    cols = Columns.from_args(args)
+    test = None
+    if files and args.scheduler is not None:
+        from ._scheduler import load_on_cluster
+
+        train = load_on_cluster(args, files)
+        source, title = ", ".join(train.inputs), _data_name(args.files, files)
+    elif files:
+        train = read_labelled(files, cols, args.labels, args.input)
+        source, title = ", ".join(train.inputs), _data_name(args.files, files)
     else:
-        if args.labels is not None:
-            raise CliError("--labels needs an input file")
         from ._demo import make_demo
 
         demo = make_demo()
-        fit_logits, fit_y = demo.calib_logits, demo.calib_labels
-        test_logits, test_y = demo.test_logits, demo.test_labels
-        inputs, source = [], demo.description
-        split = "held out (T fitted on a calibration split, measured on a test split)"
-    out = _out_dir(args)
+        train = Labelled(demo.logits, demo.labels,
+                         Kind("logits", "the demo's model outputs logits"), [])
+        source, title = demo.description, demo.title
+    if test_files:
+        test = read_labelled(test_files, cols, args.test_labels, args.input, "--test")
+        _check_test_matches(train, test)
+    notes = train.notes + (test.notes if test is not None else [])
+    for note in notes:
+        print(f"logitkit: note: {note}", file=sys.stderr)
 
-    n, k = fit_logits.shape
-    progress = _Progress(n, args.progress, n * k >= LONG_INPUT)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", CalibrationWarning)
-        try:
-            scaler = TemperatureScaler().fit(fit_logits, fit_y, progress=progress)
-        finally:
-            progress.close()
-    notes = [str(w.message) for w in caught if issubclass(w.category, CalibrationWarning)]
-    t = scaler.temperature_
-    n_test = int(test_logits.shape[0])
-    progress = _Progress(n_test, args.progress, n_test * k >= LONG_INPUT, "measuring")
-    try:
-        before = evaluate(test_logits, test_y, 1.0, args.bins, args.binning, progress)
-        after = evaluate(test_logits, test_y, t, args.bins, args.binning, progress)
-    finally:
-        progress.close()
+    n, k = train.logits.shape
+    progress = Progress(args.progress, long_input=n * k >= LONG_INPUT)
+    if _is_dask(train.logits):
+        from ._scheduler import fit_on_cluster
 
-    keys = [key for key, _ in METRICS]
-    report = {
-        "temperature": t,
-        "converged": scaler.converged_,
-        "n_iter": scaler.n_iter_,
-        "at_bound": scaler.at_bound_,
-        "warnings": notes,
-        "inputs": inputs,
-        "source": source,
-        "evaluation": split,
-        "n_samples": int(test_logits.shape[0]),
+        outcome = fit_on_cluster(train, test, args, progress)
+    else:
+        outcome = fit(train, test, args, progress)
+    cal = outcome.calibrator
+    report: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "logitkit_version": _version(),
+        "method": cal.method,
+        "calibrator": cal.to_dict(),
         "n_classes": int(k),
-        "bins": args.bins,
+        "input": {"kind": train.kind.name, "reason": train.kind.reason},
+        "converged": bool(getattr(cal, "converged_", True)),
+        "at_bound": bool(getattr(cal, "at_bound_", False)),
+        "warnings": outcome.warnings,
+        "notes": notes,
+        "inputs": train.inputs,
+        "test_inputs": test.inputs if test is not None else [],
+        "source": source,
+        "n_samples": int(n),
+        "evaluation": outcome.evaluation,
+        "candidates": outcome.candidates,
+        "candidates_note": outcome.candidates_note,
         "binning": args.binning,
-        "before": {key: _clean(before[key]) for key in keys},
-        "after": {key: _clean(after[key]) for key in keys},
+        **measured(outcome.before, outcome.after, level=args.level,
+                   resamples=args.resamples),
     }
 
-    png = None
-    if not args.no_diagram:
-        try:
-            fig = figure_from_stats([before, after], ("before (T = 1)", f"after (T = {t:.3g})"))
-        except ImportError:
-            notes.append("matplotlib is not installed: no reliability diagram "
-                         "(pip install matplotlib, or pass --no-diagram)")
-        else:
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png")
-            png = buf.getvalue()
+    png = None if args.no_diagram else _diagram(outcome, report, title)
     report["diagram"] = DIAGRAM if png is not None else None
     out.mkdir(parents=True, exist_ok=True)
     if png is not None:
         atomic_write(out / DIAGRAM, lambda fh: fh.write(png))
     write_json(out / REPORT, report)
 
-    for note in notes:
+    for note in report["warnings"]:
         print(f"logitkit: warning: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"logitkit calibrate: {source}")
-        print(f"metrics {split}")
-        print(_table(report))
+        print(render(report))
         print(f"wrote {out / REPORT}" + (f" and {out / DIAGRAM}" if png is not None else ""))
     return 0
+
+
+def _data_name(given: list[Path], files: list[Path]) -> str:
+    """What the diagram's title calls the data: the file, the folder or pattern given, or the
+    first file and how many more."""
+    if len(given) == 1:
+        return given[0].name or str(given[0])
+    return files[0].name if len(files) == 1 else f"{files[0].name} and {len(files) - 1} more"
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _check_test_matches(train: Labelled, test: Labelled) -> None:
+    where = f"--test {test.inputs[0]}"
+    if test.logits.shape[1] != train.logits.shape[1]:
+        raise CliError(f"{where}: {test.logits.shape[1]} classes, but "
+                       f"{train.inputs[0] if train.inputs else 'the demo'} has "
+                       f"{train.logits.shape[1]}")
+    if test.kind.name != train.kind.name:
+        raise CliError(f"{where}: read as {test.kind.describe()}, but {train.inputs[0]} as "
+                       f"{train.kind.describe()}; pass --input to say which they are")
+
+
+def fit(train: Labelled, test: Labelled | None, args: argparse.Namespace,
+        progress: Progress) -> Outcome:
+    """Choose and fit the calibrator on ``train``; measure it where it was not fitted.
+
+    Without ``test`` the "after" figures are the chosen method's out-of-fold predictions from
+    the cross-validation that chose it (no refit, no row scored by a calibrator that saw it);
+    with ``test`` they are the calibrator, refitted on all of ``train``, on ``test``.
+    """
+    from ..calibration import CalibrationWarning, select
+
+    n = int(train.logits.shape[0])
+    methods = "auto" if args.method == "auto" else [args.method]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CalibrationWarning)
+        tried = len(_tried(methods))
+        with progress.stage(f"cross-validating {_plural(tried, 'method')} over {args.cv} folds",
+                            tried * (args.cv + 1), unit="fits") as tick:
+            sel = select(train.logits, train.y, methods=methods, cv=args.cv,
+                         random_state=args.seed, progress=lambda done, total, name: tick(1))
+        chosen = sel.best_ if args.method == "auto" else args.method
+        if chosen == sel.best_:
+            cal = sel.calibrator_
+        else:  # the method asked for, although another candidate scored better
+            cal = make_candidate(chosen).fit(train.logits, train.y)
+    row = sel.row(chosen)
+    if row["error"] is not None:
+        raise CliError(f"--method {chosen}: the fit failed in cross-validation: {row['error']}")
+    said = list(dict.fromkeys([*row["warnings"], *(
+        str(w.message) for w in caught if issubclass(w.category, CalibrationWarning))]))
+    opts = Options.from_args(args)
+    # every candidate's out-of-fold figures, from the engine (no refit: each fold's calibrator
+    # on the rows it did not see); "none"'s are the model's own figures on these rows
+    figures: dict[str, dict[str, Any]] = {}
+    with progress.stage(f"measuring {_plural(len(sel.table_), 'method')} out of fold", n) as tick:
+        for r in sel.table_:
+            if r["error"] is None:
+                figures[r["method"]] = measure(_oof(sel, r["method"], train.logits), train.y,
+                                               opts)
+        tick(n)
+    table = candidates(sel.table_, chosen, figures)
+    note = (f"{args.cv}-fold stratified cross-validation, seed {args.seed}; near-ties go to the "
+            "simpler method")
+    if test is None:
+        before, after = figures["none"], figures[chosen]
+        m = n
+    else:
+        m = int(test.y.shape[0])
+        with progress.stage("measuring on --test", 2 * m) as tick:
+            before = measure(test.logits, test.y, opts)
+            after = measure(test.logits, test.y, opts, calibrators=[cal])
+            tick(2 * m)
+    return Outcome(cal, said, before, after, held_out(args, n, m, test is not None), table,
+                   note)
+
+
+def _oof(sel: Any, method: str, logits: Any) -> Any:
+    """A candidate's out-of-fold logits: the model's own for "none" (its calibrator is the
+    identity), those ``select`` kept for its choice, the others rebuilt from its folds."""
+    if method == "none":
+        return logits
+    return sel.oof_logits_ if method == sel.best_ else sel.oof_logits(method)
+
+
+def held_out(args: argparse.Namespace, n: int, m: int, on_test: bool) -> dict[str, Any]:
+    """The report's ``evaluation``: what the "after" figures are, in words too."""
+    if on_test:
+        return {"kind": "test", "folds": None, "rows": m,
+                "text": f"held out: the calibrator, fitted on all {n:,} calibration rows, "
+                        f"measured on the {m:,} --test rows"}
+    return {"kind": "cross-fitted", "folds": args.cv, "rows": m,
+            "text": f"cross-fitted: each of the {m:,} rows scored by a calibrator fitted on "
+                    f"the other {args.cv - 1} of {args.cv} folds"}
+
+
+def _tried(methods: Any) -> list[str]:
+    if methods == "auto":
+        return list(CANDIDATES)
+    return list(dict.fromkeys(["none", "temperature", *methods]))
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def _is_dask(x: Any) -> bool:
+    from .._namespace import is_dask
+
+    return is_dask(x)
+
+
+def _diagram(outcome: Outcome, report: dict[str, Any], name: str) -> bytes | None:
+    """The reliability diagram of the report's figures, before and after, titled with the
+    data's name and the method."""
+    from ..calibration._diagram import figure_from_stats
+
+    method = describe_calibrator(report["calibrator"], short=True)
+    try:
+        fig = figure_from_stats(
+            [outcome.before, outcome.after], ("before", f"after ({outcome.evaluation['kind']})"),
+            level=report["intervals"]["level"], title=f"{name}: calibrated by {method}")
+    except ImportError:
+        report["warnings"].append("matplotlib is not installed: no reliability diagram "
+                                  "(pip install matplotlib, or pass --no-diagram)")
+        return None
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

@@ -1,10 +1,16 @@
 """The built-in demo: an overconfident classifier on scikit-learn's digits (no download).
 
-A multinomial logistic regression without regularisation is trained to (almost) zero training
-loss on one sixth of the digits.  Its weights grow without bound on separable data, so on held-out
-digits it is far more confident than it is accurate: a textbook case for temperature scaling.
-The rest of the data is split into a calibration set (T is fitted there) and a test set (the
-before/after metrics are measured there, so nothing is evaluated on the data it was fitted on).
+Gaussian naive Bayes is the textbook overconfident classifier (Niculescu-Mizil & Caruana 2005):
+it multiplies 64 pixel likelihoods as if they were independent, so its log-odds are several
+times too large.  It is trained here, in closed form (per-class means and variances, no
+optimiser), on 300 of the 1,797 digits; its logits (joint log-likelihoods) on the other 1,497
+digits, which it never saw, are the file a user would bring.  ``logitkit calibrate`` then does
+exactly what it does with that file: every candidate calibrator is cross-fitted on those rows,
+the winner is chosen out of fold, and every "after" figure is held out.
+
+``var_smoothing`` (added to every variance, as a fraction of the largest pixel variance) is the
+value that maximises the model's accuracy among 1e-3, 1e-2, 1e-1 and 1: a user tuning the model
+for accuracy would pick it, and it leaves the model overconfident.
 """
 
 from __future__ import annotations
@@ -19,15 +25,15 @@ from ._io import CliError
 
 SEED = 0
 N_TRAIN = 300
+VAR_SMOOTHING = 0.1
 
 
 @dataclass
 class Demo:
-    calib_logits: np.ndarray
-    calib_labels: np.ndarray
-    test_logits: np.ndarray
-    test_labels: np.ndarray
+    logits: np.ndarray
+    labels: np.ndarray
     description: str
+    title: str = "demo: Gaussian naive Bayes on scikit-learn's digits"
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -47,38 +53,32 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.int64)  # pragma: no cover
 
 
-def _fit_unregularised(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
-    from scipy.optimize import minimize
+def gaussian_naive_bayes(x: np.ndarray, y: np.ndarray, k: int, var_smoothing: float
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(log prior, means, variances)`` of Gaussian naive Bayes, as scikit-learn fits it."""
+    prior = np.log(np.bincount(y, minlength=k) / len(y))
+    means = np.stack([x[y == c].mean(axis=0) for c in range(k)])
+    variances = np.stack([x[y == c].var(axis=0) for c in range(k)])
+    return prior, means, variances + var_smoothing * x.var(axis=0).max()
 
-    from .. import log_softmax, softmax
 
-    onehot = np.eye(k)[y]
-    n, d = x.shape
-
-    def loss_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
-        z = x @ w.reshape(d, k)
-        loss = -float(np.sum(onehot * log_softmax(z, axis=1))) / n
-        grad = x.T @ (softmax(z, axis=1) - onehot) / n
-        return loss, grad.ravel()
-
-    res = minimize(loss_grad, np.zeros(d * k), jac=True, method="L-BFGS-B",
-                   options={"maxiter": 200})
-    return np.asarray(res.x).reshape(d, k)
+def naive_bayes_logits(x: np.ndarray, model: tuple[np.ndarray, np.ndarray, np.ndarray]
+                       ) -> np.ndarray:
+    """The joint log-likelihoods ``log P(c) + Σ_j log N(x_j; μ_cj, σ²_cj)``: the logits."""
+    prior, means, variances = model
+    sq = ((x[:, None, :] - means[None]) ** 2 / variances[None]).sum(axis=2)
+    return prior - 0.5 * np.log(2 * np.pi * variances).sum(axis=1) - 0.5 * sq
 
 
 def make_demo() -> Demo:
     x, y = _load_digits()
-    x = np.hstack([x / 16.0, np.ones((x.shape[0], 1))])
     perm = np.random.default_rng(SEED).permutation(len(y))
     x, y = x[perm], y[perm]
     k = int(y.max()) + 1
-    w = _fit_unregularised(x[:N_TRAIN], y[:N_TRAIN], k)
-    logits = x @ w
-    half = N_TRAIN + (len(y) - N_TRAIN) // 2
+    model = gaussian_naive_bayes(x[:N_TRAIN], y[:N_TRAIN], k, VAR_SMOOTHING)
+    logits = naive_bayes_logits(x[N_TRAIN:], model)
     return Demo(
-        calib_logits=logits[N_TRAIN:half], calib_labels=y[N_TRAIN:half],
-        test_logits=logits[half:], test_labels=y[half:],
-        description=(f"demo: scikit-learn digits, unregularised softmax regression trained on "
-                     f"{N_TRAIN} images; T fitted on {half - N_TRAIN}, metrics on "
-                     f"{len(y) - half} held-out images"),
+        logits=logits, labels=y[N_TRAIN:],
+        description=(f"demo: Gaussian naive Bayes trained on {N_TRAIN} of scikit-learn's "
+                     f"digits, its logits on the {len(y) - N_TRAIN:,} digits it never saw"),
     )

@@ -1,16 +1,15 @@
-"""Sharded inputs for ``logitkit calibrate``: folders, glob patterns, and a Dask cluster.
+"""``logitkit calibrate --scheduler ADDRESS``: the shards of a folder on a Dask cluster.
 
-``expand_inputs`` turns folders and glob patterns into the sorted list of prediction files they
-hold.  With ``--scheduler ADDRESS`` each file becomes one block of a Dask array, read by the
-cluster's workers and kept in their memory; the temperature fit (one map-reduce per Newton step)
-and the before/after metrics (one map-reduce each) then run there, and only O(bins) sums come
-back.
+Each file becomes one block of a Dask array, read by the cluster's workers with the same reader
+as a local run (so every file is checked the same way) and kept in their memory; the
+temperature fit (one map-reduce per Newton step) and the before/after metrics (one map-reduce
+each) then run there, and only O(bins) sums come back.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,34 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ._io import FORMATS, CliError, Columns, read_labels, read_predictions
-
-_PATTERN = "*?["
-
-
-def expand_inputs(paths: list[Path]) -> list[Path]:
-    """Files as given; a folder becomes its prediction files, a glob pattern its matches.
-
-    Both expansions are sorted by name, so shard order (and the result) is reproducible.
-    """
-    out: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir()
-                           if p.is_file() and p.suffix.lower() in FORMATS)
-            if not found:
-                raise CliError(f"{path}: no prediction files ({', '.join(FORMATS)}) in this "
-                               "folder")
-            out.extend(found)
-        elif not path.exists() and any(c in str(path) for c in _PATTERN):
-            found = sorted(Path(p) for p in glob.glob(str(path), recursive=True)
-                           if Path(p).is_file())
-            if not found:
-                raise CliError(f"{path}: no file matches this pattern")
-            out.extend(found)
-        else:
-            out.append(path)
-    return out
+from ._io import CliError, Columns, missing_labels, read_predictions
+from ._kinds import Kind, detect, floor_note, to_logits, zero_floor
 
 
 @contextmanager
@@ -70,97 +43,146 @@ def on_cluster(address: str) -> Iterator[Any]:
 
 def _read_shard(path: Path, labels_path: Path | None, cols: Columns
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """One file's ``(logits, labels)``, checked as the in-process reader checks them."""
-    pred = read_predictions(path, cols, need_labels=labels_path is None)
-    labels = read_labels(labels_path, cols) if labels_path is not None else pred.labels
-    if labels is None:
-        raise CliError(f"{path}: no labels found; pass --labels FILE (or store them as "
-                       f"'{cols.labels_key}' / a '{cols.label_column}' column)")
-    if labels.shape[0] != pred.logits.shape[0]:
-        src = labels_path if labels_path is not None else path
-        raise CliError(f"{src}: {labels.shape[0]} labels for {pred.logits.shape[0]} rows of "
-                       "logits")
-    logits = pred.logits
-    if logits.shape[1] == 1:  # one binary logit per row: the logits [0, z]
-        logits = np.concatenate([np.zeros_like(logits), logits], axis=1)
-    return logits, labels
+    """One file's ``(scores, labels)``, checked as the in-process reader checks them."""
+    pred = read_predictions(path, cols, labels_path)
+    if pred.labels is None:
+        raise missing_labels(path, pred, cols)
+    return pred.scores, pred.labels
 
 
-def _meta(shard: tuple[np.ndarray, np.ndarray]) -> tuple[int, int, str]:
-    return int(shard[0].shape[0]), int(shard[0].shape[1]), shard[0].dtype.str
+def _meta(shard: tuple[np.ndarray, np.ndarray], given: str
+          ) -> tuple[int, int, str, str, str]:
+    kind = detect(shard[0], given)
+    return (int(shard[0].shape[0]), int(shard[0].shape[1]), shard[0].dtype.str, kind.name,
+            kind.reason)
 
 
-def _logits_of(shard: tuple[np.ndarray, np.ndarray], dtype: str) -> np.ndarray:
-    return shard[0].astype(dtype, copy=False)
+def _zeros(shard: tuple[np.ndarray, np.ndarray], kind: Kind) -> tuple[int, float]:
+    return zero_floor(shard[0], kind)
+
+
+def _logits_of(shard: tuple[np.ndarray, np.ndarray], kind: Kind, dtype: str, path: str,
+               floor: float) -> np.ndarray:
+    return to_logits(shard[0], kind, path, floor=floor).astype(dtype, copy=False)
 
 
 def _labels_of(shard: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     return shard[1]
 
 
-def load_on_cluster(args: argparse.Namespace, files: list[Path]) -> tuple[Any, Any, list[str]]:
-    """Dask ``(logits, labels)`` with one block per file, read and held by the workers."""
+def load_on_cluster(args: argparse.Namespace, files: list[Path]) -> Any:
+    """The calibration set as Dask arrays with one block per file, read and held by the
+    workers: a :class:`~logitkit.cli._calibrate.Labelled`."""
     import dask
     import dask.array as da
     from dask import delayed
+
+    from ._calibrate import Labelled, check_label_range
 
     if args.binning == "quantile":
         raise CliError("--binning quantile needs every confidence in one place; use uniform "
                        "bins with --scheduler")
     if args.labels is not None and len(files) > 1:
         raise CliError("--labels works with one input file; give each file its labels instead")
-    cols = Columns(label_column=args.label_column, logits_key=args.logits_key,
-                   labels_key=args.labels_key)
+    cols = Columns.from_args(args)
     read = delayed(_read_shard, pure=True)
     shards = dask.persist(*[read(path, args.labels, cols) for path in files])
-    meta = dask.compute(*[delayed(_meta, pure=True)(s) for s in shards])
-    widths = sorted({k for _, k, _ in meta})
+    meta = dask.compute(*[delayed(_meta, pure=True)(s, args.input) for s in shards])
+    widths = sorted({m[1] for m in meta})
     if len(widths) > 1:
         raise CliError(f"the input files have different numbers of classes: {widths}")
-    dtype = np.result_type(*[np.dtype(d) for _, _, d in meta]).str
+    kinds = {m[3] for m in meta}
+    if len(kinds) > 1:
+        first = {m[3]: (path, m[4]) for path, m in zip(files, meta, strict=True)}
+        raise CliError("the input files hold different kinds of scores: "
+                       + "; ".join(f"{p} {name} ({why})" for name, (p, why) in first.items())
+                       + "; pass --input to say which")
+    kind = Kind(meta[0][3], meta[0][4])
+    zeros = dask.compute(*[delayed(_zeros, pure=True)(s, kind) for s in shards])
+    count = sum(c for c, _ in zeros)
+    floor = min(f for _, f in zeros)  # one floor for every shard: the smallest over them all
+    dtype = np.result_type(*[np.dtype(m[2]) for m in meta]).str
+    k = max(2, widths[0])
     logits = da.concatenate([
-        da.from_delayed(delayed(_logits_of, pure=True)(s, dtype), shape=(n, k), dtype=dtype)
-        for s, (n, k, _) in zip(shards, meta, strict=True)])
+        da.from_delayed(delayed(_logits_of, pure=True)(s, kind, dtype, str(path), floor),
+                        shape=(m[0], k), dtype=dtype)
+        for s, m, path in zip(shards, meta, files, strict=True)])
     labels = da.concatenate([
-        da.from_delayed(delayed(_labels_of, pure=True)(s), shape=(n,), dtype=np.int64)
-        for s, (n, _, _) in zip(shards, meta, strict=True)])
-    return logits, labels, [str(p) for p in files]
+        da.from_delayed(delayed(_labels_of, pure=True)(s), shape=(m[0],), dtype=np.int64)
+        for s, m in zip(shards, meta, strict=True)])
+    low, high = dask.compute(labels.min(), labels.max())
+    check_label_range(np.array([low, high]), k, str(files[0]))
+    notes = [floor_note(files[0].parent, count, floor)] if count else []
+    return Labelled(logits, labels, kind, [str(p) for p in files], notes)
 
 
-def _evaluate_block(z: np.ndarray, y: np.ndarray, temperature: float, edges: np.ndarray
-                    ) -> tuple[Any, float]:
-    """``(CalibrationStats of softmax(z / T), Σ −log p_y)`` of one block, from the logits."""
-    from .. import log_softmax, softmax
-    from ..calibration import CalibrationStats
+def fit_on_cluster(train: Any, test: Any, args: argparse.Namespace, progress: Any) -> Any:
+    """``calibrate``'s fit when the rows live on the cluster: cross-fitted there.
 
-    z = z.astype(np.float64)
-    stats = CalibrationStats(edges=edges).update(softmax(z, axis=1, temperature=temperature), y)
-    logp = log_softmax(z, axis=1, temperature=temperature)
-    return stats, -float(logp[np.arange(len(y)), y].sum())
+    ``--method auto`` is temperature scaling here: choosing among the methods compares their
+    out-of-fold predictions, which :func:`~logitkit.calibration.select` holds in one place.
+    The folds interleave the rows (row ``i`` is in fold ``(i + seed) mod cv``), so every shard
+    takes part in every fold; each fold's fit is the method fitted with the fold's rows
+    weighted 0 (one map-reduce per optimiser step, like the final fit on every row), and the
+    out-of-fold figures are one more map-reduce.
+    """
+    import time
+    import warnings
 
+    import dask.array as da
 
-def _merge_evaluations(a: tuple[Any, float], b: tuple[Any, float]) -> tuple[Any, float]:
-    return a[0].merge(b[0]), a[1] + b[1]
+    from .._namespace import LogitkitError
+    from ..calibration import CalibrationWarning
+    from ..calibration._select import ACCURACY_FLAG, make_candidate
+    from ._calibrate import Outcome, held_out
+    from ._measure import Options, measure
+    from ._report import candidates
 
-
-def evaluate_on_cluster(logits: Any, y: Any, temperature: float, n_bins: int,
-                        binning: str) -> dict[str, Any]:
-    """The CLI's ``evaluate`` on Dask arrays: one map-reduce of per-block stats."""
-    import dask
-    from dask import delayed
-
-    from ..calibration._binning import uniform_edges
-    from ..calibration._dask import _tree
-
-    if binning != "uniform":
-        raise CliError("--binning quantile needs every confidence in one place; use uniform "
-                       "bins with --scheduler")
-    edges = uniform_edges(n_bins)
-    y = y.rechunk((logits.chunks[0],))
-    block = delayed(_evaluate_block, pure=True)
-    parts = [block(zb, yb, temperature, edges)
-             for zb, yb in zip(logits.to_delayed().ravel(), y.to_delayed().ravel(), strict=True)]
-    (stats, nll_sum) = dask.compute(_tree(parts, _merge_evaluations))[0]
-    out: dict[str, Any] = stats.compute()
-    out["nll"] = nll_sum / stats.count  # from the logits: exact where log(softmax) underflows
-    return out
+    method = "temperature" if args.method == "auto" else args.method
+    z, y = train.logits, train.y
+    n = int(z.shape[0])
+    y = y.rechunk((z.chunks[0],))
+    folds = ((da.arange(n, chunks=(z.chunks[0],)) + args.seed) % args.cv).astype(np.int64)
+    fold_fits = []
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CalibrationWarning)
+        try:
+            with progress.stage(f"cross-fitting {method} over {args.cv} folds", n) as tick:
+                for f in range(args.cv):
+                    weight = (folds != f).astype(np.float64)
+                    fold_fits.append(make_candidate(method).fit(z, y, sample_weight=weight))
+                    tick(n // args.cv)
+            seconds = (time.perf_counter() - start) / args.cv
+            with progress.stage(f"fitting {method} on every row", n) as tick:
+                cal = make_candidate(method).fit(z, y)
+                tick(n)
+        except LogitkitError as exc:
+            raise CliError(f"--method {method} on the cluster: {exc}") from None
+    said = list(dict.fromkeys(str(w.message) for w in caught
+                              if issubclass(w.category, CalibrationWarning)))
+    opts = Options.from_args(args)
+    with progress.stage("measuring", 2 * n) as tick:
+        none = measure(z, y, opts)
+        oof = measure(z, y, opts, calibrators=fold_fits, folds=folds)
+        tick(2 * n)
+    table = []
+    for name, figures, fit_seconds, fits in (("none", none, 0.0, []),
+                                             (method, oof, seconds, fold_fits)):
+        change = figures["accuracy"] - none["accuracy"]
+        table.append({"method": name, "error": None, "fit_time": fit_seconds,
+                      "fold_spread": math.nan, "accuracy_change": change,
+                      "flagged": abs(change) > ACCURACY_FLAG,
+                      "converged": all(bool(getattr(c, "converged_", True)) for c in fits),
+                      "at_bound": any(bool(getattr(c, "at_bound_", False)) for c in fits)})
+    note = (f"{args.cv} interleaved folds on the cluster (row i in fold (i + {args.seed}) mod "
+            f"{args.cv})" + ("; --method auto fits temperature scaling there"
+                             if args.method == "auto" else ""))
+    if test is None:
+        before, after = none, oof
+    else:
+        before = measure(test.logits, test.y, opts)
+        after = measure(test.logits, test.y, opts, calibrators=[cal])
+    m = n if test is None else int(test.y.shape[0])
+    return Outcome(cal, said, before, after, held_out(args, n, m, test is not None),
+                   candidates(table, method, {"none": none, method: oof}), note)

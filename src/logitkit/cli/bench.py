@@ -98,7 +98,7 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> float:
 
     Each implementation runs its repeats in a row, as in a loop that calls the same operation
     on arrays of one shape: its allocations reuse the memory its previous call freed (logitkit
-    keeps its freed large outputs for that, ``logitkit._kernels.set_buffer_cache``; NumPy,
+    keeps its freed large outputs for that, ``logitkit.config.set_buffer_cache``; NumPy,
     SciPy, PyTorch and JAX give them back to the OS and fault fresh pages in on every call).
     Timed round-robin instead, the implementations took each other's freed huge pages, and on a
     virtual machine that hands free huge pages back to the host (free page reporting) the
@@ -204,7 +204,7 @@ _PEER_FACTORIES = {"scipy": _scipy, "torch": _torch, "jax": _jax}
 
 def _buffer_cache_bytes() -> int:
     """logitkit's limit on recycled output buffers in this run (0: every output is fresh)."""
-    from .._kernels import buffer_cache_limit
+    from ..config import buffer_cache_limit
 
     return buffer_cache_limit()
 
@@ -214,7 +214,11 @@ def _versions() -> dict[str, str]:
 
     out = {"python": platform.python_version(), "numpy": np.__version__,
            "logitkit": logitkit.__version__}
-    for name in ("numba", "scipy", "torch", "jax"):
+    from .. import config
+
+    out["kernels"] = config.simd_target() or "none"
+    out["threads"] = str(config.num_threads())
+    for name in ("scipy", "torch", "jax"):
         mod = sys.modules.get(name)
         if mod is not None:
             out[name] = getattr(mod, "__version__", "?")

@@ -1,0 +1,129 @@
+// The interface between the Python binding (module.cpp), the thread pool (pool.cpp) and the
+// kernel files, which are compiled once per SIMD target (see CMakeLists.txt).
+//
+// Only plain data and function declarations live here: the kernel files include it inside
+// and outside their per-target namespace alike, and nothing in it is an inline function that
+// a wider target could compile for a narrower one.
+//
+// Adding a kernel file: write `csrc/NAME.cpp` (include "simd.hpp" and this header, define its
+// functions inside `namespace lk::LK_TARGET` and a `void register_NAME(Ops&)` there that fills
+// its entries of `Ops`), add its entries to `Ops` below and `X(NAME)` to LK_KERNEL_FILES, and
+// list the file in CMakeLists.txt's LK_KERNEL_SOURCES.  module.cpp binds the new entries.
+#pragma once
+
+#include <cstdint>
+
+#define LK_KERNEL_FILES(X) X(rows) X(ce) X(nll) X(mathfns)
+
+namespace lk {
+
+enum Mode : int { SOFTMAX = 0, LOG_SOFTMAX = 1, LSE = 2 };
+
+// softmax / log_softmax / logsumexp over rows: x is (n, k), C-contiguous.
+struct RowsProblem {
+    const void* x;
+    void* out;             // (n, k) like x; unused (may be null) for LSE
+    double* lse;           // (n,): the log-sum-exp of each row (of x/T)
+    uint8_t* special;      // (n,), all 0 on entry: rows the kernel could not compute are set 1
+    const uint8_t* mask;   // (mask_rows, k) booleans, or null
+    int64_t mask_rows;     // 1 (one mask row shared by every row) or n
+    int64_t n, k;
+    double cap;            // softcap c > 0, or 0 for none
+    double inv_t;          // 1/T, already rounded to x's precision, finite and > 0
+    int mode;
+};
+
+// The same over the middle axis of x seen as (outer, k, inner), inner > 1 (no softcap).
+struct StridedProblem {
+    const void* x;
+    void* out;             // (outer, k, inner), or null for LSE
+    double* lse;           // (outer, inner)
+    uint8_t* special;      // (outer, inner), all 0 on entry
+    const uint8_t* mask;   // (outer, k, inner) booleans, or null
+    int64_t outer, k, inner;
+    double inv_t;
+    int mode;
+};
+
+// Cross-entropy rows with their gradient; the class axis is last, x is (n, k).
+struct CeProblem {
+    const void* x;
+    void* out;               // gradient (n, k) like x (may be x itself), or null for none
+    const int64_t* labels;   // (n,) class indices, or null with probs
+    const void* probs;       // (n, k) target probabilities like x, or null
+    const uint8_t* mask;     // (mask_rows, k), or null
+    int64_t mask_rows;
+    const void* weight;      // (k,) class weights like x, or null
+    const uint8_t* counted;  // (n,): rows that count (not ignored, not fully masked)
+    const double* scales;    // the gradient's per-row factor: (n_scales,), n_scales 1 or n
+    int64_t n_scales;
+    int64_t n, k;
+    double eps, cz, lam, cap, inv_t;
+    double* loss;            // (n,) per-row loss
+    double* lse;             // (n,) log-sum-exp of the scaled logits
+    double* coef;            // (n,) Σ_c W_c + 2·z_loss·lse: the gradient's coefficient of p
+    uint8_t* special;        // (n,), all 0 on entry
+};
+
+// The temperature fit's sums (calibration/_nll_sums.py), over rows of z (n, k), in float64.
+struct NllProblem {
+    const void* z;
+    const int64_t* labels;  // (n,)
+    const double* weight;   // (n,) sample weights, or null
+    int64_t n, k;
+    double beta;
+    double sums[4];         // out: Σw, Σw·nll, Σw·dnll/dβ, Σw·d²nll/dβ²
+};
+
+using RowsFn = void (*)(const RowsProblem&);
+using StridedFn = void (*)(const StridedProblem&);
+using CeFn = void (*)(const CeProblem&);
+using NllFn = void (*)(NllProblem&);
+using MapFn = void (*)(const void* in, void* out, int64_t n);
+
+// One target's kernels; index [0] is float32, [1] float64.
+struct Ops {
+    const char* name;
+    RowsFn rows[2];
+    StridedFn strided[2];
+    CeFn ce[2];
+    NllFn nll[2];
+    MapFn exp[2], tanh[2], log1p[2];  // the vectorised functions, for the accuracy tests
+};
+
+// ------------------------------------------------------------------------------------------
+// The thread pool (pool.cpp), for the kernels.
+// ------------------------------------------------------------------------------------------
+
+using TaskFn = void (*)(void* ctx, int64_t task);
+
+// Run fn(ctx, i) for i in [0, ntasks), on the calling thread and, when the estimated work
+// (ntasks · ns_per_task nanoseconds) is worth it and the pool is free, on pool threads that
+// claim tasks from an atomic counter.  Returns when every task has run.
+void parallel_for(int64_t ntasks, double ns_per_task, TaskFn fn, void* ctx);
+
+int num_threads();
+void set_num_threads(int n);  // 0: the CPUs this process may run on
+double min_parallel_ns();
+void set_min_parallel_ns(double ns);
+// Outputs at least this large are written by streaming stores (3/4 of the last-level cache, as
+// glibc's memcpy; settable for tests and comparisons).
+int64_t stream_min_bytes();
+void set_stream_min_bytes(int64_t bytes);
+int64_t pool_jobs();          // calls that ran on the pool so far (counters for the tests)
+int64_t pool_helper_tasks();  // tasks that the pool's helper threads ran so far
+
+}  // namespace lk
+
+// Each kernel file's registration, per target.
+#define LK_DECLARE_REGISTER(NAME) void register_##NAME(::lk::Ops&);
+#define LK_DECLARE_TARGET(T) \
+    namespace lk {           \
+    namespace T {            \
+    LK_KERNEL_FILES(LK_DECLARE_REGISTER) \
+    const Ops& ops();        \
+    }                        \
+    }
+LK_DECLARE_TARGET(baseline)
+LK_DECLARE_TARGET(avx2)
+LK_DECLARE_TARGET(avx512)

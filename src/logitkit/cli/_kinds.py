@@ -1,0 +1,187 @@
+"""What the scores in a file are (``--input``), and the logits every calibrator is given.
+
+``--input auto`` (the default) reads rows that are non-negative and sum to 1 within 1e-3, or a
+single column with every value in [0, 1], as probabilities; everything else is logits.
+Log-probabilities are logits already (``softmax(log p) = p``), so ``auto`` never needs to tell
+them apart; ``--input log-probs`` checks that they are.  The decision, and why, is written into
+the table and the report, so that ``apply`` reads its file the same way.
+
+The logits handed on are always ``(N, K)`` with ``K ≥ 2``:
+
+- logits: as given; one column ``z`` is the binary logit, read as ``[0, z]``;
+- probabilities: ``log p`` of each row divided by its sum (a row that sums to 1 within 1e-3 is
+  renormalised exactly); one column ``p = P(class 1)`` becomes ``[log(1 − p), log p]``;
+- log-probabilities: as given; one column ``log p`` becomes ``[log(1 − p), log p]``.
+
+A probability of exactly 0 would be a logit of ``-inf``; it is read as half the smallest positive
+probability in the file instead (:func:`zero_floor`), with a note.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._io import CliError
+
+KINDS = ("auto", "logits", "probs", "log-probs")
+SUM_TOL = 1e-3
+_CHUNK = 1 << 20  # entries per chunk of the row checks
+
+
+@dataclass(frozen=True)
+class Kind:
+    """The kind of scores a file holds: ``logits``, ``probs`` or ``log-probs``."""
+
+    name: str
+    reason: str  # why: "given (--input probs)", or what auto-detection saw
+
+    @property
+    def assumed(self) -> bool:
+        return not self.reason.startswith("given")
+
+    def describe(self) -> str:
+        noun = {"logits": "logits", "probs": "probabilities",
+                "log-probs": "log-probabilities"}[self.name]
+        return f"{noun} ({self.reason})"
+
+
+def _row_sums(scores: np.ndarray, *, exp: bool = False) -> np.ndarray:
+    """Row sums of ``scores`` (of ``exp(scores)``) in float64, in chunks of rows."""
+    rows = max(1, _CHUNK // scores.shape[1])
+
+    def one(block: np.ndarray) -> np.ndarray:
+        block = block.astype(np.float64)
+        return (np.exp(block) if exp else block).sum(axis=1)
+
+    return np.concatenate([one(scores[s:s + rows]) for s in range(0, scores.shape[0], rows)])
+
+
+def _looks_like_probs(scores: np.ndarray) -> bool:
+    if scores.min() < 0:
+        return False
+    if scores.shape[1] == 1:
+        return bool(scores.max() <= 1)
+    return bool(np.all(np.abs(_row_sums(scores) - 1) <= SUM_TOL))
+
+
+def detect(scores: np.ndarray, given: str) -> Kind:
+    """The kind of ``scores`` (an ``(N, K)`` array that passed ``check_scores``)."""
+    if given != "auto":
+        return Kind(given, f"given (--input {given})")
+    if _looks_like_probs(scores):
+        if scores.shape[1] == 1:
+            why = "one column, every value in [0, 1]: P(class 1)"
+        else:
+            why = f"every row is non-negative and sums to 1 within {SUM_TOL:g}"
+        return Kind("probs", f"assumed: {why}; pass --input logits if they are logits")
+    if scores.min() < 0:
+        why = "some values are negative"
+    elif scores.shape[1] == 1:
+        why = "one column with values above 1"
+    else:
+        why = f"rows do not sum to 1 within {SUM_TOL:g}"
+    return Kind("logits", f"assumed: {why}, so not probabilities")
+
+
+def _refusal(path: Path | str, problem: str, kind: Kind) -> CliError:
+    return CliError(f"{path}: {problem} (read as {kind.describe()}); pass --input logits if "
+                    "they are logits")
+
+
+def _check_range(bad: np.ndarray, scores: np.ndarray, path: Path | str, rule: str,
+                 kind: Kind) -> None:
+    if bad.any():
+        i, j = (int(v) for v in np.argwhere(bad)[0])
+        raise _refusal(path, f"{rule}, found {scores[i, j]:g} in row {i}, column {j}", kind)
+
+
+def _check_sums(sums: np.ndarray, path: Path | str, rule: str, kind: Kind) -> None:
+    off = np.abs(sums - 1) > SUM_TOL
+    if off.any():
+        i = int(np.flatnonzero(off)[0])
+        raise _refusal(path, f"{rule}, row {i} sums to {sums[i]:.6g}", kind)
+
+
+def zero_floor(scores: np.ndarray, kind: Kind) -> tuple[int, float]:
+    """``(how many probabilities are exactly 0, the log-probability that replaces them)``.
+
+    A class given probability 0 has a logit of ``-inf``, which most calibrators cannot fit
+    (an affine map of ``-inf`` is not a number) and which temperature scaling can never move.
+    In a file, such zeros are nearly always probabilities rounded below the file's resolution,
+    so they are read as half the smallest positive probability in the file.  One column of
+    probabilities counts ``p = 1`` too (its ``1 − p`` is 0).
+    """
+    if kind.name == "logits":
+        return 0, -math.inf
+    p = np.exp(scores.astype(np.float64)) if kind.name == "log-probs" else scores
+    parts = [p, 1 - p] if scores.shape[1] == 1 else [p]
+    count = sum(int(np.count_nonzero(q == 0)) for q in parts)
+    if count == 0:
+        return 0, -math.inf
+    positive = [q[q > 0] for q in parts]
+    smallest = min(float(q.min()) for q in positive if q.size)
+    return count, math.log(smallest / 2)
+
+
+def floor_note(path: Path | str, count: int, floor: float) -> str:
+    return (f"{path}: {count} probabilit{'y' if count == 1 else 'ies'} of exactly 0 read as "
+            f"{math.exp(floor):.3g}, half the smallest positive one: a logit of -inf leaves most "
+            "calibrators nothing to fit")
+
+
+def logits_of(scores: np.ndarray, kind: Kind, path: Path | str
+              ) -> tuple[np.ndarray, list[str]]:
+    """:func:`to_logits` with zero probabilities floored, and the note that says so."""
+    count, floor = zero_floor(scores, kind)
+    logits = to_logits(scores, kind, path, floor=floor)
+    return logits, [floor_note(path, count, floor)] if count else []
+
+
+def to_logits(scores: np.ndarray, kind: Kind, path: Path | str, *,
+              floor: float = -math.inf) -> np.ndarray:
+    """The ``(N, K ≥ 2)`` logits of ``scores`` read as ``kind`` (checked; see the module).
+
+    Log-probabilities of ``-inf`` from probabilities of 0 become ``floor`` (see
+    :func:`zero_floor`; the default keeps them ``-inf``), and their rows are renormalised.
+    """
+    out = _logits(scores, kind, path)
+    if kind.name != "logits" and floor > -math.inf:
+        hit = np.isneginf(out)
+        if hit.any():
+            rows = hit.any(axis=1)
+            block = np.where(hit[rows], floor, out[rows]).astype(np.float64)
+            block -= np.logaddexp.reduce(block, axis=1, keepdims=True)
+            out = out.copy() if out is scores else out
+            out[rows] = block.astype(out.dtype)
+    return out
+
+
+def _logits(scores: np.ndarray, kind: Kind, path: Path | str) -> np.ndarray:
+    k = scores.shape[1]
+    if kind.name == "logits":
+        if k == 1:  # one binary logit per row: the logits [0, z]
+            return np.concatenate([np.zeros_like(scores), scores], axis=1)
+        return scores
+    if kind.name == "probs":
+        _check_range((scores < 0) | (scores > 1), scores, path,
+                     "probabilities must lie in [0, 1]", kind)
+        with np.errstate(divide="ignore"):
+            if k == 1:
+                return np.concatenate([np.log1p(-scores), np.log(scores)], axis=1)
+            sums = _row_sums(scores)
+            _check_sums(sums, path, "probabilities must sum to 1 in every row", kind)
+            out = np.log(scores)
+            out -= np.log(sums).astype(out.dtype)[:, None]
+            return out
+    _check_range(scores > 1e-6, scores, path, "log-probabilities must be ≤ 0", kind)
+    if k == 1:
+        lp = np.minimum(scores, 0)
+        with np.errstate(divide="ignore"):
+            return np.concatenate([np.log(-np.expm1(lp)), lp], axis=1)
+    _check_sums(_row_sums(scores, exp=True), path,
+                "log-probabilities must exponentiate to rows that sum to 1", kind)
+    return scores

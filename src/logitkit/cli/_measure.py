@@ -1,0 +1,122 @@
+"""Held-out figures of calibrated logits: the one measurement engine, with an interval on each.
+
+Every figure the command prints or writes comes from :class:`~logitkit.calibration.
+CalibrationStats` updated with logits (``from_logits=True``: the softmax is fused into the
+engine's one pass, and the NLL is exact where ``log(softmax)`` would underflow) and its
+:meth:`~logitkit.calibration.CalibrationStats.intervals` (a bootstrap over the engine's fixed
+row groups: no second pass over the data).  The logits are the model's own, or calibrated row
+by row: by one calibrator, or, out of fold, by the calibrator of each row's fold.  Dask arrays
+go through the same engine (one map-reduce); the calibrated logits are then a lazy map over the
+blocks.
+
+The intervals are those of the figures given the calibrator (the rows are resampled, the fits
+are not redone); a cross-fitted figure's uncertainty from the fits themselves shows in the
+candidates' fold-to-fold spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+_CHUNK = 1 << 20  # logits entries per chunk of calibrated rows held at once
+
+
+@dataclass(frozen=True)
+class Options:
+    """How the figures are measured: ``--bins``, ``--binning``, ``--level``, ``--resamples``
+    (0: no intervals) and ``--seed`` (of the bootstrap, so reruns agree)."""
+
+    bins: int | str = 15
+    binning: str = "uniform"
+    level: float = 0.95
+    resamples: int = 1000
+    seed: int = 0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Options:
+        return cls(bins=args.bins, binning=args.binning, level=args.level,
+                   resamples=args.resamples, seed=args.seed)
+
+
+def calibrated_rows(z: np.ndarray, folds: np.ndarray | None, calibrators: Sequence[Any]
+                    ) -> np.ndarray:
+    """float64 calibrated logits of a block of rows: ``calibrators[f]`` for the rows of fold
+    ``f`` (one calibrator: every row)."""
+    z = np.asarray(z, dtype=np.float64)
+    if folds is None or len(calibrators) == 1:
+        return np.asarray(calibrators[0].transform(z), dtype=np.float64)
+    folds = np.asarray(folds).reshape(-1)
+    out = np.empty(z.shape)
+    for f, cal in enumerate(calibrators):
+        rows = folds == f
+        if rows.any():
+            out[rows] = np.asarray(cal.transform(z[rows]), dtype=np.float64)
+    return out
+
+
+def _blocks(z: Any, folds: Any, calibrators: Sequence[Any] | None) -> Iterator[Any]:
+    """The logits to measure, as one array (the engine takes any size in one pass) or, when
+    calibrated in memory, as chunks of rows (O(chunk) extra memory)."""
+    from .._namespace import is_dask
+
+    if calibrators is None:
+        yield z
+    elif is_dask(z):
+        import dask.array as da
+
+        z = z.rechunk({1: -1})
+        f = [] if folds is None else [folds.rechunk((z.chunks[0],))[:, None]]
+        yield da.map_blocks(_block_rows, z, *f, calibrators=calibrators, dtype=np.float64)
+    else:
+        step = max(1, _CHUNK // int(z.shape[1]))
+        for start in range(0, int(z.shape[0]), step):
+            rows = slice(start, start + step)
+            yield calibrated_rows(z[rows], None if folds is None else folds[rows], calibrators)
+
+
+def _block_rows(z: np.ndarray, folds: np.ndarray | None = None, *,
+                calibrators: Sequence[Any]) -> np.ndarray:
+    return calibrated_rows(z, folds, calibrators)
+
+
+def _edges(z: Any, folds: Any, calibrators: Sequence[Any] | None, n_bins: int,
+           binning: str) -> np.ndarray:
+    """Uniform edges, or equal-mass edges of the confidences (a first pass, in memory)."""
+    from .. import log_softmax
+    from ..calibration._binning import edges_of
+
+    if binning == "uniform":
+        return edges_of(None, n_bins, "uniform")
+    conf = np.concatenate([np.exp(np.asarray(log_softmax(b, axis=1)).max(axis=1))
+                           for b in _blocks(z, folds, calibrators)])
+    return edges_of(conf, n_bins, "quantile")
+
+
+def measure(z: Any, y: Any, opts: Options, *, calibrators: Sequence[Any] | None = None,
+            folds: Any = None) -> dict[str, Any]:
+    """The figures of ``z`` (logits, calibrated by ``calibrators`` when given) against ``y``.
+
+    Returns:
+        :meth:`CalibrationStats.compute`'s dict (every figure, the per-bin arrays, the Brier
+        decomposition, the bins left out of the MCE) with ``"intervals"``: ``{figure: (low,
+        high)}`` at ``opts.level`` (empty when ``opts.resamples`` is 0).
+    """
+    from ..calibration import CalibrationStats
+    from ..calibration._binning import resolve_bins
+
+    n_bins = resolve_bins(opts.bins, int(y.shape[0]))
+    stats = CalibrationStats(edges=_edges(z, folds, calibrators, n_bins, opts.binning))
+    start = 0
+    for block in _blocks(z, folds, calibrators):
+        rows = int(block.shape[0])
+        stats.update(block, y[start:start + rows], from_logits=True)
+        start += rows
+    out = stats.compute()
+    out["intervals"] = {} if opts.resamples == 0 else stats.intervals(
+        level=opts.level, n_resamples=opts.resamples, random_state=opts.seed)
+    return out

@@ -1,0 +1,92 @@
+"""``logitkit calibrate --scheduler``: the shards of a folder read and fitted on a Dask
+cluster, cross-fitted there, with the figures a NumPy computation of the same folds gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from logitkit.calibration import TemperatureScaler, VectorScaler, accuracy, brier_score, ece, nll
+
+
+def write_shards(folder, z, y, parts=3):
+    folder.mkdir()
+    for i, (zs, ys) in enumerate(zip(np.array_split(z, parts), np.array_split(y, parts),
+                                     strict=True)):
+        np.savez(folder / f"part-{i:02d}.npz", logits=zs.astype(np.float32), labels=ys)
+
+
+def _oof_figures(cls, z, y, cv, seed):
+    """The interleaved folds of the cluster path, computed in memory."""
+
+    z = z.astype(np.float32).astype(np.float64)
+    folds = (np.arange(len(y)) + seed) % cv
+    lp = np.empty(z.shape)
+    for f in range(cv):
+        cal = cls().fit(z[folds != f], y[folds != f])
+        lp[folds == f] = cal.predict_log_proba(z[folds == f])
+    p = np.exp(lp)
+    return {"nll": float(nll(lp, y, from_logits=True)), "ece": float(ece(p, y)),
+            "brier": float(brier_score(p, y)), "accuracy": float(accuracy(p, y))}
+
+
+@pytest.mark.parametrize(("method", "cls"), [("auto", TemperatureScaler),
+                                             ("vector", VectorScaler)])
+def test_a_folder_of_shards_is_cross_fitted_on_the_cluster(cli, client, make_data, tmp_path,
+                                                            method, cls):
+    z, y = make_data(3000, 5, seed=9)
+    write_shards(tmp_path / "shards", z, y)
+    out, _ = cli.ok("calibrate", tmp_path / "shards" / "part-*.npz", "--method", method,
+                    "--cv", "4", "--seed", "1", "--scheduler", client.scheduler.address,
+                    "--out", "dask", "--no-diagram", "--progress", "never")
+    rep = cli.report("dask")
+    assert len(rep["inputs"]) == 3 and rep["n_samples"] == 3000
+    assert rep["method"] == cls.method
+    assert rep["evaluation"]["kind"] == "cross-fitted" and rep["evaluation"]["folds"] == 4
+    assert "4 interleaved folds on the cluster" in out
+    expected = _oof_figures(cls, z, y, 4, 1)
+    for key, value in expected.items():
+        assert rep["after"][key] == pytest.approx(value, rel=1e-6), key
+    assert [c["method"] for c in rep["candidates"]] == ["none", cls.method]
+    assert rep["candidates"][1]["nll"] == rep["after"]["nll"]
+    full = cls().fit(z.astype(np.float32), y)
+    np.testing.assert_allclose(rep["calibrator"]["fitted"]["n_classes_"], 5)
+    from logitkit.calibration import Calibrator
+
+    np.testing.assert_allclose(Calibrator.from_dict(rep["calibrator"]).predict_proba(z),
+                               full.predict_proba(z), rtol=1e-5, atol=1e-8)
+    assert rep["after"]["ece"] < rep["before"]["ece"]
+
+
+def test_cluster_with_a_test_file(cli, client, make_data, tmp_path):
+    z, y = make_data(2000, 4, seed=3)
+    write_shards(tmp_path / "shards", z[:1500], y[:1500])
+    np.savez("test.npz", logits=z[1500:], labels=y[1500:])
+    cli.ok("calibrate", tmp_path / "shards", "--test", "test.npz", "--scheduler",
+           client.scheduler.address, "--out", "t", "--no-diagram")
+    rep = cli.report("t")
+    t = TemperatureScaler().fit(z[:1500].astype(np.float32), y[:1500]).temperature_
+    assert cli.temperature(rep) == pytest.approx(t, rel=1e-8)
+    assert rep["evaluation"]["kind"] == "test" and rep["evaluation"]["rows"] == 500
+    from logitkit import softmax
+
+    p = softmax(z[1500:].astype(np.float32).astype(np.float64) / t)
+    assert rep["after"]["ece"] == pytest.approx(float(ece(p, y[1500:])), rel=1e-8)
+
+
+def test_sharded_bad_input_is_one_line_and_exit_2(cli, client, make_data, tmp_path):
+    z, y = make_data(600, 4, seed=10)
+    write_shards(tmp_path / "shards", z, y)
+    addr = ["--scheduler", client.scheduler.address, "--no-diagram"]
+    cli.error("calibrate", tmp_path / "shards", "--binning", "quantile", "--out", "o1", *addr,
+              match="--binning quantile")
+    np.savez(tmp_path / "shards" / "part-09.npz", logits=np.ones((5, 3)), labels=np.zeros(5))
+    cli.error("calibrate", tmp_path / "shards", "--out", "o2", *addr,
+              match="different numbers of classes")
+    np.savez(tmp_path / "shards" / "part-09.npz", logits=np.ones((5, 4)))
+    cli.error("calibrate", tmp_path / "shards", "--out", "o3", *addr,
+              match="part-09.npz: no labels found")
+    cli.error("calibrate", tmp_path / "nothing-*.npz", "--out", "o4", *addr,
+              match="no file matches")
+    (tmp_path / "empty").mkdir()
+    cli.error("calibrate", tmp_path / "empty", "--out", "o5", match="no prediction files")

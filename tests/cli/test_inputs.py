@@ -1,0 +1,413 @@
+"""The one reader behind ``logitkit calibrate`` and ``logitkit apply``: every file format, every
+CSV shape a user writes (pandas' index, no header, pandas' column numbers, named columns), the
+input kinds (logits, probabilities, log-probabilities, auto), and errors that name what was
+found and the option to use."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from logitkit import log_softmax, softmax
+from logitkit.calibration import TemperatureScaler
+
+
+def _t(z, y):
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim == 1:
+        z = np.column_stack([np.zeros_like(z), z])
+    return TemperatureScaler().fit(z, y).temperature_
+
+
+def _calibrate(cli, *args, out="out"):
+    """``calibrate`` with temperature scaling: the reader's tests compare the fitted T."""
+    code, stdout, err = cli.run("calibrate", *args, "--method", "temperature", "--out", out,
+                                "--no-diagram")
+    assert code == 0, err
+    return cli.report(out), stdout, err
+
+
+# ------------------------------------------------------------------------- formats
+
+
+def test_every_input_format_gives_the_same_temperature(cli, data):
+    import pandas as pd
+    import torch
+
+    z, y = data
+    t = _t(z, y)
+    np.savez("preds.npz", logits=z, labels=y)
+    np.savez("named.npz", scores=z, target=y)
+    np.save("logits.npy", z)
+    np.save("labels.npy", y)
+    frame = pd.DataFrame(z.astype(np.float64), columns=[f"z{k}" for k in range(z.shape[1])])
+    frame.insert(2, "label", y)
+    frame.to_csv("preds.csv", index=False)
+    frame.to_parquet("preds.parquet")
+    frame.rename(columns={"label": "target"}).to_parquet("renamed.parquet")
+    np.savetxt("noheader.csv", np.column_stack([y, z]), delimiter=",", fmt="%.9g")
+    torch.save({"logits": torch.from_numpy(z), "labels": torch.from_numpy(y)}, "preds.pt")
+    torch.save(torch.from_numpy(z), "logits.pt")
+    torch.save({"logits": z, "labels": y}, "numpy.pt")  # NumPy arrays pickled by torch.save
+    cases = {
+        "npz": ["preds.npz"],
+        "npz-keys": ["named.npz", "--logits-key", "scores", "--labels-key", "target"],
+        "npy": ["logits.npy", "--labels", "labels.npy"],
+        "csv": ["preds.csv"],
+        "csv-noheader": ["noheader.csv"],
+        "parquet": ["preds.parquet"],
+        "parquet-column": ["renamed.parquet", "--label-column", "target"],
+        "pt": ["preds.pt"],
+        "pt-tensor": ["logits.pt", "--labels", "labels.npy"],
+        "pt-numpy": ["numpy.pt"],
+    }
+    for name, args in cases.items():
+        code, out, err = cli.run("calibrate", "--method", "temperature", *args, "--out", name, "--json",
+                             "--no-diagram")
+        assert code == 0, (name, err)
+        assert os.listdir(name) == ["report.json"]
+        rep = json.loads(out)
+        tol = 1e-6 if "csv" in name else 1e-9
+        assert cli.temperature(rep) == pytest.approx(t, rel=tol), name
+        assert rep["n_samples"] == len(y) and rep["n_classes"] == z.shape[1]
+        assert rep["inputs"] == [args[0]]
+        assert rep["input"]["kind"] == "logits"
+
+
+def test_several_files_are_concatenated_and_a_binary_column_accepted(cli, data):
+    z, y = data
+    np.savez("a.npz", logits=z[:150], labels=y[:150])
+    np.savez("b.npz", logits=z[150:], labels=y[150:])
+    code, out, err = cli.run("calibrate", "--method", "temperature", "a.npz", "b.npz", "--json", "--out", "two",
+                         "--no-diagram")
+    assert code == 0, err
+    assert cli.temperature(json.loads(out)) == pytest.approx(
+        _t(z, y), rel=1e-9)
+    s = z[:, 1] - z[:, 0]
+    yb = (y % 2).astype(np.int64)
+    np.savez("binary.npz", logits=s, labels=yb)
+    rep, _, _ = _calibrate(cli, "binary.npz", out="bin")
+    assert rep["n_classes"] == 2 and rep["input"]["kind"] == "logits"
+    assert cli.temperature(rep) == pytest.approx(_t(s, yb), rel=1e-9)
+
+
+# ------------------------------------------------------------------------- CSV shapes
+
+
+def test_pandas_index_column_is_dropped_with_a_note(cli, data):
+    import pandas as pd
+
+    z, y = data
+    frame = pd.DataFrame(z.astype(np.float64), columns=[f"z{k}" for k in range(4)])
+    frame["label"] = y
+    frame.to_csv("indexed.csv")  # pandas writes its index as an unnamed first column
+    rep, _, err = _calibrate(cli, "indexed.csv")
+    assert cli.temperature(rep) == pytest.approx(_t(z, y), rel=1e-6)
+    assert rep["n_classes"] == 4
+    assert "pandas index" in err and "index=False" in err
+    assert any("pandas index" in note for note in rep["notes"])
+    # the same without a header: an index counting 0, 1, 2, … before the label column
+    frame.to_csv("indexed-noheader.csv", header=False, columns=["label", *frame.columns[:4]])
+    rep, _, err = _calibrate(cli, "indexed-noheader.csv", out="noheader")
+    assert cli.temperature(rep) == pytest.approx(_t(z, y), rel=1e-6)
+    assert "pandas index" in err and "column 0" in err
+
+
+def test_pandas_index_read_back_and_written_again_is_dropped(cli, data):
+    import pandas as pd
+
+    z, y = data
+    frame = pd.DataFrame(z.astype(np.float64), columns=list("abcd"))
+    frame["label"] = y
+    frame.to_csv("once.csv")
+    pd.read_csv("once.csv").to_csv("twice.csv", index=False)  # a column named "Unnamed: 0"
+    rep, _, err = _calibrate(cli, "twice.csv")
+    assert rep["n_classes"] == 4 and "pandas index" in err
+
+
+def test_parquet_index_stored_by_pandas_is_dropped(cli, data):
+    import pandas as pd
+
+    z, y = data
+    frame = pd.DataFrame(z.astype(np.float64), columns=list("abcd"))
+    frame["label"] = y
+    frame.index = 1000 + 3 * np.arange(len(y))  # not a RangeIndex: pandas stores it as a column
+    frame.to_parquet("indexed.parquet")
+    rep, _, err = _calibrate(cli, "indexed.parquet")
+    assert rep["n_classes"] == 4
+    assert cli.temperature(rep) == pytest.approx(_t(z, y), rel=1e-9)
+    assert "index column" in err
+
+
+def test_pandas_column_numbers_are_a_header_not_a_row(cli, data):
+    import pandas as pd
+
+    z, y = data
+    pd.DataFrame(np.column_stack([y, z])).to_csv("numbered.csv", index=False)  # "0,1,2,3,4"
+    rep, _, err = _calibrate(cli, "numbered.csv")
+    assert rep["n_samples"] == len(y) and rep["n_classes"] == 4
+    assert cli.temperature(rep) == pytest.approx(_t(z, y), rel=1e-6)
+    assert "column names" in err
+
+
+def test_headerless_csv_label_first_or_scores_only(cli, data):
+    z, y = data
+    np.savetxt("labelled.csv", np.column_stack([y, z]), delimiter=",", fmt="%.9g")
+    np.savetxt("scores.csv", z, delimiter=",", fmt="%.9g")
+    np.save("labels.npy", y)
+    rep, _, err = _calibrate(cli, "labelled.csv", out="a")
+    assert rep["n_classes"] == 4 and "column 0" in err and "read as the labels" in err
+    t = _t(z, y)
+    assert cli.temperature(rep) == pytest.approx(t, rel=1e-6)
+    code, _, err = cli.run("calibrate", "--method", "temperature", "scores.csv", "--labels", "labels.npy", "--out", "b",
+                       "--no-diagram")
+    assert code == 0, err
+    assert "all 4 columns read as scores" in err
+    assert cli.temperature(cli.report("b")) == pytest.approx(t, rel=1e-6)
+    # a column chosen by its number
+    code, _, err = cli.run("calibrate", "--method", "temperature", "labelled.csv", "--label-column", "0",
+                       "--logit-columns", "1,2,3,4", "--out", "c", "--no-diagram")
+    assert code == 0, err
+    assert cli.temperature(cli.report("c")) == pytest.approx(t, rel=1e-6)
+
+
+def test_label_and_logit_columns_by_name_list_and_prefix(cli, data):
+    import pandas as pd
+
+    z, y = data
+    frame = pd.DataFrame({"id": np.arange(len(y)) * 7.0, "target": y})
+    for k in range(4):
+        frame[f"logit_{k}"] = z[:, k].astype(np.float64)
+    frame["weight"] = 1.0
+    frame.to_csv("named.csv", index=False)
+    frame.to_parquet("named.parquet")
+    t = _t(z, y)
+    for path in ("named.csv", "named.parquet"):
+        for columns in ("logit_", "logit_*", "logit_0,logit_1,logit_2,logit_3"):
+            out = f"{path}-{columns}".replace("*", "s").replace(",", "")
+            code, _, err = cli.run("calibrate", "--method", "temperature", path, "--label-column", "target",
+                               "--logit-columns", columns, "--out", out, "--no-diagram")
+            assert code == 0, err
+            assert cli.temperature(cli.report(out)) == pytest.approx(
+                t, rel=1e-6)
+    found = "'id', 'target', 'logit_0', 'logit_1', 'logit_2', 'logit_3', 'weight'"
+    line = cli.error("calibrate", "named.csv", "--logit-columns", "logit_",
+                      "--out", "x", match="no labels found")
+    assert found in line and "--label-column" in line
+    line = cli.error("calibrate", "named.csv", "--label-column", "y", "--out", "x",
+                      match="no column named 'y'")
+    assert found in line and "use --label-column" in line
+    line = cli.error("calibrate", "named.csv", "--label-column", "target",
+                      "--logit-columns", "score_", "--out", "x",
+                      match="no column named or starting with 'score_'")
+    assert found in line and "use --logit-columns" in line
+    cli.error("calibrate", "named.csv", "--label-column", "target", "--logit-columns",
+               "logit_0,z9", "--out", "x", match="no column named 'z9'")
+    cli.error("calibrate", "named.csv", "--label-column", "target", "--logit-columns",
+               "target,logit_0", "--out", "x", match="both the label column and a score")
+    assert not os.path.exists("x")
+
+
+def test_npz_and_pt_errors_name_the_keys_found_and_the_option(cli, data):
+    import torch
+
+    z, y = data
+    np.savez("named.npz", scores=z, target=y)
+    np.savez("nolabels.npz", logits=z)
+    torch.save({"scores": torch.from_numpy(z)}, "named.pt")
+    line = cli.error("calibrate", "named.npz", match="no array named 'logits'")
+    assert "'scores', 'target'" in line and "--logits-key" in line
+    line = cli.error("calibrate", "nolabels.npz", match="no labels found")
+    assert "arrays: 'logits'" in line and "--labels-key" in line and "--labels FILE" in line
+    line = cli.error("calibrate", "named.pt", match="no entry named 'logits'")
+    assert "'scores'" in line and "--logits-key" in line
+
+
+def test_pt_refused_by_weights_only_loading_is_one_clean_complete_line(cli, data):
+    import datetime
+
+    import torch
+
+    z, y = data
+    torch.save({"logits": torch.from_numpy(z), "labels": torch.from_numpy(y),
+                "written": datetime.date(2025, 1, 31)}, "objects.pt")
+    line = cli.error("calibrate", "objects.pt", match="weights-only loader refuses")
+    assert "\x1b" not in line
+    assert "datetime.date" in line
+    assert line.rstrip().endswith("as .npz")
+
+
+# ------------------------------------------------------------------------- input kinds
+
+
+def test_probabilities_are_recognised_and_calibrated_through_their_log(cli, data):
+    z, y = data
+    p = softmax(z.astype(np.float64))
+    np.savez("probs.npz", logits=p.astype(np.float32), labels=y)
+    rep, out, _ = _calibrate(cli, "probs.npz")
+    assert rep["input"]["kind"] == "probs"
+    assert "sums to 1 within 0.001" in rep["input"]["reason"]
+    assert "input: probs (assumed: every row is non-negative and sums to 1" in out
+    assert cli.temperature(rep) == pytest.approx(_t(z, y), rel=1e-5)
+
+
+def test_one_column_of_probabilities_is_p_of_class_one(cli):
+    rng = np.random.default_rng(3)
+    s = rng.normal(size=500) * 4
+    y = (rng.uniform(size=500) < 1 / (1 + np.exp(-s / 4))).astype(np.int64)
+    p = 1 / (1 + np.exp(-s))
+    np.savez("p1.npz", logits=p, labels=y)
+    rep, out, _ = _calibrate(cli, "p1.npz")
+    assert rep["input"]["kind"] == "probs" and rep["n_classes"] == 2
+    assert "P(class 1)" in out
+    assert cli.temperature(rep) == pytest.approx(_t(s, y), rel=1e-6)
+    # the same column, declared logits, is fitted as logits
+    code, _, err = cli.run("calibrate", "--method", "temperature", "p1.npz", "--input", "logits", "--out", "as-logits",
+                       "--no-diagram")
+    assert code == 0, err
+    rep = cli.report("as-logits")
+    assert rep["input"] == {"kind": "logits", "reason": "given (--input logits)"}
+    assert cli.temperature(rep) == pytest.approx(_t(p, y), rel=1e-9)
+
+
+def test_log_probabilities_kind(cli, data):
+    z, y = data
+    lp = log_softmax(z.astype(np.float64))
+    np.savez("logp.npz", logits=lp, labels=y)
+    rep, _, _ = _calibrate(cli, "logp.npz")
+    assert rep["input"]["kind"] == "logits"  # auto: log-probabilities are logits already
+    t = _t(z, y)
+    assert cli.temperature(rep) == pytest.approx(t, rel=1e-6)
+    code, _, err = cli.run("calibrate", "--method", "temperature", "logp.npz", "--input", "log-probs", "--out", "lp",
+                       "--no-diagram")
+    assert code == 0, err
+    assert cli.report("lp")["input"]["kind"] == "log-probs"
+    assert cli.temperature(cli.report("lp")) == pytest.approx(t, rel=1e-6)
+    s = z[:, 1] - z[:, 0]
+    yb = (y % 2).astype(np.int64)
+    np.savez("logp1.npz", logits=-np.logaddexp(0, -s), labels=yb)  # log P(class 1)
+    code, _, err = cli.run("calibrate", "--method", "temperature", "logp1.npz", "--input", "log-probs", "--out",
+                       "lp1", "--no-diagram")
+    assert code == 0, err
+    assert cli.temperature(cli.report("lp1")) == pytest.approx(
+        _t(s, yb), rel=1e-6)
+
+
+def test_zero_probabilities_are_read_as_half_the_smallest_with_a_note(cli, data):
+    z, y = data
+    p = np.round(softmax(z.astype(np.float64)), 3)  # a CSV's rounding: many exact zeros
+    p /= p.sum(axis=1, keepdims=True)
+    zeros = int((p == 0).sum())
+    smallest = p[p > 0].min()
+    assert zeros > 50
+    np.savez("rounded.npz", logits=p, labels=y)
+    code, _, err = cli.run("calibrate", "rounded.npz", "--out", "r", "--no-diagram")
+    assert code == 0, err
+    rep = cli.report("r")
+    note = f"rounded.npz: {zeros} probabilities of exactly 0 read as {smallest / 2:.3g}, half"
+    assert note in err and any(note in n for n in rep["notes"])
+    assert all(c["error"] is None for c in rep["candidates"]), rep["candidates"]
+    assert rep["before"]["nll"] is not None  # finite: no label has probability 0 left
+    floored = np.where(p == 0, smallest / 2, p)
+    floored /= floored.sum(axis=1, keepdims=True)
+    cli.ok("calibrate", "rounded.npz", "--method", "temperature", "--out", "t", "--no-diagram")
+    assert cli.temperature(cli.report("t")) == pytest.approx(_t(np.log(floored), y), rel=1e-6)
+    # one column: p = 0 and p = 1 both leave a class at 0
+    np.savez("p1.npz", logits=np.array([0.0, 1.0, 0.25, 0.5, 0.75, 1.0]),
+             labels=np.array([0, 1, 0, 1, 1, 0]))
+    _, err = cli.ok("calibrate", "p1.npz", "--method", "temperature", "--cv", "2", "--out",
+                    "one", "--no-diagram")
+    assert "3 probabilities of exactly 0 read as 0.125" in err
+    _, err = cli.ok("apply", "rounded.npz", "--report", "t/report.json", "--out", "p.npy")
+    assert note in err
+
+
+def test_input_kind_errors_are_one_line(cli, data):
+    z, y = data
+    p = softmax(z.astype(np.float64))
+    np.savez("logits.npz", logits=z, labels=y)
+    np.savez("unnormalised.npz", logits=p * 0.99, labels=y)
+    np.savez("probs.npz", logits=p, labels=y)
+    cli.error("calibrate", "logits.npz", "--input", "probs",
+               match="probabilities must lie in [0, 1]")
+    line = cli.error("calibrate", "unnormalised.npz", "--input", "probs",
+                      match="probabilities must sum to 1 in every row, row 0 sums to 0.99")
+    assert "--input logits" in line
+    cli.error("calibrate", "logits.npz", "--input", "log-probs",
+               match="log-probabilities must be ≤ 0")
+    cli.error("calibrate", "probs.npz", "--input", "log-probs",
+               match="log-probabilities must be ≤ 0")
+    np.savez("negative.npz", logits=-np.abs(z), labels=y)
+    cli.error("calibrate", "negative.npz", "--input", "log-probs",
+               match="must exponentiate to rows that sum to 1")
+    line = cli.error("calibrate", "probs.npz", "--test", "logits.npz",
+                      match="--test logits.npz: read as logits")
+    assert "probs.npz as probabilities" in line and "--input" in line
+
+
+# ------------------------------------------------------------------------- bad files
+
+
+def test_bad_files_are_one_line_and_exit_2(cli, data):
+    import pathlib
+
+    z, y = data
+    np.save("logits.npy", z)
+    np.save("labels.npy", y)
+    np.savez("nolabels.npz", logits=z)
+    np.savez("range.npz", logits=z, labels=y + 1)
+    np.savez("negative.npz", logits=z, labels=y - 1)
+    np.savez("short.npz", logits=z, labels=y[:-3])
+    zn = z.copy()
+    zn[3, 2] = np.nan
+    np.savez("nan.npz", logits=zn, labels=y)
+    zi = z.copy()
+    zi[4, 0] = np.inf
+    np.savez("inf.npz", logits=zi, labels=y)
+    np.savez("zero_rows.npz", logits=np.zeros((0, 4)), labels=np.zeros(0, dtype=int))
+    np.savez("floatlabels.npz", logits=z, labels=y + 0.5)
+    pathlib.Path("empty.npz").touch()
+    pathlib.Path("corrupt.npz").write_bytes(b"PK\x03\x04 this is not a zip archive at all")
+    pathlib.Path("corrupt.npy").write_bytes(b"\x93NUMPY garbage")
+    pathlib.Path("corrupt.pt").write_bytes(b"not a torch file")
+    pathlib.Path("text.csv").write_text("label,a,b\n1,0.5,oops\n")
+    pathlib.Path("ragged.csv").write_text("label,a,b\n1,0.5,0.2\n0,0.1\n")
+    pathlib.Path("header_only.csv").write_text("label,a,b\n")
+    pathlib.Path("blank.csv").write_text("\n\n")
+    pathlib.Path("wide_header.csv").write_text("label,a,b,c\n1,0.5,0.2\n")
+    pathlib.Path("corrupt.parquet").write_bytes(b"PAR1 nope")
+    pathlib.Path("preds.txt").write_text("1,2\n")
+    pathlib.Path("emptydir").mkdir()
+    cases = [
+        (["empty.npz"], "empty"),
+        (["corrupt.npz"], "cannot read"),
+        (["corrupt.npy", "--labels", "labels.npy"], "cannot read"),
+        (["corrupt.pt"], "cannot read"),
+        (["corrupt.parquet"], "cannot read"),
+        (["text.csv"], "non-numeric"),
+        (["ragged.csv"], "fields"),
+        (["header_only.csv"], "no data rows"),
+        (["blank.csv"], "no rows"),
+        (["wide_header.csv"], "the header has 4 names for 3 columns"),
+        (["logits.npy"], "no labels"),
+        (["nolabels.npz"], "no labels"),
+        (["range.npz"], "out of range"),
+        (["negative.npz"], "label -1"),
+        (["short.npz"], "labels for"),
+        (["logits.npy", "--labels", "short.npz"], "397 labels for 400 rows"),
+        (["logits.npy", "--labels", "nolabels.npz"], "1-D array of labels"),
+        (["nan.npz"], "nan"),
+        (["inf.npz"], "inf"),
+        (["zero_rows.npz"], "no predictions"),
+        (["floatlabels.npz"], "integer"),
+        (["preds.txt"], "unsupported file type"),
+        (["nolabels.npz", "--logits-key", "scores"], "no array named 'scores'"),
+        (["emptydir"], "no prediction files"),
+        (["logits.npy", "logits.npy", "--labels", "labels.npy"], "one input file"),
+    ]
+    for args, match in cases:
+        cli.error("calibrate", *args, "--out", "never", match=match)
+    assert not os.path.exists("never")
