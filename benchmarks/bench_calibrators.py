@@ -213,9 +213,29 @@ def _sklearn(method: str) -> Fit:
     return fit
 
 
+def _without_numba() -> None:
+    """probmetrics imports numba at module level for its 'saga' optimiser without declaring it
+    (logitkit has no numba); the calibrators timed here use its default 'bfgs' optimiser, which
+    never calls a numba function, so an identity ``njit`` stands in when numba is absent (the
+    same stand-in as the differential tests' ``probmetrics_calibrators`` fixture)."""
+    import importlib.util
+    import sys
+    import types
+
+    if "numba" in sys.modules or importlib.util.find_spec("numba") is not None:
+        return
+    stub: Any = types.ModuleType("numba")
+    stub.njit = lambda *a, **kw: a[0] if len(a) == 1 and callable(a[0]) and not kw else (
+        lambda fn: fn)
+    stub.prange = range
+    sys.modules["numba"] = stub
+
+
 def _probmetrics(name: str, logits: bool = False, **config: Any) -> Fit:
     def fit(z: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
         import torch
+
+        _without_numba()
         from probmetrics import calibrators as pc
         from probmetrics.distributions import CategoricalLogits
 

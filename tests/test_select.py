@@ -11,6 +11,7 @@ import pytest
 from conftest import assert_close
 from logitkit import LogitkitTypeError, LogitkitValueError, softmax
 from logitkit.calibration import (
+    CalibrationWarning,
     Calibrator,
     IdentityCalibrator,
     Selection,
@@ -95,20 +96,23 @@ def test_leave_it_alone_on_near_separable_small_data():
     rng = np.random.default_rng(4)
     y = np.repeat(np.arange(3), 20)
     z = np.eye(3)[y] * 6.0 + rng.normal(size=(60, 3)) * 0.8
-    sel = select(z, y, random_state=0)
-    assert sel.row()["nll"] <= sel.row("none")["nll"]
+    with pytest.warns(CalibrationWarning, match="separable"):
+        sel = select(z, y, random_state=0)
+    assert sel.best_ == "none" and sel.separable_
     assert np.isfinite(sel.row()["nll"])
 
 
 def test_a_temperature_at_its_bound_is_never_chosen():
-    # separable folds (the wine file of issue 13): T goes to its lower bound and the folds'
-    # held-out rows all look right, yet new rows get infinitely confident predictions
+    # separable folds: T goes to its lower bound and the folds' held-out rows all look right,
+    # yet new rows get infinitely confident predictions.  One row on the wrong side keeps the
+    # whole set from being separable; the four folds without it are.
     rng = np.random.default_rng(11)
     y = np.repeat(np.arange(3), 15)
     z = np.eye(3)[y] * 50.0 + rng.normal(size=(45, 3))
+    z[0, 1] = z[0, 0] + 1.0
     sel = select(z, y, methods=["temperature"], random_state=0)
     row = sel.row("temperature")
-    assert row["at_bound"] and not row["chosen"]
+    assert row["at_bound"] and not row["chosen"] and not sel.separable_
     assert sel.best_ == "none"
 
 
@@ -203,3 +207,57 @@ def test_selection_lookups():
     with pytest.raises(LogitkitValueError, match="method"):
         sel.row("isotonic")
     assert isinstance(VectorScaler().fit(z, y), Calibrator)
+
+
+def _wine_naive_bayes():
+    """The issue's wine case made the way a user would: Gaussian naive Bayes trained on half of
+    scikit-learn's wine, its held-out joint log-likelihoods split into calibration and test."""
+    from sklearn.datasets import load_wine
+    from sklearn.model_selection import train_test_split
+    from sklearn.naive_bayes import GaussianNB
+
+    x, y = load_wine(return_X_y=True)
+    train, rest = train_test_split(np.arange(len(y)), train_size=0.5, stratify=y,
+                                   random_state=0)
+    cal, test = train_test_split(rest, train_size=0.5, stratify=y[rest], random_state=0)
+    z = GaussianNB().fit(x[train], y[train]).predict_joint_log_proba(x)
+    return z[cal], y[cal], z[test], y[test]
+
+
+def test_separable_data_are_left_alone_with_a_warning():
+    # regression: on the wine file (no calibration row misclassified) every sharpening map
+    # looked better out of fold and select chose beta, whose test NLL is 3x the model's own
+    z, y, zt, yt = _wine_naive_bayes()
+    assert (z.argmax(axis=1) == y).all() and (zt.argmax(axis=1) != yt).any()
+    with pytest.warns(CalibrationWarning, match="separable"):
+        sel = select(z, y, random_state=0)
+    assert sel.separable_ and sel.best_ == "none" and sel.row()["chosen"]
+    assert isinstance(sel.calibrator_, IdentityCalibrator)
+    assert sel.to_dict()["separable"] is True
+    # out of fold the sharpening maps look better than "none"; on the test rows they are worse
+    none = float(nll(zt, yt, from_logits=True))
+    for method in ("temperature", "vector", "beta", "dirichlet", "matrix", "structured"):
+        if method != "structured":  # penalised towards the identity: no better out of fold
+            assert sel.row(method)["nll"] < sel.row("none")["nll"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fitted = type(sel.fold_calibrators_[method][0])(
+                **sel.fold_calibrators_[method][0].get_params()).fit(z, y)
+        assert float(nll(fitted.transform(zt), yt, from_logits=True)) > none
+
+
+def test_one_misclassified_row_is_not_separable():
+    z, y = make(n=400, k=3, seed=5, scale=1.0)
+    z = z + 12.0 * np.eye(3)[y]
+    assert (z.argmax(axis=1) == y).all()
+    with pytest.warns(CalibrationWarning, match="separable"):
+        assert select(z, y, methods="temperature", random_state=0).best_ == "none"
+    wrong = np.flatnonzero(y == 0)[0]
+    z[wrong, 1] = z[wrong, 0] + 1.0  # one row on the wrong side: T has a finite optimum
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CalibrationWarning)
+        sel = select(z, y, methods="temperature", random_state=0)
+    assert not sel.separable_
+    # a tie with the label's logit is not separable either (T -> 0 does not send NLL to 0)
+    z[wrong, 1] = z[wrong, 0]
+    assert not select(z, y, methods="temperature", random_state=0).separable_

@@ -18,7 +18,7 @@ from .._namespace import (
     check_int,
     expected,
 )
-from ._base import Calibrator, FitData, IdentityCalibrator, fit_data
+from ._base import CalibrationWarning, Calibrator, FitData, IdentityCalibrator, fit_data
 from ._binary import BetaCalibrator, HistogramCalibrator, IsotonicCalibrator
 from ._fitting import small_problem_threads
 from ._scaling import DirichletScaler, MatrixScaler, StructuredScaler, VectorScaler
@@ -62,6 +62,25 @@ def stratified_folds(y: np.ndarray, cv: int, rng: np.random.Generator) -> np.nda
     return folds
 
 
+def separable(logits: np.ndarray, y: np.ndarray) -> bool:
+    """Whether every row's label has the strictly largest logit: then no row is misclassified,
+    the NLL keeps falling as the logits are sharpened (temperature scaling runs to its bound),
+    and rows held out of such data cannot show what over-confidence costs."""
+    rows = np.arange(y.shape[0])
+    own = logits[rows, y].copy()
+    others = logits.copy()
+    others[rows, y] = -np.inf
+    return bool(np.all(own > others.max(axis=1)))
+
+
+#: What :func:`select` says (as a :class:`CalibrationWarning`) when it leaves separable data
+#: alone.
+SEPARABLE = ("every calibration row's label has the largest logit (the rows are separable): "
+             "out of fold every method that sharpens the logits looks better, yet none can learn "
+             "from these rows how confident to be on rows it gets wrong, so the logits are left "
+             "as they are (method none); calibrate on more data, or on data with errors")
+
+
 def _metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
     from ._metrics import accuracy, brier_score, ece, nll
 
@@ -91,13 +110,15 @@ class Selection:
         folds_: ``(N,)`` fold of each row.
         oof_logits_: ``(N, K)`` out-of-fold calibrated logits of the chosen method (their
             softmax gives its held-out probabilities, the figures of ``table_``).
+        separable_: every row's label has the largest logit, so "none" was chosen.
         scoring, cv: as given to :func:`select`.
     """
 
     def __init__(self, table: list[dict[str, Any]], best: str, calibrator: Calibrator,
                  folds: np.ndarray, fold_calibrators: dict[str, list[Calibrator]],
-                 logits: np.ndarray, scoring: str, cv: int) -> None:
+                 logits: np.ndarray, scoring: str, cv: int, separable: bool = False) -> None:
         self.table_ = table
+        self.separable_ = separable
         self.best_ = best
         self.calibrator_ = calibrator
         self.folds_ = folds
@@ -147,7 +168,8 @@ class Selection:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the table, the choice, and the refitted calibrator's ``to_dict``."""
         return {"best": self.best_, "scoring": self.scoring, "cv": self.cv,
-                "table": self.table_, "calibrator": self.calibrator_.to_dict()}
+                "separable": self.separable_, "table": self.table_,
+                "calibrator": self.calibrator_.to_dict()}
 
     def __repr__(self) -> str:
         lines = [f"Selection(best={self.best_!r}, scoring={self.scoring!r}, cv={self.cv})",
@@ -204,7 +226,11 @@ def select(logits: Any, y: Any, /, *, methods: Any = "auto", cv: int = 5,
 
     ``"none"`` (the logits unchanged) and ``"temperature"`` are always candidates, so the
     choice is never worse than either out of fold; on small or near-separable data "none" is
-    often the honest answer.  Every fold's fit starts cold (from a start that never saw the
+    often the honest answer.  On separable data (every row's label has the largest logit, so
+    no row shows what over-confidence costs) the choice is "none" whatever the table says,
+    with a :class:`CalibrationWarning`: there every sharpening map looks better out of fold,
+    and on a naive Bayes model of scikit-learn's wine data every parametric method of every
+    implementation made the test NLL worse (temperature scaling: 0.21 to 18.9).  Every fold's fit starts cold (from a start that never saw the
     held-out rows), and the winner is refitted on all rows.
 
     Args:
@@ -221,8 +247,11 @@ def select(logits: Any, y: Any, /, *, methods: Any = "auto", cv: int = 5,
             (``total`` = candidates × ``cv`` + 1, the last being the winner's refit).
 
     Returns:
-        A :class:`Selection` with ``table_``, ``best_``, ``calibrator_`` and the chosen
-        method's out-of-fold logits ``oof_logits_``.
+        A :class:`Selection` with ``table_``, ``best_``, ``calibrator_``, ``separable_`` and
+        the chosen method's out-of-fold logits ``oof_logits_``.
+
+    Warns:
+        CalibrationWarning: the rows are separable, so the choice is "none".
 
     Examples:
         >>> import numpy as np
@@ -254,13 +283,16 @@ def select(logits: Any, y: Any, /, *, methods: Any = "auto", cv: int = 5,
     folds = stratified_folds(labels, cv, rng)
     with small_problem_threads(n * data.k):
         rows, fold_cals = _select(data, folds, names, cv, scoring, progress)
-        best = _choose(rows, scoring)
+        apart = separable(z, labels)
+        best = _choose(rows, scoring, apart)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the folds' warnings are in the table
             final = make_candidate(best, from_probs)._fit_data(data)
     if progress is not None:
         progress(len(names) * cv + 1, len(names) * cv + 1, best)
-    return Selection(rows, best, final, folds, fold_cals, z, scoring, cv)
+    if apart:
+        warnings.warn(SEPARABLE, CalibrationWarning, stacklevel=2)
+    return Selection(rows, best, final, folds, fold_cals, z, scoring, cv, apart)
 
 
 def _select(data: FitData, folds: np.ndarray, names: list[str], cv: int, scoring: str,
@@ -323,7 +355,7 @@ def _select(data: FitData, folds: np.ndarray, names: list[str], cv: int, scoring
     return rows, fold_cals
 
 
-def _choose(rows: list[dict[str, Any]], scoring: str) -> str:
+def _choose(rows: list[dict[str, Any]], scoring: str, apart: bool = False) -> str:
     base_acc = next(r["accuracy"] for r in rows if r["method"] == "none")
     for r in rows:
         change = r["accuracy"] - base_acc if r["error"] is None else math.nan
@@ -332,7 +364,7 @@ def _choose(rows: list[dict[str, Any]], scoring: str) -> str:
         r["chosen"] = False
     eligible = [r for r in rows if r["error"] is None and r["converged"] and not r["at_bound"]
                 and not r["accuracy_change"] < -ACCURACY_FLAG and math.isfinite(r[scoring])]
-    if not eligible:  # "none" is always eligible unless its own NLL is infinite
+    if apart or not eligible:  # "none" is always eligible unless its own NLL is infinite
         eligible = [r for r in rows if r["method"] == "none"]
     best_score = min(r[scoring] for r in eligible)
     margin = NEAR_TIE * abs(best_score) + 1e-12 if math.isfinite(best_score) else 0.0

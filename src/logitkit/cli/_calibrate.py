@@ -311,7 +311,7 @@ def fit(train: Labelled, test: Labelled | None, args: argparse.Namespace,
         warnings.simplefilter("always", CalibrationWarning)
         tried = len(_tried(methods))
         with progress.stage(f"cross-validating {_plural(tried, 'method')} over {args.cv} folds",
-                            tried * (args.cv + 1), unit="fits") as tick:
+                            tried * args.cv + 1, unit="fits") as tick:
             sel = select(train.logits, train.y, methods=methods, cv=args.cv,
                          random_state=args.seed, progress=lambda done, total, name: tick(1))
         chosen = sel.best_ if args.method == "auto" else args.method
