@@ -134,3 +134,33 @@ def test_bad_options_are_clear_errors():
         bootstrap(ece, p, y, n_resamples=0)
     with pytest.raises(LogitkitTypeError, match="`metric`"):
         bootstrap("ece", p, y)
+
+
+def test_seeded_resample_counts_are_drawn_once_for_the_same_rows(monkeypatch):
+    # the command line measures every candidate calibrator on the same rows and seed: the
+    # counts are drawn once and reused, bit for bit; another seed or size draws again
+    from logitkit.calibration import _resample
+
+    calls = []
+    real = _resample.draw_counts
+    monkeypatch.setattr(_resample, "draw_counts",
+                        lambda *a: calls.append(a[1:]) or real(*a))
+    monkeypatch.setattr(_resample, "_LAST_COUNTS", {})
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 300)
+    p = softmax(rng.normal(size=(300, 3)) * 2, axis=1)
+    q = softmax(rng.normal(size=(300, 3)), axis=1)
+    first = bootstrap(ece, p, y, n_resamples=200, random_state=7)
+    drawn = len(calls)
+    assert drawn >= 1
+    again = bootstrap(ece, p, y, n_resamples=200, random_state=7)
+    other = bootstrap(ece, q, y, n_resamples=200, random_state=7)
+    assert len(calls) == drawn
+    assert (first.low, first.high) == (again.low, again.high)
+    monkeypatch.setattr(_resample, "draw_counts", real)
+    fresh = {}
+    monkeypatch.setattr(_resample, "_LAST_COUNTS", fresh)
+    assert bootstrap(ece, q, y, n_resamples=200, random_state=7).low == other.low
+    bootstrap(ece, p, y, n_resamples=200, random_state=8)
+    bootstrap(ece, p, y, n_resamples=200, random_state=np.random.default_rng(8))
+    assert [key[0] for key in fresh] == [8]

@@ -28,8 +28,11 @@ import numpy as np
 
 from .._namespace import LogitkitValueError, expected
 
-__all__ = ["Result", "lbfgs", "newton", "small_problem_threads"]
+__all__ = ["CACHE_FEATURES", "Result", "lbfgs", "newton", "small_problem_threads"]
 
+#: In-memory inputs of at most this many feature values have their features computed once
+#: (float64: 512 MiB at most) when a fit makes many passes over them.
+CACHE_FEATURES = 1 << 26
 #: Inputs of at most this many values are fitted with single-threaded BLAS (see below).
 SMALL_INPUT = 1 << 20
 _CONTROLLER: list[Any] = []

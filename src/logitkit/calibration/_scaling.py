@@ -30,7 +30,7 @@ from .._losses._cross_entropy import cross_entropy_with_grad
 from .._namespace import LogitkitTypeError, check_number, expected
 from ._base import Calibrator, FitData, expand_rows
 from ._blocks import row_sums
-from ._fitting import Result, lbfgs, newton, small_problem_threads
+from ._fitting import CACHE_FEATURES, Result, lbfgs, newton, small_problem_threads
 
 __all__ = ["DirichletScaler", "MatrixScaler", "StructuredScaler", "VectorScaler"]
 
@@ -43,9 +43,6 @@ _WARM_START_ROWS = (4_000, 20_000)
 #: (rows × parameters²): a subsampled Hessian makes Newton converge linearly, and on the
 #: nearly flat directions of an unpenalised matrix map that took 20–110 passes, not 5.
 _EXACT_HESSIAN = 1 << 27
-#: In-memory inputs of at most this many values have their features computed once for L-BFGS
-#: (float64: 512 MiB at most).
-_CACHE_FEATURES = 1 << 26
 #: Full maps of at most this many classes (K(K + 1) <= 272 parameters) are fitted by Newton.
 _NEWTON_MAX_CLASSES = 16
 
@@ -388,7 +385,7 @@ def minimise(data: FitData, form: str, spec: Features, penalty: Penalty, theta: 
     if form == "diag" or data.k <= _NEWTON_MAX_CLASSES:
         return newton(Objective(data, form, spec, penalty).value_grad_hess, theta,
                       max_iter=max_iter, tol=tol)
-    if not data.partitioned and data.n * data.k <= _CACHE_FEATURES:
+    if not data.partitioned and data.n * data.k <= CACHE_FEATURES:
         # L-BFGS makes dozens of passes: compute the features once, not once per pass
         data, spec = _cached_features(data, spec), Features("logits", spec.k)
     std = Standardised(data, spec)
