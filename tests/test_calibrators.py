@@ -420,6 +420,25 @@ def test_dask_fit_and_transform_equal_numpy(cls):
         assert_close(out.compute(), ref.predict_proba(z), rtol=1e-7, atol=1e-10)
 
 
+def test_structured_vector_form_on_every_backend_and_dask(xp):
+    # the SVS form fits diagonal maps of tempered features: its own path through Newton
+    import dask
+    import dask.array as da
+
+    z, y = make(n=600, k=3, seed=23)
+    ref = quiet(StructuredScaler(form="vector"), z, y)
+    est = quiet(StructuredScaler(form="vector"), asarray(xp, z), asarray(xp, y))
+    out = est.predict_proba(asarray(xp, z))
+    assert is_type_of(out, xp)
+    assert_close(out, ref.predict_proba(z), rtol=1e-9, atol=1e-12)
+    if xp is np:
+        dz, dy = (da.from_array(a, chunks=(200, *a.shape[1:])) for a in (z, y))
+        with dask.config.set(scheduler="threads"):
+            lazy = quiet(StructuredScaler(form="vector"), dz, dy).predict_proba(dz)
+            assert isinstance(lazy, da.Array)
+            assert_close(lazy.compute(), ref.predict_proba(z), rtol=1e-7, atol=1e-10)
+
+
 def test_each_optimiser_step_is_one_map_reduce(monkeypatch):
     import dask
     import dask.array as da
