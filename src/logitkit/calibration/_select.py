@@ -46,6 +46,10 @@ _SCORINGS = ("nll", "brier", "ece")
 NEAR_TIE = 1e-3
 #: Held-out accuracy change (vs "none") beyond which a candidate is flagged.
 ACCURACY_FLAG = 0.01
+#: The evidence a calibrator must show to replace "none": its out-of-fold NLL gain per row,
+#: over its standard error, at least this (about one chance in 40 of a gain that large by
+#: luck alone).
+EVIDENCE = 2.0
 
 
 def stratified_folds(y: np.ndarray, cv: int, rng: np.random.Generator) -> np.ndarray:
@@ -100,7 +104,8 @@ class Selection:
         table_: one dict per candidate, simplest first: ``method``; the out-of-fold ``nll``,
             ``ece``, ``brier``, ``accuracy`` (every row scored by a calibrator fitted without
             its fold); ``accuracy_change`` against ``"none"``; ``fold_spread`` (the standard
-            deviation of the scoring metric across folds); ``fit_time`` (seconds, mean over
+            deviation of the scoring metric across folds); ``gain_z`` (the mean out-of-fold NLL
+            gain per row over ``"none"``, in standard errors); ``fit_time`` (seconds, mean over
             folds); ``converged`` (every fold's fit); ``at_bound`` (some fold's fit stopped at a
             bound); ``flagged`` (held-out accuracy changed by
             more than one point); ``warnings`` (messages of the folds' fits); ``error`` (why
@@ -216,6 +221,12 @@ def select(logits: Any, y: Any, /, *, methods: Any = "auto", cv: int = 5,
     folds and scored on the held-out one, so each row is scored by a calibrator that never saw
     it.  The candidate with the best pooled out-of-fold ``scoring`` wins, except that:
 
+    - a candidate replaces ``"none"`` only on evidence: its out-of-fold NLL gain per row over
+      ``"none"`` must be at least :data:`EVIDENCE` standard errors (``gain_z`` in the table).
+      On small or nearly separable data the out-of-fold ranking is mostly luck: on 16 splits
+      of a naive Bayes model of scikit-learn's wine data (44 calibration rows, 0-3 of them
+      misclassified) the choice without this rule raised the test NLL in 6 (0.19 → 0.63 at
+      worst) and lowered it in 2;
     - ties and near-ties (within 0.1% of the best score) go to the simpler method, in the
       order of :data:`CANDIDATES` (``none``, ``temperature``, the parametric maps by number of
       parameters, then the non-parametric ``histogram`` and ``isotonic``);
@@ -299,6 +310,7 @@ def _select(data: FitData, folds: np.ndarray, names: list[str], cv: int, scoring
             progress: Any) -> tuple[list[dict[str, Any]], dict[str, list[Calibrator]]]:
     z, labels, k, n, from_probs = data.x, data.y, data.k, data.n, data.from_probs
     rows: list[dict[str, Any]] = []
+    base = np.zeros(n)  # "none"'s out-of-fold NLL per row (the first candidate)
     fold_cals: dict[str, list[Calibrator]] = {}
     total, done = len(names) * cv + 1, 0
     for name in names:
@@ -342,9 +354,12 @@ def _select(data: FitData, folds: np.ndarray, names: list[str], cv: int, scoring
             continue
         fold_cals[name] = cals
         row.update(_metrics(oof, labels))
+        logp = np.asarray(log_softmax(oof, axis=1))
+        picked = -logp[np.arange(n), labels]
+        if name == "none":
+            base = picked
+        row["gain_z"] = 0.0 if name == "none" else _evidence(base - picked)
         if scoring == "nll":
-            logp = np.asarray(log_softmax(oof, axis=1))
-            picked = -logp[np.arange(n), labels]
             per_fold = [float(picked[folds == f].mean()) for f in range(cv)]
         else:
             per_fold = [_metrics(oof[folds == f], labels[folds == f])[scoring]
@@ -355,6 +370,21 @@ def _select(data: FitData, folds: np.ndarray, names: list[str], cv: int, scoring
     return rows, fold_cals
 
 
+def _evidence(gain: np.ndarray) -> float:
+    """The mean of the per-row gains over its standard error (``inf`` for a candidate that is
+    finite where "none" is infinite, NaN where both are)."""
+    with np.errstate(invalid="ignore"):
+        mean = float(np.mean(gain))
+        spread = float(np.std(gain, ddof=1)) if gain.size > 1 else 0.0
+    if mean == math.inf:
+        return math.inf
+    if not (math.isfinite(mean) and math.isfinite(spread)):
+        return math.nan
+    if spread == 0.0:
+        return math.inf if mean > 0 else 0.0
+    return mean / (spread / math.sqrt(gain.size))
+
+
 def _choose(rows: list[dict[str, Any]], scoring: str, apart: bool = False) -> str:
     base_acc = next(r["accuracy"] for r in rows if r["method"] == "none")
     for r in rows:
@@ -363,7 +393,8 @@ def _choose(rows: list[dict[str, Any]], scoring: str, apart: bool = False) -> st
         r["flagged"] = bool(abs(change) > ACCURACY_FLAG) if r["error"] is None else True
         r["chosen"] = False
     eligible = [r for r in rows if r["error"] is None and r["converged"] and not r["at_bound"]
-                and not r["accuracy_change"] < -ACCURACY_FLAG and math.isfinite(r[scoring])]
+                and not r["accuracy_change"] < -ACCURACY_FLAG and math.isfinite(r[scoring])
+                and (r["method"] == "none" or r["gain_z"] >= EVIDENCE)]
     if apart or not eligible:  # "none" is always eligible unless its own NLL is infinite
         eligible = [r for r in rows if r["method"] == "none"]
     best_score = min(r[scoring] for r in eligible)
