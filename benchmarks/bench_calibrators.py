@@ -415,12 +415,12 @@ def _applies(method: str, peer: str, k: int) -> bool:
                 or (k > 2 and (method, peer) in BINARY_ONLY))
 
 
-def quality(methods: list[str]) -> None:
+def quality(methods: list[str], datasets: list[str]) -> None:
     print("test NLL / ECE / Brier of each method, logitkit against the best peer implementation")
     print("(nll ratio = logitkit / best peer; time ratio = logitkit's CPU seconds / the fastest "
           "peer's, same run)\n")
-    for name, make in DATASETS.items():
-        z, y, zt, yt = make()
+    for name in datasets:
+        z, y, zt, yt = DATASETS[name]()
         k = 2 if z.ndim == 1 else z.shape[1]
         base = _scores(_probs(zt), yt)
         print(f"== {name}: {len(y)} calibration rows, {len(yt)} test rows, {k} classes; "
@@ -513,6 +513,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("part", choices=["quality", "speed"])
     parser.add_argument("--methods", nargs="*", default=None)
+    parser.add_argument("--datasets", nargs="*", default=None, choices=list(DATASETS),
+                        help="quality only: the data sets to score (default: all six)")
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=1)
@@ -522,7 +524,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     if args.part == "quality":
-        quality(args.methods or list(METHODS))
+        quality(args.methods or list(METHODS), args.datasets or list(DATASETS))
     else:
         parametric = ["temperature", "vector", "structured-vector", "beta", "dirichlet",
                       "structured", "matrix"]

@@ -293,3 +293,20 @@ def test_gain_z_is_the_mean_nll_gain_over_its_standard_error():
     assert_close(sel.row("temperature")["gain_z"],
                  gain.mean() / (gain.std(ddof=1) / np.sqrt(600)), rtol=1e-10)
     assert sel.row("none")["gain_z"] == 0.0 and sel.best_ == "temperature"
+
+
+@pytest.mark.parametrize("columns", [1, 2])
+def test_binary_input_as_one_column_or_two_and_separable(columns):
+    # regression: the separability check indexed a single logit column as if it held K
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 2, 200)
+    s = (2 * y - 1) * (3.0 + rng.random(200))  # every row on its label's side
+    z = s if columns == 1 else np.stack([np.zeros(200), s], axis=1)
+    with pytest.warns(CalibrationWarning, match="separable"):
+        assert select(z, y, random_state=0).best_ == "none"
+    s[:5] *= -1  # five rows on the wrong side
+    z = s if columns == 1 else np.stack([np.zeros(200), s], axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sel = select(z, y, random_state=0)
+    assert not sel.separable_ and sel.oof_logits_.shape == (200, 2)

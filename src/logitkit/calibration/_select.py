@@ -18,7 +18,14 @@ from .._namespace import (
     check_int,
     expected,
 )
-from ._base import CalibrationWarning, Calibrator, FitData, IdentityCalibrator, fit_data
+from ._base import (
+    CalibrationWarning,
+    Calibrator,
+    FitData,
+    IdentityCalibrator,
+    expand_rows,
+    fit_data,
+)
 from ._binary import BetaCalibrator, HistogramCalibrator, IsotonicCalibrator
 from ._fitting import small_problem_threads
 from ._scaling import DirichletScaler, MatrixScaler, StructuredScaler, VectorScaler
@@ -294,7 +301,7 @@ def select(logits: Any, y: Any, /, *, methods: Any = "auto", cv: int = 5,
     folds = stratified_folds(labels, cv, rng)
     with small_problem_threads(n * data.k):
         rows, fold_cals = _select(data, folds, names, cv, scoring, progress)
-        apart = separable(z, labels)
+        apart = separable(expand_rows(z, from_probs), labels)
         best = _choose(rows, scoring, apart)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the folds' warnings are in the table
