@@ -25,6 +25,9 @@ from ._fitting import CACHE_FEATURES, newton, scipy_optimize
 __all__ = ["BetaCalibrator", "HistogramCalibrator", "IsotonicCalibrator"]
 
 _CHUNK_ELEMENTS = 1 << 20  # 8 MiB of float64 per chunk: amortises the kernels' parallel launches
+#: Beta's sums over precomputed features call no kernel: chunks that stay in cache through
+#: their two dozen NumPy operations (1e5 x 100: 0.53 -> 0.30 CPU s a pass).
+_RESIDENT_ELEMENTS = 1 << 15
 
 
 def _log1mexp(a: np.ndarray) -> np.ndarray:
@@ -138,7 +141,7 @@ def beta_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, free: np.ndarray,
     f = np.zeros(n_cls)
     g = np.zeros((n_cls, 3))
     h = np.zeros((n_cls, 3, 3))
-    chunk = max(16, _CHUNK_ELEMENTS // max(k, 2))
+    chunk = max(16, (_RESIDENT_ELEMENTS if features else _CHUNK_ELEMENTS) // max(k, 2))
     th = theta * free
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
