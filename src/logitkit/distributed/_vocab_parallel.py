@@ -16,8 +16,7 @@ from typing import Any
 import array_api_compat
 
 from .. import _ce_rows as ce
-from .._core import check_softcap
-from .._losses._validate import check_ignore_index, check_options
+from .._losses._validate import check_column_options
 from .._namespace import (
     LogitkitTypeError,
     LogitkitValueError,
@@ -205,10 +204,9 @@ def vocab_parallel_cross_entropy(
     if target.dtype.is_floating_point or target.dtype == torch.bool or target.is_complex():
         raise LogitkitTypeError(expected("target", "an integer tensor of class indices",
                                          f"a tensor of dtype {target.dtype}"))
-    check_ignore_index(ignore_index)
-    eps, zc, _, red = check_options(label_smoothing=label_smoothing, z_loss=z_loss,
-                                       logit_l2=0.0, reduction=reduction)
-    cap = check_softcap(softcap)
+    eps, zc, cap, red = check_column_options(
+        ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
+        softcap=softcap, reduction=reduction)
 
     start, total, distributed = _group_layout(group, int(logits_shard.shape[-1]),
                                               logits_shard.device)
