@@ -44,12 +44,17 @@ def _group_layout(group: Any, local_size: int, device: Any) -> tuple[int, int, b
     return int(sizes[:rank].sum()), int(sizes.sum()), True
 
 
-def _working(logits: Any) -> Any:
-    """The logits, detached, in float32 at least (float16/bfloat16 accumulate in float32)."""
+def _working(logits: Any, cap: float | None) -> tuple[Any, Any]:
+    """The logits, detached, in float32 at least (float16/bfloat16 accumulate in float32) and
+    softcapped, with ``tanh(z / c)`` (None without a softcap)."""
     import torch
 
     z = logits.detach()
-    return z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+    z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+    if cap is None:
+        return z, None
+    t = torch.tanh(z / cap)
+    return cap * t, t
 
 
 @functools.cache
@@ -63,11 +68,7 @@ def _function() -> Any:
                     group: Any, distributed: bool, keep: Any, opts: tuple) -> Any:
             eps, zc, cap, reduction, n_kept = opts
             xp = array_api_compat.array_namespace(logits)
-            z = _working(logits)
-            t = None
-            if cap is not None:
-                t = torch.tanh(z / cap)
-                z = cap * t
+            z, _ = _working(logits, cap)
             local = z.shape[-1]
             top = torch.amax(z, dim=-1) if local else torch.full(
                 z.shape[:-1], -math.inf, dtype=z.dtype, device=z.device)
@@ -100,11 +101,7 @@ def _function() -> Any:
             logits, target, lse, keep = ctx.saved_tensors
             start, total, (eps, zc, cap, reduction, n_kept) = ctx.meta
             xp = array_api_compat.array_namespace(logits)
-            z = _working(logits)
-            t = None
-            if cap is not None:
-                t = torch.tanh(z / cap)
-                z = cap * t
+            z, t = _working(logits, cap)
             shape = z.shape
             local = shape[-1]
             scale = ce.row_scale(keep.reshape(-1), reduction, float(n_kept),
