@@ -106,6 +106,21 @@ def test_mean_over_zero_total_weight_has_zero_gradient(path):
 
 
 @pytest.mark.parametrize("path", PATH_IDS)
+def test_mean_over_zero_total_weight_is_zero_where_a_row_overflows(path):
+    # Found by the long differential run: the z-loss of the row [0, 1e308] at T = 1e-46 is +inf,
+    # and the weighted mean has nothing to divide by.  The mean over nothing is 0 with a zero
+    # gradient on every path (NumPy gave a NaN loss, every path a NaN gradient: 0·inf).
+    x = np.array([[0.0, 0.0], [0.0, 1e308], [0.0, 0.0]])
+    loss, g = run(path, x, np.array([0, 0, 0]), weight=np.array([0.0, 0.0]), z_loss=1.0,
+                  temperature=1e-46)
+    assert float(loss) == 0.0
+    assert_close(g, np.zeros((3, 2)), atol=0.0)
+    with np.errstate(all="raise"):  # and without a floating-point warning on the way
+        cross_entropy_with_grad(x, np.array([0, 0, 0]), weight=np.array([0.0, 0.0]),
+                                z_loss=1.0, temperature=1e-46)
+
+
+@pytest.mark.parametrize("path", PATH_IDS)
 def test_temperature_divides_the_shifted_logits(path):
     # (x − max)/T, never x/T − max/T: 3e38/0.5 overflows float32, and 1.0000002/1e-10 rounds to a
     # multiple of 1024 where the difference is 2384.19.

@@ -150,7 +150,12 @@ def row_scale(counted: Array, reduction: str, denom: Array | float, g: Any, xp: 
 def _over(value: Any, denom: Array | float, xp: Any) -> Any:
     """``value / denom``, and 0 where ``denom`` is 0 (a mean over nothing)."""
     if isinstance(denom, (int, float)):
-        return value / denom if denom > 0 else value * 0.0
+        if denom > 0:
+            return value / denom
+        # exactly 0, also when ``value`` is infinite (a row whose z-loss overflows)
+        if isinstance(value, (int, float, np.generic)):  # Python and NumPy scalars keep their type
+            return type(value)(0.0)
+        return xp.zeros_like(value)
     return xp.where(denom > 0, value / xp.where(denom > 0, denom, 1.0), 0.0)
 
 
@@ -396,7 +401,7 @@ def _gradient_block(pb: Problem, stats: RowStats, scale: Array, xp: Any) -> Arra
         coef = coef + twice
         if _may(~xp.isfinite(coef), xp):
             # An overflowing coefficient times p = 0 is 0, not inf·0 = NaN.
-            gz = xp.where(p > 0, coef * p, 0.0)
+            gz = xp.where(p > 0, coef, 0.0) * p
         else:
             gz = coef * p
     else:
@@ -417,6 +422,10 @@ def _gradient_block(pb: Problem, stats: RowStats, scale: Array, xp: Any) -> Arra
         gz = gz * (1.0 - th * th)
     if pb.logit_l2 > 0.0:
         gz = gz + pb.logit_l2 * xs
+    if _may(~xp.isfinite(gz), xp):
+        # A row that does not contribute (scale 0: a mean over zero total weight, a zero
+        # cotangent) has gradient 0, also where its own gradient overflows: not 0·inf = NaN.
+        gz = xp.where(scale == 0, 0.0, gz)
     g = gz * scale
     if pb.mask is not None:
         g = xp.where(pb.mask, g, 0.0)
