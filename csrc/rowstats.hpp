@@ -235,6 +235,27 @@ Stats pass1(const T* src, const uint8_t* mask, int64_t k, T inv_t, T* out, doubl
     return Stats{m, rest, top, !(m > -inf<double>())};
 }
 
+// Pass 1 of a row of one chunk (k ≤ kChunk) whose max m (chunk_max) is already known: what
+// pass1 computes for it.  Short rows run in two loops over a block, every row's max and then
+// every row's sum, so that the core overlaps one row's reductions (a chain of dependent
+// latencies: max, horizontal max, exponentials, horizontal sum) with the next row's instead
+// of waiting on each in turn; at 128 entries a row that is most of its cost.
+template <class T, bool MASK, int STORE>
+LK_INLINE Stats pass1_known(const T* src, const uint8_t* mask, int64_t k, T inv_t, T* out, double* chunk_m,
+                            double m) {
+    if (m == inf<double>()) return Stats{m, nan<double>(), 0, true};
+    if (chunk_m != nullptr) chunk_m[0] = m;
+    if (m == -inf<double>()) {  // nothing live
+        if (STORE == STORE_EXP) for (int64_t i = 0; i < k; ++i) out[i] = T(0);
+        if (STORE == STORE_SHIFTED) for (int64_t i = 0; i < k; ++i) out[i] = -inf<T>();
+        return Stats{m, 0, 0, true};
+    }
+    double rest = 0, comp = 0, top = 0;
+    chunk_sum<T, MASK, STORE>(src, mask, k, static_cast<T>(m), inv_t, out, rest, comp, top, nullptr, 0);
+    if (rest != rest) return Stats{m, nan<double>(), 0, true};
+    return Stats{m, rest + comp, top, false};
+}
+
 // Rows whose shifted logits x − max overflow (only possible when the max is within half an
 // ulp of the top of the range from the min): the callers send them to the generic path, which
 // divides by the temperature in a safe order.  Rare: only checked above kShiftSafe.
@@ -263,7 +284,7 @@ LK_INLINE void block_log1p(const double* a, double* out, int64_t n) {
 // exponentials of chunk c by factor·e^{(m_c − m)/T}/S, log_softmax shifts its stored (x − m_c)/T by
 // (m − m_c)/T + log S.  Chunks with nothing live (m_c = −inf) already hold their values.
 template <class T>
-void pass2(T* out, int64_t k, int64_t c_first, int64_t c_last, int mode, double m, double inv_t,
+LK_INLINE void pass2(T* out, int64_t k, int64_t c_first, int64_t c_last, int mode, double m, double inv_t,
            double sum, double log_s, const double* chunk_m, double factor = 1.0) {
     constexpr int L = kL<T>;
     for (int64_t c = c_first; c < c_last; ++c) {

@@ -130,21 +130,40 @@ template <class T> LK_INLINE VI<T> as_int(VF<T> f) {
     std::memcpy(&i, &f, sizeof i);
     return i;
 }
-// Horizontal reductions in a fixed order (a pairwise tree): the result never depends on
+// Horizontal reductions in a fixed order (a pairwise tree: lane i with lane i + n/2, and so
+// on down to one lane), by halving the vector in registers: the result never depends on
 // anything but the lanes' values.
+template <class T, int B> struct Part {
+    typedef T V __attribute__((vector_size(B)));
+};
+template <class T, int B> LK_INLINE void halves(const typename Part<T, B>::V& v, typename Part<T, B / 2>::V& lo,
+                                                typename Part<T, B / 2>::V& hi) {
+    std::memcpy(&lo, &v, B / 2);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + B / 2, B / 2);
+}
+template <class T, int B> LK_INLINE T tree_sum(typename Part<T, B>::V v) {
+    if constexpr (B == sizeof(T)) {
+        return v[0];
+    } else {
+        typename Part<T, B / 2>::V lo, hi;
+        halves<T, B>(v, lo, hi);
+        return tree_sum<T, B / 2>(lo + hi);
+    }
+}
+template <class T, int B> LK_INLINE T tree_max(typename Part<T, B>::V v) {
+    if constexpr (B == sizeof(T)) {
+        return v[0];
+    } else {
+        typename Part<T, B / 2>::V lo, hi;
+        halves<T, B>(v, lo, hi);
+        return tree_max<T, B / 2>(hi > lo ? hi : lo);
+    }
+}
 template <class T> LK_INLINE T hsum(VF<T> v) {
-    T a[kL<T>];
-    store<T>(a, v);
-    for (int w = kL<T> / 2; w >= 1; w /= 2)
-        for (int i = 0; i < w; ++i) a[i] += a[i + w];
-    return a[0];
+    return tree_sum<T, kVectorBytes>(v);
 }
 template <class T> LK_INLINE T hmax(VF<T> v) {
-    T a[kL<T>];
-    store<T>(a, v);
-    for (int w = kL<T> / 2; w >= 1; w /= 2)
-        for (int i = 0; i < w; ++i) a[i] = a[i + w] > a[i] ? a[i + w] : a[i];
-    return a[0];
+    return tree_max<T, kVectorBytes>(v);
 }
 // The lanes of a vector in double (two registers' worth for float): sums of products that
 // could overflow in float are formed there.
@@ -160,23 +179,12 @@ template <class T> LK_INLINE Wide<T> widen(VF<T> v) {
     return __builtin_convertvector(v, Wide<T>);
 }
 template <class T> LK_INLINE double hsum_w(Wide<T> v) {
-    constexpr int n = sizeof(Wide<T>) / sizeof(double);
-    double a[n];
-    std::memcpy(a, &v, sizeof a);
-    for (int w = n / 2; w >= 1; w /= 2)
-        for (int i = 0; i < w; ++i) a[i] += a[i + w];
-    return a[0];
+    return tree_sum<double, sizeof(Wide<T>)>(v);
 }
 
 // Lane-wise float → double sum of a float vector (exact: every float is a double).
 LK_INLINE double hsum_wide(VF<float> v) {
-    float a[kL<float>];
-    store<float>(a, v);
-    double s[kL<float>];
-    for (int i = 0; i < kL<float>; ++i) s[i] = a[i];
-    for (int w = kL<float> / 2; w >= 1; w /= 2)
-        for (int i = 0; i < w; ++i) s[i] += s[i + w];
-    return s[0];
+    return hsum_w<float>(widen<float>(v));
 }
 LK_INLINE double hsum_wide(VF<double> v) {
     return hsum<double>(v);
