@@ -227,12 +227,13 @@ template <> struct ExpConst<double> {
 
 template <class T> LK_INLINE VF<T> exp_poly(VF<T> r);
 template <> LK_INLINE VF<float> exp_poly<float>(VF<float> r) {
-    VF<float> p = splat(1.0f / 5040.0f);
-    p = p * r + (1.0f / 720.0f);
-    p = p * r + (1.0f / 120.0f);
-    p = p * r + (1.0f / 24.0f);
-    p = p * r + (1.0f / 6.0f);
-    p = p * r + 0.5f;
+    // Degree 6, minimax for the relative error on |r| ≤ 0.3468 (Remez: 2.6e-9, 0.04 u; with
+    // its float coefficients and rounding, 1.4 u): a multiply-add less than Taylor's degree 7.
+    VF<float> p = splat(1.4061422552913427e-3f);
+    p = p * r + 8.379058912396431e-3f;
+    p = p * r + 4.166477173566818e-2f;
+    p = p * r + 0.16666364669799805f;
+    p = p * r + 0.5000000596046448f;
     p = p * r + 1.0f;
     return p * r + 1.0f;
 }
@@ -253,34 +254,62 @@ template <> LK_INLINE VF<double> exp_poly<double>(VF<double> r) {
     return p * r + 1.0;
 }
 
+// max(lo, d) lane-wise with d's NaN kept: x86's max returns its second operand when the
+// comparison lo > d is false (one instruction, where `d < lo ? lo : d` costs two).
+template <class T> LK_INLINE VF<T> clamp_below(VF<T> d, T lo) {
+    VF<T> l = splat<T>(lo);
+#if defined(__AVX512F__)
+    if constexpr (sizeof(T) == 4) {
+        __m512 r = _mm512_max_ps(reinterpret_cast<__m512&>(l), reinterpret_cast<__m512&>(d));
+        return reinterpret_cast<VF<T>&>(r);
+    } else {
+        __m512d r = _mm512_max_pd(reinterpret_cast<__m512d&>(l), reinterpret_cast<__m512d&>(d));
+        return reinterpret_cast<VF<T>&>(r);
+    }
+#elif defined(__AVX__)
+    if constexpr (sizeof(T) == 4) {
+        __m256 r = _mm256_max_ps(reinterpret_cast<__m256&>(l), reinterpret_cast<__m256&>(d));
+        return reinterpret_cast<VF<T>&>(r);
+    } else {
+        __m256d r = _mm256_max_pd(reinterpret_cast<__m256d&>(l), reinterpret_cast<__m256d&>(d));
+        return reinterpret_cast<VF<T>&>(r);
+    }
+#elif defined(__SSE2__)
+    if constexpr (sizeof(T) == 4) {
+        __m128 r = _mm_max_ps(reinterpret_cast<__m128&>(l), reinterpret_cast<__m128&>(d));
+        return reinterpret_cast<VF<T>&>(r);
+    } else {
+        __m128d r = _mm_max_pd(reinterpret_cast<__m128d&>(l), reinterpret_cast<__m128d&>(d));
+        return reinterpret_cast<VF<T>&>(r);
+    }
+#else
+    return d < lo ? l : d;
+#endif
+}
+
 template <class T> LK_INLINE VF<T> vexp(VF<T> d) {
     using C = ExpConst<T>;
-    d = d < C::lo ? splat<T>(C::lo) : d;  // NaN stays NaN (the comparison is false)
-#if defined(__AVX512F__)
-    // AVX-512 rounds to an integer and scales by 2^n in one instruction each (vrndscale,
-    // vscalef: p·2^n rounded once, subnormal results included), a third of the work.
-    if constexpr (sizeof(T) == 4) {
-        __m512 t = reinterpret_cast<__m512&>(d) * C::log2e;
-        __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        VF<T> nv = reinterpret_cast<VF<T>&>(n);
-        VF<T> r = d - nv * C::c1;
-        r = r - nv * C::c2;
-        VF<T> p = exp_poly<T>(r);
-        __m512 out = _mm512_scalef_ps(reinterpret_cast<__m512&>(p), n);
-        return reinterpret_cast<VF<T>&>(out);
-    } else {
-        __m512d t = reinterpret_cast<__m512d&>(d) * C::log2e;
-        __m512d n = _mm512_roundscale_pd(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        VF<T> nv = reinterpret_cast<VF<T>&>(n);
-        VF<T> r = d - nv * C::c1;
-        r = r - nv * C::c2;
-        VF<T> p = exp_poly<T>(r);
-        __m512d out = _mm512_scalef_pd(reinterpret_cast<__m512d&>(p), n);
-        return reinterpret_cast<VF<T>&>(out);
-    }
-#endif
+    d = clamp_below<T>(d, C::lo);  // NaN stays NaN
+    // n = round(d/ln 2) by the magic number (one multiply-add and a subtraction, exact for
+    // |n| < 2^22, which the clamp ensures).
     VF<T> t = d * C::log2e + C::magic;
     VF<T> n = t - C::magic;
+#if defined(__AVX512F__)
+    // AVX-512 scales by 2^n in one instruction (vscalef: p·2^n rounded once, subnormal
+    // results included), a third of the work.
+    {
+        VF<T> r = d - n * C::c1;
+        r = r - n * C::c2;
+        VF<T> p = exp_poly<T>(r);
+        if constexpr (sizeof(T) == 4) {
+            __m512 out = _mm512_scalef_ps(reinterpret_cast<__m512&>(p), reinterpret_cast<__m512&>(n));
+            return reinterpret_cast<VF<T>&>(out);
+        } else {
+            __m512d out = _mm512_scalef_pd(reinterpret_cast<__m512d&>(p), reinterpret_cast<__m512d&>(n));
+            return reinterpret_cast<VF<T>&>(out);
+        }
+    }
+#endif
     VI<T> ni = as_int<T>(t) - C::magic_bits;
     VF<T> r = d - n * C::c1;
     r = r - n * C::c2;
