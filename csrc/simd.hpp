@@ -196,16 +196,17 @@ LK_INLINE double hsum_wide(VF<double> v) {
 // Cody–Waite: n = round(d / ln 2) by the magic-number trick (adding 1.5·2^p rounds to an
 // integer without a float→int conversion, whose result is undefined for NaN); r = d − n·ln 2
 // with ln 2 split in a short high part (n·C1 is exact) and a low part, so |r| ≤ ln 2 / 2 up to
-// the rounding of the low product; exp(r) by its Taylor polynomial (degree 7 in float, 13 in
-// double: the first omitted term is below 0.1 u on |r| ≤ 0.3466) by Horner's rule; 2^n from
-// its exponent bits, in two factors 2^(n>>1)·2^(n − n>>1) so that results in the subnormal
-// range are rounded once, correctly, instead of being flushed to zero.  Arguments below the
-// underflow threshold are clamped and give exactly 0; exp(0) is exactly 1 (n = 0, r = 0).
+// the rounding of the low product; exp(r) by a polynomial (float: degree-6 minimax; double:
+// Taylor's degree 13, the first omitted term below 0.1 u on |r| ≤ 0.3466) by Horner's rule;
+// 2^n by vscalef (AVX-512) or from its exponent bits, in two factors 2^(n>>1)·2^(n − n>>1), so
+// that results in the subnormal range are rounded once, correctly, instead of being flushed
+// to zero.  Arguments below the point where exp rounds to 0 give exactly 0 without being
+// computed; exp(0) is exactly 1 (n = 0, r = 0).
 // ------------------------------------------------------------------------------------------
 
 template <class T> struct ExpConst;
 template <> struct ExpConst<float> {
-    static constexpr float lo = -110.0f;  // underflow below ≈ −103.97
+    static constexpr float zero = -104.0f;  // exp(d) < 2^−150 below: rounds to 0
     static constexpr float log2e = 1.4426950408889634f;
     static constexpr float magic = 12582912.0f;  // 1.5·2^23
     static constexpr int32_t magic_bits = 0x4B400000;
@@ -215,7 +216,7 @@ template <> struct ExpConst<float> {
     static constexpr int shift = 23;
 };
 template <> struct ExpConst<double> {
-    static constexpr double lo = -750.0;  // underflow below ≈ −745.13
+    static constexpr double zero = -746.0;  // exp(d) < 2^−1075 below: rounds to 0
     static constexpr double log2e = 1.4426950408889634;
     static constexpr double magic = 6755399441055744.0;  // 1.5·2^52
     static constexpr int64_t magic_bits = 0x4338000000000000LL;
@@ -254,69 +255,44 @@ template <> LK_INLINE VF<double> exp_poly<double>(VF<double> r) {
     return p * r + 1.0;
 }
 
-// max(lo, d) lane-wise with d's NaN kept: x86's max returns its second operand when the
-// comparison lo > d is false (one instruction, where `d < lo ? lo : d` costs two).
-template <class T> LK_INLINE VF<T> clamp_below(VF<T> d, T lo) {
-    VF<T> l = splat<T>(lo);
-#if defined(__AVX512F__)
-    if constexpr (sizeof(T) == 4) {
-        __m512 r = _mm512_max_ps(reinterpret_cast<__m512&>(l), reinterpret_cast<__m512&>(d));
-        return reinterpret_cast<VF<T>&>(r);
-    } else {
-        __m512d r = _mm512_max_pd(reinterpret_cast<__m512d&>(l), reinterpret_cast<__m512d&>(d));
-        return reinterpret_cast<VF<T>&>(r);
-    }
-#elif defined(__AVX__)
-    if constexpr (sizeof(T) == 4) {
-        __m256 r = _mm256_max_ps(reinterpret_cast<__m256&>(l), reinterpret_cast<__m256&>(d));
-        return reinterpret_cast<VF<T>&>(r);
-    } else {
-        __m256d r = _mm256_max_pd(reinterpret_cast<__m256d&>(l), reinterpret_cast<__m256d&>(d));
-        return reinterpret_cast<VF<T>&>(r);
-    }
-#elif defined(__SSE2__)
-    if constexpr (sizeof(T) == 4) {
-        __m128 r = _mm_max_ps(reinterpret_cast<__m128&>(l), reinterpret_cast<__m128&>(d));
-        return reinterpret_cast<VF<T>&>(r);
-    } else {
-        __m128d r = _mm_max_pd(reinterpret_cast<__m128d&>(l), reinterpret_cast<__m128d&>(d));
-        return reinterpret_cast<VF<T>&>(r);
-    }
-#else
-    return d < lo ? l : d;
-#endif
-}
-
 template <class T> LK_INLINE VF<T> vexp(VF<T> d) {
     using C = ExpConst<T>;
-    d = clamp_below<T>(d, C::lo);  // NaN stays NaN
-    // n = round(d/ln 2) by the magic number (one multiply-add and a subtraction, exact for
-    // |n| < 2^22, which the clamp ensures).
+    // Lanes below C::zero (−inf: masked entries and padded row tails; logits far below the max)
+    // are 0 and never scaled: a 2^n that underflows costs x86 a microcode assist (~150 cycles
+    // per instruction without flush-to-zero), which made a 100-wide row, its tail padded with
+    // −inf, three times slower than a 96-wide one.  NaN lanes compute (and stay NaN).
+#if defined(__AVX512F__)
+    // n = round(d/ln 2) by the magic number (a multiply-add and a subtraction, exact wherever a
+    // lane is kept); vscalef scales by 2^n in one instruction (p·2^n rounded once, subnormal
+    // results included), only in the lanes kept.
     VF<T> t = d * C::log2e + C::magic;
     VF<T> n = t - C::magic;
-#if defined(__AVX512F__)
-    // AVX-512 scales by 2^n in one instruction (vscalef: p·2^n rounded once, subnormal
-    // results included), a third of the work.
-    {
-        VF<T> r = d - n * C::c1;
-        r = r - n * C::c2;
-        VF<T> p = exp_poly<T>(r);
-        if constexpr (sizeof(T) == 4) {
-            __m512 out = _mm512_scalef_ps(reinterpret_cast<__m512&>(p), reinterpret_cast<__m512&>(n));
-            return reinterpret_cast<VF<T>&>(out);
-        } else {
-            __m512d out = _mm512_scalef_pd(reinterpret_cast<__m512d&>(p), reinterpret_cast<__m512d&>(n));
-            return reinterpret_cast<VF<T>&>(out);
-        }
+    VF<T> r = d - n * C::c1;
+    r = r - n * C::c2;
+    VF<T> p = exp_poly<T>(r);
+    if constexpr (sizeof(T) == 4) {
+        __mmask16 keep = _mm512_cmp_ps_mask(reinterpret_cast<__m512&>(d), _mm512_set1_ps(C::zero), _CMP_NLT_UQ);
+        __m512 out = _mm512_maskz_scalef_ps(keep, reinterpret_cast<__m512&>(p), reinterpret_cast<__m512&>(n));
+        return reinterpret_cast<VF<T>&>(out);
+    } else {
+        __mmask8 keep = _mm512_cmp_pd_mask(reinterpret_cast<__m512d&>(d), _mm512_set1_pd(C::zero), _CMP_NLT_UQ);
+        __m512d out = _mm512_maskz_scalef_pd(keep, reinterpret_cast<__m512d&>(p), reinterpret_cast<__m512d&>(n));
+        return reinterpret_cast<VF<T>&>(out);
     }
-#endif
+#else
+    VI<T> gone = d < C::zero;
+    d = gone ? splat<T>(0) : d;
+    VF<T> t = d * C::log2e + C::magic;
+    VF<T> n = t - C::magic;
     VI<T> ni = as_int<T>(t) - C::magic_bits;
     VF<T> r = d - n * C::c1;
     r = r - n * C::c2;
     VF<T> p = exp_poly<T>(r);
     VI<T> n1 = ni >> 1;
     VI<T> n2 = ni - n1;
-    return p * as_float<T>((n1 + C::bias) << C::shift) * as_float<T>((n2 + C::bias) << C::shift);
+    VF<T> e = p * as_float<T>((n1 + C::bias) << C::shift) * as_float<T>((n2 + C::bias) << C::shift);
+    return gone ? splat<T>(0) : e;
+#endif
 }
 
 // ------------------------------------------------------------------------------------------
