@@ -141,29 +141,26 @@ template <class T, int B> LK_INLINE void halves(const typename Part<T, B>::V& v,
     std::memcpy(&lo, &v, B / 2);
     std::memcpy(&hi, reinterpret_cast<const char*>(&v) + B / 2, B / 2);
 }
-template <class T, int B> LK_INLINE T tree_sum(typename Part<T, B>::V v) {
+struct AddLanes {
+    template <class V> static LK_INLINE V of(V lo, V hi) { return lo + hi; }
+};
+struct MaxLanes {
+    template <class V> static LK_INLINE V of(V lo, V hi) { return hi > lo ? hi : lo; }
+};
+template <class Op, class T, int B> LK_INLINE T tree(typename Part<T, B>::V v) {
     if constexpr (B == sizeof(T)) {
         return v[0];
     } else {
         typename Part<T, B / 2>::V lo, hi;
         halves<T, B>(v, lo, hi);
-        return tree_sum<T, B / 2>(lo + hi);
-    }
-}
-template <class T, int B> LK_INLINE T tree_max(typename Part<T, B>::V v) {
-    if constexpr (B == sizeof(T)) {
-        return v[0];
-    } else {
-        typename Part<T, B / 2>::V lo, hi;
-        halves<T, B>(v, lo, hi);
-        return tree_max<T, B / 2>(hi > lo ? hi : lo);
+        return tree<Op, T, B / 2>(Op::of(lo, hi));
     }
 }
 template <class T> LK_INLINE T hsum(VF<T> v) {
-    return tree_sum<T, kVectorBytes>(v);
+    return tree<AddLanes, T, kVectorBytes>(v);
 }
 template <class T> LK_INLINE T hmax(VF<T> v) {
-    return tree_max<T, kVectorBytes>(v);
+    return tree<MaxLanes, T, kVectorBytes>(v);
 }
 // The lanes of a vector in double (two registers' worth for float): sums of products that
 // could overflow in float are formed there.
@@ -179,7 +176,7 @@ template <class T> LK_INLINE Wide<T> widen(VF<T> v) {
     return __builtin_convertvector(v, Wide<T>);
 }
 template <class T> LK_INLINE double hsum_w(Wide<T> v) {
-    return tree_sum<double, sizeof(Wide<T>)>(v);
+    return tree<AddLanes, double, sizeof(Wide<T>)>(v);
 }
 
 // Lane-wise float → double sum of a float vector (exact: every float is a double).
