@@ -112,6 +112,20 @@ template <class T> LK_INLINE int64_t first_arg(VF<T> mx, VI<T> at, T m) {
     return static_cast<int64_t>(reduce<Int, kL<T>>(cand, MinOp{}));
 }
 
+// Below these, exp(d) is flushed to 0 and a probability's square to 0: the results stay in the
+// normal range, as a subnormal result costs a microcode assist (100+ cycles per vector on x86)
+// that the tails' −inf padding and a sharp row's far entries would pay on every row.  What is
+// dropped is below 2^−62 (float) or 2^−510 (double) of a sum that is at least 1 (Σ e holds the
+// max's 1; Σ p² ≥ 1/K² sums to 1 for valid rows): far below the sums' rounding.
+template <class T> constexpr T kExpFlush = sizeof(T) == 4 ? T(-43.0) : T(-354.0);
+template <class T> constexpr T kSquareFlush = sizeof(T) == 4 ? T(1.0842021724855044e-19) : T(1.4916681462400413e-154);
+
+template <class T> LK_INLINE VF<T> exp_flushed(VF<T> d) {
+    const VI<T> low = d < kExpFlush<T>;  // false for NaN, which propagates
+    const VF<T> e = vexp<T>(low ? splat<T>(0) : d);
+    return low ? splat<T>(0) : e;
+}
+
 struct ProbRow {
     double max, min, sum, sumsq;
     int64_t arg;
@@ -142,7 +156,8 @@ LK_INLINE ProbRow scan_probs(const T* x, int64_t k) {
             }
             lo = v < lo ? v : lo;
             sv += v;
-            qv += v * v;
+            const VF<T> w = v < kSquareFlush<T> ? splat<T>(0) : v;  // a NaN stays
+            qv += w * w;
         }
         s += vec_sum(sv);
         q += vec_sum(qv);
@@ -199,7 +214,7 @@ LK_INLINE void exp_sums(const T* x, int64_t k, T m, T beta, bool scale, T* out, 
             VF<T> v = r >= L ? load<T>(x + j) : load_part<T>(x + j, r, -inf<T>());
             VF<T> d = v - vm;
             if (scale) d = d * vb;
-            VF<T> e = vexp<T>(d);
+            VF<T> e = exp_flushed<T>(d);
             if (STORE) {
                 if (r >= L) store<T>(out + j, e); else store_part<T>(out + j, e, r);
             }

@@ -242,6 +242,28 @@ def test_logits_with_infinities_and_rows_of_one_class(dtype):
     assert res is not None and res.n_flagged == 1 and res.flagged.tolist() == [1, 0, 0, 0, 0, 0]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_far_entries_flushed_below_the_normal_range_change_nothing_visible(dtype):
+    # exp(d) below e^-43 (float; e^-354 double) and probabilities below 2^-63 (2^-511) count as
+    # 0 in the sums (no subnormal results): far below the sums' rounding
+    rng = np.random.default_rng(14)
+    z = (rng.standard_normal((300, 24)) * (60 if dtype == np.float32 else 400)).astype(dtype)
+    y = rng.integers(0, 24, 300)
+    spec = engine.Spec(from_logits=True, n_bins=10, inner=engine.uniform_inner(10), cw_bins=4,
+                       cw_inner=engine.uniform_inner(4))
+    p64 = softmax(z.astype(np.float64))
+    keep = clear_of_edges(p64, spec, 1e-5)
+    z, y, p64 = z[keep], y[keep], p64[keep]
+    logp = log_softmax(z.astype(np.float64))[np.arange(len(y)), y]
+    got = native_block(z, y, spec)
+    assert_sums(got, reference_block(z, y, spec), dtype)
+    assert_sums(got, naive_sums(p64, y, spec, 0, logp_y=logp), dtype)
+    p = softmax(z).astype(dtype)
+    assert (p[p > 0] < 1e-30).any()  # tiny probabilities in the input
+    spec = replace(spec, from_logits=False)
+    assert_sums(native_block(p, y, spec), reference_block(p, y, spec), dtype)
+
+
 @pytest.mark.parametrize("from_logits", [False, True])
 def test_one_column_and_two_columns(from_logits):
     rng = np.random.default_rng(6)
