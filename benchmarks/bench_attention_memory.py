@@ -1,4 +1,4 @@
-"""Peak memory of tiled and untiled ``logitkit.attention`` (forward pass) at a long sequence.
+"""Peak memory of tiled and untiled ``logitkit.attention.attention`` (forward pass) at a long sequence.
 
 Every case runs in a fresh Python process.  A case builds its inputs, resets the process's peak
 resident memory (Linux ``/proc/self/clear_refs``; elsewhere the peak since start-up is used), runs
@@ -60,7 +60,7 @@ def run_case(case: str, seq: int, dim: int, block: int, dtype: str) -> dict:
     """One case, in this process."""
     import numpy as np
 
-    from logitkit import attention
+    from logitkit.attention import attention
 
     backend, kind = case.split("-")
     rng = np.random.default_rng(0)

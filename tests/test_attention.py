@@ -13,13 +13,8 @@ from hypothesis import strategies as st
 
 import logitkit
 from conftest import asarray, assert_close, grad, is_type_of, maybe_jit, to_numpy
-from logitkit import (
-    LogitkitTypeError,
-    LogitkitValueError,
-    attention,
-    merge_attention,
-    merge_logsumexp,
-)
+from logitkit import LogitkitTypeError, LogitkitValueError
+from logitkit.attention import attention, merge_attention, merge_logsumexp
 
 B, H, S, SKV, D, DV = 2, 3, 7, 11, 5, 4
 MASKS = ["none", "causal", "causal_square", "bool", "additive"]
@@ -373,12 +368,14 @@ def test_tiled_equals_untiled_for_any_block_size(block_size, is_causal, seed):
     assert_close(a, b, rtol=0, atol=1e-13)
 
 
-def test_top_level_attention_is_the_function():
+def test_attention_has_one_public_module():
     import logitkit._attention as mod
 
-    assert logitkit.attention is mod.attention
+    assert logitkit.attention.attention is mod.attention
+    assert logitkit.attention.merge_attention is mod.merge_attention
+    assert logitkit.attention.merge_logsumexp is mod.merge_logsumexp
     q, k, v, _ = _inputs()
-    assert_close(logitkit.attention(q, k, v, block_size=2), mod.attention(q, k, v))
+    assert_close(logitkit.attention.attention(q, k, v, block_size=2), mod.attention(q, k, v))
 
 
 def test_low_precision_accumulates_in_float32():

@@ -70,6 +70,35 @@ def quiet(est, *args, **kwargs):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def probmetrics_calibrators(monkeypatch):
+    """``probmetrics.calibrators``, importable without numba.
+
+    probmetrics imports numba at module level for its 'saga' optimiser without declaring it as
+    a dependency; logitkit has no numba anywhere.  The calibrators compared here use its default
+    'bfgs' optimiser, which never calls a numba function, so an identity ``njit`` stands in for
+    numba when it is absent (never when it is installed).
+    """
+    import importlib.util
+    import sys
+    import types
+
+    if importlib.util.find_spec("numba") is None:
+        stub = types.ModuleType("numba")
+
+        def njit(*args, **kwargs):
+            if len(args) == 1 and callable(args[0]) and not kwargs:
+                return args[0]
+            return lambda fn: fn
+
+        stub.njit = njit
+        stub.prange = range
+        monkeypatch.setitem(sys.modules, "numba", stub)
+    import probmetrics.calibrators
+
+    return probmetrics.calibrators
+
+
 def _reference(z, y, unpack, penalty, x0):
     """Minimise the mean NLL of ``unpack(θ)(z)`` plus ``penalty(θ)`` with SciPy's BFGS on a
     numerically differentiated objective written here from the definitions."""
@@ -199,9 +228,11 @@ def test_structured_scaling_is_the_optimum_of_its_definition(form):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-def test_structured_scaling_matches_probmetrics():
+def test_structured_scaling_matches_probmetrics(probmetrics_calibrators):
     import torch
-    from probmetrics.calibrators import SMSCalibrator, SVSCalibrator
+
+    SMSCalibrator = probmetrics_calibrators.SMSCalibrator
+    SVSCalibrator = probmetrics_calibrators.SVSCalibrator
 
     torch.set_num_threads(1)
     z, y = make(n=1200, k=4, seed=7)
@@ -294,8 +325,8 @@ def test_histogram_bins_values_and_floor():
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-def test_histogram_matches_probmetrics():
-    from probmetrics.calibrators import BinaryHistogramBinningCalibrator
+def test_histogram_matches_probmetrics(probmetrics_calibrators):
+    BinaryHistogramBinningCalibrator = probmetrics_calibrators.BinaryHistogramBinningCalibrator
 
     s, y = make_binary(n=2000, seed=15)
     p = expit(s)

@@ -173,3 +173,61 @@ def test_arrays_from_two_libraries():
     with pytest.raises(LogitkitTypeError, match=r"^Expected `the arrays` to be from one array "
                        r"library, but got"):
         softmax(torch.zeros(3), where=np.ones(3, bool))
+
+
+# --------------------------------------------------------------------------------------------
+# regressions: one validation for the fast and the generic path
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_dtype_that_is_not_a_floating_dtype_is_a_library_type_error():
+    with pytest.raises(LogitkitTypeError, match=r"^Expected `dtype` to be a real floating dtype"):
+        softmax(X, dtype="foo")
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_fast_and_generic_paths_take_the_same_arguments(fast):
+    from logitkit._kernels import fast_path
+
+    with fast_path(fast):
+        # a dtype by name is a dtype of the array's library, on either path
+        assert softmax(X, dtype="float32").dtype == np.float32
+        assert softmax(X, dtype="float64").dtype == np.float64
+        # a softcap is a number: a 0-d array is refused on either path
+        with pytest.raises(LogitkitTypeError, match=r"^Expected `softcap` to be a real number"):
+            softmax(X, softcap=np.array(2.0))
+
+
+def test_return_sign_must_be_a_bool():
+    with pytest.raises(LogitkitTypeError, match=r"^Expected `return_sign` to be a bool, "
+                       r"but got 'x'$"):
+        logsumexp(X, return_sign="x")
+
+
+@pytest.mark.parametrize("f", [softmax, log_softmax, logsumexp, entropy])
+def test_zero_dim_input_is_reported_as_x_not_as_axis(f):
+    with pytest.raises(LogitkitValueError, match=r"^Expected `x` to be an array with at least "
+                       r"one axis to reduce over, but got a 0-d array$"):
+        f(np.float64(1.0))
+
+
+def test_unsigned_label_out_of_range_is_reported_as_given():
+    from logitkit.losses import cross_entropy
+
+    with pytest.raises(LogitkitValueError, match=r"but got 9223372036854775813$"):
+        cross_entropy(np.zeros((1, 3)), np.array([2**63 + 5], dtype=np.uint64))
+
+
+def test_cross_entropy_on_meta_tensors_gives_meta_shapes():
+    """A torch "meta" tensor has a shape and no values: the checks that read values skip it (as
+    under ``jax.jit``) instead of failing with torch's own RuntimeError."""
+    import torch
+
+    from logitkit.losses import cross_entropy
+
+    x = torch.zeros((4, 3), device="meta")
+    y = torch.zeros(4, dtype=torch.int64, device="meta")
+    loss = cross_entropy(x, y, reduction="none", label_smoothing=0.1)
+    assert loss.device.type == "meta" and tuple(loss.shape) == (4,)
+    assert cross_entropy(x, y).shape == ()
+    assert softmax(x, temperature=2.0).device.type == "meta"

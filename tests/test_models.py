@@ -33,7 +33,7 @@ import logitkit.models
 from conftest import asarray, assert_close, is_type_of, to_numpy
 from logitkit import LogitkitTypeError, LogitkitValueError
 from logitkit.models import LogitkitConvergenceWarning, NotFittedError, SoftmaxRegression
-from logitkit.models._softmax_regression import _Objective
+from logitkit.models._solvers import Objective as _Objective
 
 SOLVERS = ["lbfgs", "newton", "gd"]
 

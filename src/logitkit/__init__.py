@@ -1,8 +1,9 @@
 """logitkit: turn a model's raw scores (logits) into probabilities people can trust.
 
 The core functions work on NumPy, PyTorch, JAX and any array-API array, and return the input's
-array type.  Subpackages (``logitkit.calibration``, ``logitkit.models``, ``logitkit.sampling``,
-``logitkit.rl``, ``logitkit.distributed``) are imported on first use.
+array type.  The modules ``logitkit.losses``, ``logitkit.calibration``, ``logitkit.models``,
+``logitkit.attention``, ``logitkit.sampling``, ``logitkit.rl`` and ``logitkit.distributed`` are
+imported on first use.
 """
 
 from __future__ import annotations
@@ -37,11 +38,9 @@ _LAZY = {
     "clip_loss": "logitkit.losses",
     "linear_cross_entropy": "logitkit.losses",
     "linear_cross_entropy_with_grad": "logitkit.losses",
-    "attention": "logitkit._attention",
-    "merge_logsumexp": "logitkit._attention",
-    "merge_attention": "logitkit._attention",
 }
-_SUBMODULES = {"losses", "calibration", "models", "sampling", "rl", "distributed", "cli", "config"}
+_SUBMODULES = {"attention", "losses", "calibration", "models", "sampling", "rl", "distributed",
+               "cli", "config"}
 
 
 def __getattr__(name: str) -> Any:

@@ -159,7 +159,7 @@ def attention(
 
     Examples:
         >>> import numpy as np
-        >>> from logitkit import attention
+        >>> from logitkit.attention import attention
         >>> q = np.array([[1.0, 0.0], [0.0, 1.0]])
         >>> k = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
         >>> v = np.array([[1.0], [2.0], [3.0]])
@@ -281,7 +281,7 @@ def merge_logsumexp(lse_a: Any, lse_b: Any, /) -> Any:
 
     Examples:
         >>> import numpy as np
-        >>> from logitkit import merge_logsumexp
+        >>> from logitkit.attention import merge_logsumexp
         >>> float(merge_logsumexp(np.log(2.0), np.log(3.0)) - np.log(5.0))
         0.0
         >>> float(merge_logsumexp(-np.inf, -np.inf))
@@ -317,7 +317,7 @@ def merge_attention(out_a: Any, lse_a: Any, out_b: Any, lse_b: Any, /) -> tuple[
 
     Examples:
         >>> import numpy as np
-        >>> from logitkit import attention, merge_attention
+        >>> from logitkit.attention import attention, merge_attention
         >>> rng = np.random.default_rng(0)
         >>> q, k, v = rng.normal(size=(3, 4)), rng.normal(size=(6, 4)), rng.normal(size=(6, 2))
         >>> oa, la = attention(q, k[:2], v[:2], return_lse=True)

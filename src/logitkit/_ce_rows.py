@@ -18,9 +18,10 @@ masked classes), ``m_i`` the row max of ``softcap(x_i)`` (a constant) and
 
 ``log s`` is taken in the Blanchard–Higham–Higham ``log1p`` form, so a confident correct
 prediction has a loss accurate to a few ulp of itself.  The row statistics kept for backward are
-``m`` and ``log s``, never ``lse`` itself: ``m/T`` overflows float32 for ``[3e38, 2.9e38]`` at
-T = 0.5 while ``q`` and ``log s`` do not, and ``p`` recomputed from ``q − log s`` keeps the digits
-that ``z − lse`` loses at large logits (1e4 + N(0, 1) in float32: 8e-9 instead of 6e-5).
+where the max is (``m`` is read again there) and ``log s``, never ``lse`` itself: ``m/T``
+overflows float32 for ``[3e38, 2.9e38]`` at T = 0.5 while ``q`` and ``log s`` do not, and ``p``
+recomputed as ``e^q / s`` keeps the digits that ``e^{z − lse}`` loses at large logits
+(1e4 + N(0, 1) in float32: 8e-9 instead of 6e-5).
 
 NumPy and torch rows are computed in blocks of about a million entries, so the temporaries of the
 generic path are bounded by a block, whatever N; the gradient is written block by block into the
@@ -80,12 +81,13 @@ class Problem:
 class RowStats:
     """What backward needs from forward: O(N) per-row statistics.
 
-    ``m`` and ``log_s`` are ``None`` when the kernel computed the forward pass (its backward
-    computes them again, or the kernel does the whole gradient).
+    ``top`` and ``log_s`` are ``None`` when the kernel computed the forward pass (its backward
+    computes them again, or the kernel does the whole gradient).  The shift itself is not kept:
+    it is the softcapped logit at ``top``, read again in backward.
     """
 
     loss: Any  # (N,) per-row loss (0 on rows that do not count), or None
-    m: Any  # (N, 1) the shift: row max of softcap(x) in x's units (0 on special rows), or None
+    top: Any  # (N, 1) the index of the row max of softcap(x), the shift, or None
     log_s: Any  # (N, 1) log Σ exp(q) (0 on special rows), or None
     total_w: Any  # (N, 1) Σ_c W_ic, or None
     counted: Array  # (N,) bool: the row counts (not ignored, not fully masked)
@@ -244,13 +246,13 @@ def forward(pb: Problem, xp: Any, *, counted: Array | None = None,
         denom = denominator(pb, counted, xp)
     parts = [_forward_block(_part(pb, r0, r1), counted[r0:r1], xp)
              for r0, r1 in _blocks(pb, xp)]
-    loss, m, log_s, total_w, specials = (list(p) for p in zip(*parts, strict=True))
+    loss, top, log_s, total_w, specials = (list(p) for p in zip(*parts, strict=True))
     special = None
     if any(s is not None for s in specials):
         special = _concat([xp.zeros_like(c) if s is None else s
                            for s, c in zip(specials, (counted[r0:r1] for r0, r1 in
                                                       _blocks(pb, xp)), strict=True)], xp)
-    return RowStats(_concat(loss, xp), _concat(m, xp), _concat(log_s, xp),
+    return RowStats(_concat(loss, xp), _concat(top, xp), _concat(log_s, xp),
                     _concat(total_w, xp), counted, special, denom)
 
 
@@ -278,24 +280,27 @@ def _forward_block(pb: Problem, counted: Array, xp: Any) -> tuple[Any, ...]:
         loss = xp.where(rows, _special_ce(pb, nz, w, total_w, xp), loss)
         special = rows[:, 0]
     if pb.z_loss > 0.0:
-        lse = _lse(sh.m, log_s, pb.temperature, xp)
+        root = _lse_times(sh.m, log_s, pb.temperature, math.sqrt(pb.z_loss), xp)  # √c · lse
         if nz.special:
-            lse = xp.where(sh.pos, math.inf, xp.where(sh.neg, -math.inf, lse))
-            lse = xp.where(sh.nan, math.nan, lse)
-        loss = loss + pb.z_loss * (lse * lse)
+            root = xp.where(sh.pos, math.inf, xp.where(sh.neg, -math.inf, root))
+            root = xp.where(sh.nan, math.nan, root)
+        loss = loss + root * root
     if pb.logit_l2 > 0.0:
         xs = x if pb.mask is None else xp.where(pb.mask, x, 0.0)
         loss = loss + (0.5 * pb.logit_l2) * xp.sum(xs * xs, axis=-1, keepdims=True)
     if pb.bad is not None:
         loss = xp.where(pb.bad[:, None], math.nan, loss)
     loss = xp.where(counted[:, None], loss, 0.0)
-    return loss[:, 0], sh.m, log_s, total_w, special
+    return loss[:, 0], sh.top, log_s, total_w, special
 
 
-def _lse(m: Array, log_s: Array, t: Temperature, xp: Any) -> Array:
-    """``lse = m/T + log s`` (overflowing to ±inf where the true value does)."""
+def _lse_times(m: Array, log_s: Array, t: Temperature, s: float, xp: Any) -> Array:
+    """``s · lse = s·m/T + s·log s``, in an order that overflows only where the product does:
+    ``lse`` itself may not fit the working dtype (``m/T = 6e38`` for ``[3e38, 0]`` at T = 0.5
+    in float32) while the z-loss's ``2c·lse`` and ``√c·lse`` do."""
     with np.errstate(over="ignore"):
-        return _sink_shift(m, t, xp) + log_s
+        head = _sink_shift(m * s, t, xp) if s <= 1.0 else _sink_shift(m, t, xp) * s
+        return head + s * log_s
 
 
 def _special_ce(pb: Problem, nz: Any, w: Array | None, total_w: Array, xp: Any) -> Array:
@@ -326,7 +331,7 @@ def gradient(pb: Problem, stats: RowStats, scale: Array, xp: Any, *, out: Any = 
     kernel made the forward pass).  ``out`` is an ``(N, K)`` array that receives the gradient
     (NumPy and torch, outside autodiff).
     """
-    if stats.m is None:
+    if stats.log_s is None:
         stats = forward(pb, xp, counted=stats.counted, denom=stats.denom)
     blocks = _blocks(pb, xp)
     if len(blocks) == 1 and out is None:
@@ -334,23 +339,36 @@ def gradient(pb: Problem, stats: RowStats, scale: Array, xp: Any, *, out: Any = 
     if out is None:
         out = xp.empty(tuple(pb.x.shape), dtype=pb.x.dtype, device=array_api_compat.device(pb.x))
     for r0, r1 in blocks:
-        part = RowStats(None, stats.m[r0:r1], stats.log_s[r0:r1], stats.total_w[r0:r1],
-                        stats.counted[r0:r1], _slice(stats.special, r0, r1), stats.denom)
+        part = RowStats(None, _slice(stats.top, r0, r1), stats.log_s[r0:r1],
+                        stats.total_w[r0:r1], stats.counted[r0:r1],
+                        _slice(stats.special, r0, r1), stats.denom)
         out[r0:r1, ...] = _gradient_block(_part(pb, r0, r1), part, scale[r0:r1], xp)
     return out
 
 
-def _probabilities(pb: Problem, stats: RowStats, xp: Any) -> Array:
-    """``p = softmax(q)`` from the saved shift and ``log s`` (special rows by their limits)."""
+def _saved_shift(pb: Problem, stats: RowStats, xp: Any) -> tuple[Any, Any]:
+    """The core's shifted rows recomputed at the max found by the forward pass (the special rows'
+    inputs zeroed first), and those rows (``None`` when there is none)."""
     x = pb.x
     special: Any = stats.special
-    may = special is not None and _may(special, xp)
-    if may:
+    if special is None or not _may(special, xp):
+        special = None
+    else:
         x = xp.where(special[:, None], 0.0, x)
-    q = _shift(x, pb.mask, pb.softcap, pb.temperature, xp, m=stats.m).q
-    p = xp.exp(q - stats.log_s)
-    if not may:
-        return p
+    sh = _shift(x, pb.mask, pb.softcap, pb.temperature, xp, top=stats.top,
+                ordinary=stats.special is None)
+    return sh, special
+
+
+def _probabilities(pb: Problem, stats: RowStats, xp: Any) -> tuple[Array, Array]:
+    """``p = softmax(q)`` from the saved max and ``log s`` (special rows by their limits), and
+    the shift ``m``."""
+    sh, special = _saved_shift(pb, stats, xp)
+    # e^q / s rather than e^{q − log s}: the rounding of log s (≈ 11.5 at K = 10⁵) would be
+    # magnified by exp into every probability.
+    p = xp.exp(sh.q) / xp.exp(stats.log_s)
+    if special is None:
+        return p, sh.m
     rows = special[:, None]
     x = pb.x
     if pb.softcap is not None:  # the softcap maps +inf to c: no row is decided by +inf
@@ -364,18 +382,18 @@ def _probabilities(pb: Problem, stats: RowStats, xp: Any) -> Array:
     live = x if pb.mask is None else xp.where(pb.mask, x, 0.0)
     nan = xp.any(xp.isnan(live), axis=-1, keepdims=True)
     limit = xp.where(nan, math.nan, limit)  # all zeros where nothing is finite
-    return xp.where(rows, limit, p)
+    return xp.where(rows, limit, p), sh.m
 
 
 def _gradient_block(pb: Problem, stats: RowStats, scale: Array, xp: Any) -> Array:
     x = pb.x
-    p = _probabilities(pb, stats, xp)
+    p, m = _probabilities(pb, stats, xp)
     coef = stats.total_w
     if pb.z_loss > 0.0:
-        lse = _lse(stats.m, stats.log_s, pb.temperature, xp)
+        twice = _lse_times(m, stats.log_s, pb.temperature, 2.0 * pb.z_loss, xp)
         if stats.special is not None:
-            lse = xp.where(stats.special[:, None], 0.0, lse)
-        coef = coef + (2.0 * pb.z_loss) * lse
+            twice = xp.where(stats.special[:, None], 0.0, twice)
+        coef = coef + twice
         if _may(~xp.isfinite(coef), xp):
             # An overflowing coefficient times p = 0 is 0, not inf·0 = NaN.
             gz = xp.where(p > 0, coef * p, 0.0)
@@ -402,7 +420,8 @@ def _gradient_block(pb: Problem, stats: RowStats, scale: Array, xp: Any) -> Arra
     g = gz * scale
     if pb.mask is not None:
         g = xp.where(pb.mask, g, 0.0)
-    g = xp.where(stats.counted[:, None], g, 0.0)
+    if _may(~stats.counted, xp):  # ignored rows: exactly 0, whatever an infinite logit gives
+        g = xp.where(stats.counted[:, None], g, 0.0)
     if pb.bad is not None:
         g = xp.where(pb.bad[:, None], math.nan, g)
     return g
@@ -410,22 +429,17 @@ def _gradient_block(pb: Problem, stats: RowStats, scale: Array, xp: Any) -> Arra
 
 def target_gradient(pb: Problem, stats: RowStats, scale: Array, xp: Any) -> Array:
     """``∂/∂q`` of ``Σ_i scale_i · loss_i`` for probability targets: ``−(1−ε)·weight·log p``."""
-    if stats.m is None:
+    if stats.log_s is None:
         stats = forward(pb, xp, counted=stats.counted, denom=stats.denom)
-    x = pb.x
-    special: Any = stats.special
-    may = special is not None and _may(special, xp)
-    if may:
-        x = xp.where(special[:, None], 0.0, x)
-    q = _shift(x, pb.mask, pb.softcap, pb.temperature, xp, m=stats.m).q
-    g = -(1.0 - pb.label_smoothing) * (q - stats.log_s)
+    sh, special = _saved_shift(pb, stats, xp)
+    g = -(1.0 - pb.label_smoothing) * (sh.q - stats.log_s)
     if pb.weight is not None:
         g = g * pb.weight
     g = g * scale
     if pb.mask is not None:
         g = xp.where(pb.mask, g, 0.0)
     keep = stats.counted[:, None]
-    if may:
+    if special is not None:
         keep = keep & ~special[:, None]
     return xp.where(keep, g, 0.0)
 

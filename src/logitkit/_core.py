@@ -50,7 +50,7 @@ from ._namespace import (
     is_concrete,
     is_numpy,
     is_torch,
-    materialize,
+    ldexp,
     namespace,
     stop_gradient,
     to_numpy,
@@ -139,7 +139,7 @@ class _Shifted:
 
     q: Array  # (N, K) (softcap(x) − m)/T; masked entries −inf; ±inf and NaN entries kept
     m: Array  # (N, 1) the row max m of softcap(x) in x's units, a constant; 0 where not finite
-    top: Array | None  # (N, 1) the index of a max entry (None when ``m`` was given)
+    top: Array | None  # (N, 1) the index of a max entry (None for K = 0)
     nan: Array  # (N, 1) an unmasked NaN in the row
     pos: Array  # (N, 1) an unmasked +inf (and no NaN)
     neg: Array  # (N, 1) nothing finite unmasked (all −inf, every entry masked, or K = 0)
@@ -147,32 +147,33 @@ class _Shifted:
 
 
 def _shift(x: Array, mask: Array | None, softcap: float | None, t: Temperature, xp: Any, *,
-           m: Array | None = None) -> _Shifted:
+           top: Array | None = None, ordinary: bool = False) -> _Shifted:
     """``(softcap(x) − m)/T`` for ``(N, K)`` rows in the working dtype, with the row flags.
 
-    ``m`` (the max, from an earlier call on the same rows) skips the max pass.  The max is
-    located by its index: whether ``x − m`` is exactly 0 there depends on the compiler (XLA
-    contracts ``c·tanh(x/c) − m`` into a fused multiply-add, which is not 0 at the max).
+    The max ``m`` is located by its index ``top`` (given: from an earlier call on the same rows,
+    which skips the search), and with a softcap its entry is set to exactly 0: XLA contracts
+    ``c·tanh(x/c) − m`` into a fused multiply-add, which is not 0 there (and far from it once
+    divided by a tiny T).  ``ordinary``: the caller knows that no row holds a NaN, a +inf or
+    nothing finite (an earlier call found none), so no row is looked at for them.
     """
     n, k = x.shape
     if mask is not None:
         x = xp.where(mask, x, 0.0)  # nothing from a masked entry reaches a value or a gradient
     if softcap is not None:
-        x = materialize(softcap * xp.tanh(x / softcap), xp)
-    is_nan = xp.isnan(x)
-    if mask is not None:
-        is_nan = is_nan & mask
+        x = softcap * xp.tanh(x / softcap)
+    is_nan = None
+    if not ordinary:
+        is_nan = xp.isnan(x) if mask is None else xp.isnan(x) & mask
     live = x if mask is None else xp.where(mask, x, -math.inf)
-    has_nan = k > 0 and _may(is_nan, xp)
-    top = None
-    if m is None:
-        if k == 0:
-            m = xp.zeros((n, 1), dtype=x.dtype, device=array_api_compat.device(x))
-        else:
-            candidates = xp.where(is_nan, -math.inf, live) if has_nan else live
+    has_nan = k > 0 and is_nan is not None and _may(is_nan, xp)
+    if k == 0:
+        m = xp.zeros((n, 1), dtype=x.dtype, device=array_api_compat.device(x))
+    else:
+        candidates = xp.where(is_nan, -math.inf, live) if has_nan else live
+        if top is None:
             top = xp.argmax(candidates, axis=-1, keepdims=True)
-            m = stop_gradient(xp.take_along_axis(candidates, top, axis=-1), xp)
-    if has_nan:
+        m = stop_gradient(xp.take_along_axis(candidates, top, axis=-1), xp)
+    if has_nan and is_nan is not None:
         nan = xp.any(is_nan, axis=-1, keepdims=True)
     else:
         nan = xp.zeros((n, 1), dtype=xp.bool, device=array_api_compat.device(x))
@@ -180,7 +181,7 @@ def _shift(x: Array, mask: Array | None, softcap: float | None, t: Temperature, 
     if k == 0:
         finite_m = xp.zeros((n, 1), dtype=xp.bool, device=array_api_compat.device(x))
     odd = ~finite_m
-    special = n > 0 and (has_nan or _may(odd, xp))
+    special = n > 0 and not ordinary and (has_nan or _may(odd, xp))
     pos = (m == math.inf) & ~nan
     neg = (odd & ~(m == math.inf)) & ~nan
     if special:
@@ -189,6 +190,9 @@ def _shift(x: Array, mask: Array | None, softcap: float | None, t: Temperature, 
         # tiny T cannot overflow into new +infs.
         x = xp.where(finite_m | ~xp.isfinite(x), x, 0.0)
     q = _divide_by_temperature(x, m, t, xp)
+    if softcap is not None and top is not None:
+        at_top = xp.arange(k, device=array_api_compat.device(q)) == top
+        q = xp.where(at_top, q - stop_gradient(q, xp), q)  # 0, with q's derivative
     if mask is not None:
         q = xp.where(mask, q, -math.inf)
     return _Shifted(q, m, top, nan, pos, neg, special)
@@ -208,22 +212,29 @@ def _divide_by_temperature(x: Array, m: Array, t: Temperature, xp: Any) -> Array
             if t > 1.0:
                 return divide(x * 0.5 - m * 0.5, t * 0.5, xp)
             return divide(x - m, t, xp)
+        # Per row: each limit and the halved shift only where some row needs it (an eager
+        # JAX array that holds an inf trips jax.debug_infs even in a branch `where` drops).
         is_zero = t == 0.0
         is_inf = t == math.inf
-        t_safe = xp.where(is_zero | is_inf, 1.0, t)
+        zeros, infs = _may(is_zero, xp), _may(is_inf, xp)
+        t_safe = xp.where(is_zero | is_inf, 1.0, t) if zeros or infs else t
         wide = t_safe > 1.0
         d = x - m
-        q = xp.where(wide, (x * 0.5 - m * 0.5) / xp.where(wide, t_safe * 0.5, 1.0), d / t_safe)
-        q = xp.where(is_zero, _zero_temperature(d, xp), q)
-        return xp.where(is_inf, _infinite_temperature(x, d, xp), q)
+        q = d / t_safe
+        if _may(wide, xp):
+            q = xp.where(wide, (x * 0.5 - m * 0.5) / xp.where(wide, t_safe * 0.5, 1.0), q)
+        if zeros:
+            q = xp.where(is_zero, _zero_temperature(d, xp), q)
+        if infs:
+            q = xp.where(is_inf, _infinite_temperature(x, d, xp), q)
+        return q
 
 
 def divide(a: Array, t: float, xp: Any) -> Array:
     """``a / t`` for a positive finite Python float ``t``, rounded once (overflow gives ±inf).
 
     When ``t`` or ``1/t`` is not a normal number of ``a``'s dtype (``t = 1e-46`` in float32 is 0
-    there), ``a`` is scaled by the power of two of ``1/t`` in steps the dtype can hold, then
-    divided by the mantissa.
+    there), ``a`` is scaled exactly by the power of two of ``1/t``, then divided by its mantissa.
     """
     info = xp.finfo(a.dtype)
     low, high = float(info.smallest_normal), float(info.max)
@@ -231,12 +242,7 @@ def divide(a: Array, t: float, xp: Any) -> Array:
         if low <= t <= high and low <= 1.0 / t <= high:
             return a / t
         mantissa, exponent = math.frexp(t)  # t = mantissa · 2**exponent, 0.5 <= mantissa < 1
-        step_low, step_high = math.frexp(low)[1] - 1, math.frexp(high)[1] - 1
-        e = -exponent
-        while e:
-            step = max(step_low, min(step_high, e))
-            a = a * 2.0**step
-            e -= step
+        a = ldexp(a, -exponent, xp)
         return a / mantissa
 
 
@@ -249,7 +255,7 @@ def _infinite_temperature(x: Array, d: Array, xp: Any) -> Array:
     # Every finite entry 0, through the graph (torch refuses to backpropagate through an output
     # that does not require grad), with derivative 0; ±inf and NaN entries keep d.
     finite = xp.isfinite(x)
-    return xp.where(finite, xp.where(finite, d, 0.0) * 0.0, d)
+    return xp.where(finite, xp.where(xp.isfinite(d), d, 0.0) * 0.0, d)
 
 
 def _sink_shift(m: Array, t: Temperature, xp: Any) -> Array:
@@ -266,7 +272,8 @@ def _sink_shift(m: Array, t: Temperature, xp: Any) -> Array:
         is_zero = t == 0.0
         is_inf = t == math.inf
         shift = m / xp.where(is_zero | is_inf, 1.0, t)
-        shift = xp.where(is_zero, _zero_shift(m, xp), shift)
+        if _may(is_zero, xp):
+            shift = xp.where(is_zero, _zero_shift(m, xp), shift)
         return xp.where(is_inf, 0.0, shift)
 
 
@@ -277,7 +284,7 @@ def _zero_shift(m: Array, xp: Any) -> Array:
 
 def merge_lse(a: Array, b: Array, xp: Any) -> Array:
     """``log(eᵃ + eᵇ)`` of two finite running log-sum-exps: the online merge of blocks
-    (Milakov & Gimelshein 2018).  :func:`logitkit.merge_logsumexp` is the public form, with
+    (Milakov & Gimelshein 2018).  :func:`logitkit.attention.merge_logsumexp` is the public form, with
     the edge cases block statistics never have."""
     hi = xp.maximum(a, b)
     return hi + xp.log1p(xp.exp(xp.minimum(a, b) - hi))
@@ -406,8 +413,8 @@ def _rows(op: str, x: Array, mask: Array | None, softcap: float | None, t: Tempe
     p = _softmax_rows(n, xp)
     logp = _log_softmax_rows(n, xp)
     positive = p > 0
-    terms = xp.where(positive, p * xp.where(positive, logp, 0.0), 0.0)
-    h = -xp.sum(terms, axis=-1, keepdims=True)
+    terms = xp.where(positive, -p * xp.where(positive, logp, 0.0), 0.0)
+    h = xp.sum(terms, axis=-1, keepdims=True)
     return xp.where(n.nan, math.nan, h) if n.special else h
 
 
@@ -494,7 +501,7 @@ def softmax(
         x: logits, any shape ``(..., K, ...)``; NumPy, PyTorch, JAX or any array-API array
             (lists become NumPy).  Integer and boolean input is promoted to the default float.
         axis: the axis (or tuple of axes) that is normalised; tuple axes are treated as one
-            flattened axis.
+            flattened axis.  ``-1`` by default, where SciPy normalises over every axis.
         temperature: a non-negative scalar, or an array broadcastable to the reduced shape
             (``x``'s shape without ``axis``, or with ``axis`` kept as size 1).  ``0`` is the limit
             T → 0⁺ (one-hot on the arg-max, ties split equally); ``inf`` is the limit T → ∞ (uniform
@@ -604,9 +611,11 @@ def logsumexp(
 
     Args:
         x: ``(..., K, ...)`` values.
-        axis: the reduced axis or tuple of axes.
-        b: optional weights broadcastable to ``x`` (SciPy's ``b``); entries with ``b == 0`` are
-            ignored, negative weights are allowed.
+        axis: the reduced axis or tuple of axes (``-1`` by default; SciPy's default reduces
+            every axis).
+        b: optional weights broadcastable to ``x`` (SciPy's ``b``, which broadcasts *with* ``x``
+            there: here the result has ``x``'s reduced shape whatever ``b``); entries with
+            ``b == 0`` are ignored, negative weights are allowed.
         where: boolean mask broadcastable to ``x``; ``False`` entries are ignored.
         keepdims: keep the reduced axes with size 1.
         return_sign: return ``(lse, sign)`` where ``sign`` is the sign of the weighted sum, and

@@ -17,6 +17,7 @@ from ._core import softmax
 from ._layout import Axis, from_rows, layout, param_rows, to_rows
 from ._namespace import (
     Array,
+    ArrayT,
     as_array,
     astype,
     broadcast_shapes,
@@ -65,8 +66,8 @@ def _product(x: Any, v: Any, axis: Axis, temperature: Any, where: Any) -> Any:
 
 
 def softmax_jvp(
-    x: Any, v: Any, /, *, axis: Axis = -1, temperature: Any = 1.0, where: Any = None
-) -> Any:
+    x: ArrayT, v: Any, /, *, axis: Axis = -1, temperature: Any = 1.0, where: Any = None
+) -> ArrayT:
     r"""Jacobian-vector product of the softmax: ``J v`` without forming ``J``.
 
     .. math::
@@ -92,8 +93,8 @@ def softmax_jvp(
 
 
 def softmax_vjp(
-    x: Any, g: Any, /, *, axis: Axis = -1, temperature: Any = 1.0, where: Any = None
-) -> Any:
+    x: ArrayT, g: Any, /, *, axis: Axis = -1, temperature: Any = 1.0, where: Any = None
+) -> ArrayT:
     r"""Vector-Jacobian product of the softmax, ``Jᵀ g`` (equal to ``J g``: ``J`` is symmetric).
 
     .. math::
@@ -185,7 +186,7 @@ def cross_entropy_hessian(x: Any, /, *, axis: int = -1, where: Any = None) -> An
     return softmax_jacobian(x, axis=axis, where=where)
 
 
-def cross_entropy_hvp(x: Any, v: Any, /, *, axis: Axis = -1, where: Any = None) -> Any:
+def cross_entropy_hvp(x: ArrayT, v: Any, /, *, axis: Axis = -1, where: Any = None) -> ArrayT:
     r"""Hessian-vector product of the cross-entropy in the logits, ``H v``, without forming ``H``.
 
     .. math::

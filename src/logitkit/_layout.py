@@ -14,6 +14,7 @@ This module sits below the core and imports nothing of the library but :mod:`._n
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,6 +62,21 @@ class Layout:
 
 def layout(shape: tuple[int, ...], axis: Axis, arg: str = "x") -> Layout:
     """The rows of an array of ``shape`` (named ``arg`` in errors) reduced over ``axis``."""
+    key = axis if isinstance(axis, int) else tuple(axis) if isinstance(axis, (tuple, list)) else None
+    if key is not None and not isinstance(axis, bool):
+        try:
+            return _cached_layout(tuple(shape), key, arg)
+        except TypeError:  # an unhashable entry in the axes: validated (and refused) below
+            pass
+    return _make_layout(tuple(shape), axis, arg)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_layout(shape: tuple[int, ...], axis: Axis, arg: str) -> Layout:
+    return _make_layout(shape, axis, arg)
+
+
+def _make_layout(shape: tuple[int, ...], axis: Axis, arg: str) -> Layout:
     ndim = len(shape)
     if ndim == 0:
         raise LogitkitValueError(expected(

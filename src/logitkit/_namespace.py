@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import array_api_compat
 import numpy as np
+from numpy.lib import NumpyVersion
 
 __all__ = [
     "LogitkitError",
@@ -71,12 +72,22 @@ def is_array(x: object) -> bool:
     return array_api_compat.is_array_api_obj(x) and not isinstance(x, (int, float, bool, complex))
 
 
+#: NumPy ≥ 2.1 has every function the library calls in its own namespace (``astype`` and
+#: ``cumulative_sum`` came in 2.1): plain NumPy input then never imports array-api-compat's NumPy
+#: wrapper, whose import (it pulls ``numpy.testing`` and ``f2py``) cost 170–350 ms on the first
+#: call of a process.  Older NumPy keeps the wrapper.
+_NATIVE_NUMPY = NumpyVersion(np.__version__) >= "2.1.0"
+
+
 def namespace(*arrays: object) -> Any:
     """The array namespace shared by ``arrays`` (``None`` and Python scalars are ignored).
 
-    Array-likes that are not arrays (lists, tuples) count as NumPy.
+    Array-likes that are not arrays (lists, tuples) count as NumPy.  Plain NumPy input gets the
+    ``numpy`` module itself (see ``_NATIVE_NUMPY``).
     """
     present = [a for a in arrays if a is not None and is_array(a)]
+    if _NATIVE_NUMPY and all(type(a) is np.ndarray for a in present):
+        return np
     if not present:
         return array_api_compat.array_namespace(np.empty(0))
     try:
@@ -180,15 +191,51 @@ def stop_gradient(x: Array, xp: Any) -> Array:
     return x
 
 
-def materialize(x: Array, xp: Any) -> Array:
-    """``x``, computed once: under ``jax.jit`` XLA may recompute an elementwise expression in
-    each fusion that reads it, with different roundings (``tanh`` of the softcap), and the row
-    max would then not be exactly an entry of the array it is subtracted from."""
-    if is_jax(xp):
-        import jax
+def ldexp(x: Array, e: int, xp: Any) -> Array:
+    """``x · 2**e`` rounded once, for any int ``e`` (``2**e`` itself may overflow the dtype).
 
-        return jax.lax.optimization_barrier(x)
+    NumPy's ``ldexp``; JAX's behind a ``custom_vjp`` (its derivative through ``frexp`` is wrong,
+    and a chain of constant factors is folded by XLA into one that overflows), so forward-mode
+    autodiff does not go through it; elsewhere powers of two the dtype holds, one at a time.
+    """
+    if is_numpy(xp):
+        with np.errstate(over="ignore", under="ignore"):
+            return xp.ldexp(x, e)
+    if is_jax(xp):
+        return _jax_ldexp()(x, e)
+    info = xp.finfo(x.dtype)
+    low = math.frexp(float(info.smallest_normal))[1] - 1
+    high = math.frexp(float(info.max))[1] - 1
+    while e:
+        step = max(low, min(high, e))
+        x = x * 2.0**step
+        e -= step
     return x
+
+
+_JAX_LDEXP: list[Any] = []
+
+
+def _jax_ldexp() -> Any:
+    if not _JAX_LDEXP:
+        import functools
+
+        import jax
+        import jax.numpy as jnp
+
+        @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+        def scaled(x: Any, e: int) -> Any:
+            return jnp.ldexp(x, e)
+
+        def fwd(x: Any, e: int) -> tuple[Any, None]:
+            return jnp.ldexp(x, e), None
+
+        def bwd(e: int, _: None, g: Any) -> tuple[Any]:
+            return (scaled(g, e),)
+
+        scaled.defvjp(fwd, bwd)
+        _JAX_LDEXP.append(scaled)
+    return _JAX_LDEXP[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,6 +272,8 @@ def compute_dtypes(x: Array, dtype: Any, xp: Any) -> tuple[Any, Any]:
     float16/bfloat16 accumulate in float32 and return the input dtype; integer and boolean input is
     promoted to the namespace's default floating dtype; an explicit ``dtype`` sets both.
     """
+    if dtype is None and type(x) is np.ndarray and x.dtype.type in (np.float32, np.float64):
+        return x.dtype, x.dtype  # the common case, without the namespace's dtype queries
     if dtype is not None:
         dtype = _resolve_dtype(dtype, xp)
         acc = xp.float32 if _is_low_precision(dtype, xp) else dtype
@@ -264,10 +313,6 @@ def astype(x: Array, dtype: Any, xp: Any) -> Array:
     if x.dtype == dtype:
         return x
     return xp.astype(x, dtype)
-
-
-def finfo_max(dtype: Any, xp: Any) -> float:
-    return float(xp.finfo(dtype).max)
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,10 +366,6 @@ def check_mask(where: Any, shape: tuple[int, ...], xp: Any) -> Array:
                                          Described(f"dtype {where.dtype}")))
     broadcast_shapes("where", tuple(where.shape), shape)
     return xp.broadcast_to(where, shape)
-
-
-def _any_true(cond: Array, xp: Any) -> bool:
-    return bool(xp.any(cond))
 
 
 def check_positive_scalar_or_array(

@@ -27,6 +27,7 @@ import numpy as np
 from ._core import softmax
 from ._namespace import (
     Array,
+    ArrayT,
     Described,
     LogitkitTypeError,
     LogitkitValueError,
@@ -136,7 +137,7 @@ def _top_k(z: Array, k: int, xp: Any) -> Array:
     n = z.shape[-1]
     if k >= n:
         return z
-    kth = xp.sort(z, axis=-1, descending=True)[..., k - 1 : k]
+    kth = xp.sort(z, axis=-1)[..., n - k : n - k + 1]  # the k-th largest
     return xp.where(z < kth, -math.inf, z)
 
 
@@ -144,7 +145,7 @@ def _top_p(z: Array, p: float, xp: Any) -> Array:
     if p >= 1.0:
         return z
     probs = softmax(z, axis=-1)
-    ordered = xp.sort(probs, axis=-1, descending=True)
+    ordered = xp.flip(xp.sort(probs, axis=-1), axis=-1)  # (NumPy's sort has no `descending`)
     cum = xp.cumulative_sum(ordered, axis=-1)
     before = xp.concat([xp.zeros_like(cum[..., :1]), cum[..., :-1]], axis=-1)
     # Keep a token while the mass of the tokens ranked before it is below p (the first always);
@@ -180,14 +181,14 @@ def _filter(z: Array, t: float, k: int | None, p: float | None, mp: float | None
 
 
 def filter_logits(
-    logits: Any,
+    logits: ArrayT,
     /,
     *,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
     min_p: float | None = None,
-) -> Any:
+) -> ArrayT:
     r"""The logits :func:`sample` draws from: scaled by ``1/temperature``, filtered to ``-inf``.
 
     In Hugging Face's order, over the last axis (``K`` tokens):
@@ -368,18 +369,19 @@ def gumbel_top_k(logits: Any, k: int, /, *, rng: Any = None) -> Any:
     n = z.shape[-1]
     kk = check_int(k, "k", high=n)
     perturbed = z + _gumbel(tuple(z.shape), rng, z, xp, "rng")
-    return xp.argsort(perturbed, axis=-1, descending=True, stable=True)[..., :kk]
+    # Descending, ties in index order: a stable ascending sort of the negated values.
+    return xp.argsort(-perturbed, axis=-1, stable=True)[..., :kk]
 
 
 def gumbel_softmax(
-    logits: Any,
+    logits: ArrayT,
     /,
     *,
     tau: float,
     hard: bool = False,
     axis: int = -1,
     generator: Any = None,
-) -> Any:
+) -> ArrayT:
     r"""A differentiable sample from the Concrete (Gumbel-softmax) distribution.
 
     .. math::

@@ -31,24 +31,24 @@ class CrossEntropyFunction(torch.autograd.Function):
         ctx.spec = replace(spec, x=None, probs=None)
         ctx.acc = acc
         ctx.xp = xp
-        ctx.save_for_backward(x, probs, stats.m, stats.log_s, stats.total_w, stats.counted,
+        ctx.save_for_backward(x, probs, stats.top, stats.log_s, stats.total_w, stats.counted,
                               stats.special, stats.denom)
         return loss
 
     @staticmethod
     def backward(ctx: Any, g: Any) -> Any:
-        x, probs, m, log_s, total_w, counted, special, denom = ctx.saved_tensors
+        x, probs, top, log_s, total_w, counted, special, denom = ctx.saved_tensors
         xp, acc = ctx.xp, ctx.acc
         pb = replace(ctx.spec, x=x.to(acc), probs=None if probs is None else probs.to(acc))
         if torch.is_grad_enabled():
             # create_graph=True: recompute the statistics differentiably for higher derivatives.
             stats = ce.forward(pb, xp)
         else:
-            stats = RowStats(None, m, log_s, total_w, counted, special, denom)
+            stats = RowStats(None, top, log_s, total_w, counted, special, denom)
         scale = ce.row_scale(stats.counted, pb.reduction, stats.denom, g.to(acc), xp)
         gx = gprobs = None
         if ctx.needs_input_grad[0]:
-            if stats.m is None and not torch.is_grad_enabled():
+            if stats.log_s is None and not torch.is_grad_enabled():
                 _, gx = ce.loss_and_gradient(pb, scale, xp, counted=stats.counted,
                                              denom=stats.denom)
             else:

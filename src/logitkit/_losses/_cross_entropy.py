@@ -11,6 +11,7 @@ import numpy as np
 from .. import _ce_rows as ce
 from .._layout import Axis, from_rows
 from .._namespace import (
+    ArrayT,
     LogitkitTypeError,
     LogitkitValueError,
     as_array,
@@ -37,7 +38,7 @@ def _loss_shape(loss: Any, ck: Checked) -> Any:
 
 
 def cross_entropy(
-    logits: Any,
+    logits: ArrayT,
     target: Any,
     /,
     *,
@@ -51,7 +52,7 @@ def cross_entropy(
     where: Any = None,
     softcap: float | None = None,
     reduction: str = "mean",
-) -> Any:
+) -> ArrayT:
     r"""Cross-entropy between a target and ``softmax(logits / T)``, with PyTorch's options.
 
     .. math::
@@ -69,10 +70,11 @@ def cross_entropy(
         target: integer class indices of the logits' shape without ``axis``, or probabilities
             of the logits' shape (non-negative, summing to 1 over ``axis``; checked on eager
             arrays).  The dtype decides which.
-        axis: the class axis (a tuple of axes is flattened into one class axis; indices then
-            count in that flattened order).
+        axis: the class axis.  A tuple of axes is one flattened class axis, counted in the order
+            given (as optax counts): ``axis=(2, 1)`` numbers class ``(i₂, i₁)`` as ``i₂·n₁ + i₁``.
         ignore_index: a class index whose rows give loss 0, gradient 0, and do not count in the
-            mean (integer targets only).
+            mean (integer targets only).  ``None`` by default, unlike PyTorch's −100: a label of
+            −100 is then out of range like any other.
         weight: ``(K,)`` non-negative per-class weights.  With integer targets ``"mean"`` divides
             by ``Σ_i weight[target_i]`` over the counted rows (PyTorch's weighted mean, also with
             label smoothing); with probability targets it divides by the number of rows (as
@@ -102,8 +104,8 @@ def cross_entropy(
 
         Autodiff: on PyTorch, when the logits (or probability targets) require grad and neither
         ``weight`` nor ``temperature`` does, a ``torch.autograd.Function`` applies the analytic
-        gradient and keeps only O(N) row statistics besides its inputs.  On JAX, without
-        ``weight`` and with a scalar ``temperature``, a ``jax.custom_vjp`` does the same
+        gradient and keeps only O(N) row statistics besides its inputs.  On JAX, with a scalar
+        ``temperature``, a ``jax.custom_vjp`` does the same, ``weight`` differentiable too
         (reverse mode only: use ``jax.jacrev``, not ``jax.jacfwd``/``jax.hessian``).  Otherwise
         the backend differentiates the computation itself (gradients also for ``weight`` and
         ``temperature``).
@@ -158,7 +160,7 @@ def _needs_graph(ck: Checked) -> bool:
 
 
 def cross_entropy_with_grad(
-    logits: Any,
+    logits: ArrayT,
     target: Any,
     /,
     *,
@@ -173,7 +175,7 @@ def cross_entropy_with_grad(
     softcap: float | None = None,
     reduction: str = "mean",
     out: Any = None,
-) -> tuple[Any, Any]:
+) -> tuple[ArrayT, ArrayT]:
     r"""The cross-entropy and its gradient with respect to the logits, in one pass.
 
     .. math::

@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 on success, 2 for a user error (one line on stderr), 1 for an internal error.
     """
-    from .._namespace import LogitkitError
+    from .. import LogitkitError
     from ._io import CliError
 
     args_list = list(sys.argv[1:] if argv is None else argv)

@@ -3,7 +3,8 @@
 The categorical distribution is an exponential family whose natural parameters are the logits; a
 GLM makes them linear in the features, ``z = W x + b``, and the canonical link turns them into the
 probabilities ``p = softmax(z)``.  Its negative log-likelihood has the gradient ``p − y`` in the
-logits and the Hessian ``diag(p) − p pᵀ`` (both from the core), which is all three solvers need.
+logits (the library's cross-entropy) and the Hessian ``diag(p) − p pᵀ`` (the core's), which is all
+the three solvers of :mod:`._solvers` need; this module validates the data and is the estimator.
 
 The estimator follows the scikit-learn contract without importing scikit-learn: it stores its
 arguments in ``__init__``, learns trailing-underscore attributes in ``fit``, and answers
@@ -23,7 +24,6 @@ import array_api_compat
 import numpy as np
 
 from .._core import log_softmax, softmax
-from .._derivatives import cross_entropy_hvp
 from .._estimator import Estimator, check_is_fitted, convergence_warning_class
 from .._namespace import (
     Described,
@@ -41,14 +41,12 @@ from .._namespace import (
     namespace,
     to_numpy,
 )
+from ._solvers import Objective, gradient_descent, lbfgs, newton
 
 __all__ = ["SoftmaxRegression"]
 
 _SOLVERS = ("lbfgs", "newton", "gd")
 _DEFAULT_MAX_ITER = {"lbfgs": 100, "newton": 100, "gd": 10_000}
-# A Gram matrix larger than this is not eigen-decomposed for the gd step; the Frobenius norm
-# (a looser but still valid upper bound on the spectral norm) is used instead.
-_MAX_GRAM = 2048
 
 
 def _data_conversion_warning_class() -> type[Warning]:
@@ -57,170 +55,6 @@ def _data_conversion_warning_class() -> type[Warning]:
     except ImportError:
         return UserWarning
     return DataConversionWarning
-
-
-# --------------------------------------------------------------------------------------------
-# the objective: mean weighted NLL + (alpha/2)‖W‖², its gradient and Hessian-vector products
-# --------------------------------------------------------------------------------------------
-
-
-class _Objective:
-    r"""The training objective over ``theta`` = ``[W | b]`` flattened (``K × (d + 1)``, C order).
-
-    .. math::
-        f(W, b) = \sum_i w_i\,\bigl(-\log\operatorname{softmax}(W x_i + b)_{y_i}\bigr)
-                  + \tfrac{\alpha}{2}\lVert W\rVert_F^2,\qquad w_i = s_i / \textstyle\sum_j s_j
-    """
-
-    def __init__(self, X: np.ndarray, y: np.ndarray, weights: np.ndarray, alpha: float,
-                 n_classes: int, fit_intercept: bool) -> None:
-        n = X.shape[0]
-        self.Xa = np.hstack([X, np.ones((n, 1))]) if fit_intercept else np.ascontiguousarray(X)
-        self.y = y
-        self.w = weights / weights.sum()
-        self.w_col = self.w[:, None]
-        self.rows = np.arange(n)
-        self.Yw = np.zeros((n, n_classes))
-        self.Yw[self.rows, y] = self.w
-        self.alpha = alpha
-        self.k, self.p = n_classes, self.Xa.shape[1]
-        self.penalised = np.ones((1, self.p))
-        if fit_intercept:
-            self.penalised[0, -1] = 0.0
-
-    def logits(self, theta: np.ndarray) -> np.ndarray:
-        return self.Xa @ theta.reshape(self.k, self.p).T
-
-    def loss_grad(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        T = theta.reshape(self.k, self.p)
-        logp = log_softmax(self.Xa @ T.T, axis=1)
-        W = T * self.penalised
-        f = -float(self.w @ logp[self.rows, self.y]) + 0.5 * self.alpha * float(np.vdot(W, W))
-        # The seed's gradient p − y in the logits, weighted, pulled back through z = X̃ θᵀ.
-        # G is a fresh buffer owned here, so it is updated in place.
-        G = np.exp(logp)
-        G *= self.w_col
-        G -= self.Yw
-        grad = G.T @ self.Xa
-        if self.alpha:
-            grad += self.alpha * W
-        return f, grad.ravel()
-
-    def loss(self, theta: np.ndarray) -> float:
-        return self.loss_grad(theta)[0]
-
-    def hvp(self, theta: np.ndarray) -> Any:
-        """``v ↦ ∇²f(θ) v``, from the core's cross-entropy Hessian-vector product in the logits."""
-        Z = self.logits(theta)
-
-        def product(v: np.ndarray) -> np.ndarray:
-            V = v.reshape(self.k, self.p)
-            HU = cross_entropy_hvp(Z, self.Xa @ V.T, axis=1) * self.w[:, None]
-            return (HU.T @ self.Xa + self.alpha * V * self.penalised).ravel()
-
-        return product
-
-    def lipschitz(self) -> float:
-        """An upper bound ``L`` on the largest eigenvalue of ``∇²f`` everywhere.
-
-        ``diag(p) − p pᵀ ⪯ ½ I`` for every probability vector, so
-        ``∇²f ⪯ ½ λ_max(X̃ᵀ diag(w) X̃) ⊗ I + α I``.
-        """
-        A = self.Xa * np.sqrt(self.w)[:, None]
-        n, p = A.shape
-        if min(n, p) <= _MAX_GRAM:
-            gram = A.T @ A if p <= n else A @ A.T
-            top = float(np.linalg.eigvalsh(gram)[-1])
-        else:
-            top = float(np.sum(A * A))
-        return 0.5 * top + self.alpha
-
-
-def _lbfgs(obj: _Objective, theta: np.ndarray, max_iter: int, tol: float
-           ) -> tuple[np.ndarray, int, str | None]:
-    try:
-        from scipy.optimize import minimize
-    except ImportError:
-        raise ImportError(
-            "solver='lbfgs' needs SciPy (install logitkit[sklearn] or scipy), "
-            "or use solver='newton' or solver='gd'"
-        ) from None
-    res = minimize(
-        obj.loss_grad, theta, method="L-BFGS-B", jac=True,
-        # The same stopping rule as scikit-learn: max |gradient| <= tol, or no progress in f.
-        options={"maxiter": max_iter, "maxls": 50, "gtol": tol, "ftol": 64 * np.finfo(float).eps},
-    )
-    problem = None
-    if res.status == 1:
-        problem = f"did not converge in max_iter={max_iter} iterations"
-    elif not res.success and np.max(np.abs(res.jac)) > tol:
-        problem = f"stopped early ({res.message})"
-    return res.x, int(res.nit), problem
-
-
-def _conjugate_gradient(hv: Any, b: np.ndarray, tol: float, max_iter: int) -> np.ndarray:
-    """Solve ``H x = b`` for a PSD ``H`` given as a product (stops on non-positive curvature)."""
-    x = np.zeros_like(b)
-    r = b.copy()
-    d = r.copy()
-    rs = float(r @ r)
-    for _ in range(max_iter):
-        if math.sqrt(rs) <= tol:
-            break
-        Hd = hv(d)
-        curvature = float(d @ Hd)
-        if curvature <= 1e-14 * float(d @ d):
-            if not x.any():
-                x = b.copy()  # no curvature information at all: steepest descent
-            break
-        step = rs / curvature
-        x += step * d
-        r -= step * Hd
-        rs_next = float(r @ r)
-        d = r + (rs_next / rs) * d
-        rs = rs_next
-    return x
-
-
-def _newton(obj: _Objective, theta: np.ndarray, max_iter: int, tol: float
-            ) -> tuple[np.ndarray, int, str | None]:
-    f, g = obj.loss_grad(theta)
-    n_iter = 0
-    while np.max(np.abs(g)) > tol:
-        if n_iter >= max_iter:
-            return theta, n_iter, f"did not converge in max_iter={max_iter} iterations"
-        norm = float(np.linalg.norm(g))
-        # Inexact Newton: the forcing term min(½, √‖g‖)·‖g‖ gives superlinear convergence.
-        direction = _conjugate_gradient(obj.hvp(theta), -g, min(0.5, math.sqrt(norm)) * norm,
-                                        max_iter=max(20, 2 * theta.size))
-        slope = float(g @ direction)
-        if slope >= 0:  # numerically flat: fall back to the gradient
-            direction, slope = -g, -norm * norm
-        t = 1.0
-        for _ in range(60):  # Armijo backtracking
-            f_new, g_new = obj.loss_grad(theta + t * direction)
-            if f_new <= f + 1e-4 * t * slope:
-                break
-            t *= 0.5
-        else:
-            return theta, n_iter, "stopped early (the line search found no decrease)"
-        theta, f, g = theta + t * direction, f_new, g_new
-        n_iter += 1
-    return theta, n_iter, None
-
-
-def _gradient_descent(obj: _Objective, theta: np.ndarray, max_iter: int, tol: float,
-                      step: float) -> tuple[np.ndarray, int, str | None]:
-    # The seed's rule z ← z − η (p − y), pulled back to the weights: θ ← θ − η ∇f(θ).
-    _, g = obj.loss_grad(theta)
-    n_iter = 0
-    while np.max(np.abs(g)) > tol:
-        if n_iter >= max_iter:
-            return theta, n_iter, f"did not converge in max_iter={max_iter} iterations"
-        theta = theta - step * g
-        _, g = obj.loss_grad(theta)
-        n_iter += 1
-    return theta, n_iter, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -549,7 +383,7 @@ class SoftmaxRegression(Estimator):
                 f"{classes[0].tolist()!r}; {cls} can't train when only one class is present"
             )
         k = classes.size
-        obj = _Objective(Xn, y_idx.ravel(), sw, alpha, k, self.fit_intercept)
+        obj = Objective(Xn, y_idx.ravel(), sw, alpha, k, self.fit_intercept)
 
         start = np.zeros((k, obj.p))
         if (self.warm_start and hasattr(self, "coef_") and self.coef_.shape == (k, d)
@@ -561,12 +395,12 @@ class SoftmaxRegression(Estimator):
 
         self.learning_rate_ = None
         if solver == "lbfgs":
-            theta, n_iter, problem = _lbfgs(obj, theta, max_iter, tol)
+            theta, n_iter, problem = lbfgs(obj, theta, max_iter, tol)
         elif solver == "newton":
-            theta, n_iter, problem = _newton(obj, theta, max_iter, tol)
+            theta, n_iter, problem = newton(obj, theta, max_iter, tol)
         else:
             self.learning_rate_ = lr if lr is not None else 1.0 / obj.lipschitz()
-            theta, n_iter, problem = _gradient_descent(obj, theta, max_iter, tol,
+            theta, n_iter, problem = gradient_descent(obj, theta, max_iter, tol,
                                                        self.learning_rate_)
         if problem is not None:
             warnings.warn(
