@@ -26,6 +26,7 @@
 // sums into its own scratch, and the scratches are added to the outputs in task order: the
 // result never depends on the threads.
 #include <atomic>
+#include <cstring>
 #include <utility>
 
 #include "rowstats.hpp"
@@ -298,10 +299,127 @@ void classwise_row(const CalibProblem& P, const T* e, T scale, bool scaled, int6
     cell[4 * plane] += v;
 }
 
+// Short rows (K ≤ kLanesMaxK, no class-wise bins) run one row per lane: a row's horizontal
+// reductions (max, arg-max, three sums) cost as much as the rest of a short row, a column of L
+// rows gathered from L1 costs one instruction.  Sums in T's lanes over the K ≤ 32 terms of a
+// row (within 32u of the exact sum, inside ROW_SUM_MARGIN for the probabilities' check).
+constexpr int64_t kLanesMaxK = 32;
+
+template <class T> LK_INLINE VF<T> gather(const T* base, VI<T> idx) {
+#if defined(__AVX512F__)
+    if constexpr (sizeof(T) == 4) {
+        __m512 r = _mm512_i32gather_ps(reinterpret_cast<__m512i&>(idx), base, 4);
+        return reinterpret_cast<VF<T>&>(r);
+    } else {
+        __m512d r = _mm512_i64gather_pd(reinterpret_cast<__m512i&>(idx), base, 8);
+        return reinterpret_cast<VF<T>&>(r);
+    }
+#elif defined(__AVX2__)
+    if constexpr (sizeof(T) == 4) {
+        __m256 r = _mm256_i32gather_ps(base, reinterpret_cast<__m256i&>(idx), 4);
+        return reinterpret_cast<VF<T>&>(r);
+    } else {
+        __m256d r = _mm256_i64gather_pd(base, reinterpret_cast<__m256i&>(idx), 8);
+        return reinterpret_cast<VF<T>&>(r);
+    }
+#else
+    VF<T> v;
+    for (int l = 0; l < kL<T>; ++l) v[l] = base[idx[l]];
+    return v;
+#endif
+}
+
+// The per-row quantities of rows [i0, i0 + L), one per lane, into the block's arrays at j0:
+// what the row loop of calib_range computes.  false: probabilities the pass does not accept.
+template <class T, bool LOGITS, bool TOP>
+LK_INLINE bool lanes_rows(const CalibProblem& P, int64_t i0, int64_t j0, T beta, bool scale, double* conf,
+                          int64_t* pred, double* py, double* a, double* sum, double* sq, bool* ok,
+                          int64_t& n_flagged) {
+    constexpr int L = kL<T>;
+    using Int = typename Lanes<T>::Int;
+    const int64_t k = P.k;
+    const T* x = static_cast<const T*>(P.x) + i0 * k;
+    VI<T> off = iota<T>() * static_cast<Int>(k);
+    VF<T> cols[kLanesMaxK];
+    VF<T> mx = splat<T>(-inf<T>()), lo = splat<T>(inf<T>()), s = splat<T>(0), q = splat<T>(0);
+    VI<T> at = VI<T>{};
+    for (int64_t c = 0; c < k; ++c) {
+        const VF<T> v = gather<T>(x, off);
+        off += 1;
+        const VI<T> gt = v > mx;  // NaN never wins: the max of the others, as max_arg
+        mx = gt ? v : mx;
+        if (TOP) at = gt ? (VI<T>{} + static_cast<Int>(c)) : at;
+        if (LOGITS) {
+            cols[c] = v;
+        } else {
+            lo = v < lo ? v : lo;
+            s += v;
+            const VF<T> w = v < kSquareFlush<T> ? splat<T>(0) : v;
+            q += w * w;
+        }
+    }
+    T m_[L], lo_[L], s_[L], q_[L], top_[L];
+    Int at_[L];
+    store<T>(m_, mx);
+    std::memcpy(at_, &at, sizeof at_);
+    if (LOGITS) {
+        const VF<T> vb = splat<T>(beta);
+        VF<T> rest = splat<T>(0), cnt = splat<T>(0);
+        for (int64_t c = 0; c < k; ++c) {
+            VF<T> d = cols[c] - mx;
+            if (scale) d = d * vb;
+            const VF<T> e = exp_flushed<T>(d);
+            const VI<T> at_top = d == T(0);
+            rest += at_top ? splat<T>(0) : e;
+            cnt += at_top ? splat<T>(1) : splat<T>(0);
+            q += e * e;
+        }
+        store<T>(s_, rest);
+        store<T>(top_, cnt);
+    } else {
+        store<T>(lo_, lo);
+        store<T>(s_, s);
+    }
+    store<T>(q_, q);
+    for (int l = 0; l < L; ++l) {
+        const int64_t i = i0 + l, j = j0 + l, y = P.labels[i];
+        const T* xi = x + l * k;
+        ok[j] = true;
+        if (!LOGITS) {
+            const double total = static_cast<double>(s_[l]);
+            if (!(lo_[l] >= 0 && m_[l] <= 1 && std::fabs(total - 1.0) <= P.tol)) return false;
+            conf[j] = m_[l];
+            pred[j] = at_[l];
+            py[j] = static_cast<double>(xi[y]);
+            sq[j] = q_[l];
+            continue;
+        }
+        const T m = m_[l];
+        const double rest = s_[l], qq = q_[l];
+        if (!(m > -inf<T>() && m < inf<T>()) || rest != rest || qq != qq) {
+            P.flagged[i] = 1;
+            ++n_flagged;
+            ok[j] = false;
+            a[j] = 0;
+            py[j] = 0;
+            sum[j] = 1;
+            sq[j] = 0;
+            continue;
+        }
+        const double top = top_[l];
+        pred[j] = at_[l];
+        sum[j] = rest + top;
+        a[j] = rest + (top - 1.0);
+        py[j] = P.beta * (static_cast<double>(xi[y]) - static_cast<double>(m));
+        sq[j] = qq;
+    }
+    return true;
+}
+
 // Rows [r0, r1) into the task's sums acc = [tot (G, 4) | bins (G, F, B) | cw (G, 5, k, CB)].
 template <class T, bool LOGITS, bool TOP, bool GROUPED>
-void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* ebuf, int64_t& n_flagged,
-                 std::atomic<int>& stop) {
+void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* ebuf, double* copies,
+                 int64_t& n_flagged, std::atomic<int>& stop) {
     const int64_t k = P.k, nb = P.n_bins, fields = P.moments ? 5 : 3;
     const T* x = static_cast<const T*>(P.x);
     const Groups groups(P.groups);
@@ -312,6 +430,7 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
     const bool classwise = P.cw_bins > 0;
     const T beta = static_cast<T>(P.beta);
     const bool scale = P.beta != 1.0;
+    const bool lanes = k <= kLanesMaxK && !classwise;
     double conf[kRowBlock], py[kRowBlock], a[kRowBlock], sum[kRowBlock], sq[kRowBlock], lg[kRowBlock];
     int64_t pred[kRowBlock], grp[kRowBlock];
     bool ok[kRowBlock];
@@ -319,7 +438,26 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
     for (int64_t b0 = r0; b0 < r1; b0 += kRowBlock) {
         if (stop.load(std::memory_order_relaxed)) return;
         const int64_t b1 = b0 + kRowBlock < r1 ? b0 + kRowBlock : r1, nr = b1 - b0;
-        for (int64_t i = b0; i < b1; ++i) {
+        int64_t first = b0;
+        if (lanes) {
+            constexpr int64_t L = kL<T>;
+            for (; first + L <= b1; first += L) {
+                for (int64_t i = first; i < first + L; ++i) {
+                    const int64_t y = P.labels[i];
+                    if (y < 0 || y >= k) {  // never: the caller checked the labels
+                        stop.store(1, std::memory_order_relaxed);
+                        return;
+                    }
+                    grp[i - b0] = GROUPED ? groups.of(static_cast<uint64_t>(P.offset + i)) : 0;
+                }
+                if (!lanes_rows<T, LOGITS, TOP>(P, first, first - b0, beta, scale, conf, pred, py, a, sum, sq,
+                                                ok, n_flagged)) {
+                    stop.store(1, std::memory_order_relaxed);
+                    return;
+                }
+            }
+        }
+        for (int64_t i = first; i < b1; ++i) {
             const int64_t j = i - b0, y = P.labels[i];
             const T* xi = x + i * k;
             if (y < 0 || y >= k) {  // never: the caller checked the labels
@@ -405,7 +543,9 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
             if (nb > 0) {
                 const double c = conf[j];
                 const int64_t b = P.uniform ? uniform_bin(P.edges, nb, c) : search_bin(P.edges, 1, nb, c);
-                double* cell = bins + grp[j] * fields * nb + b;
+                // Ungrouped, row i adds to copy i mod 4 of the bins: consecutive rows in one bin
+                // are then four chains of additions, not one chain through memory.
+                double* cell = GROUPED ? bins + grp[j] * fields * nb + b : copies + (i & 3) * fields * nb + b;
                 cell[0] += 1.0;
                 cell[nb] += c;
                 cell[2 * nb] += hit;
@@ -421,6 +561,9 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
         }
     }
     if (!GROUPED) {
+        const int64_t len = fields * nb;
+        for (int64_t q = 0; q < len; ++q)
+            bins[q] += (copies[q] + copies[len + q]) + (copies[2 * len + q] + copies[3 * len + q]);
         tot[0] += t_n;
         tot[1] += t_hit;
         tot[2] += t_nll;
@@ -429,7 +572,7 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
 }
 
 template <class T, bool LOGITS>
-using RangeFn = void (*)(const CalibProblem&, int64_t, int64_t, double*, T*, int64_t&, std::atomic<int>&);
+using RangeFn = void (*)(const CalibProblem&, int64_t, int64_t, double*, T*, double*, int64_t&, std::atomic<int>&);
 
 template <class T, bool LOGITS> RangeFn<T, LOGITS> pick(bool top, bool grouped) {
     if (top) return grouped ? calib_range<T, LOGITS, true, true> : calib_range<T, LOGITS, true, false>;
@@ -452,8 +595,12 @@ template <class T> void calib(CalibProblem& P) {
         for (int64_t q = 0; q < P.acc_len; ++q) acc[q] = 0;
         const int64_t r0 = t * P.n / tasks, r1 = (t + 1) * P.n / tasks;
         T* ebuf = need_buf ? static_cast<T*>(alloc<T>(P.k)) : nullptr;
-        if (P.from_logits) pick<T, true>(P.top != 0, P.groups > 1)(P, r0, r1, acc, ebuf, flagged[t], stop);
-        else pick<T, false>(P.top != 0, P.groups > 1)(P, r0, r1, acc, ebuf, flagged[t], stop);
+        const int64_t n_copies = P.groups > 1 ? 0 : 4 * (P.moments ? 5 : 3) * P.n_bins;
+        double* copies = static_cast<double*>(alloc<double>(n_copies));
+        for (int64_t q = 0; q < n_copies; ++q) copies[q] = 0;
+        if (P.from_logits) pick<T, true>(P.top != 0, P.groups > 1)(P, r0, r1, acc, ebuf, copies, flagged[t], stop);
+        else pick<T, false>(P.top != 0, P.groups > 1)(P, r0, r1, acc, ebuf, copies, flagged[t], stop);
+        std::free(copies);
         std::free(ebuf);
     };
     run_tasks(tasks, row_ns * static_cast<double>(P.n) / static_cast<double>(tasks), task);
