@@ -299,6 +299,50 @@ void classwise_row(const CalibProblem& P, const T* e, T scale, bool scaled, int6
     cell[4 * plane] += v;
 }
 
+// The per-row results of a block of rows, before their logs and bins.
+struct BlockRows {
+    double conf[kRowBlock], py[kRowBlock], a[kRowBlock], sum[kRowBlock], sq[kRowBlock];
+    int64_t pred[kRowBlock];
+    bool ok[kRowBlock];
+};
+
+// A row of probabilities into slot j (max m, min lo, Σ p, Σ p², the label's p): false when the
+// pass does not accept it.
+LK_INLINE bool put_prob_row(const CalibProblem& P, BlockRows& br, int64_t j, double m, double lo, double total,
+                            double sumsq, int64_t arg, double p_y) {
+    if (!(lo >= 0 && m <= 1 && std::fabs(total - 1.0) <= P.tol)) return false;
+    br.ok[j] = true;
+    br.conf[j] = m;
+    br.pred[j] = arg;
+    br.py[j] = p_y;
+    br.sq[j] = sumsq;
+    return true;
+}
+
+// A row of logits (row i, slot j: its max m and arg-max, the label's logit, Σ e split into
+// rest and top, Σ e²): false, and the row flagged for the caller, when m is not finite or a
+// sum is NaN.
+LK_INLINE bool put_logit_row(const CalibProblem& P, BlockRows& br, int64_t i, int64_t j, double m, int64_t arg,
+                             double x_y, double rest, double top, double q, int64_t& n_flagged) {
+    if (!(m > -inf<double>() && m < inf<double>()) || rest != rest || q != q) {
+        P.flagged[i] = 1;
+        ++n_flagged;
+        br.ok[j] = false;
+        br.a[j] = 0;
+        br.py[j] = 0;
+        br.sum[j] = 1;
+        br.sq[j] = 0;
+        return false;
+    }
+    br.ok[j] = true;
+    br.pred[j] = arg;
+    br.sum[j] = rest + top;
+    br.a[j] = rest + (top - 1.0);
+    br.py[j] = P.beta * (x_y - m);  // β(x_y − max)
+    br.sq[j] = q;
+    return true;
+}
+
 // Short rows (K ≤ kLanesMaxK, no class-wise bins) run one row per lane: a row's horizontal
 // reductions (max, arg-max, three sums) cost as much as the rest of a short row, a column of L
 // rows gathered from L1 costs one instruction.  Sums in T's lanes over the K ≤ 32 terms of a
@@ -332,8 +376,7 @@ template <class T> LK_INLINE VF<T> gather(const T* base, VI<T> idx) {
 // The per-row quantities of rows [i0, i0 + L), one per lane, into the block's arrays at j0:
 // what the row loop of calib_range computes.  false: probabilities the pass does not accept.
 template <class T, bool LOGITS, bool TOP>
-LK_INLINE bool lanes_rows(const CalibProblem& P, int64_t i0, int64_t j0, T beta, bool scale, double* conf,
-                          int64_t* pred, double* py, double* a, double* sum, double* sq, bool* ok,
+LK_INLINE bool lanes_rows(const CalibProblem& P, int64_t i0, int64_t j0, T beta, bool scale, BlockRows& br,
                           int64_t& n_flagged) {
     constexpr int L = kL<T>;
     using Int = typename Lanes<T>::Int;
@@ -382,36 +425,13 @@ LK_INLINE bool lanes_rows(const CalibProblem& P, int64_t i0, int64_t j0, T beta,
     }
     store<T>(q_, q);
     for (int l = 0; l < L; ++l) {
-        const int64_t i = i0 + l, j = j0 + l, y = P.labels[i];
-        const T* xi = x + l * k;
-        ok[j] = true;
-        if (!LOGITS) {
-            const double total = static_cast<double>(s_[l]);
-            if (!(lo_[l] >= 0 && m_[l] <= 1 && std::fabs(total - 1.0) <= P.tol)) return false;
-            conf[j] = m_[l];
-            pred[j] = at_[l];
-            py[j] = static_cast<double>(xi[y]);
-            sq[j] = q_[l];
-            continue;
+        const int64_t i = i0 + l, j = j0 + l;
+        const double x_y = static_cast<double>(x[l * k + P.labels[i]]);
+        if (LOGITS) {
+            put_logit_row(P, br, i, j, m_[l], at_[l], x_y, s_[l], top_[l], q_[l], n_flagged);
+        } else if (!put_prob_row(P, br, j, m_[l], lo_[l], s_[l], q_[l], at_[l], x_y)) {
+            return false;
         }
-        const T m = m_[l];
-        const double rest = s_[l], qq = q_[l];
-        if (!(m > -inf<T>() && m < inf<T>()) || rest != rest || qq != qq) {
-            P.flagged[i] = 1;
-            ++n_flagged;
-            ok[j] = false;
-            a[j] = 0;
-            py[j] = 0;
-            sum[j] = 1;
-            sq[j] = 0;
-            continue;
-        }
-        const double top = top_[l];
-        pred[j] = at_[l];
-        sum[j] = rest + top;
-        a[j] = rest + (top - 1.0);
-        py[j] = P.beta * (static_cast<double>(xi[y]) - static_cast<double>(m));
-        sq[j] = qq;
     }
     return true;
 }
@@ -431,9 +451,23 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
     const T beta = static_cast<T>(P.beta);
     const bool scale = P.beta != 1.0;
     const bool lanes = k <= kLanesMaxK && !classwise;
-    double conf[kRowBlock], py[kRowBlock], a[kRowBlock], sum[kRowBlock], sq[kRowBlock], lg[kRowBlock];
-    int64_t pred[kRowBlock], grp[kRowBlock];
-    bool ok[kRowBlock];
+    // P's fields in locals: the sums' stores (doubles) could alias P's, so the compiler would
+    // read them again for every row.
+    const double* edges = P.edges;
+    const bool uniform = P.uniform != 0, do_brier = P.brier != 0;
+    const int64_t* labels = P.labels;
+    double* row_conf = P.conf;
+    double* row_hit = P.hit;
+    BlockRows br;
+    double* const conf = br.conf;
+    double* const py = br.py;
+    double* const a = br.a;
+    double* const sum = br.sum;
+    double* const sq = br.sq;
+    const int64_t* const pred = br.pred;
+    const bool* const ok = br.ok;
+    double lg[kRowBlock];
+    int64_t grp[kRowBlock];
     double t_n = 0, t_hit = 0, t_nll = 0, t_brier = 0;  // the totals of an ungrouped pass
     for (int64_t b0 = r0; b0 < r1; b0 += kRowBlock) {
         if (stop.load(std::memory_order_relaxed)) return;
@@ -444,14 +478,13 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
             for (; first + L <= b1; first += L) {
                 for (int64_t i = first; i < first + L; ++i) {
                     const int64_t y = P.labels[i];
-                    if (y < 0 || y >= k) {  // never: the caller checked the labels
+                    if (y < 0 || y >= k) {  // the caller then says which label is out of range
                         stop.store(1, std::memory_order_relaxed);
                         return;
                     }
                     grp[i - b0] = GROUPED ? groups.of(static_cast<uint64_t>(P.offset + i)) : 0;
                 }
-                if (!lanes_rows<T, LOGITS, TOP>(P, first, first - b0, beta, scale, conf, pred, py, a, sum, sq,
-                                                ok, n_flagged)) {
+                if (!lanes_rows<T, LOGITS, TOP>(P, first, first - b0, beta, scale, br, n_flagged)) {
                     stop.store(1, std::memory_order_relaxed);
                     return;
                 }
@@ -460,48 +493,28 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
         for (int64_t i = first; i < b1; ++i) {
             const int64_t j = i - b0, y = P.labels[i];
             const T* xi = x + i * k;
-            if (y < 0 || y >= k) {  // never: the caller checked the labels
+            if (y < 0 || y >= k) {  // the caller then says which label is out of range
                 stop.store(1, std::memory_order_relaxed);
                 return;
             }
             grp[j] = GROUPED ? groups.of(static_cast<uint64_t>(P.offset + i)) : 0;
-            ok[j] = true;
             if (!LOGITS) {
                 ProbRow r = scan_probs<T, TOP>(xi, k);
-                if (!(r.min >= 0 && r.max <= 1 && std::fabs(r.sum - 1.0) <= P.tol)) {
+                if (!put_prob_row(P, br, j, r.max, r.min, r.sum, r.sumsq, r.arg, static_cast<double>(xi[y]))) {
                     stop.store(1, std::memory_order_relaxed);
                     return;
                 }
-                conf[j] = r.max;
-                pred[j] = r.arg;
-                py[j] = static_cast<double>(xi[y]);
-                sq[j] = r.sumsq;
                 if (classwise) classwise_row<T>(P, xi, T(1), false, y, cw + grp[j] * cw_group);
             } else {
                 int64_t arg = 0;
                 const T m = max_arg<T, TOP>(xi, k, arg);
-                double rest, top, q;
+                double rest = 0, top = 0, q = 0;
                 if (m > -inf<T>() && m < inf<T>()) {
                     if (classwise) exp_sums<T, true>(xi, k, m, beta, scale, ebuf, rest, top, q);
                     else exp_sums<T, false>(xi, k, m, beta, scale, nullptr, rest, top, q);
                 }
-                if (!(m > -inf<T>() && m < inf<T>()) || rest != rest || q != q) {
-                    P.flagged[i] = 1;
-                    ++n_flagged;
-                    ok[j] = false;
-                    a[j] = 0;
-                    py[j] = 0;
-                    sum[j] = 1;
-                    sq[j] = 0;
-                    continue;
-                }
-                const double s = rest + top;
-                pred[j] = arg;
-                sum[j] = s;
-                a[j] = rest + (top - 1.0);
-                py[j] = P.beta * (static_cast<double>(xi[y]) - static_cast<double>(m));  // β(x_y − max)
-                sq[j] = q;
-                if (classwise) classwise_row<T>(P, ebuf, static_cast<T>(1.0 / s), true, y, cw + grp[j] * cw_group);
+                if (put_logit_row(P, br, i, j, m, arg, static_cast<double>(xi[y]), rest, top, q, n_flagged) && classwise)
+                    classwise_row<T>(P, ebuf, static_cast<T>(1.0 / br.sum[j]), true, y, cw + grp[j] * cw_group);
             }
         }
         // The block's logs (and exps) in one vectorised loop.
@@ -524,25 +537,34 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
                 brier[j] = sq[j] - 2.0 * py[j] + 1.0;
             }
         }
+        // The block's bins, apart from the sums (no chain from one row's search to the next's sums).
+        int64_t bidx[kRowBlock];
+        if (nb > 0) {
+            if (uniform) {
+                for (int64_t j = 0; j < nr; ++j) bidx[j] = uniform_bin(edges, nb, conf[j]);
+            } else {
+                for (int64_t j = 0; j < nr; ++j) bidx[j] = search_bin(edges, 1, nb, conf[j]);
+            }
+        }
         for (int64_t j = 0; j < nr; ++j) {
             if (!ok[j]) continue;
             const int64_t i = b0 + j;
-            const double hit = TOP && pred[j] == P.labels[i] ? 1.0 : 0.0;
+            const double hit = TOP && pred[j] == labels[i] ? 1.0 : 0.0;
             if (GROUPED) {
                 double* t = tot + 4 * grp[j];
                 t[0] += 1.0;
                 t[1] += hit;
                 t[2] += nll[j];
-                if (P.brier) t[3] += brier[j];
+                if (do_brier) t[3] += brier[j];
             } else {
                 t_n += 1.0;
                 t_hit += hit;
                 t_nll += nll[j];
-                if (P.brier) t_brier += brier[j];
+                if (do_brier) t_brier += brier[j];
             }
             if (nb > 0) {
                 const double c = conf[j];
-                const int64_t b = P.uniform ? uniform_bin(P.edges, nb, c) : search_bin(P.edges, 1, nb, c);
+                const int64_t b = bidx[j];
                 // Ungrouped, row i adds to copy i mod 4 of the bins: consecutive rows in one bin
                 // are then four chains of additions, not one chain through memory.
                 double* cell = GROUPED ? bins + grp[j] * fields * nb + b : copies + (i & 3) * fields * nb + b;
@@ -554,9 +576,9 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
                     cell[4 * nb] += c * hit;
                 }
             }
-            if (P.conf != nullptr) {
-                P.conf[i] = conf[j];
-                P.hit[i] = hit;
+            if (row_conf != nullptr) {
+                row_conf[i] = conf[j];
+                row_hit[i] = hit;
             }
         }
     }

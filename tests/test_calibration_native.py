@@ -342,6 +342,28 @@ def test_errors_are_those_of_the_numpy_pass(case, dtype):
 
 
 @pytest.mark.parametrize("from_logits", [False, True])
+def test_labels_are_checked_in_the_pass_with_the_numpy_pass_message(from_logits):
+    rng = np.random.default_rng(15)
+    z = rng.normal(size=(300, 6))
+    x = z if from_logits else softmax(z)
+    for bad in (6, -1):
+        for k in (6, 40):  # one row per lane, and one row at a time
+            xx = np.concatenate([x] * (k // 6), axis=1)[:, :k]
+            xx = xx if from_logits else xx / xx.sum(axis=1, keepdims=True)
+            y = rng.integers(0, 6, 300)
+            y[250] = bad + (k - 6 if bad > 0 else 0)
+            res = calibration_sums(CalibrationPass(x=xx, labels=y, work=np.dtype(np.float64),
+                                                   from_logits=from_logits))
+            assert res is not None and res.invalid
+            messages = []
+            for enabled in (True, False):
+                with fast_path(enabled), pytest.raises(LogitkitValueError) as err:
+                    nll(xx, y, from_logits=from_logits)
+                messages.append(str(err.value))
+            assert messages[0] == messages[1] and "label" in messages[0]
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
 def test_half_precision_and_other_layouts_are_widened_a_slab_at_a_time(from_logits, monkeypatch):
     import logitkit._kernels as kernels
 

@@ -122,9 +122,9 @@ class CalibrationPass:
     Every field is already validated by the engine (``calibration/_engine.py``, whose
     :class:`Spec` this mirrors): ``x`` is a 2-D NumPy array with ``K ≥ 2`` columns (float32 and
     float64 rows are read in place when C-contiguous; any other dtype or layout is converted to
-    ``work`` a slab of rows at a time), ``labels`` an ``(N,)`` ``intp`` array of values in
-    ``[0, K)``.  Per row ``i`` the pass computes the confidence, the arg-max, ``−log p_y`` and
-    the Brier term, and adds them, for row group ``g(offset + i)``, to the totals, the
+    ``work`` a slab of rows at a time), ``labels`` an ``(N,)`` ``intp`` array (a label outside
+    ``[0, K)`` stops the pass: ``invalid``, and the engine says which).  Per row ``i`` the pass
+    computes the confidence, the arg-max, ``−log p_y`` and the Brier term, and adds them, for row group ``g(offset + i)``, to the totals, the
     top-label bin of the confidence (``edges``: ``B + 1`` float64 edges from 0 to 1, bins
     right-closed; ``uniform`` when they are the correctly rounded ``b / B``) and, class-wise,
     the bin of every probability (``cw_edges``: ``(CB + 1,)`` shared or ``(CB + 1, K)`` per
@@ -160,8 +160,8 @@ class CalibrationSums:
     CB)`` (count, Σ p, Σ hit, Σ p², Σ p·hit); with ``keep_rows`` every row's ``conf`` and
     ``hit``.  ``flagged`` rows (logits holding a NaN, a ``+inf`` or nothing finite) are in none
     of the sums and their per-row values are undefined: they are the caller's to compute.
-    ``invalid``: probabilities the kernel did not accept; nothing else in the result is
-    meaningful then.
+    ``invalid``: probabilities the kernel did not accept, or a label out of range; nothing
+    else in the result is meaningful then.
     """
 
     totals: np.ndarray
