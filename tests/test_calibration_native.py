@@ -268,6 +268,26 @@ def test_far_entries_flushed_below_the_normal_range_change_nothing_visible(dtype
     assert_sums(native_block(p, y, spec), reference_block(p, y, spec), dtype)
 
 
+@pytest.mark.parametrize("k", [2, 40])
+def test_values_on_given_edges_and_repeated_edges_fall_in_the_lower_bin(k):
+    # right-closed bins: a value equal to an edge belongs to the bin below it, repeated edges
+    # leave empty bins between them (NumPy's searchsorted(inner, v, side="left"))
+    inner = np.array([0.1, 0.3, 0.3, 0.5, 0.9])
+    on = np.array([0.1, 0.3, 0.5, 0.9, 0.95, 0.6, 1.0, 0.3000000000000001, 0.75])
+    p = np.zeros((len(on), k))
+    p[:, 0] = on
+    p[:, 1:] = ((1 - on) / (k - 1))[:, None]
+    y = np.arange(len(on)) % 2
+    per_class = np.repeat(inner[:, None], k, axis=1)
+    per_class[:, 1] = [0.0, 0.05, 0.3, 0.3, 0.7]
+    for spec in (engine.Spec(n_bins=6, inner=inner, moments=True),
+                 engine.Spec(cw_bins=6, cw_inner=inner, top=False),
+                 engine.Spec(cw_bins=6, cw_inner=per_class, n_bins=6, inner=inner)):
+        got = native_block(p, y, spec)
+        assert_sums(got, reference_block(p, y, spec), np.float64)
+        assert_sums(got, naive_sums(p, y, spec, 0), np.float64)
+
+
 @pytest.mark.parametrize("from_logits", [False, True])
 def test_one_column_and_two_columns(from_logits):
     rng = np.random.default_rng(6)
