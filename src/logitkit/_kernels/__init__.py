@@ -501,8 +501,8 @@ SCRATCH_SHARE = 1 / 32
 #: Rows converted to the working dtype at a time, in elements (other dtypes and layouts).
 SLAB_ELEMENTS = 1 << 20
 #: The kernel's sum of a row of probabilities (float lanes over blocks of 256 entries, double
-#: across them) is within 5e-6 of the exact sum, the engine's reference judges the exact sum:
-#: rows this close to the tolerance are left to the reference.
+#: across them; a row of K <= 32 in one lane: within 31u) is within 5e-6 of the exact sum, the
+#: engine's reference judges the exact sum: rows this close to the tolerance are left to it.
 ROW_SUM_MARGIN = 1e-5
 
 
