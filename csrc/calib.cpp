@@ -12,15 +12,19 @@
 // Σ p, Σ p², and at the label Σ hit, Σ p·hit).
 //
 // Probabilities: one read of the row gives its max and first arg-max, min, Σ p and Σ p² (a NaN
-// makes the sums NaN; the row sum is within 5e-6 of its exact value, the caller allows for that).  A row that is not
-// clearly valid (a NaN, an entry below 0 or above 1, a sum off by more than `tol`) stops the
-// pass: the caller's own validation then judges the input and says what is wrong.
+// makes the sums NaN; the row sum is within 5e-6 of its exact value, the caller allows for
+// that).  A row that is not clearly valid (a NaN, an entry below 0 or above 1, a sum off by more
+// than `tol`), or a label out of range, stops the pass: the caller's own validation then judges
+// the input and says what is wrong.
 // Logits: a read for the max and arg-max, then, from cache, e = exp(β(x − max)) in x's precision:
 // Σ e split into the entries at the max (exactly 1 each) and the rest, so that
 // log Σ e = log1p(rest + top − 1) keeps a dominant row's small terms, and Σ e² for the Brier
 // score; conf = 1/Σe, log p_y = β(x_y − max) − log Σe (exact where log(softmax) would underflow).
 // Rows with a NaN, a +inf or nothing finite are flagged and left to the caller.
-// The logs and exps of a block of rows are taken in one vectorised loop.
+// The logs and exps of a block of rows are taken in one vectorised loop, and its bins found in
+// another.  No arithmetic has a subnormal result (exp and squares flushed to 0 far below the
+// sums' rounding): each would cost a microcode assist.  Rows of K ≤ 32 (no class-wise bins) run
+// one per SIMD lane, their columns gathered.
 //
 // The rows are cut in `tasks` equal ranges (chosen by the caller from the shape only); each task
 // sums into its own scratch, and the scratches are added to the outputs in task order: the
