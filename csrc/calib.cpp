@@ -131,6 +131,19 @@ template <class T> LK_INLINE VF<T> exp_flushed(VF<T> d) {
     return low ? splat<T>(0) : e;
 }
 
+// One vector of a row into its running max (NaN never wins) and, with TOP, each lane's index of
+// its first max (idx: the vector's indices, advanced here).
+template <class T, bool TOP> LK_INLINE void track_max(VF<T> v, VF<T>& mx, VI<T>& at, VI<T>& idx) {
+    if (TOP) {
+        const VI<T> gt = v > mx;
+        mx = gt ? v : mx;
+        at = gt ? idx : at;
+        idx += kL<T>;
+    } else {
+        mx = vmax<T>(v, mx);
+    }
+}
+
 struct ProbRow {
     double max, min, sum, sumsq;
     int64_t arg;
@@ -151,14 +164,7 @@ LK_INLINE ProbRow scan_probs(const T* x, int64_t k) {
         for (int64_t j = b0; j < b1; j += L) {
             const int64_t r = b1 - j;
             VF<T> v = r >= L ? load<T>(x + j) : load_part<T>(x + j, r, T(0));
-            if (TOP) {
-                VI<T> gt = v > mx;
-                mx = gt ? v : mx;
-                at = gt ? idx : at;
-                idx += L;
-            } else {
-                mx = vmax<T>(v, mx);
-            }
+            track_max<T, TOP>(v, mx, at, idx);
             lo = v < lo ? v : lo;
             sv += v;
             const VF<T> w = v < kSquareFlush<T> ? splat<T>(0) : v;  // a NaN stays
@@ -186,14 +192,7 @@ LK_INLINE T max_arg(const T* x, int64_t k, int64_t& arg) {
     for (int64_t j = 0; j < k; j += L) {
         const int64_t r = k - j;
         VF<T> v = r >= L ? load<T>(x + j) : load_part<T>(x + j, r, -inf<T>());
-        if (TOP) {
-            VI<T> gt = v > mx;
-            mx = gt ? v : mx;
-            at = gt ? idx : at;
-            idx += L;
-        } else {
-            mx = vmax<T>(v, mx);
-        }
+        track_max<T, TOP>(v, mx, at, idx);
     }
     T m = vec_max<T>(mx);
     arg = TOP ? first_arg<T>(mx, at, m) : 0;
