@@ -144,6 +144,17 @@ def test_huge_logsumexp_leaves_the_loss_finite(path):
 
 
 @pytest.mark.parametrize("path", PATH_IDS)
+def test_smoothing_term_beyond_the_float_range_is_weighted_before_it_overflows(path):
+    # (x − m)/T = −6e38 overflows float32, but the smoothing weight 1/3 (ε = 1) or 1/6 (ε = 0.5)
+    # brings the loss back to 2e38 or 1e38, which float32 holds (found by the long differential
+    # run; JAX got it, the other paths gave inf).
+    x = np.array([[-3e38, 1.2e-38, 1.2e-38]], dtype=F32)
+    for eps, exact in ((1.0, 2e38), (0.5, 1e38)):
+        loss, _ = run(path, x, np.array([1]), label_smoothing=eps, temperature=0.5)
+        assert float(loss) == pytest.approx(exact, rel=1e-6)
+
+
+@pytest.mark.parametrize("path", PATH_IDS)
 def test_z_loss_gradient_where_the_coefficient_overflows(path):
     # coef = 1 + 2·c·lse overflows: inf on the class of probability 1, and 0 (not inf·0 = NaN)
     # where the probability is 0.
