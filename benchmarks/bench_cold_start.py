@@ -44,22 +44,24 @@ fn = getattr(logitkit, op)
 call = (lambda: fn(x, t)) if op == "cross_entropy_with_grad" else (lambda: fn(x))
 if sys.argv[3] == "warm-namespace":
     import array_api_compat.numpy  # the generic dispatch's own first use, apart
-t3 = time.perf_counter()
+t3, c3 = time.perf_counter(), time.process_time()
 call()
-t4 = time.perf_counter()
+t4, c4 = time.perf_counter(), time.process_time()
 call()
 t5 = time.perf_counter()
 from logitkit import config
-print(t1 - t0, t2 - t1, t4 - t3, t5 - t4, config.simd_target(), "numba" in sys.modules)
+print(t1 - t0, t2 - t1, t4 - t3, t5 - t4, config.simd_target(), "numba" in sys.modules, c4 - c3)
 """
 
 
 def cold_start(python: str, repeats: int) -> list[str]:
-    """The table; the last column is the first call when ``array_api_compat.numpy`` (which the
-    argument checks import on first use, and which imports NumPy's lazy submodules) was
-    imported before the timer: what the kernels themselves cost on a first call."""
+    """The table; '1st CPU' is the first call's CPU time (every thread of the process), which a
+    busy machine's wait for a core does not inflate as it does the wall clock; the last column is
+    the first call when ``array_api_compat.numpy`` (which the argument checks import on first use,
+    and which imports NumPy's lazy submodules) was imported before the timer: what the kernels
+    themselves cost on a first call."""
     lines = [f"{'op':<24} {'dtype':<8} {'import numpy':>12} {'import logitkit':>15} "
-             f"{'1st call':>9} {'2nd call':>9} {'1st, ns warm':>12}   "
+             f"{'1st call':>9} {'1st CPU':>8} {'2nd call':>9} {'1st, ns warm':>12}   "
              f"(ms, medians of {repeats} fresh processes)"]
     target = "?"
     for op in OPS:
@@ -71,12 +73,12 @@ def cold_start(python: str, repeats: int) -> list[str]:
                                          text=True, check=True,
                                          cwd=tempfile.gettempdir()).stdout.split()
                     assert out[5] == "False", "numba was imported"
-                    into.append([float(v) * 1e3 for v in out[:4]])
+                    into.append([float(v) * 1e3 for v in out[:4] + out[6:7]])
                     target = out[4]
             med = [statistics.median(col) for col in zip(*rows, strict=True)]
             first_warm = statistics.median(r[2] for r in warm)
             lines.append(f"{op:<24} {dt:<8} {med[0]:12.1f} {med[1]:15.1f} {med[2]:9.2f} "
-                         f"{med[3]:9.2f} {first_warm:12.2f}")
+                         f"{med[4]:8.2f} {med[3]:9.2f} {first_warm:12.2f}")
     lines.append(f"kernels: {target}")
     return lines
 

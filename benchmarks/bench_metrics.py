@@ -4,7 +4,8 @@
     python benchmarks/bench_metrics.py --shapes 200000x100 --repeat 3
 
 For each shape (float32 probabilities of an overconfident model and their logits) it prints, as
-ratios to ``np.copyto`` of the same array timed in the same run (best of ``--repeat``):
+ratios to ``np.copyto`` of the same array timed in the same run (medians of ``--repeat``: on a
+shared machine the median says more than the best):
 
 * each of ``ece``, ``mce``, ``brier_score``, ``nll``, ``accuracy`` on the probabilities, for
   logitkit, a ten-line NumPy version of the same definition, and torchmetrics (its calibration
@@ -25,6 +26,7 @@ import argparse
 import gc
 import json
 import os
+import statistics
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -115,13 +117,15 @@ def torch_peers(p: np.ndarray, y: np.ndarray) -> dict[str, Callable[[], Any]] | 
 
 
 def best(f: Callable[[], Any], repeat: int) -> float:
+    """The median wall time of ``repeat`` calls (after one warm-up call)."""
+    f()
     out = []
     for _ in range(repeat):
         gc.collect()
         t = time.perf_counter()
         f()
         out.append(time.perf_counter() - t)
-    return min(out)
+    return statistics.median(out)
 
 
 def peak_extra(f: Callable[[], Any], nbytes: int) -> float:
@@ -199,10 +203,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=["1000000x100", "10000000x10",
                                                         "1000000x1000"])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    print(f"numpy {np.__version__}, {os.cpu_count()} CPUs")
+    print(f"numpy {np.__version__}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     results = []
     for shape in args.shapes:
         n, k = (int(float(v)) for v in shape.lower().split("x"))

@@ -60,8 +60,11 @@ void plain_range(const CeProblem& P, int64_t r0, int64_t r1, bool stream) {
     T* sbuf = stream ? static_cast<T*>(alloc<T>(nb * k)) : nullptr;
     double ms[kMaxBlockRows], sums[kMaxBlockRows], a[kMaxBlockRows], logs[kMaxBlockRows], xt[kMaxBlockRows];
     uint8_t state[kMaxBlockRows];  // 0 computed, 1 special, 2 not counted
+    const bool one_chunk = k <= kChunk;
     for (int64_t b0 = r0; b0 < r1; b0 += nb) {
         int64_t b1 = b0 + nb < r1 ? b0 + nb : r1;
+        if (one_chunk && !in_place)  // every row's max first (pass1_known in rowstats.hpp)
+            for (int64_t i = b0; i < b1; ++i) ms[i - b0] = chunk_max<T, false>(x + i * k, nullptr, k);
         for (int64_t i = b0; i < b1; ++i) {
             int64_t j = i - b0;
             a[j] = 0;
@@ -87,8 +90,12 @@ void plain_range(const CeProblem& P, int64_t r0, int64_t r1, bool stream) {
                 }
             }
             T* oi = stream ? sbuf + j * k : out + i * k;
-            Stats s = WRITE ? pass1<T, false, STORE_EXP>(xi, nullptr, k, inv_t, oi, chunk_m + j * nchunks)
-                            : pass1<T, false, STORE_NONE>(xi, nullptr, k, inv_t, nullptr, chunk_m + j * nchunks);
+            double* cm = chunk_m + j * nchunks;
+            Stats s = one_chunk && !in_place
+                          ? (WRITE ? pass1_known<T, false, STORE_EXP>(xi, nullptr, k, inv_t, oi, cm, ms[j])
+                                   : pass1_known<T, false, STORE_NONE>(xi, nullptr, k, inv_t, nullptr, cm, ms[j]))
+                          : (WRITE ? pass1<T, false, STORE_EXP>(xi, nullptr, k, inv_t, oi, cm)
+                                   : pass1<T, false, STORE_NONE>(xi, nullptr, k, inv_t, nullptr, cm));
             if (!s.special && inv_t < T(1)) s.special = shift_overflows<T, false>(xi, nullptr, k, s.m);
             // The same verdicts as the first read of an in-place row (one answer either way).
             s.special = s.special || xt[j] == -inf<double>() || zloss_unsafe(P.cz, s.m * P.inv_t);

@@ -13,7 +13,7 @@
 
 #include <cstdint>
 
-#define LK_KERNEL_FILES(X) X(rows) X(ce) X(nll) X(mathfns)
+#define LK_KERNEL_FILES(X) X(rows) X(ce) X(nll) X(calib) X(mathfns)
 
 namespace lk {
 
@@ -75,10 +75,41 @@ struct NllProblem {
     double sums[4];         // out: Σw, Σw·nll, Σw·dnll/dβ, Σw·d²nll/dβ²
 };
 
+// The calibration engine's one pass (calibration/_engine.py, csrc/calib.cpp): per-row statistics
+// of probabilities or logits (rows of x), binned and summed per row group, in float64.
+struct CalibProblem {
+    const void* x;             // (n, k) probabilities, or logits with from_logits; C order
+    const int64_t* labels;     // (n,) in [0, k)
+    int64_t n, k;
+    int64_t offset;            // the stream index of row 0 (row i's group is that of offset + i)
+    int64_t groups;            // G ≥ 1
+    int from_logits;
+    double beta;               // inverse temperature (logits)
+    double tol;                // probabilities: rows whose sum is further from 1 are not accepted
+    int top, brier, moments;   // what to compute (the engine's Spec)
+    int64_t n_bins;            // top-label bins B (0: none)
+    const double* edges;       // (B + 1,): 0, the inner edges, 1
+    int uniform;               // edges[b] is the correctly rounded b/B: bins by arithmetic
+    int64_t cw_bins;           // class-wise bins CB (0: none)
+    const double* cw_edges;    // (CB + 1,) shared, or (CB + 1, k) per class
+    int cw_per_class, cw_uniform;
+    double* tot;               // (G, 4) += rows, hits, Σ −log p_y, Σ Brier
+    double* bins;              // (G, F, B) += count, Σ conf, Σ hit (, Σ conf², Σ conf·hit): F = 3 or 5
+    double* cw;                // (G, 5, k, CB) += count, Σ p, Σ hit, Σ p², Σ p·hit
+    double* conf;              // (n,) per-row confidence, or null
+    double* hit;               // (n,) per-row correctness, or null
+    uint8_t* flagged;          // (n,), 0 on entry: logit rows left to the caller (NaN, +inf, no finite entry)
+    double* scratch;           // (tasks, acc_len) the tasks' own sums
+    int64_t tasks, acc_len;    // the rows are cut into `tasks` equal ranges (by the caller, from the shape)
+    int64_t n_flagged;         // out
+    int invalid;               // out: probabilities the kernel does not accept (the caller judges them)
+};
+
 using RowsFn = void (*)(const RowsProblem&);
 using StridedFn = void (*)(const StridedProblem&);
 using CeFn = void (*)(const CeProblem&);
 using NllFn = void (*)(NllProblem&);
+using CalibFn = void (*)(CalibProblem&);
 using MapFn = void (*)(const void* in, void* out, int64_t n);
 
 // One target's kernels; index [0] is float32, [1] float64.
@@ -88,6 +119,7 @@ struct Ops {
     StridedFn strided[2];
     CeFn ce[2];
     NllFn nll[2];
+    CalibFn calib[2];
     MapFn exp[2], tanh[2], log1p[2];  // the vectorised functions, for the accuracy tests
 };
 

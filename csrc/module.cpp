@@ -327,6 +327,85 @@ nb::tuple nll_sums(In z, In labels, std::optional<In> weight, double beta) {
     return nb::make_tuple(p.sums[0], p.sums[1], p.sums[2], p.sums[3]);
 }
 
+// The calibration engine's pass: sums added into tot/bins/cw; returns (flagged rows, invalid).
+nb::tuple calibration_sums(In x, In labels, int64_t offset, int64_t groups, bool from_logits, double beta,
+                           double tol, bool top, bool brier, bool moments, std::optional<In> edges,
+                           bool uniform, std::optional<In> cw_edges, bool cw_uniform, Out tot,
+                           std::optional<Out> bins, std::optional<Out> cw, std::optional<Out> conf,
+                           std::optional<Out> hit, Out flagged, Out scratch, int64_t tasks) {
+    int64_t n, k;
+    int f = rows_of(x, n, k);
+    lk::CalibProblem p{};
+    p.x = x.data();
+    p.n = n;
+    p.k = k;
+    check_shape(labels, "labels", {n});
+    check_dtype(labels, "labels", nb::dtype<int64_t>());
+    p.labels = static_cast<const int64_t*>(labels.data());
+    if (groups < 1 || offset < 0 || !(beta > 0) || !(tol >= 0) || tasks < 1 || (n > 0 && tasks > n))
+        fail("groups", "bad options");
+    p.offset = offset;
+    p.groups = groups;
+    p.from_logits = from_logits;
+    p.beta = beta;
+    p.tol = tol;
+    p.top = top;
+    p.brier = brier;
+    p.moments = moments;
+    check_shape(tot, "tot", {groups, 4});
+    check_dtype(tot, "tot", nb::dtype<double>());
+    p.tot = static_cast<double*>(tot.data());
+    const int64_t fields = moments ? 5 : 3;
+    if (edges) {
+        if (edges->ndim() != 1 || edges->shape(0) < 2) fail("edges", "expected (B + 1,) edges");
+        check_c(*edges, "edges");
+        check_dtype(*edges, "edges", nb::dtype<double>());
+        p.n_bins = static_cast<int64_t>(edges->shape(0)) - 1;
+        p.edges = static_cast<const double*>(edges->data());
+        p.uniform = uniform;
+        if (!bins || !top) fail("bins", "required with edges (and top)");
+        check_shape(*bins, "bins", {groups, fields, p.n_bins});
+        check_dtype(*bins, "bins", nb::dtype<double>());
+        p.bins = static_cast<double*>(bins->data());
+    }
+    if (cw_edges) {
+        if (cw_edges->ndim() < 1 || cw_edges->ndim() > 2 || cw_edges->shape(0) < 2 ||
+            (cw_edges->ndim() == 2 && static_cast<int64_t>(cw_edges->shape(1)) != k))
+            fail("cw_edges", "expected (CB + 1,) or (CB + 1, K) edges");
+        check_c(*cw_edges, "cw_edges");
+        check_dtype(*cw_edges, "cw_edges", nb::dtype<double>());
+        p.cw_bins = static_cast<int64_t>(cw_edges->shape(0)) - 1;
+        p.cw_edges = static_cast<const double*>(cw_edges->data());
+        p.cw_per_class = cw_edges->ndim() == 2;
+        p.cw_uniform = cw_uniform && !p.cw_per_class;
+        if (!cw) fail("cw", "required with cw_edges");
+        check_shape(*cw, "cw", {groups, 5, k, p.cw_bins});
+        check_dtype(*cw, "cw", nb::dtype<double>());
+        p.cw = static_cast<double*>(cw->data());
+    }
+    if (conf.has_value() != hit.has_value() || (conf && !top)) fail("conf", "expected conf and hit (with top) or neither");
+    if (conf) {
+        for (auto* a : {&*conf, &*hit}) {
+            check_shape(*a, "conf", {n});
+            check_dtype(*a, "conf", nb::dtype<double>());
+        }
+        p.conf = static_cast<double*>(conf->data());
+        p.hit = static_cast<double*>(hit->data());
+    }
+    check_shape(flagged, "flagged", {n});
+    p.flagged = flags_data(flagged, "flagged");
+    p.acc_len = groups * (4 + fields * p.n_bins + 5 * k * p.cw_bins);
+    check_shape(scratch, "scratch", {tasks * p.acc_len});
+    check_dtype(scratch, "scratch", nb::dtype<double>());
+    p.scratch = static_cast<double*>(scratch.data());
+    p.tasks = tasks;
+    {
+        nb::gil_scoped_release release;
+        g_ops->calib[f](p);
+    }
+    return nb::make_tuple(p.n_flagged, p.invalid != 0);
+}
+
 void map(lk::MapFn const* fns, const char* what, In a, Out out) {
     int f = float_index(a, "a");
     if (a.ndim() != 1) fail("a", "expected 1 dimension");
@@ -357,6 +436,14 @@ NB_MODULE(_native, m) {
           "Per-row cross-entropy, log-sum-exp and gradient coefficient; the gradient into out.");
     m.def("nll_sums", &nll_sums, nb::arg("z"), nb::arg("labels"), nb::arg("weight").none(), nb::arg("beta"),
           "(Σw, Σw·nll, Σw·dnll/dβ, Σw·d²nll/dβ²) of the temperature fit, in float64.");
+    m.def("calibration_sums", &calibration_sums, nb::arg("x"), nb::arg("labels"), nb::kw_only(),
+          nb::arg("offset"), nb::arg("groups"), nb::arg("from_logits"), nb::arg("beta"), nb::arg("tol"),
+          nb::arg("top"), nb::arg("brier"), nb::arg("moments"), nb::arg("edges").none(), nb::arg("uniform"),
+          nb::arg("cw_edges").none(), nb::arg("cw_uniform"), nb::arg("tot"), nb::arg("bins").none(),
+          nb::arg("cw").none(), nb::arg("conf").none(), nb::arg("hit").none(), nb::arg("flagged"),
+          nb::arg("scratch"), nb::arg("tasks"),
+          "The calibration engine's one pass: per-group totals, top-label and class-wise bin sums "
+          "added into tot, bins and cw; returns (rows flagged, probabilities not accepted).");
     m.def("exp", [](In a, Out out) { map(g_ops->exp, "exp", a, out); }, "The kernels' exp (d ≤ 0).");
     m.def("tanh", [](In a, Out out) { map(g_ops->tanh, "tanh", a, out); }, "The kernels' tanh.");
     m.def("log1p", [](In a, Out out) { map(g_ops->log1p, "log1p", a, out); }, "The kernels' log1p.");

@@ -32,6 +32,16 @@ Stats row_pass1(int mode, const T* src, const uint8_t* mask, int64_t k, T inv_t,
     }
 }
 
+template <class T, bool MASK>
+LK_INLINE Stats row_pass1_known(int mode, const T* src, const uint8_t* mask, int64_t k, T inv_t, T* out,
+                                double* cm, double m) {
+    switch (mode) {
+        case SOFTMAX: return pass1_known<T, MASK, STORE_EXP>(src, mask, k, inv_t, out, cm, m);
+        case LOG_SOFTMAX: return pass1_known<T, MASK, STORE_SHIFTED>(src, mask, k, inv_t, out, cm, m);
+        default: return pass1_known<T, MASK, STORE_NONE>(src, mask, k, inv_t, out, cm, m);
+    }
+}
+
 template <class T, bool MASK, bool CAP>
 void rows_range(const RowsProblem& P, int64_t r0, int64_t r1, bool stream) {
     const int64_t k = P.k;
@@ -42,24 +52,41 @@ void rows_range(const RowsProblem& P, int64_t r0, int64_t r1, bool stream) {
     nb = nb < 1 ? 1 : (nb > kMaxBlockRows ? kMaxBlockRows : nb);
     const int64_t nchunks = (k + kChunk - 1) / kChunk;
     double* chunk_m = static_cast<double*>(alloc<double>(nb * nchunks));
-    T* capbuf = (CAP && P.mode == LSE) ? static_cast<T*>(alloc<T>(k)) : nullptr;
+    const bool one_chunk = k <= kChunk;
+    // The softcapped rows of a logsumexp (a block of them for short rows, whose two loops read
+    // them twice).
+    T* capbuf = (CAP && P.mode == LSE) ? static_cast<T*>(alloc<T>(one_chunk ? nb * k : k)) : nullptr;
     // Streaming: pass 1 writes a scratch block that stays in cache, pass 2 streams it out.
     T* sbuf = stream ? static_cast<T*>(alloc<T>(nb * k)) : nullptr;
     double ms[kMaxBlockRows], sums[kMaxBlockRows], a[kMaxBlockRows], logs[kMaxBlockRows];
     bool sp[kMaxBlockRows];
     for (int64_t b0 = r0; b0 < r1; b0 += nb) {
         int64_t b1 = b0 + nb < r1 ? b0 + nb : r1;
+        if (one_chunk) {  // every row's max first (pass1_known)
+            for (int64_t i = b0; i < b1; ++i) {
+                int64_t j = i - b0;
+                const T* src = x + i * k;
+                const uint8_t* mi = MASK ? P.mask + (P.mask_rows == 1 ? 0 : i) * k : nullptr;
+                if (CAP) {
+                    T* y = P.mode == LSE ? capbuf + j * k : (stream ? sbuf + j * k : out + i * k);
+                    softcap_row<T, MASK>(src, mi, k, cap, y);
+                    src = y;
+                }
+                ms[j] = chunk_max<T, MASK>(src, mi, k);
+            }
+        }
         for (int64_t i = b0; i < b1; ++i) {
             int64_t j = i - b0;
             const T* src = x + i * k;
             const uint8_t* mi = MASK ? P.mask + (P.mask_rows == 1 ? 0 : i) * k : nullptr;
             T* oi = P.mode == LSE ? nullptr : (stream ? sbuf + j * k : out + i * k);
             if (CAP) {
-                T* y = P.mode == LSE ? capbuf : oi;
-                softcap_row<T, MASK>(src, mi, k, cap, y);
+                T* y = P.mode == LSE ? capbuf + (one_chunk ? j * k : 0) : oi;
+                if (!one_chunk) softcap_row<T, MASK>(src, mi, k, cap, y);
                 src = y;
             }
-            Stats s = row_pass1<T, MASK>(P.mode, src, mi, k, inv_t, oi, chunk_m + j * nchunks);
+            Stats s = one_chunk ? row_pass1_known<T, MASK>(P.mode, src, mi, k, inv_t, oi, chunk_m + j * nchunks, ms[j])
+                                : row_pass1<T, MASK>(P.mode, src, mi, k, inv_t, oi, chunk_m + j * nchunks);
             if (!s.special && inv_t < T(1)) s.special = shift_overflows<T, MASK>(src, mi, k, s.m);
             sp[j] = s.special;
             ms[j] = s.m;

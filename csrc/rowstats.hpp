@@ -130,12 +130,12 @@ LK_INLINE void neumaier(double& s, double& c, double v) {
 
 // One vector of the sum pass: d = (x − m)/T (masked: −inf), e = exp(d), stored as asked.
 // FULL: L entries; else the r < L entries of a row's tail.
-template <class T, bool MASK, int STORE, bool FULL>
+template <class T, bool MASK, int STORE, bool FULL, bool UNIT>
 LK_INLINE VF<T> exp_step(const T* src, const uint8_t* mask, T* out, int64_t r, VF<T> m, VF<T> inv_t,
                          VF<T>& d) {
     VF<T> v = FULL ? load<T>(src) : load_part<T>(src, r, -inf<T>());
     if (MASK) v = select<T>(FULL ? load_mask<T>(mask) : load_mask_part<T>(mask, r), v, splat<T>(-inf<T>()));
-    d = (v - m) * inv_t;
+    d = UNIT ? v - m : (v - m) * inv_t;  // T = 1 skips an exact multiply
     VF<T> e = vexp<T>(d);
     if (STORE == STORE_EXP) {
         if (FULL) store<T>(out, e); else store_part<T>(out, e, r);
@@ -148,17 +148,15 @@ LK_INLINE VF<T> exp_step(const T* src, const uint8_t* mask, T* out, int64_t r, V
 // Σ e^{(x − m)/T} over src[0, n) into (rest, comp, top); m finite.  `next` (or null) is the
 // next chunk of the row, fetched into cache while this one's exponentials keep the core busy:
 // its max pass then reads from cache, and the memory reads overlap the arithmetic.
-template <class T, bool MASK, int STORE>
-LK_INLINE void chunk_sum(const T* src, const uint8_t* mask, int64_t n, T m, T inv_t, T* out,
-                         double& rest, double& comp, double& top, const T* next, int64_t n_next) {
+template <class T, bool MASK, int STORE, bool UNIT>
+LK_INLINE void chunk_sum_t(const T* src, const uint8_t* mask, int64_t n, T m, T inv_t, T* out,
+                           double& rest, double& comp, double& top, const T* next, int64_t n_next) {
     constexpr int L = kL<T>;
     constexpr int64_t kLine = 64 / sizeof(T);
     const VF<T> vm = splat<T>(m), vt = splat<T>(inv_t);
-    // One prefetch per cache line of the next chunk, spread over this chunk's vectors.
-    const int64_t lines = next ? (n_next + kLine - 1) / kLine : 0;
-    const int64_t vectors = (n + L - 1) / L;
-    const int64_t per = lines > 0 ? (lines + vectors - 1) / vectors : 0;
-    int64_t line = 0;
+    // One prefetch per cache line of the next chunk: entry i of this chunk fetches entry i of
+    // the next (which is never longer), a compare and a prefetch per vector at most.
+    if (next == nullptr) n_next = 0;
     VF<T> d;
     if (sizeof(T) == 4) {
         for (int64_t b0 = 0; b0 < n; b0 += kSumBlock) {
@@ -166,11 +164,11 @@ LK_INLINE void chunk_sum(const T* src, const uint8_t* mask, int64_t n, T m, T in
             VF<T> acc = splat<T>(0);
             int64_t i = b0;
             for (; i + L <= b1; i += L) {
-                for (int64_t q = 0; q < per && line < lines; ++q, ++line) __builtin_prefetch(next + line * kLine, 0, 3);
-                acc += exp_step<T, MASK, STORE, true>(src + i, MASK ? mask + i : nullptr, out + i, L, vm, vt, d);
+                if (i < n_next && i % kLine == 0) __builtin_prefetch(next + i, 0, 3);
+                acc += exp_step<T, MASK, STORE, true, UNIT>(src + i, MASK ? mask + i : nullptr, out + i, L, vm, vt, d);
             }
             if (i < b1)
-                acc += exp_step<T, MASK, STORE, false>(src + i, MASK ? mask + i : nullptr, out + i, b1 - i, vm, vt, d);
+                acc += exp_step<T, MASK, STORE, false, UNIT>(src + i, MASK ? mask + i : nullptr, out + i, b1 - i, vm, vt, d);
             rest += hsum_wide(acc);
         }
     } else {
@@ -181,14 +179,14 @@ LK_INLINE void chunk_sum(const T* src, const uint8_t* mask, int64_t n, T m, T in
             VF<T> acc = splat<T>(0), cnt = splat<T>(0);
             int64_t i = b0;
             for (; i + L <= b1; i += L) {
-                for (int64_t q = 0; q < per && line < lines; ++q, ++line) __builtin_prefetch(next + line * kLine, 0, 3);
-                VF<T> e = exp_step<T, MASK, STORE, true>(src + i, MASK ? mask + i : nullptr, out + i, L, vm, vt, d);
+                if (i < n_next && i % kLine == 0) __builtin_prefetch(next + i, 0, 3);
+                VF<T> e = exp_step<T, MASK, STORE, true, UNIT>(src + i, MASK ? mask + i : nullptr, out + i, L, vm, vt, d);
                 VI<T> at_top = d == T(0);
                 acc += at_top ? splat<T>(0) : e;  // arithmetic, not a branch: NaN stays in acc
                 cnt += at_top ? splat<T>(1) : splat<T>(0);
             }
             if (i < b1) {
-                VF<T> e = exp_step<T, MASK, STORE, false>(src + i, MASK ? mask + i : nullptr, out + i, b1 - i, vm, vt, d);
+                VF<T> e = exp_step<T, MASK, STORE, false, UNIT>(src + i, MASK ? mask + i : nullptr, out + i, b1 - i, vm, vt, d);
                 VI<T> at_top = d == T(0);
                 acc += at_top ? splat<T>(0) : e;
                 cnt += at_top ? splat<T>(1) : splat<T>(0);
@@ -197,6 +195,15 @@ LK_INLINE void chunk_sum(const T* src, const uint8_t* mask, int64_t n, T m, T in
             top += hsum<T>(cnt);
         }
     }
+}
+
+template <class T, bool MASK, int STORE>
+LK_INLINE void chunk_sum(const T* src, const uint8_t* mask, int64_t n, T m, T inv_t, T* out,
+                         double& rest, double& comp, double& top, const T* next, int64_t n_next) {
+    if (inv_t == T(1))
+        chunk_sum_t<T, MASK, STORE, true>(src, mask, n, m, inv_t, out, rest, comp, top, next, n_next);
+    else
+        chunk_sum_t<T, MASK, STORE, false>(src, mask, n, m, inv_t, out, rest, comp, top, next, n_next);
 }
 
 // Pass 1 over src[0, k) (a row, or a segment of one): the online (max, sum).  With STORE the
@@ -235,6 +242,27 @@ Stats pass1(const T* src, const uint8_t* mask, int64_t k, T inv_t, T* out, doubl
     return Stats{m, rest, top, !(m > -inf<double>())};
 }
 
+// Pass 1 of a row of one chunk (k ≤ kChunk) whose max m (chunk_max) is already known: what
+// pass1 computes for it.  Short rows run in two loops over a block, every row's max and then
+// every row's sum, so that the core overlaps one row's reductions (a chain of dependent
+// latencies: max, horizontal max, exponentials, horizontal sum) with the next row's instead
+// of waiting on each in turn; at 128 entries a row that is most of its cost.
+template <class T, bool MASK, int STORE>
+LK_INLINE Stats pass1_known(const T* src, const uint8_t* mask, int64_t k, T inv_t, T* out, double* chunk_m,
+                            double m) {
+    if (m == inf<double>()) return Stats{m, nan<double>(), 0, true};
+    if (chunk_m != nullptr) chunk_m[0] = m;
+    if (m == -inf<double>()) {  // nothing live
+        if (STORE == STORE_EXP) for (int64_t i = 0; i < k; ++i) out[i] = T(0);
+        if (STORE == STORE_SHIFTED) for (int64_t i = 0; i < k; ++i) out[i] = -inf<T>();
+        return Stats{m, 0, 0, true};
+    }
+    double rest = 0, comp = 0, top = 0;
+    chunk_sum<T, MASK, STORE>(src, mask, k, static_cast<T>(m), inv_t, out, rest, comp, top, nullptr, 0);
+    if (rest != rest) return Stats{m, nan<double>(), 0, true};
+    return Stats{m, rest + comp, top, false};
+}
+
 // Rows whose shifted logits x − max overflow (only possible when the max is within half an
 // ulp of the top of the range from the min): the callers send them to the generic path, which
 // divides by the temperature in a safe order.  Rare: only checked above kShiftSafe.
@@ -263,7 +291,7 @@ LK_INLINE void block_log1p(const double* a, double* out, int64_t n) {
 // exponentials of chunk c by factor·e^{(m_c − m)/T}/S, log_softmax shifts its stored (x − m_c)/T by
 // (m − m_c)/T + log S.  Chunks with nothing live (m_c = −inf) already hold their values.
 template <class T>
-void pass2(T* out, int64_t k, int64_t c_first, int64_t c_last, int mode, double m, double inv_t,
+LK_INLINE void pass2(T* out, int64_t k, int64_t c_first, int64_t c_last, int mode, double m, double inv_t,
            double sum, double log_s, const double* chunk_m, double factor = 1.0) {
     constexpr int L = kL<T>;
     for (int64_t c = c_first; c < c_last; ++c) {

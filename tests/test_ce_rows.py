@@ -106,6 +106,21 @@ def test_mean_over_zero_total_weight_has_zero_gradient(path):
 
 
 @pytest.mark.parametrize("path", PATH_IDS)
+def test_mean_over_zero_total_weight_is_zero_where_a_row_overflows(path):
+    # Found by the long differential run: the z-loss of the row [0, 1e308] at T = 1e-46 is +inf,
+    # and the weighted mean has nothing to divide by.  The mean over nothing is 0 with a zero
+    # gradient on every path (NumPy gave a NaN loss, every path a NaN gradient: 0·inf).
+    x = np.array([[0.0, 0.0], [0.0, 1e308], [0.0, 0.0]])
+    loss, g = run(path, x, np.array([0, 0, 0]), weight=np.array([0.0, 0.0]), z_loss=1.0,
+                  temperature=1e-46)
+    assert float(loss) == 0.0
+    assert_close(g, np.zeros((3, 2)), atol=0.0)
+    with np.errstate(all="raise"):  # and without a floating-point warning on the way
+        cross_entropy_with_grad(x, np.array([0, 0, 0]), weight=np.array([0.0, 0.0]),
+                                z_loss=1.0, temperature=1e-46)
+
+
+@pytest.mark.parametrize("path", PATH_IDS)
 def test_temperature_divides_the_shifted_logits(path):
     # (x − max)/T, never x/T − max/T: 3e38/0.5 overflows float32, and 1.0000002/1e-10 rounds to a
     # multiple of 1024 where the difference is 2384.19.
@@ -126,6 +141,17 @@ def test_huge_logsumexp_leaves_the_loss_finite(path):
     loss, g = run(path, np.array([[1e200, 0.0]]), np.array([0]))
     assert float(loss) == 0.0
     assert_close(g, np.zeros((1, 2)), atol=0.0)
+
+
+@pytest.mark.parametrize("path", PATH_IDS)
+def test_smoothing_term_beyond_the_float_range_is_weighted_before_it_overflows(path):
+    # (x − m)/T = −6e38 overflows float32, but the smoothing weight 1/3 (ε = 1) or 1/6 (ε = 0.5)
+    # brings the loss back to 2e38 or 1e38, which float32 holds (found by the long differential
+    # run; JAX got it, the other paths gave inf).
+    x = np.array([[-3e38, 1.2e-38, 1.2e-38]], dtype=F32)
+    for eps, exact in ((1.0, 2e38), (0.5, 1e38)):
+        loss, _ = run(path, x, np.array([1]), label_smoothing=eps, temperature=0.5)
+        assert float(loss) == pytest.approx(exact, rel=1e-6)
 
 
 @pytest.mark.parametrize("path", PATH_IDS)
@@ -191,6 +217,9 @@ def problems(draw):
     k = draw(st.integers(1, 5))
     values = st.one_of(st.floats(-30, 30), st.sampled_from([0.0, *EXTREMES[dtype]]))
     x = draw(hnp.arrays(np.float64, (n, k), elements=values)).astype(dtype)
+    # A float64 draw such as 1e-45 is subnormal once in float32, and XLA flushes it to 0 (at
+    # T = 1e-46, [1.4e-45, 0] becomes [0, 0]: loss ln 2 instead of 8.2e-7): keep inputs normal.
+    x[np.abs(x) < np.finfo(dtype).smallest_normal] = 0
     t = draw(hnp.arrays(np.int64, (n,), elements=st.integers(0, k - 1)))
     opts = {"reduction": draw(st.sampled_from(["mean", "sum", "none"])),
             "temperature": draw(st.sampled_from(TEMPERATURES))}
@@ -222,9 +251,17 @@ def assert_paths_agree(results, dtype, opts):
     largest = np.where(np.isfinite(ref_g), np.abs(ref_g), 0.0).max(initial=0.0)
     atol = rtol * min(max(terms, largest), float(np.finfo(dtype).max))
     atol = max(atol, float(np.finfo(dtype).smallest_normal))  # XLA flushes subnormals to 0
+    # DESIGN §7 bounds log_softmax's error absolutely, 16u(1 + d + ln K) per row: a loss near 0
+    # (float32 [0, −15] at T = 0.5 gives e^{−30}) may differ relatively by more than rtol between
+    # a path that forms log1p(s − 1) and one that forms log s in float64 (both within the bound).
+    u = float(np.finfo(dtype).eps) / 2
+    w = opts.get("weight")
+    w_max = 1.0 if w is None else max(1.0, float(np.max(w)))
+    rows = n if opts["reduction"] == "sum" else 1
+    loss_atol = 16 * u * (1 + math.log(max(ref_g.shape[1], 1))) * w_max * rows
     for name, (loss, g) in others:
         msg = f"{name} vs {ref_name}"
-        assert_close(loss, ref_loss, rtol=rtol, atol=1e-30, err_msg=f"loss: {msg}")
+        assert_close(loss, ref_loss, rtol=rtol, atol=loss_atol, err_msg=f"loss: {msg}")
         assert_close(g, ref_g, rtol=rtol, atol=atol, err_msg=f"gradient: {msg}")
 
 

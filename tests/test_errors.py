@@ -231,3 +231,23 @@ def test_cross_entropy_on_meta_tensors_gives_meta_shapes():
     assert loss.device.type == "meta" and tuple(loss.shape) == (4,)
     assert cross_entropy(x, y).shape == ()
     assert softmax(x, temperature=2.0).device.type == "meta"
+
+
+@pytest.mark.parametrize(("module", "name"), [
+    ("logitkit.calibration", "TemperatureScaler"), ("logitkit.calibration", "VectorScaler"),
+    ("logitkit.calibration", "BetaCalibrator"), ("logitkit.models", "SoftmaxRegression"),
+])
+def test_a_non_integer_max_iter_is_a_type_error_like_a_non_integer_n_bins(module, name):
+    """One integer rule: a non-integer count is a TypeError (``n_bins=2.5`` always was; the
+    temperature scaler's ``max_iter=2.5`` was a ValueError), naming the argument."""
+    import importlib
+
+    from logitkit.calibration import ece
+
+    make = getattr(importlib.import_module(module), name)
+    z = np.array([[2.0, 0.0], [0.0, 2.0], [1.0, 0.5], [0.5, 1.0]])
+    y = np.array([0, 1, 1, 0])
+    with pytest.raises(LogitkitTypeError, match=r"^Expected `n_bins` to be .*but got 2\.5$"):
+        ece(softmax(z), y, n_bins=2.5)
+    with pytest.raises(LogitkitTypeError, match=r"^Expected `max_iter` to be .*but got 2\.5$"):
+        make(max_iter=2.5).fit(z, y)

@@ -207,10 +207,18 @@ def test_exp_is_within_two_units_of_roundoff(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.usefixtures("target")
 def test_exp_propagates_nan_and_flushes_below_underflow(dtype):
-    d = np.array([np.nan, -np.inf, -1e30, -2000.0], dtype=dtype)
+    d = np.array([np.nan, -np.inf, -1e30, -2000.0, -1e9], dtype=dtype)
     out = _map("exp", d)
     assert np.isnan(out[0])
-    assert out[1:].tolist() == [0.0, 0.0, 0.0]
+    assert out[1:].tolist() == [0.0, 0.0, 0.0, 0.0]
+    # Both sides of the point below which lanes are 0 without being computed (-104 in float32,
+    # -746 in float64): the rounded exact value either way, within one subnormal step.
+    cut = -104.0 if dtype == np.float32 else -746.0
+    near = np.array([cut - 1, np.nextafter(cut, -np.inf), cut, np.nextafter(cut, 0), cut + 0.5,
+                     cut + 1, cut + 3], dtype=dtype)
+    exact = np.array([float(mpmath.exp(mpmath.mpf(float(v)))) for v in near])
+    step = float(np.finfo(dtype).smallest_subnormal)
+    assert np.all(np.abs(_map("exp", near) - exact) <= step)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -150,7 +150,12 @@ def row_scale(counted: Array, reduction: str, denom: Array | float, g: Any, xp: 
 def _over(value: Any, denom: Array | float, xp: Any) -> Any:
     """``value / denom``, and 0 where ``denom`` is 0 (a mean over nothing)."""
     if isinstance(denom, (int, float)):
-        return value / denom if denom > 0 else value * 0.0
+        if denom > 0:
+            return value / denom
+        # exactly 0, also when ``value`` is infinite (a row whose z-loss overflows)
+        if isinstance(value, (int, float, np.generic)):  # Python and NumPy scalars keep their type
+            return type(value)(0.0)
+        return xp.zeros_like(value)
     return xp.where(denom > 0, value / xp.where(denom > 0, denom, 1.0), 0.0)
 
 
@@ -273,6 +278,9 @@ def _forward_block(pb: Problem, counted: Array, xp: Any) -> tuple[Any, ...]:
     else:
         total_w = xp.sum(w, axis=-1, keepdims=True)
         cross = xp.sum(w * xp.where(w > 0, d, 0.0), axis=-1, keepdims=True)
+    over = cross == -math.inf
+    if _may(over, xp):
+        cross = xp.where(over, _cross_beyond_range(pb, sh.m, w, total_w, xp), cross)
     loss = total_w * log_s - cross
     special = None
     if nz.special:
@@ -292,6 +300,25 @@ def _forward_block(pb: Problem, counted: Array, xp: Any) -> tuple[Any, ...]:
         loss = xp.where(pb.bad[:, None], math.nan, loss)
     loss = xp.where(counted[:, None], loss, 0.0)
     return loss[:, 0], sh.top, log_s, total_w, special
+
+
+def _cross_beyond_range(pb: Problem, m: Array, w: Array | None, total_w: Array, xp: Any) -> Array:
+    """``Σ_c W_c·(x_c − m)/T`` for rows where a term ``(x_c − m)/T`` overflowed the working dtype
+    while the weighted sum need not (float32 ``[−3e38, 1e-38, 1e-38]`` at T = 0.5 with label
+    smoothing 1: each term is −6e38, the sum with weights 1/3 is −2e38).  The differences are
+    halved (``x/2 − m/2`` cannot overflow), weighted and summed, divided by T, then doubled: the
+    result overflows only where the exact sum does.  A −inf logit with target weight keeps the
+    sum −inf (the loss is then infinite)."""
+    x = pb.x
+    if pb.softcap is not None:
+        x = pb.softcap * xp.tanh(x / pb.softcap)
+    with np.errstate(over="ignore", invalid="ignore"):
+        half = x * 0.5 - m * 0.5
+        if w is None:
+            s = total_w * xp.take_along_axis(half, pb.labels[:, None], axis=-1)
+        else:
+            s = xp.sum(xp.where(w > 0, w * half, 0.0), axis=-1, keepdims=True)
+        return _sink_shift(s, pb.temperature, xp) * 2.0
 
 
 def _lse_times(m: Array, log_s: Array, t: Temperature, s: float, xp: Any) -> Array:
@@ -396,7 +423,7 @@ def _gradient_block(pb: Problem, stats: RowStats, scale: Array, xp: Any) -> Arra
         coef = coef + twice
         if _may(~xp.isfinite(coef), xp):
             # An overflowing coefficient times p = 0 is 0, not inf·0 = NaN.
-            gz = xp.where(p > 0, coef * p, 0.0)
+            gz = xp.where(p > 0, coef, 0.0) * p
         else:
             gz = coef * p
     else:
@@ -417,6 +444,10 @@ def _gradient_block(pb: Problem, stats: RowStats, scale: Array, xp: Any) -> Arra
         gz = gz * (1.0 - th * th)
     if pb.logit_l2 > 0.0:
         gz = gz + pb.logit_l2 * xs
+    if _may(~xp.isfinite(gz), xp):
+        # A row that does not contribute (scale 0: a mean over zero total weight, a zero
+        # cotangent) has gradient 0, also where its own gradient overflows: not 0·inf = NaN.
+        gz = xp.where(scale == 0, 0.0, gz)
     g = gz * scale
     if pb.mask is not None:
         g = xp.where(pb.mask, g, 0.0)
@@ -482,7 +513,8 @@ def fast_forward(pb: Problem, xp: Any) -> RowStats:
         stats = forward(sub, _numpy(), counted=to_numpy(counted)[idx], denom=0.0)
         loss[idx] = to_numpy(stats.loss)
         special = res.flagged
-    loss_x = res.as_input(loss.astype(to_numpy(pb.x).dtype))
+    with np.errstate(over="ignore"):  # a float64 loss beyond float32's range is inf there
+        loss_x = res.as_input(loss.astype(to_numpy(pb.x).dtype))
     special_x = None if special is None else res.as_input(special)
     return RowStats(loss_x, None, None, None, counted, special_x, denom)
 
@@ -509,7 +541,8 @@ def loss_and_gradient(pb: Problem, scale: Array, xp: Any, *, counted: Array,
         loss[idx] = to_numpy(stats.loss)
         g[idx] = to_numpy(gradient(sub, stats, to_numpy(scale)[idx], npx))
     dtype = g.dtype
-    loss_x = res.as_input(loss.astype(dtype))
+    with np.errstate(over="ignore"):  # a float64 loss beyond float32's range is inf there
+        loss_x = res.as_input(loss.astype(dtype))
     if out is not None:
         return loss_x, out
     return loss_x, res.as_input(g)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import array_api_compat
 import numpy as np
@@ -592,6 +592,18 @@ def log_softmax(
     return _normalised(pb, xp, "log_softmax")
 
 
+@overload
+def logsumexp(x: ArrayT, /, *, axis: Axis = ..., b: Any = ..., where: Any = ...,
+              keepdims: bool = ..., return_sign: Literal[False] = ...,
+              dtype: Any = ...) -> ArrayT: ...
+@overload
+def logsumexp(x: ArrayT, /, *, axis: Axis = ..., b: Any = ..., where: Any = ...,
+              keepdims: bool = ..., return_sign: Literal[True],
+              dtype: Any = ...) -> tuple[ArrayT, ArrayT]: ...
+@overload
+def logsumexp(x: ArrayT, /, *, axis: Axis = ..., b: Any = ..., where: Any = ...,
+              keepdims: bool = ..., return_sign: bool,
+              dtype: Any = ...) -> ArrayT | tuple[ArrayT, ArrayT]: ...
 def logsumexp(
     x: ArrayT,
     /,
@@ -602,7 +614,7 @@ def logsumexp(
     keepdims: bool = False,
     return_sign: bool = False,
     dtype: Any = None,
-) -> Any:
+) -> ArrayT | tuple[ArrayT, ArrayT]:
     r"""``log(sum(b * exp(x)))`` over ``axis``, without overflow or needless rounding.
 
     .. math::

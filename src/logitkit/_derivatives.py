@@ -120,8 +120,8 @@ def softmax_vjp(
 
 
 def softmax_jacobian(
-    x: Any, /, *, axis: int = -1, temperature: Any = 1.0, where: Any = None
-) -> Any:
+    x: ArrayT, /, *, axis: int = -1, temperature: Any = 1.0, where: Any = None
+) -> ArrayT:
     r"""The softmax Jacobian ``diag(p) − p pᵀ`` (over one axis), shape ``(..., K, K)``.
 
     .. math::
@@ -158,7 +158,7 @@ def softmax_jacobian(
     return astype(xp.reshape(jac * inv_t, (*lay.batch_shape, lay.k, lay.k)), out_dtype, xp)
 
 
-def cross_entropy_hessian(x: Any, /, *, axis: int = -1, where: Any = None) -> Any:
+def cross_entropy_hessian(x: ArrayT, /, *, axis: int = -1, where: Any = None) -> ArrayT:
     r"""Hessian of the cross-entropy ``−Σ y log softmax(x)`` with respect to the logits ``x``.
 
     .. math::

@@ -34,10 +34,11 @@ from typing import Any
 import array_api_compat
 
 from . import _ce_rows as ce
-from ._core import check_softcap, merge_lse
-from ._losses._validate import check_ignore_index, check_options
+from ._core import merge_lse
+from ._losses._validate import check_column_options
 from ._namespace import (
     Array,
+    ArrayT,
     LogitkitTypeError,
     LogitkitValueError,
     as_array,
@@ -148,10 +149,9 @@ def _validate(
     if not xp.isdtype(target.dtype, "integral"):
         raise LogitkitTypeError(expected("target", "an array of integer class indices",
                                          f"an array of dtype {target.dtype}"))
-    check_ignore_index(ignore_index)
-    eps, zl, _, red = check_options(label_smoothing=label_smoothing, z_loss=z_loss,
-                                       logit_l2=0.0, reduction=reduction)
-    cap = check_softcap(softcap)
+    eps, zl, cap, red = check_column_options(
+        ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
+        softcap=softcap, reduction=reduction)
 
     # One working dtype for all three arrays: their common type, floating, float32 at least.
     dtypes = [hidden.dtype, weight.dtype] + ([] if bias is None else [bias.dtype])
@@ -487,7 +487,7 @@ def _needs_autograd(*arrays: Any) -> bool:
 
 
 def linear_cross_entropy(
-    hidden: Any,
+    hidden: ArrayT,
     weight: Any,
     target: Any,
     /,
@@ -499,7 +499,7 @@ def linear_cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     reduction: str = "mean",
-) -> Any:
+) -> ArrayT:
     r"""Cross-entropy of the logits ``hidden @ weight.T + bias``, never holding all N×V of them.
 
     .. math::
@@ -570,7 +570,7 @@ def linear_cross_entropy(
 
 
 def linear_cross_entropy_with_grad(
-    hidden: Any,
+    hidden: ArrayT,
     weight: Any,
     target: Any,
     /,
@@ -583,7 +583,7 @@ def linear_cross_entropy_with_grad(
     softcap: float | None = None,
     reduction: str = "mean",
     grad_output: Any = None,
-) -> tuple[Any, Any, Any, Any]:
+) -> tuple[ArrayT, ArrayT, ArrayT, ArrayT | None]:
     r""":func:`linear_cross_entropy` and its gradients, in one blocked pass (for NumPy users).
 
     .. math::

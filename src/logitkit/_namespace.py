@@ -22,7 +22,9 @@ __all__ = [
 ]
 
 Array = Any
-ArrayT = TypeVar("ArrayT")
+#: The array type a public function returns: the type it was given (NumPy in, NumPy out; a torch
+#: tensor in, a tensor out).  Bound to ``Any`` so that the bodies may use the array's attributes.
+ArrayT = TypeVar("ArrayT", bound=Any)
 
 
 class LogitkitError(Exception):

@@ -76,13 +76,18 @@ def _logits(logits: Any, xp: Any) -> Array:
 # --------------------------------------------------------------------------------------------
 
 
+def _seed(rng: object) -> int | None:
+    """``rng`` as an int seed, or None when it is not one (a bool is not a seed)."""
+    return int(rng) if isinstance(rng, numbers.Integral) and not isinstance(rng, bool) else None
+
+
 def _numpy_generator(rng: object, arg: str) -> np.random.Generator:
     if rng is None:
         return np.random.default_rng()
     if isinstance(rng, np.random.Generator):
         return rng
-    if isinstance(rng, numbers.Integral) and not isinstance(rng, bool):
-        return np.random.default_rng(int(rng))
+    if (seed := _seed(rng)) is not None:
+        return np.random.default_rng(seed)
     raise LogitkitTypeError(expected(arg, "a numpy.random.Generator, an int seed or None", rng))
 
 
@@ -93,16 +98,16 @@ def _exponential(shape: tuple[int, ...], rng: object, like: Array, xp: Any, arg:
     if is_torch(xp):
         import torch
 
-        if isinstance(rng, numbers.Integral) and not isinstance(rng, bool):
-            rng = torch.Generator(device=dev).manual_seed(int(rng))
+        if (seed := _seed(rng)) is not None:
+            rng = torch.Generator(device=dev).manual_seed(seed)
         if rng is not None and not isinstance(rng, torch.Generator):
             raise LogitkitTypeError(expected(arg, "a torch.Generator, an int seed or None", rng))
         return torch.empty(shape, dtype=dtype, device=dev).exponential_(generator=rng)
     if is_jax(xp):
         import jax
 
-        if isinstance(rng, numbers.Integral) and not isinstance(rng, bool):
-            rng = jax.random.key(int(rng))
+        if (seed := _seed(rng)) is not None:
+            rng = jax.random.key(seed)
         if not isinstance(rng, jax.Array):
             raise LogitkitTypeError(
                 expected(arg, "a JAX PRNG key (jax.random.key) or an int seed", rng))

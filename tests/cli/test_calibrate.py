@@ -301,17 +301,17 @@ def test_every_figure_has_an_interval_from_the_engine(cli, data):
 
 
 def test_automatic_bins_and_the_diagram_title(cli, data, monkeypatch):
-    from logitkit.calibration import _diagram
-    from logitkit.calibration._binning import auto_bins
+    from logitkit import calibration
+    from logitkit.calibration import auto_bins
 
     seen = {}
-    draw = _diagram.figure_from_stats
+    draw = calibration.figure_from_stats
 
     def spy(stats, titles, **kwargs):
         seen.update(titles=titles, **kwargs)
         return draw(stats, titles, **kwargs)
 
-    monkeypatch.setattr(_diagram, "figure_from_stats", spy)
+    monkeypatch.setattr(calibration, "figure_from_stats", spy)
     z, y = data
     np.savez("preds.npz", logits=z, labels=y)
     cli.ok("calibrate", "preds.npz", "--method", "vector", "--bins", "auto", "--level", "0.9",

@@ -40,14 +40,24 @@ import numpy as np
 
 from ._buffers import buffer_cache_limit, release_buffers, set_buffer_cache
 from ._buffers import empty as _empty  # kernel outputs: on huge pages, recycled when large
-from ._problem import CrossEntropyResult, CrossEntropyRows, Normalise, NormaliseResult
+from ._problem import (
+    CalibrationPass,
+    CalibrationSums,
+    CrossEntropyResult,
+    CrossEntropyRows,
+    Normalise,
+    NormaliseResult,
+)
 
 __all__ = [
+    "CalibrationPass",
+    "CalibrationSums",
     "CrossEntropyResult",
     "CrossEntropyRows",
     "Normalise",
     "NormaliseResult",
     "buffer_cache_limit",
+    "calibration_sums",
     "cross_entropy",
     "fast_path",
     "fast_path_enabled",
@@ -475,3 +485,85 @@ def nll_sums(z: Any, y: Any, beta: float,
     sums = native().nll_sums(np.ascontiguousarray(x), labels, weight, float(beta))
     return float(sums[0]), float(sums[1]), float(sums[2]), float(sums[3])
 
+
+
+# --------------------------------------------------------------------------------------------
+# the calibration engine's pass
+# --------------------------------------------------------------------------------------------
+
+#: The rows of one call are cut into tasks of about this many bytes of input (at most
+#: MAX_TASKS), whatever the threads: each task sums into a scratch of its own, and the
+#: scratches are added in task order, so the sums never depend on the threads.
+TASK_BYTES = 1 << 21
+MAX_TASKS = 64
+#: The tasks' scratch sums stay within this share of the input (and 4 MiB for small inputs).
+SCRATCH_SHARE = 1 / 32
+#: Rows converted to the working dtype at a time, in elements (other dtypes and layouts).
+SLAB_ELEMENTS = 1 << 20
+#: The kernel's sum of a row of probabilities (float lanes over blocks of 256 entries, double
+#: across them; a row of K <= 32 in one lane: within 31u) is within 5e-6 of the exact sum, the
+#: engine's reference judges the exact sum: rows this close to the tolerance are left to it.
+ROW_SUM_MARGIN = 1e-5
+
+
+def calibration_tasks(n: int, k: int, itemsize: int, acc_len: int) -> int:
+    """The number of equal row ranges a pass over ``n × k`` entries of ``itemsize`` bytes is
+    cut into (a function of the shape only), with ``acc_len`` float64 sums per task."""
+    work = n * k * itemsize
+    t = min(MAX_TASKS, max(1, work // TASK_BYTES))
+    budget = max(1 << 22, int(work * SCRATCH_SHARE))
+    return int(max(1, min(t, budget // (8 * acc_len), n)))
+
+
+def calibration_sums(problem: CalibrationPass) -> CalibrationSums | None:
+    """The calibration engine's pass (``csrc/calib.cpp``) on a validated problem, or ``None``
+    when the fast path is off or the extension missing."""
+    if not fast_path_enabled():
+        return None
+    pb = problem
+    x = pb.x
+    n, k = x.shape
+    g = int(pb.groups)
+    fields = 5 if pb.moments else 3
+    n_bins = 0 if pb.edges is None else int(pb.edges.shape[0]) - 1
+    cw_bins = 0 if pb.cw_edges is None else int(pb.cw_edges.shape[0]) - 1
+    acc_len = g * (4 + fields * n_bins + 5 * k * cw_bins)
+    out = CalibrationSums(
+        totals=np.zeros((g, 4)),
+        bins=np.zeros((g, fields, n_bins)) if n_bins else None,
+        cw=np.zeros((g, 5, k, cw_bins)) if cw_bins else None,
+        conf=np.empty(n) if pb.keep_rows else None,
+        hit=np.empty(n) if pb.keep_rows else None,
+        flagged=np.zeros(n, dtype=np.bool_),
+        n_flagged=0,
+        invalid=False,
+    )
+    if n == 0:
+        return out
+    labels = np.ascontiguousarray(pb.labels, dtype=np.int64)
+    edges = None if pb.edges is None else np.ascontiguousarray(pb.edges, dtype=np.float64)
+    cw_edges = None if pb.cw_edges is None else np.ascontiguousarray(pb.cw_edges,
+                                                                      dtype=np.float64)
+    work = np.dtype(pb.work)
+    direct = x.dtype == work and x.flags.c_contiguous
+    step = n if direct else max(1, SLAB_ELEMENTS // k)
+    mod = native()
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        rows = x if direct else np.ascontiguousarray(x[start:stop], dtype=work)
+        tasks = calibration_tasks(stop - start, k, work.itemsize, acc_len)
+        flagged, invalid = mod.calibration_sums(
+            rows, labels[start:stop], offset=int(pb.offset) + start, groups=g,
+            from_logits=bool(pb.from_logits), beta=float(pb.beta),
+            tol=max(0.0, float(pb.tolerance) - ROW_SUM_MARGIN), top=bool(pb.top),
+            brier=bool(pb.brier), moments=bool(pb.moments), edges=edges,
+            uniform=bool(pb.uniform), cw_edges=cw_edges, cw_uniform=bool(pb.cw_uniform),
+            tot=out.totals, bins=out.bins, cw=out.cw,
+            conf=None if out.conf is None else out.conf[start:stop],
+            hit=None if out.hit is None else out.hit[start:stop],
+            flagged=out.flagged[start:stop], scratch=np.empty(tasks * acc_len), tasks=tasks)
+        out.n_flagged += int(flagged)
+        if invalid:
+            out.invalid = True
+            break
+    return out

@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CrossEntropyResult", "CrossEntropyRows", "Normalise", "NormaliseResult"]
+__all__ = [
+    "CalibrationPass",
+    "CalibrationSums",
+    "CrossEntropyResult",
+    "CrossEntropyRows",
+    "Normalise",
+    "NormaliseResult",
+]
 
 
 def _as_input(values: np.ndarray, torch: bool) -> Any:
@@ -106,3 +113,62 @@ class CrossEntropyResult:
 
     def as_input(self, values: np.ndarray) -> Any:
         return _as_input(values, self.torch)
+
+
+@dataclass(frozen=True)
+class CalibrationPass:
+    """The calibration engine's one pass over ``N`` rows of probabilities or logits.
+
+    Every field is already validated by the engine (``calibration/_engine.py``, whose
+    :class:`Spec` this mirrors): ``x`` is a 2-D NumPy array with ``K ≥ 2`` columns (float32 and
+    float64 rows are read in place when C-contiguous; any other dtype or layout is converted to
+    ``work`` a slab of rows at a time), ``labels`` an ``(N,)`` ``intp`` array (a label outside
+    ``[0, K)`` stops the pass: ``invalid``, and the engine says which).  Per row ``i`` the pass
+    computes the confidence, the arg-max, ``−log p_y`` and the Brier term, and adds them, for row group ``g(offset + i)``, to the totals, the
+    top-label bin of the confidence (``edges``: ``B + 1`` float64 edges from 0 to 1, bins
+    right-closed; ``uniform`` when they are the correctly rounded ``b / B``) and, class-wise,
+    the bin of every probability (``cw_edges``: ``(CB + 1,)`` shared or ``(CB + 1, K)`` per
+    class).  Probabilities whose rows are not clearly valid (in ``[0, 1]``, no NaN, summing to
+    1 within ``tolerance``) are not summed: the result says so and the engine's own validation
+    judges them.
+    """
+
+    x: np.ndarray
+    labels: np.ndarray
+    work: np.dtype  # float32 or float64: the precision of the row arithmetic
+    from_logits: bool
+    beta: float = 1.0
+    tolerance: float = 1e-3
+    offset: int = 0
+    groups: int = 1
+    top: bool = True
+    brier: bool = True
+    moments: bool = False
+    edges: np.ndarray | None = None
+    uniform: bool = False
+    cw_edges: np.ndarray | None = None
+    cw_uniform: bool = False
+    keep_rows: bool = False
+
+
+@dataclass
+class CalibrationSums:
+    """What :func:`~logitkit._kernels.calibration_sums` adds up, float64.
+
+    ``totals`` ``(G, 4)``: rows, top-1 hits, ``Σ −log p_y``, ``Σ`` Brier; ``bins`` ``(G, F,
+    B)`` (count, Σ conf, Σ hit, and with ``moments`` Σ conf², Σ conf·hit); ``cw`` ``(G, 5, K,
+    CB)`` (count, Σ p, Σ hit, Σ p², Σ p·hit); with ``keep_rows`` every row's ``conf`` and
+    ``hit``.  ``flagged`` rows (logits holding a NaN, a ``+inf`` or nothing finite) are in none
+    of the sums and their per-row values are undefined: they are the caller's to compute.
+    ``invalid``: probabilities the kernel did not accept, or a label out of range; nothing
+    else in the result is meaningful then.
+    """
+
+    totals: np.ndarray
+    bins: np.ndarray | None
+    cw: np.ndarray | None
+    conf: np.ndarray | None
+    hit: np.ndarray | None
+    flagged: np.ndarray
+    n_flagged: int
+    invalid: bool

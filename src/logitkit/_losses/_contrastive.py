@@ -9,6 +9,7 @@ import array_api_compat
 
 from .._core import logsumexp
 from .._namespace import (
+    ArrayT,
     LogitkitTypeError,
     LogitkitValueError,
     as_array,
@@ -45,15 +46,15 @@ def _unit(x: Any, xp: Any) -> Any:
 
 
 def info_nce(
-    query: Any,
-    keys: Any,
+    query: ArrayT,
+    keys: ArrayT,
     /,
     *,
     temperature: float = 0.1,
     positive: Any = None,
     normalize: bool = True,
     reduction: str = "mean",
-) -> Any:
+) -> ArrayT:
     r"""InfoNCE: classify each query's positive key among all keys by similarity.
 
     .. math::
@@ -110,7 +111,7 @@ def info_nce(
     return cross_entropy(logits, positive, reduction=reduction)
 
 
-def ntxent(embeddings: Any, labels: Any, /, *, temperature: float = 0.07) -> Any:
+def ntxent(embeddings: ArrayT, labels: Any, /, *, temperature: float = 0.07) -> ArrayT:
     r"""NT-Xent (SimCLR's normalized temperature-scaled cross-entropy) over labelled groups.
 
     Every pair ``(a, p)`` of distinct samples with the same label is a positive pair; samples with
@@ -176,13 +177,13 @@ def ntxent(embeddings: Any, labels: Any, /, *, temperature: float = 0.07) -> Any
 
 
 def clip_loss(
-    image_embeddings: Any,
-    text_embeddings: Any,
+    image_embeddings: ArrayT,
+    text_embeddings: ArrayT,
     /,
     *,
     logit_scale: Any = _CLIP_INIT,
     normalize: bool = True,
-) -> Any:
+) -> ArrayT:
     r"""CLIP's symmetric contrastive loss: image→text and text→image cross-entropy, averaged.
 
     .. math::

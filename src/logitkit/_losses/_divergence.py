@@ -9,6 +9,7 @@ from .._ce_rows import reduce
 from .._core import log_softmax, softmax
 from .._layout import Axis, layout, to_rows
 from .._namespace import (
+    ArrayT,
     LogitkitValueError,
     as_array,
     astype,
@@ -52,7 +53,7 @@ def _reduce_rows(rows: Any, counted: Any, reduction: str, xp: Any) -> Any:
 
 def kl_divergence(
     target: Any,
-    logits: Any,
+    logits: ArrayT,
     /,
     *,
     axis: Axis = -1,
@@ -60,7 +61,7 @@ def kl_divergence(
     temperature: Any = 1.0,
     where: Any = None,
     reduction: str = "mean",
-) -> Any:
+) -> ArrayT:
     r"""``KL(target ‖ softmax(logits / T))``: the divergence of the model from the target.
 
     .. math::
@@ -127,7 +128,7 @@ def kl_divergence(
 
 
 def distillation_loss(
-    student_logits: Any,
+    student_logits: ArrayT,
     teacher_logits: Any,
     /,
     *,
@@ -139,7 +140,7 @@ def distillation_loss(
     axis: Axis = -1,
     where: Any = None,
     reduction: str = "mean",
-) -> Any:
+) -> ArrayT:
     r"""Knowledge-distillation loss of Hinton et al. (2015), with the ``T²`` factor.
 
     .. math::

@@ -94,6 +94,18 @@ def check_options(
     return eps, zl, l2, red
 
 
+def check_column_options(
+    *, ignore_index: object, label_smoothing: object, z_loss: object, softcap: object,
+    reduction: object
+) -> tuple[float, float, float | None, str]:
+    """The options of the losses over blocks of columns (``linear_cross_entropy``,
+    ``vocab_parallel_cross_entropy``): ``(label_smoothing, z_loss, softcap, reduction)``."""
+    check_ignore_index(ignore_index)
+    eps, zl, _, red = check_options(label_smoothing=label_smoothing, z_loss=z_loss,
+                                    logit_l2=0.0, reduction=reduction)
+    return eps, zl, check_softcap(softcap), red
+
+
 def check_cross_entropy(
     logits: Any,
     target: Any,

@@ -7,6 +7,8 @@
   :class:`HistogramCalibrator` one-vs-rest maps of the probabilities; every one is a
   :class:`Calibrator`, saved with ``to_dict`` and restored with ``Calibrator.from_dict``.
 - :func:`select` chooses among them (and "none") by cross-validated NLL.
+- :func:`make_calibrator` makes one by its method name (:data:`METHODS`); :data:`ACCURACY_FLAG`
+  is the held-out accuracy change beyond which :func:`select` flags a candidate.
 - :func:`ece`, :func:`mce`, :func:`brier_score`, :func:`nll`, :func:`accuracy` score
   probabilities; :class:`CalibrationStats` accumulates the same metrics in O(bins) memory and
   merges exactly across batches and workers.
@@ -15,6 +17,8 @@
 - :func:`bootstrap` gives any metric a confidence interval (resampling fixed row groups: no
   second pass over the data); :meth:`CalibrationStats.intervals` does it for every figure.
 - :func:`reliability_diagram` draws them (matplotlib, optional).
+- :func:`figure_from_stats` draws :meth:`CalibrationStats.compute` results; :func:`bin_edges`
+  gives the equal-mass edges of a first pass for ``CalibrationStats(edges=...)``.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ from ._binary import BetaCalibrator as BetaCalibrator
 from ._binary import HistogramCalibrator as HistogramCalibrator
 from ._binary import IsotonicCalibrator as IsotonicCalibrator
 from ._binning import auto_bins as auto_bins
+from ._binning import bin_edges as bin_edges
 from ._bootstrap import BootstrapResult as BootstrapResult
 from ._bootstrap import bootstrap as bootstrap
+from ._diagram import figure_from_stats as figure_from_stats
 from ._diagram import reliability_diagram as reliability_diagram
 from ._metrics import accuracy as accuracy
 from ._metrics import brier_decomposition as brier_decomposition
@@ -40,7 +46,10 @@ from ._scaling import DirichletScaler as DirichletScaler
 from ._scaling import MatrixScaler as MatrixScaler
 from ._scaling import StructuredScaler as StructuredScaler
 from ._scaling import VectorScaler as VectorScaler
+from ._select import ACCURACY_FLAG as ACCURACY_FLAG
+from ._select import METHODS as METHODS
 from ._select import Selection as Selection
+from ._select import make_calibrator as make_calibrator
 from ._select import select as select
 from ._smooth import SmoothReliability as SmoothReliability
 from ._smooth import smooth_ece as smooth_ece
@@ -49,6 +58,8 @@ from ._stats import CalibrationStats as CalibrationStats
 from ._temperature import TemperatureScaler as TemperatureScaler
 
 __all__ = [
+    "ACCURACY_FLAG",
+    "METHODS",
     "BetaCalibrator",
     "BootstrapResult",
     "CalibrationStats",
@@ -66,10 +77,13 @@ __all__ = [
     "VectorScaler",
     "accuracy",
     "auto_bins",
+    "bin_edges",
     "bootstrap",
     "brier_decomposition",
     "brier_score",
     "ece",
+    "figure_from_stats",
+    "make_calibrator",
     "mce",
     "nll",
     "reliability_diagram",

@@ -154,3 +154,32 @@ def check_labels(labels: object, n: int, k: int, xp: Any, arg: str = "y") -> Arr
 def check_label_range(lo: int, hi: int, k: int, arg: str = "y") -> None:
     if lo < 0 or hi >= k:
         raise LogitkitValueError(expected(arg, f"class labels in [0, {k})", lo if lo < 0 else hi))
+
+
+def bin_edges(confidences: Any, n_bins: int | str = "auto", *,
+              binning: str = "quantile") -> np.ndarray:
+    """The ``B + 1`` bin edges of ``binning`` over ``confidences``, for
+    ``CalibrationStats(edges=...)``: equal-mass bins chosen on a first pass, then merged exactly.
+
+    Args:
+        confidences: 1-D values in [0, 1] (for example each row's top-label probability).
+        n_bins: a positive int, or ``"auto"`` (:func:`auto_bins` of the number of values).
+        binning: ``"quantile"`` (edge ``b`` is the ``ceil(b N / B)``-th smallest value, NumPy's
+            ``"inverted_cdf"`` quantile; repeated edges are kept and their bins stay empty) or
+            ``"uniform"`` (``b / B``, correctly rounded; the values only count for ``"auto"``).
+
+    Returns:
+        float64 edges from 0 to 1, non-decreasing.
+
+    Examples:
+        >>> import numpy as np
+        >>> from logitkit.calibration import bin_edges
+        >>> bin_edges(np.array([0.5, 0.6, 0.7, 0.8, 0.9, 0.95]), 3)
+        array([0. , 0.6, 0.8, 1. ])
+        >>> bin_edges(np.array([0.5, 0.6, 0.7]), 4, binning="uniform")
+        array([0.  , 0.25, 0.5 , 0.75, 1.  ])
+    """
+    v = np.asarray(to_numpy(confidences), dtype=np.float64)
+    if v.ndim != 1:
+        raise LogitkitValueError(expected("confidences", "a 1-D array", f"shape {v.shape}"))
+    return edges_of(v, resolve_bins(check_n_bins(n_bins), int(v.shape[0])), binning)

@@ -207,6 +207,37 @@ def make_candidate(name: str, from_probs: bool = False) -> Calibrator:
     return cal
 
 
+#: The calibration methods :func:`make_calibrator` and :func:`select` know, simplest first (the
+#: order in which :func:`select` breaks ties); ``"none"`` is the identity.
+METHODS: tuple[str, ...] = tuple(CANDIDATES)
+
+
+def make_calibrator(method: str, *, from_probs: bool = False) -> Calibrator:
+    """A new, unfitted calibrator from its method name, as :func:`select` makes its candidates.
+
+    Args:
+        method: one of :data:`METHODS`.
+        from_probs: the calibrator takes probabilities instead of logits.
+
+    Returns:
+        The calibrator, configured as :func:`select` configures that candidate (for example
+        ``"structured-vector"`` is ``StructuredScaler(form="vector")``).
+
+    Raises:
+        LogitkitValueError: ``method`` is not one of :data:`METHODS`.
+
+    Examples:
+        >>> import numpy as np
+        >>> from logitkit.calibration import make_calibrator
+        >>> make_calibrator("structured-vector")
+        StructuredScaler(form='vector')
+        >>> z = np.array([[4.0, 0.0], [0.0, 4.0], [3.0, 1.0], [1.0, 3.0]])
+        >>> make_calibrator("temperature").fit(z, [0, 1, 1, 0]).n_classes_
+        2
+    """
+    return make_candidate(method, from_probs)
+
+
 def _candidates(methods: Any) -> list[str]:
     if isinstance(methods, str):
         names = list(CANDIDATES) if methods == "auto" else [methods]

@@ -68,7 +68,7 @@ def calibrator_from_report(cal: dict[str, Any], where: str
                            ) -> Callable[[np.ndarray], np.ndarray]:
     """The calibrated probabilities as a function of ``(N, K)`` logits, from the report's
     ``Calibrator.to_dict()``."""
-    from .._namespace import LogitkitError
+    from .. import LogitkitError
     from ..calibration import Calibrator
 
     try:

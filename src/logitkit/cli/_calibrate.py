@@ -13,13 +13,11 @@ import io
 import json
 import sys
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..calibration._select import CANDIDATES, make_candidate
+from ..calibration import METHODS as ALL_METHODS
+from ..calibration import make_calibrator
 from ._io import (
     FORMATS,
     CliError,
@@ -42,13 +40,14 @@ from ._options import (
     non_negative_int,
     probability,
 )
+from ._outcome import Labelled, Outcome, check_label_range, held_out
 from ._progress import Progress
 from ._report import SCHEMA_VERSION, candidates, describe_calibrator, measured, render
 
 DEFAULT_OUT = "logitkit-calibration"
 REPORT = "report.json"
 DIAGRAM = "reliability.png"
-METHODS = tuple(name for name in CANDIDATES if name != "none")  # simplest first
+METHODS = tuple(name for name in ALL_METHODS if name != "none")  # simplest first
 LONG_INPUT = 5_000_000  # logits entries from which the progress bar shows (on a terminal)
 
 
@@ -104,17 +103,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 # reading
 
 
-@dataclass
-class Labelled:
-    """Logits ``(N, K ≥ 2)`` and labels, with what was assumed to get them."""
-
-    logits: Any
-    y: Any
-    kind: Kind
-    inputs: list[str]
-    notes: list[str] = field(default_factory=list)
-
-
 def read_labelled(paths: list[Path], cols: Columns, labels: Path | None, given: str,
                   what: str = "") -> Labelled:
     """The one way ``calibrate`` reads a labelled set (the calibration file or ``--test``)."""
@@ -126,13 +114,6 @@ def read_labelled(paths: list[Path], cols: Columns, labels: Path | None, given: 
     logits, notes = logits_of(pred.scores, kind, where)
     check_label_range(pred.labels, logits.shape[1], where)
     return Labelled(logits, pred.labels, kind, [str(p) for p in paths], pred.notes + notes)
-
-
-def check_label_range(y: np.ndarray, k: int, where: str) -> None:
-    if y.min() < 0 or y.max() >= k:
-        bad = int(y.min()) if y.min() < 0 else int(y.max())
-        raise CliError(f"{where}: label {bad} is out of range for {k} classes (labels must be "
-                       f"in 0..{k - 1})")
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
@@ -158,19 +139,6 @@ def run(args: argparse.Namespace) -> int:
         with on_cluster(args.scheduler):
             return _run(args)
     return _run(args)
-
-
-@dataclass
-class Outcome:
-    """What a fit produced: the calibrator and the held-out figures (the report's content)."""
-
-    calibrator: Any  # a fitted logitkit.calibration.Calibrator
-    warnings: list[str]
-    before: dict[str, Any]
-    after: dict[str, Any]
-    evaluation: dict[str, Any]
-    candidates: list[dict[str, Any]] = field(default_factory=list)
-    candidates_note: str = ""
 
 
 def _check_paths(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
@@ -318,7 +286,7 @@ def fit(train: Labelled, test: Labelled | None, args: argparse.Namespace,
         if chosen == sel.best_:
             cal = sel.calibrator_
         else:  # the method asked for, although another candidate scored better
-            cal = make_candidate(chosen).fit(train.logits, train.y)
+            cal = make_calibrator(chosen).fit(train.logits, train.y)
     row = sel.row(chosen)
     if row["error"] is not None:
         raise CliError(f"--method {chosen}: the fit failed in cross-validation: {row['error']}")
@@ -358,20 +326,9 @@ def _oof(sel: Any, method: str, logits: Any) -> Any:
     return sel.oof_logits_ if method == sel.best_ else sel.oof_logits(method)
 
 
-def held_out(args: argparse.Namespace, n: int, m: int, on_test: bool) -> dict[str, Any]:
-    """The report's ``evaluation``: what the "after" figures are, in words too."""
-    if on_test:
-        return {"kind": "test", "folds": None, "rows": m,
-                "text": f"held out: the calibrator, fitted on all {n:,} calibration rows, "
-                        f"measured on the {m:,} --test rows"}
-    return {"kind": "cross-fitted", "folds": args.cv, "rows": m,
-            "text": f"cross-fitted: each of the {m:,} rows scored by a calibrator fitted on "
-                    f"the other {args.cv - 1} of {args.cv} folds"}
-
-
 def _tried(methods: Any) -> list[str]:
     if methods == "auto":
-        return list(CANDIDATES)
+        return list(ALL_METHODS)
     return list(dict.fromkeys(["none", "temperature", *methods]))
 
 
@@ -380,15 +337,15 @@ def _plural(n: int, noun: str) -> str:
 
 
 def _is_dask(x: Any) -> bool:
-    from .._namespace import is_dask
+    import array_api_compat
 
-    return is_dask(x)
+    return bool(array_api_compat.is_dask_array(x))
 
 
 def _diagram(outcome: Outcome, report: dict[str, Any], name: str) -> bytes | None:
     """The reliability diagram of the report's figures, before and after, titled with the
     data's name and the method."""
-    from ..calibration._diagram import figure_from_stats
+    from ..calibration import figure_from_stats
 
     method = describe_calibrator(report["calibrator"], short=True)
     try:

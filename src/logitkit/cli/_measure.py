@@ -62,11 +62,11 @@ def calibrated_rows(z: np.ndarray, folds: np.ndarray | None, calibrators: Sequen
 def _blocks(z: Any, folds: Any, calibrators: Sequence[Any] | None) -> Iterator[Any]:
     """The logits to measure, as one array (the engine takes any size in one pass) or, when
     calibrated in memory, as chunks of rows (O(chunk) extra memory)."""
-    from .._namespace import is_dask
+    import array_api_compat
 
     if calibrators is None:
         yield z
-    elif is_dask(z):
+    elif array_api_compat.is_dask_array(z):
         import dask.array as da
 
         z = z.rechunk({1: -1})
@@ -85,16 +85,17 @@ def _block_rows(z: np.ndarray, folds: np.ndarray | None = None, *,
 
 
 def _edges(z: Any, folds: Any, calibrators: Sequence[Any] | None, n_bins: int,
-           binning: str) -> np.ndarray:
-    """Uniform edges, or equal-mass edges of the confidences (a first pass, in memory)."""
+           binning: str) -> np.ndarray | None:
+    """None for uniform bins, else equal-mass edges of the confidences (a first pass, in
+    memory)."""
     from .. import log_softmax
-    from ..calibration._binning import edges_of
+    from ..calibration import bin_edges
 
     if binning == "uniform":
-        return edges_of(None, n_bins, "uniform")
+        return None
     conf = np.concatenate([np.exp(np.asarray(log_softmax(b, axis=1)).max(axis=1))
                            for b in _blocks(z, folds, calibrators)])
-    return edges_of(conf, n_bins, "quantile")
+    return bin_edges(conf, n_bins, binning="quantile")
 
 
 def measure(z: Any, y: Any, opts: Options, *, calibrators: Sequence[Any] | None = None,
@@ -106,11 +107,10 @@ def measure(z: Any, y: Any, opts: Options, *, calibrators: Sequence[Any] | None 
         decomposition, the bins left out of the MCE) with ``"intervals"``: ``{figure: (low,
         high)}`` at ``opts.level`` (empty when ``opts.resamples`` is 0).
     """
-    from ..calibration import CalibrationStats
-    from ..calibration._binning import resolve_bins
+    from ..calibration import CalibrationStats, auto_bins
 
-    n_bins = resolve_bins(opts.bins, int(y.shape[0]))
-    stats = CalibrationStats(edges=_edges(z, folds, calibrators, n_bins, opts.binning))
+    n_bins = auto_bins(int(y.shape[0])) if opts.bins == "auto" else int(opts.bins)
+    stats = CalibrationStats(n_bins, edges=_edges(z, folds, calibrators, n_bins, opts.binning))
     start = 0
     for block in _blocks(z, folds, calibrators):
         rows = int(block.shape[0])

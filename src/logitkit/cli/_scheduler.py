@@ -77,7 +77,7 @@ def load_on_cluster(args: argparse.Namespace, files: list[Path]) -> Any:
     import dask.array as da
     from dask import delayed
 
-    from ._calibrate import Labelled, check_label_range
+    from ._outcome import Labelled, check_label_range
 
     if args.binning == "quantile":
         raise CliError("--binning quantile needs every confidence in one place; use uniform "
@@ -131,11 +131,10 @@ def fit_on_cluster(train: Any, test: Any, args: argparse.Namespace, progress: An
 
     import dask.array as da
 
-    from .._namespace import LogitkitError
-    from ..calibration import CalibrationWarning
-    from ..calibration._select import ACCURACY_FLAG, make_candidate
-    from ._calibrate import Outcome, held_out
+    from .. import LogitkitError
+    from ..calibration import ACCURACY_FLAG, CalibrationWarning, make_calibrator
     from ._measure import Options, measure
+    from ._outcome import Outcome, held_out
     from ._report import candidates
 
     method = "temperature" if args.method == "auto" else args.method
@@ -151,11 +150,11 @@ def fit_on_cluster(train: Any, test: Any, args: argparse.Namespace, progress: An
             with progress.stage(f"cross-fitting {method} over {args.cv} folds", n) as tick:
                 for f in range(args.cv):
                     weight = (folds != f).astype(np.float64)
-                    fold_fits.append(make_candidate(method).fit(z, y, sample_weight=weight))
+                    fold_fits.append(make_calibrator(method).fit(z, y, sample_weight=weight))
                     tick(n // args.cv)
             seconds = (time.perf_counter() - start) / args.cv
             with progress.stage(f"fitting {method} on every row", n) as tick:
-                cal = make_candidate(method).fit(z, y)
+                cal = make_calibrator(method).fit(z, y)
                 tick(n)
         except LogitkitError as exc:
             raise CliError(f"--method {method} on the cluster: {exc}") from None

@@ -16,8 +16,7 @@ from typing import Any
 import array_api_compat
 
 from .. import _ce_rows as ce
-from .._core import check_softcap
-from .._losses._validate import check_ignore_index, check_options
+from .._losses._validate import check_column_options
 from .._namespace import (
     LogitkitTypeError,
     LogitkitValueError,
@@ -45,12 +44,17 @@ def _group_layout(group: Any, local_size: int, device: Any) -> tuple[int, int, b
     return int(sizes[:rank].sum()), int(sizes.sum()), True
 
 
-def _working(logits: Any) -> Any:
-    """The logits, detached, in float32 at least (float16/bfloat16 accumulate in float32)."""
+def _working(logits: Any, cap: float | None) -> tuple[Any, Any]:
+    """The logits, detached, in float32 at least (float16/bfloat16 accumulate in float32) and
+    softcapped, with ``tanh(z / c)`` (None without a softcap)."""
     import torch
 
     z = logits.detach()
-    return z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+    z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+    if cap is None:
+        return z, None
+    t = torch.tanh(z / cap)
+    return cap * t, t
 
 
 @functools.cache
@@ -64,11 +68,7 @@ def _function() -> Any:
                     group: Any, distributed: bool, keep: Any, opts: tuple) -> Any:
             eps, zc, cap, reduction, n_kept = opts
             xp = array_api_compat.array_namespace(logits)
-            z = _working(logits)
-            t = None
-            if cap is not None:
-                t = torch.tanh(z / cap)
-                z = cap * t
+            z, _ = _working(logits, cap)
             local = z.shape[-1]
             top = torch.amax(z, dim=-1) if local else torch.full(
                 z.shape[:-1], -math.inf, dtype=z.dtype, device=z.device)
@@ -91,21 +91,17 @@ def _function() -> Any:
             lse = top + torch.log(s)
             loss = ce.column_loss(lse, z_y, sum_z, vocab=total, label_smoothing=eps, z_loss=zc)
             loss = torch.where(keep, loss, torch.zeros_like(loss))
-            ctx.save_for_backward(logits, target, lse, keep)
+            ctx.save_for_backward(logits, target, lse, top, s, keep)
             ctx.meta = (start, total, opts)
             return ce.reduce(loss, reduction, float(n_kept), xp).to(logits.dtype)
 
         @staticmethod
         @torch.autograd.function.once_differentiable
         def backward(ctx: Any, grad_out: Any) -> Any:
-            logits, target, lse, keep = ctx.saved_tensors
+            logits, target, lse, top, s, keep = ctx.saved_tensors
             start, total, (eps, zc, cap, reduction, n_kept) = ctx.meta
             xp = array_api_compat.array_namespace(logits)
-            z = _working(logits)
-            t = None
-            if cap is not None:
-                t = torch.tanh(z / cap)
-                z = cap * t
+            z, t = _working(logits, cap)
             shape = z.shape
             local = shape[-1]
             scale = ce.row_scale(keep.reshape(-1), reduction, float(n_kept),
@@ -113,7 +109,9 @@ def _function() -> Any:
                                  else grad_out.to(z.dtype), xp)
             z = z.reshape(-1, local)
             lse = lse.reshape(-1, 1)
-            g = torch.exp(z - lse)
+            # e^{z − m} / s rather than e^{z − lse}: the rounding of lse = m + log s would be
+            # magnified by exp into every probability (1e-5 at logits 1e4 in float32).
+            g = torch.exp(z - top.reshape(-1, 1)) / s.reshape(-1, 1)
             flat = target.reshape(-1)
             inside = keep.reshape(-1) & (flat >= start) & (flat < start + local)
             (rows,) = torch.nonzero(inside, as_tuple=True)
@@ -205,10 +203,9 @@ def vocab_parallel_cross_entropy(
     if target.dtype.is_floating_point or target.dtype == torch.bool or target.is_complex():
         raise LogitkitTypeError(expected("target", "an integer tensor of class indices",
                                          f"a tensor of dtype {target.dtype}"))
-    check_ignore_index(ignore_index)
-    eps, zc, _, red = check_options(label_smoothing=label_smoothing, z_loss=z_loss,
-                                       logit_l2=0.0, reduction=reduction)
-    cap = check_softcap(softcap)
+    eps, zc, cap, red = check_column_options(
+        ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
+        softcap=softcap, reduction=reduction)
 
     start, total, distributed = _group_layout(group, int(logits_shard.shape[-1]),
                                               logits_shard.device)

@@ -1,0 +1,664 @@
+// The calibration engine's one pass (calibration/_engine.py): every row of probabilities or
+// logits read once, its statistics binned and summed per row group in float64.
+//
+// Per row i (label y, p the probabilities; from logits p = softmax(β·x), never formed):
+//
+//     conf = max_k p_k, pred = its first arg-max, hit = [pred = y],
+//     −log p_y, Brier = Σ_k p_k² − 2 p_y + 1,
+//
+// then, for row group g(i) (i < G: i itself; beyond, SplitMix64(i) mod G, as _engine.group_of),
+// the totals (rows, hits, Σ −log p_y, Σ Brier), the top-label bin of conf (count, Σ conf,
+// Σ hit, and with `moments` Σ conf², Σ conf·hit) and, class-wise, the bin of every p_k (count,
+// Σ p, Σ p², and at the label Σ hit, Σ p·hit).
+//
+// Probabilities: one read of the row gives its max and first arg-max, min, Σ p and Σ p² (a NaN
+// makes the sums NaN; the row sum is within 5e-6 of its exact value, the caller allows for
+// that).  A row that is not clearly valid (a NaN, an entry below 0 or above 1, a sum off by more
+// than `tol`), or a label out of range, stops the pass: the caller's own validation then judges
+// the input and says what is wrong.
+// Logits: a read for the max and arg-max, then, from cache, e = exp(β(x − max)) in x's precision:
+// Σ e split into the entries at the max (exactly 1 each) and the rest, so that
+// log Σ e = log1p(rest + top − 1) keeps a dominant row's small terms, and Σ e² for the Brier
+// score; conf = 1/Σe, log p_y = β(x_y − max) − log Σe (exact where log(softmax) would underflow).
+// Rows with a NaN, a +inf or nothing finite are flagged and left to the caller.
+// The logs and exps of a block of rows are taken in one vectorised loop, and its bins found in
+// another.  No arithmetic has a subnormal result (exp and squares flushed to 0 far below the
+// sums' rounding): each would cost a microcode assist.  Rows of K ≤ 32 (no class-wise bins) run
+// one per SIMD lane, their columns gathered.
+//
+// The rows are cut in `tasks` equal ranges (chosen by the caller from the shape only); each task
+// sums into its own scratch, and the scratches are added to the outputs in task order: the
+// result never depends on the threads.
+#include <atomic>
+#include <cstring>
+#include <utility>
+
+#include "rowstats.hpp"
+
+namespace lk {
+namespace LK_TARGET {
+namespace {
+
+constexpr int64_t kRowBlock = 64;
+
+// SplitMix64's finaliser of i mod G (the row groups of calibration/_engine.py), with the modulo
+// by a multiplication (Lemire, Kaser & Kurz 2019: exact for every 64-bit i with a 128-bit
+// constant), a division costing as much as the rest of a short row.
+struct Groups {
+    uint64_t g;
+    unsigned __int128 m;
+    explicit Groups(int64_t groups)
+        : g(static_cast<uint64_t>(groups)),
+          m(groups > 1 ? ~static_cast<unsigned __int128>(0) / static_cast<uint64_t>(groups) + 1 : 0) {}
+    LK_INLINE int64_t of(uint64_t i) const {
+        if (i < g) return static_cast<int64_t>(i);
+        uint64_t z = i + 0x9E3779B97F4A7C15ULL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        z ^= z >> 31;
+        unsigned __int128 low = m * z;
+        unsigned __int128 bottom = (static_cast<unsigned __int128>(static_cast<uint64_t>(low)) * g) >> 64;
+        unsigned __int128 top = (low >> 64) * g;
+        return static_cast<int64_t>((bottom + top) >> 64);
+    }
+};
+
+template <class T> LK_INLINE VI<T> iota() {
+    VI<T> v;
+    for (int l = 0; l < kL<T>; ++l) v[l] = l;
+    return v;
+}
+
+// Horizontal reductions by halving shuffles (a fixed tree: the result depends only on the lanes).
+template <class E, int N> struct Vec {
+    typedef E type __attribute__((vector_size(N * sizeof(E))));
+};
+template <class E, int N, class V, size_t... I>
+LK_INLINE typename Vec<E, N / 2>::type low_half(V v, std::index_sequence<I...>) {
+    return __builtin_shufflevector(v, v, I...);
+}
+template <class E, int N, class V, size_t... I>
+LK_INLINE typename Vec<E, N / 2>::type high_half(V v, std::index_sequence<I...>) {
+    return __builtin_shufflevector(v, v, (I + N / 2)...);
+}
+template <class E, int N, class Op> LK_INLINE E reduce(typename Vec<E, N>::type v, Op op) {
+    if constexpr (N == 1) {
+        return v[0];
+    } else {
+        auto lo = low_half<E, N>(v, std::make_index_sequence<N / 2>{});
+        auto hi = high_half<E, N>(v, std::make_index_sequence<N / 2>{});
+        return reduce<E, N / 2>(op(lo, hi), op);
+    }
+}
+struct MaxOp {
+    template <class V> LK_INLINE V operator()(V a, V b) const { return a > b ? a : b; }
+};
+struct MinOp {
+    template <class V> LK_INLINE V operator()(V a, V b) const { return a < b ? a : b; }
+};
+struct AddOp {
+    template <class V> LK_INLINE V operator()(V a, V b) const { return a + b; }
+};
+template <class T> LK_INLINE T vec_max(VF<T> v) { return reduce<T, kL<T>>(v, MaxOp{}); }
+template <class T> LK_INLINE T vec_min(VF<T> v) { return reduce<T, kL<T>>(v, MinOp{}); }
+// The sum of T lanes in double: float halves widened first (exact), then a double tree.
+LK_INLINE double vec_sum(VF<double> v) { return reduce<double, kL<double>>(v, AddOp{}); }
+LK_INLINE double vec_sum(VF<float> v) {
+    constexpr int N = kL<float>;
+    using D = Vec<double, N / 2>::type;
+    D lo = __builtin_convertvector(low_half<float, N>(v, std::make_index_sequence<N / 2>{}), D);
+    D hi = __builtin_convertvector(high_half<float, N>(v, std::make_index_sequence<N / 2>{}), D);
+    return reduce<double, N / 2>(lo + hi, AddOp{});
+}
+// The first index of the max m: each lane kept its first occurrence, the smallest such index.
+template <class T> LK_INLINE int64_t first_arg(VF<T> mx, VI<T> at, T m) {
+    using Int = typename Lanes<T>::Int;
+    VI<T> cand = mx == m ? at : (VI<T>{} + static_cast<Int>(INT32_MAX));
+    return static_cast<int64_t>(reduce<Int, kL<T>>(cand, MinOp{}));
+}
+
+// Below these, exp(d) is flushed to 0 and a probability's square to 0: the results stay in the
+// normal range, as a subnormal result costs a microcode assist (100+ cycles per vector on x86)
+// that the tails' −inf padding and a sharp row's far entries would pay on every row.  What is
+// dropped is below 2^−62 (float) or 2^−510 (double) of a sum that is at least 1 (Σ e holds the
+// max's 1; Σ p² ≥ 1/K² sums to 1 for valid rows): far below the sums' rounding.
+template <class T> constexpr T kExpFlush = sizeof(T) == 4 ? T(-43.0) : T(-354.0);
+template <class T> constexpr T kSquareFlush = sizeof(T) == 4 ? T(1.0842021724855044e-19) : T(1.4916681462400413e-154);
+
+template <class T> LK_INLINE VF<T> exp_flushed(VF<T> d) {
+    const VI<T> low = d < kExpFlush<T>;  // false for NaN, which propagates
+    const VF<T> e = vexp<T>(low ? splat<T>(0) : d);
+    return low ? splat<T>(0) : e;
+}
+
+// One vector of a row into its running max (NaN never wins) and, with TOP, each lane's index of
+// its first max (idx: the vector's indices, advanced here).
+template <class T, bool TOP> LK_INLINE void track_max(VF<T> v, VF<T>& mx, VI<T>& at, VI<T>& idx) {
+    if (TOP) {
+        const VI<T> gt = v > mx;
+        mx = gt ? v : mx;
+        at = gt ? idx : at;
+        idx += kL<T>;
+    } else {
+        mx = vmax<T>(v, mx);
+    }
+}
+
+struct ProbRow {
+    double max, min, sum, sumsq;
+    int64_t arg;
+};
+
+// One read of a row of probabilities: max (and first arg-max with TOP), min, Σ p and Σ p² (a
+// NaN makes the sums NaN), summed in T's lanes over blocks of kSumBlock entries and in double
+// across them.
+template <class T, bool TOP>
+LK_INLINE ProbRow scan_probs(const T* x, int64_t k) {
+    constexpr int L = kL<T>;
+    VF<T> mx = splat<T>(-inf<T>()), lo = splat<T>(inf<T>());
+    VI<T> at = VI<T>{}, idx = iota<T>();
+    double s = 0, q = 0;
+    for (int64_t b0 = 0; b0 < k; b0 += kSumBlock) {
+        const int64_t b1 = b0 + kSumBlock < k ? b0 + kSumBlock : k;
+        VF<T> sv = splat<T>(0), qv = splat<T>(0);
+        for (int64_t j = b0; j < b1; j += L) {
+            const int64_t r = b1 - j;
+            VF<T> v = r >= L ? load<T>(x + j) : load_part<T>(x + j, r, T(0));
+            track_max<T, TOP>(v, mx, at, idx);
+            lo = v < lo ? v : lo;
+            sv += v;
+            const VF<T> w = v < kSquareFlush<T> ? splat<T>(0) : v;  // a NaN stays
+            qv += w * w;
+        }
+        s += vec_sum(sv);
+        q += vec_sum(qv);
+    }
+    ProbRow out;
+    T m = vec_max<T>(mx);
+    out.max = m;
+    out.arg = TOP ? first_arg<T>(mx, at, m) : 0;
+    out.min = vec_min<T>(lo);
+    out.sum = s;
+    out.sumsq = q;
+    return out;
+}
+
+// The max of a row of logits (NaN ignored) and, with TOP, its first arg-max.
+template <class T, bool TOP>
+LK_INLINE T max_arg(const T* x, int64_t k, int64_t& arg) {
+    constexpr int L = kL<T>;
+    VF<T> mx = splat<T>(-inf<T>());
+    VI<T> at = VI<T>{}, idx = iota<T>();
+    for (int64_t j = 0; j < k; j += L) {
+        const int64_t r = k - j;
+        VF<T> v = r >= L ? load<T>(x + j) : load_part<T>(x + j, r, -inf<T>());
+        track_max<T, TOP>(v, mx, at, idx);
+    }
+    T m = vec_max<T>(mx);
+    arg = TOP ? first_arg<T>(mx, at, m) : 0;
+    return m;
+}
+
+// Σ e over the entries below the max (rest), the entries at the max (top, each e = 1) and Σ e²,
+// e = exp(β(x − m)) in T's lanes over blocks of kSumBlock entries, in double across blocks; with
+// STORE the e go to out (the class-wise bins read them back from cache).
+template <class T, bool STORE>
+LK_INLINE void exp_sums(const T* x, int64_t k, T m, T beta, bool scale, T* out, double& rest, double& top,
+                        double& sq) {
+    constexpr int L = kL<T>;
+    const VF<T> vm = splat<T>(m), vb = splat<T>(beta);
+    rest = 0;
+    top = 0;
+    sq = 0;
+    for (int64_t b0 = 0; b0 < k; b0 += kSumBlock) {
+        const int64_t b1 = b0 + kSumBlock < k ? b0 + kSumBlock : k;
+        VF<T> acc = splat<T>(0), cnt = splat<T>(0), q = splat<T>(0);
+        for (int64_t j = b0; j < b1; j += L) {
+            const int64_t r = b1 - j;
+            VF<T> v = r >= L ? load<T>(x + j) : load_part<T>(x + j, r, -inf<T>());
+            VF<T> d = v - vm;
+            if (scale) d = d * vb;
+            VF<T> e = exp_flushed<T>(d);
+            if (STORE) {
+                if (r >= L) store<T>(out + j, e); else store_part<T>(out + j, e, r);
+            }
+            VI<T> at_top = d == T(0);
+            acc += at_top ? splat<T>(0) : e;  // arithmetic, not a branch: a NaN stays in acc
+            cnt += at_top ? splat<T>(1) : splat<T>(0);
+            q += e * e;
+        }
+        rest += vec_sum(acc);
+        top += vec_sum(cnt);
+        sq += vec_sum(q);
+    }
+}
+
+// exp(d) lane-wise over d[0, n) (d ≤ 0), into out.
+LK_INLINE void block_exp(const double* d, double* out, int64_t n) {
+    constexpr int L = kL<double>;
+    for (int64_t i = 0; i < n; i += L) {
+        const int64_t r = n - i;
+        VF<double> v = r >= L ? load<double>(d + i) : load_part<double>(d + i, r, 0.0);
+        VF<double> e = vexp<double>(v);
+        if (r >= L) store<double>(out + i, e); else store_part<double>(out + i, e, r);
+    }
+}
+
+// log(p) lane-wise over p[0, n) (0 ≤ p ≤ 1), into out: log 0 = −inf, subnormals by libm.
+LK_INLINE void block_log(const double* p, double* out, int64_t n) {
+    constexpr int L = kL<double>;
+    for (int64_t i = 0; i < n; i += L) {
+        const int64_t r = n - i;
+        VF<double> v = r >= L ? load<double>(p + i) : load_part<double>(p + i, r, 1.0);
+        VF<double> l = vlog(v);
+        if (r >= L) store<double>(out + i, l); else store_part<double>(out + i, l, r);
+    }
+    for (int64_t i = 0; i < n; ++i)
+        if (!(p[i] >= 2.2250738585072014e-308)) out[i] = p[i] == 0 ? -inf<double>() : std::log(p[i]);
+}
+
+// The right-closed bin of v among nb bins with edges e[0], e[s], ..., e[nb·s] (e[0] = 0, e[nb·s] = 1):
+// the number of inner edges strictly below v (NumPy's searchsorted(inner, v, side="left")).
+LK_INLINE int64_t search_bin(const double* e, int64_t s, int64_t nb, double v) {
+    // Branch-free (the halving depends on nb only, the step is a conditional move): a search
+    // whose branches follow the data mispredicts about once per row.
+    const double* inner = e + s;
+    const double* base = inner;
+    int64_t n = nb - 1;
+    while (n > 1) {
+        const int64_t half = n >> 1;
+        base = base[half * s] < v ? base + half * s : base;
+        n -= half;
+    }
+    return (base - inner) / s + (n == 1 && base[0] < v ? 1 : 0);
+}
+
+// The same for uniform edges e[b] = b/B (correctly rounded), v in [0, 1]: ceil(v·B) − 1, moved
+// by one bin where the product rounded across an edge (_engine.top_bins).
+LK_INLINE int64_t uniform_bin(const double* e, int64_t nb, double v) {
+    int64_t b = static_cast<int64_t>(std::ceil(v * static_cast<double>(nb))) - 1;
+    b = b < 0 ? 0 : (b > nb - 1 ? nb - 1 : b);
+    if (b > 0 && v <= e[b]) --b;
+    else if (b < nb - 1 && v > e[b + 1]) ++b;
+    return b;
+}
+
+LK_INLINE int64_t cw_bin(const CalibProblem& P, double v, int64_t c) {
+    if (P.cw_per_class) return search_bin(P.cw_edges + c, P.k, P.cw_bins, v);
+    if (P.cw_uniform) return uniform_bin(P.cw_edges, P.cw_bins, v);
+    return search_bin(P.cw_edges, 1, P.cw_bins, v);
+}
+
+// The class-wise sums of one row: p_c = e_c·scale in T (as the reference computes them), or
+// p_c = e_c when not scaled.
+template <class T>
+void classwise_row(const CalibProblem& P, const T* e, T scale, bool scaled, int64_t y, double* cw) {
+    const int64_t k = P.k, cb = P.cw_bins, plane = k * cb;
+    for (int64_t c = 0; c < k; ++c) {
+        const double v = static_cast<double>(scaled ? static_cast<T>(e[c] * scale) : e[c]);
+        double* cell = cw + c * cb + cw_bin(P, v, c);
+        cell[0] += 1.0;
+        cell[plane] += v;
+        cell[3 * plane] += v * v;
+    }
+    const double v = static_cast<double>(scaled ? static_cast<T>(e[y] * scale) : e[y]);
+    double* cell = cw + y * cb + cw_bin(P, v, y);
+    cell[2 * plane] += 1.0;
+    cell[4 * plane] += v;
+}
+
+// The per-row results of a block of rows, before their logs and bins.
+struct BlockRows {
+    double conf[kRowBlock], py[kRowBlock], a[kRowBlock], sum[kRowBlock], sq[kRowBlock];
+    int64_t pred[kRowBlock];
+    bool ok[kRowBlock];
+};
+
+// A row of probabilities into slot j (max m, min lo, Σ p, Σ p², the label's p): false when the
+// pass does not accept it.
+LK_INLINE bool put_prob_row(const CalibProblem& P, BlockRows& br, int64_t j, double m, double lo, double total,
+                            double sumsq, int64_t arg, double p_y) {
+    if (!(lo >= 0 && m <= 1 && std::fabs(total - 1.0) <= P.tol)) return false;
+    br.ok[j] = true;
+    br.conf[j] = m;
+    br.pred[j] = arg;
+    br.py[j] = p_y;
+    br.sq[j] = sumsq;
+    return true;
+}
+
+// A row of logits (row i, slot j: its max m and arg-max, the label's logit, Σ e split into
+// rest and top, Σ e²): false, and the row flagged for the caller, when m is not finite or a
+// sum is NaN.
+LK_INLINE bool put_logit_row(const CalibProblem& P, BlockRows& br, int64_t i, int64_t j, double m, int64_t arg,
+                             double x_y, double rest, double top, double q, int64_t& n_flagged) {
+    if (!(m > -inf<double>() && m < inf<double>()) || rest != rest || q != q) {
+        P.flagged[i] = 1;
+        ++n_flagged;
+        br.ok[j] = false;
+        br.a[j] = 0;
+        br.py[j] = 0;
+        br.sum[j] = 1;
+        br.sq[j] = 0;
+        return false;
+    }
+    br.ok[j] = true;
+    br.pred[j] = arg;
+    br.sum[j] = rest + top;
+    br.a[j] = rest + (top - 1.0);
+    br.py[j] = P.beta * (x_y - m);  // β(x_y − max)
+    br.sq[j] = q;
+    return true;
+}
+
+// Short rows (K ≤ kLanesMaxK, no class-wise bins) run one row per lane: a row's horizontal
+// reductions (max, arg-max, three sums) cost as much as the rest of a short row, a column of L
+// rows gathered from L1 costs one instruction.  Sums in T's lanes over the K ≤ 32 terms of a
+// row (within 32u of the exact sum, inside ROW_SUM_MARGIN for the probabilities' check).
+constexpr int64_t kLanesMaxK = 32;
+
+template <class T> LK_INLINE VF<T> gather(const T* base, VI<T> idx) {
+#if defined(__AVX512F__)
+    if constexpr (sizeof(T) == 4) {
+        __m512 r = _mm512_i32gather_ps(reinterpret_cast<__m512i&>(idx), base, 4);
+        return reinterpret_cast<VF<T>&>(r);
+    } else {
+        __m512d r = _mm512_i64gather_pd(reinterpret_cast<__m512i&>(idx), base, 8);
+        return reinterpret_cast<VF<T>&>(r);
+    }
+#elif defined(__AVX2__)
+    if constexpr (sizeof(T) == 4) {
+        __m256 r = _mm256_i32gather_ps(base, reinterpret_cast<__m256i&>(idx), 4);
+        return reinterpret_cast<VF<T>&>(r);
+    } else {
+        __m256d r = _mm256_i64gather_pd(base, reinterpret_cast<__m256i&>(idx), 8);
+        return reinterpret_cast<VF<T>&>(r);
+    }
+#else
+    VF<T> v;
+    for (int l = 0; l < kL<T>; ++l) v[l] = base[idx[l]];
+    return v;
+#endif
+}
+
+// The per-row quantities of rows [i0, i0 + L), one per lane, into the block's arrays at j0:
+// what the row loop of calib_range computes.  false: probabilities the pass does not accept.
+template <class T, bool LOGITS, bool TOP>
+LK_INLINE bool lanes_rows(const CalibProblem& P, int64_t i0, int64_t j0, T beta, bool scale, BlockRows& br,
+                          int64_t& n_flagged) {
+    constexpr int L = kL<T>;
+    using Int = typename Lanes<T>::Int;
+    const int64_t k = P.k;
+    const T* x = static_cast<const T*>(P.x) + i0 * k;
+    VI<T> off = iota<T>() * static_cast<Int>(k);
+    VF<T> cols[kLanesMaxK];
+    VF<T> mx = splat<T>(-inf<T>()), lo = splat<T>(inf<T>()), s = splat<T>(0), q = splat<T>(0);
+    VI<T> at = VI<T>{};
+    for (int64_t c = 0; c < k; ++c) {
+        const VF<T> v = gather<T>(x, off);
+        off += 1;
+        const VI<T> gt = v > mx;  // NaN never wins: the max of the others, as max_arg
+        mx = gt ? v : mx;
+        if (TOP) at = gt ? (VI<T>{} + static_cast<Int>(c)) : at;
+        if (LOGITS) {
+            cols[c] = v;
+        } else {
+            lo = v < lo ? v : lo;
+            s += v;
+            const VF<T> w = v < kSquareFlush<T> ? splat<T>(0) : v;
+            q += w * w;
+        }
+    }
+    T m_[L], lo_[L], s_[L], q_[L], top_[L];
+    Int at_[L];
+    store<T>(m_, mx);
+    std::memcpy(at_, &at, sizeof at_);
+    if (LOGITS) {
+        const VF<T> vb = splat<T>(beta);
+        VF<T> rest = splat<T>(0), cnt = splat<T>(0);
+        for (int64_t c = 0; c < k; ++c) {
+            VF<T> d = cols[c] - mx;
+            if (scale) d = d * vb;
+            const VF<T> e = exp_flushed<T>(d);
+            const VI<T> at_top = d == T(0);
+            rest += at_top ? splat<T>(0) : e;
+            cnt += at_top ? splat<T>(1) : splat<T>(0);
+            q += e * e;
+        }
+        store<T>(s_, rest);
+        store<T>(top_, cnt);
+    } else {
+        store<T>(lo_, lo);
+        store<T>(s_, s);
+    }
+    store<T>(q_, q);
+    for (int l = 0; l < L; ++l) {
+        const int64_t i = i0 + l, j = j0 + l;
+        const double x_y = static_cast<double>(x[l * k + P.labels[i]]);
+        if (LOGITS) {
+            put_logit_row(P, br, i, j, m_[l], at_[l], x_y, s_[l], top_[l], q_[l], n_flagged);
+        } else if (!put_prob_row(P, br, j, m_[l], lo_[l], s_[l], q_[l], at_[l], x_y)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+// Rows [r0, r1) into the task's sums acc = [tot (G, 4) | bins (G, F, B) | cw (G, 5, k, CB)].
+template <class T, bool LOGITS, bool TOP, bool GROUPED>
+void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* ebuf, double* copies,
+                 int64_t& n_flagged, std::atomic<int>& stop) {
+    const int64_t k = P.k, nb = P.n_bins, fields = P.moments ? 5 : 3;
+    const T* x = static_cast<const T*>(P.x);
+    const Groups groups(P.groups);
+    double* tot = acc;
+    double* bins = acc + 4 * P.groups;
+    double* cw = bins + P.groups * fields * nb;
+    const int64_t cw_group = 5 * k * P.cw_bins;
+    const bool classwise = P.cw_bins > 0;
+    const T beta = static_cast<T>(P.beta);
+    const bool scale = P.beta != 1.0;
+    const bool lanes = k <= kLanesMaxK && !classwise;
+    // P's fields in locals: the sums' stores (doubles) could alias P's, so the compiler would
+    // read them again for every row.
+    const double* edges = P.edges;
+    const bool uniform = P.uniform != 0, do_brier = P.brier != 0;
+    const int64_t* labels = P.labels;
+    double* row_conf = P.conf;
+    double* row_hit = P.hit;
+    BlockRows br;
+    double* const conf = br.conf;
+    double* const py = br.py;
+    double* const a = br.a;
+    double* const sum = br.sum;
+    double* const sq = br.sq;
+    const int64_t* const pred = br.pred;
+    const bool* const ok = br.ok;
+    double lg[kRowBlock];
+    int64_t grp[kRowBlock];
+    double t_n = 0, t_hit = 0, t_nll = 0, t_brier = 0;  // the totals of an ungrouped pass
+    for (int64_t b0 = r0; b0 < r1; b0 += kRowBlock) {
+        if (stop.load(std::memory_order_relaxed)) return;
+        const int64_t b1 = b0 + kRowBlock < r1 ? b0 + kRowBlock : r1, nr = b1 - b0;
+        int64_t first = b0;
+        if (lanes) {
+            constexpr int64_t L = kL<T>;
+            for (; first + L <= b1; first += L) {
+                for (int64_t i = first; i < first + L; ++i) {
+                    const int64_t y = P.labels[i];
+                    if (y < 0 || y >= k) {  // the caller then says which label is out of range
+                        stop.store(1, std::memory_order_relaxed);
+                        return;
+                    }
+                    grp[i - b0] = GROUPED ? groups.of(static_cast<uint64_t>(P.offset + i)) : 0;
+                }
+                if (!lanes_rows<T, LOGITS, TOP>(P, first, first - b0, beta, scale, br, n_flagged)) {
+                    stop.store(1, std::memory_order_relaxed);
+                    return;
+                }
+            }
+        }
+        for (int64_t i = first; i < b1; ++i) {
+            const int64_t j = i - b0, y = P.labels[i];
+            const T* xi = x + i * k;
+            if (y < 0 || y >= k) {  // the caller then says which label is out of range
+                stop.store(1, std::memory_order_relaxed);
+                return;
+            }
+            grp[j] = GROUPED ? groups.of(static_cast<uint64_t>(P.offset + i)) : 0;
+            if (!LOGITS) {
+                ProbRow r = scan_probs<T, TOP>(xi, k);
+                if (!put_prob_row(P, br, j, r.max, r.min, r.sum, r.sumsq, r.arg, static_cast<double>(xi[y]))) {
+                    stop.store(1, std::memory_order_relaxed);
+                    return;
+                }
+                if (classwise) classwise_row<T>(P, xi, T(1), false, y, cw + grp[j] * cw_group);
+            } else {
+                int64_t arg = 0;
+                const T m = max_arg<T, TOP>(xi, k, arg);
+                double rest = 0, top = 0, q = 0;
+                if (m > -inf<T>() && m < inf<T>()) {
+                    if (classwise) exp_sums<T, true>(xi, k, m, beta, scale, ebuf, rest, top, q);
+                    else exp_sums<T, false>(xi, k, m, beta, scale, nullptr, rest, top, q);
+                }
+                if (put_logit_row(P, br, i, j, m, arg, static_cast<double>(xi[y]), rest, top, q, n_flagged) && classwise)
+                    classwise_row<T>(P, ebuf, static_cast<T>(1.0 / br.sum[j]), true, y, cw + grp[j] * cw_group);
+            }
+        }
+        // The block's logs (and exps) in one vectorised loop.
+        double nll[kRowBlock], brier[kRowBlock];
+        if (LOGITS) {
+            block_log1p(a, lg, nr);
+            for (int64_t j = 0; j < nr; ++j) {
+                lg[j] = py[j] - lg[j];  // log p_y
+                conf[j] = 1.0 / sum[j];
+                nll[j] = -lg[j];
+            }
+            if (P.brier) {
+                block_exp(lg, py, nr);  // p_y
+                for (int64_t j = 0; j < nr; ++j) brier[j] = sq[j] * conf[j] * conf[j] - 2.0 * py[j] + 1.0;
+            }
+        } else {
+            block_log(py, lg, nr);
+            for (int64_t j = 0; j < nr; ++j) {
+                nll[j] = -lg[j];
+                brier[j] = sq[j] - 2.0 * py[j] + 1.0;
+            }
+        }
+        // The block's bins, apart from the sums (no chain from one row's search to the next's sums).
+        int64_t bidx[kRowBlock];
+        if (nb > 0) {
+            if (uniform) {
+                for (int64_t j = 0; j < nr; ++j) bidx[j] = uniform_bin(edges, nb, conf[j]);
+            } else {
+                for (int64_t j = 0; j < nr; ++j) bidx[j] = search_bin(edges, 1, nb, conf[j]);
+            }
+        }
+        for (int64_t j = 0; j < nr; ++j) {
+            if (!ok[j]) continue;
+            const int64_t i = b0 + j;
+            const double hit = TOP ? static_cast<double>(static_cast<int>(pred[j] == labels[i])) : 0.0;  // no branch: hits are data
+            if (GROUPED) {
+                double* t = tot + 4 * grp[j];
+                t[0] += 1.0;
+                t[1] += hit;
+                t[2] += nll[j];
+                if (do_brier) t[3] += brier[j];
+            } else {
+                t_n += 1.0;
+                t_hit += hit;
+                t_nll += nll[j];
+                if (do_brier) t_brier += brier[j];
+            }
+            if (nb > 0) {
+                const double c = conf[j];
+                const int64_t b = bidx[j];
+                // Ungrouped, row i adds to copy i mod 4 of the bins: consecutive rows in one bin
+                // are then four chains of additions, not one chain through memory.
+                double* cell = GROUPED ? bins + grp[j] * fields * nb + b : copies + (i & 3) * fields * nb + b;
+                cell[0] += 1.0;
+                cell[nb] += c;
+                cell[2 * nb] += hit;
+                if (fields == 5) {
+                    cell[3 * nb] += c * c;
+                    cell[4 * nb] += c * hit;
+                }
+            }
+            if (row_conf != nullptr) {
+                row_conf[i] = conf[j];
+                row_hit[i] = hit;
+            }
+        }
+    }
+    if (!GROUPED) {
+        const int64_t len = fields * nb;
+        for (int64_t q = 0; q < len; ++q)
+            bins[q] += (copies[q] + copies[len + q]) + (copies[2 * len + q] + copies[3 * len + q]);
+        tot[0] += t_n;
+        tot[1] += t_hit;
+        tot[2] += t_nll;
+        tot[3] += t_brier;
+    }
+}
+
+template <class T, bool LOGITS>
+using RangeFn = void (*)(const CalibProblem&, int64_t, int64_t, double*, T*, double*, int64_t&, std::atomic<int>&);
+
+template <class T, bool LOGITS> RangeFn<T, LOGITS> pick(bool top, bool grouped) {
+    if (top) return grouped ? calib_range<T, LOGITS, true, true> : calib_range<T, LOGITS, true, false>;
+    return grouped ? calib_range<T, LOGITS, false, true> : calib_range<T, LOGITS, false, false>;
+}
+
+template <class T> void calib(CalibProblem& P) {
+    P.n_flagged = 0;
+    P.invalid = 0;
+    if (P.n == 0 || P.k == 0 || P.tasks < 1) return;
+    const int64_t tasks = P.tasks;
+    std::atomic<int> stop{0};
+    int64_t* flagged = static_cast<int64_t*>(alloc<int64_t>(tasks));
+    for (int64_t t = 0; t < tasks; ++t) flagged[t] = 0;
+    const bool need_buf = P.from_logits && P.cw_bins > 0;
+    double per_entry = (P.from_logits ? 0.6 : 0.3) * (sizeof(T) == 8 ? 1.5 : 1.0) + (P.cw_bins > 0 ? 3.0 : 0.0);
+    const double row_ns = per_entry * static_cast<double>(P.k) + 25.0;
+    auto task = [&](int64_t t) {
+        double* acc = P.scratch + t * P.acc_len;
+        for (int64_t q = 0; q < P.acc_len; ++q) acc[q] = 0;
+        const int64_t r0 = t * P.n / tasks, r1 = (t + 1) * P.n / tasks;
+        T* ebuf = need_buf ? static_cast<T*>(alloc<T>(P.k)) : nullptr;
+        const int64_t n_copies = P.groups > 1 ? 0 : 4 * (P.moments ? 5 : 3) * P.n_bins;
+        double* copies = static_cast<double*>(alloc<double>(n_copies));
+        for (int64_t q = 0; q < n_copies; ++q) copies[q] = 0;
+        if (P.from_logits) pick<T, true>(P.top != 0, P.groups > 1)(P, r0, r1, acc, ebuf, copies, flagged[t], stop);
+        else pick<T, false>(P.top != 0, P.groups > 1)(P, r0, r1, acc, ebuf, copies, flagged[t], stop);
+        std::free(copies);
+        std::free(ebuf);
+    };
+    run_tasks(tasks, row_ns * static_cast<double>(P.n) / static_cast<double>(tasks), task);
+    if (stop.load()) {
+        P.invalid = 1;
+        std::free(flagged);
+        return;
+    }
+    // The tasks' sums, added in task order.
+    const int64_t fields = P.moments ? 5 : 3;
+    const int64_t n_tot = 4 * P.groups, n_bins = P.groups * fields * P.n_bins;
+    const int64_t n_cw = P.groups * 5 * P.k * P.cw_bins;
+    for (int64_t t = 0; t < tasks; ++t) {
+        const double* acc = P.scratch + t * P.acc_len;
+        for (int64_t q = 0; q < n_tot; ++q) P.tot[q] += acc[q];
+        for (int64_t q = 0; q < n_bins; ++q) P.bins[q] += acc[n_tot + q];
+        for (int64_t q = 0; q < n_cw; ++q) P.cw[q] += acc[n_tot + n_bins + q];
+        P.n_flagged += flagged[t];
+    }
+    std::free(flagged);
+}
+
+}  // namespace
+
+void register_calib(Ops& ops) {
+    ops.calib[0] = calib<float>;
+    ops.calib[1] = calib<double>;
+}
+
+}  // namespace LK_TARGET
+}  // namespace lk
