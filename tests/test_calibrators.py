@@ -641,3 +641,22 @@ def test_large_full_maps_take_lbfgs_from_subsample_warm_starts(monkeypatch):
     ref = MatrixScaler(alpha=1e-3).fit(z, y)
     assert abs(ms.objective_ - ref.objective_) <= 1e-8  # both stop at a gradient of 1e-6
     assert_close(ms.predict_proba(z), ref.predict_proba(z), atol=1e-4)
+
+
+def test_histogram_quantile_edges_are_the_metrics_rule_and_unit_weights_change_nothing():
+    # One equal-mass rule: the calibrator's edges are the engine's inverted-CDF edges of each
+    # class's probabilities, and weighting every row by 1 gives the same edges.
+    from logitkit import softmax
+    from logitkit.calibration import HistogramCalibrator
+    from logitkit.calibration._binning import edges_of
+
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(997, 3)) * 2
+    y = rng.integers(0, 3, 997)
+    plain = HistogramCalibrator(n_bins=7, binning="quantile").fit(z, y)
+    weighted = HistogramCalibrator(n_bins=7, binning="quantile").fit(z, y, sample_weight=np.ones(997))
+    p = softmax(z)
+    for c in range(3):
+        # (the calibrator takes p as exp(log_softmax): the same values up to an ulp)
+        np.testing.assert_allclose(plain.edges_[c], edges_of(p[:, c], 7, "quantile"), rtol=1e-12)
+    np.testing.assert_array_equal(plain.edges_, weighted.edges_)

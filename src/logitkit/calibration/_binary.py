@@ -19,6 +19,7 @@ import numpy as np
 from .._core import log_softmax
 from .._namespace import check_choice, check_int
 from ._base import Calibrator, FitData, expand_rows, map_rows
+from ._binning import edges_of
 from ._blocks import row_sums
 from ._fitting import CACHE_FEATURES, newton, scipy_optimize
 
@@ -461,9 +462,7 @@ class HistogramCalibrator(_OneVsRest):
         else:
             p = _class_probabilities(data)
             w = None if data.w is None else np.asarray(data.w, dtype=np.float64)
-            qs = np.linspace(0.0, 1.0, n_bins + 1)
-            edges = np.stack([_quantiles(p[:, c], qs, w) for c in range(n_cls)])
-            edges[:, 0], edges[:, -1] = 0.0, 1.0
+            edges = np.stack([_quantile_edges(p[:, c], n_bins, w) for c in range(n_cls)])
         count, hits = row_sums(histogram_sums, data.x, data.y, data.w, edges=edges,
                                from_probs=data.from_probs, k=data.k)
         prior = hits.sum(axis=1, keepdims=True) / count.sum(axis=1, keepdims=True)
@@ -481,12 +480,17 @@ class HistogramCalibrator(_OneVsRest):
         return _clipped_logs(q, self.floor_)
 
 
-def _quantiles(p: np.ndarray, qs: np.ndarray, w: np.ndarray | None) -> np.ndarray:
-    """Weighted inverted-CDF quantiles of ``p`` (non-decreasing edges)."""
+def _quantile_edges(p: np.ndarray, n_bins: int, w: np.ndarray | None) -> np.ndarray:
+    """Equal-mass edges ``0, …, 1`` of ``p``: the metrics' inverted-CDF rule
+    (:func:`._binning.edges_of`) without weights; with sample weights, edge ``b`` is the first
+    sorted value whose cumulative weight reaches ``b/B`` of the total (the same rule with each
+    row counted by its weight)."""
     if w is None:
-        return np.quantile(p, qs, method="inverted_cdf")
+        return edges_of(p, n_bins, "quantile")
     order = np.argsort(p, kind="stable")
     cw = np.cumsum(w[order])
+    qs = np.arange(1, n_bins) / n_bins
     idx = np.searchsorted(cw, qs * cw[-1], side="left")
-    return p[order][np.clip(idx, 0, p.size - 1)]
+    inner = p[order][np.clip(idx, 0, p.size - 1)].astype(np.float64)
+    return np.concatenate([[0.0], inner, [1.0]])
 
