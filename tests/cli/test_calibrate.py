@@ -167,6 +167,31 @@ def test_after_figures_on_a_test_file(cli, make_data):
     assert rep["evaluation"]["kind"] == "test" and len(rep["candidates"]) >= 5
 
 
+def test_a_method_select_did_not_choose_is_refitted_and_measured_on_the_test_file(cli,
+                                                                                make_data):
+    from logitkit.calibration import MatrixScaler, select
+
+    # few calibration rows: select prefers a simpler map than the matrix asked for, so the
+    # command refits matrix scaling itself; "after" must still be that fit on --test alone
+    z, y = make_data(300, 5, seed=4)
+    np.savez("calib.npz", logits=z[:150], labels=y[:150])
+    np.savez("test.npz", logits=z[150:], labels=y[150:])
+    cli.ok("calibrate", "calib.npz", "--test", "test.npz", "--method", "matrix", "--cv", "3",
+           "--seed", "7", "--out", "m", "--no-diagram")
+    rep = cli.report("m")
+    sel = select(z[:150], y[:150], methods=["matrix"], cv=3, random_state=7)
+    assert sel.best_ != "matrix"  # the refit path, not select's own calibrator
+    assert rep["method"] == "matrix" and rep["evaluation"]["kind"] == "test"
+    assert [c["method"] for c in rep["candidates"] if c["chosen"]] == ["matrix"]
+    fitted = MatrixScaler().fit(z[:150], y[:150])
+    test_z = z[150:].astype(np.float64)
+    _assert_figures(rep["after"], _figures(fitted.transform(test_z), y[150:]), rel=1e-6)
+    _assert_figures(rep["before"], _figures(test_z, y[150:]))
+    # the candidates' figures stay out of fold on the calibration rows
+    assert rep["candidates"][2]["nll"] == pytest.approx(
+        _figures(sel.oof_logits("matrix"), y[:150])["nll"], rel=1e-6)
+
+
 def test_a_separable_file_is_not_reported_perfect(cli):
     # the issue's wine file: every calibration row right with a wide margin drives T to its lower
     # bound, where in-sample figures read NLL 0; a held-out mistake costs its margin / T
