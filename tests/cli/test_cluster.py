@@ -58,6 +58,25 @@ def test_a_folder_of_shards_is_cross_fitted_on_the_cluster(cli, client, make_dat
     assert rep["after"]["ece"] < rep["before"]["ece"]
 
 
+@pytest.mark.parametrize("method", ["isotonic", "histogram", "beta"])
+def test_cluster_folds_weighted_zero_do_not_see_their_rows(cli, client, make_data, tmp_path,
+                                                           method):
+    # the cluster's fold fits are the method with the fold's rows weighted 0: for the
+    # one-vs-rest calibrators too, they must equal fits that never had those rows
+    from logitkit.calibration import make_calibrator
+
+    z, y = make_data(1200, 3, seed=2)
+    write_shards(tmp_path / "shards", z, y)
+    cli.ok("calibrate", tmp_path / "shards", "--method", method, "--cv", "3", "--seed", "2",
+           "--scheduler", client.scheduler.address, "--out", "w", "--no-diagram",
+           "--progress", "never")
+    rep = cli.report("w")
+    assert rep["evaluation"]["kind"] == "cross-fitted" and rep["method"] == method
+    expected = _oof_figures(lambda: make_calibrator(method), z, y, 3, 2)
+    for key, value in expected.items():
+        assert rep["after"][key] == pytest.approx(value, rel=1e-6), key
+
+
 def test_cluster_with_a_test_file(cli, client, make_data, tmp_path):
     z, y = make_data(2000, 4, seed=3)
     write_shards(tmp_path / "shards", z[:1500], y[:1500])
