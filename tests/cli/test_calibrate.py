@@ -192,6 +192,24 @@ def test_a_method_select_did_not_choose_is_refitted_and_measured_on_the_test_fil
         _figures(sel.oof_logits("matrix"), y[:150])["nll"], rel=1e-6)
 
 
+def test_a_scores_only_test_file_takes_its_labels_from_test_labels(cli, make_data):
+    z, y = make_data(600, 4, seed=5)
+    np.savez("calib.npz", logits=z[:400], labels=y[:400])
+    np.savez("test.npz", logits=z[400:], labels=y[400:])
+    np.save("test_logits.npy", z[400:])
+    np.save("test_labels.npy", y[400:])
+    common = ("calib.npz", "--method", "temperature", "--no-diagram")
+    cli.ok("calibrate", *common, "--test", "test.npz", "--out", "a")
+    cli.ok("calibrate", *common, "--test", "test_logits.npy", "--test-labels",
+           "test_labels.npy", "--out", "b")
+    a, b = cli.report("a"), cli.report("b")
+    assert b["evaluation"]["kind"] == "test" and b["evaluation"]["rows"] == 200
+    assert b["test_inputs"] == ["test_logits.npy"]
+    assert (b["before"], b["after"]) == (a["before"], a["after"])
+    cli.error("calibrate", *common, "--test", "test_logits.npy", "--out", "c",
+              match="--test test_logits.npy: no labels found")
+
+
 def test_a_separable_file_is_not_reported_perfect(cli):
     # the wine file: every calibration row right with a wide margin drives T to its lower
     # bound, where in-sample figures read NLL 0; a held-out mistake costs its margin / T
