@@ -419,6 +419,20 @@ def _identity(form: str, k: int, scale: float = 1.0) -> np.ndarray:
     return np.concatenate([a, np.zeros(k)])
 
 
+def _temperature_stage(data: FitData, warm: Any = None) -> Any:
+    """Temperature scaling fitted on ``data`` (from ``warm``'s temperature when given) as a
+    first stage of an affine map, its warnings silenced: a bound it hits is not the answer,
+    the map that follows is."""
+    from ._temperature import TemperatureScaler
+
+    ts = TemperatureScaler(from_probs=data.from_probs)
+    ts._warm = warm
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ts._fit(data)
+    return ts
+
+
 # --------------------------------------------------------------------------------------------
 # the calibrators
 # --------------------------------------------------------------------------------------------
@@ -452,13 +466,7 @@ class _AffineScaler(Calibrator):
             return np.concatenate([np.ravel(warm.coef_), warm.intercept_])
         if not self._start_at_temperature:
             return _identity(self._form, data.k)
-        from ._temperature import TemperatureScaler
-
-        ts = TemperatureScaler(from_probs=data.from_probs)
-        ts._warm = None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # only a starting point
-            ts._fit(data)
+        ts = _temperature_stage(data)  # only a starting point
         # A temperature at its bound means separable data, where that scale is no start (the
         # map would stop at once on a vanishing gradient): start at the identity then.
         theta = _identity(self._form, data.k, 1.0 if ts.at_bound_ else ts.beta_)
@@ -770,16 +778,8 @@ class StructuredScaler(_AffineScaler):
             raise LogitkitTypeError(expected("form", "one of 'matrix', 'vector'", self.form))
 
     def _features(self, data: FitData) -> Features:
-        import warnings
-
-        from ._temperature import TemperatureScaler
-
-        ts = TemperatureScaler(from_probs=data.from_probs)
-        ts._warm = getattr(self, "_warm", None)  # its temperature_ starts the first stage
-        with warnings.catch_warnings():
-            # A bound hit by the first stage is not the answer: the structured map follows.
-            warnings.simplefilter("ignore", category=Warning)
-            ts._fit(data)
+        # a warm start's temperature_ starts the first stage
+        ts = _temperature_stage(data, getattr(self, "_warm", None))
         self.temperature_ = ts.temperature_
         self.mix_ = 1.0 / (data.total_weight + 1.0)
         return Features("tempered", data.k, beta=1.0 / self.temperature_, mix=self.mix_)
