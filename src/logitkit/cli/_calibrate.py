@@ -16,7 +16,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .._namespace import is_dask
 from ..calibration import METHODS as ALL_METHODS
 from ..calibration import make_calibrator
 from ..calibration._select import _candidates
@@ -193,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
 
     n, k = train.logits.shape
     progress = Progress(args.progress, long_input=n * k >= LONG_INPUT)
-    if is_dask(train.logits):
+    if _is_dask(train.logits):
         from ._scheduler import fit_on_cluster
 
         outcome = fit_on_cluster(train, test, args, progress)
@@ -330,6 +329,12 @@ def _oof(sel: Any, method: str, logits: Any) -> Any:
 
 def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def _is_dask(x: Any) -> bool:
+    import array_api_compat
+
+    return bool(array_api_compat.is_dask_array(x))
 
 
 def _diagram(outcome: Outcome, report: dict[str, Any], name: str) -> bytes | None:

@@ -62,11 +62,11 @@ def calibrated_rows(z: np.ndarray, folds: np.ndarray | None, calibrators: Sequen
 def _blocks(z: Any, folds: Any, calibrators: Sequence[Any] | None) -> Iterator[Any]:
     """The logits to measure, as one array (the engine takes any size in one pass) or, when
     calibrated in memory, as chunks of rows (O(chunk) extra memory)."""
-    from .._namespace import is_dask
+    import array_api_compat
 
     if calibrators is None:
         yield z
-    elif is_dask(z):
+    elif array_api_compat.is_dask_array(z):
         import dask.array as da
 
         z = z.rechunk({1: -1})
