@@ -18,7 +18,6 @@ from typing import Any
 
 from ..calibration import METHODS as ALL_METHODS
 from ..calibration import make_calibrator
-from ..calibration._select import _candidates
 from ._io import (
     FORMATS,
     CliError,
@@ -278,7 +277,7 @@ def fit(train: Labelled, test: Labelled | None, args: argparse.Namespace,
     methods = "auto" if args.method == "auto" else [args.method]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
-        tried = len(_candidates(methods))
+        tried = len(_tried(methods))
         with progress.stage(f"cross-validating {_plural(tried, 'method')} over {args.cv} folds",
                             tried * args.cv + 1, unit="fits") as tick:
             sel = select(train.logits, train.y, methods=methods, cv=args.cv,
@@ -325,6 +324,12 @@ def _oof(sel: Any, method: str, logits: Any) -> Any:
     if method == "none":
         return logits
     return sel.oof_logits_ if method == sel.best_ else sel.oof_logits(method)
+
+
+def _tried(methods: Any) -> list[str]:
+    if methods == "auto":
+        return list(ALL_METHODS)
+    return list(dict.fromkeys(["none", "temperature", *methods]))
 
 
 def _plural(n: int, noun: str) -> str:
