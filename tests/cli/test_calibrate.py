@@ -206,8 +206,9 @@ def test_a_scores_only_test_file_takes_its_labels_from_test_labels(cli, make_dat
     assert b["evaluation"]["kind"] == "test" and b["evaluation"]["rows"] == 200
     assert b["test_inputs"] == ["test_logits.npy"]
     assert (b["before"], b["after"]) == (a["before"], a["after"])
-    cli.error("calibrate", *common, "--test", "test_logits.npy", "--out", "c",
-              match="--test test_logits.npy: no labels found")
+    line = cli.error("calibrate", *common, "--test", "test_logits.npy", "--out", "c",
+                     match="--test test_logits.npy: no labels found")
+    assert line.endswith("pass --test-labels FILE"), line  # not --labels, which is the calibration file's
 
 
 def test_a_separable_file_is_not_reported_perfect(cli):

@@ -109,7 +109,7 @@ def read_labelled(paths: list[Path], cols: Columns, labels: Path | None, given: 
     pred = read_inputs(paths, cols, labels)
     where = f"{what} {paths[0]}" if what else str(paths[0])
     if pred.labels is None:
-        raise missing_labels(where, pred, cols)
+        raise missing_labels(where, pred, cols, "--test-labels" if what == "--test" else "--labels")
     kind = detect(pred.scores, given)
     logits, notes = logits_of(pred.scores, kind, where)
     check_label_range(pred.labels, logits.shape[1], where)

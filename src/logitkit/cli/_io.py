@@ -278,15 +278,17 @@ def read_predictions(path: Path, cols: Columns, labels: Path | None = None) -> P
     return pred
 
 
-def missing_labels(path: Path | str, pred: Predictions, cols: Columns) -> CliError:
-    """The error for a file without labels where labels are needed: what was found, what to do."""
+def missing_labels(path: Path | str, pred: Predictions, cols: Columns,
+                   option: str = "--labels") -> CliError:
+    """The error for a file without labels where labels are needed: what was found, what to do
+    (``option``: the flag that gives this file its labels, ``--labels`` or ``--test-labels``)."""
     if pred.found.startswith("columns"):
-        hint = "name the label column with --label-column, or pass --labels FILE"
+        hint = f"name the label column with --label-column, or pass {option} FILE"
     elif pred.found.startswith(("arrays", "entries")):
         hint = f"name the labels with --labels-key (looked for {cols.labels_key!r}), or pass " \
-               "--labels FILE"
+               f"{option} FILE"
     else:
-        hint = "pass --labels FILE"
+        hint = f"pass {option} FILE"
     return CliError(f"{path}: no labels found ({pred.found}); {hint}")
 
 
