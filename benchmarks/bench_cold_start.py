@@ -3,7 +3,10 @@
 Each (op, dtype) runs in its own fresh interpreter, which times ``import logitkit``, then the
 first call (the extension is loaded and the kernel runs for the first time), then a second call
 of the same op on the same input; the figure of merit is the first call (goal: ≤ 20 ms beyond
-``import logitkit``).  Medians over ``--repeats`` fresh processes.
+``import logitkit``).  Medians over ``--repeats`` fresh processes.  The calibration engine's
+native pass is timed as ``ece`` and ``CalibrationStats`` (15 bins) from probabilities (made by
+NumPy before the timer, so that no kernel has run) and from logits; for these the import column
+includes ``import logitkit.calibration``.
 
     python benchmarks/bench_cold_start.py                  # in this environment
     python benchmarks/bench_cold_start.py --fresh-venv     # also: a new venv, `pip install .`,
@@ -27,7 +30,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OPS = ("softmax", "log_softmax", "logsumexp", "cross_entropy_with_grad")
+OPS = ("softmax", "log_softmax", "logsumexp", "cross_entropy_with_grad", "ece(probs)",
+       "ece(logits)", "CalibrationStats(probs)", "CalibrationStats(logits)")
 DTYPES = ("float32", "float64")
 
 CODE = """
@@ -36,12 +40,25 @@ t0 = time.perf_counter()
 import numpy as np
 t1 = time.perf_counter()
 import logitkit
-t2 = time.perf_counter()
 op, dt = sys.argv[1], sys.argv[2]
+if "(" in op:
+    import logitkit.calibration
+t2 = time.perf_counter()
 x = np.random.default_rng(0).standard_normal((256, 1000)).astype(dt)
 t = np.random.default_rng(1).integers(0, 1000, 256)
-fn = getattr(logitkit, op)
-call = (lambda: fn(x, t)) if op == "cross_entropy_with_grad" else (lambda: fn(x))
+if "(" in op:
+    from_logits = op.endswith("(logits)")
+    if not from_logits:
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        x = e / e.sum(axis=1, keepdims=True)
+    if op.startswith("ece"):
+        call = lambda: logitkit.calibration.ece(x, t, from_logits=from_logits)
+    else:
+        call = lambda: (logitkit.calibration.CalibrationStats(15)
+                        .update(x, t, from_logits=from_logits).compute())
+else:
+    fn = getattr(logitkit, op)
+    call = (lambda: fn(x, t)) if op == "cross_entropy_with_grad" else (lambda: fn(x))
 if sys.argv[3] == "warm-namespace":
     import array_api_compat.numpy  # the generic dispatch's own first use, apart
 t3, c3 = time.perf_counter(), time.process_time()
@@ -61,7 +78,7 @@ def cold_start(python: str, repeats: int) -> list[str]:
     and which imports NumPy's lazy submodules) was imported before the timer: what the kernels
     themselves cost on a first call."""
     lines = [f"{'op':<24} {'dtype':<8} {'import numpy':>12} {'import logitkit':>15} "
-             f"{'1st call':>9} {'1st CPU':>8} {'2nd call':>9} {'1st, ns warm':>12}   "
+             f"{'1st call':>9} {'1st CPU':>8} {'2nd call':>9} {'1st/2nd':>7} {'1st, ns warm':>12}   "
              f"(ms, medians of {repeats} fresh processes)"]
     target = "?"
     for op in OPS:
@@ -78,7 +95,7 @@ def cold_start(python: str, repeats: int) -> list[str]:
             med = [statistics.median(col) for col in zip(*rows, strict=True)]
             first_warm = statistics.median(r[2] for r in warm)
             lines.append(f"{op:<24} {dt:<8} {med[0]:12.1f} {med[1]:15.1f} {med[2]:9.2f} "
-                         f"{med[4]:8.2f} {med[3]:9.2f} {first_warm:12.2f}")
+                         f"{med[4]:8.2f} {med[3]:9.2f} {med[2] / med[3]:7.1f} {first_warm:12.2f}")
     lines.append(f"kernels: {target}")
     return lines
 

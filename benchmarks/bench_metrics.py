@@ -116,7 +116,7 @@ def torch_peers(p: np.ndarray, y: np.ndarray) -> dict[str, Callable[[], Any]] | 
 # ------------------------------------------------------------------------------ timing
 
 
-def best(f: Callable[[], Any], repeat: int) -> float:
+def median_time(f: Callable[[], Any], repeat: int) -> float:
     """The median wall time of ``repeat`` calls (after one warm-up call)."""
     f()
     out = []
@@ -143,7 +143,7 @@ def peak_extra(f: Callable[[], Any], nbytes: int) -> float:
 def run(n: int, k: int, repeat: int) -> dict[str, Any]:
     z, p, y = make_data(n, k)
     dst = np.empty_like(p)
-    base = best(lambda: np.copyto(dst, p), repeat)
+    base = median_time(lambda: np.copyto(dst, p), repeat)
     ours = {
         "ece": lambda: ece(p, y),
         "mce": lambda: mce(p, y),
@@ -162,9 +162,9 @@ def run(n: int, k: int, repeat: int) -> dict[str, Any]:
     rows: dict[str, Any] = {"n": n, "k": k, "copyto_s": base}
     for name in ours:
         rows[name] = {
-            "logitkit": best(ours[name], repeat) / base,
-            "numpy": best(plain[name], repeat) / base,
-            "torchmetrics": None if peers is None else best(peers[name], repeat) / base,
+            "logitkit": median_time(ours[name], repeat) / base,
+            "numpy": median_time(plain[name], repeat) / base,
+            "torchmetrics": None if peers is None else median_time(peers[name], repeat) / base,
             "logitkit_peak_extra": peak_extra(ours[name], p.nbytes),
             "numpy_peak_extra": peak_extra(plain[name], p.nbytes),
         }
@@ -173,14 +173,14 @@ def run(n: int, k: int, repeat: int) -> dict[str, Any]:
         return CalibrationStats(BINS).update(z, y, from_logits=True).compute()
 
     rows["all five from logits"] = {
-        "logitkit": best(all_five, repeat) / base,
-        "numpy": best(lambda: np_all_from_logits(z, y), repeat) / base,
+        "logitkit": median_time(all_five, repeat) / base,
+        "numpy": median_time(lambda: np_all_from_logits(z, y), repeat) / base,
         "torchmetrics": None,
         "logitkit_peak_extra": peak_extra(all_five, z.nbytes),
         "numpy_peak_extra": peak_extra(lambda: np_all_from_logits(z, y), z.nbytes),
     }
     stats = CalibrationStats(BINS).update(z, y, from_logits=True)
-    t_int = best(lambda: stats.intervals(random_state=0), repeat)
+    t_int = median_time(lambda: stats.intervals(random_state=0), repeat)
     rows["intervals (1000 resamples)"] = {"seconds": t_int, "ratio": t_int / base}
     return rows
 

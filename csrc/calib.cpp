@@ -31,7 +31,6 @@
 // result never depends on the threads.
 #include <atomic>
 #include <cstring>
-#include <utility>
 
 #include "rowstats.hpp"
 
@@ -69,52 +68,21 @@ template <class T> LK_INLINE VI<T> iota() {
     return v;
 }
 
-// Horizontal reductions by halving shuffles (a fixed tree: the result depends only on the lanes).
-template <class E, int N> struct Vec {
-    typedef E type __attribute__((vector_size(N * sizeof(E))));
-};
-template <class E, int N, class V, size_t... I>
-LK_INLINE typename Vec<E, N / 2>::type low_half(V v, std::index_sequence<I...>) {
-    return __builtin_shufflevector(v, v, I...);
-}
-template <class E, int N, class V, size_t... I>
-LK_INLINE typename Vec<E, N / 2>::type high_half(V v, std::index_sequence<I...>) {
-    return __builtin_shufflevector(v, v, (I + N / 2)...);
-}
-template <class E, int N, class Op> LK_INLINE E reduce(typename Vec<E, N>::type v, Op op) {
-    if constexpr (N == 1) {
-        return v[0];
-    } else {
-        auto lo = low_half<E, N>(v, std::make_index_sequence<N / 2>{});
-        auto hi = high_half<E, N>(v, std::make_index_sequence<N / 2>{});
-        return reduce<E, N / 2>(op(lo, hi), op);
-    }
-}
+// Horizontal reductions: simd.hpp's fixed tree (lane i with lane i + n/2, down to one lane), with
+// the max and min that keep the low half on a tie or a NaN in the high half.
 struct MaxOp {
-    template <class V> LK_INLINE V operator()(V a, V b) const { return a > b ? a : b; }
+    template <class V> static LK_INLINE V of(V lo, V hi) { return lo > hi ? lo : hi; }
 };
 struct MinOp {
-    template <class V> LK_INLINE V operator()(V a, V b) const { return a < b ? a : b; }
+    template <class V> static LK_INLINE V of(V lo, V hi) { return lo < hi ? lo : hi; }
 };
-struct AddOp {
-    template <class V> LK_INLINE V operator()(V a, V b) const { return a + b; }
-};
-template <class T> LK_INLINE T vec_max(VF<T> v) { return reduce<T, kL<T>>(v, MaxOp{}); }
-template <class T> LK_INLINE T vec_min(VF<T> v) { return reduce<T, kL<T>>(v, MinOp{}); }
-// The sum of T lanes in double: float halves widened first (exact), then a double tree.
-LK_INLINE double vec_sum(VF<double> v) { return reduce<double, kL<double>>(v, AddOp{}); }
-LK_INLINE double vec_sum(VF<float> v) {
-    constexpr int N = kL<float>;
-    using D = Vec<double, N / 2>::type;
-    D lo = __builtin_convertvector(low_half<float, N>(v, std::make_index_sequence<N / 2>{}), D);
-    D hi = __builtin_convertvector(high_half<float, N>(v, std::make_index_sequence<N / 2>{}), D);
-    return reduce<double, N / 2>(lo + hi, AddOp{});
-}
+template <class T> LK_INLINE T vec_max(VF<T> v) { return tree<MaxOp, T, sizeof(VF<T>)>(v); }
+template <class T> LK_INLINE T vec_min(VF<T> v) { return tree<MinOp, T, sizeof(VF<T>)>(v); }
 // The first index of the max m: each lane kept its first occurrence, the smallest such index.
 template <class T> LK_INLINE int64_t first_arg(VF<T> mx, VI<T> at, T m) {
     using Int = typename Lanes<T>::Int;
     VI<T> cand = mx == m ? at : (VI<T>{} + static_cast<Int>(INT32_MAX));
-    return static_cast<int64_t>(reduce<Int, kL<T>>(cand, MinOp{}));
+    return static_cast<int64_t>(tree<MinOp, Int, sizeof(VI<T>)>(cand));
 }
 
 // Below these, exp(d) is flushed to 0 and a probability's square to 0: the results stay in the
@@ -170,8 +138,8 @@ LK_INLINE ProbRow scan_probs(const T* x, int64_t k) {
             const VF<T> w = v < kSquareFlush<T> ? splat<T>(0) : v;  // a NaN stays
             qv += w * w;
         }
-        s += vec_sum(sv);
-        q += vec_sum(qv);
+        s += hsum_wide(sv);
+        q += hsum_wide(qv);
     }
     ProbRow out;
     T m = vec_max<T>(mx);
@@ -227,9 +195,9 @@ LK_INLINE void exp_sums(const T* x, int64_t k, T m, T beta, bool scale, T* out, 
             cnt += at_top ? splat<T>(1) : splat<T>(0);
             q += e * e;
         }
-        rest += vec_sum(acc);
-        top += vec_sum(cnt);
-        sq += vec_sum(q);
+        rest += hsum_wide(acc);
+        top += hsum_wide(cnt);
+        sq += hsum_wide(q);
     }
 }
 

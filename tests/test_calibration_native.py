@@ -521,10 +521,15 @@ def test_fork_children_compute_the_parents_sums():
         from logitkit.calibration import CalibrationStats
         zz = rng.standard_normal((20000, 100)).astype(np.float32)
         yy = rng.integers(0, 100, 20000)
+        ee = np.exp(zz - zz.max(axis=1, keepdims=True))
+        pp = ee / ee.sum(axis=1, keepdims=True)  # the probabilities' pass too
         def figures():
-            got = CalibrationStats(15).update(zz, yy, from_logits=True).compute()
-            return [got[key] for key in ("nll", "brier", "ece", "mce")] + [
-                got["bin_count"].tolist(), np.nan_to_num(got["bin_confidence"]).tolist()]
+            out = []
+            for xx, from_logits in ((zz, True), (pp, False)):
+                got = CalibrationStats(15).update(xx, yy, from_logits=from_logits).compute()
+                out += [got[key] for key in ("nll", "brier", "ece", "mce")] + [
+                    got["bin_count"].tolist(), np.nan_to_num(got["bin_confidence"]).tolist()]
+            return out
         want = figures()
         children = []
         for _ in range(2):

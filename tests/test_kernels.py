@@ -857,7 +857,10 @@ def test_torch_adapter_uses_the_kernel_on_cpu(monkeypatch):
 
 
 def _mixed_calls(rng: np.random.Generator) -> list:
-    """Calls over every kernel and layout, small and large (serial and pool-sized)."""
+    """Calls over every kernel and layout, small and large (serial and pool-sized), the
+    calibration engine's native pass (from probabilities and from logits) among them."""
+    from logitkit.calibration import ece
+
     calls = []
     for i in range(8):
         dt = (np.float32, np.float64)[i % 2]
@@ -865,6 +868,8 @@ def _mixed_calls(rng: np.random.Generator) -> list:
         x = (rng.standard_normal((n, k)) * 4).astype(dt)
         t = rng.integers(0, k, n)
         mask = rng.random(k) > 0.2
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        p = e / e.sum(axis=1, keepdims=True)
         calls += [
             (logitkit.softmax, (x,), {}),
             (logitkit.log_softmax, (x,), {"temperature": 1.7, "where": mask}),
@@ -872,6 +877,8 @@ def _mixed_calls(rng: np.random.Generator) -> list:
             (logitkit.softmax, (x.reshape(n, k, 1)[:, :, [0, 0]].copy(),), {"axis": 1}),
             (logitkit.cross_entropy_with_grad, (x, t), {}),
             (logitkit.cross_entropy_with_grad, (x, t), {"label_smoothing": 0.1, "softcap": 5.0}),
+            (ece, (x, t), {"from_logits": True}),
+            (ece, (p, t), {"mode": "classwise"}),
         ]
     return calls
 
