@@ -63,6 +63,22 @@ def ad_xp(request):
     return _module(request.param)
 
 
+@pytest.fixture(scope="module")
+def client():
+    """A ``distributed`` cluster in this process (one worker, two threads): the Dask tests'
+    and the command line's ``--scheduler`` tests' scheduler."""
+    import distributed
+
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                       dashboard_address=":0")
+    c = distributed.Client(cluster)
+    try:
+        yield c
+    finally:
+        c.close()
+        cluster.close()
+
+
 def to_numpy(a) -> np.ndarray:
     if isinstance(a, np.ndarray | np.generic | float | int):
         return np.asarray(a)

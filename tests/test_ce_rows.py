@@ -230,6 +230,9 @@ def problems(draw):
         ignored = draw(hnp.arrays(np.bool_, (n,)))  # all rows ignored, sometimes
         t = np.where(ignored, -100, t)
         opts["ignore_index"] = -100
+    if draw(st.booleans()):
+        # Masked classes, the label's among them sometimes (+inf there), whole rows sometimes.
+        opts["where"] = draw(hnp.arrays(np.bool_, (n, k)))
     opts["label_smoothing"] = draw(st.sampled_from([0.0, 0.0, 0.1, 1.0]))
     opts["z_loss"] = draw(st.sampled_from([0.0, 0.0, 1e-4, 1.0]))
     if draw(st.booleans()) and opts["temperature"] >= 0.5:

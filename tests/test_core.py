@@ -498,3 +498,33 @@ def test_low_precision_with_explicit_float32_dtype():
     out = softmax(x, dtype=torch.float32)
     assert out.dtype == torch.float32
     assert_close(out, _np_softmax(x.float().double().numpy()), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy's namespace: the module itself on NumPy >= 2.1, array-api-compat's wrapper before
+# ---------------------------------------------------------------------------------------------
+
+
+def test_numpy_before_2_1_through_the_compat_wrapper_gives_the_same_numbers(monkeypatch):
+    """NumPy 1.26-2.0 gets array-api-compat's wrapper (no ``astype``/``cumulative_sum`` in the
+    module there); the bodies must not rely on anything only one of the two namespaces has."""
+    from logitkit import _namespace
+    from logitkit.losses import cross_entropy, cross_entropy_with_grad
+
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=(6, 5)) * 4.0).astype(np.float32)
+    y = rng.integers(0, 5, size=6)
+    x[0, 1] = -inf
+
+    def results():
+        return [softmax(x), log_softmax(x, temperature=0.5), logsumexp(x, axis=-1), entropy(x),
+                cross_entropy(x, y, label_smoothing=0.1, z_loss=1e-3, reduction="none"),
+                *cross_entropy_with_grad(x, y, reduction="sum")]
+
+    native = results()
+    monkeypatch.setattr(_namespace, "_NATIVE_NUMPY", False)
+    assert _namespace.namespace(x) is not np
+    wrapped = results()
+    for a, b in zip(native, wrapped, strict=True):
+        assert type(b) is type(a) and b.dtype == a.dtype
+        np.testing.assert_array_equal(b, a)

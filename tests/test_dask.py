@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dask.array as da
-import distributed
 import numpy as np
 import pytest
 
@@ -23,18 +22,6 @@ from logitkit.calibration import (
 from logitkit.calibration import _temperature as temperature_module
 
 TOL = {"rtol": 1e-8, "atol": 1e-10}
-
-
-@pytest.fixture(scope="module")
-def client():
-    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                       dashboard_address=":0")
-    c = distributed.Client(cluster)
-    try:
-        yield c
-    finally:
-        c.close()
-        cluster.close()
 
 
 def overconfident(n, k, seed, scale=3.0):

@@ -199,6 +199,17 @@ def test_special_rows():
     assert np.isnan(g[3]).all()
 
 
+def test_a_target_on_a_masked_class_gives_inf(xp):
+    """Probability 0 there, as for a −inf logit (DESIGN: ``−log 0 = inf``), with integer labels,
+    label smoothing and class weights alike."""
+    x = asarray(xp, np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [0.5, -1.0, 2.0]]))
+    t = asarray(xp, np.array([0, 0, 2]))
+    where = asarray(xp, np.array([[False, True, True], [False, True, True], [True] * 3]))
+    for options in ({}, {"label_smoothing": 0.1}, {"weight": asarray(xp, np.ones(3))}):
+        loss = to_numpy(_ce(xp, x, t, where=where, reduction="none", **options))
+        assert loss[0] == np.inf and loss[1] == np.inf and np.isfinite(loss[2]), (options, loss)
+
+
 def test_adapters_agree_on_special_rows(ad_xp):
     x = np.array([[np.inf, 0.0, np.inf], [1.0, 0.0, -np.inf], [-np.inf, -np.inf, -np.inf]])
     t = np.array([0, 1, 0])

@@ -185,3 +185,37 @@ def test_weight_and_temperature_arrays_are_differentiated():
         ek = jnp.zeros(K).at[i].set(h)
         fdw = (f(X, w + ek, temp) - f(X, w - ek, temp)) / (2 * h)
         close(gw[i], fdw, rtol=1e-6, atol=1e-9)
+
+
+def test_class_weight_cotangent_through_the_custom_vjp(monkeypatch):
+    """With a scalar temperature the ``custom_vjp`` applies, class weights included: the logits
+    get the closed form and the weights JAX's derivative of the forward pass in them alone,
+    denominator of the weighted mean included (checked by central differences)."""
+    from logitkit._autodiff import _jax as adapter
+
+    applied = []
+    inner = adapter.cross_entropy
+    monkeypatch.setattr(adapter, "cross_entropy", lambda *a: applied.append(1) or inner(*a))
+    w = jnp.asarray(RNG.uniform(0.5, 2.0, K))
+    t = LABELS.at[2].set(-1)
+    opts = {"ignore_index": -1, "label_smoothing": 0.1, "temperature": 1.5}
+
+    def f(v, weight):
+        return cross_entropy(v, t, weight=weight, **opts)
+
+    gx, gw = jax.jit(jax.grad(f, argnums=(0, 1)))(X, w)
+    assert applied  # the adapter, not JAX's own chain rule through the generic path
+    counted = np.asarray(t) >= 0
+    tn = np.maximum(np.asarray(t), 0)
+    wt = np.where(counted, np.asarray(w)[tn], 0.0)
+    z = np.asarray(X) / 1.5
+    p = np.exp(z - np.log(np.exp(z).sum(axis=1, keepdims=True)))
+    # PyTorch's weighted smoothing: W_ic = (1−ε)·w_y·[c = y] + ε·w_c/K on counted rows.
+    wk = np.where(counted[:, None], 0.9 * wt[:, None] * np.eye(K)[tn] + 0.1 * np.asarray(w) / K,
+                  0.0)
+    close(gx, (wk.sum(axis=1, keepdims=True) * p - wk) / 1.5 / wt.sum(), rtol=1e-11, atol=1e-14)
+    f = jax.jit(f)
+    h = 1e-6
+    for i in range(K):
+        e = jnp.zeros(K).at[i].set(h)
+        close(gw[i], (f(X, w + e) - f(X, w - e)) / (2 * h), rtol=1e-6, atol=1e-9)

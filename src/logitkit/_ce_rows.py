@@ -307,13 +307,15 @@ def _cross_beyond_range(pb: Problem, m: Array, w: Array | None, total_w: Array, 
     while the weighted sum need not (float32 ``[−3e38, 1e-38, 1e-38]`` at T = 0.5 with label
     smoothing 1: each term is −6e38, the sum with weights 1/3 is −2e38).  The differences are
     halved (``x/2 − m/2`` cannot overflow), weighted and summed, divided by T, then doubled: the
-    result overflows only where the exact sum does.  A −inf logit with target weight keeps the
-    sum −inf (the loss is then infinite)."""
+    result overflows only where the exact sum does.  A −inf logit or a masked class with target
+    weight keeps the sum −inf (the loss is then infinite), as in ``q``."""
     x = pb.x
     if pb.softcap is not None:
         x = pb.softcap * xp.tanh(x / pb.softcap)
     with np.errstate(over="ignore", invalid="ignore"):
         half = x * 0.5 - m * 0.5
+        if pb.mask is not None:
+            half = xp.where(pb.mask, half, -math.inf)
         if w is None:
             s = total_w * xp.take_along_axis(half, pb.labels[:, None], axis=-1)
         else:

@@ -84,17 +84,3 @@ def make_data():
     """:func:`overconfident`, for other sizes."""
     return overconfident
 
-
-@pytest.fixture(scope="module")
-def client():
-    """A ``distributed`` cluster in this process (one worker, two threads)."""
-    import distributed
-
-    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                       dashboard_address=":0")
-    c = distributed.Client(cluster)
-    try:
-        yield c
-    finally:
-        c.close()
-        cluster.close()
