@@ -35,7 +35,16 @@ LK_INLINE bool zloss_unsafe(double cz, double lse) {
 }
 
 template <class T> LK_INLINE double scale_of(const CeProblem& P, int64_t i) {
-    return P.scales[P.n_scales == 1 ? 0 : i];
+    int64_t at = P.n_scales == 1 ? 0 : i;
+    return P.scales_like_x ? static_cast<double>(static_cast<const T*>(P.scales)[at])
+                           : static_cast<const double*>(P.scales)[at];
+}
+
+// A row's (loss, lse, coef); lse and coef only where the caller asked for them.
+LK_INLINE void put_row(const CeProblem& P, int64_t i, double loss, double lse, double coef) {
+    P.loss[i] = loss;
+    if (P.lse != nullptr) P.lse[i] = lse;
+    if (P.coef != nullptr) P.coef[i] = coef;
 }
 
 template <class T> void zero_row(T* o, int64_t k) {
@@ -109,7 +118,7 @@ void plain_range(const CeProblem& P, int64_t r0, int64_t r1, bool stream) {
             int64_t j = i - b0;
             if (state[j] == 2) {
                 if (WRITE) zero_row<T>(out + i * k, k);
-                P.loss[i] = P.lse[i] = P.coef[i] = 0;
+                put_row(P, i, 0, 0, 0);
                 continue;
             }
             if (state[j] == 1) {
@@ -126,9 +135,7 @@ void plain_range(const CeProblem& P, int64_t r0, int64_t r1, bool stream) {
                 P.special[i] = 1;
                 continue;
             }
-            P.lse[i] = lse;
-            P.coef[i] = coef;
-            P.loss[i] = loss;
+            put_row(P, i, loss, lse, coef);
             if (WRITE) {
                 double gs = static_cast<double>(inv_t) * scale_of<T>(P, i);
                 T* o = out + i * k;
@@ -168,7 +175,7 @@ void options_range(const CeProblem& P, int64_t r0, int64_t r1) {
         const T* qi = PROB ? probs + i * k : nullptr;
         if (!P.counted[i]) {
             if (WRITE) zero_row<T>(o, k);
-            P.loss[i] = P.lse[i] = P.coef[i] = 0;
+            put_row(P, i, 0, 0, 0);
             continue;
         }
         int64_t t = PROB ? 0 : P.labels[i];
@@ -312,9 +319,7 @@ void options_range(const CeProblem& P, int64_t r0, int64_t r1) {
         double loss = total * log_s - cross;
         if (P.cz > 0) loss += P.cz * lse * lse;
         if (lam_on) loss += 0.5 * P.lam * sq;
-        P.lse[i] = lse;
-        P.coef[i] = coef;
-        P.loss[i] = loss;
+        put_row(P, i, loss, lse, coef);
     }
     std::free(ybuf);
 }

@@ -55,13 +55,14 @@ struct CeProblem {
     int64_t mask_rows;
     const void* weight;      // (k,) class weights like x, or null
     const uint8_t* counted;  // (n,): rows that count (not ignored, not fully masked)
-    const double* scales;    // the gradient's per-row factor: (n_scales,), n_scales 1 or n
-    int64_t n_scales;
+    const void* scales;      // the gradient's per-row factor: (n_scales,), n_scales 1 or n,
+    int64_t n_scales;        // float64, or x's dtype when scales_like_x (read as it is, no copy)
+    int scales_like_x;
     int64_t n, k;
     double eps, cz, lam, cap, inv_t;
     double* loss;            // (n,) per-row loss
-    double* lse;             // (n,) log-sum-exp of the scaled logits
-    double* coef;            // (n,) Σ_c W_c + 2·z_loss·lse: the gradient's coefficient of p
+    double* lse;             // (n,) log-sum-exp of the scaled logits, or null for none
+    double* coef;            // (n,) Σ_c W_c + 2·z_loss·lse: the gradient's coefficient of p, or null
     uint8_t* special;        // (n,), all 0 on entry
 };
 

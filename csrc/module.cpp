@@ -236,7 +236,7 @@ void strided(In x, std::optional<Out> out, Out lse, Out special, std::optional<I
 void cross_entropy(In x, std::optional<Out> out, std::optional<In> labels, std::optional<In> probs,
                    std::optional<In> mask, std::optional<In> weight, In counted, In scales,
                    double label_smoothing, double z_loss, double logit_l2, double softcap,
-                   double inv_t, Out loss, Out lse, Out coef, Out special) {
+                   double inv_t, Out loss, std::optional<Out> lse, std::optional<Out> coef, Out special) {
     int64_t n, k;
     int f = rows_of(x, n, k);
     lk::CeProblem p{};
@@ -275,18 +275,23 @@ void cross_entropy(In x, std::optional<Out> out, std::optional<In> labels, std::
     p.counted = bool_data(std::optional<In>(counted), "counted");
     if (scales.ndim() != 1 || (static_cast<int64_t>(scales.shape(0)) != 1 && static_cast<int64_t>(scales.shape(0)) != n))
         fail("scales", "expected shape (1,) or (N,)");
-    check_dtype(scales, "scales", nb::dtype<double>());
+    p.scales_like_x = scales.dtype() == float_dtype(f);
+    if (!p.scales_like_x) check_dtype(scales, "scales", nb::dtype<double>());
     check_c(scales, "scales");
-    p.scales = static_cast<const double*>(scales.data());
+    p.scales = scales.data();
     p.n_scales = scales.shape(0);
-    for (auto* a : {&loss, &lse, &coef}) {
-        check_shape(*a, "loss", {n});
-        check_dtype(*a, "loss", nb::dtype<double>());
-    }
-    check_shape(special, "special", {n});
+    check_shape(loss, "loss", {n});
+    check_dtype(loss, "loss", nb::dtype<double>());
     p.loss = static_cast<double*>(loss.data());
-    p.lse = static_cast<double*>(lse.data());
-    p.coef = static_cast<double*>(coef.data());
+    auto stat = [n](std::optional<Out>& a, const char* name) -> double* {  // optional outputs
+        if (!a) return nullptr;
+        check_shape(*a, name, {n});
+        check_dtype(*a, name, nb::dtype<double>());
+        return static_cast<double*>(a->data());
+    };
+    p.lse = stat(lse, "lse");
+    p.coef = stat(coef, "coef");
+    check_shape(special, "special", {n});
     p.special = flags_data(special, "special");
     if (!(inv_t > 0) || !(softcap >= 0) || !(label_smoothing >= 0 && label_smoothing <= 1) || !(z_loss >= 0) ||
         !(logit_l2 >= 0))
@@ -431,8 +436,8 @@ NB_MODULE(_native, m) {
     m.def("cross_entropy", &cross_entropy, nb::kw_only(), nb::arg("x"), nb::arg("out").none(),
           nb::arg("labels").none(), nb::arg("probs").none(), nb::arg("mask").none(), nb::arg("weight").none(),
           nb::arg("counted"), nb::arg("scales"), nb::arg("label_smoothing"), nb::arg("z_loss"),
-          nb::arg("logit_l2"), nb::arg("softcap"), nb::arg("inv_t"), nb::arg("loss"), nb::arg("lse"),
-          nb::arg("coef"), nb::arg("special"),
+          nb::arg("logit_l2"), nb::arg("softcap"), nb::arg("inv_t"), nb::arg("loss"), nb::arg("lse").none(),
+          nb::arg("coef").none(), nb::arg("special"),
           "Per-row cross-entropy, log-sum-exp and gradient coefficient; the gradient into out.");
     m.def("nll_sums", &nll_sums, nb::arg("z"), nb::arg("labels"), nb::arg("weight").none(), nb::arg("beta"),
           "(Σw, Σw·nll, Σw·dnll/dβ, Σw·d²nll/dβ²) of the temperature fit, in float64.");

@@ -1002,6 +1002,29 @@ def _native_ce(x, t, **options):
     return stats[0], out, special
 
 
+def test_cross_entropy_kernel_reads_scales_in_the_logits_dtype_and_skips_unasked_stats():
+    """The per-row gradient scales are read in float64 or in the logits' own dtype (no float64
+    copy of a float32 scale column on every call: the caller's ``(N, 1)`` scale is in the
+    working dtype), with the same gradient bit for bit; ``lse`` and ``coef`` are written only
+    when asked for (the losses never read them), and a scale in a third dtype is refused."""
+    rng = np.random.default_rng(3)
+    for dt in (np.float32, np.float64):
+        x = (rng.standard_normal((37, 130)) * 3).astype(dt)
+        t = rng.integers(0, 130, 37)
+        s = (rng.random(37) + 0.5).astype(dt)
+        loss, g, special = _native_ce(x, t, scales=s.astype(np.float64))
+        n = x.shape[0]
+        out, loss2, flags = np.empty_like(x), np.zeros(n), np.zeros(n, dtype=bool)
+        _kernels.native().cross_entropy(
+            x=x, out=out, labels=t, probs=None, mask=None, weight=None, counted=np.ones(n, bool),
+            scales=s, label_smoothing=0.0, z_loss=0.0, logit_l2=0.0, softcap=0.0, inv_t=1.0,
+            loss=loss2, lse=None, coef=None, special=flags)
+        assert not special.any() and not flags.any()
+        assert np.array_equal(out, g) and np.array_equal(loss2, loss)
+    with pytest.raises(ValueError, match="scales"):
+        _native_ce(x, t, scales=s.astype(np.float16))
+
+
 def test_kernels_hand_over_what_overflows():
     """Rows whose results would overflow inside the fast formulas are flagged for the generic
     path, never answered with inf or NaN: the z-loss of lse = 1e308 (its gradient was

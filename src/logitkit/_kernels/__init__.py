@@ -422,7 +422,10 @@ def _cross_entropy_rows(pb: CrossEntropyRows) -> CrossEntropyResult | None:
                   else _array(pb.grad_scale))
         if scales is None or scales.size not in (1, n):
             return None
-        scales = np.ascontiguousarray(scales.reshape(-1), dtype=np.float64)
+        scales = scales.reshape(-1)
+        if scales.dtype != dt:  # the kernel reads float64 or x's dtype as they are
+            scales = scales.astype(np.float64)
+        scales = np.ascontiguousarray(scales)
         if pb.out is None:
             g = _empty(x.shape, dt, like=x)
         else:
@@ -440,13 +443,12 @@ def _cross_entropy_rows(pb: CrossEntropyRows) -> CrossEntropyResult | None:
         scales = np.ones(1)
 
     loss = np.zeros(n, dtype=np.float64)
-    stat = np.zeros((2, n), dtype=np.float64)
     flagged = np.zeros(n, dtype=np.bool_)
     native().cross_entropy(
         x=x, out=g, counted=counted, scales=scales, label_smoothing=float(pb.label_smoothing),
         z_loss=float(pb.z_loss), logit_l2=float(pb.logit_l2),
         softcap=0.0 if pb.softcap is None else float(dt.type(pb.softcap)), inv_t=float(inv_t),
-        loss=loss, lse=stat[0], coef=stat[1], special=flagged, **args)
+        loss=loss, lse=None, coef=None, special=flagged, **args)
     return CrossEntropyResult(loss, g, flagged, torch_input)
 
 

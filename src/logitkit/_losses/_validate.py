@@ -24,6 +24,7 @@ from .._namespace import (
     compute_dtypes,
     expected,
     is_concrete,
+    is_numpy,
     namespace,
     to_numpy,
 )
@@ -177,8 +178,13 @@ def check_cross_entropy(
             # From the target as given: an unsigned label past 2**63 is negative as int64.
             got = to_numpy(xp.reshape(target, (n,)))[~to_numpy(valid)][0].item()
             raise LogitkitValueError(expected("target", f"class indices in [0, {k})", got))
-        ok = valid if keep is None else valid & keep
-        labels = xp.where(ok, lab, xp.zeros_like(lab))
+        if keep is None and bad_rows is None and is_numpy(xp):
+            # Every label checked valid: the labels as they are (NumPy: nothing keeps them past
+            # the call), not a copy through `where` (a tenth of a 65536x128 float32 loss).
+            labels = lab
+        else:
+            ok = valid if keep is None else valid & keep
+            labels = xp.where(ok, lab, xp.zeros_like(lab))
     elif xp.isdtype(target.dtype, "real floating"):
         if tuple(target.shape) != shape:
             raise LogitkitValueError(expected(
