@@ -159,7 +159,7 @@ def _over(value: Any, denom: Array | float, xp: Any) -> Any:
     if (isinstance(value, np.ndarray) and value.ndim and isinstance(denom, (np.ndarray, np.generic))
             and not np.ndim(denom)):
         # A NumPy denominator decides here, not by a `where` over every row (the same values).
-        return value / denom if bool(denom > 0) else np.zeros_like(value)
+        return value / denom if bool(np.greater(denom, 0)) else np.zeros_like(value)
     return xp.where(denom > 0, value / xp.where(denom > 0, denom, 1.0), 0.0)
 
 
