@@ -73,7 +73,10 @@ void plain_range(const CeProblem& P, int64_t r0, int64_t r1, bool stream) {
     for (int64_t b0 = r0; b0 < r1; b0 += nb) {
         int64_t b1 = b0 + nb < r1 ? b0 + nb : r1;
         if (one_chunk && !in_place)  // every row's max first (pass1_known in rowstats.hpp)
-            for (int64_t i = b0; i < b1; ++i) ms[i - b0] = chunk_max<T, false>(x + i * k, nullptr, k);
+            for (int64_t i = b0; i < b1; ++i) {
+                prefetch_row<T>(i + nb < r1 ? x + (i + nb) * k : nullptr, k);
+                ms[i - b0] = chunk_max<T, false>(x + i * k, nullptr, k);
+            }
         for (int64_t i = b0; i < b1; ++i) {
             int64_t j = i - b0;
             a[j] = 0;

@@ -67,6 +67,7 @@ void rows_range(const RowsProblem& P, int64_t r0, int64_t r1, bool stream) {
                 int64_t j = i - b0;
                 const T* src = x + i * k;
                 const uint8_t* mi = MASK ? P.mask + (P.mask_rows == 1 ? 0 : i) * k : nullptr;
+                prefetch_row<T>(i + nb < r1 ? x + (i + nb) * k : nullptr, k);
                 if (CAP) {
                     T* y = P.mode == LSE ? capbuf + j * k : (stream ? sbuf + j * k : out + i * k);
                     softcap_row<T, MASK>(src, mi, k, cap, y);

@@ -263,6 +263,17 @@ LK_INLINE Stats pass1_known(const T* src, const uint8_t* mask, int64_t k, T inv_
     return Stats{m, rest + comp, top, false};
 }
 
+// Software prefetch for a block of short rows, issued row by row from the block's max loop
+// (which waits on memory anyway): the same row of the next block (null past the range), into
+// L2, so that the next block's max loop reads from cache (A/B, one thread, 65536x128:
+// logsumexp 5-11% faster, softmax and the cross-entropy 2-5%).  Prefetching the output rows for
+// writing as well was no faster on float rows and 5% slower on float64 ones.
+template <class T> LK_INLINE void prefetch_row(const T* ahead, int64_t k) {
+    constexpr int64_t kLine = 64 / sizeof(T);
+    if (ahead != nullptr)
+        for (int64_t i = 0; i < k; i += kLine) __builtin_prefetch(ahead + i, 0, 2);
+}
+
 // Rows whose shifted logits x − max overflow (only possible when the max is within half an
 // ulp of the top of the range from the min): the callers send them to the generic path, which
 // divides by the temperature in a safe order.  Rare: only checked above kShiftSafe.
