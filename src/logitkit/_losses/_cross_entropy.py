@@ -233,8 +233,10 @@ def cross_entropy_with_grad(
     pb = ce.cast(ck.pb, ck.acc, xp)
     counted = ce.counted_rows(pb, xp)
     denom = ce.denominator(pb, counted, xp)
-    ones = xp.ones(counted.shape, dtype=ck.acc, device=array_api_compat.device(pb.x))
-    scale = ce.row_scale(counted, pb.reduction, denom, ones, xp)
+    # The upstream cotangent 1 as one 0-d array, not a column of ones: the mean's 1/denominator
+    # is then formed once, not once per row (the same (N, 1) scale).
+    one = xp.asarray(1.0, dtype=ck.acc, device=array_api_compat.device(pb.x))
+    scale = ce.row_scale(counted, pb.reduction, denom, one, xp)
     # The gradient straight into `out` when its rows are the problem's rows (the class axis
     # last, C order, the working dtype): then `out` may also be the logits themselves.
     rows_out = None
