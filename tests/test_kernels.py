@@ -1025,6 +1025,33 @@ def test_cross_entropy_kernel_reads_scales_in_the_logits_dtype_and_skips_unasked
         _native_ce(x, t, scales=s.astype(np.float16))
 
 
+def test_cross_entropy_hands_the_kernel_the_callers_labels_and_working_scales(monkeypatch):
+    """On the NumPy fast path no per-row copy is made around the kernel: int64 labels that were
+    checked valid reach it as the caller's array (they went through a `where` copy before), the
+    gradient's per-row scale in the logits' dtype (no float64 copy) and no lse/coef outputs."""
+    seen = {}
+    real = _kernels.native()
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def cross_entropy(self, **kw):
+            seen.update(kw)
+            return real.cross_entropy(**kw)
+
+    monkeypatch.setattr(_kernels, "native", lambda: Spy())
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((40, 9)).astype(np.float32)
+    t = rng.integers(0, 9, 40)
+    loss, g = logitkit.cross_entropy_with_grad(x, t)
+    assert np.shares_memory(seen["labels"], t)
+    assert seen["scales"].dtype == np.float32 and seen["lse"] is None and seen["coef"] is None
+    ref_loss, ref_g = generic(logitkit.cross_entropy_with_grad, x, t)
+    assert_close(loss, ref_loss, rtol=2e-6)
+    assert_close(g, ref_g, rtol=2e-5, atol=1e-8)
+
+
 def test_kernels_hand_over_what_overflows():
     """Rows whose results would overflow inside the fast formulas are flagged for the generic
     path, never answered with inf or NaN: the z-loss of lse = 1e308 (its gradient was
