@@ -45,7 +45,7 @@ def make_data(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np
     z = np.empty((n, k), dtype=np.float32)
     p = np.empty((n, k), dtype=np.float32)
     y = np.empty(n, dtype=np.int64)
-    step = max(1, 1 << 22 // k)
+    step = max(1, (1 << 22) // k)  # rows of about 4M entries per step
     for s in range(0, n, step):
         rows = min(step, n - s)
         u = rng.standard_normal((rows, k), dtype=np.float32) * 1.5

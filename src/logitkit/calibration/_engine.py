@@ -129,6 +129,8 @@ class Spec:
             smooth ECE works on them).
         keep_probs: also keep every row's probabilities and label (class-wise smooth ECE).
         brier: compute the Brier terms (``Σ_k p_k²``).
+        nll: compute ``Σ −log p_y`` (``Sums.nll`` stays 0 without it: a metric that does not
+            read it skips a logarithm per row).
         top: compute the top label (confidence, arg-max, hits); the NLL and the Brier score do
             without it.
         groups: number of row groups ``G`` (1: plain sums).
@@ -144,6 +146,7 @@ class Spec:
     keep_rows: bool = False
     keep_probs: bool = False
     brier: bool = True
+    nll: bool = True
     top: bool = True
     groups: int = 1
 
@@ -465,14 +468,16 @@ def accumulate_rows(sums: Sums, rows: Rows, y: np.ndarray, spec: Spec,
         sums.n[0] += n
         if correct is not None:
             sums.hits[0] += correct.sum()
-        sums.nll[0] += nll.sum()
+        if spec.nll:
+            sums.nll[0] += nll.sum()
         if brier is not None:
             sums.brier[0] += brier.sum()
     else:
         sums.n += _bincount(g, None, ng)
         if correct is not None:
             sums.hits += _bincount(g, correct, ng)
-        sums.nll += _bincount(g, nll, ng)
+        if spec.nll:
+            sums.nll += _bincount(g, nll, ng)
         if brier is not None:
             sums.brier += _bincount(g, brier, ng)
     if sums.bins is not None:
@@ -635,7 +640,7 @@ def native_sums(x: np.ndarray, y: np.ndarray, spec: Spec, offset: int, arg: str)
     res = calibration_sums(CalibrationPass(
         x=x, labels=y, work=work, from_logits=spec.from_logits, beta=spec.beta,
         tolerance=row_sum_tolerance(x.dtype), offset=offset, groups=spec.groups, top=spec.top,
-        brier=spec.brier, moments=spec.moments,
+        brier=spec.brier, nll=spec.nll, moments=spec.moments,
         edges=np.concatenate([[0.0], spec.inner, [1.0]]) if spec.n_bins else None,
         uniform=bool(spec.n_bins) and is_uniform(np.asarray(spec.inner)),
         cw_edges=cw_edges,
@@ -676,7 +681,7 @@ def confidences(x: Any, y: Any, *, from_logits: bool, beta: float = 1.0, arg: st
     x = as_rows_2d(np.asarray(x), from_logits)
     n, k = x.shape
     if n:
-        spec = Spec(from_logits=from_logits, beta=beta, brier=False, keep_rows=True)
+        spec = Spec(from_logits=from_logits, beta=beta, brier=False, nll=False, keep_rows=True)
         fast = native_sums(x, np.zeros(n, dtype=np.intp), spec, 0, arg)
         if fast is not None:
             assert fast.rows is not None
