@@ -394,6 +394,16 @@ LK_INLINE bool lanes_rows(const CalibProblem& P, int64_t i0, int64_t j0, T beta,
     const VI<T> bad_label = narrow_mask<T>((y64 < 0) | (y64 >= k));  // the caller then says which
     const VI<T> y = bad_label ? VI<T>{} : __builtin_convertvector(y64, VI<T>);
     const T* x = static_cast<const T*>(P.x) + i0 * k;
+    // The lines of the group kAhead groups on (within the rows' ends: a prefetch never faults,
+    // but stays inside the array): the gathers then find them in L1.
+    {
+        constexpr int64_t kAhead = 4;
+        const char* next = reinterpret_cast<const char*>(x + kAhead * L * k);
+        const char* end = reinterpret_cast<const char*>(static_cast<const T*>(P.x) + P.n * k);
+        const int64_t bytes = static_cast<int64_t>(L * k * sizeof(T));
+        if (next + bytes <= end)
+            for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(next + b);
+    }
     const VI<T> row = iota<T>() * static_cast<Int>(k);
     VI<T> off = row;
     VF<T> cols[kLanesMaxK];
