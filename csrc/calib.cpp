@@ -29,6 +29,8 @@
 // uniform bins are found in vector lanes, its totals added in eight fixed lanes (row r0 + 8q + l
 // in lane l on every target), and −log p_y is taken only when its sum is asked for (`nll`).
 //
+// Grouped, a task keeps each (group, bin) of the top-label sums as one cache line (its fields
+// side by side), so that a row of a random group touches one line of them, not one per field.
 // The rows are cut in `tasks` equal ranges (chosen by the caller from the shape only); each task
 // sums into its own scratch, and the scratches are added to the outputs in task order: the
 // result never depends on the threads.
@@ -42,6 +44,7 @@ namespace LK_TARGET {
 namespace {
 
 constexpr int64_t kRowBlock = 64;
+constexpr int64_t kCell = 8;  // doubles per (group, bin) cell of a grouped pass: one cache line
 
 // SplitMix64's finaliser of i mod G (the row groups of calibration/_engine.py), with the modulo
 // by a multiplication (Lemire, Kaser & Kurz 2019: exact for every 64-bit i with a 128-bit
@@ -58,6 +61,7 @@ struct Groups {
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
         z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
         z ^= z >> 31;
+        if ((g & (g - 1)) == 0) return static_cast<int64_t>(z & (g - 1));  // the usual 1024 groups
         unsigned __int128 low = m * z;
         unsigned __int128 bottom = (static_cast<unsigned __int128>(static_cast<uint64_t>(low)) * g) >> 64;
         unsigned __int128 top = (low >> 64) * g;
@@ -648,9 +652,22 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
                 const int64_t i = b0 + j;
                 const double c = conf[j], hit = hits[j];
                 const int64_t b = bidx[j];
+                if (GROUPED) {
+                    // A group's bin is one cache line of `copies` (its fields side by side,
+                    // kCell apart): a row touches one line of the groups' bins, not one per field.
+                    double* cell = copies + (grp[j] * nb + b) * kCell;
+                    cell[0] += 1.0;
+                    cell[1] += c;
+                    cell[2] += hit;
+                    if (fields == 5) {
+                        cell[3] += c * c;
+                        cell[4] += c * hit;
+                    }
+                    continue;
+                }
                 // Ungrouped, row i adds to copy i mod 4 of the bins: consecutive rows in one bin
                 // are then four chains of additions, not one chain through memory.
-                double* cell = GROUPED ? bins + grp[j] * fields * nb + b : copies + (i & 3) * fields * nb + b;
+                double* cell = copies + (i & 3) * fields * nb + b;
                 cell[0] += 1.0;
                 cell[nb] += c;
                 cell[2 * nb] += hit;
@@ -665,7 +682,11 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
             std::memcpy(row_hit + b0, hits, sizeof(double) * nr);
         }
     }
-    if (!GROUPED) {
+    if (GROUPED) {  // the cells into the (G, F, B) layout of the sums
+        for (int64_t g = 0; g < P.groups; ++g)
+            for (int64_t b = 0; b < nb; ++b)
+                for (int64_t f = 0; f < fields; ++f) bins[(g * fields + f) * nb + b] += copies[(g * nb + b) * kCell + f];
+    } else {
         const int64_t len = fields * nb;
         for (int64_t q = 0; q < len; ++q)
             bins[q] += (copies[q] + copies[len + q]) + (copies[2 * len + q] + copies[3 * len + q]);
@@ -700,12 +721,14 @@ template <class T> void calib(CalibProblem& P) {
         for (int64_t q = 0; q < P.acc_len; ++q) acc[q] = 0;
         const int64_t r0 = t * P.n / tasks, r1 = (t + 1) * P.n / tasks;
         T* ebuf = need_buf ? static_cast<T*>(alloc<T>(P.k)) : nullptr;
-        const int64_t n_copies = P.groups > 1 ? 0 : 4 * (P.moments ? 5 : 3) * P.n_bins;
-        double* copies = static_cast<double*>(alloc<double>(n_copies));
+        // The bins' private copies: four of them ungrouped, line-aligned cells grouped.
+        const int64_t n_copies = P.groups > 1 ? P.groups * P.n_bins * kCell : 4 * (P.moments ? 5 : 3) * P.n_bins;
+        double* raw = static_cast<double*>(alloc<double>(n_copies + kCell));
+        double* copies = reinterpret_cast<double*>((reinterpret_cast<uintptr_t>(raw) + 63) & ~uintptr_t(63));
         for (int64_t q = 0; q < n_copies; ++q) copies[q] = 0;
         if (P.from_logits) pick<T, true>(P.top != 0, P.groups > 1)(P, r0, r1, acc, ebuf, copies, flagged[t], stop);
         else pick<T, false>(P.top != 0, P.groups > 1)(P, r0, r1, acc, ebuf, copies, flagged[t], stop);
-        std::free(copies);
+        std::free(raw);
         std::free(ebuf);
     };
     run_tasks(tasks, row_ns * static_cast<double>(P.n) / static_cast<double>(tasks), task);
