@@ -603,6 +603,14 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
             if (do_brier)
                 for (int64_t j = 0; j < nr; ++j) brier[j] = sq[j] - 2.0 * py[j] + 1.0;
         }
+        // The block's bins, apart from the sums (no chain from one row's search to the next's sums).
+        int64_t bidx[kRowBlock];
+        if (nb > 0) {
+            if (uniform) uniform_bins(edges, nb, conf, bidx, nr);
+            else for (int64_t j = 0; j < nr; ++j) bidx[j] = search_bin(edges, 1, nb, conf[j]);
+            if (GROUPED)  // the rows' cells (random groups, mostly in L2) on their way during the totals
+                for (int64_t j = 0; j < nr; ++j) __builtin_prefetch(copies + (grp[j] * nb + bidx[j]) * kCell, 1);
+        }
         // The totals.
         if (GROUPED) {
             for (int64_t j = 0; j < nr; ++j) {
@@ -642,11 +650,7 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
                 t_brier += b;
             }
         }
-        // The block's bins, apart from the sums (no chain from one row's search to the next's sums).
         if (nb > 0) {
-            int64_t bidx[kRowBlock];
-            if (uniform) uniform_bins(edges, nb, conf, bidx, nr);
-            else for (int64_t j = 0; j < nr; ++j) bidx[j] = search_bin(edges, 1, nb, conf[j]);
             for (int64_t j = 0; j < nr; ++j) {
                 if (!all_ok && !ok[j]) continue;
                 const int64_t i = b0 + j;
