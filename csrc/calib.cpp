@@ -395,6 +395,7 @@ LK_INLINE bool lanes_rows(const CalibProblem& P, int64_t i0, int64_t j0, T beta,
     typename RowLanes<T>::Y y64;
     std::memcpy(&y64, P.labels + i0, sizeof y64);
     const int64_t k = P.k;
+    const bool squares = P.brier != 0;  // Σ p² (Σ e²) only for the Brier score
     const VI<T> bad_label = narrow_mask<T>((y64 < 0) | (y64 >= k));  // the caller then says which
     const VI<T> y = bad_label ? VI<T>{} : __builtin_convertvector(y64, VI<T>);
     const T* x = static_cast<const T*>(P.x) + i0 * k;
@@ -424,8 +425,10 @@ LK_INLINE bool lanes_rows(const CalibProblem& P, int64_t i0, int64_t j0, T beta,
         } else {
             lo = v < lo ? v : lo;
             s += v;
-            const VF<T> w = v < kSquareFlush<T> ? splat<T>(0) : v;
-            q += w * w;
+            if (squares) {  // loop-invariant: the compiler unswitches it
+                const VF<T> w = v < kSquareFlush<T> ? splat<T>(0) : v;
+                q += w * w;
+            }
         }
     }
     const VF<T> xy = gather<T>(x, row + y);
@@ -451,7 +454,7 @@ LK_INLINE bool lanes_rows(const CalibProblem& P, int64_t i0, int64_t j0, T beta,
         const VI<T> at_top = d == T(0);
         rest += at_top ? splat<T>(0) : e;
         cnt += at_top ? splat<T>(1) : splat<T>(0);
-        q += e * e;
+        if (squares) q += e * e;
     }
     const W r = widen<T>(rest), t = widen<T>(cnt), sq = widen<T>(q);
     if (!any_lane<T>(~((mx > -inf<T>()) & (mx < inf<T>()) & (rest == rest) & (q == q)))) {
