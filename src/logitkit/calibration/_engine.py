@@ -42,7 +42,8 @@ blocks: float32 and float64 rows in place (other dtypes and layouts widened a sl
 time), the softmax fused at inverse temperature β, probabilities validated and labels checked as
 their rows are read, the top-label and class-wise bins found (by arithmetic for uniform edges, a
 binary search otherwise) and summed per group in float64.  Rows of K ≤ 32 run one per SIMD
-lane.  Its tasks are cut by shape only and merged in order, so the sums never depend on the
+lane, everything after the read on all lanes at once; ``Spec.nll`` off skips the logarithm of
+``p_y`` (the NumPy pass then leaves ``Sums.nll`` at 0 too).  Its tasks are cut by shape only and merged in order, so the sums never depend on the
 threads.  What it does not take (per-row probabilities kept, equal-mass edges not yet resolved)
 and what it does not accept (an invalid probability, a label out of range: it stops and the
 NumPy pass then raises its error) goes to the NumPy pass, which stays the reference; rows of
