@@ -50,9 +50,11 @@ NumPy pass then raises its error) goes to the NumPy pass, which stays the refere
 logits holding a NaN, a +inf or nothing finite are handed back and computed by
 :func:`_careful_logit_rows`.
 
-Speed (``benchmarks/bench_metrics.py``, multiples of a ``np.copyto`` of the input, loaded 2-core
-machine): each metric on 1e6 × 100 float32 probabilities 1.6–2.9× (the NumPy pass 3–6×), on
-1e7 × 10 3–8× (NumPy 6–24×); all five from logits in one call 7× and 10× (NumPy 12× and 36×).
+Speed (``benchmarks/bench_metrics.py --repeat 3``, multiples of a ``np.copyto`` of the input,
+2 cores at load 11): each metric on 1e6 × 100 float32 probabilities 1.6–2.2× (plain NumPy
+0.8–18×), on 1e7 × 10 2.8–3.2× (NumPy 3.9–44×); all five from logits in one call 3.6× and 6.7×
+(NumPy 44× and 200×).  On a quiet machine the short rows had been 3–4.5× and 5.6× before their
+lanes were vectorised after the read, which takes 0.42–0.58 of their time (interleaved A/B).
 """
 
 from __future__ import annotations
