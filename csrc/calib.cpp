@@ -24,8 +24,13 @@
 // The logs and exps of a block of rows are taken in one vectorised loop, and its bins found in
 // another.  No arithmetic has a subnormal result (exp and squares flushed to 0 far below the
 // sums' rounding): each would cost a microcode assist.  Rows of K ≤ 32 (no class-wise bins) run
-// one per SIMD lane, their columns gathered.
+// one per SIMD lane, their columns gathered, and everything per row after the read is done on
+// all lanes at once (label check, the label's entry, hit, the probabilities' check); a block's
+// uniform bins are found in vector lanes, its totals added in eight fixed lanes (row r0 + 8q + l
+// in lane l on every target), and −log p_y is taken only when its sum is asked for (`nll`).
 //
+// Grouped, a task keeps each (group, bin) of the top-label sums as one cache line (its fields
+// side by side), so that a row of a random group touches one line of them, not one per field.
 // The rows are cut in `tasks` equal ranges (chosen by the caller from the shape only); each task
 // sums into its own scratch, and the scratches are added to the outputs in task order: the
 // result never depends on the threads.
@@ -39,6 +44,7 @@ namespace LK_TARGET {
 namespace {
 
 constexpr int64_t kRowBlock = 64;
+constexpr int64_t kCell = 8;  // doubles per (group, bin) cell of a grouped pass: one cache line
 
 // SplitMix64's finaliser of i mod G (the row groups of calibration/_engine.py), with the modulo
 // by a multiplication (Lemire, Kaser & Kurz 2019: exact for every 64-bit i with a 128-bit
@@ -55,6 +61,7 @@ struct Groups {
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
         z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
         z ^= z >> 31;
+        if ((g & (g - 1)) == 0) return static_cast<int64_t>(z & (g - 1));  // the usual 1024 groups
         unsigned __int128 low = m * z;
         unsigned __int128 bottom = (static_cast<unsigned __int128>(static_cast<uint64_t>(low)) * g) >> 64;
         unsigned __int128 top = (low >> 64) * g;
@@ -278,27 +285,27 @@ void classwise_row(const CalibProblem& P, const T* e, T scale, bool scaled, int6
 // The per-row results of a block of rows, before their logs and bins.
 struct BlockRows {
     double conf[kRowBlock], py[kRowBlock], a[kRowBlock], sum[kRowBlock], sq[kRowBlock];
-    int64_t pred[kRowBlock];
+    double hit[kRowBlock];  // [arg-max = label] (with TOP)
     bool ok[kRowBlock];
 };
 
-// A row of probabilities into slot j (max m, min lo, Σ p, Σ p², the label's p): false when the
-// pass does not accept it.
+// A row of probabilities into slot j (max m, min lo, Σ p, Σ p², its hit, the label's p): false
+// when the pass does not accept it.
 LK_INLINE bool put_prob_row(const CalibProblem& P, BlockRows& br, int64_t j, double m, double lo, double total,
-                            double sumsq, int64_t arg, double p_y) {
+                            double sumsq, double hit, double p_y) {
     if (!(lo >= 0 && m <= 1 && std::fabs(total - 1.0) <= P.tol)) return false;
     br.ok[j] = true;
     br.conf[j] = m;
-    br.pred[j] = arg;
+    br.hit[j] = hit;
     br.py[j] = p_y;
     br.sq[j] = sumsq;
     return true;
 }
 
-// A row of logits (row i, slot j: its max m and arg-max, the label's logit, Σ e split into
-// rest and top, Σ e²): false, and the row flagged for the caller, when m is not finite or a
-// sum is NaN.
-LK_INLINE bool put_logit_row(const CalibProblem& P, BlockRows& br, int64_t i, int64_t j, double m, int64_t arg,
+// A row of logits (row i, slot j: its max m and hit, the label's logit, Σ e split into rest
+// and top, Σ e²): false, and the row flagged for the caller, when m is not finite or a sum is
+// NaN.
+LK_INLINE bool put_logit_row(const CalibProblem& P, BlockRows& br, int64_t i, int64_t j, double m, double hit,
                              double x_y, double rest, double top, double q, int64_t& n_flagged) {
     if (!(m > -inf<double>() && m < inf<double>()) || rest != rest || q != q) {
         P.flagged[i] = 1;
@@ -308,10 +315,11 @@ LK_INLINE bool put_logit_row(const CalibProblem& P, BlockRows& br, int64_t i, in
         br.py[j] = 0;
         br.sum[j] = 1;
         br.sq[j] = 0;
+        br.hit[j] = 0;
         return false;
     }
     br.ok[j] = true;
-    br.pred[j] = arg;
+    br.hit[j] = hit;
     br.sum[j] = rest + top;
     br.a[j] = rest + (top - 1.0);
     br.py[j] = P.beta * (x_y - m);  // β(x_y − max)
@@ -349,16 +357,60 @@ template <class T> LK_INLINE VF<T> gather(const T* base, VI<T> idx) {
 #endif
 }
 
+// L = kL<T> rows' labels (int64) and L doubles: one register, or two for float rows, whose
+// L lanes are widened to double as a whole (simd.hpp's Wide).
+template <class T> struct RowLanes {
+    typedef int64_t Y __attribute__((vector_size(kL<T> * 8)));
+};
+// Whether any lane of a mask (−1 / 0 lanes, one register) is set: one test instruction.
+template <class T> LK_INLINE bool any_lane(VI<T> m) {
+#if defined(__AVX512F__)
+    const __m512i v = reinterpret_cast<__m512i&>(m);
+    return _mm512_test_epi32_mask(v, v) != 0;
+#elif defined(__AVX2__)
+    const __m256i v = reinterpret_cast<__m256i&>(m);
+    return !_mm256_testz_si256(v, v);
+#else
+    const __m128i v = reinterpret_cast<__m128i&>(m);
+    return _mm_movemask_epi8(v) != 0;
+#endif
+}
+// A mask of L lanes held in a wider integer type (the label and double checks of float rows)
+// as T's integer lanes.
+template <class T, class M> LK_INLINE VI<T> narrow_mask(M m) {
+    return __builtin_convertvector(m, VI<T>);
+}
+template <class V> LK_INLINE void store_lanes(double* p, V v) { std::memcpy(p, &v, sizeof v); }
+
 // The per-row quantities of rows [i0, i0 + L), one per lane, into the block's arrays at j0:
-// what the row loop of calib_range computes.  false: probabilities the pass does not accept.
+// what the row loop of calib_range computes, with the label check, the label's entry (a
+// gather), the hit and the probabilities' check done on all lanes at once.  false: a label
+// out of range, or probabilities the pass does not accept.
 template <class T, bool LOGITS, bool TOP>
 LK_INLINE bool lanes_rows(const CalibProblem& P, int64_t i0, int64_t j0, T beta, bool scale, BlockRows& br,
                           int64_t& n_flagged) {
     constexpr int L = kL<T>;
     using Int = typename Lanes<T>::Int;
+    using W = Wide<T>;
+    typename RowLanes<T>::Y y64;
+    std::memcpy(&y64, P.labels + i0, sizeof y64);
     const int64_t k = P.k;
+    const bool squares = P.brier != 0;  // Σ p² (Σ e²) only for the Brier score
+    const VI<T> bad_label = narrow_mask<T>((y64 < 0) | (y64 >= k));  // the caller then says which
+    const VI<T> y = bad_label ? VI<T>{} : __builtin_convertvector(y64, VI<T>);
     const T* x = static_cast<const T*>(P.x) + i0 * k;
-    VI<T> off = iota<T>() * static_cast<Int>(k);
+    // The lines of the group kAhead groups on (within the rows' ends: a prefetch never faults,
+    // but stays inside the array): the gathers then find them in L1.
+    {
+        constexpr int64_t kAhead = 4;
+        const char* next = reinterpret_cast<const char*>(x + kAhead * L * k);
+        const char* end = reinterpret_cast<const char*>(static_cast<const T*>(P.x) + P.n * k);
+        const int64_t bytes = static_cast<int64_t>(L * k * sizeof(T));
+        if (next + bytes <= end)
+            for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(next + b);
+    }
+    const VI<T> row = iota<T>() * static_cast<Int>(k);
+    VI<T> off = row;
     VF<T> cols[kLanesMaxK];
     VF<T> mx = splat<T>(-inf<T>()), lo = splat<T>(inf<T>()), s = splat<T>(0), q = splat<T>(0);
     VI<T> at = VI<T>{};
@@ -373,43 +425,79 @@ LK_INLINE bool lanes_rows(const CalibProblem& P, int64_t i0, int64_t j0, T beta,
         } else {
             lo = v < lo ? v : lo;
             s += v;
-            const VF<T> w = v < kSquareFlush<T> ? splat<T>(0) : v;
-            q += w * w;
+            if (squares) {  // loop-invariant: the compiler unswitches it
+                const VF<T> w = v < kSquareFlush<T> ? splat<T>(0) : v;
+                q += w * w;
+            }
         }
     }
-    T m_[L], lo_[L], s_[L], q_[L], top_[L];
-    Int at_[L];
-    store<T>(m_, mx);
-    std::memcpy(at_, &at, sizeof at_);
-    if (LOGITS) {
-        const VF<T> vb = splat<T>(beta);
-        VF<T> rest = splat<T>(0), cnt = splat<T>(0);
-        for (int64_t c = 0; c < k; ++c) {
-            VF<T> d = cols[c] - mx;
-            if (scale) d = d * vb;
-            const VF<T> e = exp_flushed<T>(d);
-            const VI<T> at_top = d == T(0);
-            rest += at_top ? splat<T>(0) : e;
-            cnt += at_top ? splat<T>(1) : splat<T>(0);
-            q += e * e;
-        }
-        store<T>(s_, rest);
-        store<T>(top_, cnt);
-    } else {
-        store<T>(lo_, lo);
-        store<T>(s_, s);
+    const VF<T> xy = gather<T>(x, row + y);
+    if (any_lane<T>(bad_label)) return false;
+    const W m = widen<T>(mx);
+    if (TOP) store_lanes(br.hit + j0, __builtin_convertvector(-(at == y), W));
+    if (!LOGITS) {
+        const W d = widen<T>(s) - 1.0;
+        const double tol = P.tol;
+        if (any_lane<T>(~((lo >= T(0)) & (mx <= T(1)) & narrow_mask<T>((d <= tol) & (-d <= tol))))) return false;
+        store_lanes(br.conf + j0, m);
+        store_lanes(br.py + j0, widen<T>(xy));
+        store_lanes(br.sq + j0, widen<T>(q));
+        std::memset(br.ok + j0, 1, L);
+        return true;
     }
-    store<T>(q_, q);
-    for (int l = 0; l < L; ++l) {
-        const int64_t i = i0 + l, j = j0 + l;
-        const double x_y = static_cast<double>(x[l * k + P.labels[i]]);
-        if (LOGITS) {
-            put_logit_row(P, br, i, j, m_[l], at_[l], x_y, s_[l], top_[l], q_[l], n_flagged);
-        } else if (!put_prob_row(P, br, j, m_[l], lo_[l], s_[l], q_[l], at_[l], x_y)) {
-            return false;
-        }
+    const VF<T> vb = splat<T>(beta);
+    VF<T> rest = splat<T>(0), cnt = splat<T>(0);
+    for (int64_t c = 0; c < k; ++c) {
+        VF<T> d = cols[c] - mx;
+        if (scale) d = d * vb;
+        const VF<T> e = exp_flushed<T>(d);
+        const VI<T> at_top = d == T(0);
+        rest += at_top ? splat<T>(0) : e;
+        cnt += at_top ? splat<T>(1) : splat<T>(0);
+        if (squares) q += e * e;
     }
+    const W r = widen<T>(rest), t = widen<T>(cnt), sq = widen<T>(q);
+    if (!any_lane<T>(~((mx > -inf<T>()) & (mx < inf<T>()) & (rest == rest) & (q == q)))) {
+        store_lanes(br.sum + j0, r + t);
+        store_lanes(br.a + j0, r + (t - 1.0));
+        store_lanes(br.py + j0, P.beta * (widen<T>(xy) - m));  // β(x_y − max)
+        store_lanes(br.sq + j0, sq);
+        std::memset(br.ok + j0, 1, L);
+        return true;
+    }
+    double m_[L], r_[L], t_[L], q_[L], xy_[L];  // a row to flag: each lane on its own
+    store_lanes(m_, m);
+    store_lanes(r_, r);
+    store_lanes(t_, t);
+    store_lanes(q_, sq);
+    store_lanes(xy_, widen<T>(xy));
+    for (int l = 0; l < L; ++l)
+        put_logit_row(P, br, i0 + l, j0 + l, m_[l], TOP ? br.hit[j0 + l] : 0.0, xy_[l], r_[l], t_[l], q_[l], n_flagged);
     return true;
+}
+
+// The uniform bins of v[0, n) (n ≤ kRowBlock, the arrays' length, rounded up to whole vectors
+// with 0): uniform_bin lane-wise, ceil by the magic number 2^52 (exact below 2^51), the edges
+// e[b], e[b + 1] gathered.
+LK_INLINE void uniform_bins(const double* e, int64_t nb, const double* v, int64_t* out, int64_t n) {
+    constexpr int L = kL<double>;
+    using VD = VF<double>;
+    using VL = VI<double>;
+    const double top = static_cast<double>(nb - 1);
+    for (int64_t i = 0; i < n; i += L) {
+        const int64_t r = n - i;
+        const VD x = r >= L ? load<double>(v + i) : load_part<double>(v + i, r, 0.0);
+        const VD t = x * static_cast<double>(nb);
+        const VD near = (t + 4503599627370496.0) - 4503599627370496.0;
+        VD b = (near < t ? near + 1.0 : near) - 1.0;  // ceil(v·B) − 1
+        b = b >= 0.0 ? b : splat<double>(0.0);        // NaN to 0, as the clamp of a cast
+        b = b <= top ? b : splat<double>(top);
+        VL bi = __builtin_convertvector(b, VL);
+        const VL down = (bi > 0) & (x <= gather<double>(e, bi));
+        const VL up = ~down & (bi < nb - 1) & (x > gather<double>(e, bi + 1));
+        bi = bi + down - up;  // masks are −1
+        std::memcpy(out + i, &bi, sizeof bi);
+    }
 }
 
 // Rows [r0, r1) into the task's sums acc = [tot (G, 4) | bins (G, F, B) | cw (G, 5, k, CB)].
@@ -430,8 +518,7 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
     // P's fields in locals: the sums' stores (doubles) could alias P's, so the compiler would
     // read them again for every row.
     const double* edges = P.edges;
-    const bool uniform = P.uniform != 0, do_brier = P.brier != 0;
-    const int64_t* labels = P.labels;
+    const bool uniform = P.uniform != 0, do_brier = P.brier != 0, do_nll = P.nll != 0;
     double* row_conf = P.conf;
     double* row_hit = P.hit;
     BlockRows br;
@@ -440,26 +527,26 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
     double* const a = br.a;
     double* const sum = br.sum;
     double* const sq = br.sq;
-    const int64_t* const pred = br.pred;
+    double* const hits = br.hit;
     const bool* const ok = br.ok;
     double lg[kRowBlock];
     int64_t grp[kRowBlock];
-    double t_n = 0, t_hit = 0, t_nll = 0, t_brier = 0;  // the totals of an ungrouped pass
+    // The totals of an ungrouped pass: row r0 + 8q + l into lane l (the same on every target),
+    // the lanes added by simd.hpp's tree at the end.
+    typedef double D8 __attribute__((vector_size(64)));
+    D8 t_hit = D8{}, t_nll = D8{}, t_brier = D8{};
+    int64_t t_n = 0;
     for (int64_t b0 = r0; b0 < r1; b0 += kRowBlock) {
         if (stop.load(std::memory_order_relaxed)) return;
         const int64_t b1 = b0 + kRowBlock < r1 ? b0 + kRowBlock : r1, nr = b1 - b0;
+        const int64_t flagged_before = n_flagged;
         int64_t first = b0;
         if (lanes) {
             constexpr int64_t L = kL<T>;
             for (; first + L <= b1; first += L) {
-                for (int64_t i = first; i < first + L; ++i) {
-                    const int64_t y = P.labels[i];
-                    if (y < 0 || y >= k) {  // the caller then says which label is out of range
-                        stop.store(1, std::memory_order_relaxed);
-                        return;
-                    }
-                    grp[i - b0] = GROUPED ? groups.of(static_cast<uint64_t>(P.offset + i)) : 0;
-                }
+                if (GROUPED)
+                    for (int64_t i = first; i < first + L; ++i)
+                        grp[i - b0] = groups.of(static_cast<uint64_t>(P.offset + i));
                 if (!lanes_rows<T, LOGITS, TOP>(P, first, first - b0, beta, scale, br, n_flagged)) {
                     stop.store(1, std::memory_order_relaxed);
                     return;
@@ -476,7 +563,8 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
             grp[j] = GROUPED ? groups.of(static_cast<uint64_t>(P.offset + i)) : 0;
             if (!LOGITS) {
                 ProbRow r = scan_probs<T, TOP>(xi, k);
-                if (!put_prob_row(P, br, j, r.max, r.min, r.sum, r.sumsq, r.arg, static_cast<double>(xi[y]))) {
+                if (!put_prob_row(P, br, j, r.max, r.min, r.sum, r.sumsq, static_cast<double>(r.arg == y),
+                                  static_cast<double>(xi[y]))) {
                     stop.store(1, std::memory_order_relaxed);
                     return;
                 }
@@ -489,61 +577,104 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
                     if (classwise) exp_sums<T, true>(xi, k, m, beta, scale, ebuf, rest, top, q);
                     else exp_sums<T, false>(xi, k, m, beta, scale, nullptr, rest, top, q);
                 }
-                if (put_logit_row(P, br, i, j, m, arg, static_cast<double>(xi[y]), rest, top, q, n_flagged) && classwise)
+                if (put_logit_row(P, br, i, j, m, static_cast<double>(arg == y), static_cast<double>(xi[y]), rest,
+                                  top, q, n_flagged) && classwise)
                     classwise_row<T>(P, ebuf, static_cast<T>(1.0 / br.sum[j]), true, y, cw + grp[j] * cw_group);
             }
         }
-        // The block's logs (and exps) in one vectorised loop.
+        const bool all_ok = n_flagged == flagged_before;  // only rows of logits are ever left out
+        // The block's logs (and exps) in one vectorised loop, each only where a sum needs it.
         double nll[kRowBlock], brier[kRowBlock];
         if (LOGITS) {
-            block_log1p(a, lg, nr);
-            for (int64_t j = 0; j < nr; ++j) {
-                lg[j] = py[j] - lg[j];  // log p_y
-                conf[j] = 1.0 / sum[j];
-                nll[j] = -lg[j];
+            if (do_nll || do_brier) {
+                block_log1p(a, lg, nr);
+                for (int64_t j = 0; j < nr; ++j) {
+                    lg[j] = py[j] - lg[j];  // log p_y
+                    nll[j] = -lg[j];
+                }
             }
-            if (P.brier) {
+            for (int64_t j = 0; j < nr; ++j) conf[j] = 1.0 / sum[j];
+            if (do_brier) {
                 block_exp(lg, py, nr);  // p_y
                 for (int64_t j = 0; j < nr; ++j) brier[j] = sq[j] * conf[j] * conf[j] - 2.0 * py[j] + 1.0;
             }
         } else {
-            block_log(py, lg, nr);
-            for (int64_t j = 0; j < nr; ++j) {
-                nll[j] = -lg[j];
-                brier[j] = sq[j] - 2.0 * py[j] + 1.0;
+            if (do_nll) {
+                block_log(py, lg, nr);
+                for (int64_t j = 0; j < nr; ++j) nll[j] = -lg[j];
             }
+            if (do_brier)
+                for (int64_t j = 0; j < nr; ++j) brier[j] = sq[j] - 2.0 * py[j] + 1.0;
         }
         // The block's bins, apart from the sums (no chain from one row's search to the next's sums).
         int64_t bidx[kRowBlock];
         if (nb > 0) {
-            if (uniform) {
-                for (int64_t j = 0; j < nr; ++j) bidx[j] = uniform_bin(edges, nb, conf[j]);
-            } else {
-                for (int64_t j = 0; j < nr; ++j) bidx[j] = search_bin(edges, 1, nb, conf[j]);
-            }
+            if (uniform) uniform_bins(edges, nb, conf, bidx, nr);
+            else for (int64_t j = 0; j < nr; ++j) bidx[j] = search_bin(edges, 1, nb, conf[j]);
+            if (GROUPED)  // the rows' cells (random groups, mostly in L2) on their way during the totals
+                for (int64_t j = 0; j < nr; ++j) __builtin_prefetch(copies + (grp[j] * nb + bidx[j]) * kCell, 1);
         }
-        for (int64_t j = 0; j < nr; ++j) {
-            if (!ok[j]) continue;
-            const int64_t i = b0 + j;
-            const double hit = TOP ? static_cast<double>(static_cast<int>(pred[j] == labels[i])) : 0.0;  // no branch: hits are data
-            if (GROUPED) {
+        // The totals.
+        if (GROUPED) {
+            for (int64_t j = 0; j < nr; ++j) {
+                if (!ok[j]) continue;
                 double* t = tot + 4 * grp[j];
                 t[0] += 1.0;
-                t[1] += hit;
-                t[2] += nll[j];
+                if (TOP) t[1] += hits[j];
+                if (do_nll) t[2] += nll[j];
                 if (do_brier) t[3] += brier[j];
-            } else {
-                t_n += 1.0;
-                t_hit += hit;
-                t_nll += nll[j];
-                if (do_brier) t_brier += brier[j];
             }
-            if (nb > 0) {
-                const double c = conf[j];
+        } else {
+            if (!all_ok) {  // rows left out add nothing (+0 changes no sum that starts at +0)
+                for (int64_t j = 0; j < nr; ++j) {
+                    if (ok[j]) continue;
+                    hits[j] = 0;
+                    nll[j] = 0;
+                    brier[j] = 0;
+                }
+            }
+            t_n += nr - (n_flagged - flagged_before);
+            for (int64_t j = 0; j < nr; j += 8) {
+                const int64_t r = nr - j;  // < 8 only in a task's last block
+                D8 h = D8{}, l = D8{}, b = D8{};
+                if (r >= 8) {
+                    if (TOP) std::memcpy(&h, hits + j, sizeof h);
+                    if (do_nll) std::memcpy(&l, nll + j, sizeof l);
+                    if (do_brier) std::memcpy(&b, brier + j, sizeof b);
+                } else {
+                    for (int64_t q = 0; q < r; ++q) {
+                        h[q] = TOP ? hits[j + q] : 0.0;
+                        l[q] = do_nll ? nll[j + q] : 0.0;
+                        b[q] = do_brier ? brier[j + q] : 0.0;
+                    }
+                }
+                t_hit += h;
+                t_nll += l;
+                t_brier += b;
+            }
+        }
+        if (nb > 0) {
+            for (int64_t j = 0; j < nr; ++j) {
+                if (!all_ok && !ok[j]) continue;
+                const int64_t i = b0 + j;
+                const double c = conf[j], hit = hits[j];
                 const int64_t b = bidx[j];
+                if (GROUPED) {
+                    // A group's bin is one cache line of `copies` (its fields side by side,
+                    // kCell apart): a row touches one line of the groups' bins, not one per field.
+                    double* cell = copies + (grp[j] * nb + b) * kCell;
+                    cell[0] += 1.0;
+                    cell[1] += c;
+                    cell[2] += hit;
+                    if (fields == 5) {
+                        cell[3] += c * c;
+                        cell[4] += c * hit;
+                    }
+                    continue;
+                }
                 // Ungrouped, row i adds to copy i mod 4 of the bins: consecutive rows in one bin
                 // are then four chains of additions, not one chain through memory.
-                double* cell = GROUPED ? bins + grp[j] * fields * nb + b : copies + (i & 3) * fields * nb + b;
+                double* cell = copies + (i & 3) * fields * nb + b;
                 cell[0] += 1.0;
                 cell[nb] += c;
                 cell[2 * nb] += hit;
@@ -552,20 +683,24 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
                     cell[4 * nb] += c * hit;
                 }
             }
-            if (row_conf != nullptr) {
-                row_conf[i] = conf[j];
-                row_hit[i] = hit;
-            }
+        }
+        if (row_conf != nullptr) {  // rows left out are overwritten by the caller
+            std::memcpy(row_conf + b0, conf, sizeof(double) * nr);
+            std::memcpy(row_hit + b0, hits, sizeof(double) * nr);
         }
     }
-    if (!GROUPED) {
+    if (GROUPED) {  // the cells into the (G, F, B) layout of the sums
+        for (int64_t g = 0; g < P.groups; ++g)
+            for (int64_t b = 0; b < nb; ++b)
+                for (int64_t f = 0; f < fields; ++f) bins[(g * fields + f) * nb + b] += copies[(g * nb + b) * kCell + f];
+    } else {
         const int64_t len = fields * nb;
         for (int64_t q = 0; q < len; ++q)
             bins[q] += (copies[q] + copies[len + q]) + (copies[2 * len + q] + copies[3 * len + q]);
-        tot[0] += t_n;
-        tot[1] += t_hit;
-        tot[2] += t_nll;
-        tot[3] += t_brier;
+        tot[0] += static_cast<double>(t_n);
+        tot[1] += tree<AddLanes, double, sizeof(D8)>(t_hit);
+        tot[2] += tree<AddLanes, double, sizeof(D8)>(t_nll);
+        tot[3] += tree<AddLanes, double, sizeof(D8)>(t_brier);
     }
 }
 
@@ -593,12 +728,14 @@ template <class T> void calib(CalibProblem& P) {
         for (int64_t q = 0; q < P.acc_len; ++q) acc[q] = 0;
         const int64_t r0 = t * P.n / tasks, r1 = (t + 1) * P.n / tasks;
         T* ebuf = need_buf ? static_cast<T*>(alloc<T>(P.k)) : nullptr;
-        const int64_t n_copies = P.groups > 1 ? 0 : 4 * (P.moments ? 5 : 3) * P.n_bins;
-        double* copies = static_cast<double*>(alloc<double>(n_copies));
+        // The bins' private copies: four of them ungrouped, line-aligned cells grouped.
+        const int64_t n_copies = P.groups > 1 ? P.groups * P.n_bins * kCell : 4 * (P.moments ? 5 : 3) * P.n_bins;
+        double* raw = static_cast<double*>(alloc<double>(n_copies + kCell));
+        double* copies = reinterpret_cast<double*>((reinterpret_cast<uintptr_t>(raw) + 63) & ~uintptr_t(63));
         for (int64_t q = 0; q < n_copies; ++q) copies[q] = 0;
         if (P.from_logits) pick<T, true>(P.top != 0, P.groups > 1)(P, r0, r1, acc, ebuf, copies, flagged[t], stop);
         else pick<T, false>(P.top != 0, P.groups > 1)(P, r0, r1, acc, ebuf, copies, flagged[t], stop);
-        std::free(copies);
+        std::free(raw);
         std::free(ebuf);
     };
     run_tasks(tasks, row_ns * static_cast<double>(P.n) / static_cast<double>(tasks), task);

@@ -88,6 +88,7 @@ struct CalibProblem {
     double beta;               // inverse temperature (logits)
     double tol;                // probabilities: rows whose sum is further from 1 are not accepted
     int top, brier, moments;   // what to compute (the engine's Spec)
+    int nll;                   // Σ −log p_y (else left 0)
     int64_t n_bins;            // top-label bins B (0: none)
     const double* edges;       // (B + 1,): 0, the inner edges, 1
     int uniform;               // edges[b] is the correctly rounded b/B: bins by arithmetic

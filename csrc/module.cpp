@@ -334,7 +334,7 @@ nb::tuple nll_sums(In z, In labels, std::optional<In> weight, double beta) {
 
 // The calibration engine's pass: sums added into tot/bins/cw; returns (flagged rows, invalid).
 nb::tuple calibration_sums(In x, In labels, int64_t offset, int64_t groups, bool from_logits, double beta,
-                           double tol, bool top, bool brier, bool moments, std::optional<In> edges,
+                           double tol, bool top, bool brier, bool moments, bool nll, std::optional<In> edges,
                            bool uniform, std::optional<In> cw_edges, bool cw_uniform, Out tot,
                            std::optional<Out> bins, std::optional<Out> cw, std::optional<Out> conf,
                            std::optional<Out> hit, Out flagged, Out scratch, int64_t tasks) {
@@ -357,6 +357,7 @@ nb::tuple calibration_sums(In x, In labels, int64_t offset, int64_t groups, bool
     p.top = top;
     p.brier = brier;
     p.moments = moments;
+    p.nll = nll;
     check_shape(tot, "tot", {groups, 4});
     check_dtype(tot, "tot", nb::dtype<double>());
     p.tot = static_cast<double*>(tot.data());
@@ -443,7 +444,7 @@ NB_MODULE(_native, m) {
           "(Σw, Σw·nll, Σw·dnll/dβ, Σw·d²nll/dβ²) of the temperature fit, in float64.");
     m.def("calibration_sums", &calibration_sums, nb::arg("x"), nb::arg("labels"), nb::kw_only(),
           nb::arg("offset"), nb::arg("groups"), nb::arg("from_logits"), nb::arg("beta"), nb::arg("tol"),
-          nb::arg("top"), nb::arg("brier"), nb::arg("moments"), nb::arg("edges").none(), nb::arg("uniform"),
+          nb::arg("top"), nb::arg("brier"), nb::arg("moments"), nb::arg("nll") = true, nb::arg("edges").none(), nb::arg("uniform"),
           nb::arg("cw_edges").none(), nb::arg("cw_uniform"), nb::arg("tot"), nb::arg("bins").none(),
           nb::arg("cw").none(), nb::arg("conf").none(), nb::arg("hit").none(), nb::arg("flagged"),
           nb::arg("scratch"), nb::arg("tasks"),

@@ -288,6 +288,68 @@ def test_values_on_given_edges_and_repeated_edges_fall_in_the_lower_bin(k):
         assert_sums(got, naive_sums(p, y, spec, 0), np.float64)
 
 
+def test_uniform_bins_on_and_next_to_every_edge(target):
+    # the bins of uniform edges by arithmetic (a block of rows at a time, in vector lanes) are
+    # those of the edges themselves: values on b/B, one ulp either side, 1 and 1/K
+    for nb in (7, 10, 15):
+        edges = engine.uniform_full(nb)
+        on = np.concatenate([edges, np.nextafter(edges, 2.0), np.nextafter(edges, -1.0)])
+        on = np.clip(on, 1 / 16, 1.0)
+        on = np.random.default_rng(nb).permutation(np.tile(on, 4))  # 4 blocks' worth and a tail
+        k = 16
+        p = np.empty((len(on), k))
+        p[:, 0] = on
+        p[:, 1:] = ((1 - on) / (k - 1))[:, None]
+        y = np.where(on < 1, np.arange(len(on)) % 3, 0)  # no label of probability 0
+        spec = engine.Spec(n_bins=nb, inner=engine.uniform_inner(nb), moments=True)
+        got = native_block(p, y, spec)
+        np.testing.assert_array_equal(got.bins[:, 0], naive_sums(p, y, spec, 0)["bins"][:, 0])
+        assert_sums(got, reference_block(p, y, spec), np.float64, target)
+        assert_sums(got, naive_sums(p, y, spec, 0), np.float64, target)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_left_to_the_caller_among_short_rows_in_lanes(dtype, target):
+    # rows of K <= 32 run one per SIMD lane: a NaN, a +inf or a row with nothing finite in
+    # some lanes leaves those rows to the caller and sums the others
+    rng = np.random.default_rng(21)
+    z = (rng.standard_normal((211, 5)) * 2).astype(dtype)
+    odd = [0, 3, 17, 18, 40, 63, 64, 130, 199, 210]
+    for i, row in zip(odd, itertools.cycle([[np.nan, 0, 1, 2, 3], [0, np.inf, 1, 2, 3],
+                                            [-np.inf] * 5, [np.inf] * 5])):
+        z[i] = row
+    y = rng.integers(0, 5, 211)
+    for groups in (1, 3, 16):  # 16: a power of two takes the group by a mask
+        spec = engine.Spec(from_logits=True, n_bins=10, inner=engine.uniform_inner(10),
+                           moments=True, groups=groups, keep_rows=True)
+        # NaN rows and rows of -inf are errors of the whole call: the +inf rows stay
+        keep = ~(np.isnan(z).any(axis=1) | np.isneginf(z.max(axis=1)))
+        zz, yy = np.ascontiguousarray(z[keep]), y[keep]
+        got = native_block(zz, yy, spec)
+        want = reference_block(zz, yy, spec)
+        assert_sums(got, want, dtype, target)
+        np.testing.assert_array_equal(got.rows["hit"], want.rows["hit"])
+        np.testing.assert_allclose(got.rows["conf"], want.rows["conf"], rtol=1e-6)
+    res = calibration_sums(CalibrationPass(x=z, labels=y, work=np.dtype(dtype),
+                                           from_logits=True))
+    assert res is not None and res.n_flagged == len(odd)
+    assert np.flatnonzero(res.flagged).tolist() == odd
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_sums_without_the_nll_leave_it_zero_and_the_rest_as_they_were(from_logits):
+    x, y, spec, _ = random_case(500, 6, np.float32, from_logits,
+                                "uniform bins, moments, groups", seed=8)
+    for s in (spec, replace(spec, groups=1, keep_rows=False)):
+        without = replace(s, nll=False)
+        full, got, ref = native_block(x, y, s), native_block(x, y, without), \
+            reference_block(x, y, without)
+        assert not got.nll.any() and not ref.nll.any() and full.nll.all()
+        for name in ("n", "hits", "brier", "bins"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(full, name), name)
+        assert_sums(got, ref, np.float32)
+
+
 @pytest.mark.parametrize("from_logits", [False, True])
 def test_one_column_and_two_columns(from_logits):
     rng = np.random.default_rng(6)

@@ -558,7 +558,7 @@ def calibration_sums(problem: CalibrationPass) -> CalibrationSums | None:
             rows, labels[start:stop], offset=int(pb.offset) + start, groups=g,
             from_logits=bool(pb.from_logits), beta=float(pb.beta),
             tol=max(0.0, float(pb.tolerance) - ROW_SUM_MARGIN), top=bool(pb.top),
-            brier=bool(pb.brier), moments=bool(pb.moments), edges=edges,
+            brier=bool(pb.brier), nll=bool(pb.nll), moments=bool(pb.moments), edges=edges,
             uniform=bool(pb.uniform), cw_edges=cw_edges, cw_uniform=bool(pb.cw_uniform),
             tot=out.totals, bins=out.bins, cw=out.cw,
             conf=None if out.conf is None else out.conf[start:stop],

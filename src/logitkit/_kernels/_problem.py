@@ -143,6 +143,7 @@ class CalibrationPass:
     groups: int = 1
     top: bool = True
     brier: bool = True
+    nll: bool = True
     moments: bool = False
     edges: np.ndarray | None = None
     uniform: bool = False

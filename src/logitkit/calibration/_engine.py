@@ -42,16 +42,19 @@ blocks: float32 and float64 rows in place (other dtypes and layouts widened a sl
 time), the softmax fused at inverse temperature β, probabilities validated and labels checked as
 their rows are read, the top-label and class-wise bins found (by arithmetic for uniform edges, a
 binary search otherwise) and summed per group in float64.  Rows of K ≤ 32 run one per SIMD
-lane.  Its tasks are cut by shape only and merged in order, so the sums never depend on the
+lane, everything after the read on all lanes at once; ``Spec.nll`` off skips the logarithm of
+``p_y`` (the NumPy pass then leaves ``Sums.nll`` at 0 too).  Its tasks are cut by shape only and merged in order, so the sums never depend on the
 threads.  What it does not take (per-row probabilities kept, equal-mass edges not yet resolved)
 and what it does not accept (an invalid probability, a label out of range: it stops and the
 NumPy pass then raises its error) goes to the NumPy pass, which stays the reference; rows of
 logits holding a NaN, a +inf or nothing finite are handed back and computed by
 :func:`_careful_logit_rows`.
 
-Speed (``benchmarks/bench_metrics.py``, multiples of a ``np.copyto`` of the input, loaded 2-core
-machine): each metric on 1e6 × 100 float32 probabilities 1.6–2.9× (the NumPy pass 3–6×), on
-1e7 × 10 3–8× (NumPy 6–24×); all five from logits in one call 7× and 10× (NumPy 12× and 36×).
+Speed (``benchmarks/bench_metrics.py --repeat 3``, multiples of a ``np.copyto`` of the input,
+2 cores at load 11): each metric on 1e6 × 100 float32 probabilities 1.6–2.2× (plain NumPy
+0.8–18×), on 1e7 × 10 2.8–3.2× (NumPy 3.9–44×); all five from logits in one call 3.6× and 6.7×
+(NumPy 44× and 200×).  On a quiet machine the short rows had been 3–4.5× and 5.6× before their
+lanes were vectorised after the read, which takes 0.42–0.58 of their time (interleaved A/B).
 """
 
 from __future__ import annotations
@@ -129,6 +132,8 @@ class Spec:
             smooth ECE works on them).
         keep_probs: also keep every row's probabilities and label (class-wise smooth ECE).
         brier: compute the Brier terms (``Σ_k p_k²``).
+        nll: compute ``Σ −log p_y`` (``Sums.nll`` stays 0 without it: a metric that does not
+            read it skips a logarithm per row).
         top: compute the top label (confidence, arg-max, hits); the NLL and the Brier score do
             without it.
         groups: number of row groups ``G`` (1: plain sums).
@@ -144,6 +149,7 @@ class Spec:
     keep_rows: bool = False
     keep_probs: bool = False
     brier: bool = True
+    nll: bool = True
     top: bool = True
     groups: int = 1
 
@@ -465,14 +471,16 @@ def accumulate_rows(sums: Sums, rows: Rows, y: np.ndarray, spec: Spec,
         sums.n[0] += n
         if correct is not None:
             sums.hits[0] += correct.sum()
-        sums.nll[0] += nll.sum()
+        if spec.nll:
+            sums.nll[0] += nll.sum()
         if brier is not None:
             sums.brier[0] += brier.sum()
     else:
         sums.n += _bincount(g, None, ng)
         if correct is not None:
             sums.hits += _bincount(g, correct, ng)
-        sums.nll += _bincount(g, nll, ng)
+        if spec.nll:
+            sums.nll += _bincount(g, nll, ng)
         if brier is not None:
             sums.brier += _bincount(g, brier, ng)
     if sums.bins is not None:
@@ -635,7 +643,7 @@ def native_sums(x: np.ndarray, y: np.ndarray, spec: Spec, offset: int, arg: str)
     res = calibration_sums(CalibrationPass(
         x=x, labels=y, work=work, from_logits=spec.from_logits, beta=spec.beta,
         tolerance=row_sum_tolerance(x.dtype), offset=offset, groups=spec.groups, top=spec.top,
-        brier=spec.brier, moments=spec.moments,
+        brier=spec.brier, nll=spec.nll, moments=spec.moments,
         edges=np.concatenate([[0.0], spec.inner, [1.0]]) if spec.n_bins else None,
         uniform=bool(spec.n_bins) and is_uniform(np.asarray(spec.inner)),
         cw_edges=cw_edges,
@@ -676,7 +684,7 @@ def confidences(x: Any, y: Any, *, from_logits: bool, beta: float = 1.0, arg: st
     x = as_rows_2d(np.asarray(x), from_logits)
     n, k = x.shape
     if n:
-        spec = Spec(from_logits=from_logits, beta=beta, brier=False, keep_rows=True)
+        spec = Spec(from_logits=from_logits, beta=beta, brier=False, nll=False, keep_rows=True)
         fast = native_sums(x, np.zeros(n, dtype=np.intp), spec, 0, arg)
         if fast is not None:
             assert fast.rows is not None

@@ -95,7 +95,7 @@ def ece_plan(x: Any, *, n_bins: object = 15, binning: str = "uniform", norm: str
         raise LogitkitValueError(expected("debias", "False unless norm='l2'", debias))
     min_count = check_int(min_count, "min_count")
     spec = Spec(from_logits=_check_flag(from_logits, "from_logits"),
-                beta=1.0 / check_temperature(temperature), brier=False,
+                beta=1.0 / check_temperature(temperature), brier=False, nll=False,
                 **bins.fields(n_rows(x)))
     return spec, partial(_error_value, norm=norm, debias=debias, min_count=min_count,
                          classwise=bins.classwise)
@@ -112,7 +112,7 @@ def mce_plan(x: Any, *, n_bins: object = 15, binning: str = "uniform", mode: str
 def _total_plan(field: str, *, from_logits: bool = False, temperature: float = 1.0) -> Plan:
     spec = Spec(from_logits=_check_flag(from_logits, "from_logits"),
                 beta=1.0 / check_temperature(temperature), brier=field == "brier",
-                top=field == "hits")
+                nll=field == "nll", top=field == "hits")
     return spec, partial(_share, field=field)
 
 
@@ -133,7 +133,7 @@ def decomposition_plan(x: Any, *, n_bins: object = 15, binning: str = "uniform",
                        temperature: float = 1.0) -> Plan:
     bins = Binning(n_bins, binning, mode, edges)
     spec = Spec(from_logits=_check_flag(from_logits, "from_logits"),
-                beta=1.0 / check_temperature(temperature), brier=False, moments=True,
+                beta=1.0 / check_temperature(temperature), brier=False, nll=False, moments=True,
                 **bins.fields(n_rows(x)))
     return spec, partial(_decomposition, classwise=bins.classwise)
 
