@@ -254,7 +254,7 @@ def test_beta_calibration_matches_betacal():
     from betacal import BetaCalibration
 
     s, y = make_binary(n=2000, seed=9)
-    bc = BetaCalibrator().fit(s, y)
+    bc = BetaCalibrator(reg=0.0, tol=1e-8).fit(s, y)  # betacal's model has no ridge
     p = expit(s)
     ref = BetaCalibration(parameters="abm").fit(p, y)
     q_ref, q = ref.predict(p), bc.predict_proba(s)[:, 1]
@@ -273,13 +273,58 @@ def test_beta_refits_a_negative_coefficient_at_zero():
     p = expit(s)
     truth = expit(-0.5 * np.log(p) + 1.5 * -np.log1p(-p) - 1.0)
     y = (rng.random(3000) < truth).astype(int)
-    bc = BetaCalibrator().fit(s, y)
+    bc = BetaCalibrator(reg=0.0, tol=1e-8).fit(s, y)
     a, b, _ = bc.coef_[0]
     assert a == 0.0 and b > 0 and bc.converged_
     from betacal import BetaCalibration
 
     ref = BetaCalibration(parameters="abm").fit(p, y)
     assert_close(bc.predict_proba(s)[:, 1], ref.predict(p), rtol=2e-3)
+
+
+def _beta_objective(theta, lp, nl, t, reg):
+    """Mean logistic loss of ``logit q = a log p − b log(1 − p) + c`` plus
+    ``reg/N · ‖(a, b, c) − (1, 1, 0)‖²``, written out independently of the calibrator."""
+    s = theta[0] * lp + theta[1] * nl + theta[2]
+    d = theta - np.array([1.0, 1.0, 0.0])
+    return np.mean(np.logaddexp(0.0, s) - t * s) + reg / len(t) * (d @ d)
+
+
+def test_beta_ridge_is_the_stated_objective_per_class():
+    # Every one-vs-rest class's coefficients minimise its own penalised objective (each class
+    # has its own line search: a class that converges early is not moved by the others).
+    z, y = make(n=600, k=5, seed=21, scale=4.0)
+    bc = BetaCalibrator(tol=1e-9).fit(z, y)
+    lp = np.maximum(log_softmax(z, axis=1), np.log(np.finfo(float).eps))
+    nl = -np.maximum(np.log1p(-np.exp(lp)), np.log(np.finfo(float).eps))
+    for c in range(5):
+        t = (y == c).astype(float)
+        ref = minimize(_beta_objective, np.zeros(3), args=(lp[:, c], nl[:, c], t, 0.5),
+                       method="BFGS", options={"gtol": 1e-10})
+        assert_close(bc.coef_[c], ref.x, rtol=1e-5, atol=1e-6)
+
+
+def test_beta_ridge_keeps_a_separable_class_finite():
+    # Regression: unpenalised, a one-vs-rest class that the logits separate drove the fit
+    # towards infinity (b up to 265 on wine's naive Bayes logits, test NLL 3x the peers').
+    # The ridge reg/N toward the identity map keeps it finite and converged.
+    rng = np.random.default_rng(22)
+    z = rng.normal(size=(200, 3)) * 2.0
+    y = rng.integers(0, 3, size=200)
+    top = z[:, :2].max(axis=1)
+    gap = 2.0 + np.abs(rng.normal(size=200))
+    z[:, 2] = np.where(y == 2, top + gap, top - gap)  # class 2 is separated by its logit
+    bc = BetaCalibrator().fit(z, y)
+    assert bc.converged_ and np.all(np.abs(bc.coef_) < 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        free = BetaCalibrator(reg=0.0, max_iter=100).fit(z, y)
+    assert np.max(np.abs(free.coef_[2])) > 3 * np.max(np.abs(bc.coef_[2]))
+
+
+def test_beta_reg_is_checked():
+    with pytest.raises(LogitkitValueError, match="reg"):
+        BetaCalibrator(reg=-1.0).fit(*make_binary(n=100))
 
 
 def test_isotonic_matches_scikit_learn_and_never_gives_zero():
