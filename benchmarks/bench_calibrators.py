@@ -558,13 +558,19 @@ def _rule_z_none(t: float) -> Callable[[Losses, list[str]], str]:
     return rule
 
 
-def _rule_z_temperature(t: float) -> Callable[[Losses, list[str]], str]:
-    """Two steps of evidence: temperature over none, then any richer map over that base."""
+def _rule_z_temperature(t: float, richer: float | None = None,
+                        both: bool = False) -> Callable[[Losses, list[str]], str]:
+    """Two steps of evidence: temperature over none (``t``), then any richer map over that
+    base (``richer``, default ``t``; ``both``: over none too)."""
+    bar = t if richer is None else richer
+
     def rule(losses: Losses, ok: list[str]) -> str:
         base = "temperature" if "temperature" in ok and \
             _z(losses["none"] - losses["temperature"]) >= t else "none"
-        return _argmin(losses, [base] + [m for m in ok if m not in ("none", "temperature")
-                                         and _z(losses[base] - losses[m]) >= t])
+        return _argmin(losses, [base] + [
+            m for m in ok if m not in ("none", "temperature")
+            and _z(losses[base] - losses[m]) >= bar
+            and (not both or _z(losses["none"] - losses[m]) >= bar)])
     return rule
 
 
@@ -588,6 +594,9 @@ RULES: dict[str, Callable[[Losses, list[str]], str]] = {
     "z>=2 vs none": _rule_z_none(2.0),
     "z>=1 stepwise": _rule_z_temperature(1.0),
     "z>=1.5 stepwise": _rule_z_temperature(1.5),
+    "z>=1, then 1.5 stepwise": _rule_z_temperature(1.0, 1.5),
+    "z>=1, then 2 stepwise": _rule_z_temperature(1.0, 2.0),
+    "z>=1, then 1.5 vs both": _rule_z_temperature(1.0, 1.5, both=True),
     "1-SE": _rule_one_se(1.0),
     "0.5-SE": _rule_one_se(0.5),
 }
