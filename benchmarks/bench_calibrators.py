@@ -2,6 +2,8 @@
 a user would make it.
 
     python benchmarks/bench_calibrators.py quality          # the method x data table
+    python benchmarks/bench_calibrators.py spread --splits 20 --methods beta vector
+    python benchmarks/bench_calibrators.py rules --splits 30  # select's rule over many splits
     python benchmarks/bench_calibrators.py speed            # fits on 1e5 x 100 float32 logits
     python benchmarks/bench_calibrators.py speed --n 20000 --k 50 --methods vector structured
 
@@ -15,6 +17,15 @@ test NLL, ECE and Brier score of each, the ratio of logitkit's test NLL to the b
 logitkit's fit time as a ratio to the fastest peer's (timed in the same run).  ``select``'s
 choice (5-fold cross-fitted on the calibration part) is scored on the same test part against
 the best single method.
+
+``spread``: ``quality``'s NLL ratio to the best peer over ``--splits`` random calibration/test
+splits of each data set (the four models trained once, their held-out half re-divided; the
+synthetic sets drawn afresh, ``--synthetic-splits`` times): mean, worst and best per method.
+
+``rules``: ``select``'s rule and its alternatives (evidence against "none" at several z bars,
+stepwise through temperature, the one-standard-error rule, each on one and on ``--cv-repeats``
+repeated cross-validation runs) over the same splits: the mean and worst test-NLL ratio of each
+rule's choice to the split's best single method, and how often it did worse than no calibration.
 
 ``speed``: one calibration set of ``--n`` rows and ``--k`` classes (float32 logits of a model
 three times too confident, with class biases), every parametric method fitted by logitkit and
@@ -33,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import math
 import time
@@ -82,8 +94,20 @@ def _split(n: int, y: np.ndarray, seed: int, parts: tuple[float, ...]) -> list[n
     return out
 
 
-def _torch_model_logits(kind: str, seed: int = 0) -> Split:
-    """A torch CNN or MLP overfitted on half of digits; logits of the other two quarters."""
+def _resplit(pool: tuple[np.ndarray, np.ndarray, np.ndarray], split: int) -> Split:
+    """The held-out rows ``rest`` of a model's logits ``z`` split in half, stratified, into a
+    calibration and a test part by the seed ``split`` (split 0 is the table's split)."""
+    from sklearn.model_selection import train_test_split
+
+    z, y, rest = pool
+    cal, test = train_test_split(rest, train_size=0.5, stratify=y[rest], random_state=split)
+    return z[cal], y[cal], z[test], y[test]
+
+
+@functools.cache
+def _torch_model_logits(kind: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A torch CNN or MLP overfitted on half of digits: its logits of every row, the labels,
+    and the held-out rows (trained once per process: the splits re-split its held-out half)."""
     import torch
     from sklearn.datasets import load_digits
 
@@ -91,7 +115,7 @@ def _torch_model_logits(kind: str, seed: int = 0) -> Split:
     torch.set_num_threads(2)
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
-    train, cal, test = _split(len(y), y, seed, (0.5, 0.25, 0.25))
+    train, rest = _split(len(y), y, seed, (0.5, 0.5))
     if kind == "cnn":
         net = torch.nn.Sequential(
             torch.nn.Unflatten(1, (1, 8, 8)), torch.nn.Conv2d(1, 16, 3, padding=1),
@@ -109,29 +133,31 @@ def _torch_model_logits(kind: str, seed: int = 0) -> Split:
         opt.step()
     with torch.no_grad():
         z = net(torch.from_numpy(x)).numpy().astype(np.float64)
-    return z[cal], y[cal], z[test], y[test]
+    return z, y, rest
 
 
-def _gbm_breast_cancer(seed: int = 0) -> Split:
+@functools.cache
+def _gbm_breast_cancer(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.datasets import load_breast_cancer
     from sklearn.ensemble import GradientBoostingClassifier
 
     x, y = load_breast_cancer(return_X_y=True)
-    train, cal, test = _split(len(y), y, seed, (0.5, 0.25, 0.25))
+    train, rest = _split(len(y), y, seed, (0.5, 0.5))
     model = GradientBoostingClassifier(n_estimators=300, random_state=seed).fit(x[train], y[train])
     z = model.decision_function(x)  # the log-odds: one binary logit column
-    return z[cal], y[cal], z[test], y[test]
+    return z, y, rest
 
 
-def _nb_wine(seed: int = 0) -> Split:
+@functools.cache
+def _nb_wine(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.datasets import load_wine
     from sklearn.naive_bayes import GaussianNB
 
     x, y = load_wine(return_X_y=True)
-    train, cal, test = _split(len(y), y, seed, (0.5, 0.25, 0.25))
+    train, rest = _split(len(y), y, seed, (0.5, 0.5))
     model = GaussianNB().fit(x[train], y[train])
     z = model.predict_joint_log_proba(x)  # log P(x, y): logits up to a per-row constant
-    return z[cal], y[cal], z[test], y[test]
+    return z, y, rest
 
 
 def _draw(true: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -157,13 +183,16 @@ def _synthetic_mixed(seed: int = 1, n_cal: int = 10000, n_test: int = 20000) -> 
     return z[:n_cal], y[:n_cal], z[n_cal:], y[n_cal:]
 
 
-DATASETS: dict[str, Callable[[], Split]] = {
-    "digits CNN": lambda: _torch_model_logits("cnn"),
-    "digits MLP": lambda: _torch_model_logits("mlp"),
-    "breast_cancer GBM": _gbm_breast_cancer,
-    "wine naive Bayes": _nb_wine,
-    "synthetic 10 classes": _synthetic_overconfident,
-    "synthetic 20 mixed": _synthetic_mixed,
+#: name -> the data of split ``s`` (0: the table's split).  The four models are trained once on
+#: their training half; a split re-divides their held-out half into calibration and test rows.
+#: The synthetic sets are drawn afresh (seed + s).
+DATASETS: dict[str, Callable[[int], Split]] = {
+    "digits CNN": lambda s: _resplit(_torch_model_logits("cnn"), s),
+    "digits MLP": lambda s: _resplit(_torch_model_logits("mlp"), s),
+    "breast_cancer GBM": lambda s: _resplit(_gbm_breast_cancer(), s),
+    "wine naive Bayes": lambda s: _resplit(_nb_wine(), s),
+    "synthetic 10 classes": lambda s: _synthetic_overconfident(seed=s),
+    "synthetic 20 mixed": lambda s: _synthetic_mixed(seed=1 + s),
 }
 
 
@@ -420,7 +449,7 @@ def quality(methods: list[str], datasets: list[str]) -> None:
     print("(nll ratio = logitkit / best peer; time ratio = logitkit's CPU seconds / the fastest "
           "peer's, same run)\n")
     for name in datasets:
-        z, y, zt, yt = DATASETS[name]()
+        z, y, zt, yt = DATASETS[name](0)
         k = 2 if z.ndim == 1 else z.shape[1]
         base = _scores(_probs(zt), yt)
         print(f"== {name}: {len(y)} calibration rows, {len(yt)} test rows, {k} classes; "
@@ -463,6 +492,186 @@ def quality(methods: list[str], datasets: list[str]) -> None:
         chosen_base = sel.best_
         print(f"  select -> {chosen_base:16s} test NLL {s['nll']:.4f} (best single method "
               f"{best:.4f}, ratio {s['nll'] / best:.3f}); uncalibrated {base['nll']:.4f}\n")
+
+
+def spread(methods: list[str], datasets: list[str], n_splits: int,
+           synthetic_splits: int) -> None:
+    """``quality``'s NLL ratio (logitkit / the best peer of that split) over many
+    calibration/test splits: its mean, worst and best per method and data set (one split's
+    ratio on 44-449 rows is mostly the luck of that split)."""
+    print("test NLL of logitkit / the best peer's, over random calibration/test splits: "
+          "mean, worst, best\n")
+    for name in datasets:
+        splits = synthetic_splits if name.startswith("synthetic") else n_splits
+        ratios: dict[str, list[float]] = {m: [] for m in methods}
+        for split in range(splits):
+            z, y, zt, yt = DATASETS[name](split)
+            k = 2 if z.ndim == 1 else z.shape[1]
+            for method in methods:
+                mine, peers = METHODS[method]
+                best = math.inf
+                for peer, fit in peers.items():
+                    if _applies(method, peer, k):
+                        pp = _timed(fit, z, y)[1]
+                        if pp is not None:
+                            best = min(best, _scores(pp(zt), yt)["nll"])
+                predict = _timed(mine, z, y)[1]
+                if predict is not None and math.isfinite(best):
+                    ratios[method].append(_scores(predict(zt), yt)["nll"] / best)
+        print(f"== {name}: {splits} splits")
+        for method, rs in ratios.items():
+            if rs:
+                print(f"  {method:18s} mean {np.mean(rs):7.3f}  worst {np.max(rs):7.3f}  "
+                      f"best {np.min(rs):7.3f}", flush=True)
+        print()
+
+
+# --------------------------------------------------------------------------------------------
+# select's rule, studied over many calibration/test splits
+# --------------------------------------------------------------------------------------------
+
+Losses = dict[str, np.ndarray]
+
+
+def _z(gain: np.ndarray) -> float:
+    """Mean per-row gain over its standard error (select's ``gain_z``)."""
+    from logitkit.calibration._select import _evidence
+
+    return _evidence(gain)
+
+
+def _argmin(losses: Losses, names: list[str]) -> str:
+    """The lowest mean loss among ``names``, near-ties (0.1%) to the simpler (earlier) one."""
+    means = {m: float(np.mean(losses[m])) for m in names}
+    best = min(means.values())
+    return next(m for m in names if means[m] <= best + 1e-3 * abs(best) + 1e-12)
+
+
+def _rule_argmin(losses: Losses, ok: list[str]) -> str:
+    return _argmin(losses, ok)
+
+
+def _rule_z_none(t: float) -> Callable[[Losses, list[str]], str]:
+    def rule(losses: Losses, ok: list[str]) -> str:
+        return _argmin(losses, [m for m in ok if m == "none"
+                                or _z(losses["none"] - losses[m]) >= t])
+    return rule
+
+
+def _rule_z_temperature(t: float, richer: float | None = None,
+                        both: bool = False) -> Callable[[Losses, list[str]], str]:
+    """Two steps of evidence: temperature over none (``t``), then any richer map over that
+    base (``richer``, default ``t``; ``both``: over none too)."""
+    bar = t if richer is None else richer
+
+    def rule(losses: Losses, ok: list[str]) -> str:
+        base = "temperature" if "temperature" in ok and \
+            _z(losses["none"] - losses["temperature"]) >= t else "none"
+        return _argmin(losses, [base] + [
+            m for m in ok if m not in ("none", "temperature")
+            and _z(losses[base] - losses[m]) >= bar
+            and (not both or _z(losses["none"] - losses[m]) >= bar)])
+    return rule
+
+
+def _rule_one_se(c: float) -> Callable[[Losses, list[str]], str]:
+    """The simplest candidate within ``c`` paired standard errors of the best."""
+    def rule(losses: Losses, ok: list[str]) -> str:
+        best = _argmin(losses, ok)
+        for m in ok:
+            d = losses[m] - losses[best]
+            se = float(np.std(d, ddof=1)) / math.sqrt(d.size) if d.size > 1 else 0.0
+            if float(np.mean(d)) <= c * se:
+                return m
+        return best
+    return rule
+
+
+RULES: dict[str, Callable[[Losses, list[str]], str]] = {
+    "argmin": _rule_argmin,
+    "z>=1 vs none": _rule_z_none(1.0),
+    "z>=1.5 vs none": _rule_z_none(1.5),
+    "z>=2 vs none": _rule_z_none(2.0),
+    "z>=1 stepwise": _rule_z_temperature(1.0),
+    "z>=1.5 stepwise": _rule_z_temperature(1.5),
+    "z>=1, then 1.5 stepwise": _rule_z_temperature(1.0, 1.5),
+    "z>=1, then 2 stepwise": _rule_z_temperature(1.0, 2.0),
+    "z>=1, then 1.5 vs both": _rule_z_temperature(1.0, 1.5, both=True),
+    "1-SE": _rule_one_se(1.0),
+    "0.5-SE": _rule_one_se(0.5),
+}
+
+
+def _selection_evidence(z: np.ndarray, y: np.ndarray,
+                        seed: int) -> tuple[Losses, list[str], bool, str]:
+    """One :func:`select` run: per-row out-of-fold NLL of every candidate, the candidates its
+    guards leave eligible (fitted, converged, off bounds, accuracy kept), whether the rows are
+    separable, and its choice."""
+    from logitkit.calibration._select import ACCURACY_FLAG
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sel = select(z, y, random_state=seed)
+    losses, ok = {}, []
+    rows = np.arange(len(y))
+    for r in sel.table_:
+        m = r["method"]
+        if r["error"] is not None:
+            continue
+        losses[m] = -np.asarray(log_softmax(sel.oof_logits(m), axis=1))[rows, y]
+        if r["converged"] and not r["at_bound"] and math.isfinite(r["nll"]) \
+                and not r["accuracy_change"] < -ACCURACY_FLAG:
+            ok.append(m)
+    return losses, ok, sel.separable_, sel.best_
+
+
+def rules(datasets: list[str], n_splits: int, repeats: int, synthetic_splits: int) -> None:
+    """Every rule of :data:`RULES`, on ``repeats``-times repeated 5-fold CV (per-row losses
+    averaged over the repeats) and on one CV run, over ``n_splits`` calibration/test splits of
+    each data set: the mean and worst test-NLL ratio of its choice to the best single method
+    of that split (the best of the nine calibrators refitted on every calibration row, chosen
+    on the test rows: a bar no rule can meet every time), and how often the choice did worse
+    than the uncalibrated logits."""
+    names = list(METHODS)
+    print("select's rule over random calibration/test splits (test NLL of the choice / the "
+          "split's best single method; 'x none' = splits where the choice was worse than the "
+          "uncalibrated logits by over 1%)\n")
+    for name in datasets:
+        splits = synthetic_splits if name.startswith("synthetic") else n_splits
+        ratios: dict[str, list[float]] = {}
+        worse: dict[str, int] = {}
+        picks: dict[str, dict[str, int]] = {}
+        for split in range(splits):
+            z, y, zt, yt = DATASETS[name](split)
+            test = {"none": _scores(_probs(zt), yt)["nll"]}
+            for method in names:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    test[method] = _scores(METHODS[method][0](z, y)(zt), yt)["nll"]
+            best = min(test[m] for m in names)
+            runs = [_selection_evidence(z, y, 1000 * split + r) for r in range(repeats)]
+            apart = runs[0][2]
+            choices = {"select (as built)": runs[0][3]}
+            for label, used in (("", runs[:1]), (f" cv x{repeats}", runs)):
+                ok = [m for m in used[0][1] if all(m in u[1] for u in used)]
+                losses = {m: np.mean([u[0][m] for u in used], axis=0) for m in ok}
+                for rule, fn in RULES.items():
+                    choices[rule + label] = "none" if apart else fn(losses, ok)
+            for m in ("temperature", "structured"):
+                choices[f"always {m}"] = m
+            for rule, m in choices.items():
+                ratios.setdefault(rule, []).append(test[m] / best)
+                worse[rule] = worse.get(rule, 0) + int(test[m] > 1.01 * test["none"])
+                picks.setdefault(rule, {})
+                picks[rule][m] = picks[rule].get(m, 0) + 1
+        print(f"== {name}: {splits} splits of {len(y)} calibration / {len(yt)} test rows")
+        print(f"  {'rule':26s} {'mean':>6s} {'worst':>6s} {'x none':>6s}  choices")
+        for rule, rs in ratios.items():
+            top = ", ".join(f"{m} {c}" for m, c in sorted(picks[rule].items(),
+                                                         key=lambda kv: -kv[1]))
+            print(f"  {rule:26s} {np.mean(rs):6.3f} {np.max(rs):6.3f} {worse[rule]:6d}  {top}",
+                  flush=True)
+        print()
 
 
 def _speed_data(n: int, k: int) -> Split:
@@ -511,10 +720,16 @@ def speed(n: int, k: int, methods: list[str], repeat: int, cap: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("part", choices=["quality", "speed"])
+    parser.add_argument("part", choices=["quality", "spread", "rules", "speed"])
     parser.add_argument("--methods", nargs="*", default=None)
     parser.add_argument("--datasets", nargs="*", default=None, choices=list(DATASETS),
                         help="quality only: the data sets to score (default: all six)")
+    parser.add_argument("--splits", type=int, default=30,
+                        help="spread and rules: calibration/test splits of each real data set")
+    parser.add_argument("--synthetic-splits", type=int, default=5,
+                        help="spread and rules: splits (fresh draws) of each synthetic set")
+    parser.add_argument("--cv-repeats", type=int, default=3,
+                        help="rules only: repeated cross-validation runs per split")
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=1)
@@ -525,6 +740,12 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     if args.part == "quality":
         quality(args.methods or list(METHODS), args.datasets or list(DATASETS))
+    elif args.part == "spread":
+        spread(args.methods or list(METHODS), args.datasets or list(DATASETS), args.splits,
+               args.synthetic_splits)
+    elif args.part == "rules":
+        rules(args.datasets or list(DATASETS), args.splits, args.cv_repeats,
+              args.synthetic_splits)
     else:
         parametric = ["temperature", "vector", "structured-vector", "beta", "dirichlet",
                       "structured", "matrix"]

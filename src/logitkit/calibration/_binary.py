@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from .._core import log_softmax
-from .._namespace import check_choice, check_int
+from .._namespace import check_choice, check_int, check_number
 from ._base import Calibrator, FitData, expand_rows, map_rows
 from ._binning import edges_of
 from ._blocks import row_sums
-from ._fitting import CACHE_FEATURES, newton, scipy_optimize
+from ._fitting import CACHE_FEATURES, _check_finite, scipy_optimize
 
 __all__ = ["BetaCalibrator", "HistogramCalibrator", "IsotonicCalibrator"]
 
@@ -29,6 +29,8 @@ _CHUNK_ELEMENTS = 1 << 20  # 8 MiB of float64 per chunk: amortises the kernels' 
 #: Beta's sums over precomputed features call no kernel: chunks that stay in cache through
 #: their two dozen NumPy operations (1e5 x 100: 0.53 -> 0.30 CPU s a pass).
 _RESIDENT_ELEMENTS = 1 << 15
+#: Beta's warm start: an evenly spaced subsample of about this many rows is fitted first.
+_WARM_START_ROWS = (4_000, 20_000)
 
 
 def _log1mexp(a: np.ndarray) -> np.ndarray:
@@ -130,28 +132,39 @@ def beta_features(x: Any, from_probs: bool, k: int) -> np.ndarray:
 
 
 def beta_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, free: np.ndarray,
-              from_probs: bool, k: int,
-              features: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              from_probs: bool, k: int, features: bool = False,
+              classes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per calibrated class ``c``: ``Σ w·loss``, its gradient and Hessian in ``(a, b, c)`` for
     the logistic model ``logit q = a log p − b log(1 − p) + c`` (``free`` masks fixed
     coefficients).  Shapes ``(C,)``, ``(C, 3)``, ``(C, 3, 3)``.  ``features``: the rows ``x``
-    are already :func:`beta_features`."""
+    are already :func:`beta_features`.  ``classes``: only these calibrated classes (indices;
+    ``theta`` and ``free`` have one row each), the others' sums are not computed."""
     x = np.asarray(x)
     n = x.shape[0]
-    n_cls = theta.shape[0]
+    n_all = 1 if k == 2 else k
+    cls = np.arange(n_all) if classes is None else np.asarray(classes)
+    n_cls = cls.size
     f = np.zeros(n_cls)
     g = np.zeros((n_cls, 3))
     h = np.zeros((n_cls, 3, 3))
-    chunk = max(16, (_RESIDENT_ELEMENTS if features else _CHUNK_ELEMENTS) // max(k, 2))
+    width = max(n_cls, 2) if features else max(k, 2)
+    chunk = max(16, (_RESIDENT_ELEMENTS if features else _CHUNK_ELEMENTS) // width)
     th = theta * free
+    every = n_cls == n_all
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         if features:
-            lp, nl = x[start:stop, :n_cls], x[start:stop, n_cls:]
+            block = x[start:stop]
+            lp, nl = (block[:, :n_all], block[:, n_all:]) if every else \
+                (block[:, cls], block[:, n_all + cls])
         else:
             lp, l1mp = beta_logs(x[start:stop], from_probs)
             nl = np.negative(l1mp, out=l1mp)  # the second feature, −log(1 − p)
+            if not every:
+                lp, nl = lp[:, cls], nl[:, cls]
         t = _targets(np.asarray(y[start:stop]), k)
+        if not every:
+            t = t[:, cls]
         s = lp * th[:, 0]
         s += nl * th[:, 1]
         s += th[:, 2]
@@ -186,14 +199,83 @@ def beta_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, free: np.ndarray,
     return f, g * free, h * free[:, :, None] * free[:, None, :]
 
 
+def class_newton(evaluate: Any, theta: np.ndarray, free: np.ndarray, max_iter: int,
+                 tol: float) -> tuple[np.ndarray, int, float]:
+    """Damped Newton on ``C`` independent small problems at once: ``evaluate(θ)`` (``θ`` of
+    shape ``(C, p)``) gives each problem's objective ``(C,)``, gradient ``(C, p)`` and Hessian
+    ``(C, p, p)`` in one pass over the rows.  Each problem has its own backtracking line
+    search, so one problem's rejected step does not hold the others back, and a pass
+    computes only the problems not yet converged: ``evaluate(θ, idx)`` gives the rows ``idx``
+    of the three results for ``θ = θ_all[idx]`` (1e5 x 100 one-vs-rest beta: one joint line
+    search took 9 passes of 0.35 CPU s from a warm start, this 6 of which the last three cost
+    a tenth as much).  ``free`` masks fixed coefficients.  Returns ``(θ, passes, largest
+    gradient entry)``."""
+    every = np.arange(theta.shape[0])
+    theta = theta.copy()
+    f, g, h = evaluate(theta, every)
+    passes = 1
+    n, p = theta.shape
+    t = np.ones(n)
+    step = np.zeros_like(theta)
+    slope = np.zeros(n)
+    fresh = np.ones(n, dtype=bool)  # needs a new Newton direction
+    while passes < max_iter:
+        if not (np.all(np.isfinite(f)) and np.all(np.isfinite(g))):
+            _check_finite(math.nan, g)
+        done = np.abs(g).max(axis=1) <= tol
+        if done.all():
+            break
+        todo = fresh & ~done
+        if todo.any():
+            hh = h[todo] + (1.0 - free[todo])[:, :, None] * np.eye(p)  # fixed: no step
+            try:
+                s = -np.linalg.solve(hh, g[todo][:, :, None])[:, :, 0]
+            except np.linalg.LinAlgError:  # a singular Hessian (unpenalised, separable)
+                s = -(np.linalg.pinv(hh) @ g[todo][:, :, None])[:, :, 0]
+            sl = np.einsum("cp,cp->c", g[todo], s)
+            uphill = ~(sl < 0)  # not a descent direction: steepest descent
+            s[uphill] = -g[todo][uphill]
+            sl[uphill] = -np.einsum("cp,cp->c", g[todo][uphill], g[todo][uphill])
+            step[todo], slope[todo], t[todo] = s, sl, 1.0
+        idx = np.flatnonzero(~done)
+        trial = theta[idx] + t[idx, None] * step[idx]
+        f1, g1, h1 = evaluate(trial, idx)
+        passes += 1
+        ok = np.isfinite(f1) & (f1 <= f[idx] + 1e-4 * t[idx] * slope[idx])
+        took = idx[ok]
+        theta[took], f[took], g[took], h[took] = trial[ok], f1[ok], g1[ok], h1[ok]
+        t[idx[~ok]] *= 0.5
+        fresh[:] = False
+        fresh[took] = True
+        if np.any(t[idx[~ok]] < 1e-12):  # no descent left along Newton's direction
+            break
+    return theta, passes, float(np.abs(g).max()) if g.size else 0.0
+
+
 class BetaCalibrator(_OneVsRest):
     r"""Beta calibration (Kull, Silva Filho & Flach 2017), one-vs-rest beyond two classes.
 
     .. math::
         \operatorname{logit} q = a \log p - b \log(1 - p) + c,\qquad a, b \ge 0
 
-    the three-parameter ("abm") model, fitted by Newton's method in float64 on the exact
-    logistic likelihood.  As in the authors' ``betacal``, the unconstrained fit comes first; a
+    the three-parameter ("abm") model, fitted in float64 on the exact logistic likelihood plus
+    a ridge toward the identity map ``(a, b, c) = (1, 1, 0)`` (``q = p``)::
+
+        mean loss + (reg / N) · ‖(a, b, c) − (1, 1, 0)‖²
+
+    by Newton's method, every class with its own line search (one-vs-rest, the ``K`` problems
+    are independent; a pass computes only the classes not yet converged; large inputs start
+    from the fits of evenly spaced subsamples).  The ridge is worth about half a row: it
+    vanishes as ``N`` grows, and it keeps the fit finite where a one-vs-rest class is
+    (nearly) separable, where the unpenalised optimum runs off to infinity (``b`` up to 265
+    on the wine file) and gave 1.4-3x the test NLL of ``betacal`` and probmetrics, whose
+    L-BFGS stops early.  ``reg = 0.5`` was chosen over random calibration/test splits
+    (``benchmarks/bench_calibrators.py spread``): test NLL against the best of those peers, mean and
+    worst over 20 splits, 0.49 / 0.92 (wine naive Bayes), 0.73 / 1.05 (digits CNN),
+    0.79 / 1.02 (digits MLP), 0.96 / 1.01 (breast_cancer), 0.999 (synthetic); unpenalised
+    2.46 / 5.5, 3.9 / 34, ∞, 1.00 / 1.00, 0.999; Platt's prior-corrected targets instead of a
+    ridge 0.77 / 2.2 on wine.  ``reg = 0`` is the classic, unpenalised method.
+    As in the authors' ``betacal``, the unconstrained fit comes first; a
     class whose ``a`` (else ``b``) comes out negative is refitted with that coefficient at 0,
     which keeps the map monotone.  ``log p`` and ``log(1 − p)`` come exactly from the logits
     and are floored at ``log ε`` (``ε = 2⁻⁵²``), as ``betacal`` clips ``p`` to ``[ε, 1 − ε]``:
@@ -202,6 +284,8 @@ class BetaCalibrator(_OneVsRest):
     against betacal's 0.115).
 
     Args:
+        reg: the ridge's weight (per ``N`` rows of total weight) toward the identity map;
+            0 for the unpenalised method.
         max_iter: the most passes over the data (per stage).
         tol: converged when the largest gradient entry (per class, mean loss) is at most ``tol``.
         from_probs: the inputs are probabilities (their logs are used).
@@ -229,50 +313,63 @@ class BetaCalibrator(_OneVsRest):
     method = "beta"
     _fitted_fields = ("coef_", "n_iter_", "converged_")
 
-    def __init__(self, *, max_iter: int = 100, tol: float = 1e-8,
+    def __init__(self, *, reg: float = 0.5, max_iter: int = 100, tol: float = 1e-6,
                  from_probs: bool = False) -> None:
+        self.reg = reg
         self.max_iter = max_iter
         self.tol = tol
         self.from_probs = from_probs
 
     def _fit(self, data: FitData) -> None:
         max_iter, tol = self._iteration_settings()
+        reg = check_number(self.reg, "reg", low=0.0, high=math.inf, high_open=True)
         k = data.k
         n_cls = 1 if k == 2 else k
         free = np.ones((n_cls, 3))
+        identity = np.array([1.0, 1.0, 0.0])  # the map q = p
         # Newton makes 10-50 passes: in memory, the features are computed once, not per pass
         cached = not data.partitioned and data.n * 2 * n_cls <= CACHE_FEATURES
-        rows = beta_features(data.x, data.from_probs, k) if cached else data.x
+        if cached:
+            data = FitData(beta_features(data.x, data.from_probs, k), data.y, data.w, k,
+                           data.total_weight, data.from_probs)
 
-        def evaluate(flat: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-            theta = flat.reshape(n_cls, 3)
-            f, g, h = row_sums(beta_sums, rows, data.y, data.w, theta=theta, free=free,
-                               from_probs=data.from_probs, k=k, features=cached)
-            tw = data.total_weight
-            hess = np.zeros((3 * n_cls, 3 * n_cls))
-            for c in range(n_cls):
-                hess[3 * c:3 * c + 3, 3 * c:3 * c + 3] = h[c] / tw
-            return float(f.sum()) / tw, (g / tw).ravel(), hess
+        def objective(part: FitData) -> Any:
+            lam = reg / part.total_weight
+
+            def evaluate(theta: np.ndarray,
+                         idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                fr = free[idx]
+                f, g, h = row_sums(beta_sums, part.x, part.y, part.w, theta=theta, free=fr,
+                                   from_probs=part.from_probs, k=k, features=cached,
+                                   classes=None if idx.size == n_cls else idx)
+                tw = part.total_weight
+                d = (theta - identity) * fr
+                h = h / tw
+                h += 2.0 * lam * fr[:, :, None] * np.eye(3)
+                return f / tw + lam * (d * d).sum(axis=1), g / tw + 2.0 * lam * d, h
+            return evaluate
 
         warm = getattr(self, "_warm", None)
         # from zero (q = 1/2), as iteratively reweighted least squares starts a logistic
         # regression: from the identity map (1, 1, 0) the confident rows of an overconfident
         # model made the first steps backtrack (the demo: 51 passes instead of 26)
-        theta0 = (warm.coef_ if warm is not None else np.zeros((n_cls, 3))).ravel()
-        res = newton(evaluate, theta0, max_iter=max_iter, tol=tol)
-        theta = res.theta.reshape(n_cls, 3)
-        n_iter, converged = res.n_iter, res.converged
+        theta = warm.coef_.copy() if warm is not None else np.zeros((n_cls, 3))
+        if warm is None:
+            # a few passes over an evenly spaced subsample start the full fit near its optimum
+            for sub in data.warm_starts(_WARM_START_ROWS):
+                theta = class_newton(objective(sub), theta, free, max_iter, tol)[0]
+        evaluate = objective(data)
+        theta, n_iter, grad_max = class_newton(evaluate, theta, free, max_iter, tol)
         negative_a = theta[:, 0] < 0
         negative_b = (theta[:, 1] < 0) & ~negative_a
         if negative_a.any() or negative_b.any():
             free[negative_a, 0] = 0.0
             free[negative_b, 1] = 0.0
-            res = newton(evaluate, (theta * free).ravel(), max_iter=max_iter, tol=tol)
-            theta = res.theta.reshape(n_cls, 3) * free
-            n_iter, converged = n_iter + res.n_iter, res.converged
+            theta, more, grad_max = class_newton(evaluate, theta * free, free, max_iter, tol)
+            n_iter += more
         self.coef_ = theta
-        self._record_convergence(n_iter, converged, f"largest gradient entry "
-                                 f"{res.grad_max:.3g} > tol = {tol:g}; a class may be separable")
+        self._record_convergence(n_iter, grad_max <= tol, f"largest gradient entry "
+                                 f"{grad_max:.3g} > tol = {tol:g}")
 
     def _class_probs(self, p: np.ndarray, lp: np.ndarray,
                      l1mp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
