@@ -9,6 +9,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.optimize import minimize
 from scipy.special import expit, log_softmax
 
@@ -29,6 +31,7 @@ from logitkit.calibration import (
 )
 from logitkit.calibration import _scaling as scaling
 from logitkit.calibration._base import FitData
+from logitkit.calibration._binary import isotonic_fit
 
 ALL = [IdentityCalibrator, TemperatureScaler, VectorScaler, MatrixScaler, DirichletScaler,
        StructuredScaler, BetaCalibrator, IsotonicCalibrator, HistogramCalibrator]
@@ -301,6 +304,45 @@ def test_isotonic_matches_scikit_learn_and_never_gives_zero():
                              .predict(pk[:, c]), iso3.floor_, 1 - iso3.floor_)
                      for c in range(3)], axis=1)
     assert_close(iso3.predict_proba(z), cols / cols.sum(axis=1, keepdims=True), rtol=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(-1e3, 1e3), st.floats(1e-3, 1e3)), min_size=1, max_size=300))
+def test_pool_adjacent_violators_equals_scipy(rows):
+    from scipy.optimize import isotonic_regression
+
+    y, w = (np.array(c, dtype=np.float64) for c in zip(*rows, strict=True))
+    assert_close(isotonic_fit(y, w), isotonic_regression(y, weights=w).x, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("y", [
+    np.r_[np.arange(3000.0), -1e9],  # one pooling per vectorised pass: the stack finishes it
+    np.tile([1.0, 0.0], 2000) + np.arange(4000) * 1e-4,  # every pair violates
+    (np.random.default_rng(3).random(20000) < np.linspace(0, 1, 20000)).astype(float),
+    np.full(50, 2.0), np.arange(40.0), np.arange(40.0)[::-1],
+], ids=["one-per-pass", "sawtooth", "labels", "flat", "increasing", "decreasing"])
+def test_pool_adjacent_violators_on_hard_sequences(y):
+    from scipy.optimize import isotonic_regression
+
+    w = np.random.default_rng(4).random(y.size) + 0.5
+    assert_close(isotonic_fit(y, w), isotonic_regression(y, weights=w).x, rtol=1e-12,
+                 atol=1e-6)
+
+
+def test_select_over_every_method_of_a_small_problem_never_imports_scipy_optimize():
+    # The demo's select (every method, K = 10) paid 0.3-0.4 CPU s to import scipy.optimize for
+    # isotonic regression alone; pool-adjacent-violators is in-house now, and Newton fits the
+    # small maps.
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, warnings; from logitkit.calibration import select\n"
+            "rng = np.random.default_rng(0); z = rng.normal(size=(600, 10)) * 3\n"
+            "y = (z + rng.gumbel(size=z.shape) * 3).argmax(1)\n"
+            "warnings.simplefilter('ignore'); select(z, y, random_state=0)\n"
+            "print('scipy.optimize' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_histogram_bins_values_and_floor():

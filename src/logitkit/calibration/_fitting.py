@@ -157,7 +157,7 @@ def scipy_optimize() -> Any:
     try:
         import scipy.optimize
     except ImportError:  # pragma: no cover - scipy is in the cli, models and test extras
-        raise ImportError("This calibrator needs SciPy (its L-BFGS or isotonic regression): "
+        raise ImportError("This calibrator needs SciPy (its L-BFGS): "
                           "pip install 'logitkit[models]'") from None
     return scipy.optimize
 
