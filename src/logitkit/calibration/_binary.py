@@ -302,8 +302,8 @@ def isotonic_fit(y: np.ndarray, w: np.ndarray) -> np.ndarray:
 
     Every pooling merges adjacent blocks whose means decrease, so the order of the poolings
     does not change the (unique) answer.  While they pay, whole passes run in NumPy: every
-    maximal decreasing run of blocks is pooled at once (a valid sequence of pairwise poolings:
-    the pooled mean of a decreasing run stays above the next block's).  A pass that pools
+    maximal non-increasing run of blocks is pooled at once (a valid sequence of pairwise
+    poolings: the pooled mean of a decreasing run stays at or above the next block's).  A pass that pools
     fewer than 1 % of the blocks hands the rest to the classic one-pass stack, which is
     linear in the worst case (``[0, 1, …, n − 2, −10⁹]`` pools one block a pass).  On the
     demo's folds this avoids importing ``scipy.optimize`` (0.3-0.4 CPU s) for its
@@ -313,14 +313,18 @@ def isotonic_fit(y: np.ndarray, w: np.ndarray) -> np.ndarray:
     weights = np.asarray(w, dtype=np.float64)
     starts = np.arange(y.size)
     while sums.size > 1:
-        down = sums[1:] * weights[:-1] < sums[:-1] * weights[1:]  # mean i+1 < mean i
+        down = sums[1:] * weights[:-1] <= sums[:-1] * weights[1:]  # mean i+1 <= mean i
         pooled = int(np.count_nonzero(down))
         if pooled == 0:
             break
         if pooled * 100 < sums.size:
             sums, weights, starts = _pool_by_stack(sums, weights, starts)
             break
-        first = np.flatnonzero(np.r_[True, ~down])  # a block in a decreasing run joins its run
+        # A block in a non-increasing run joins its run.  Equal neighbours are pooled too: they
+        # always share a level of the fit (a level's last value is at most its mean and the
+        # next level's first at least its own, so equal values cannot straddle two levels),
+        # and pooling them leaves 0/1 labels a few blocks, not one per row.
+        first = np.flatnonzero(np.r_[True, ~down])
         sums, weights = np.add.reduceat(sums, first), np.add.reduceat(weights, first)
         starts = starts[first]
     return np.repeat(sums / weights, np.diff(np.r_[starts, y.size]))
