@@ -355,6 +355,10 @@ METHODS: dict[str, tuple[Fit, dict[str, Fit]]] = {
     "histogram": (ours(HistogramCalibrator), {
         "probmetrics": _probmetrics("ovr-histogram"), "netcal": _netcal("HistogramBinning")}),
 }
+#: Peer fits that run dirichletcal, which forms an ``N × (K+1) × (K+1)`` float64 array
+#: (probmetrics' "dircal" is dirichletcal's FullDirichletCalibrator).
+WRAPS_DIRICHLETCAL = {("dirichletcal", m) for m in ("temperature", "vector", "matrix", "dirichlet")
+                      } | {("probmetrics", "dirichlet")}
 #: Peers that implement a method for two classes only, or for more only.
 BINARY_ONLY = {("beta", "betacal"), ("beta", "netcal")}
 MULTICLASS_ONLY = {("beta", "probmetrics")}
@@ -703,7 +707,7 @@ def speed(n: int, k: int, methods: list[str], repeat: int, cap: float) -> None:
         for peer in peers:
             if not _applies(method, peer, k):
                 continue
-            if peer == "dirichletcal" and n * (k + 1) ** 2 * 8 > 2 * 2**30:
+            if (peer, method) in WRAPS_DIRICHLETCAL and n * (k + 1) ** 2 * 8 > 2 * 2**30:
                 print(f"  {'':18s} {'':7s} {'':7s} {'':9s} | {peer:>12s} skipped: needs an "
                       f"N x (K+1)^2 float64 array ({n * (k + 1) ** 2 * 8 / 2**30:.1f} GiB)")
                 continue

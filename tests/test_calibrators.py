@@ -9,6 +9,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.optimize import minimize
 from scipy.special import expit, log_softmax
 
@@ -29,6 +31,7 @@ from logitkit.calibration import (
 )
 from logitkit.calibration import _scaling as scaling
 from logitkit.calibration._base import FitData
+from logitkit.calibration._binary import isotonic_fit
 
 ALL = [IdentityCalibrator, TemperatureScaler, VectorScaler, MatrixScaler, DirichletScaler,
        StructuredScaler, BetaCalibrator, IsotonicCalibrator, HistogramCalibrator]
@@ -365,6 +368,45 @@ def test_isotonic_matches_scikit_learn_and_never_gives_zero():
     assert_close(iso3.predict_proba(z), cols / cols.sum(axis=1, keepdims=True), rtol=1e-12)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(-1e3, 1e3), st.floats(1e-3, 1e3)), min_size=1, max_size=300))
+def test_pool_adjacent_violators_equals_scipy(rows):
+    from scipy.optimize import isotonic_regression
+
+    y, w = (np.array(c, dtype=np.float64) for c in zip(*rows, strict=True))
+    assert_close(isotonic_fit(y, w), isotonic_regression(y, weights=w).x, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("y", [
+    np.r_[np.arange(3000.0), -1e9],  # one pooling per vectorised pass: the stack finishes it
+    np.tile([1.0, 0.0], 2000) + np.arange(4000) * 1e-4,  # every pair violates
+    (np.random.default_rng(3).random(20000) < np.linspace(0, 1, 20000)).astype(float),
+    np.full(50, 2.0), np.arange(40.0), np.arange(40.0)[::-1],
+], ids=["one-per-pass", "sawtooth", "labels", "flat", "increasing", "decreasing"])
+def test_pool_adjacent_violators_on_hard_sequences(y):
+    from scipy.optimize import isotonic_regression
+
+    w = np.random.default_rng(4).random(y.size) + 0.5
+    assert_close(isotonic_fit(y, w), isotonic_regression(y, weights=w).x, rtol=1e-12,
+                 atol=1e-6)
+
+
+def test_select_over_every_method_of_a_small_problem_never_imports_scipy_optimize():
+    # The demo's select (every method, K = 10) paid 0.3-0.4 CPU s to import scipy.optimize for
+    # isotonic regression alone; pool-adjacent-violators is in-house now, and Newton fits the
+    # small maps.
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, warnings; from logitkit.calibration import select\n"
+            "rng = np.random.default_rng(0); z = rng.normal(size=(600, 10)) * 3\n"
+            "y = (z + rng.gumbel(size=z.shape) * 3).argmax(1)\n"
+            "warnings.simplefilter('ignore'); select(z, y, random_state=0)\n"
+            "print('scipy.optimize' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_histogram_bins_values_and_floor():
     s, y = make_binary(n=2000, seed=13)
     hb = HistogramCalibrator(n_bins=8).fit(s, y)
@@ -685,24 +727,30 @@ def test_non_convergence_is_reported_as_both_warnings():
         assert any(issubclass(r.category, ConvergenceWarning) for r in record)
 
 
-def test_large_full_maps_take_lbfgs_from_subsample_warm_starts(monkeypatch):
+def test_large_full_maps_take_lbfgs_to_newtons_optimum(monkeypatch):
     monkeypatch.setattr(scaling, "_NEWTON_MAX_CLASSES", 2)
-    monkeypatch.setattr(scaling, "_WARM_START_ROWS", (300, 1000))
     z, y = make(n=6000, k=4, seed=35)
-    sizes = []
-    inner = scaling.affine_sums
-
-    def recording(x, *args, **kwargs):
-        sizes.append(x.shape[0])
-        return inner(x, *args, **kwargs)
-
-    monkeypatch.setattr(scaling, "affine_sums", recording)
-    ms = MatrixScaler(alpha=1e-3).fit(z, y)
-    assert ms.converged_ and {300, 1000, 6000} <= set(sizes)
+    called = []
+    inner = scaling.lbfgs
+    monkeypatch.setattr(scaling, "lbfgs", lambda *a, **kw: called.append(1) or inner(*a, **kw))
+    # tol 1e-8: at 1e-6 (in whitened parameters for L-BFGS) the ridge-only gauge direction
+    # (curvature 2α = 2e-3) leaves up to ~1e-8 of objective, so the paths would decide
+    ms = MatrixScaler(alpha=1e-3, tol=1e-8).fit(z, y)
+    assert ms.converged_ and called
     monkeypatch.setattr(scaling, "_NEWTON_MAX_CLASSES", 16)
-    ref = MatrixScaler(alpha=1e-3).fit(z, y)
-    assert abs(ms.objective_ - ref.objective_) <= 1e-8  # both stop at a gradient of 1e-6
+    ref = MatrixScaler(alpha=1e-3, tol=1e-8).fit(z, y)
+    assert abs(ms.objective_ - ref.objective_) <= 1e-10
     assert_close(ms.predict_proba(z), ref.predict_proba(z), atol=1e-4)
+    for cls in (DirichletScaler, StructuredScaler):  # log-probability features: whitened
+        by_newton = quiet(cls(), z, y)
+        monkeypatch.setattr(scaling, "_NEWTON_MAX_CLASSES", 2)
+        by_lbfgs = quiet(cls(), z, y)
+        with pytest.warns(CalibrationWarning, match="did not converge"):
+            stopped = cls(max_iter=3).fit(z, y)
+        monkeypatch.setattr(scaling, "_NEWTON_MAX_CLASSES", 16)
+        assert by_lbfgs.converged_ and abs(by_lbfgs.objective_ - by_newton.objective_) <= 1e-8
+        assert_close(by_lbfgs.predict_proba(z), by_newton.predict_proba(z), atol=1e-4)
+        assert stopped.converged_ is False and stopped.n_iter_ == 3
 
 
 def test_histogram_quantile_edges_are_the_metrics_rule_and_unit_weights_change_nothing():

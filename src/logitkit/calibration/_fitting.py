@@ -9,8 +9,8 @@ evaluation is one pass over the rows (one map-reduce on partitioned arrays).  Tw
   an eigendecomposition that leaves directions of zero curvature alone (the gauge of
   unpenalised biases), with an Armijo backtracking line search.  Convergence is tested on the
   exact gradient of all rows, so a subsampled Hessian changes the path, never the answer.
-- :func:`lbfgs` for matrix maps (``K(K + 1)`` parameters): SciPy's L-BFGS-B on the exact value
-  and gradient.
+- :func:`lbfgs` for matrix maps (``K(K + 1)`` parameters): L-BFGS on the exact value and
+  gradient.
 
 Both stop when the largest gradient entry is at most ``tol`` and report passes, convergence
 and the final gradient; neither hides a failure.
@@ -152,16 +152,6 @@ def newton(
     return Result(theta, f, gmax, passes, gmax <= tol)
 
 
-def scipy_optimize() -> Any:
-    """``scipy.optimize``, or an ImportError that says which extra brings it."""
-    try:
-        import scipy.optimize
-    except ImportError:  # pragma: no cover - scipy is in the cli, models and test extras
-        raise ImportError("This calibrator needs SciPy (its L-BFGS or isotonic regression): "
-                          "pip install 'logitkit[models]'") from None
-    return scipy.optimize
-
-
 def lbfgs(
     evaluate: Callable[[np.ndarray], tuple[float, np.ndarray]],
     theta: np.ndarray,
@@ -171,7 +161,15 @@ def lbfgs(
     memory: int = 20,
     grad_max: Callable[[np.ndarray], float] | None = None,
 ) -> Result:
-    """SciPy's L-BFGS-B on ``evaluate(θ) -> (f, ∇f)`` (one pass over the rows per call).
+    """L-BFGS on ``evaluate(θ) -> (f, ∇f)`` (one pass over the rows per call).
+
+    The two-loop recursion (Nocedal & Wright 2006, Algorithm 7.4) with the initial inverse
+    Hessian ``(sᵀy / yᵀy) I``, and a backtracking line search from the unit step (Armijo's
+    condition, ``c₁ = 1e-4``; quadratic interpolation between halving and a tenth).  A pair
+    with ``sᵀy ≤ 0`` is not stored, so the inverse Hessian stays positive definite.  Written
+    here rather than SciPy's L-BFGS-B: at ``K(K + 1) = 10,100`` parameters its bound-handling
+    bookkeeping cost 30 ms a step (a fifth of a pass over 1e5 rows), and importing
+    ``scipy.optimize`` 0.3-1 s per process.
 
     Args:
         evaluate: the objective and its exact gradient.
@@ -183,26 +181,60 @@ def lbfgs(
             parameters given that of the optimised ones (the test is applied to it).
 
     Returns:
-        A :class:`Result`; ``n_iter`` counts passes.
+        A :class:`Result`; ``n_iter`` counts passes.  A step that lowers ``f`` by less than
+        ``1e-15·max(|f|, 1)`` also counts as converged: the minimum to the precision of the
+        objective in float64.
     """
-    minimize = scipy_optimize().minimize
-    last: dict[str, float] = {"gmax": math.inf}
+    def gmax_of(g: np.ndarray) -> float:
+        return grad_max(g) if grad_max is not None else float(np.max(np.abs(g)))
 
-    def fun(t: np.ndarray) -> tuple[float, np.ndarray]:
-        f, g = evaluate(t)
-        _check_finite(f, g)
-        last["gmax"] = grad_max(g) if grad_max is not None else float(np.max(np.abs(g)))
-        return f, g
-
-    def stop(intermediate_result: Any) -> None:
-        if last["gmax"] <= tol:
-            raise StopIteration
-
-    res = minimize(fun, theta, jac=True, method="L-BFGS-B", callback=stop,
-                   options={"maxiter": max_iter, "maxfun": max_iter, "gtol": 0.0,
-                            "ftol": 1e-15, "maxcor": memory})
-    gmax = last["gmax"]
-    # At ftol = 1e-15 a stop on the relative reduction of f means no further progress is
-    # possible in float64: the minimum, to the precision of the objective.
-    converged = gmax <= tol or (res.status == 0 and "REL_REDUCTION" in str(res.message))
-    return Result(np.asarray(res.x), float(res.fun), gmax, int(res.nfev), bool(converged))
+    f, g = evaluate(theta)
+    _check_finite(f, g)
+    passes = 1
+    pairs: list[tuple[np.ndarray, np.ndarray, float]] = []
+    while True:
+        gmax = gmax_of(g)
+        if gmax <= tol:
+            return Result(theta, f, gmax, passes, True)
+        if passes >= max_iter:
+            return Result(theta, f, gmax, passes, False)
+        d = -g
+        if pairs:  # the two-loop recursion: d = -H g
+            alphas = []
+            for s_i, y_i, rho in reversed(pairs):
+                a = rho * float(s_i @ d)
+                alphas.append(a)
+                d = d - a * y_i
+            s_i, y_i, _ = pairs[-1]
+            d = d * (float(s_i @ y_i) / float(y_i @ y_i))
+            for (s_i, y_i, rho), a in zip(pairs, reversed(alphas), strict=True):
+                d = d + (a - rho * float(y_i @ d)) * s_i
+        slope = float(g @ d)
+        if not slope < 0:  # lost positive definiteness to rounding: restart from the gradient
+            pairs.clear()
+            d, slope = -g, -float(g @ g)
+        # the first step (no curvature yet) moves by at most 1 in the largest entry
+        t = 1.0 if pairs else min(1.0, 1.0 / max(float(np.max(np.abs(g))), 1e-300))
+        while True:
+            trial = theta + t * d
+            f1, g1 = evaluate(trial)
+            passes += 1
+            if math.isfinite(f1) and f1 <= f + 1e-4 * t * slope:
+                break
+            if passes >= max_iter or t < 1e-12:
+                return Result(theta, f, gmax, passes, False)
+            if math.isfinite(f1):  # minimiser of the quadratic through f, slope and f1
+                t = min(0.5 * t, max(0.1 * t, -slope * t * t / (2.0 * (f1 - f - slope * t))))
+            else:
+                t *= 0.1
+        _check_finite(f1, g1)
+        s_new, y_new = trial - theta, g1 - g
+        sy = float(s_new @ y_new)
+        if sy > 1e-12 * float(y_new @ y_new):
+            pairs.append((s_new, y_new, 1.0 / sy))
+            if len(pairs) > memory:
+                pairs.pop(0)
+        decrease = f - f1
+        theta, f, g = trial, f1, g1
+        if decrease <= 1e-15 * max(abs(f), 1.0):
+            return Result(theta, f, gmax_of(g), passes, True)
