@@ -162,6 +162,26 @@ def test_vector_scaling_auto_penalty_is_half_a_row():
         VectorScaler(alpha="none").fit(z, y)
 
 
+def test_matrix_scaling_auto_penalty_is_half_a_row():
+    # MatrixScaler shares VectorScaler's "auto" (0.5/N): the same fit as that number; on nearly
+    # separable rows the unpenalised map runs off (the demo's folds took 22-68 Newton passes),
+    # the default stays near the identity and converges in a few
+    z, y = make(n=400, k=3, seed=5)
+    auto = MatrixScaler().fit(z, y)
+    fixed = MatrixScaler(alpha=0.5 / 400).fit(z, y)
+    assert_close(auto.coef_, fixed.coef_, rtol=1e-9, atol=1e-12)
+    assert_close(auto.intercept_, fixed.intercept_, rtol=1e-9, atol=1e-12)
+    zs = np.eye(3)[y] * 6.0 + np.random.default_rng(6).normal(size=(400, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        free = MatrixScaler(alpha=0.0).fit(zs, y)
+    auto = MatrixScaler().fit(zs, y)
+    assert auto.converged_ and auto.n_iter_ < free.n_iter_
+    assert np.abs(free.coef_ - np.eye(3)).max() > 2.5 and np.abs(auto.coef_ - np.eye(3)).max() < 0.75
+    with pytest.raises(LogitkitValueError, match="alpha"):
+        MatrixScaler(alpha="none").fit(z, y)
+
+
 def test_vector_scaling_of_two_classes_is_platt_scaling():
     from sklearn.linear_model import LogisticRegression
 

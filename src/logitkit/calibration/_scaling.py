@@ -611,12 +611,16 @@ class VectorScaler(_AffineScaler):
         return Features("margin" if self.n_classes_ == 2 else "logits", self.n_classes_)
 
     def _penalty(self, data: FitData) -> Penalty:
-        if isinstance(self.alpha, str):
-            check_choice(self.alpha, "alpha", ("auto",))
-            alpha = 0.5 / data.total_weight
-        else:
-            alpha = check_number(self.alpha, "alpha", low=0.0, high=math.inf, high_open=True)
+        alpha = _ridge(self.alpha, data)
         return Penalty(diagonal=alpha, intercept=alpha)
+
+
+def _ridge(alpha: float | str, data: FitData) -> float:
+    """The affine scalers' ridge: ``"auto"`` is ``0.5/N`` (``N`` the total weight), or a number."""
+    if isinstance(alpha, str):
+        check_choice(alpha, "alpha", ("auto",))
+        return 0.5 / data.total_weight
+    return check_number(alpha, "alpha", low=0.0, high=math.inf, high_open=True)
 
 
 class MatrixScaler(_AffineScaler):
@@ -626,12 +630,18 @@ class MatrixScaler(_AffineScaler):
         \min_{W, b}\ \overline{\mathrm{CE}}(W z + b,\ y)
             + \alpha\,(\lVert W - I\rVert_F^2 + \lVert b\rVert^2)
 
-    ``K(K + 1)`` parameters, fitted by L-BFGS in float64 on the exact gradient (on large
-    inputs started from the fits of two evenly spaced subsamples).  Without a penalty it
-    overfits small calibration sets badly; :class:`StructuredScaler` is its regularised form.
+    ``K(K + 1)`` parameters, fitted in float64 on the exact gradient (Newton's method up to
+    16 classes, preconditioned L-BFGS above).  Without a penalty it overfits small calibration
+    sets badly; :class:`StructuredScaler` is its regularised form.
+
+    The default ``alpha="auto"`` is ``0.5/N``, :class:`VectorScaler`'s: it vanishes on large
+    calibration sets, and on small, nearly separable ones it stops the unpenalised optimum's
+    drift toward separation (which also took Newton 22–68 passes a fold on the built-in demo's
+    1,497 × 10 logits instead of 12–17).
 
     Args:
-        alpha: ridge penalty on the change from the identity map (0: unpenalised).
+        alpha: ridge penalty on the change from the identity map: ``"auto"`` (``0.5/N``), or
+            a number (0: the classic, unpenalised method).
         max_iter: the most passes over the data (per stage).
         tol: converged when the largest entry of the objective's gradient is at most ``tol``.
         from_probs: the inputs are probabilities; their logs are used as logits.
@@ -658,7 +668,7 @@ class MatrixScaler(_AffineScaler):
     method = "matrix"
     _form = "full"
 
-    def __init__(self, *, alpha: float = 0.0, max_iter: int = 500, tol: float = 1e-6,
+    def __init__(self, *, alpha: float | str = "auto", max_iter: int = 500, tol: float = 1e-6,
                  from_probs: bool = False) -> None:
         self.alpha = alpha
         self.max_iter = max_iter
@@ -672,7 +682,7 @@ class MatrixScaler(_AffineScaler):
         return Features("logits", self.n_classes_)
 
     def _penalty(self, data: FitData) -> Penalty:
-        alpha = check_number(self.alpha, "alpha", low=0.0, high=math.inf, high_open=True)
+        alpha = _ridge(self.alpha, data)
         return Penalty(diagonal=alpha, off_diagonal=alpha, intercept=alpha)
 
 
