@@ -45,6 +45,7 @@ namespace {
 
 constexpr int64_t kRowBlock = 64;
 constexpr int64_t kCell = 8;  // doubles per (group, bin) cell of a grouped pass: one cache line
+constexpr int64_t kCellRows = 4;  // rows a cell for a grouped range to use the cells
 
 // SplitMix64's finaliser of i mod G (the row groups of calibration/_engine.py), with the modulo
 // by a multiplication (Lemire, Kaser & Kurz 2019: exact for every 64-bit i with a 128-bit
@@ -611,7 +612,7 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
         if (nb > 0) {
             if (uniform) uniform_bins(edges, nb, conf, bidx, nr);
             else for (int64_t j = 0; j < nr; ++j) bidx[j] = search_bin(edges, 1, nb, conf[j]);
-            if (GROUPED)  // the rows' cells (random groups, mostly in L2) on their way during the totals
+            if (GROUPED && copies != nullptr)  // the rows' cells (random groups, mostly in L2) on their way
                 for (int64_t j = 0; j < nr; ++j) __builtin_prefetch(copies + (grp[j] * nb + bidx[j]) * kCell, 1);
         }
         // The totals.
@@ -662,13 +663,17 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
                 if (GROUPED) {
                     // A group's bin is one cache line of `copies` (its fields side by side,
                     // kCell apart): a row touches one line of the groups' bins, not one per field.
-                    double* cell = copies + (grp[j] * nb + b) * kCell;
+                    // Without `copies` (a range too short to pay for the cells) the (G, F, B) sums
+                    // directly; the same additions in the same order either way.
+                    double* cell = copies != nullptr ? copies + (grp[j] * nb + b) * kCell
+                                                     : bins + grp[j] * fields * nb + b;
+                    const int64_t fs = copies != nullptr ? 1 : nb;
                     cell[0] += 1.0;
-                    cell[1] += c;
-                    cell[2] += hit;
+                    cell[fs] += c;
+                    cell[2 * fs] += hit;
                     if (fields == 5) {
-                        cell[3] += c * c;
-                        cell[4] += c * hit;
+                        cell[3 * fs] += c * c;
+                        cell[4 * fs] += c * hit;
                     }
                     continue;
                 }
@@ -690,9 +695,11 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
         }
     }
     if (GROUPED) {  // the cells into the (G, F, B) layout of the sums
-        for (int64_t g = 0; g < P.groups; ++g)
-            for (int64_t b = 0; b < nb; ++b)
-                for (int64_t f = 0; f < fields; ++f) bins[(g * fields + f) * nb + b] += copies[(g * nb + b) * kCell + f];
+        if (copies != nullptr)
+            for (int64_t g = 0; g < P.groups; ++g)
+                for (int64_t b = 0; b < nb; ++b)
+                    for (int64_t f = 0; f < fields; ++f)
+                        bins[(g * fields + f) * nb + b] += copies[(g * nb + b) * kCell + f];
     } else {
         const int64_t len = fields * nb;
         for (int64_t q = 0; q < len; ++q)
@@ -728,10 +735,16 @@ template <class T> void calib(CalibProblem& P) {
         for (int64_t q = 0; q < P.acc_len; ++q) acc[q] = 0;
         const int64_t r0 = t * P.n / tasks, r1 = (t + 1) * P.n / tasks;
         T* ebuf = need_buf ? static_cast<T*>(alloc<T>(P.k)) : nullptr;
-        // The bins' private copies: four of them ungrouped, line-aligned cells grouped.
-        const int64_t n_copies = P.groups > 1 ? P.groups * P.n_bins * kCell : 4 * (P.moments ? 5 : 3) * P.n_bins;
-        double* raw = static_cast<double*>(alloc<double>(n_copies + kCell));
-        double* copies = reinterpret_cast<double*>((reinterpret_cast<uintptr_t>(raw) + 63) & ~uintptr_t(63));
+        // The bins' private copies: four of them ungrouped, line-aligned cells grouped, but only
+        // for a range of at least kCellRows rows a cell: fewer rows pay more to zero and fold a
+        // megabyte of cells (1024 groups × 15 bins) than their scattered adds lose.
+        const int64_t cells = P.groups * P.n_bins;
+        const bool grouped = P.groups > 1;
+        const bool use_copies = !grouped || (cells > 0 && r1 - r0 >= kCellRows * cells);
+        const int64_t n_copies = !use_copies ? 0 : grouped ? cells * kCell : 4 * (P.moments ? 5 : 3) * P.n_bins;
+        double* raw = use_copies ? static_cast<double*>(alloc<double>(n_copies + kCell)) : nullptr;
+        double* copies = use_copies ? reinterpret_cast<double*>((reinterpret_cast<uintptr_t>(raw) + 63) & ~uintptr_t(63))
+                                    : nullptr;
         for (int64_t q = 0; q < n_copies; ++q) copies[q] = 0;
         if (P.from_logits) pick<T, true>(P.top != 0, P.groups > 1)(P, r0, r1, acc, ebuf, copies, flagged[t], stop);
         else pick<T, false>(P.top != 0, P.groups > 1)(P, r0, r1, acc, ebuf, copies, flagged[t], stop);
