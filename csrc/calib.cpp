@@ -660,32 +660,30 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
                 const int64_t i = b0 + j;
                 const double c = conf[j], hit = hits[j];
                 const int64_t b = bidx[j];
-                if (GROUPED) {
+                double* cell;
+                int64_t fs;  // the stride from one field of the cell to the next
+                if (GROUPED && copies != nullptr) {
                     // A group's bin is one cache line of `copies` (its fields side by side,
                     // kCell apart): a row touches one line of the groups' bins, not one per field.
-                    // Without `copies` (a range too short to pay for the cells) the (G, F, B) sums
-                    // directly; the same additions in the same order either way.
-                    double* cell = copies != nullptr ? copies + (grp[j] * nb + b) * kCell
-                                                     : bins + grp[j] * fields * nb + b;
-                    const int64_t fs = copies != nullptr ? 1 : nb;
-                    cell[0] += 1.0;
-                    cell[fs] += c;
-                    cell[2 * fs] += hit;
-                    if (fields == 5) {
-                        cell[3 * fs] += c * c;
-                        cell[4 * fs] += c * hit;
-                    }
-                    continue;
+                    cell = copies + (grp[j] * nb + b) * kCell;
+                    fs = 1;
+                } else if (GROUPED) {
+                    // A range too short to pay for the cells: the (G, F, B) sums directly (the
+                    // same additions in the same order as through the cells).
+                    cell = bins + grp[j] * fields * nb + b;
+                    fs = nb;
+                } else {
+                    // Ungrouped, row i adds to copy i mod 4 of the bins: consecutive rows in one
+                    // bin are then four chains of additions, not one chain through memory.
+                    cell = copies + (i & 3) * fields * nb + b;
+                    fs = nb;
                 }
-                // Ungrouped, row i adds to copy i mod 4 of the bins: consecutive rows in one bin
-                // are then four chains of additions, not one chain through memory.
-                double* cell = copies + (i & 3) * fields * nb + b;
                 cell[0] += 1.0;
-                cell[nb] += c;
-                cell[2 * nb] += hit;
+                cell[fs] += c;
+                cell[2 * fs] += hit;
                 if (fields == 5) {
-                    cell[3 * nb] += c * c;
-                    cell[4 * nb] += c * hit;
+                    cell[3 * fs] += c * c;
+                    cell[4 * fs] += c * hit;
                 }
             }
         }
