@@ -747,6 +747,30 @@ def test_non_convergence_is_reported_as_both_warnings():
         assert any(issubclass(r.category, ConvergenceWarning) for r in record)
 
 
+@pytest.mark.parametrize("cls", [MatrixScaler, DirichletScaler, StructuredScaler],
+                         ids=lambda c: c.__name__)
+def test_large_full_maps_on_dask_equal_numpy(cls, monkeypatch):
+    # above the Newton limit the full maps take whitened, class-block preconditioned L-BFGS:
+    # its feature moments and every pass are map-reduces over Dask blocks, the answer NumPy's
+    import dask
+    import dask.array as da
+
+    monkeypatch.setattr(scaling, "_NEWTON_MAX_CLASSES", 2)
+    called = []
+    inner = scaling.lbfgs
+    monkeypatch.setattr(scaling, "lbfgs", lambda *a, **kw: called.append(1) or inner(*a, **kw))
+    z, y = make(n=1200, k=4, seed=36)
+    w = np.random.default_rng(36).uniform(0.5, 1.5, size=1200)
+    ref = quiet(cls(), z, y, w)
+    dz, dy, dw = (da.from_array(a, chunks=(300, *a.shape[1:])) for a in (z, y, w))
+    with dask.config.set(scheduler="threads"):
+        est = quiet(cls(), dz, dy, dw)
+        out = est.predict_proba(dz)
+        assert isinstance(out, da.Array)
+        assert_close(out.compute(), ref.predict_proba(z), rtol=1e-6, atol=1e-9)
+    assert len(called) == 2 and est.converged_ and ref.converged_
+
+
 def test_large_full_maps_take_lbfgs_to_newtons_optimum(monkeypatch):
     monkeypatch.setattr(scaling, "_NEWTON_MAX_CLASSES", 2)
     z, y = make(n=6000, k=4, seed=35)
