@@ -566,7 +566,7 @@ class VectorScaler(_AffineScaler):
     4.69 / 18.3 → 0.53 / 0.93 (wine naive Bayes, 44 rows: netcal's 1.47 / 4.2 came from its
     early-stopping optimiser on ``log p`` floored at ``log ε``), 1.10 / 2.49 → 0.62 / 1.05
     (digits CNN), 1.00 / 1.00 → 1.00 / 1.00 (breast_cancer); ``0.1/N`` and ``2/N`` were
-    within a few per cent of it.
+    within a few per cent of it (the figures are those of the splits it was chosen on).
 
     Args:
         alpha: ridge penalty on the change from the identity map: ``"auto"`` (``0.5/N``), or
