@@ -814,3 +814,27 @@ def test_histogram_quantile_edges_are_the_metrics_rule_and_unit_weights_change_n
         # (the calibrator takes p as exp(log_softmax): the same values up to an ulp)
         np.testing.assert_allclose(plain.edges_[c], edges_of(p[:, c], 7, "quantile"), rtol=1e-12)
     np.testing.assert_array_equal(plain.edges_, weighted.edges_)
+
+
+def test_single_threaded_blas_is_restored_when_threads_leave_out_of_order():
+    # regression: each entry saved and restored its own snapshot of the process-wide BLAS
+    # limit, so two threads fitting at once (A in, B in, A out, B out) left BLAS at one
+    # thread for the rest of the process
+    import threadpoolctl  # scikit-learn, a test dependency, installs it
+
+    from logitkit.calibration._fitting import small_problem_threads
+
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        def blas_threads():
+            return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                    if i["user_api"] == "blas"]
+
+        before = blas_threads()
+        a, b = small_problem_threads(0), small_problem_threads(0)
+        a.__enter__()
+        b.__enter__()
+        assert all(t == 1 for t in blas_threads())
+        a.__exit__(None, None, None)
+        assert all(t == 1 for t in blas_threads())  # B still fitting
+        b.__exit__(None, None, None)
+        assert blas_threads() == before and max(before) == 2

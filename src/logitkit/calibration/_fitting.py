@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -62,8 +64,35 @@ def small_problem_threads(n_values: int) -> Iterator[None]:
     if controller is None:  # pragma: no cover
         yield
         return
-    with controller.limit(limits=1, user_api="blas"):
+    # The limit is the process's: Python threads fitting at once share one limiter, set by the
+    # first to enter and restored by the last to leave (each restoring its own snapshot would
+    # leave BLAS single-threaded for good when the exits interleave).
+    with _LIMIT_LOCK:
+        if _LIMIT["depth"] == 0:
+            _LIMIT["limiter"] = controller.limit(limits=1, user_api="blas")
+        _LIMIT["depth"] += 1
+    try:
         yield
+    finally:
+        with _LIMIT_LOCK:
+            _LIMIT["depth"] -= 1
+            if _LIMIT["depth"] == 0:
+                _LIMIT.pop("limiter").restore_original_limits()
+
+
+_LIMIT_LOCK = threading.Lock()
+_LIMIT: dict[str, Any] = {"depth": 0}
+
+
+def _reset_limit_after_fork() -> None:
+    # a child forked while another thread held the lock or the limit starts afresh
+    global _LIMIT_LOCK
+    _LIMIT_LOCK = threading.Lock()
+    _LIMIT.clear()
+    _LIMIT["depth"] = 0
+
+
+os.register_at_fork(after_in_child=_reset_limit_after_fork)
 
 
 @dataclass
