@@ -358,11 +358,6 @@ template <class T> LK_INLINE VF<T> gather(const T* base, VI<T> idx) {
 #endif
 }
 
-// L = kL<T> rows' labels (int64) and L doubles: one register, or two for float rows, whose
-// L lanes are widened to double as a whole (simd.hpp's Wide).
-template <class T> struct RowLanes {
-    typedef int64_t Y __attribute__((vector_size(kL<T> * 8)));
-};
 // Whether any lane of a mask (−1 / 0 lanes, one register) is set: one test instruction.
 template <class T> LK_INLINE bool any_lane(VI<T> m) {
 #if defined(__AVX512F__)
@@ -376,12 +371,31 @@ template <class T> LK_INLINE bool any_lane(VI<T> m) {
     return _mm_movemask_epi8(v) != 0;
 #endif
 }
-// A mask of L lanes held in a wider integer type (the label and double checks of float rows)
-// as T's integer lanes.
-template <class T, class M> LK_INLINE VI<T> narrow_mask(M m) {
-    return __builtin_convertvector(m, VI<T>);
+// The labels of L = kL<T> rows as T's integer lanes, read and checked a register of int64 lanes
+// at a time (two for float rows) and narrowed by one conversion each: the same check on one
+// 2L-wide int64 vector was split by the compiler into scalar compares and inserts, a sixth of a
+// short row's time.  false: a label outside [0, k) (the caller then says which).
+template <class T> LK_INLINE bool lane_labels(const int64_t* p, int64_t k, VI<T>& out) {
+    using Q = VI<double>;  // int64 lanes, one register
+    typedef uint64_t U __attribute__((vector_size(sizeof(Q))));
+    typedef typename Lanes<T>::Int N __attribute__((vector_size(kL<double> * sizeof(typename Lanes<T>::Int))));
+    constexpr int parts = kL<T> / kL<double>;
+    Q bad = Q{};
+    for (int h = 0; h < parts; ++h) {
+        Q q;
+        std::memcpy(&q, p + h * kL<double>, sizeof q);
+        bad |= reinterpret_cast<U&>(q) >= static_cast<uint64_t>(k);  // a negative label is huge unsigned
+        const N n = __builtin_convertvector(q, N);
+        std::memcpy(reinterpret_cast<char*>(&out) + h * sizeof n, &n, sizeof n);
+    }
+    return !any_lane<double>(bad);
 }
 template <class V> LK_INLINE void store_lanes(double* p, V v) { std::memcpy(p, &v, sizeof v); }
+// The largest T not above v (v ≥ 0): a T compares ≤ v exactly where it compares ≤ this.
+template <class T> LK_INLINE T at_most(double v) {
+    T t = static_cast<T>(v);
+    return static_cast<double>(t) > v ? std::nextafter(t, T(0)) : t;
+}
 
 // The per-row quantities of rows [i0, i0 + L), one per lane, into the block's arrays at j0:
 // what the row loop of calib_range computes, with the label check, the label's entry (a
@@ -393,12 +407,10 @@ LK_INLINE bool lanes_rows(const CalibProblem& P, int64_t i0, int64_t j0, T beta,
     constexpr int L = kL<T>;
     using Int = typename Lanes<T>::Int;
     using W = Wide<T>;
-    typename RowLanes<T>::Y y64;
-    std::memcpy(&y64, P.labels + i0, sizeof y64);
     const int64_t k = P.k;
     const bool squares = P.brier != 0;  // Σ p² (Σ e²) only for the Brier score
-    const VI<T> bad_label = narrow_mask<T>((y64 < 0) | (y64 >= k));  // the caller then says which
-    const VI<T> y = bad_label ? VI<T>{} : __builtin_convertvector(y64, VI<T>);
+    VI<T> y;
+    if (!lane_labels<T>(P.labels + i0, k, y)) return false;
     const T* x = static_cast<const T*>(P.x) + i0 * k;
     // The lines of the group kAhead groups on (within the rows' ends: a prefetch never faults,
     // but stays inside the array): the gathers then find them in L1.
@@ -433,13 +445,14 @@ LK_INLINE bool lanes_rows(const CalibProblem& P, int64_t i0, int64_t j0, T beta,
         }
     }
     const VF<T> xy = gather<T>(x, row + y);
-    if (any_lane<T>(bad_label)) return false;
     const W m = widen<T>(mx);
     if (TOP) store_lanes(br.hit + j0, __builtin_convertvector(-(at == y), W));
     if (!LOGITS) {
-        const W d = widen<T>(s) - 1.0;
-        const double tol = P.tol;
-        if (any_lane<T>(~((lo >= T(0)) & (mx <= T(1)) & narrow_mask<T>((d <= tol) & (-d <= tol))))) return false;
+        // |Σ p − 1| ≤ tol in T's lanes: s − 1 is exact for s in [1/2, 2] (Sterbenz), and outside
+        // it |s − 1| ≥ 1/2 > tol either way; T's d ≤ tol exactly where d ≤ the largest T ≤ tol.
+        const VF<T> d = s - T(1);
+        const T tol = at_most<T>(P.tol);
+        if (any_lane<T>(~((lo >= T(0)) & (mx <= T(1)) & (d <= tol) & (-d <= tol)))) return false;
         store_lanes(br.conf + j0, m);
         store_lanes(br.py + j0, widen<T>(xy));
         store_lanes(br.sq + j0, widen<T>(q));
@@ -608,12 +621,15 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
                 for (int64_t j = 0; j < nr; ++j) brier[j] = sq[j] - 2.0 * py[j] + 1.0;
         }
         // The block's bins, apart from the sums (no chain from one row's search to the next's sums).
-        int64_t bidx[kRowBlock];
+        int64_t bidx[kRowBlock], cell_at[kRowBlock];
         if (nb > 0) {
             if (uniform) uniform_bins(edges, nb, conf, bidx, nr);
             else for (int64_t j = 0; j < nr; ++j) bidx[j] = search_bin(edges, 1, nb, conf[j]);
             if (GROUPED && copies != nullptr)  // the rows' cells (random groups, mostly in L2) on their way
-                for (int64_t j = 0; j < nr; ++j) __builtin_prefetch(copies + (grp[j] * nb + bidx[j]) * kCell, 1);
+                for (int64_t j = 0; j < nr; ++j) {
+                    cell_at[j] = (grp[j] * nb + bidx[j]) * kCell;
+                    __builtin_prefetch(copies + cell_at[j], 1);
+                }
         }
         // The totals.
         if (GROUPED) {
@@ -655,36 +671,47 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
             }
         }
         if (nb > 0) {
-            for (int64_t j = 0; j < nr; ++j) {
-                if (!all_ok && !ok[j]) continue;
-                const int64_t i = b0 + j;
+            const bool five = fields == 5;
+            // One row's additions to its bin: `cell` its count, the other fields fs apart.
+            auto add = [&](double* cell, int64_t fs, int64_t j) __attribute__((always_inline)) {
                 const double c = conf[j], hit = hits[j];
-                const int64_t b = bidx[j];
-                double* cell;
-                int64_t fs;  // the stride from one field of the cell to the next
-                if (GROUPED && copies != nullptr) {
-                    // A group's bin is one cache line of `copies` (its fields side by side,
-                    // kCell apart): a row touches one line of the groups' bins, not one per field.
-                    cell = copies + (grp[j] * nb + b) * kCell;
-                    fs = 1;
-                } else if (GROUPED) {
-                    // A range too short to pay for the cells: the (G, F, B) sums directly (the
-                    // same additions in the same order as through the cells).
-                    cell = bins + grp[j] * fields * nb + b;
-                    fs = nb;
-                } else {
-                    // Ungrouped, row i adds to copy i mod 4 of the bins: consecutive rows in one
-                    // bin are then four chains of additions, not one chain through memory.
-                    cell = copies + (i & 3) * fields * nb + b;
-                    fs = nb;
-                }
                 cell[0] += 1.0;
                 cell[fs] += c;
                 cell[2 * fs] += hit;
-                if (fields == 5) {
+                if (five) {
                     cell[3 * fs] += c * c;
                     cell[4 * fs] += c * hit;
                 }
+            };
+            if (GROUPED && copies != nullptr) {
+                // A group's bin is one cache line of `copies` (its fields side by side, kCell
+                // apart): a row touches one line of the groups' bins, not one per field.
+                for (int64_t j = 0; j < nr; ++j)
+                    if (all_ok || ok[j]) add(copies + cell_at[j], 1, j);
+            } else if (GROUPED) {
+                // A range too short to pay for the cells: the (G, F, B) sums directly (the same
+                // additions in the same order as through the cells).
+                for (int64_t j = 0; j < nr; ++j)
+                    if (all_ok || ok[j]) add(bins + grp[j] * fields * nb + bidx[j], nb, j);
+            } else {
+                // Ungrouped, row i adds to copy i mod 4 of the bins: consecutive rows in one bin
+                // are then four chains of additions, not one chain through memory.  Rows
+                // b0 + j of j = 0, 1, 2, 3 mod 4 go to the copies c[0..3], four rows a step.
+                const int64_t len = fields * nb;
+                double* const c0 = copies + (b0 & 3) * len;
+                double* const c1 = copies + ((b0 + 1) & 3) * len;
+                double* const c2 = copies + ((b0 + 2) & 3) * len;
+                double* const c3 = copies + ((b0 + 3) & 3) * len;
+                int64_t j = 0;
+                if (all_ok)
+                    for (; j + 4 <= nr; j += 4) {
+                        add(c0 + bidx[j], nb, j);
+                        add(c1 + bidx[j + 1], nb, j + 1);
+                        add(c2 + bidx[j + 2], nb, j + 2);
+                        add(c3 + bidx[j + 3], nb, j + 3);
+                    }
+                for (; j < nr; ++j)
+                    if (all_ok || ok[j]) add(copies + ((b0 + j) & 3) * len + bidx[j], nb, j);
             }
         }
         if (row_conf != nullptr) {  // rows left out are overwritten by the caller

@@ -457,6 +457,28 @@ def test_labels_are_checked_in_the_pass_with_the_numpy_pass_message(from_logits)
             assert messages[0] == messages[1] and "label" in messages[0]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_short_rows_check_every_lanes_label_in_full_64_bits(from_logits, dtype, target):
+    # Rows of K <= 32 read their labels a register of int64 lanes at a time (two for float
+    # rows) and narrow them to T's integer lanes: a label out of range in any lane of either
+    # register stops the pass, 2**32 + 1 and -2**32 + 3 too (their low 32 bits are in range).
+    rng = np.random.default_rng(16)
+    z = rng.normal(size=(40, 6)).astype(dtype)
+    x = z if from_logits else softmax(z.astype(np.float64)).astype(dtype)
+    y = rng.integers(0, 6, 40)
+    ok = calibration_sums(CalibrationPass(x=x, labels=y, work=np.dtype(dtype),
+                                          from_logits=from_logits))
+    assert ok is not None and not ok.invalid and ok.totals[0, 0] == 40
+    for row in range(18):  # every lane of the first lane group (16 float lanes at most) and beyond
+        for bad in (6, -1, 2**32 + 1, -(2**32) + 3):
+            yy = y.copy()
+            yy[row] = bad
+            res = calibration_sums(CalibrationPass(x=x, labels=yy, work=np.dtype(dtype),
+                                                   from_logits=from_logits))
+            assert res is not None and res.invalid, (row, bad)
+
+
 @pytest.mark.parametrize("from_logits", [False, True])
 def test_half_precision_and_other_layouts_are_widened_a_slab_at_a_time(from_logits, monkeypatch):
     import logitkit._kernels as kernels
