@@ -423,14 +423,13 @@ LK_INLINE bool lanes_rows(const CalibProblem& P, int64_t i0, int64_t j0, T beta,
             for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(next + b);
     }
     const VI<T> row = iota<T>() * static_cast<Int>(k);
-    VI<T> off = row;
     VF<T> cols[kLanesMaxK];
     VF<T> mx = splat<T>(-inf<T>()), lo = splat<T>(inf<T>()), s = splat<T>(0), q = splat<T>(0);
     VI<T> at = VI<T>{};
-    for (int64_t c = 0; c < k; ++c) {
-        const VF<T> v = gather<T>(x, off);
-        off += 1;
-        const VI<T> gt = v > mx;  // NaN never wins: the max of the others, as max_arg
+    // Column c of the L rows, v, into their running max (NaN never wins: the max of the
+    // others, as max_arg), first arg-max, and min, sums or kept columns; columns in order.
+    auto take = [&](VF<T> v, int64_t c) __attribute__((always_inline)) {
+        const VI<T> gt = v > mx;
         mx = gt ? v : mx;
         if (TOP) at = gt ? (VI<T>{} + static_cast<Int>(c)) : at;
         if (LOGITS) {
@@ -443,7 +442,28 @@ LK_INLINE bool lanes_rows(const CalibProblem& P, int64_t i0, int64_t j0, T beta,
                 q += w * w;
             }
         }
+    };
+    int64_t c = 0;
+#if defined(__AVX512F__)
+    if constexpr (sizeof(T) == 4) {
+        // Columns two at a time: each row's pair (c, c + 1) as one 64-bit element, eight rows a
+        // gather, split into the two columns by two permutes.  A gather's cost goes with its
+        // elements, not their width: 1.4 against 2.5 ns a row of ten from L2 (one thread).
+        const __m512i lo8 = _mm512_mullo_epi64(_mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7), _mm512_set1_epi64(k));
+        const __m512i hi8 = _mm512_add_epi64(lo8, _mm512_set1_epi64(8 * k));
+        const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+        for (; c + 1 < k; c += 2) {
+            const __m512i at_c = _mm512_set1_epi64(c);
+            const __m512 a = _mm512_castpd_ps(_mm512_i64gather_pd(_mm512_add_epi64(lo8, at_c), x, 4));
+            const __m512 b = _mm512_castpd_ps(_mm512_i64gather_pd(_mm512_add_epi64(hi8, at_c), x, 4));
+            const __m512 v0 = _mm512_permutex2var_ps(a, even, b), v1 = _mm512_permutex2var_ps(a, odd, b);
+            take(reinterpret_cast<const VF<T>&>(v0), c);
+            take(reinterpret_cast<const VF<T>&>(v1), c + 1);
+        }
     }
+#endif
+    for (; c < k; ++c) take(gather<T>(x, row + static_cast<Int>(c)), c);  // (the last of an odd k)
     const VF<T> xy = gather<T>(x, row + y);
     const W m = widen<T>(mx);
     if (TOP) store_lanes(br.hit + j0, __builtin_convertvector(-(at == y), W));

@@ -208,6 +208,40 @@ def test_every_simd_target_gives_the_same_sums(target, from_logits):
     assert_sums(native_block(x, y, spec), naive_sums(p, y, spec, 0), np.float64, target)
 
 
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_short_rows_of_every_width_are_the_same_sums_on_every_target(from_logits):
+    # K = 2..32 one row per lane: float rows take their columns two at a time on AVX-512 (the
+    # last of an odd K alone), one at a time on AVX2: the same values, so the same sums bit for
+    # bit where every row runs in lanes (96 rows: whole lane groups of 8 and 16 rows, a block of
+    # 64 and half a block; the baseline target has no FMA, its roundings differ).  87 rows
+    # leave 7 rows to the row-at-a-time path, whose horizontal sums follow the vector width:
+    # equal to the definitions there, on every target.
+    mod = native()
+    before = mod.target()
+    for k in range(2, 33):
+        for n in (96, 87):
+            x, y, spec, p = random_case(2 * n, k, np.float32, from_logits,
+                                        "uniform bins, moments, groups", seed=k)
+            x, y, p = x[:n], y[:n], p[:n]  # (rows near a bin edge were dropped)
+            results = []
+            try:
+                for target in mod.targets():
+                    mod.set_target(target)
+                    results.append(native_block(x, y, spec, offset=5))
+            finally:
+                mod.set_target(before)
+            for got in results:
+                assert_sums(got, naive_sums(p, y, spec, 5), np.float32, f"k={k} n={n}")
+            if n % 16:
+                continue
+            wide = [got for got, t in zip(results, mod.targets(), strict=True)
+                    if t in ("avx2", "avx512")]
+            for other in wide[1:]:
+                for name in FIELDS:
+                    np.testing.assert_array_equal(getattr(other, name), getattr(wide[0], name),
+                                                  f"{name} k={k}")
+
+
 def test_metrics_with_and_without_the_kernels_agree():
     x, y, _, _ = random_case(3000, 12, np.float32, True, "totals", seed=5)
     for from_logits in (False, True):
