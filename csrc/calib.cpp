@@ -68,6 +68,28 @@ struct Groups {
         unsigned __int128 top = (low >> 64) * g;
         return static_cast<int64_t>((bottom + top) >> 64);
     }
+    // The groups of rows i0, i0 + 1, ..., i0 + n − 1 into out: for the usual power-of-two G,
+    // SplitMix in 64-bit vector lanes (a scalar row's two 64-bit multiplies and shifts cost as
+    // much as the rest of its bookkeeping); the same integers.
+    LK_INLINE void fill(uint64_t i0, int64_t n, int64_t* out) const {
+        using U = VI<double>;  // 64-bit lanes
+        typedef uint64_t V __attribute__((vector_size(sizeof(U))));
+        constexpr int L = kL<double>;
+        int64_t j = 0;
+        if ((g & (g - 1)) == 0 && i0 >= g) {
+            V at;
+            for (int l = 0; l < L; ++l) at[l] = i0 + static_cast<uint64_t>(l);
+            for (; j + L <= n; j += L, at += static_cast<uint64_t>(L)) {
+                V z = at + 0x9E3779B97F4A7C15ULL;
+                z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+                z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+                z ^= z >> 31;
+                z &= g - 1;
+                std::memcpy(out + j, &z, sizeof z);
+            }
+        }
+        for (; j < n; ++j) out[j] = of(i0 + static_cast<uint64_t>(j));
+    }
 };
 
 template <class T> LK_INLINE VI<T> iota() {
@@ -512,8 +534,9 @@ LK_INLINE bool lanes_rows(const CalibProblem& P, int64_t i0, int64_t j0, T beta,
 
 // The uniform bins of v[0, n) (n ≤ kRowBlock, the arrays' length, rounded up to whole vectors
 // with 0): uniform_bin lane-wise, ceil by the magic number 2^52 (exact below 2^51), the edges
-// e[b], e[b + 1] gathered.
-LK_INLINE void uniform_bins(const double* e, int64_t nb, const double* v, int64_t* out, int64_t n) {
+// e[b], e[b + 1] looked up by `edge` (lanes of bins to lanes of edges).
+template <class Edge> LK_INLINE void uniform_bins_by(const Edge& edge, int64_t nb, const double* v, int64_t* out,
+                                                     int64_t n) {
     constexpr int L = kL<double>;
     using VD = VF<double>;
     using VL = VI<double>;
@@ -527,11 +550,33 @@ LK_INLINE void uniform_bins(const double* e, int64_t nb, const double* v, int64_
         b = b >= 0.0 ? b : splat<double>(0.0);        // NaN to 0, as the clamp of a cast
         b = b <= top ? b : splat<double>(top);
         VL bi = __builtin_convertvector(b, VL);
-        const VL down = (bi > 0) & (x <= gather<double>(e, bi));
-        const VL up = ~down & (bi < nb - 1) & (x > gather<double>(e, bi + 1));
+        const VL down = (bi > 0) & (x <= edge(bi));
+        const VL up = ~down & (bi < nb - 1) & (x > edge(bi + 1));
         bi = bi + down - up;  // masks are −1
         std::memcpy(out + i, &bi, sizeof bi);
     }
+}
+
+LK_INLINE void uniform_bins(const double* e, int64_t nb, const double* v, int64_t* out, int64_t n) {
+    using VD = VF<double>;
+    using VL = VI<double>;
+#if defined(__AVX512F__)
+    if (nb <= 15) {
+        // Up to 15 bins their 16 edges fit two registers: a permute looks them up, not a
+        // gather of eight loads (the same values).
+        const int64_t ne = nb + 1;
+        const __m512d e0 = _mm512_maskz_loadu_pd(static_cast<__mmask8>(ne >= 8 ? 0xFF : (1u << ne) - 1), e);
+        const __m512d e1 = _mm512_maskz_loadu_pd(static_cast<__mmask8>(ne > 8 ? (1u << (ne - 8)) - 1 : 0), e + 8);
+        auto edge = [&](VL bi) __attribute__((always_inline)) {
+            const __m512d r = _mm512_permutex2var_pd(e0, reinterpret_cast<const __m512i&>(bi), e1);
+            return reinterpret_cast<const VD&>(r);
+        };
+        uniform_bins_by(edge, nb, v, out, n);
+        return;
+    }
+#endif
+    auto edge = [&](VL bi) __attribute__((always_inline)) { return gather<double>(e, bi); };
+    uniform_bins_by(edge, nb, v, out, n);
 }
 
 // Rows [r0, r1) into the task's sums acc = [tot (G, 4) | bins (G, F, B) | cw (G, 5, k, CB)].
@@ -564,7 +609,7 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
     double* const hits = br.hit;
     const bool* const ok = br.ok;
     double lg[kRowBlock];
-    int64_t grp[kRowBlock];
+    int64_t grp[kRowBlock] = {};  // group 0 throughout when ungrouped
     // The totals of an ungrouped pass: row r0 + 8q + l into lane l (the same on every target),
     // the lanes added by simd.hpp's tree at the end.
     typedef double D8 __attribute__((vector_size(64)));
@@ -574,13 +619,11 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
         if (stop.load(std::memory_order_relaxed)) return;
         const int64_t b1 = b0 + kRowBlock < r1 ? b0 + kRowBlock : r1, nr = b1 - b0;
         const int64_t flagged_before = n_flagged;
+        if (GROUPED) groups.fill(static_cast<uint64_t>(P.offset + b0), nr, grp);
         int64_t first = b0;
         if (lanes) {
             constexpr int64_t L = kL<T>;
             for (; first + L <= b1; first += L) {
-                if (GROUPED)
-                    for (int64_t i = first; i < first + L; ++i)
-                        grp[i - b0] = groups.of(static_cast<uint64_t>(P.offset + i));
                 if (!lanes_rows<T, LOGITS, TOP>(P, first, first - b0, beta, scale, br, n_flagged)) {
                     stop.store(1, std::memory_order_relaxed);
                     return;
@@ -594,7 +637,6 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
                 stop.store(1, std::memory_order_relaxed);
                 return;
             }
-            grp[j] = GROUPED ? groups.of(static_cast<uint64_t>(P.offset + i)) : 0;
             if (!LOGITS) {
                 ProbRow r = scan_probs<T, TOP>(xi, k);
                 if (!put_prob_row(P, br, j, r.max, r.min, r.sum, r.sumsq, static_cast<double>(r.arg == y),
@@ -649,12 +691,23 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
                 for (int64_t j = 0; j < nr; ++j) {
                     cell_at[j] = (grp[j] * nb + bidx[j]) * kCell;
                     __builtin_prefetch(copies + cell_at[j], 1);
+                    if (do_nll || do_brier) __builtin_prefetch(tot + 4 * grp[j], 1);  // and their totals
                 }
         }
         // The totals.
-        if (GROUPED) {
+        if (GROUPED && copies != nullptr) {
+            // Through the cells, a group's rows and hits are their cells' counts and hits,
+            // added at the end (integers: exactly the same sums).
+            if (do_nll || do_brier)
+                for (int64_t j = 0; j < nr; ++j) {
+                    if (!all_ok && !ok[j]) continue;
+                    double* t = tot + 4 * grp[j];
+                    if (do_nll) t[2] += nll[j];
+                    if (do_brier) t[3] += brier[j];
+                }
+        } else if (GROUPED) {
             for (int64_t j = 0; j < nr; ++j) {
-                if (!ok[j]) continue;
+                if (!all_ok && !ok[j]) continue;
                 double* t = tot + 4 * grp[j];
                 t[0] += 1.0;
                 if (TOP) t[1] += hits[j];
@@ -739,12 +792,15 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
             std::memcpy(row_hit + b0, hits, sizeof(double) * nr);
         }
     }
-    if (GROUPED) {  // the cells into the (G, F, B) layout of the sums
+    if (GROUPED) {  // the cells into the (G, F, B) layout of the sums, their counts and hits into the totals
         if (copies != nullptr)
             for (int64_t g = 0; g < P.groups; ++g)
-                for (int64_t b = 0; b < nb; ++b)
-                    for (int64_t f = 0; f < fields; ++f)
-                        bins[(g * fields + f) * nb + b] += copies[(g * nb + b) * kCell + f];
+                for (int64_t b = 0; b < nb; ++b) {
+                    const double* cell = copies + (g * nb + b) * kCell;
+                    for (int64_t f = 0; f < fields; ++f) bins[(g * fields + f) * nb + b] += cell[f];
+                    tot[4 * g] += cell[0];
+                    tot[4 * g + 1] += cell[2];
+                }
     } else {
         const int64_t len = fields * nb;
         for (int64_t q = 0; q < len; ++q)

@@ -354,6 +354,26 @@ def test_grouped_sums_with_and_without_the_cache_line_cells(n, target):
         assert_sums(native_block(x, y, spec), reference_block(x, y, spec), np.float32, target)
 
 
+@pytest.mark.parametrize("groups", [16, 7])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grouped_cells_with_rows_left_to_the_caller(dtype, groups, target):
+    # through the cells (3000 rows, at least 4 a cell), a group's rows and hits are its cells'
+    # counts and hits, added at the end: rows left to the caller (+inf logits, computed by the
+    # careful path) count once, in their own group; a power-of-two G takes the groups of a
+    # block in vector lanes past the first G rows (offset 5: the first block straddles them)
+    rng = np.random.default_rng(22)
+    z = (rng.standard_normal((3000, 5)) * 2).astype(dtype)
+    z[[1, 20, 21, 700, 2999]] = [0, np.inf, 1, 2, 3]
+    y = rng.integers(0, 5, 3000)
+    spec = engine.Spec(from_logits=True, n_bins=10, inner=engine.uniform_inner(10),
+                       moments=True, groups=groups)
+    got = native_block(z, y, spec, offset=5)
+    assert_sums(got, reference_block(z, y, spec, offset=5), dtype, target)
+    want = np.bincount([splitmix_group(5 + i, groups) for i in range(3000)], minlength=groups)
+    np.testing.assert_array_equal(got.n, want)
+    np.testing.assert_array_equal(got.bins[:, 0].sum(axis=1), want)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_rows_left_to_the_caller_among_short_rows_in_lanes(dtype, target):
     # rows of K <= 32 run one per SIMD lane: a NaN, a +inf or a row with nothing finite in
