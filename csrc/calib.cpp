@@ -24,13 +24,16 @@
 // The logs and exps of a block of rows are taken in one vectorised loop, and its bins found in
 // another.  No arithmetic has a subnormal result (exp and squares flushed to 0 far below the
 // sums' rounding): each would cost a microcode assist.  Rows of K ≤ 32 (no class-wise bins) run
-// one per SIMD lane, their columns gathered, and everything per row after the read is done on
-// all lanes at once (label check, the label's entry, hit, the probabilities' check); a block's
-// uniform bins are found in vector lanes, its totals added in eight fixed lanes (row r0 + 8q + l
-// in lane l on every target), and −log p_y is taken only when its sum is asked for (`nll`).
+// one per SIMD lane, their columns gathered (float rows on AVX-512 two columns a gather), and
+// everything per row after the read is done on all lanes at once (label check a register of
+// int64 lanes at a time, the label's entry, hit, the probabilities' check in T's lanes); a
+// block's uniform bins are found in vector lanes (up to 15 bins their edges by permutes), its
+// totals added in eight fixed lanes (row r0 + 8q + l in lane l on every target), and −log p_y is
+// taken only when its sum is asked for (`nll`).
 //
 // Grouped, a task keeps each (group, bin) of the top-label sums as one cache line (its fields
-// side by side), so that a row of a random group touches one line of them, not one per field.
+// side by side), so that a row of a random group touches one line of them, not one per field;
+// the group's rows and hits are then its cells' counts and hits, added at the end.
 // The rows are cut in `tasks` equal ranges (chosen by the caller from the shape only); each task
 // sums into its own scratch, and the scratches are added to the outputs in task order: the
 // result never depends on the threads.
