@@ -427,15 +427,15 @@ template <class T> LK_INLINE T at_most(double v) {
 // gather), the hit and the probabilities' check done on all lanes at once.  false: a label
 // out of range, or probabilities the pass does not accept.
 template <class T, bool LOGITS, bool TOP>
-LK_INLINE bool lanes_rows(const CalibProblem& P, int64_t i0, int64_t j0, T beta, bool scale, BlockRows& br,
-                          int64_t& n_flagged) {
+LK_INLINE bool lanes_rows(const CalibProblem& P, int64_t i0, int64_t j0, const int64_t* labels, T beta, bool scale,
+                          BlockRows& br, int64_t& n_flagged) {
     constexpr int L = kL<T>;
     using Int = typename Lanes<T>::Int;
     using W = Wide<T>;
     const int64_t k = P.k;
     const bool squares = P.brier != 0;  // Σ p² (Σ e²) only for the Brier score
     VI<T> y;
-    if (!lane_labels<T>(P.labels + i0, k, y)) return false;
+    if (!lane_labels<T>(labels, k, y)) return false;
     const T* x = static_cast<const T*>(P.x) + i0 * k;
     // The lines of the group kAhead groups on (within the rows' ends: a prefetch never faults,
     // but stays inside the array): the gathers then find them in L1.
@@ -613,6 +613,7 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
     const bool* const ok = br.ok;
     double lg[kRowBlock];
     int64_t grp[kRowBlock] = {};  // group 0 throughout when ungrouped
+    int64_t lab_buf[kRowBlock];
     // The totals of an ungrouped pass: row r0 + 8q + l into lane l (the same on every target),
     // the lanes added by simd.hpp's tree at the end.
     typedef double D8 __attribute__((vector_size(64)));
@@ -623,18 +624,25 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
         const int64_t b1 = b0 + kRowBlock < r1 ? b0 + kRowBlock : r1, nr = b1 - b0;
         const int64_t flagged_before = n_flagged;
         if (GROUPED) groups.fill(static_cast<uint64_t>(P.offset + b0), nr, grp);
+        // The block's labels: int32 labels widened here, a block at a time.
+        const int64_t* lab = P.labels + b0;
+        if (P.labels32 != nullptr) {
+            for (int64_t j = 0; j < nr; ++j) lab_buf[j] = P.labels32[b0 + j];
+            lab = lab_buf;
+        }
         int64_t first = b0;
         if (lanes) {
             constexpr int64_t L = kL<T>;
             for (; first + L <= b1; first += L) {
-                if (!lanes_rows<T, LOGITS, TOP>(P, first, first - b0, beta, scale, br, n_flagged)) {
+                if (!lanes_rows<T, LOGITS, TOP>(P, first, first - b0, lab + (first - b0), beta, scale, br,
+                                                n_flagged)) {
                     stop.store(1, std::memory_order_relaxed);
                     return;
                 }
             }
         }
         for (int64_t i = first; i < b1; ++i) {
-            const int64_t j = i - b0, y = P.labels[i];
+            const int64_t j = i - b0, y = lab[j];
             const T* xi = x + i * k;
             if (y < 0 || y >= k) {  // the caller then says which label is out of range
                 stop.store(1, std::memory_order_relaxed);

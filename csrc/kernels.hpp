@@ -81,6 +81,7 @@ struct NllProblem {
 struct CalibProblem {
     const void* x;             // (n, k) probabilities, or logits with from_logits; C order
     const int64_t* labels;     // (n,) in [0, k)
+    const int32_t* labels32;   // or these, when not null (int32 labels read as they are)
     int64_t n, k;
     int64_t offset;            // the stream index of row 0 (row i's group is that of offset + i)
     int64_t groups;            // G ≥ 1

@@ -345,8 +345,12 @@ nb::tuple calibration_sums(In x, In labels, int64_t offset, int64_t groups, bool
     p.n = n;
     p.k = k;
     check_shape(labels, "labels", {n});
-    check_dtype(labels, "labels", nb::dtype<int64_t>());
-    p.labels = static_cast<const int64_t*>(labels.data());
+    if (labels.dtype() == nb::dtype<int32_t>()) {  // read as they are: no int64 copy of the labels
+        p.labels32 = static_cast<const int32_t*>(labels.data());
+    } else {
+        check_dtype(labels, "labels", nb::dtype<int64_t>());
+        p.labels = static_cast<const int64_t*>(labels.data());
+    }
     if (groups < 1 || offset < 0 || !(beta > 0) || !(tol >= 0) || tasks < 1 || (n > 0 && tasks > n))
         fail("groups", "bad options");
     p.offset = offset;

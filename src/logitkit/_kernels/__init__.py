@@ -542,7 +542,9 @@ def calibration_sums(problem: CalibrationPass) -> CalibrationSums | None:
     )
     if n == 0:
         return out
-    labels = np.ascontiguousarray(pb.labels, dtype=np.int64)
+    labels = np.asarray(pb.labels)  # int32 and int64 read as they are
+    if not (labels.dtype in (np.int32, np.int64) and labels.flags.c_contiguous):
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
     edges = None if pb.edges is None else np.ascontiguousarray(pb.edges, dtype=np.float64)
     cw_edges = None if pb.cw_edges is None else np.ascontiguousarray(pb.cw_edges,
                                                                       dtype=np.float64)

@@ -122,8 +122,9 @@ class CalibrationPass:
     Every field is already validated by the engine (``calibration/_engine.py``, whose
     :class:`Spec` this mirrors): ``x`` is a 2-D NumPy array with ``K ≥ 2`` columns (float32 and
     float64 rows are read in place when C-contiguous; any other dtype or layout is converted to
-    ``work`` a slab of rows at a time), ``labels`` an ``(N,)`` ``intp`` array (a label outside
-    ``[0, K)`` stops the pass: ``invalid``, and the engine says which).  Per row ``i`` the pass
+    ``work`` a slab of rows at a time), ``labels`` an ``(N,)`` integer array (int32 and int64 read
+    as they are, others converted to int64; a label outside ``[0, K)`` stops the pass:
+    ``invalid``, and the engine says which).  Per row ``i`` the pass
     computes the confidence, the arg-max, ``−log p_y`` and the Brier term, and adds them, for row group ``g(offset + i)``, to the totals, the
     top-label bin of the confidence (``edges``: ``B + 1`` float64 edges from 0 to 1, bins
     right-closed; ``uniform`` when they are the correctly rounded ``b / B``) and, class-wise,

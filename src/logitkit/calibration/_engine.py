@@ -581,12 +581,15 @@ def block_sums(x: Any, y: Any, *, spec: Spec, offset: int = 0, arg: str = "probs
     if y.shape != (n,):
         raise LogitkitValueError(expected(
             "y", f"of shape ({n},) to match the predictions", f"shape {y.shape}"))
-    yi = y.astype(np.intp, copy=False)
     # The native pass checks every label as it reads its row (an input not taken, labels out
     # of range included, comes back None): the range is looked for only then, and says why.
-    fast = native_sums(x, yi, spec, offset, arg)
+    # It reads int32 and int64 labels as they are (an int64 copy of 1e7 labels is a fifth of
+    # 1e7 x 10 float32 probabilities); narrower integers are widened to int32.
+    fast = native_sums(x, y if y.dtype in (np.int32, np.int64) else
+                       y.astype(np.int32 if y.dtype.itemsize < 4 else np.intp), spec, offset, arg)
     if fast is not None:
         return fast
+    yi = y.astype(np.intp, copy=False)
     check_label_range(int(yi.min()), int(yi.max()), k)
     step = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // k)
     starts = list(range(0, n, step))
@@ -665,12 +668,13 @@ def native_sums(x: np.ndarray, y: np.ndarray, spec: Spec, offset: int, arg: str)
     if res.n_flagged:
         idx = np.flatnonzero(res.flagged)
         try:
-            rows = _careful_logit_rows(x[idx].astype(work), y[idx], spec.beta, spec.brier,
-                                       spec.needs_probs, arg)
+            rows = _careful_logit_rows(x[idx].astype(work), y[idx].astype(np.intp), spec.beta,
+                                       spec.brier, spec.needs_probs, arg)
         except LogitkitValueError:
             return None
         part = Sums.zeros(replace(spec, keep_rows=False), k)
-        accumulate_rows(part, rows, y[idx], replace(spec, keep_rows=False), offset + idx)
+        accumulate_rows(part, rows, y[idx].astype(np.intp), replace(spec, keep_rows=False),
+                        offset + idx)
         for name in ("n", "hits", "nll", "brier", "bins", "cw"):
             if getattr(sums, name) is not None:
                 getattr(sums, name)[...] += getattr(part, name)
