@@ -231,7 +231,7 @@ def _separable_files():
 def test_a_separable_file_is_not_reported_perfect(cli):
     # separable rows cannot show what over-confidence costs: left alone, and said why
     _separable_files()
-    out, err = cli.ok("calibrate", "calib.npz", "--test", "test.npz", "--out", "w",
+    _, err = cli.ok("calibrate", "calib.npz", "--test", "test.npz", "--out", "w",
                       "--no-diagram")
     rep = cli.report("w")
     assert rep["method"] == "none" and "separable" in err
