@@ -35,7 +35,7 @@ def _nll(z, y, beta, w=None):
 
 def test_optimum_matches_scipy_and_gradient_vanishes():
     z, y = _overconfident()
-    ts = TemperatureScaler().fit(z, y)
+    ts = TemperatureScaler(alpha=0).fit(z, y)
     ref = minimize_scalar(lambda b: _nll(z, y, b), bounds=(0.01, 10), method="bounded",
                           options={"xatol": 1e-12})
     assert ts.converged_ and not ts.at_bound_
@@ -71,7 +71,7 @@ def test_nll_at_most_scikit_learn_temperature_scaling():
     sk = CalibratedClassifierCV(FrozenEstimator(Passthrough().fit(z, y)), method="temperature")
     sk.fit(z, y)
     beta_sk = float(sk.calibrated_classifiers_[0].calibrators[0].beta_)
-    ours = TemperatureScaler().fit(z, y)
+    ours = TemperatureScaler(alpha=0).fit(z, y)
     assert _nll(z, y, ours.beta_) <= _nll(z, y, beta_sk) + 1e-15
     assert_close(ours.beta_, beta_sk, rtol=1e-3)
 
@@ -81,11 +81,11 @@ def test_random_labels_give_large_finite_temperature_with_warning():
     z = rng.normal(size=(2000, 4))
     y = rng.integers(0, 4, 2000)
     with pytest.warns(CalibrationWarning, match="upper bound"):
-        ts = TemperatureScaler().fit(z, y)
+        ts = TemperatureScaler(alpha=0).fit(z, y)
     assert ts.at_bound_ and ts.converged_ and ts.temperature_ == 1e3
     # a bound that is not hit: same data, the optimum is positive but large
     z2 = z + 0.05 * np.eye(4)[y]
-    ts2 = TemperatureScaler(bounds=(1e-3, 1e6)).fit(z2, y)
+    ts2 = TemperatureScaler(bounds=(1e-3, 1e6), alpha=0).fit(z2, y)
     assert ts2.converged_ and not ts2.at_bound_ and 1 < ts2.temperature_ < 1e6
 
 
@@ -94,10 +94,10 @@ def test_separable_data_give_small_positive_temperature_with_warning():
     y = rng.integers(0, 3, 500)
     z = np.eye(3)[y] * 2.0 + rng.uniform(0, 0.1, size=(500, 3))
     with pytest.warns(CalibrationWarning, match="lower bound.*separable"):
-        ts = TemperatureScaler().fit(z, y)
+        ts = TemperatureScaler(alpha=0).fit(z, y)
     assert ts.temperature_ == 1e-2 and ts.at_bound_ and math.isfinite(ts.beta_)
     with pytest.warns(CalibrationWarning):
-        assert TemperatureScaler(bounds=(0.5, 2.0)).fit(z, y).temperature_ == 0.5
+        assert TemperatureScaler(bounds=(0.5, 2.0), alpha=0).fit(z, y).temperature_ == 0.5
 
 
 def test_non_convergence_is_reported():
@@ -151,7 +151,7 @@ def test_excluded_classes_and_invalid_logits():
     wrong = (y + 1) % 4
     masked = z.copy()
     masked[np.arange(300), wrong] = -np.inf  # a class that is never the label may be -inf
-    ts = TemperatureScaler().fit(masked, y)
+    ts = TemperatureScaler(alpha=0).fit(masked, y)
     ref = minimize_scalar(lambda b: np.mean(
         sp_logsumexp(b * np.where(np.isinf(masked), -1e300, masked), axis=1)
         - b * masked[np.arange(300), y]), bounds=(0.01, 10), method="bounded",
@@ -180,6 +180,7 @@ def test_excluded_classes_and_invalid_logits():
     ({"bounds": (0.0, 1.0)}, "bounds"), ({"bounds": (2.0, 1.0)}, "bounds"),
     ({"bounds": 3}, "bounds"), ({"max_iter": 0}, "max_iter"), ({"tol": -1.0}, "tol"),
     ({"from_probs": 1}, "from_probs"), ({"n_threads": 0}, "n_threads"),
+    ({"alpha": -1.0}, "alpha"), ({"alpha": "ridge"}, "alpha"), ({"alpha": math.nan}, "alpha"),
 ])
 def test_bad_parameters(params, match):
     z, y = _overconfident(n=50, seed=9)
@@ -191,7 +192,8 @@ def test_estimator_contract_and_sklearn_clone():
     from sklearn.base import clone
 
     ts = TemperatureScaler(tol=1e-8, n_threads=2)
-    assert ts.get_params() == {"bounds": (1e-2, 1e3), "max_iter": 100, "tol": 1e-8,
+    assert ts.get_params() == {"bounds": (1e-2, 1e3), "alpha": "auto", "max_iter": 100,
+                               "tol": 1e-8,
                                "from_probs": False, "n_threads": 2}
     assert ts.set_params(max_iter=7) is ts and ts.max_iter == 7
     with pytest.raises(LogitkitValueError, match="params"):
@@ -270,14 +272,14 @@ def test_large_input_uses_warm_start_and_bounded_chunks(monkeypatch):
     monkeypatch.setattr(nll_sums_module, "_nll_derivatives", recording)
     z, y = _overconfident(n=20_000, k=4, seed=13)
     seen = []
-    ts = TemperatureScaler(n_threads=2).fit(z.astype(np.float32), y, progress=seen.append)
+    ts = TemperatureScaler(n_threads=2, alpha=0).fit(z.astype(np.float32), y, progress=seen.append)
     assert max(chunks) == 4096 // 4  # memory per step is bounded by the chunk
     assert sum(seen) == 20_000 * ts.n_iter_
     assert ts.n_iter_ <= 4  # started near the optimum by the subsample
     ref = minimize_scalar(lambda b: _nll(z.astype(np.float32), y, b), bounds=(0.01, 10),
                           method="bounded", options={"xatol": 1e-12})
     assert_close(ts.beta_, ref.x, rtol=1e-6)
-    single = TemperatureScaler(n_threads=1).fit(z.astype(np.float32), y)
+    single = TemperatureScaler(n_threads=1, alpha=0).fit(z.astype(np.float32), y)
     assert single.temperature_ == ts.temperature_
 
 
@@ -296,5 +298,45 @@ def test_separable_data_whose_gradient_underflows_report_the_bound():
     y = np.repeat(np.arange(3), 15)
     z = np.eye(3)[y] * 50.0 + rng.normal(size=(45, 3))
     with pytest.warns(CalibrationWarning, match="lower bound"):
-        ts = TemperatureScaler().fit(z, y)
+        ts = TemperatureScaler(alpha=0).fit(z, y)
     assert ts.at_bound_ and ts.converged_ and ts.temperature_ == 1e-2
+
+
+def _ridge_optimum(z, y, alpha):
+    ref = minimize_scalar(lambda b: _nll(z, y, b) + alpha * (b - 1.0) ** 2, bounds=(1e-3, 100.0),
+                          method="bounded", options={"xatol": 1e-12})
+    return ref.x
+
+
+def test_default_ridge_is_half_a_row_toward_t_one():
+    # the penalised optimum of NLL + (0.5/N)(beta - 1)^2, against scipy; on 3000 rows it moves
+    # beta by far less than the fit's statistical error, and alpha=0 is the plain optimum
+    z, y = _overconfident()
+    ts = TemperatureScaler().fit(z, y)
+    assert ts.alpha_ == 0.5 / len(y) and ts.converged_ and not ts.at_bound_
+    assert_close(ts.beta_, _ridge_optimum(z, y, 0.5 / len(y)), rtol=1e-6)
+    plain = TemperatureScaler(alpha=0).fit(z, y)
+    assert plain.alpha_ == 0.0 and ts.beta_ != plain.beta_
+    assert abs(ts.beta_ - plain.beta_) < 1e-3 * plain.beta_
+    # weights count as rows: N is the total weight
+    w = np.full(len(y), 2.0)
+    assert TemperatureScaler().fit(z, y, sample_weight=w).alpha_ == 0.25 / len(y)
+    assert_close(TemperatureScaler(alpha=0.01).fit(z, y).beta_, _ridge_optimum(z, y, 0.01),
+                 rtol=1e-6)
+
+
+@pytest.mark.parametrize("margin", [2.0, 50.0])
+def test_separable_data_get_a_finite_temperature_by_default(margin):
+    # unpenalised, the NLL keeps falling as T -> 0 and the fit stops at T_min (the tests above);
+    # with the default ridge the objective has a minimiser: no bound, no warning, and new rows
+    # that the separable calibration rows did not foresee keep a finite, moderate loss
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 60)
+    z = np.eye(3)[y] * margin + rng.uniform(0, 0.1, size=(60, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ts = TemperatureScaler().fit(z, y)
+    assert ts.converged_ and not ts.at_bound_ and 0.01 < ts.temperature_ <= 1.0
+    assert_close(ts.beta_, _ridge_optimum(z, y, 0.5 / 60), rtol=1e-6)
+    wrong = np.array([[margin, 0.0, 0.0]])
+    assert _nll(wrong, np.array([1]), ts.beta_) < 0.2 * _nll(wrong, np.array([1]), 100.0)

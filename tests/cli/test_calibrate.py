@@ -211,9 +211,8 @@ def test_a_scores_only_test_file_takes_its_labels_from_test_labels(cli, make_dat
     assert line.endswith("pass --test-labels FILE"), line  # not --labels, which is the calibration file's
 
 
-def test_a_separable_file_is_not_reported_perfect(cli):
-    # the wine file: every calibration row right with a wide margin drives T to its lower
-    # bound, where in-sample figures read NLL 0; a held-out mistake costs its margin / T
+def _separable_files():
+    # the wine file: every calibration row right with a wide margin; one held-out mistake
     rng = np.random.default_rng(0)
 
     def rows(n, mistakes):
@@ -227,15 +226,39 @@ def test_a_separable_file_is_not_reported_perfect(cli):
     zt, yt = rows(60, 1)
     np.savez("calib.npz", logits=z, labels=y)
     np.savez("test.npz", logits=zt, labels=yt)
+
+
+def test_a_separable_file_is_not_reported_perfect(cli):
+    # separable rows cannot show what over-confidence costs: left alone, and said why
+    _separable_files()
+    _, err = cli.ok("calibrate", "calib.npz", "--test", "test.npz", "--out", "w",
+                      "--no-diagram")
+    rep = cli.report("w")
+    assert rep["method"] == "none" and "separable" in err
+    assert rep["after"]["nll"] == rep["before"]["nll"]
+    # asked for, temperature scaling keeps a finite T (its ridge of half a row): no bound, and
+    # the held-out mistake costs a few times its margin, not 100 times (T = 0.01 unpenalised)
+    _, err = cli.ok("calibrate", "calib.npz", "--test", "test.npz", "--method", "temperature",
+                    "--out", "t", "--no-diagram")
+    rep = cli.report("t")
+    assert not rep["at_bound"] and "bound" not in err
+    assert rep["after"]["nll"] < 3 * rep["before"]["nll"]
+
+
+def test_a_temperature_at_its_bound_is_said_and_not_applied(cli, monkeypatch):
+    # unpenalised (alpha=0), the same separable rows drive T to its lower bound, where in-sample
+    # figures read NLL 0; a held-out mistake costs its margin / T
+    from logitkit.calibration import TemperatureScaler
+
+    monkeypatch.setitem(TemperatureScaler.__init__.__kwdefaults__, "alpha", 0.0)
+    _separable_files()
     out, err = cli.ok("calibrate", "calib.npz", "--test", "test.npz", "--out", "w",
                       "--no-diagram")
     rep = cli.report("w")
     temperature = rep["candidates"][1]
     assert temperature["method"] == "temperature" and temperature["at_bound"]
     assert "at a bound (separable?)" in out
-    # separable rows cannot show what over-confidence costs: left alone, and said why
     assert rep["method"] == "none" and "separable" in err
-    assert rep["after"]["nll"] == rep["before"]["nll"]
     # asked for, temperature scaling at its bound: said, and apply will not use it
     _, err = cli.ok("calibrate", "calib.npz", "--test", "test.npz", "--method", "temperature",
                     "--out", "t", "--no-diagram")

@@ -35,6 +35,7 @@ from .._namespace import (
     LogitkitValueError,
     as_array,
     astype,
+    check_choice,
     check_int,
     check_number,
     default_float,
@@ -116,6 +117,15 @@ class FitData:
         w = None if self.w is None else self.w[::step]
         total = float(self.n // step + (self.n % step > 0)) if w is None else float(w.sum())
         return FitData(self.x[::step], self.y[::step], w, self.k, total, self.from_probs)
+
+
+def ridge(alpha: float | str, total_weight: float) -> float:
+    """The scalers' ridge toward the identity map: ``"auto"`` is ``0.5/N`` (``N`` the total
+    weight: about half a row's worth), or a number ``≥ 0``."""
+    if isinstance(alpha, str):
+        check_choice(alpha, "alpha", ("auto",))
+        return 0.5 / total_weight
+    return check_number(alpha, "alpha", low=0.0, high=math.inf, high_open=True)
 
 
 def expand_rows(x: np.ndarray, from_probs: bool) -> np.ndarray:

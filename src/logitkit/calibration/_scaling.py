@@ -27,8 +27,8 @@ import numpy as np
 
 from .._core import log_softmax
 from .._losses._cross_entropy import cross_entropy_with_grad
-from .._namespace import LogitkitTypeError, check_choice, check_number, expected
-from ._base import Calibrator, FitData, expand_rows
+from .._namespace import LogitkitTypeError, check_number, expected
+from ._base import Calibrator, FitData, expand_rows, ridge
 from ._blocks import row_sums
 from ._fitting import CACHE_FEATURES, Result, lbfgs, newton, small_problem_threads
 
@@ -611,16 +611,8 @@ class VectorScaler(_AffineScaler):
         return Features("margin" if self.n_classes_ == 2 else "logits", self.n_classes_)
 
     def _penalty(self, data: FitData) -> Penalty:
-        alpha = _ridge(self.alpha, data)
+        alpha = ridge(self.alpha, data.total_weight)
         return Penalty(diagonal=alpha, intercept=alpha)
-
-
-def _ridge(alpha: float | str, data: FitData) -> float:
-    """The affine scalers' ridge: ``"auto"`` is ``0.5/N`` (``N`` the total weight), or a number."""
-    if isinstance(alpha, str):
-        check_choice(alpha, "alpha", ("auto",))
-        return 0.5 / data.total_weight
-    return check_number(alpha, "alpha", low=0.0, high=math.inf, high_open=True)
 
 
 class MatrixScaler(_AffineScaler):
@@ -682,7 +674,7 @@ class MatrixScaler(_AffineScaler):
         return Features("logits", self.n_classes_)
 
     def _penalty(self, data: FitData) -> Penalty:
-        alpha = _ridge(self.alpha, data)
+        alpha = ridge(self.alpha, data.total_weight)
         return Penalty(diagonal=alpha, off_diagonal=alpha, intercept=alpha)
 
 

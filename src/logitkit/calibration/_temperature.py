@@ -12,7 +12,7 @@ import numpy as np
 
 from .._core import softmax
 from .._namespace import LogitkitTypeError, LogitkitValueError, check_int, check_number, expected
-from ._base import CalibrationWarning, Calibrator, FitData, expand_rows, rowwise
+from ._base import CalibrationWarning, Calibrator, FitData, expand_rows, ridge, rowwise
 from ._blocks import row_sums
 from ._nll_sums import nll_sums
 
@@ -65,16 +65,31 @@ class TemperatureScaler(Calibrator):
         \mathcal{L}'(\beta) = \overline{\mathbb{E}_{p}[z] - z_y},\quad
         \mathcal{L}''(\beta) = \overline{\operatorname{Var}_{p}[z]} \ge 0
 
-    with a safeguarded Newton method in float64: every iteration is one pass over the data in
+    plus the ridge ``α (β − 1)²`` (below), with a safeguarded Newton method in float64: every iteration is one pass over the data in
     chunks of rows (memory stays bounded), a bracket on β keeps every step inside the region where
     the optimum lies, and a step that leaves it is replaced by a bisection (geometric mean).
     Inputs from NumPy, PyTorch or JAX are copied to the host once (NumPy float64 sums); a
     subsample of rows gives the starting point on large inputs.
 
+    The default ``alpha="auto"`` is ``0.5/N`` (``N`` the total weight), the rule of
+    :class:`VectorScaler` (temperature scaling is vector scaling with one shared scale and no
+    bias) and of the other scalers: half a row's worth of pull toward ``T = 1``.  On large
+    calibration sets it moves β by about ``(β − 1)/(N·L'')``, far below the fit's statistical
+    error (``1/sqrt(N)``); on separable data, where the unpenalised NLL keeps falling as
+    ``T -> 0`` and has no minimiser, it gives a finite answer instead of ``T_min``.  Measured over
+    10 random calibration/test splits of the benchmark's four small real files
+    (``benchmarks/bench_calibrators.py``; mean test NLL, unpenalised → ``0.5/N``): naive Bayes
+    on wine (44 rows, separable on most splits) 1.29 → 0.112 (uncalibrated 0.129; the
+    unpenalised fit stops at ``T_min`` there, test NLL up to 18.9), breast_cancer 0.1293 →
+    0.1292, digits MLP 0.0987 → 0.0987, digits CNN 0.0737 → 0.0737.  ``alpha=0`` is the
+    classic method (plain maximum likelihood).
+
     Args:
         bounds: ``(T_min, T_max)``, default ``(1e-2, 1e3)``: T is clipped to it, so it is always
             positive and finite.  Random labels drive T to ``T_max``, separable data to
-            ``T_min``; an optimum at a bound emits a :class:`CalibrationWarning`.
+            ``T_min`` when unpenalised; an optimum at a bound emits a :class:`CalibrationWarning`.
+        alpha: ridge ``α (β − 1)²`` on the inverse temperature: ``"auto"`` (``0.5/N``) or a
+            number ``≥ 0`` (0: unpenalised maximum likelihood).
         max_iter: maximum number of Newton iterations (passes over the data).
         tol: convergence when a Newton step changes β by at most ``tol·β``; the step is then
             taken, and Newton's quadratic convergence leaves a relative error of order
@@ -92,7 +107,9 @@ class TemperatureScaler(Calibrator):
         converged_: whether the stopping rule was met (always reported, never hidden).
         at_bound_: whether the optimum was clipped to a bound.
         n_classes_: number of classes K (2 for a single binary logit column).
-        nll_: the mean NLL at the last evaluated β (before the final Newton step).
+        nll_: the mean NLL (without the ridge) at the last evaluated β (before the final
+            Newton step).
+        alpha_: the ridge used (``0.5/N`` for ``"auto"``).
 
     Note:
         A 1-D (or single column) input is the logit of class 1 of a binary problem, i.e. the
@@ -118,18 +135,21 @@ class TemperatureScaler(Calibrator):
 
     method = "temperature"
     _allow_neg_inf = True
-    _fitted_fields = ("temperature_", "beta_", "n_iter_", "converged_", "at_bound_", "nll_")
+    _fitted_fields = ("temperature_", "beta_", "n_iter_", "converged_", "at_bound_", "nll_",
+                      "alpha_")
 
     def __init__(
         self,
         *,
         bounds: tuple[float, float] = (1e-2, 1e3),
+        alpha: float | str = "auto",
         max_iter: int = 100,
         tol: float = 1e-5,
         from_probs: bool = False,
         n_threads: int | None = None,
     ) -> None:
         self.bounds = bounds
+        self.alpha = alpha
         self.max_iter = max_iter
         self.tol = tol
         self.from_probs = from_probs
@@ -154,6 +174,7 @@ class TemperatureScaler(Calibrator):
 
     def _check_params(self) -> None:
         self._settings()
+        ridge(self.alpha, 1.0)
 
     # ---------------------------------------------------------------- fit
 
@@ -188,12 +209,14 @@ class TemperatureScaler(Calibrator):
         progress = getattr(self, "_progress", None)
 
         def evaluator(d: FitData, report: Any) -> Any:
-            def evaluate(beta: float) -> tuple[float, float, float, float]:
+            alpha = ridge(self.alpha, d.total_weight)
+
+            def evaluate(beta: float) -> tuple[float, float, float, float, float]:
                 sums = row_sums(temperature_sums, d.x, d.y, d.w, beta=beta,
                                 from_probs=d.from_probs, n_threads=n_threads)
                 if report is not None:
                     report(d.n)
-                return sums
+                return (*sums, alpha)
             return evaluate
 
         warm = getattr(self, "_warm", None)
@@ -206,6 +229,7 @@ class TemperatureScaler(Calibrator):
             beta0 = min(max(res[0], lo), hi)
         beta, n_iter, converged, at_bound, f = _newton(evaluator(data, progress), lo, hi,
                                                        beta0, max_iter, tol)
+        self.alpha_ = ridge(self.alpha, data.total_weight)
         self.beta_ = float(beta)
         self.temperature_ = float(1.0 / beta)
         self.at_bound_ = at_bound
@@ -257,6 +281,9 @@ def _newton(
 ) -> tuple[float, int, bool, bool, float]:
     """Safeguarded Newton on β in ``[lo, hi]``: ``(β, passes, converged, at_bound, nll)``.
 
+    ``evaluate(β)`` returns ``(Σw, Σw·nll, Σw·nll', Σw·nll'', α)``; the objective is the mean
+    NLL plus ``α (β − 1)²`` (``nll`` is returned without it).
+
     ``a < β* < b`` is kept as a bracket from the signs of the derivative; a Newton step that
     leaves ``(a, b)`` (or a non-positive curvature) is replaced by the geometric mean of the
     bracket, or by the bound itself while that bound has not been evaluated yet.  A step
@@ -269,20 +296,21 @@ def _newton(
     last_step = last_newton = 0.0
     for it in range(1, max_iter + 1):
         previous = beta
-        sw, s_nll, s_g, s_h = evaluate(beta)
+        sw, s_nll, s_g, s_h, alpha = evaluate(beta)
         f, g, h = s_nll / sw, s_g / sw, s_h / sw
         if not (math.isfinite(f) and math.isfinite(g)):
             raise LogitkitValueError(expected(
                 "logits", "finite (-inf allowed only for classes that are not the label)",
                 "NaN or +inf values" if math.isnan(f) or math.isnan(g)
                 else "-inf on the label's class"))
+        g, h = g + 2.0 * alpha * (beta - 1.0), h + 2.0 * alpha
         if beta <= lo and g >= 0:
             return lo, it, True, True, f
         if beta >= hi and g <= 0:
             return hi, it, True, True, f
         if g == 0.0:
-            if f == 0.0:  # every row certain and right: separable, the NLL falls toward T_min
-                return hi, it, True, True, f
+            if f == 0.0 and alpha == 0.0:  # every row certain and right: separable, the NLL
+                return hi, it, True, True, f  # falls toward T_min
             return beta, it, True, False, f
         if g > 0:
             b = beta
@@ -292,7 +320,7 @@ def _newton(
             a_seen = a_seen or beta <= lo
         newton = beta - g / h if h > 0 else math.nan
         step = newton - beta
-        if a < newton < b and abs(step) <= tol * beta:
+        if a <= newton <= b and abs(step) <= tol * beta:  # (a step below β's rounding: β)
             return newton, it, True, False, f
         if step * last_newton > 0 and abs(step) > 0.5 * abs(last_newton):
             # Newton steps that do not shrink: not the quadratic phase but an exponentially
