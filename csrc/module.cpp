@@ -332,6 +332,33 @@ nb::tuple nll_sums(In z, In labels, std::optional<In> weight, double beta) {
     return nb::make_tuple(p.sums[0], p.sums[1], p.sums[2], p.sums[3]);
 }
 
+// Beta calibration's per-class sums (csrc/beta.cpp): feat (n, 2c), theta (3, c) → (10, c).
+void beta_sums(In feat, std::optional<In> weight, In theta, Out sums) {
+    if (feat.ndim() != 2 || feat.shape(1) % 2 != 0) fail("feat", "expected (n, 2c) features");
+    const int64_t n = static_cast<int64_t>(feat.shape(0)), c = static_cast<int64_t>(feat.shape(1)) / 2;
+    check_shape(feat, "feat", {n, 2 * c});
+    check_dtype(feat, "feat", nb::dtype<double>());
+    check_shape(theta, "theta", {3, c});
+    check_dtype(theta, "theta", nb::dtype<double>());
+    check_shape(sums, "sums", {10, c});
+    check_dtype(sums, "sums", nb::dtype<double>());
+    lk::BetaProblem p{};
+    p.feat = static_cast<const double*>(feat.data());
+    if (weight) {
+        check_shape(*weight, "weight", {n});
+        check_dtype(*weight, "weight", nb::dtype<double>());
+        p.weight = static_cast<const double*>(weight->data());
+    }
+    p.theta = static_cast<const double*>(theta.data());
+    p.n = n;
+    p.c = c;
+    p.sums = static_cast<double*>(sums.data());
+    {
+        nb::gil_scoped_release release;
+        g_ops->beta(p);
+    }
+}
+
 // The calibration engine's pass: sums added into tot/bins/cw; returns (flagged rows, invalid).
 nb::tuple calibration_sums(In x, In labels, int64_t offset, int64_t groups, bool from_logits, double beta,
                            double tol, bool top, bool brier, bool moments, bool nll, std::optional<In> edges,
@@ -442,6 +469,8 @@ NB_MODULE(_native, m) {
           "Per-row cross-entropy, log-sum-exp and gradient coefficient; the gradient into out.");
     m.def("nll_sums", &nll_sums, nb::arg("z"), nb::arg("labels"), nb::arg("weight").none(), nb::arg("beta"),
           "(Σw, Σw·nll, Σw·dnll/dβ, Σw·d²nll/dβ²) of the temperature fit, in float64.");
+    m.def("beta_sums", &beta_sums, nb::arg("feat"), nb::arg("weight").none(), nb::arg("theta"), nb::arg("sums"),
+          "Beta calibration's ten per-class sums of the loss, gradient and Hessian terms, in float64.");
     m.def("calibration_sums", &calibration_sums, nb::arg("x"), nb::arg("labels"), nb::kw_only(),
           nb::arg("offset"), nb::arg("groups"), nb::arg("from_logits"), nb::arg("beta"), nb::arg("tol"),
           nb::arg("top"), nb::arg("brier"), nb::arg("moments"), nb::arg("nll") = true, nb::arg("edges").none(), nb::arg("uniform"),

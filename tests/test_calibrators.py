@@ -15,7 +15,7 @@ from scipy.optimize import minimize
 from scipy.special import expit, log_softmax
 
 from conftest import asarray, assert_close, is_type_of, to_numpy
-from logitkit import LogitkitTypeError, LogitkitValueError, softmax
+from logitkit import LogitkitTypeError, LogitkitValueError, _kernels, softmax
 from logitkit.calibration import (
     BetaCalibrator,
     CalibrationWarning,
@@ -360,6 +360,90 @@ def test_beta_ridge_keeps_a_separable_class_finite():
         warnings.simplefilter("ignore")
         free = BetaCalibrator(reg=0.0, max_iter=100).fit(z, y)
     assert np.max(np.abs(free.coef_[2])) > 3 * np.max(np.abs(bc.coef_[2]))
+
+
+def _beta_sums_reference(u, v, t, w, th):
+    """Per class: ``Σw·loss``, gradient and Hessian of ``softplus(s) − t·s``,
+    ``s = a u + b v + c``, written out with SciPy's ``expit`` and NumPy's ``logaddexp``."""
+    s = u * th[:, 0] + v * th[:, 1] + th[:, 2]
+    q = expit(s)
+    f = w @ (np.logaddexp(0.0, s) - t * s)
+    xs = (u, v, np.ones_like(u))
+    g = np.stack([w @ ((q - t) * x) for x in xs], axis=1)
+    r = q * (1.0 - q)
+    h = np.array([[w @ (r * xi * xj) for xj in xs] for xi in xs]).transpose(2, 0, 1)
+    return f, g, h
+
+
+@pytest.fixture(params=_kernels.native().targets())
+def simd_target(request):
+    """Every SIMD target this CPU runs (the widest is the default)."""
+    native = _kernels.native()
+    before = native.target()
+    native.set_target(request.param)
+    yield request.param
+    native.set_target(before)
+
+
+@pytest.mark.parametrize("k", [2, 3, 13, 40])
+@pytest.mark.parametrize("fast", [True, False], ids=["kernel", "numpy"])
+def test_beta_sums_equal_the_written_out_objective(simd_target, k, fast):
+    # beta_sums (csrc/beta.cpp, or its NumPy arithmetic) against the loss, gradient and
+    # Hessian written out: every class, C not a multiple of the SIMD lanes, sample weights,
+    # a fixed coefficient, a subset of classes, and rows given as logits or as features.
+    from logitkit.calibration._binary import beta_features, beta_sums
+
+    rng = np.random.default_rng(k)
+    n = 1037  # several of the kernel's row blocks and a partial one
+    z = rng.normal(size=(n, k)) * 4.0
+    y = rng.integers(0, k, size=n)
+    w = rng.random(n)
+    n_cls = 1 if k == 2 else k
+    theta = rng.normal(size=(n_cls, 3))
+    free = np.ones((n_cls, 3))
+    free[0, 1] = 0.0
+    feat = beta_features(z, False, k)
+    u, v = feat[:, :n_cls], feat[:, n_cls:]
+    t = (y == 1)[:, None] * 1.0 if k == 2 else (y[:, None] == np.arange(k)) * 1.0
+    subsets = [None] + ([np.array([0, 2])] if k > 2 else [])
+    with _kernels.fast_path(fast):
+        for classes in subsets:
+            cls = np.arange(n_cls) if classes is None else classes
+            fr = free[cls]
+            want = _beta_sums_reference(u[:, cls], v[:, cls], t[:, cls], w, theta[cls] * fr)
+            for x, features in ((z, False), (feat, True)):
+                got = beta_sums(x, y, w, theta=theta[cls], free=fr, from_probs=False, k=k,
+                                features=features, classes=classes)
+                for a, b in zip(got, (want[0], want[1] * fr,
+                                      want[2] * fr[:, :, None] * fr[:, None, :]), strict=True):
+                    assert_close(a, b, rtol=1e-11, atol=1e-9)
+            unweighted = beta_sums(feat, y, None, theta=theta[cls], free=fr, from_probs=False,
+                                   k=k, features=True, classes=classes)
+            ones = _beta_sums_reference(u[:, cls], v[:, cls], t[:, cls], np.ones(n),
+                                        theta[cls] * fr)
+            assert_close(unweighted[0], ones[0], rtol=1e-11, atol=1e-9)
+
+
+def test_beta_kernel_sums_do_not_depend_on_threads():
+    # The kernel's row blocks are added in block order: one thread and many agree bit for bit.
+    from logitkit.calibration._binary import beta_features, beta_sums
+
+    native = _kernels.native()
+    z, y = make(n=20_000, k=37, seed=4)
+    feat = beta_features(z, False, 37)
+    theta, free = np.tile([0.7, 1.2, -0.3], (37, 1)), np.ones((37, 3))
+    before = native.min_parallel_ns()
+    try:
+        native.set_min_parallel_ns(1e30)
+        serial = beta_sums(feat, y, None, theta=theta, free=free, from_probs=False, k=37,
+                           features=True)
+        native.set_min_parallel_ns(0.0)
+        parallel = beta_sums(feat, y, None, theta=theta, free=free, from_probs=False, k=37,
+                             features=True)
+    finally:
+        native.set_min_parallel_ns(before)
+    for a, b in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_beta_reg_is_checked():

@@ -56,6 +56,7 @@ __all__ = [
     "CrossEntropyRows",
     "Normalise",
     "NormaliseResult",
+    "beta_sums",
     "buffer_cache_limit",
     "calibration_sums",
     "cross_entropy",
@@ -487,6 +488,25 @@ def nll_sums(z: Any, y: Any, beta: float,
     sums = native().nll_sums(np.ascontiguousarray(x), labels, weight, float(beta))
     return float(sums[0]), float(sums[1]), float(sums[2]), float(sums[3])
 
+
+
+def beta_sums(feat: np.ndarray, w: Any, theta: np.ndarray) -> np.ndarray | None:
+    """Beta calibration's ten per-class sums ``(10, C)`` over the rows of ``feat`` ``(N, 2C)``
+    float64 (``[log p | −log(1 − p)]`` of the ``C`` classes) with coefficients ``theta``
+    ``(3, C)`` (``csrc/beta.cpp``: the classes are the SIMD lanes, one read of each row);
+    ``None`` when the kernel does not apply (the fast path off, another dtype or layout)."""
+    if not fast_path_enabled() or type(feat) is not np.ndarray or feat.dtype != np.float64 \
+            or feat.ndim != 2 or feat.shape[1] % 2:
+        return None
+    kernel = getattr(native(), "beta_sums", None)
+    if kernel is None:  # pragma: no cover - an extension built before the kernel
+        return None
+    c = feat.shape[1] // 2
+    sums = np.empty((10, c))
+    weight = None if w is None else np.ascontiguousarray(w, dtype=np.float64)
+    kernel(np.ascontiguousarray(feat), weight,
+           np.ascontiguousarray(theta, dtype=np.float64).reshape(3, c), sums)
+    return sums
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,95 @@
+// Beta calibration's sums (calibration/_binary.py), one-vs-rest: for C calibrated classes and
+// rows i with features u = log p_ic, v = −log(1 − p_ic) (row i of feat holds u_i0 … u_i,C−1
+// then v_i0 … v_i,C−1), weights w_i and per-class coefficients (a_c, b_c, c_c):
+//
+//     s = a u + b v + c,   softplus(s) = max(s, 0) + log1p(e),   q = σ(s),   r = q (1 − q)
+//
+// with e = exp(−|s|) (one exponential gives all three: σ(s) = 1/(1 + e) for s ≥ 0, e/(1 + e)
+// below, r = e/(1 + e)²).  Per class, the ten sums over rows
+//
+//     Σw·softplus(s), Σw·q·u, Σw·q·v, Σw·q, Σw·r·u², Σw·r·u·v, Σw·r·v², Σw·r·u, Σw·r·v, Σw·r
+//
+// in float64 are the data term of the logistic loss, its gradient and Hessian in (a, b, c) but
+// for the targets' terms, which the caller adds (they do not depend on the coefficients).  The
+// classes of a row are the SIMD lanes, so the per-class sums need no horizontal reduction; the
+// rows are summed in blocks of kRows whose partial sums are added in block order, so the
+// result does not depend on the threads.  A NaN feature makes its class's sums NaN.
+#include "rowstats.hpp"
+
+namespace lk {
+namespace LK_TARGET {
+namespace {
+
+constexpr int64_t kRows = 256;
+constexpr int kSums = 10;
+
+void beta_rows(const BetaProblem& P, const double* th, int64_t cp, int64_t r0, int64_t r1, double* acc) {
+    constexpr int L = kL<double>;
+    const int64_t c = P.c;
+    for (int64_t j = 0; j < kSums * cp; ++j) acc[j] = 0.0;
+    for (int64_t i = r0; i < r1; ++i) {
+        const double* fu = P.feat + i * 2 * c;
+        const double* fv = fu + c;
+        const VF<double> w = splat<double>(P.weight ? P.weight[i] : 1.0);
+        for (int64_t j = 0; j < c; j += L) {
+            const int64_t r = c - j;
+            VF<double> u = r >= L ? load<double>(fu + j) : load_part<double>(fu + j, r, 0.0);
+            VF<double> v = r >= L ? load<double>(fv + j) : load_part<double>(fv + j, r, 0.0);
+            VF<double> s = load<double>(th + j) * u + load<double>(th + cp + j) * v + load<double>(th + 2 * cp + j);
+            VF<double> e = vexp<double>(-vabs<double>(s));
+            VF<double> d = 1.0 / (1.0 + e);
+            VF<double> sp = vmax<double>(s, splat<double>(0.0)) + vlog1p(e);
+            VF<double> q = s >= 0.0 ? d : e * d;
+            VF<double> qw = q * w;
+            VF<double> rw = e * d * d * w;
+            VF<double> ru = rw * u, rv = rw * v;
+            double* a = acc + j;
+            store<double>(a, load<double>(a) + sp * w);
+            store<double>(a + cp, load<double>(a + cp) + qw * u);
+            store<double>(a + 2 * cp, load<double>(a + 2 * cp) + qw * v);
+            store<double>(a + 3 * cp, load<double>(a + 3 * cp) + qw);
+            store<double>(a + 4 * cp, load<double>(a + 4 * cp) + ru * u);
+            store<double>(a + 5 * cp, load<double>(a + 5 * cp) + ru * v);
+            store<double>(a + 6 * cp, load<double>(a + 6 * cp) + rv * v);
+            store<double>(a + 7 * cp, load<double>(a + 7 * cp) + ru);
+            store<double>(a + 8 * cp, load<double>(a + 8 * cp) + rv);
+            store<double>(a + 9 * cp, load<double>(a + 9 * cp) + rw);
+        }
+    }
+}
+
+void beta(BetaProblem& P) {
+    constexpr int L = kL<double>;
+    const int64_t c = P.c, cp = (c + L - 1) / L * L;  // classes padded to whole vectors
+    for (int64_t j = 0; j < kSums * c; ++j) P.sums[j] = 0.0;
+    if (P.n == 0 || c == 0) return;
+    // the coefficients as three padded rows (a, b, c); padding lanes compute s = 0, unused
+    double* th = static_cast<double*>(alloc<double>(3 * cp));
+    for (int64_t m = 0; m < 3; ++m)
+        for (int64_t j = 0; j < cp; ++j) th[m * cp + j] = j < c ? P.theta[m * c + j] : 0.0;
+    const int64_t blocks = (P.n + kRows - 1) / kRows;
+    double* part = static_cast<double*>(alloc<double>(blocks * kSums * cp));
+    auto task = [&](int64_t b) {
+        int64_t r0 = b * kRows, r1 = r0 + kRows < P.n ? r0 + kRows : P.n;
+        beta_rows(P, th, cp, r0, r1, part + b * kSums * cp);
+    };
+    run_tasks(blocks, 1.5 * static_cast<double>(kRows * c), task);
+    double* comp = static_cast<double*>(alloc<double>(kSums * c));
+    for (int64_t j = 0; j < kSums * c; ++j) comp[j] = 0.0;
+    for (int64_t b = 0; b < blocks; ++b)
+        for (int64_t m = 0; m < kSums; ++m)
+            for (int64_t j = 0; j < c; ++j) neumaier(P.sums[m * c + j], comp[m * c + j], part[(b * kSums + m) * cp + j]);
+    for (int64_t j = 0; j < kSums * c; ++j) P.sums[j] += comp[j];
+    std::free(comp);
+    std::free(part);
+    std::free(th);
+}
+
+}  // namespace
+
+void register_beta(Ops& ops) {
+    ops.beta = beta;
+}
+
+}  // namespace LK_TARGET
+}  // namespace lk
