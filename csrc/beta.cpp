@@ -14,6 +14,8 @@
 // classes of a row are the SIMD lanes, so the per-class sums need no horizontal reduction; the
 // rows are summed in blocks of kRows whose partial sums are added in block order, so the
 // result does not depend on the threads.  A NaN feature makes its class's sums NaN.
+#include <cmath>
+
 #include "rowstats.hpp"
 
 namespace lk {
@@ -37,8 +39,10 @@ void beta_rows(const BetaProblem& P, const double* th, int64_t cp, int64_t r0, i
             VF<double> v = r >= L ? load<double>(fv + j) : load_part<double>(fv + j, r, 0.0);
             VF<double> s = load<double>(th + j) * u + load<double>(th + cp + j) * v + load<double>(th + 2 * cp + j);
             VF<double> e = vexp<double>(-vabs<double>(s));
-            VF<double> d = 1.0 / (1.0 + e);
-            VF<double> sp = vmax<double>(s, splat<double>(0.0)) + vlog1p(e);
+            VF<double> u1 = 1.0 + e;
+            VF<double> d = 1.0 / u1;
+            // log1p(e) as vlog1p computes it, its correction divided by the same 1 + e
+            VF<double> sp = vmax<double>(s, splat<double>(0.0)) + (vlog(u1) - ((u1 - 1.0) - e) * d);
             VF<double> q = s >= 0.0 ? d : e * d;
             VF<double> qw = q * w;
             VF<double> rw = e * d * d * w;
@@ -85,10 +89,79 @@ void beta(BetaProblem& P) {
     std::free(th);
 }
 
+// The features [max(log p, log ε) | −max(log(1 − p), log ε)] of rows of logits x (n, k),
+// p = softmax(x): log p = x − m − log Σ e^{x − m}, and log(1 − p) = log1p(−p) where p < ½,
+// log(−expm1(log p)) above (Mächler 2012; at most one entry of a row).  NaN stays NaN.
+template <class T> LK_INLINE VF<double> load_double(const T* p, int64_t r);
+template <> LK_INLINE VF<double> load_double<double>(const double* p, int64_t r) {
+    return r >= kL<double> ? load<double>(p) : load_part<double>(p, r, -inf<double>());
+}
+template <> LK_INLINE VF<double> load_double<float>(const float* p, int64_t r) {
+    typedef float H __attribute__((vector_size(kVectorBytes / 2)));
+    H h;
+    if (r >= kL<double>) {
+        std::memcpy(&h, p, sizeof h);
+    } else {
+        float buf[kL<double>];
+        for (int l = 0; l < kL<double>; ++l) buf[l] = l < r ? p[l] : -inf<float>();
+        std::memcpy(&h, buf, sizeof h);
+    }
+    return __builtin_convertvector(h, VF<double>);
+}
+
+template <class T> void features(const BetaFeatures& P) {
+    constexpr int L = kL<double>;
+    const int64_t k = P.k;
+    const T* x = static_cast<const T*>(P.x);
+    const double floor = P.floor, half = -0.6931471805599453;  // log ½
+    const int64_t tasks = (P.n + kRows - 1) / kRows;
+    auto task = [&](int64_t b) {
+        int64_t r0 = b * kRows, r1 = r0 + kRows < P.n ? r0 + kRows : P.n;
+        for (int64_t i = r0; i < r1; ++i) {
+            const T* xi = x + i * k;
+            double* lo = P.out + i * 2 * k;
+            double* hi = lo + k;
+            VF<double> vm = splat<double>(-inf<double>());
+            for (int64_t j = 0; j < k; j += L) {
+                VF<double> v = load_double<T>(xi + j, k - j);
+                vm = v > vm ? v : vm;
+                vm = v != v ? v : vm;  // NaN wins
+            }
+            double m = hmax<double>(vm);
+            for (int l = 0; l < L; ++l) m = vm[l] != vm[l] ? vm[l] : m;
+            VF<double> vs = VF<double>{};
+            const VF<double> sm = splat<double>(m);
+            for (int64_t j = 0; j < k; j += L) vs += vexp<double>(load_double<T>(xi + j, k - j) - sm);
+            const VF<double> lse = splat<double>(m + std::log(hsum<double>(vs)));
+            const VF<double> vf = splat<double>(floor);
+            for (int64_t j = 0; j < k; j += L) {
+                const int64_t r = k - j;
+                VF<double> lp = load_double<T>(xi + j, r) - lse;
+                VF<double> q = vexp<double>(lp);
+                VF<double> l1 = vlog1p(-q);
+                VI<double> big = lp > half;
+                VF<double> a = lp < floor ? vf : lp;
+                VF<double> c = l1 < floor ? vf : l1;
+                if (r >= L) { store<double>(lo + j, a); store<double>(hi + j, -c); }
+                else { store_part<double>(lo + j, a, r); store_part<double>(hi + j, -c, r); }
+                for (int l = 0; l < L && l < r; ++l) {
+                    if (big[l]) {  // p > ½: log(1 − p) = log(−expm1(log p)), without cancellation
+                        double v = std::log(-std::expm1(lp[l] < 0 ? lp[l] : 0.0));
+                        hi[j + l] = -(v < floor ? floor : v);
+                    }
+                }
+            }
+        }
+    };
+    run_tasks(tasks, 12.0 * static_cast<double>(kRows * k), task);
+}
+
 }  // namespace
 
 void register_beta(Ops& ops) {
     ops.beta = beta;
+    ops.beta_features[0] = features<float>;
+    ops.beta_features[1] = features<double>;
 }
 
 }  // namespace LK_TARGET

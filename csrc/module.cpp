@@ -359,6 +359,48 @@ void beta_sums(In feat, std::optional<In> weight, In theta, Out sums) {
     }
 }
 
+// Beta calibration's features of logits x (n, k) into out (n, 2k) float64 (csrc/beta.cpp).
+void beta_features(In x, Out out, double floor) {
+    int64_t n, k;
+    int f = rows_of(x, n, k);
+    check_shape(out, "out", {n, 2 * k});
+    check_dtype(out, "out", nb::dtype<double>());
+    lk::BetaFeatures p{x.data(), static_cast<double*>(out.data()), n, k, floor};
+    nb::gil_scoped_release release;
+    g_ops->beta_features[f](p);
+}
+
+// Vector scaling's sums (csrc/affine.cpp): (1 + 2k,) Σw·loss, Σw(p − t)x, Σw(p − t).
+void affine_diag_sums(In x, In labels, std::optional<In> weight, In a, In b, Out sums) {
+    int64_t n, k;
+    int f = rows_of(x, n, k);
+    check_shape(labels, "labels", {n});
+    check_dtype(labels, "labels", nb::dtype<int64_t>());
+    check_shape(a, "a", {k});
+    check_dtype(a, "a", nb::dtype<double>());
+    check_shape(b, "b", {k});
+    check_dtype(b, "b", nb::dtype<double>());
+    check_shape(sums, "sums", {1 + 2 * k});
+    check_dtype(sums, "sums", nb::dtype<double>());
+    lk::AffineDiagProblem p{};
+    p.x = x.data();
+    p.labels = static_cast<const int64_t*>(labels.data());
+    for (int64_t i = 0; i < n; ++i)
+        if (p.labels[i] < 0 || p.labels[i] >= k) fail("labels", "out of range");
+    if (weight) {
+        check_shape(*weight, "weight", {n});
+        check_dtype(*weight, "weight", nb::dtype<double>());
+        p.weight = static_cast<const double*>(weight->data());
+    }
+    p.a = static_cast<const double*>(a.data());
+    p.b = static_cast<const double*>(b.data());
+    p.n = n;
+    p.k = k;
+    p.sums = static_cast<double*>(sums.data());
+    nb::gil_scoped_release release;
+    g_ops->affine_diag[f](p);
+}
+
 // The calibration engine's pass: sums added into tot/bins/cw; returns (flagged rows, invalid).
 nb::tuple calibration_sums(In x, In labels, int64_t offset, int64_t groups, bool from_logits, double beta,
                            double tol, bool top, bool brier, bool moments, bool nll, std::optional<In> edges,
@@ -471,6 +513,11 @@ NB_MODULE(_native, m) {
           "(Σw, Σw·nll, Σw·dnll/dβ, Σw·d²nll/dβ²) of the temperature fit, in float64.");
     m.def("beta_sums", &beta_sums, nb::arg("feat"), nb::arg("weight").none(), nb::arg("theta"), nb::arg("sums"),
           "Beta calibration's ten per-class sums of the loss, gradient and Hessian terms, in float64.");
+    m.def("beta_features", &beta_features, nb::arg("x"), nb::arg("out"), nb::arg("floor"),
+          "Beta calibration's features [log p | −log(1 − p)] of rows of logits, floored, in float64.");
+    m.def("affine_diag_sums", &affine_diag_sums, nb::arg("x"), nb::arg("labels"), nb::arg("weight").none(),
+          nb::arg("a"), nb::arg("b"), nb::arg("sums"),
+          "Vector scaling's Σw·loss and gradient in (a, b) of the cross-entropy of a ⊙ x + b, in float64.");
     m.def("calibration_sums", &calibration_sums, nb::arg("x"), nb::arg("labels"), nb::kw_only(),
           nb::arg("offset"), nb::arg("groups"), nb::arg("from_logits"), nb::arg("beta"), nb::arg("tol"),
           nb::arg("top"), nb::arg("brier"), nb::arg("moments"), nb::arg("nll") = true, nb::arg("edges").none(), nb::arg("uniform"),

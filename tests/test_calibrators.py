@@ -182,6 +182,42 @@ def test_matrix_scaling_auto_penalty_is_half_a_row():
         MatrixScaler(alpha="none").fit(z, y)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [3, 13, 40])
+def test_vector_scaling_kernel_sums_equal_numpy(simd_target, dtype, k):
+    # The native value and gradient of the diagonal map (csrc/affine.cpp; Newton's passes) and
+    # the Hessian on every stride-th row against the NumPy path, with and without sample weights; rows that
+    # are not a multiple of the kernel's blocks, classes not a multiple of the SIMD lanes.
+    z, y = make(n=1037, k=k, seed=k)
+    z = z.astype(dtype)
+    w = np.random.default_rng(k).random(1037)
+    theta = np.r_[np.linspace(0.3, 1.7, k), np.linspace(-1.0, 1.0, k)]
+    spec = scaling.Features("logits", k)
+    for weights in (None, w):
+        for order, stride in ((2, 1), (2, 7)):
+            kw = dict(theta=theta, form="diag", spec=spec, from_probs=False, order=order,
+                      stride=stride)
+            fast = scaling.affine_sums(z, y, weights, **kw)
+            with _kernels.fast_path(False):
+                slow = scaling.affine_sums(z, y, weights, **kw)
+            assert len(fast) == len(slow)
+            for a, b in zip(fast, slow, strict=True):
+                assert_close(np.asarray(a), np.asarray(b), rtol=1e-11, atol=1e-9)
+
+
+def test_vector_scaling_kernel_fit_equals_numpy_fit():
+    # The whole fit on float32 logits, with the kernel and without: the same optimum.
+    z, y = make(n=3000, k=12, seed=8)
+    z = z.astype(np.float32)
+    fast = VectorScaler(tol=1e-9).fit(z, y)
+    with _kernels.fast_path(False):
+        slow = VectorScaler(tol=1e-9).fit(z, y)
+    assert fast.converged_ and slow.converged_
+    assert_close(fast.coef_, slow.coef_, rtol=1e-7)
+    assert_close(fast.intercept_, slow.intercept_, rtol=1e-7, atol=1e-8)
+    assert abs(fast.objective_ - slow.objective_) < 1e-12
+
+
 def test_vector_scaling_of_two_classes_is_platt_scaling():
     from sklearn.linear_model import LogisticRegression
 
@@ -422,6 +458,31 @@ def test_beta_sums_equal_the_written_out_objective(simd_target, k, fast):
             ones = _beta_sums_reference(u[:, cls], v[:, cls], t[:, cls], np.ones(n),
                                         theta[cls] * fr)
             assert_close(unweighted[0], ones[0], rtol=1e-11, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [3, 13, 40])
+def test_beta_features_kernel_equals_numpy(simd_target, dtype, k):
+    # The native features (csrc/beta.cpp) against the NumPy path: rows with a dominant class
+    # (p > 1/2: log(1 − p) by expm1), overconfident rows (both floors), excluded classes.
+    from logitkit.calibration._binary import beta_features
+
+    rng = np.random.default_rng(k)
+    z = rng.normal(size=(300, k)) * 3.0
+    z[:100, 0] += 8.0  # p_0 > 1/2
+    z[100:150, 1] += 60.0  # log p of the others below log ε, 1 − p_1 below ε
+    z[150:160, 2] = -np.inf
+    z = z.astype(dtype)
+    fast = beta_features(z, False, k)
+    with _kernels.fast_path(False):
+        slow = beta_features(z, False, k)
+    assert fast.dtype == np.float64 and fast.shape == (300, 2 * k)
+    # log p = z − logsumexp(z) carries a few ulps of the logsumexp, δ; −log(1 − p) amplifies
+    # it by p/(1 − p) < e^{−log(1 − p)} (both paths round the logsumexp differently)
+    delta = 8 * np.finfo(np.float64).eps * (1.0 + np.abs(z[np.isfinite(z)]).max())
+    assert_close(fast[:, :k], slow[:, :k], rtol=1e-13, atol=delta)
+    bound = 1e-13 * (1.0 + np.abs(slow[:, k:])) + delta * np.exp(slow[:, k:])
+    assert np.all(np.abs(fast[:, k:] - slow[:, k:]) <= bound)
 
 
 def test_beta_kernel_sums_do_not_depend_on_threads():

@@ -119,8 +119,13 @@ def _clipped_logs(q: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
 
 def beta_features(x: Any, from_probs: bool, k: int) -> np.ndarray:
     """``[log p | −log(1 − p)]`` of the calibrated classes, floored (:func:`beta_logs`), for a
-    block of input rows: ``(r, 2C)`` float64, the two features :func:`beta_sums` reads."""
+    block of input rows: ``(r, 2C)`` float64, the two features :func:`beta_sums` reads (from
+    logits of ``K >= 3`` classes by the native kernel: one read of each row, no temporaries)."""
     x = np.asarray(x)
+    if k > 2 and not from_probs:
+        fast = _kernels.beta_features(x, LOG_EPS)
+        if fast is not None:
+            return fast
     n = x.shape[0]
     n_cls = 1 if k == 2 else k
     out = np.empty((n, 2 * n_cls))
