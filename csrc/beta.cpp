@@ -5,7 +5,10 @@
 //     s = a u + b v + c,   softplus(s) = max(s, 0) + log1p(e),   q = σ(s),   r = q (1 − q)
 //
 // with e = exp(−|s|) (one exponential gives all three: σ(s) = 1/(1 + e) for s ≥ 0, e/(1 + e)
-// below, r = e/(1 + e)²).  Per class, the ten sums over rows
+// below, r = e/(1 + e)²).  Without sample weights the log of softplus is taken once per
+// block of kRows rows and class, of the product of the rows' 1 + e ∈ (1, 2] (at most 2^256:
+// no overflow; within kRows roundings, ~3e-14 of the block's sum), not once per entry.
+// Per class, the ten sums over rows
 //
 //     Σw·softplus(s), Σw·q·u, Σw·q·v, Σw·q, Σw·r·u², Σw·r·u·v, Σw·r·v², Σw·r·u, Σw·r·v, Σw·r
 //
@@ -25,10 +28,13 @@ namespace {
 constexpr int64_t kRows = 256;
 constexpr int kSums = 10;
 
-void beta_rows(const BetaProblem& P, const double* th, int64_t cp, int64_t r0, int64_t r1, double* acc) {
+void beta_rows(const BetaProblem& P, const double* th, int64_t cp, int64_t r0, int64_t r1, double* acc,
+               double* prod) {
     constexpr int L = kL<double>;
     const int64_t c = P.c;
+    const bool weighted = P.weight != nullptr;
     for (int64_t j = 0; j < kSums * cp; ++j) acc[j] = 0.0;
+    for (int64_t j = 0; j < cp; ++j) prod[j] = 1.0;
     for (int64_t i = r0; i < r1; ++i) {
         const double* fu = P.feat + i * 2 * c;
         const double* fv = fu + c;
@@ -41,14 +47,21 @@ void beta_rows(const BetaProblem& P, const double* th, int64_t cp, int64_t r0, i
             VF<double> e = vexp<double>(-vabs<double>(s));
             VF<double> u1 = 1.0 + e;
             VF<double> d = 1.0 / u1;
-            // log1p(e) as vlog1p computes it, its correction divided by the same 1 + e
-            VF<double> sp = vmax<double>(s, splat<double>(0.0)) + (vlog(u1) - ((u1 - 1.0) - e) * d);
             VF<double> q = s >= 0.0 ? d : e * d;
             VF<double> qw = q * w;
             VF<double> rw = e * d * d * w;
             VF<double> ru = rw * u, rv = rw * v;
             double* a = acc + j;
-            store<double>(a, load<double>(a) + sp * w);
+            // softplus(s) = max(s, 0) + log(1 + e); unweighted, the logs are taken once per
+            // block, of the product of the rows' 1 + e (see above)
+            VF<double> sp = vmax<double>(s, splat<double>(0.0));
+            if (weighted) {
+                sp += vlog(u1) - ((u1 - 1.0) - e) * d;  // log1p(e), as vlog1p, its division shared
+                store<double>(a, load<double>(a) + sp * w);
+            } else {
+                store<double>(a, load<double>(a) + sp);
+                store<double>(prod + j, load<double>(prod + j) * u1);
+            }
             store<double>(a + cp, load<double>(a + cp) + qw * u);
             store<double>(a + 2 * cp, load<double>(a + 2 * cp) + qw * v);
             store<double>(a + 3 * cp, load<double>(a + 3 * cp) + qw);
@@ -60,6 +73,8 @@ void beta_rows(const BetaProblem& P, const double* th, int64_t cp, int64_t r0, i
             store<double>(a + 9 * cp, load<double>(a + 9 * cp) + rw);
         }
     }
+    if (!weighted)
+        for (int64_t j = 0; j < cp; j += L) store<double>(acc + j, load<double>(acc + j) + vlog(load<double>(prod + j)));
 }
 
 void beta(BetaProblem& P) {
@@ -75,7 +90,9 @@ void beta(BetaProblem& P) {
     double* part = static_cast<double*>(alloc<double>(blocks * kSums * cp));
     auto task = [&](int64_t b) {
         int64_t r0 = b * kRows, r1 = r0 + kRows < P.n ? r0 + kRows : P.n;
-        beta_rows(P, th, cp, r0, r1, part + b * kSums * cp);
+        double* prod = static_cast<double*>(alloc<double>(cp));
+        beta_rows(P, th, cp, r0, r1, part + b * kSums * cp, prod);
+        std::free(prod);
     };
     run_tasks(blocks, 1.5 * static_cast<double>(kRows * c), task);
     double* comp = static_cast<double*>(alloc<double>(kSums * c));
@@ -144,6 +161,7 @@ template <class T> void features(const BetaFeatures& P) {
                 VF<double> c = l1 < floor ? vf : l1;
                 if (r >= L) { store<double>(lo + j, a); store<double>(hi + j, -c); }
                 else { store_part<double>(lo + j, a, r); store_part<double>(hi + j, -c, r); }
+                if (hmax<double>(lp) <= half) continue;  // every p ≤ ½ (or NaN): the usual case
                 for (int l = 0; l < L && l < r; ++l) {
                     if (big[l]) {  // p > ½: log(1 − p) = log(−expm1(log p)), without cancellation
                         double v = std::log(-std::expm1(lp[l] < 0 ? lp[l] : 0.0));
