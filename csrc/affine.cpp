@@ -19,23 +19,6 @@ namespace {
 
 constexpr int64_t kRows = 256;
 
-template <class T> LK_INLINE VF<double> load_wide(const T* p, int64_t r);
-template <> LK_INLINE VF<double> load_wide<double>(const double* p, int64_t r) {
-    return r >= kL<double> ? load<double>(p) : load_part<double>(p, r, 0.0);
-}
-template <> LK_INLINE VF<double> load_wide<float>(const float* p, int64_t r) {
-    typedef float H __attribute__((vector_size(kVectorBytes / 2)));
-    H h;
-    if (r >= kL<double>) {
-        std::memcpy(&h, p, sizeof h);
-    } else {
-        float buf[kL<double>];
-        for (int l = 0; l < kL<double>; ++l) buf[l] = l < r ? p[l] : 0.0f;
-        std::memcpy(&h, buf, sizeof h);
-    }
-    return __builtin_convertvector(h, VF<double>);
-}
-
 template <class T>
 void diag_rows(const AffineDiagProblem& P, const double* av, const double* bv, int64_t kp, int64_t r0,
                int64_t r1, double* acc, double* e) {
@@ -51,7 +34,7 @@ void diag_rows(const AffineDiagProblem& P, const double* av, const double* bv, i
         const T* xi = x + i * k;
         VF<double> vm = ninf;
         for (int64_t j = 0; j < k; j += L) {
-            VF<double> z = load<double>(av + j) * load_wide<T>(xi + j, k - j) + load<double>(bv + j);
+            VF<double> z = load<double>(av + j) * load_f64<T>(xi + j, k - j, 0.0) + load<double>(bv + j);
             if (k - j < L) z = select<double>(load<double>(av + 2 * kp + j) != 0.0, z, ninf);  // padding lanes
             store<double>(e + j, z);
             vm = z > vm ? z : vm;
@@ -74,7 +57,7 @@ void diag_rows(const AffineDiagProblem& P, const double* av, const double* bv, i
         const VF<double> ws = splat<double>(w / s);
         for (int64_t j = 0; j < k; j += L) {
             VF<double> pw = load<double>(e + j) * ws;  // w·p
-            store<double>(gx + j, load<double>(gx + j) + pw * load_wide<T>(xi + j, k - j));
+            store<double>(gx + j, load<double>(gx + j) + pw * load_f64<T>(xi + j, k - j, 0.0));
             store<double>(g1 + j, load<double>(g1 + j) + pw);
         }
         gx[y] -= w * xy;

@@ -109,23 +109,6 @@ void beta(BetaProblem& P) {
 // The features [max(log p, log ε) | −max(log(1 − p), log ε)] of rows of logits x (n, k),
 // p = softmax(x): log p = x − m − log Σ e^{x − m}, and log(1 − p) = log1p(−p) where p < ½,
 // log(−expm1(log p)) above (Mächler 2012; at most one entry of a row).  NaN stays NaN.
-template <class T> LK_INLINE VF<double> load_double(const T* p, int64_t r);
-template <> LK_INLINE VF<double> load_double<double>(const double* p, int64_t r) {
-    return r >= kL<double> ? load<double>(p) : load_part<double>(p, r, -inf<double>());
-}
-template <> LK_INLINE VF<double> load_double<float>(const float* p, int64_t r) {
-    typedef float H __attribute__((vector_size(kVectorBytes / 2)));
-    H h;
-    if (r >= kL<double>) {
-        std::memcpy(&h, p, sizeof h);
-    } else {
-        float buf[kL<double>];
-        for (int l = 0; l < kL<double>; ++l) buf[l] = l < r ? p[l] : -inf<float>();
-        std::memcpy(&h, buf, sizeof h);
-    }
-    return __builtin_convertvector(h, VF<double>);
-}
-
 template <class T> void features(const BetaFeatures& P) {
     constexpr int L = kL<double>;
     const int64_t k = P.k;
@@ -140,7 +123,7 @@ template <class T> void features(const BetaFeatures& P) {
             double* hi = lo + k;
             VF<double> vm = splat<double>(-inf<double>());
             for (int64_t j = 0; j < k; j += L) {
-                VF<double> v = load_double<T>(xi + j, k - j);
+                VF<double> v = load_f64<T>(xi + j, k - j, -inf<double>());
                 vm = v > vm ? v : vm;
                 vm = v != v ? v : vm;  // NaN wins
             }
@@ -148,12 +131,12 @@ template <class T> void features(const BetaFeatures& P) {
             for (int l = 0; l < L; ++l) m = vm[l] != vm[l] ? vm[l] : m;
             VF<double> vs = VF<double>{};
             const VF<double> sm = splat<double>(m);
-            for (int64_t j = 0; j < k; j += L) vs += vexp<double>(load_double<T>(xi + j, k - j) - sm);
+            for (int64_t j = 0; j < k; j += L) vs += vexp<double>(load_f64<T>(xi + j, k - j, -inf<double>()) - sm);
             const VF<double> lse = splat<double>(m + std::log(hsum<double>(vs)));
             const VF<double> vf = splat<double>(floor);
             for (int64_t j = 0; j < k; j += L) {
                 const int64_t r = k - j;
-                VF<double> lp = load_double<T>(xi + j, r) - lse;
+                VF<double> lp = load_f64<T>(xi + j, r, -inf<double>()) - lse;
                 VF<double> q = vexp<double>(lp);
                 VF<double> l1 = vlog1p(-q);
                 VI<double> big = lp > half;

@@ -184,7 +184,7 @@ def test_matrix_scaling_auto_penalty_is_half_a_row():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("k", [3, 13, 40])
-def test_vector_scaling_kernel_sums_equal_numpy(simd_target, dtype, k):
+def test_vector_scaling_kernel_sums_equal_numpy(target, dtype, k):
     # The native value and gradient of the diagonal map (csrc/affine.cpp; Newton's passes) and
     # the Hessian on every stride-th row against the NumPy path, with and without sample weights; rows that
     # are not a multiple of the kernel's blocks, classes not a multiple of the SIMD lanes.
@@ -411,19 +411,9 @@ def _beta_sums_reference(u, v, t, w, th):
     return f, g, h
 
 
-@pytest.fixture(params=_kernels.native().targets())
-def simd_target(request):
-    """Every SIMD target this CPU runs (the widest is the default)."""
-    native = _kernels.native()
-    before = native.target()
-    native.set_target(request.param)
-    yield request.param
-    native.set_target(before)
-
-
 @pytest.mark.parametrize("k", [2, 3, 13, 40])
 @pytest.mark.parametrize("fast", [True, False], ids=["kernel", "numpy"])
-def test_beta_sums_equal_the_written_out_objective(simd_target, k, fast):
+def test_beta_sums_equal_the_written_out_objective(target, k, fast):
     # beta_sums (csrc/beta.cpp, or its NumPy arithmetic) against the loss, gradient and
     # Hessian written out: every class, C not a multiple of the SIMD lanes, sample weights,
     # a fixed coefficient, a subset of classes, and rows given as logits or as features.
@@ -462,7 +452,7 @@ def test_beta_sums_equal_the_written_out_objective(simd_target, k, fast):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("k", [3, 13, 40])
-def test_beta_features_kernel_equals_numpy(simd_target, dtype, k):
+def test_beta_features_kernel_equals_numpy(target, dtype, k):
     # The native features (csrc/beta.cpp) against the NumPy path: rows with a dominant class
     # (p > 1/2: log(1 − p) by expm1), overconfident rows (both floors), excluded classes.
     from logitkit.calibration._binary import beta_features

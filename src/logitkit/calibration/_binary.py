@@ -301,7 +301,10 @@ class BetaCalibrator(_OneVsRest):
 
     by Newton's method, every class with its own line search (one-vs-rest, the ``K`` problems
     are independent; a pass computes only the classes not yet converged; large inputs start
-    from the fits of evenly spaced subsamples).  The ridge is worth about half a row: it
+    from the fits of evenly spaced subsamples, each solved only to a tenth of its gradient's
+    sampling noise, ``0.1/√n``).  A pass is one read of the features ``log p`` and
+    ``−log(1 − p)`` (computed once) by a native kernel whose SIMD lanes are the classes
+    (1e5 × 100 float32 logits: 0.4-0.5 CPU s a fit, against 2.0 in NumPy).  The ridge is worth about half a row: it
     vanishes as ``N`` grows, and it keeps the fit finite where a one-vs-rest class is
     (nearly) separable, where the unpenalised optimum runs off to infinity (``b`` up to 265
     on the wine file) and gave 1.4-3x the test NLL of ``betacal`` and probmetrics, whose

@@ -574,7 +574,9 @@ class VectorScaler(_AffineScaler):
             + \alpha\,(\lVert a - 1\rVert^2 + \lVert b\rVert^2)
 
     solved by Newton's method in float64 (``2K`` parameters; above ``K = 10`` the Hessian
-    is summed over an evenly spaced subsample, the gradient always over every row).
+    is summed over an evenly spaced subsample, the gradient always over every row, by a
+    native kernel that reads each row once: 1e5 × 100 float32 logits, 0.65-0.75 CPU s a fit
+    against 1.5 s with NumPy's passes).
 
     The default ``alpha="auto"`` is ``0.5/N`` (``N`` the total weight): about half a row's
     worth, as :class:`BetaCalibrator`'s ridge, so it vanishes on large calibration sets and
