@@ -13,7 +13,7 @@
 
 #include <cstdint>
 
-#define LK_KERNEL_FILES(X) X(rows) X(ce) X(nll) X(calib) X(mathfns)
+#define LK_KERNEL_FILES(X) X(rows) X(ce) X(nll) X(calib) X(mathfns) X(beta) X(affine)
 
 namespace lk {
 
@@ -76,6 +76,35 @@ struct NllProblem {
     double sums[4];         // out: Σw, Σw·nll, Σw·dnll/dβ, Σw·d²nll/dβ²
 };
 
+// Beta calibration's sums (calibration/_binary.py, csrc/beta.cpp), per calibrated class, float64.
+struct BetaProblem {
+    const double* feat;     // (n, 2c): log p of the c classes, then −log(1 − p)
+    const double* weight;   // (n,) sample weights, or null
+    const double* theta;    // (3, c): the coefficients a, b, c of every class
+    int64_t n, c;
+    double* sums;           // out (10, c): see csrc/beta.cpp
+};
+
+// Beta calibration's features of rows of logits x (n, k) (csrc/beta.cpp), into out (n, 2k).
+struct BetaFeatures {
+    const void* x;
+    double* out;
+    int64_t n, k;
+    double floor;           // log ε: both logs are floored there
+};
+
+// Vector scaling's sums (calibration/_scaling.py, csrc/affine.cpp): the cross-entropy of
+// a ⊙ x + b over rows of x (n, k) with labels, and its gradient in (a, b), in float64.
+struct AffineDiagProblem {
+    const void* x;
+    const int64_t* labels;  // (n,) in [0, k)
+    const double* weight;   // (n,), or null
+    const double* a;        // (k,)
+    const double* b;        // (k,)
+    int64_t n, k;
+    double* sums;           // out (1 + 2k): Σw·loss, Σw(p − t)x, Σw(p − t)
+};
+
 // The calibration engine's one pass (calibration/_engine.py, csrc/calib.cpp): per-row statistics
 // of probabilities or logits (rows of x), binned and summed per row group, in float64.
 struct CalibProblem {
@@ -113,6 +142,9 @@ using StridedFn = void (*)(const StridedProblem&);
 using CeFn = void (*)(const CeProblem&);
 using NllFn = void (*)(NllProblem&);
 using CalibFn = void (*)(CalibProblem&);
+using BetaFn = void (*)(BetaProblem&);
+using BetaFeaturesFn = void (*)(const BetaFeatures&);
+using AffineDiagFn = void (*)(AffineDiagProblem&);
 using MapFn = void (*)(const void* in, void* out, int64_t n);
 
 // One target's kernels; index [0] is float32, [1] float64.
@@ -123,6 +155,9 @@ struct Ops {
     CeFn ce[2];
     NllFn nll[2];
     CalibFn calib[2];
+    BetaFn beta;  // float64 only
+    BetaFeaturesFn beta_features[2];
+    AffineDiagFn affine_diag[2];
     MapFn exp[2], tanh[2], log1p[2];  // the vectorised functions, for the accuracy tests
 };
 

@@ -332,6 +332,75 @@ nb::tuple nll_sums(In z, In labels, std::optional<In> weight, double beta) {
     return nb::make_tuple(p.sums[0], p.sums[1], p.sums[2], p.sums[3]);
 }
 
+// Beta calibration's per-class sums (csrc/beta.cpp): feat (n, 2c), theta (3, c) → (10, c).
+void beta_sums(In feat, std::optional<In> weight, In theta, Out sums) {
+    if (feat.ndim() != 2 || feat.shape(1) % 2 != 0) fail("feat", "expected (n, 2c) features");
+    const int64_t n = static_cast<int64_t>(feat.shape(0)), c = static_cast<int64_t>(feat.shape(1)) / 2;
+    check_shape(feat, "feat", {n, 2 * c});
+    check_dtype(feat, "feat", nb::dtype<double>());
+    check_shape(theta, "theta", {3, c});
+    check_dtype(theta, "theta", nb::dtype<double>());
+    check_shape(sums, "sums", {10, c});
+    check_dtype(sums, "sums", nb::dtype<double>());
+    lk::BetaProblem p{};
+    p.feat = static_cast<const double*>(feat.data());
+    if (weight) {
+        check_shape(*weight, "weight", {n});
+        check_dtype(*weight, "weight", nb::dtype<double>());
+        p.weight = static_cast<const double*>(weight->data());
+    }
+    p.theta = static_cast<const double*>(theta.data());
+    p.n = n;
+    p.c = c;
+    p.sums = static_cast<double*>(sums.data());
+    {
+        nb::gil_scoped_release release;
+        g_ops->beta(p);
+    }
+}
+
+// Beta calibration's features of logits x (n, k) into out (n, 2k) float64 (csrc/beta.cpp).
+void beta_features(In x, Out out, double floor) {
+    int64_t n, k;
+    int f = rows_of(x, n, k);
+    check_shape(out, "out", {n, 2 * k});
+    check_dtype(out, "out", nb::dtype<double>());
+    lk::BetaFeatures p{x.data(), static_cast<double*>(out.data()), n, k, floor};
+    nb::gil_scoped_release release;
+    g_ops->beta_features[f](p);
+}
+
+// Vector scaling's sums (csrc/affine.cpp): (1 + 2k,) Σw·loss, Σw(p − t)x, Σw(p − t).
+void affine_diag_sums(In x, In labels, std::optional<In> weight, In a, In b, Out sums) {
+    int64_t n, k;
+    int f = rows_of(x, n, k);
+    check_shape(labels, "labels", {n});
+    check_dtype(labels, "labels", nb::dtype<int64_t>());
+    check_shape(a, "a", {k});
+    check_dtype(a, "a", nb::dtype<double>());
+    check_shape(b, "b", {k});
+    check_dtype(b, "b", nb::dtype<double>());
+    check_shape(sums, "sums", {1 + 2 * k});
+    check_dtype(sums, "sums", nb::dtype<double>());
+    lk::AffineDiagProblem p{};
+    p.x = x.data();
+    p.labels = static_cast<const int64_t*>(labels.data());
+    for (int64_t i = 0; i < n; ++i)
+        if (p.labels[i] < 0 || p.labels[i] >= k) fail("labels", "out of range");
+    if (weight) {
+        check_shape(*weight, "weight", {n});
+        check_dtype(*weight, "weight", nb::dtype<double>());
+        p.weight = static_cast<const double*>(weight->data());
+    }
+    p.a = static_cast<const double*>(a.data());
+    p.b = static_cast<const double*>(b.data());
+    p.n = n;
+    p.k = k;
+    p.sums = static_cast<double*>(sums.data());
+    nb::gil_scoped_release release;
+    g_ops->affine_diag[f](p);
+}
+
 // The calibration engine's pass: sums added into tot/bins/cw; returns (flagged rows, invalid).
 nb::tuple calibration_sums(In x, In labels, int64_t offset, int64_t groups, bool from_logits, double beta,
                            double tol, bool top, bool brier, bool moments, bool nll, std::optional<In> edges,
@@ -446,6 +515,13 @@ NB_MODULE(_native, m) {
           "Per-row cross-entropy, log-sum-exp and gradient coefficient; the gradient into out.");
     m.def("nll_sums", &nll_sums, nb::arg("z"), nb::arg("labels"), nb::arg("weight").none(), nb::arg("beta"),
           "(Σw, Σw·nll, Σw·dnll/dβ, Σw·d²nll/dβ²) of the temperature fit, in float64.");
+    m.def("beta_sums", &beta_sums, nb::arg("feat"), nb::arg("weight").none(), nb::arg("theta"), nb::arg("sums"),
+          "Beta calibration's ten per-class sums of the loss, gradient and Hessian terms, in float64.");
+    m.def("beta_features", &beta_features, nb::arg("x"), nb::arg("out"), nb::arg("floor"),
+          "Beta calibration's features [log p | −log(1 − p)] of rows of logits, floored, in float64.");
+    m.def("affine_diag_sums", &affine_diag_sums, nb::arg("x"), nb::arg("labels"), nb::arg("weight").none(),
+          nb::arg("a"), nb::arg("b"), nb::arg("sums"),
+          "Vector scaling's Σw·loss and gradient in (a, b) of the cross-entropy of a ⊙ x + b, in float64.");
     m.def("calibration_sums", &calibration_sums, nb::arg("x"), nb::arg("labels"), nb::kw_only(),
           nb::arg("offset"), nb::arg("groups"), nb::arg("from_logits"), nb::arg("beta"), nb::arg("tol"),
           nb::arg("top"), nb::arg("brier"), nb::arg("moments"), nb::arg("nll") = true, nb::arg("edges").none(), nb::arg("uniform"),

@@ -19,16 +19,6 @@ namespace {
 
 constexpr int64_t kRows = 256;
 
-template <class T> LK_INLINE VF<double> load_as_double(const T* p, int64_t r);
-template <> LK_INLINE VF<double> load_as_double<double>(const double* p, int64_t r) {
-    return r >= kL<double> ? load<double>(p) : load_part<double>(p, r, -inf<double>());
-}
-template <> LK_INLINE VF<double> load_as_double<float>(const float* p, int64_t r) {
-    double buf[kL<double>];
-    for (int l = 0; l < kL<double>; ++l) buf[l] = l < r ? static_cast<double>(p[l]) : -inf<double>();
-    return load<double>(buf);
-}
-
 template <class T>
 void nll_rows(const NllProblem& P, int64_t r0, int64_t r1, double* out) {
     constexpr int L = kL<double>;
@@ -42,7 +32,7 @@ void nll_rows(const NllProblem& P, int64_t r0, int64_t r1, double* out) {
         const VF<double> vm = splat<double>(m);
         VF<double> s0 = VF<double>{}, s1 = VF<double>{}, s2 = VF<double>{};
         for (int64_t j = 0; j < k; j += L) {
-            VF<double> d = load_as_double<T>(zi + j, k - j) - vm;
+            VF<double> d = load_f64<T>(zi + j, k - j, -inf<double>()) - vm;
             d = d < -1e300 ? floor : d;  // −inf (and the padding) → −1e300; NaN stays NaN
             VF<double> e = vexp<double>(vb * d);
             VF<double> ed = e * d;

@@ -432,5 +432,25 @@ LK_INLINE int64_t task_count(int64_t n, double ns_each) {
     return t < 1 ? 1 : (t > n ? n : t);
 }
 
+// The first r entries of p (all lanes when r ≥ the lanes of double) as float64 lanes, the
+// others `fill`: float32 rows read by float64 arithmetic (beta.cpp, affine.cpp).
+template <class T> LK_INLINE VF<double> load_f64(const T* p, int64_t r, double fill) {
+    constexpr int L = kL<double>;
+    if constexpr (sizeof(T) == 8) {
+        return r >= L ? load<double>(p) : load_part<double>(p, r, fill);
+    } else {
+        typedef float H __attribute__((vector_size(kVectorBytes / 2)));
+        H h;
+        if (r >= L) {
+            std::memcpy(&h, p, sizeof h);
+        } else {
+            float buf[L];
+            for (int l = 0; l < L; ++l) buf[l] = l < r ? p[l] : static_cast<float>(fill);
+            std::memcpy(&h, buf, sizeof h);
+        }
+        return __builtin_convertvector(h, VF<double>);
+    }
+}
+
 }  // namespace LK_TARGET
 }  // namespace lk

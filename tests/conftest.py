@@ -63,6 +63,25 @@ def ad_xp(request):
     return _module(request.param)
 
 
+def _simd_targets() -> list[str]:
+    from logitkit import _kernels
+
+    native = _kernels.native()
+    return native.targets() if native is not None else []
+
+
+@pytest.fixture(params=_simd_targets())
+def target(request):
+    """Run a test on every SIMD target this CPU runs (the widest is the default)."""
+    from logitkit import _kernels
+
+    native = _kernels.native()
+    before = native.target()
+    native.set_target(request.param)
+    yield request.param
+    native.set_target(before)
+
+
 @pytest.fixture(scope="module")
 def client():
     """A ``distributed`` cluster in this process (one worker, two threads): the Dask tests'

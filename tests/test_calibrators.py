@@ -15,7 +15,7 @@ from scipy.optimize import minimize
 from scipy.special import expit, log_softmax
 
 from conftest import asarray, assert_close, is_type_of, to_numpy
-from logitkit import LogitkitTypeError, LogitkitValueError, softmax
+from logitkit import LogitkitTypeError, LogitkitValueError, _kernels, softmax
 from logitkit.calibration import (
     BetaCalibrator,
     CalibrationWarning,
@@ -180,6 +180,42 @@ def test_matrix_scaling_auto_penalty_is_half_a_row():
     assert np.abs(free.coef_ - np.eye(3)).max() > 2.5 and np.abs(auto.coef_ - np.eye(3)).max() < 0.75
     with pytest.raises(LogitkitValueError, match="alpha"):
         MatrixScaler(alpha="none").fit(z, y)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [3, 13, 40])
+def test_vector_scaling_kernel_sums_equal_numpy(target, dtype, k):
+    # The native value and gradient of the diagonal map (csrc/affine.cpp; Newton's passes) and
+    # the Hessian on every stride-th row against the NumPy path, with and without sample weights; rows that
+    # are not a multiple of the kernel's blocks, classes not a multiple of the SIMD lanes.
+    z, y = make(n=1037, k=k, seed=k)
+    z = z.astype(dtype)
+    w = np.random.default_rng(k).random(1037)
+    theta = np.r_[np.linspace(0.3, 1.7, k), np.linspace(-1.0, 1.0, k)]
+    spec = scaling.Features("logits", k)
+    for weights in (None, w):
+        for order, stride in ((2, 1), (2, 7)):
+            kw = dict(theta=theta, form="diag", spec=spec, from_probs=False, order=order,
+                      stride=stride)
+            fast = scaling.affine_sums(z, y, weights, **kw)
+            with _kernels.fast_path(False):
+                slow = scaling.affine_sums(z, y, weights, **kw)
+            assert len(fast) == len(slow)
+            for a, b in zip(fast, slow, strict=True):
+                assert_close(np.asarray(a), np.asarray(b), rtol=1e-11, atol=1e-9)
+
+
+def test_vector_scaling_kernel_fit_equals_numpy_fit():
+    # The whole fit on float32 logits, with the kernel and without: the same optimum.
+    z, y = make(n=3000, k=12, seed=8)
+    z = z.astype(np.float32)
+    fast = VectorScaler(tol=1e-9).fit(z, y)
+    with _kernels.fast_path(False):
+        slow = VectorScaler(tol=1e-9).fit(z, y)
+    assert fast.converged_ and slow.converged_
+    assert_close(fast.coef_, slow.coef_, rtol=1e-7)
+    assert_close(fast.intercept_, slow.intercept_, rtol=1e-7, atol=1e-8)
+    assert abs(fast.objective_ - slow.objective_) < 1e-12
 
 
 def test_vector_scaling_of_two_classes_is_platt_scaling():
@@ -360,6 +396,105 @@ def test_beta_ridge_keeps_a_separable_class_finite():
         warnings.simplefilter("ignore")
         free = BetaCalibrator(reg=0.0, max_iter=100).fit(z, y)
     assert np.max(np.abs(free.coef_[2])) > 3 * np.max(np.abs(bc.coef_[2]))
+
+
+def _beta_sums_reference(u, v, t, w, th):
+    """Per class: ``Σw·loss``, gradient and Hessian of ``softplus(s) − t·s``,
+    ``s = a u + b v + c``, written out with SciPy's ``expit`` and NumPy's ``logaddexp``."""
+    s = u * th[:, 0] + v * th[:, 1] + th[:, 2]
+    q = expit(s)
+    f = w @ (np.logaddexp(0.0, s) - t * s)
+    xs = (u, v, np.ones_like(u))
+    g = np.stack([w @ ((q - t) * x) for x in xs], axis=1)
+    r = q * (1.0 - q)
+    h = np.array([[w @ (r * xi * xj) for xj in xs] for xi in xs]).transpose(2, 0, 1)
+    return f, g, h
+
+
+@pytest.mark.parametrize("k", [2, 3, 13, 40])
+@pytest.mark.parametrize("fast", [True, False], ids=["kernel", "numpy"])
+def test_beta_sums_equal_the_written_out_objective(target, k, fast):
+    # beta_sums (csrc/beta.cpp, or its NumPy arithmetic) against the loss, gradient and
+    # Hessian written out: every class, C not a multiple of the SIMD lanes, sample weights,
+    # a fixed coefficient, a subset of classes, and rows given as logits or as features.
+    from logitkit.calibration._binary import beta_features, beta_sums
+
+    rng = np.random.default_rng(k)
+    n = 1037  # several of the kernel's row blocks and a partial one
+    z = rng.normal(size=(n, k)) * 4.0
+    y = rng.integers(0, k, size=n)
+    w = rng.random(n)
+    n_cls = 1 if k == 2 else k
+    theta = rng.normal(size=(n_cls, 3))
+    free = np.ones((n_cls, 3))
+    free[0, 1] = 0.0
+    feat = beta_features(z, False, k)
+    u, v = feat[:, :n_cls], feat[:, n_cls:]
+    t = (y == 1)[:, None] * 1.0 if k == 2 else (y[:, None] == np.arange(k)) * 1.0
+    subsets = [None] + ([np.array([0, 2])] if k > 2 else [])
+    with _kernels.fast_path(fast):
+        for classes in subsets:
+            cls = np.arange(n_cls) if classes is None else classes
+            fr = free[cls]
+            want = _beta_sums_reference(u[:, cls], v[:, cls], t[:, cls], w, theta[cls] * fr)
+            for x, features in ((z, False), (feat, True)):
+                got = beta_sums(x, y, w, theta=theta[cls], free=fr, from_probs=False, k=k,
+                                features=features, classes=classes)
+                for a, b in zip(got, (want[0], want[1] * fr,
+                                      want[2] * fr[:, :, None] * fr[:, None, :]), strict=True):
+                    assert_close(a, b, rtol=1e-11, atol=1e-9)
+            unweighted = beta_sums(feat, y, None, theta=theta[cls], free=fr, from_probs=False,
+                                   k=k, features=True, classes=classes)
+            ones = _beta_sums_reference(u[:, cls], v[:, cls], t[:, cls], np.ones(n),
+                                        theta[cls] * fr)
+            assert_close(unweighted[0], ones[0], rtol=1e-11, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [3, 13, 40])
+def test_beta_features_kernel_equals_numpy(target, dtype, k):
+    # The native features (csrc/beta.cpp) against the NumPy path: rows with a dominant class
+    # (p > 1/2: log(1 − p) by expm1), overconfident rows (both floors), excluded classes.
+    from logitkit.calibration._binary import beta_features
+
+    rng = np.random.default_rng(k)
+    z = rng.normal(size=(300, k)) * 3.0
+    z[:100, 0] += 8.0  # p_0 > 1/2
+    z[100:150, 1] += 60.0  # log p of the others below log ε, 1 − p_1 below ε
+    z[150:160, 2] = -np.inf
+    z = z.astype(dtype)
+    fast = beta_features(z, False, k)
+    with _kernels.fast_path(False):
+        slow = beta_features(z, False, k)
+    assert fast.dtype == np.float64 and fast.shape == (300, 2 * k)
+    # log p = z − logsumexp(z) carries a few ulps of the logsumexp, δ; −log(1 − p) amplifies
+    # it by p/(1 − p) < e^{−log(1 − p)} (both paths round the logsumexp differently)
+    delta = 8 * np.finfo(np.float64).eps * (1.0 + np.abs(z[np.isfinite(z)]).max())
+    assert_close(fast[:, :k], slow[:, :k], rtol=1e-13, atol=delta)
+    bound = 1e-13 * (1.0 + np.abs(slow[:, k:])) + delta * np.exp(slow[:, k:])
+    assert np.all(np.abs(fast[:, k:] - slow[:, k:]) <= bound)
+
+
+def test_beta_kernel_sums_do_not_depend_on_threads():
+    # The kernel's row blocks are added in block order: one thread and many agree bit for bit.
+    from logitkit.calibration._binary import beta_features, beta_sums
+
+    native = _kernels.native()
+    z, y = make(n=20_000, k=37, seed=4)
+    feat = beta_features(z, False, 37)
+    theta, free = np.tile([0.7, 1.2, -0.3], (37, 1)), np.ones((37, 3))
+    before = native.min_parallel_ns()
+    try:
+        native.set_min_parallel_ns(1e30)
+        serial = beta_sums(feat, y, None, theta=theta, free=free, from_probs=False, k=37,
+                           features=True)
+        native.set_min_parallel_ns(0.0)
+        parallel = beta_sums(feat, y, None, theta=theta, free=free, from_probs=False, k=37,
+                             features=True)
+    finally:
+        native.set_min_parallel_ns(before)
+    for a, b in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_beta_reg_is_checked():

@@ -75,16 +75,6 @@ def pool(request):
     native.set_min_parallel_ns(before)
 
 
-@pytest.fixture(params=_kernels.native().targets())
-def target(request):
-    """Run a test on every SIMD target this CPU runs (the widest is the default)."""
-    native = _kernels.native()
-    before = native.target()
-    native.set_target(request.param)
-    yield request.param
-    native.set_target(before)
-
-
 def assert_same(fast, slow, dtype, *, scale=None, err_msg=""):
     """Equal special values; finite values within 32u·(1 + |slow| + scale) (twice the §7 bound)."""
     f = np.asarray(fast, dtype=np.float64)

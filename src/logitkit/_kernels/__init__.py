@@ -56,6 +56,9 @@ __all__ = [
     "CrossEntropyRows",
     "Normalise",
     "NormaliseResult",
+    "affine_diag_sums",
+    "beta_features",
+    "beta_sums",
     "buffer_cache_limit",
     "calibration_sums",
     "cross_entropy",
@@ -487,6 +490,60 @@ def nll_sums(z: Any, y: Any, beta: float,
     sums = native().nll_sums(np.ascontiguousarray(x), labels, weight, float(beta))
     return float(sums[0]), float(sums[1]), float(sums[2]), float(sums[3])
 
+
+
+def beta_sums(feat: np.ndarray, w: Any, theta: np.ndarray) -> np.ndarray | None:
+    """Beta calibration's ten per-class sums ``(10, C)`` over the rows of ``feat`` ``(N, 2C)``
+    float64 (``[log p | −log(1 − p)]`` of the ``C`` classes) with coefficients ``theta``
+    ``(3, C)`` (``csrc/beta.cpp``: the classes are the SIMD lanes, one read of each row);
+    ``None`` when the kernel does not apply (the fast path off, another dtype or layout)."""
+    if not fast_path_enabled() or type(feat) is not np.ndarray or feat.dtype != np.float64 \
+            or feat.ndim != 2 or feat.shape[1] % 2:
+        return None
+    kernel = getattr(native(), "beta_sums", None)
+    if kernel is None:  # pragma: no cover - an extension built before the kernel
+        return None
+    c = feat.shape[1] // 2
+    sums = np.empty((10, c))
+    weight = None if w is None else np.ascontiguousarray(w, dtype=np.float64)
+    kernel(np.ascontiguousarray(feat), weight,
+           np.ascontiguousarray(theta, dtype=np.float64).reshape(3, c), sums)
+    return sums
+
+
+def beta_features(x: Any, floor: float) -> np.ndarray | None:
+    """``[max(log p, floor) | −max(log(1 − p), floor)]`` ``(N, 2K)`` float64 of the rows of
+    logits ``x`` ``(N, K)``, ``p = softmax(x)`` (``csrc/beta.cpp``: one read of each row);
+    ``None`` when the kernel does not apply (the fast path off, not float32/float64 rows)."""
+    if not fast_path_enabled():
+        return None
+    z = _float_array(x)
+    kernel = getattr(native(), "beta_features", None)
+    if z is None or z.ndim != 2 or kernel is None:
+        return None
+    out = np.empty((z.shape[0], 2 * z.shape[1]))
+    kernel(np.ascontiguousarray(z), out, float(floor))
+    return out
+
+
+def affine_diag_sums(x: Any, y: Any, w: Any, a: np.ndarray,
+                     b: np.ndarray) -> np.ndarray | None:
+    """``(1 + 2K,)``: ``Σw·loss``, ``Σw(p − t)⊙x`` and ``Σw(p − t)`` of the cross-entropy of
+    ``a ⊙ x + b`` over the rows of ``x`` ``(N, K)`` with labels ``y`` in ``[0, K)``
+    (validated by the caller), in float64 (``csrc/affine.cpp``: one read of each row);
+    ``None`` when the kernel does not apply."""
+    if not fast_path_enabled():
+        return None
+    z = _float_array(x)
+    kernel = getattr(native(), "affine_diag_sums", None)
+    if z is None or z.ndim != 2 or z.shape[1] == 0 or kernel is None:
+        return None
+    sums = np.empty(1 + 2 * z.shape[1])
+    weight = None if w is None else np.ascontiguousarray(w, dtype=np.float64)
+    kernel(np.ascontiguousarray(z), np.ascontiguousarray(y, dtype=np.int64), weight,
+           np.ascontiguousarray(a, dtype=np.float64), np.ascontiguousarray(b, dtype=np.float64),
+           sums)
+    return sums
 
 
 # --------------------------------------------------------------------------------------------
