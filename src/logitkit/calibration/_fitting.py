@@ -220,8 +220,10 @@ def lbfgs(
         coarse: a cheaper, less precise ``evaluate`` (float32 products) used for the steps
             while its errors are far below the decreases being compared.  The minimiser
             switches to ``evaluate`` for good when a coarse gradient passes the test or a
-            coarse line search fails, and the value and gradient it returns are always
-            ``evaluate``'s (one more pass when it stopped on coarse ones).
+            coarse line search fails.  The gradient test is always passed on ``evaluate``'s
+            values, and a fit that ends for any reason but ``noise`` reports them (one more
+            pass when it stopped on coarse ones); one that the noise rule ends reports the
+            coarse value, whose error the caller bounds far below ``ε``.
         noise: the current noise threshold ``ε`` of the objective: the minimiser also stops
             (converged) once the last step lowered ``f`` by at most ``ε`` and the quadratic
             model predicts at most ``ε`` more (``-½ gᵀd`` along the next direction ``d``).
@@ -259,7 +261,7 @@ def lbfgs(
 
     def finish(theta: np.ndarray, f: float, g: np.ndarray, converged: bool,
                why: str) -> Result:
-        if current is not evaluate:  # report the exact objective and gradient
+        if current is not evaluate and why != "noise":  # the exact objective and gradient
             f, g = exact(theta)
         gmax = gmax_of(g)
         if gmax <= tol:

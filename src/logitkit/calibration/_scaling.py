@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .._core import log_softmax
+from .._core import log_softmax, softmax
 from .._losses._cross_entropy import cross_entropy_with_grad
 from .._namespace import LogitkitTypeError, check_choice, check_number, expected
 from ._base import Calibrator, FitData, expand_rows
@@ -46,6 +46,8 @@ _NEWTON_MAX_CLASSES = 16
 #: L-BFGS stops once the last and the predicted decrease of the objective are at most this
 #: many standard errors of the mean loss (see :func:`minimise`).
 NOISE_FRACTION = 1e-3
+#: Rows of the subsample whose Hessian blocks precondition L-BFGS.
+PRECONDITION_ROWS = 4000
 #: In-memory L-BFGS fits of at least this many feature values take their steps on float32
 #: products (:meth:`Objective.coarse_value_grad`); smaller ones are all float64.
 COARSE_MIN = 1 << 20
@@ -81,11 +83,13 @@ def features(z: Any, spec: Features, xp: Any) -> Any:
         return xp.concat([xp.zeros_like(m), m], axis=1)
     if spec.kind == "log_softmax":
         return xp.maximum(log_softmax(z, axis=-1), xp.asarray(LOG_TINY, dtype=z.dtype))
-    lp = log_softmax(z * spec.beta if spec.beta != 1.0 else z, axis=-1)
+    zs = z * spec.beta if spec.beta != 1.0 else z
     if spec.mix == 0.0:
-        return lp
-    return xp.logaddexp(lp + math.log1p(-spec.mix),
-                        xp.asarray(math.log(spec.mix / spec.k), dtype=z.dtype))
+        return log_softmax(zs, axis=-1)
+    # log((1 − mix)·p + mix/K) from the probabilities: as accurate as logaddexp on log p (an
+    # underflowing p leaves log(mix/K), as there) and a third of its cost (1e5 x 100: 0.1
+    # against 0.3 s, a tenth of a structured fit)
+    return xp.log(softmax(zs, axis=-1) * (1.0 - spec.mix) + spec.mix / spec.k)
 
 
 def unpack(theta: np.ndarray, form: str, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -433,7 +437,7 @@ class Standardised:
         (``p_c(1 − p_c)`` large) are where ``log p_c`` is large, so the features and the
         intercept are far from uncorrelated there, whitened or not."""
         k = self.k
-        step = max(1, data.n // 4000)
+        step = max(1, data.n // PRECONDITION_ROWS)
         sub = data.subsample(step) if not data.partitioned else data
         s0, s1 = row_sums(_curvature_sums, sub.x, sub.y, sub.w, theta=theta, spec=spec,
                           from_probs=sub.from_probs, mu=self.mu, whiten=self.whiten)
