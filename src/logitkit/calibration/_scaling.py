@@ -46,8 +46,10 @@ _NEWTON_MAX_CLASSES = 16
 #: L-BFGS stops once the last and the predicted decrease of the objective are at most this
 #: many standard errors of the mean loss (see :func:`minimise`).
 NOISE_FRACTION = 1e-3
-#: Rows of the subsample whose Hessian blocks precondition L-BFGS.
+#: Rows of the subsamples whose Hessian blocks precondition L-BFGS, and whose feature moments
+#: whiten its features.
 PRECONDITION_ROWS = 4000
+MOMENT_ROWS = 20000
 #: In-memory L-BFGS fits of at least this many feature values take their steps on float32
 #: products (:meth:`Objective.coarse_value_grad`); smaller ones are all float64.
 COARSE_MIN = 1 << 20
@@ -412,8 +414,12 @@ class Standardised:
     """
 
     def __init__(self, data: FitData, spec: Features) -> None:
-        s0, s1, s2 = row_sums(_feature_moments, data.x, data.y, data.w, spec=spec,
-                              from_probs=data.from_probs)
+        # the moments only choose the change of variables: an evenly spaced subsample of
+        # in-memory rows estimates them well enough
+        step = max(1, data.n // MOMENT_ROWS)
+        sub = data.subsample(step) if not data.partitioned else data
+        s0, s1, s2 = row_sums(_feature_moments, sub.x, sub.y, sub.w, spec=spec,
+                              from_probs=sub.from_probs)
         self.mu = s1 / s0
         cov = s2 / s0 - np.outer(self.mu, self.mu)
         vals, vecs = np.linalg.eigh(0.5 * (cov + cov.T))
