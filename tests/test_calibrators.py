@@ -899,7 +899,7 @@ def test_coarse_float32_passes_agree_with_float64_to_the_stated_bound():
             at = np.concatenate([theta[:k * k].reshape(k, k), theta[k * k:, None]], axis=1)
             s = float((np.abs(xt) @ np.abs(at).T).max())
             assert abs(fc - f) <= (3 * k + 8) * u * s
-            chunk = scaling._CHUNK_ELEMENTS // (4 * k)
+            chunk = scaling._CHUNK_ELEMENTS // k
             g_bound = (chunk + k + 3 + (6 * k + 16) * s) * u * np.abs(xt).mean(axis=0)
             bound = np.concatenate([np.tile(g_bound[:k], k), np.full(k, g_bound[k])])
             if weights is not None:
