@@ -6,6 +6,7 @@ a user would make it.
     python benchmarks/bench_calibrators.py rules --splits 30  # select's rule over many splits
     python benchmarks/bench_calibrators.py speed            # fits on 1e5 x 100 float32 logits
     python benchmarks/bench_calibrators.py speed --n 20000 --k 50 --methods vector structured
+    python benchmarks/bench_calibrators.py speed --methods matrix --breakdown  # where ours spends
 
 ``quality``: six data sets, each split into a calibration and a test part.  Four are the held-out
 logits of small models trained here (a torch CNN and a torch MLP overfitted on scikit-learn's
@@ -68,6 +69,7 @@ from logitkit.calibration import (
     ece,
     select,
 )
+from logitkit.calibration._scaling import _AffineScaler
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 Fit = Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]]
@@ -216,6 +218,7 @@ def ours(cls: type, **params: Any) -> Fit:
             warnings.simplefilter("ignore")
             est = cls(**params).fit(z, y)
         return lambda t: np.asarray(est.predict_proba(t))
+    fit.estimator = (cls, params)  # type: ignore[attr-defined]
     return fit
 
 
@@ -686,7 +689,54 @@ def _speed_data(n: int, k: int) -> Split:
     return z_all[:n], y_all[:n], z_all[n:], y_all[n:]
 
 
-def speed(n: int, k: int, methods: list[str], repeat: int, cap: float) -> None:
+def _breakdown(method: str, z: np.ndarray, y: np.ndarray) -> str:
+    """Where one of logitkit's affine fits spends its CPU seconds: the temperature stage, the
+    features computed once, the whitening moments and the preconditioner (L-BFGS), and the
+    passes over the rows (float32-product, float64 and Newton ones), with the pass count and
+    the test that stopped the fit."""
+    from logitkit.calibration import _scaling as sc
+
+    parts = {"temperature": (sc, "_temperature_stage"), "features": (sc, "_cached_features"),
+             "whiten": (sc.Standardised, "__init__"),
+             "precondition": (sc.Standardised, "precondition"),
+             "float32 passes": (sc.Objective, "coarse_value_grad"),
+             "float64 passes": (sc.Objective, "value_grad"),
+             "Newton passes": (sc.Objective, "value_grad_hess")}
+    spent = dict.fromkeys(parts, 0.0)
+    calls = dict.fromkeys(parts, 0)
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            c0 = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] += time.process_time() - c0
+                calls[name] += 1
+        return run
+
+    saved = {name: getattr(owner, attr) for name, (owner, attr) in parts.items()}
+    fit: Any = METHODS[method][0]
+    cls, params = fit.estimator
+    try:
+        for name, (owner, attr) in parts.items():
+            setattr(owner, attr, timed(name, saved[name]))
+        c0 = time.process_time()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est = cls(**params).fit(z, y)
+        total = time.process_time() - c0
+    finally:
+        for name, (owner, attr) in parts.items():
+            setattr(owner, attr, saved[name])
+    shown = ", ".join(f"{name} {spent[name]:.2f}" + (f" ({calls[name]})" if "passes" in name else "")
+                      for name in parts if calls[name])
+    return (f"{est.n_iter_} passes, stopped by {getattr(est, 'stopped_by_', '?')}; CPU s "
+            f"{total:.2f}: {shown}, other {total - sum(spent.values()):.2f}")
+
+
+def speed(n: int, k: int, methods: list[str], repeat: int, cap: float,
+          breakdown: bool = False) -> None:
     z, y, zt, yt = _speed_data(n, k)
     # warm the kernels and the imports up on a small fit
     for method in methods:
@@ -704,6 +754,8 @@ def speed(n: int, k: int, methods: list[str], repeat: int, cap: float) -> None:
         wall, cpu = min(r[0] for r in runs), min(r[1] for r in runs)
         nll_ours = _scores(predict(zt), yt)["nll"]
         print(f"  {method:18s} {wall:7.2f} {cpu:7.2f} {nll_ours:9.4f} |", flush=True)
+        if breakdown and issubclass(mine.estimator[0], _AffineScaler):  # type: ignore[attr-defined]
+            print(f"  {'':18s} {_breakdown(method, z, y)}", flush=True)
         for peer in peers:
             if not _applies(method, peer, k):
                 continue
@@ -737,6 +789,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="speed only: where each of logitkit's affine fits spends its CPU "
+                             "seconds (one more fit of each)")
     parser.add_argument("--cap", type=float, default=60.0,
                         help="CPU seconds after which a peer's fit is stopped, at least 12x "
                              "ours (speed only)")
@@ -753,7 +808,7 @@ def main() -> None:
     else:
         parametric = ["temperature", "vector", "structured-vector", "beta", "dirichlet",
                       "structured", "matrix"]
-        speed(args.n, args.k, args.methods or parametric, args.repeat, args.cap)
+        speed(args.n, args.k, args.methods or parametric, args.repeat, args.cap, args.breakdown)
 
 
 if __name__ == "__main__":

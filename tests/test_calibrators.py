@@ -898,12 +898,13 @@ def test_non_convergence_is_reported_as_both_warnings():
 
 def test_large_full_maps_take_lbfgs_to_newtons_optimum(monkeypatch):
     monkeypatch.setattr(scaling, "_NEWTON_MAX_CLASSES", 2)
+    monkeypatch.setattr(scaling, "NOISE_FRACTION", 0.0)  # the optimum itself, not the noise rule
     z, y = make(n=6000, k=4, seed=35)
     called = []
     inner = scaling.lbfgs
     monkeypatch.setattr(scaling, "lbfgs", lambda *a, **kw: called.append(1) or inner(*a, **kw))
-    # tol 1e-8: at 1e-6 (in whitened parameters for L-BFGS) the ridge-only gauge direction
-    # (curvature 2α = 2e-3) leaves up to ~1e-8 of objective, so the paths would decide
+    # tol 1e-8: at 1e-6 (in whitened parameters for L-BFGS) the paths could still differ by
+    # ~1e-8 of objective
     ms = MatrixScaler(alpha=1e-3, tol=1e-8).fit(z, y)
     assert ms.converged_ and called
     monkeypatch.setattr(scaling, "_NEWTON_MAX_CLASSES", 16)
@@ -963,3 +964,81 @@ def test_single_threaded_blas_is_restored_when_threads_leave_out_of_order():
         assert all(t == 1 for t in blas_threads())  # B still fitting
         b.__exit__(None, None, None)
         assert blas_threads() == before and max(before) == 2
+
+
+@pytest.mark.parametrize("cls", FULL_MAPS)
+def test_lbfgs_noise_rule_stops_within_its_threshold_of_the_optimum(cls, monkeypatch):
+    # The rule: stop once the last decrease and the predicted one are at most 1e-3 standard
+    # errors of the mean loss.  It is reported (stopped_by_, converged), it saves passes, and
+    # the objective it leaves is within a few thresholds of the exact optimum.
+    monkeypatch.setattr(scaling, "_NEWTON_MAX_CLASSES", 2)
+    z, y = make(n=8000, k=6, seed=41)
+    est = quiet(cls(), z, y)
+    losses = -np.log(np.asarray(est.predict_proba(z))[np.arange(len(y)), y])
+    eps = scaling.NOISE_FRACTION * losses.std() / math.sqrt(len(y))
+    monkeypatch.setattr(scaling, "NOISE_FRACTION", 0.0)
+    exact = quiet(cls(tol=1e-10), z, y)
+    assert est.converged_ and est.stopped_by_ == "noise"
+    assert exact.converged_ and exact.stopped_by_ in ("gradient", "precision")
+    assert est.n_iter_ < exact.n_iter_
+    assert -1e-12 <= est.objective_ - exact.objective_ <= 2 * eps
+    assert type(est).from_dict(est.to_dict()).stopped_by_ == "noise"
+
+
+def test_lbfgs_moves_along_the_gauge_for_free(monkeypatch):
+    # Adding one vector to every row of [A | b] changes no probability, only the ridge: a small
+    # ridge makes that direction nearly flat, and L-BFGS crawled along it (a quarter of the
+    # remaining objective after 40 passes).  Minimised in closed form after every step, the
+    # exact optimum takes a few passes, and the moved point's objective is unchanged but for
+    # the penalty.
+    monkeypatch.setattr(scaling, "_NEWTON_MAX_CLASSES", 2)
+    monkeypatch.setattr(scaling, "NOISE_FRACTION", 0.0)
+    z, y = make(n=6000, k=4, seed=35)
+    ms = MatrixScaler(alpha=1e-3, tol=1e-9).fit(z, y)
+    assert ms.converged_ and ms.n_iter_ <= 20
+    data = FitData(z, y, None, 4, float(len(y)), False)
+    obj = scaling.Objective(data, "full", scaling.Features("logits", 4),
+                            scaling.Penalty(1e-3, 1e-3, 1e-3))
+    theta = np.random.default_rng(3).normal(size=20)
+    moved = scaling._gauge(theta, obj.lam, obj.ref, 4)
+    (f0, g0), (f1, g1) = obj.value_grad(theta), obj.value_grad(moved)
+    pf0, pg0 = obj._penalty(theta)
+    pf1, pg1 = obj._penalty(moved)
+    assert pf1 < pf0 and f1 < f0
+    assert_close(f1 - pf1, f0 - pf0, rtol=1e-13)  # the data term is the same
+    assert_close(g1 - pg1, g0 - pg0, atol=1e-13)
+    # and the penalty is least there along the gauge: its gradient has no gauge component
+    assert_close(pg1.reshape(-1)[:16].reshape(4, 4).sum(axis=0), np.zeros(4), atol=1e-15)
+
+
+def test_coarse_float32_passes_agree_with_float64_to_the_stated_bound():
+    # Objective.coarse_value_grad: float32 products, float64 sums; its docstring bounds the
+    # value's error by (3K + 8)·u·S and a gradient entry's by
+    # (c + K + 3 + (6K + 16)·S)·u·mean|x̃_k|, S = max Σ_k |x̃_ik||ã_jk|.
+    rng = np.random.default_rng(7)
+    k = 30
+    z, y = make(n=20000, k=k, seed=43)
+    z = z.astype(np.float32)
+    w = rng.random(len(y)) + 0.5
+    u = 2.0 ** -24
+    for weights in (None, w):
+        total = float(len(y)) if weights is None else float(w.sum())
+        data = FitData(z, y, weights, k, total, False)
+        obj = scaling.Objective(data, "full", scaling.Features("logits", k),
+                                scaling.Penalty(1e-4, 1e-4, 1e-4))
+        for theta in (scaling._identity("full", k, 0.4),
+                      scaling._identity("full", k, 0.3) + 0.02 * rng.normal(size=k * (k + 1))):
+            f, g = obj.value_grad(theta)
+            fc, gc = obj.coarse_value_grad(theta)
+            xt = np.concatenate([z.astype(np.float64), np.ones((len(y), 1))], axis=1)
+            at = np.concatenate([theta[:k * k].reshape(k, k), theta[k * k:, None]], axis=1)
+            s = float((np.abs(xt) @ np.abs(at).T).max())
+            assert abs(fc - f) <= (3 * k + 8) * u * s
+            chunk = scaling._CHUNK_ELEMENTS // k
+            g_bound = (chunk + k + 3 + (6 * k + 16) * s) * u * np.abs(xt).mean(axis=0)
+            bound = np.concatenate([np.tile(g_bound[:k], k), np.full(k, g_bound[k])])
+            if weights is not None:
+                bound *= w.max() * len(y) / total
+            assert np.all(np.abs(gc - g) <= bound)
+            # far inside the bounds in practice: the errors of independent rows cancel
+            assert abs(fc - f) <= 1e-7 and np.max(np.abs(gc - g)) <= 1e-7

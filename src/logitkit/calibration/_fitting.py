@@ -98,13 +98,17 @@ os.register_at_fork(after_in_child=_reset_limit_after_fork)
 @dataclass
 class Result:
     """What a minimiser found: parameters, objective, largest gradient entry, passes over the
-    data, and whether the gradient test was met."""
+    data, whether it converged and by which test."""
 
     theta: np.ndarray
     value: float
     grad_max: float
     n_iter: int
     converged: bool
+    #: which test ended the fit: "gradient" (``max |∇f| <= tol``), "noise" (the decreases fell
+    #: below the objective's sampling noise), "precision" (below float64's), "max_iter", or
+    #: "line search" (no step lowered the objective)
+    stopped_by: str = "gradient"
 
 
 def _check_finite(f: float, g: np.ndarray) -> None:
@@ -173,12 +177,13 @@ def newton(
                 break
             if passes >= max_iter or t < 1e-12:
                 gmax = float(np.max(np.abs(g)))
-                return Result(theta, f, gmax, passes, False)
+                return Result(theta, f, gmax, passes, False,
+                              "max_iter" if passes >= max_iter else "line search")
             t *= 0.5
         _check_finite(f1, g1)
         theta, f, g, h = trial, f1, g1, h1
     gmax = float(np.max(np.abs(g))) if g.size else 0.0
-    return Result(theta, f, gmax, passes, gmax <= tol)
+    return Result(theta, f, gmax, passes, gmax <= tol, "gradient" if gmax <= tol else "max_iter")
 
 
 def lbfgs(
@@ -189,6 +194,10 @@ def lbfgs(
     tol: float,
     memory: int = 20,
     grad_max: Callable[[np.ndarray], float] | None = None,
+    coarse: Callable[[np.ndarray], tuple[float, np.ndarray]] | None = None,
+    noise: Callable[[], float] | None = None,
+    project: Callable[[np.ndarray, float, np.ndarray], tuple[np.ndarray, float, np.ndarray]]
+    | None = None,
 ) -> Result:
     """L-BFGS on ``evaluate(θ) -> (f, ∇f)`` (one pass over the rows per call).
 
@@ -208,25 +217,68 @@ def lbfgs(
         memory: the number of correction pairs kept.
         grad_max: for a preconditioned problem, the largest gradient entry in the original
             parameters given that of the optimised ones (the test is applied to it).
+        coarse: a cheaper, less precise ``evaluate`` (float32 products) used for the steps
+            while its errors are far below the decreases being compared.  The minimiser
+            switches to ``evaluate`` for good when a coarse gradient passes the test or a
+            coarse line search fails.  The gradient test is always passed on ``evaluate``'s
+            values, and a fit that ends for any reason but ``noise`` reports them (one more
+            pass when it stopped on coarse ones); one that the noise rule ends reports the
+            coarse value, whose error the caller bounds far below ``ε``.
+        noise: the current noise threshold ``ε`` of the objective: the minimiser also stops
+            (converged) once the last step lowered ``f`` by at most ``ε`` and the quadratic
+            model predicts at most ``ε`` more (``-½ gᵀd`` along the next direction ``d``).
+        project: ``(θ, f, ∇f) -> (θ′, f′, ∇f′)`` with ``f′ <= f`` computed without a pass
+            (an exact minimisation over directions the data term does not see), applied to
+            the start and to every accepted step; the pairs are taken between projected
+            points, which keeps them secant pairs of the objective.
 
     Returns:
-        A :class:`Result`; ``n_iter`` counts passes.  A step that lowers ``f`` by less than
-        ``1e-15·max(|f|, 1)`` also counts as converged: the minimum to the precision of the
-        objective in float64.
+        A :class:`Result`; ``n_iter`` counts passes and ``stopped_by`` says which test ended
+        the fit.  A step that lowers ``f`` by less than ``1e-15·max(|f|, 1)`` also counts as
+        converged (``"precision"``): the minimum to the precision of the objective in float64.
     """
     def gmax_of(g: np.ndarray) -> float:
         return grad_max(g) if grad_max is not None else float(np.max(np.abs(g)))
 
-    f, g = evaluate(theta)
+    current = coarse if coarse is not None else evaluate
+    f, g = current(theta)
     _check_finite(f, g)
     passes = 1
+    if project is not None:
+        theta, f, g = project(theta, f, g)
+
+    def exact(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """Switch to the exact evaluation for good: the value and gradient at ``theta``."""
+        nonlocal passes, current
+        current = evaluate
+        f, g = evaluate(theta)
+        _check_finite(f, g)
+        passes += 1
+        return f, g
+
+    def limit() -> int:  # while coarse, one pass is kept for the exact values at the end
+        return max_iter - (current is not evaluate)
+
+    def finish(theta: np.ndarray, f: float, g: np.ndarray, converged: bool,
+               why: str) -> Result:
+        if current is not evaluate and why != "noise":  # the exact objective and gradient
+            f, g = exact(theta)
+        gmax = gmax_of(g)
+        if gmax <= tol:
+            converged, why = True, "gradient"
+        return Result(theta, f, gmax, passes, converged, why)
+
     pairs: list[tuple[np.ndarray, np.ndarray, float]] = []
+    decrease = math.inf
     while True:
         gmax = gmax_of(g)
         if gmax <= tol:
-            return Result(theta, f, gmax, passes, True)
-        if passes >= max_iter:
-            return Result(theta, f, gmax, passes, False)
+            if current is evaluate:
+                return Result(theta, f, gmax, passes, True, "gradient")
+            f, g = exact(theta)  # confirm on the exact gradient, and go on with it if need be
+            continue
+        if passes >= limit():
+            return finish(theta, f, g, False, "max_iter")
         d = -g
         if pairs:  # the two-loop recursion: d = -H g
             alphas = []
@@ -242,21 +294,36 @@ def lbfgs(
         if not slope < 0:  # lost positive definiteness to rounding: restart from the gradient
             pairs.clear()
             d, slope = -g, -float(g @ g)
+        if noise is not None and pairs:
+            eps = noise()
+            if decrease <= eps and -0.5 * slope <= eps:
+                return finish(theta, f, g, True, "noise")
         # the first step (no curvature yet) moves by at most 1 in the largest entry
         t = 1.0 if pairs else min(1.0, 1.0 / max(float(np.max(np.abs(g))), 1e-300))
+        accepted = False
         while True:
             trial = theta + t * d
-            f1, g1 = evaluate(trial)
+            f1, g1 = current(trial)
             passes += 1
             if math.isfinite(f1) and f1 <= f + 1e-4 * t * slope:
+                accepted = True
                 break
-            if passes >= max_iter or t < 1e-12:
-                return Result(theta, f, gmax, passes, False)
+            if passes >= limit() or t < 1e-12:
+                break
             if math.isfinite(f1):  # minimiser of the quadratic through f, slope and f1
                 t = min(0.5 * t, max(0.1 * t, -slope * t * t / (2.0 * (f1 - f - slope * t))))
             else:
                 t *= 0.1
+        if not accepted:
+            if current is not evaluate and t < 1e-12:
+                f, g = exact(theta)  # the coarse values cannot resolve this step
+                decrease = math.inf
+                continue
+            return finish(theta, f, g, False,
+                          "max_iter" if passes >= limit() else "line search")
         _check_finite(f1, g1)
+        if project is not None:
+            trial, f1, g1 = project(trial, f1, g1)
         s_new, y_new = trial - theta, g1 - g
         sy = float(s_new @ y_new)
         if sy > 1e-12 * float(y_new @ y_new):
@@ -266,4 +333,7 @@ def lbfgs(
         decrease = f - f1
         theta, f, g = trial, f1, g1
         if decrease <= 1e-15 * max(abs(f), 1.0):
-            return Result(theta, f, gmax_of(g), passes, True)
+            if current is evaluate:
+                return Result(theta, f, gmax_of(g), passes, True, "precision")
+            f, g = exact(theta)
+            decrease = math.inf
