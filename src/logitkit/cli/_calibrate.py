@@ -18,6 +18,7 @@ from typing import Any
 
 from ..calibration import METHODS as ALL_METHODS
 from ..calibration import make_calibrator
+from ._helper import Helper
 from ._io import (
     FORMATS,
     CliError,
@@ -164,7 +165,21 @@ def _check_paths(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
 def _run(args: argparse.Namespace) -> int:
     files, test_files = _check_paths(args)
     out = _out_dir(args)
-    # ---- every path is fine: the work starts here
+    # ---- every path is fine: the work starts here, with the diagram's helper process forked
+    # first (before anything reads, fits or starts a thread; never beside a Dask client): it
+    # imports matplotlib while this process reads and fits, then draws
+    with Helper(_import_matplotlib, enabled=not args.no_diagram and args.scheduler is None
+                ) as helper:
+        return _work(args, files, test_files, out, helper)
+
+
+def _import_matplotlib() -> None:
+    import matplotlib.backends.backend_agg
+    import matplotlib.figure  # noqa: F401
+
+
+def _work(args: argparse.Namespace, files: list[Path], test_files: list[Path], out: Path,
+          helper: Helper) -> int:
     cols = Columns.from_args(args)
     test = None
     if files and args.scheduler is not None:
@@ -221,7 +236,7 @@ def _run(args: argparse.Namespace) -> int:
                    resamples=args.resamples),
     }
 
-    png = None if args.no_diagram else _diagram(outcome, report, title)
+    png = None if args.no_diagram else _diagram(outcome, report, title, helper)
     report["diagram"] = DIAGRAM if png is not None else None
     out.mkdir(parents=True, exist_ok=True)
     if png is not None:
@@ -342,20 +357,28 @@ def _is_dask(x: Any) -> bool:
     return bool(array_api_compat.is_dask_array(x))
 
 
-def _diagram(outcome: Outcome, report: dict[str, Any], name: str) -> bytes | None:
+def _diagram(outcome: Outcome, report: dict[str, Any], name: str, helper: Helper
+             ) -> bytes | None:
     """The reliability diagram of the report's figures, before and after, titled with the
-    data's name and the method."""
-    from ..calibration import figure_from_stats
-
+    data's name and the method, drawn by ``helper`` (or here)."""
     method = describe_calibrator(report["calibrator"], short=True)
     try:
-        fig = figure_from_stats(
-            [outcome.before, outcome.after], ("before", f"after ({outcome.evaluation['kind']})"),
-            level=report["intervals"]["level"], title=f"{name}: calibrated by {method}")
+        return bytes(helper.call(
+            _png, [outcome.before, outcome.after],
+            ("before", f"after ({outcome.evaluation['kind']})"),
+            level=report["intervals"]["level"], title=f"{name}: calibrated by {method}"))
     except ImportError:
         report["warnings"].append("matplotlib is not installed: no reliability diagram "
                                   "(pip install matplotlib, or pass --no-diagram)")
         return None
+
+
+def _png(stats: list[dict[str, Any]], titles: tuple[str, ...], *, level: float, title: str
+         ) -> bytes:
+    """The PNG of :func:`~logitkit.calibration.figure_from_stats`."""
+    from ..calibration import figure_from_stats
+
+    fig = figure_from_stats(stats, titles, level=level, title=title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

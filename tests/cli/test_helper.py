@@ -1,0 +1,211 @@
+"""The diagram's helper process: it returns what the job returns, falls back in-process on any
+failure, survives fork after kernel use and beside threads, and never outlives the command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from logitkit import softmax
+from logitkit.cli import _helper
+from logitkit.cli._helper import Helper
+
+pytestmark = pytest.mark.skipif(not _helper.available(), reason="the helper forks (Linux)")
+
+PREPARED: list[str] = []
+
+
+def _prepare() -> None:
+    PREPARED.append("prepared")
+
+
+def _pid_and_prepared() -> tuple[int, list[str]]:
+    return os.getpid(), list(PREPARED)
+
+
+def _die() -> None:
+    os._exit(3)
+
+
+def _fail() -> None:
+    raise RuntimeError("prepare failed")
+
+
+def _sleep() -> None:
+    time.sleep(60)
+
+
+def _only_here(parent: int) -> int:
+    if os.getpid() != parent:
+        raise ValueError("not in the child")
+    return os.getpid()
+
+
+def _always_fails() -> None:
+    raise ValueError("the job's own error")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_the_job_runs_in_the_prepared_child_and_the_child_is_reaped():
+    PREPARED.clear()
+    with Helper(_prepare) as helper:
+        pid = helper.pid
+        assert pid is not None and pid != os.getpid()
+        child, prepared = helper.call(_pid_and_prepared)
+        assert helper.pid is None  # one job, then the child is ended
+    assert child == pid and prepared == ["prepared"] and PREPARED == []
+    assert _gone(pid)
+    # disabled: in-process, no child
+    with Helper(_prepare, enabled=False) as helper:
+        assert helper.pid is None
+        assert helper.call(_pid_and_prepared) == (os.getpid(), [])  # prepare: the child's
+
+
+@pytest.mark.parametrize("prepare", [_die, _fail, None], ids=["dies", "raises", "job-raises"])
+def test_a_child_that_dies_or_fails_leaves_the_job_to_the_parent(prepare):
+    with Helper(prepare) as helper:
+        pid = helper.pid
+        assert helper.call(_only_here, os.getpid()) == os.getpid()
+    assert _gone(pid)
+
+
+def test_the_jobs_own_error_is_raised_here_and_an_unpicklable_job_runs_here():
+    with Helper() as helper, pytest.raises(ValueError, match="the job's own error"):
+        helper.call(_always_fails)
+    with Helper() as helper:
+        pid = helper.pid
+        assert helper.call(lambda: os.getpid()) == os.getpid()  # a lambda does not pickle
+    assert _gone(pid)
+
+
+def test_a_silent_child_is_given_up_after_the_timeout(monkeypatch):
+    monkeypatch.setattr(_helper, "TIMEOUT", 0.2)
+    start = time.perf_counter()
+    with Helper(_sleep) as helper:
+        pid = helper.pid
+        assert helper.call(os.getpid) == os.getpid()
+    assert time.perf_counter() - start < 10 and _gone(pid)
+
+
+def test_no_child_outlives_an_error_or_an_interrupt():
+    for exc in (KeyboardInterrupt, RuntimeError):
+        with pytest.raises(exc), Helper(_sleep) as helper:
+            pid = helper.pid
+            raise exc()
+        assert _gone(pid)
+
+
+def _softmax_and_png(z: np.ndarray, stats: list, level: float
+                     ) -> tuple[int, np.ndarray, bytes]:
+    from logitkit.cli._calibrate import _png
+
+    return (os.getpid(), np.asarray(softmax(z)),
+            _png(stats, ("before", "after"), level=level, title="t"))
+
+
+def test_the_helper_forks_safely_after_kernel_use_and_beside_threads():
+    from logitkit.calibration import CalibrationStats
+    from logitkit.cli._calibrate import _import_matplotlib
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(2000, 500)).astype(np.float32) * 3  # large enough for the kernel pool
+    y = rng.integers(0, 500, size=2000)
+    expected = np.asarray(softmax(z))
+    stats = [CalibrationStats(10).update(z, y, from_logits=True).compute()] * 2
+    stop = threading.Event()
+    bad = []
+
+    def busy():
+        while not stop.is_set():
+            if not np.array_equal(np.asarray(softmax(z)), expected):
+                bad.append(1)
+            time.sleep(0.005)  # busy, but leaving the child some of a loaded machine
+
+    threads = [threading.Thread(target=busy) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        with Helper(_import_matplotlib) as helper:  # forked while 3 threads run kernels
+            child, child_softmax, png = helper.call(_softmax_and_png, z, stats, 0.9)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not bad
+    assert child != os.getpid()  # the child answered (no deadlock, no fallback after TIMEOUT)
+    np.testing.assert_array_equal(child_softmax, expected)
+    here = _softmax_and_png(z, stats, 0.9)[2]
+    assert png == here and png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_command_draws_the_same_diagram_with_or_without_the_helper(cli, data, monkeypatch):
+    from logitkit.cli import _calibrate
+
+    enabled = []
+
+    class Spy(Helper):
+        def __init__(self, prepare=None, *, enabled=True):
+            super().__init__(prepare, enabled=enabled)
+            enabled_list.append((enabled, self.pid))
+
+    enabled_list = enabled
+    monkeypatch.setattr(_calibrate, "Helper", Spy)
+    z, y = data
+    np.savez("preds.npz", logits=z, labels=y)
+    cli.ok("calibrate", "preds.npz", "--method", "temperature", "--out", "a")
+    cli.ok("calibrate", "preds.npz", "--method", "temperature", "--out", "b", "--no-diagram")
+    monkeypatch.setattr(_helper, "available", lambda: False)
+    cli.ok("calibrate", "preds.npz", "--method", "temperature", "--out", "c")
+    assert [e for e, _ in enabled] == [True, False, True]
+    assert enabled[0][1] is not None and enabled[1][1] is None and enabled[2][1] is None
+    with open("a/reliability.png", "rb") as a, open("c/reliability.png", "rb") as c:
+        assert a.read() == c.read()
+    assert not os.path.exists("b/reliability.png")
+
+
+def test_ctrl_c_ends_the_command_and_its_helper(tmp_path):
+    # A terminal's Ctrl-C reaches the whole process group: the command says it was interrupted
+    # (exit 130, one line), the helper prints nothing, and no process of the group is left.
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "big.npz", logits=rng.normal(size=(60000, 12)).astype(np.float32) * 4,
+             labels=rng.integers(0, 12, size=60000))
+    proc = subprocess.Popen([sys.executable, "-m", "logitkit", "calibrate", str(tmp_path / "big.npz"),
+                             "--out", str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    children = f"/proc/{proc.pid}/task/{proc.pid}/children"
+    deadline = time.monotonic() + 60
+    helper, readable = "", True
+    while not helper and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        try:
+            with open(children) as fh:
+                helper = fh.read().strip()
+        except OSError:  # a kernel without the children list: interrupt a little later
+            readable = False
+            time.sleep(1.0)
+            break
+    assert helper or not readable
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert err.strip().splitlines() == ["logitkit: interrupted"], err
+    with pytest.raises(ProcessLookupError):
+        for _ in range(100):  # the group's last process may take a moment to be reaped
+            os.killpg(proc.pid, 0)
+            time.sleep(0.05)
