@@ -92,6 +92,51 @@ def test_the_jobs_own_error_is_raised_here_and_an_unpicklable_job_runs_here():
     assert _gone(pid)
 
 
+def _slow_prepare() -> None:
+    time.sleep(0.5)
+
+
+def test_submit_returns_at_once_and_result_waits_for_the_child():
+    with Helper(_slow_prepare) as helper:
+        pid = helper.pid
+        start = time.perf_counter()
+        helper.submit(_pid_and_prepared)  # the child is still preparing: sent later
+        assert time.perf_counter() - start < 0.4 and helper.submitted
+        with pytest.raises(RuntimeError, match="one job"):
+            helper.submit(os.getpid)
+        assert helper.result()[0] == pid
+    with Helper() as helper, pytest.raises(RuntimeError, match="no job"):
+        helper.result()
+
+
+def test_the_diagram_is_submitted_before_the_other_candidates_are_measured(cli, data,
+                                                                           monkeypatch):
+    from logitkit.cli import _calibrate
+
+    calls = []
+    measure, submit = _calibrate.measure, _calibrate._submit_diagram
+
+    def counting(*args, **kwargs):
+        calls.append("measure")
+        return measure(*args, **kwargs)
+
+    def submitting(*args, **kwargs):
+        calls.append("submit")
+        return submit(*args, **kwargs)
+
+    monkeypatch.setattr(_calibrate, "measure", counting)
+    monkeypatch.setattr(_calibrate, "_submit_diagram", submitting)
+    z, y = data
+    np.savez("preds.npz", logits=z, labels=y)
+    cli.ok("calibrate", "preds.npz", "--method", "vector", "--out", "a")
+    assert calls[:3] == ["measure", "measure", "submit"] and calls.count("measure") == 3
+    calls.clear()
+    np.savez("test.npz", logits=z[:100], labels=y[:100])
+    cli.ok("calibrate", "preds.npz", "--method", "vector", "--test", "test.npz", "--out", "b")
+    assert calls[:3] == ["measure", "measure", "submit"] and calls.count("measure") == 5
+    assert os.path.exists("a/reliability.png") and os.path.exists("b/reliability.png")
+
+
 def test_a_silent_child_is_given_up_after_the_timeout(monkeypatch):
     monkeypatch.setattr(_helper, "TIMEOUT", 0.2)
     start = time.perf_counter()

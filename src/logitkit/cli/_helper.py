@@ -71,7 +71,8 @@ def _serve(conn: Any, prepare: Callable[[], Any] | None) -> None:
 
 
 class Helper:
-    """A forked child that runs ``prepare()`` at once and then one job, :meth:`call`.
+    """A forked child that runs ``prepare()`` at once and then one job (:meth:`submit`,
+    :meth:`result`; or both at once, :meth:`call`).
 
     Args:
         prepare: run in the child as soon as it starts (e.g. imports), while the parent works.
@@ -89,6 +90,8 @@ class Helper:
                  ) -> None:
         self._proc: Any = None
         self._conn: Any = None
+        self._job: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None = None
+        self._sent = False
         if not (enabled and available()):
             return
         ctx = multiprocessing.get_context("fork")
@@ -124,26 +127,61 @@ class Helper:
         """The child's process id while it runs (None without one)."""
         return None if self._proc is None else int(self._proc.pid)
 
-    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)``: in the child when there is one and it answers, else here.
+    @property
+    def submitted(self) -> bool:
+        """Whether the job was given (:meth:`submit`)."""
+        return self._job is not None
 
-        ``fn`` and its arguments are pickled to the child (``fn`` by reference: a module-level
-        function).  The child serves one call; it is ended afterwards, whatever happened.
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Give the job ``fn(*args, **kwargs)``; :meth:`result` returns what it returned.
+
+        It goes to the child now if the child is ready (else when :meth:`result` is asked
+        for), so the caller goes on working while the child runs it.  ``fn`` and its arguments
+        are pickled to the child (``fn`` by reference: a module-level function).
         """
+        if self._job is not None:
+            raise RuntimeError("a Helper runs one job")
+        self._job = (fn, args, kwargs)
+        if self._proc is not None:
+            self._send(0.0)
+
+    def result(self) -> Any:
+        """The job's result: from the child when there is one and it answers, else computed
+        here (so an error is the job's own, raised here).  The child is ended afterwards."""
+        if self._job is None:
+            raise RuntimeError("no job was submitted")
+        fn, args, kwargs = self._job
         if self._proc is not None:
             try:
-                conn = self._conn
-                if conn.poll(TIMEOUT) and conn.recv() == _READY:
-                    conn.send((fn, args, kwargs))
-                    if conn.poll(TIMEOUT):
-                        status, value = conn.recv()
-                        if status == "ok":
-                            return value
+                if (self._sent or self._send(TIMEOUT)) and self._conn.poll(TIMEOUT):
+                    status, value = self._conn.recv()
+                    if status == "ok":
+                        return value
             except (OSError, EOFError, pickle.PickleError, AttributeError, TypeError):
-                pass  # a dead child, or a job or answer that does not pickle
+                pass  # a dead child, or an answer that does not unpickle
             finally:
                 self.close()
         return fn(*args, **kwargs)
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``: :meth:`submit` then :meth:`result`."""
+        self.submit(fn, *args, **kwargs)
+        return self.result()
+
+    def _send(self, wait: float) -> bool:
+        """Send the job once the child says it is ready (waiting ``wait`` seconds at most).
+        False if it is not ready yet, or cannot take it (then it is ended)."""
+        try:
+            if not self._conn.poll(wait):
+                return False
+            if self._conn.recv() == _READY:
+                self._conn.send(self._job)
+                self._sent = True
+                return True
+        except (OSError, EOFError, pickle.PickleError, AttributeError, TypeError):
+            pass  # a dead child, or a job that does not pickle
+        self.close()
+        return False
 
     def close(self) -> None:
         """End and reap the child (nothing when there is none)."""
