@@ -222,6 +222,43 @@ def test_the_command_draws_the_same_diagram_with_or_without_the_helper(cli, data
     assert not os.path.exists("b/reliability.png")
 
 
+def test_a_user_error_after_the_helper_started_leaves_no_process(cli, data, monkeypatch):
+    import multiprocessing
+
+    from logitkit.cli import _calibrate
+
+    started = []
+
+    class Spy(Helper):
+        def __init__(self, prepare=None, *, enabled=True):
+            super().__init__(prepare, enabled=enabled)
+            started.append(self.pid)
+
+    monkeypatch.setattr(_calibrate, "Helper", Spy)
+    z, y = data
+    np.savez("preds.npz", logits=z, labels=y + 10)  # found out of range once read
+    cli.error("calibrate", "preds.npz", "--out", "a", match="out of range")
+    assert started and started[0] is not None and _gone(started[0])
+    assert not multiprocessing.active_children()
+
+
+def _helper_in_a_daemon(queue):
+    with Helper() as helper:  # a daemonic process may not have children: in-process
+        queue.put((helper.pid, helper.call(os.getpid) == os.getpid()))
+
+
+def test_inside_a_daemonic_worker_the_job_runs_in_process():
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_helper_in_a_daemon, args=(queue,), daemon=True)
+    proc.start()
+    assert queue.get(timeout=30) == (None, True)
+    proc.join(30)
+    assert proc.exitcode == 0
+
+
 def test_ctrl_c_ends_the_command_and_its_helper(tmp_path):
     # A terminal's Ctrl-C reaches the whole process group: the command says it was interrupted
     # (exit 130, one line), the helper prints nothing, and no process of the group is left.

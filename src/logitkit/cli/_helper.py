@@ -113,8 +113,8 @@ class Helper:
                 # draws
                 warnings.simplefilter("ignore", DeprecationWarning)
                 proc.start()
-        except OSError:  # no fork here (limits, seccomp): work in-process
-            parent.close()
+        except (OSError, AssertionError):  # no fork here (limits, seccomp; a daemonic
+            parent.close()                   # multiprocessing worker): work in-process
             child.close()
             return
         finally:
