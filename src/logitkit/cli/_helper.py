@@ -9,7 +9,8 @@ parent sends it: the import no longer adds to the wall time.
 Robustness, in order of what can go wrong:
 
 - **Only where fork is safe and cheap**: on Linux (fork is the default there; macOS's system
-  frameworks are not fork-safe, Windows has no fork).  Elsewhere, or when the fork fails,
+  frameworks are not fork-safe, Windows has no fork), from a process that runs no other Python
+  thread and has not loaded JAX (:func:`available`).  Elsewhere, or when the fork fails,
   :meth:`Helper.call` runs the job in the calling process.
 - **Fork before anything that starts threads**: the command starts the helper after its
   arguments and paths are checked and before it reads, fits or draws anything, and never with
@@ -32,6 +33,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from types import TracebackType
@@ -43,10 +45,24 @@ TIMEOUT = 30.0
 _READY = "ready"
 
 
+#: Modules whose runtime threads make a fork unsafe (JAX warns that a fork of its process
+#: will likely deadlock): with one of them loaded the job runs in-process.
+FORK_HOSTILE = ("jax",)
+
+
 def available() -> bool:
-    """Whether a helper can be forked here (Linux, with the fork start method)."""
-    return sys.platform.startswith("linux") and \
-        "fork" in multiprocessing.get_all_start_methods()
+    """Whether a helper can be forked here: on Linux (the fork start method), from a process
+    running no other Python thread (one could hold a lock the child needs) and no runtime in
+    :data:`FORK_HOSTILE`.  Native pools (BLAS's, this package's kernels') re-create themselves
+    in a child and do not count."""
+    return (sys.platform.startswith("linux")
+            and "fork" in multiprocessing.get_all_start_methods()
+            and not _other_threads()
+            and not any(name in sys.modules for name in FORK_HOSTILE))
+
+
+def _other_threads() -> bool:
+    return threading.active_count() > 1
 
 
 def _serve(conn: Any, prepare: Callable[[], Any] | None) -> None:
