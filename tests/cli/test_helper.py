@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from logitkit import softmax
-from logitkit.cli import _helper
+from logitkit.cli import _calibrate, _helper
 from logitkit.cli._helper import Helper
 
 pytestmark = [
@@ -34,6 +34,7 @@ def forkable(monkeypatch):
     # the helper declines to fork then (test below); these tests force it
     monkeypatch.setattr(_helper, "FORK_HOSTILE", ())
     monkeypatch.setattr(_helper, "_other_threads", lambda: False)
+    monkeypatch.setattr(_calibrate, "idle_core", lambda: True)  # whatever the machine's load
 
 PREPARED: list[str] = []
 
@@ -127,8 +128,6 @@ def test_submit_returns_at_once_and_result_waits_for_the_child():
 
 def test_the_diagram_is_submitted_before_the_other_candidates_are_measured(cli, data,
                                                                            monkeypatch):
-    from logitkit.cli import _calibrate
-
     calls = []
     measure, submit = _calibrate.measure, _calibrate._submit_diagram
 
@@ -215,8 +214,6 @@ def test_the_helper_forks_safely_after_kernel_use_and_not_beside_threads(monkeyp
 
 
 def test_the_command_draws_the_same_diagram_with_or_without_the_helper(cli, data, monkeypatch):
-    from logitkit.cli import _calibrate
-
     enabled = []
 
     class Spy(Helper):
@@ -241,8 +238,6 @@ def test_the_command_draws_the_same_diagram_with_or_without_the_helper(cli, data
 
 def test_a_user_error_after_the_helper_started_leaves_no_process(cli, data, monkeypatch):
     import multiprocessing
-
-    from logitkit.cli import _calibrate
 
     started = []
 
@@ -276,13 +271,35 @@ def test_inside_a_daemonic_worker_the_job_runs_in_process():
     assert proc.exitcode == 0
 
 
+def test_no_helper_without_an_idle_core(cli, data, monkeypatch):
+    cpus = len(os.sched_getaffinity(0))
+    for load, idle in ((0.2, True), (cpus - 0.6, True), (cpus - 0.4, False), (3.0 * cpus, False)):
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+        assert _helper.idle_core() is idle
+    started = []
+
+    class Spy(Helper):
+        def __init__(self, prepare=None, *, enabled=True):
+            super().__init__(prepare, enabled=enabled)
+            started.append(self.pid)
+
+    monkeypatch.setattr(_calibrate, "Helper", Spy)
+    monkeypatch.setattr(_calibrate, "idle_core", _helper.idle_core)  # the real one: loaded
+    z, y = data
+    np.savez("preds.npz", logits=z, labels=y)
+    cli.ok("calibrate", "preds.npz", "--method", "temperature", "--out", "a")
+    assert started == [None] and os.path.exists("a/reliability.png")
+
+
 def test_ctrl_c_ends_the_command_and_its_helper(tmp_path):
     # A terminal's Ctrl-C reaches the whole process group: the command says it was interrupted
     # (exit 130, one line), the helper prints nothing, and no process of the group is left.
     rng = np.random.default_rng(1)
     np.savez(tmp_path / "big.npz", logits=rng.normal(size=(60000, 12)).astype(np.float32) * 4,
              labels=rng.integers(0, 12, size=60000))
-    proc = subprocess.Popen([sys.executable, "-m", "logitkit", "calibrate", str(tmp_path / "big.npz"),
+    command = ("import sys; from logitkit.cli import _calibrate, main; "
+               "_calibrate.idle_core = lambda: True; sys.exit(main(sys.argv[1:]))")  # any load
+    proc = subprocess.Popen([sys.executable, "-c", command, "calibrate", str(tmp_path / "big.npz"),
                              "--out", str(tmp_path / "out")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)

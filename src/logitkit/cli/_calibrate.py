@@ -19,7 +19,7 @@ from typing import Any
 
 from ..calibration import METHODS as ALL_METHODS
 from ..calibration import make_calibrator
-from ._helper import Helper
+from ._helper import Helper, idle_core
 from ._io import (
     FORMATS,
     CliError,
@@ -167,10 +167,10 @@ def _run(args: argparse.Namespace) -> int:
     files, test_files = _check_paths(args)
     out = _out_dir(args)
     # ---- every path is fine: the work starts here, with the diagram's helper process forked
-    # first (before anything reads, fits or starts a thread; never beside a Dask client): it
-    # imports matplotlib while this process reads and fits, then draws
+    # first (before anything reads, fits or starts a thread; never beside a Dask client; only
+    # with an idle core): it imports matplotlib while this process reads and fits, then draws
     with Helper(_import_matplotlib, enabled=not args.no_diagram and args.scheduler is None
-                ) as helper:
+                and idle_core()) as helper:
         return _work(args, files, test_files, out, helper)
 
 
