@@ -273,7 +273,7 @@ def test_inside_a_daemonic_worker_the_job_runs_in_process():
 
 def test_no_helper_without_an_idle_core(cli, data, monkeypatch):
     cpus = len(os.sched_getaffinity(0))
-    for load, idle in ((0.2, True), (cpus - 0.6, True), (cpus - 0.4, False), (3.0 * cpus, False)):
+    for load, idle in ((0.2, True), (cpus - 0.3, True), (cpus - 0.2, False), (3.0 * cpus, False)):
         monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
         assert _helper.idle_core() is idle
     started = []

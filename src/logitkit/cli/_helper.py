@@ -69,7 +69,8 @@ def _other_threads() -> bool:
 
 def idle_core() -> bool:
     """Whether a core is idle for a helper: the 1-minute load average below the CPUs this
-    process may use, less half of one.  On a busy machine the helper only competes with its
+    process may use, less a quarter of one (a benchmark running commands back to back keeps
+    the load near 1 by itself).  On a busy machine the helper only competes with its
     parent for the same cores (the demo at a load of 13-16 on two cores: 1.46× the wall time
     of drawing in-process, 1.2× the CPU time), so it is not forked there."""
     try:
@@ -80,7 +81,7 @@ def idle_core() -> bool:
         load = os.getloadavg()[0]
     except OSError:  # pragma: no cover - no load average: assume a busy machine
         return False
-    return load < cpus - 0.5
+    return load < cpus - 0.25
 
 
 def _serve(conn: Any, prepare: Callable[[], Any] | None) -> None:
