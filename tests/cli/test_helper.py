@@ -39,6 +39,20 @@ def forkable(monkeypatch):
 PREPARED: list[str] = []
 
 
+@pytest.fixture
+def helpers(monkeypatch):
+    """``(enabled, pid)`` of every helper the command starts (pid None: none was forked)."""
+    seen = []
+
+    class Spy(Helper):
+        def __init__(self, prepare=None, *, enabled=True):
+            super().__init__(prepare, enabled=enabled)
+            seen.append((enabled, self.pid))
+
+    monkeypatch.setattr(_calibrate, "Helper", Spy)
+    return seen
+
+
 def _prepare() -> None:
     PREPARED.append("prepared")
 
@@ -213,16 +227,9 @@ def test_the_helper_forks_safely_after_kernel_use_and_not_beside_threads(monkeyp
     assert not _helper.available()
 
 
-def test_the_command_draws_the_same_diagram_with_or_without_the_helper(cli, data, monkeypatch):
-    enabled = []
-
-    class Spy(Helper):
-        def __init__(self, prepare=None, *, enabled=True):
-            super().__init__(prepare, enabled=enabled)
-            enabled_list.append((enabled, self.pid))
-
-    enabled_list = enabled
-    monkeypatch.setattr(_calibrate, "Helper", Spy)
+def test_the_command_draws_the_same_diagram_with_or_without_the_helper(cli, data, monkeypatch,
+                                                                       helpers):
+    enabled = helpers
     z, y = data
     np.savez("preds.npz", logits=z, labels=y)
     cli.ok("calibrate", "preds.npz", "--method", "temperature", "--out", "a")
@@ -236,20 +243,13 @@ def test_the_command_draws_the_same_diagram_with_or_without_the_helper(cli, data
     assert not os.path.exists("b/reliability.png")
 
 
-def test_a_user_error_after_the_helper_started_leaves_no_process(cli, data, monkeypatch):
+def test_a_user_error_after_the_helper_started_leaves_no_process(cli, data, helpers):
     import multiprocessing
 
-    started = []
-
-    class Spy(Helper):
-        def __init__(self, prepare=None, *, enabled=True):
-            super().__init__(prepare, enabled=enabled)
-            started.append(self.pid)
-
-    monkeypatch.setattr(_calibrate, "Helper", Spy)
     z, y = data
     np.savez("preds.npz", logits=z, labels=y + 10)  # found out of range once read
     cli.error("calibrate", "preds.npz", "--out", "a", match="out of range")
+    started = [pid for _, pid in helpers]
     assert started and started[0] is not None and _gone(started[0])
     assert not multiprocessing.active_children()
 
@@ -271,24 +271,16 @@ def test_inside_a_daemonic_worker_the_job_runs_in_process():
     assert proc.exitcode == 0
 
 
-def test_no_helper_without_an_idle_core(cli, data, monkeypatch):
+def test_no_helper_without_an_idle_core(cli, data, monkeypatch, helpers):
     cpus = len(os.sched_getaffinity(0))
     for load, idle in ((0.2, True), (cpus - 0.3, True), (cpus - 0.2, False), (3.0 * cpus, False)):
         monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
         assert _helper.idle_core() is idle
-    started = []
-
-    class Spy(Helper):
-        def __init__(self, prepare=None, *, enabled=True):
-            super().__init__(prepare, enabled=enabled)
-            started.append(self.pid)
-
-    monkeypatch.setattr(_calibrate, "Helper", Spy)
     monkeypatch.setattr(_calibrate, "idle_core", _helper.idle_core)  # the real one: loaded
     z, y = data
     np.savez("preds.npz", logits=z, labels=y)
     cli.ok("calibrate", "preds.npz", "--method", "temperature", "--out", "a")
-    assert started == [None] and os.path.exists("a/reliability.png")
+    assert helpers == [(False, None)] and os.path.exists("a/reliability.png")
 
 
 def test_ctrl_c_ends_the_command_and_its_helper(tmp_path):
