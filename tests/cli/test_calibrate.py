@@ -370,7 +370,9 @@ def test_every_figure_has_an_interval_from_the_engine(cli, data):
 def test_automatic_bins_and_the_diagram_title(cli, data, monkeypatch):
     from logitkit import calibration
     from logitkit.calibration import auto_bins
+    from logitkit.cli import _helper
 
+    monkeypatch.setattr(_helper, "available", lambda: False)  # drawn here, where the spy is
     seen = {}
     draw = calibration.figure_from_stats
 

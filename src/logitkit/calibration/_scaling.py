@@ -228,9 +228,12 @@ def _hessian(p: np.ndarray, x: np.ndarray, w: np.ndarray, form: str,
     """``Σ_i w_i J_iᵀ (diag(p_i) − p_i p_iᵀ) J_i`` in the flattened parameters ``[A, b]``, where
     ``J_i`` maps the parameters to row ``i``'s logits.  The Gram matrix of the rank-one terms is
     formed in ``gram`` precision (float32 for a subsampled Hessian, which only steers Newton's
-    steps: the gradient, and so the answer, stays float64)."""
+    steps: the gradient, and so the answer, stays float64).  For full maps it is ``MᵀM`` with
+    each row of ``M`` scaled by ``√w`` (the weights are non-negative), which BLAS forms as one
+    symmetric rank-k update, half the multiply-adds of ``Mᵀ(wM)``: the whole Hessian of the
+    built-in demo's folds (1,198 × 110) 0.72× the time, of 4,000 × 272 0.64×."""
     r, k = p.shape
-    if form == "diag":
+    if form == "diag":  # 2K columns: too few for the symmetric product to pay for the √w
         q = p * x  # d logit_k / d a_k = x_k, d logit_k / d b_k = 1
         m = np.concatenate([q, p], axis=1).astype(gram, copy=False)
         h = -(m.T @ (m * w[:, None].astype(gram, copy=False))).astype(np.float64, copy=False)
@@ -244,14 +247,13 @@ def _hessian(p: np.ndarray, x: np.ndarray, w: np.ndarray, form: str,
     # In the augmented layout Ã = [A | b] (index k·(K+1) + j, feature K is the constant 1):
     # H = Σ w (diag(p) ⊗ x̃x̃ᵀ) − Σ w (p ⊗ x̃)(p ⊗ x̃)ᵀ.
     xt = np.concatenate([x, np.ones((r, 1))], axis=1)
-    m = (p[:, :, None] * xt[:, None, :]).reshape(r, k * (k + 1))
-    mw = m * w[:, None]
-    # copy=False: at float64 the two copies cost more than the product (1,197 x 10: 2.6 ms
-    # against 0.9 ms a pass)
-    h = -(m.astype(gram, copy=False).T @ mw.astype(gram, copy=False)).astype(np.float64,
-                                                                              copy=False)
-    # block c: Σ w p_c x̃x̃ᵀ = (w p_c x̃)ᵀ x̃, all classes in one batched product
-    blocks = np.matmul(mw.reshape(r, k, k + 1).transpose(1, 2, 0), xt)
+    root = np.sqrt(w)
+    m = ((p * root[:, None])[:, :, None] * xt[:, None, :]).reshape(r, k * (k + 1))  # √w p ⊗ x̃
+    # copy=False: at float64 a copy costs more than the product
+    mg = m.astype(gram, copy=False)
+    h = -(mg.T @ mg).astype(np.float64, copy=False)
+    # block c: Σ w p_c x̃x̃ᵀ = (√w p_c x̃)ᵀ (√w x̃), all classes in one batched product
+    blocks = np.matmul(m.reshape(r, k, k + 1).transpose(1, 2, 0), xt * root[:, None])
     for c in range(k):
         lo = c * (k + 1)
         h[lo:lo + k + 1, lo:lo + k + 1] += blocks[c]

@@ -13,11 +13,13 @@ import io
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..calibration import METHODS as ALL_METHODS
 from ..calibration import make_calibrator
+from ._helper import Helper, idle_core
 from ._io import (
     FORMATS,
     CliError,
@@ -164,7 +166,21 @@ def _check_paths(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
 def _run(args: argparse.Namespace) -> int:
     files, test_files = _check_paths(args)
     out = _out_dir(args)
-    # ---- every path is fine: the work starts here
+    # ---- every path is fine: the work starts here, with the diagram's helper process forked
+    # first (before anything reads, fits or starts a thread; never beside a Dask client; only
+    # with an idle core): it imports matplotlib while this process reads and fits, then draws
+    with Helper(_import_matplotlib, enabled=not args.no_diagram and args.scheduler is None
+                and idle_core()) as helper:
+        return _work(args, files, test_files, out, helper)
+
+
+def _import_matplotlib() -> None:
+    import matplotlib.backends.backend_agg
+    import matplotlib.figure  # noqa: F401
+
+
+def _work(args: argparse.Namespace, files: list[Path], test_files: list[Path], out: Path,
+          helper: Helper) -> int:
     cols = Columns.from_args(args)
     test = None
     if files and args.scheduler is not None:
@@ -191,12 +207,18 @@ def _run(args: argparse.Namespace) -> int:
 
     n, k = train.logits.shape
     progress = Progress(args.progress, long_input=n * k >= LONG_INPUT)
+
+    def draw(cal: Any, before: dict[str, Any], after: dict[str, Any],
+             evaluation: dict[str, Any]) -> None:
+        if not args.no_diagram:
+            _submit_diagram(helper, title, cal, before, after, evaluation, args.level)
+
     if _is_dask(train.logits):
         from ._scheduler import fit_on_cluster
 
         outcome = fit_on_cluster(train, test, args, progress)
     else:
-        outcome = fit(train, test, args, progress)
+        outcome = fit(train, test, args, progress, draw)
     cal = outcome.calibrator
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -221,7 +243,7 @@ def _run(args: argparse.Namespace) -> int:
                    resamples=args.resamples),
     }
 
-    png = None if args.no_diagram else _diagram(outcome, report, title)
+    png = None if args.no_diagram else _diagram(outcome, report, title, helper)
     report["diagram"] = DIAGRAM if png is not None else None
     out.mkdir(parents=True, exist_ok=True)
     if png is not None:
@@ -264,12 +286,14 @@ def _check_test_matches(train: Labelled, test: Labelled) -> None:
 
 
 def fit(train: Labelled, test: Labelled | None, args: argparse.Namespace,
-        progress: Progress) -> Outcome:
+        progress: Progress, ready: Callable[..., None] | None = None) -> Outcome:
     """Choose and fit the calibrator on ``train``; measure it where it was not fitted.
 
     Without ``test`` the "after" figures are the chosen method's out-of-fold predictions from
     the cross-validation that chose it (no refit, no row scored by a calibrator that saw it);
     with ``test`` they are the calibrator, refitted on all of ``train``, on ``test``.
+    ``ready(calibrator, before, after, evaluation)`` is called as soon as those figures are
+    measured, before the other candidates' (the diagram is drawn meanwhile).
     """
     from ..calibration import CalibrationWarning, select
 
@@ -294,28 +318,38 @@ def fit(train: Labelled, test: Labelled | None, args: argparse.Namespace,
         str(w.message) for w in caught if issubclass(w.category, CalibrationWarning))]))
     opts = Options.from_args(args)
     # every candidate's out-of-fold figures, from the engine (no refit: each fold's calibrator
-    # on the rows it did not see); "none"'s are the model's own figures on these rows
+    # on the rows it did not see); "none"'s are the model's own figures on these rows.  The
+    # before/after figures come first, so that the diagram is drawn while the others are
+    # measured.
     figures: dict[str, dict[str, Any]] = {}
-    with progress.stage(f"measuring {_plural(len(sel.table_), 'method')} out of fold", n) as tick:
-        for r in sel.table_:
-            if r["error"] is None:
-                figures[r["method"]] = measure(_oof(sel, r["method"], train.logits), train.y,
-                                               opts)
-        tick(n)
-    table = candidates(sel.table_, chosen, figures)
-    note = (f"{args.cv}-fold stratified cross-validation, seed {args.seed}; near-ties go to the "
-            "simpler method")
-    if test is None:
-        before, after = figures["none"], figures[chosen]
-        m = n
-    else:
-        m = int(test.y.shape[0])
+
+    def oof(method: str) -> dict[str, Any]:
+        if method not in figures:
+            figures[method] = measure(_oof(sel, method, train.logits), train.y, opts)
+        return figures[method]
+
+    m = n if test is None else int(test.y.shape[0])
+    evaluation = held_out(args, n, m, test is not None)
+    if test is not None:
         with progress.stage("measuring on --test", 2 * m) as tick:
             before = measure(test.logits, test.y, opts)
             after = measure(test.logits, test.y, opts, calibrators=[cal])
             tick(2 * m)
-    return Outcome(cal, said, before, after, held_out(args, n, m, test is not None), table,
-                   note)
+        if ready is not None:
+            ready(cal, before, after, evaluation)
+    with progress.stage(f"measuring {_plural(len(sel.table_), 'method')} out of fold", n) as tick:
+        if test is None:
+            before, after = oof("none"), oof(chosen)
+            if ready is not None:
+                ready(cal, before, after, evaluation)
+        for r in sel.table_:
+            if r["error"] is None:
+                oof(r["method"])
+        tick(n)
+    table = candidates(sel.table_, chosen, figures)
+    note = (f"{args.cv}-fold stratified cross-validation, seed {args.seed}; near-ties go to the "
+            "simpler method")
+    return Outcome(cal, said, before, after, evaluation, table, note)
 
 
 def _oof(sel: Any, method: str, logits: Any) -> Any:
@@ -342,20 +376,36 @@ def _is_dask(x: Any) -> bool:
     return bool(array_api_compat.is_dask_array(x))
 
 
-def _diagram(outcome: Outcome, report: dict[str, Any], name: str) -> bytes | None:
-    """The reliability diagram of the report's figures, before and after, titled with the
-    data's name and the method."""
-    from ..calibration import figure_from_stats
+def _submit_diagram(helper: Helper, name: str, cal: Any, before: dict[str, Any],
+                    after: dict[str, Any], evaluation: dict[str, Any], level: float) -> None:
+    """Give ``helper`` the reliability diagram of the figures, before and after, titled with
+    the data's name and the method."""
+    method = describe_calibrator(cal.to_dict(), short=True)
+    helper.submit(_png, [before, after], ("before", f"after ({evaluation['kind']})"),
+                  level=level, title=f"{name}: calibrated by {method}")
 
-    method = describe_calibrator(report["calibrator"], short=True)
+
+def _diagram(outcome: Outcome, report: dict[str, Any], name: str, helper: Helper
+             ) -> bytes | None:
+    """The PNG of the reliability diagram (submitted now unless the fit did it), or None with
+    a warning without matplotlib."""
+    if not helper.submitted:
+        _submit_diagram(helper, name, outcome.calibrator, outcome.before, outcome.after,
+                        outcome.evaluation, report["intervals"]["level"])
     try:
-        fig = figure_from_stats(
-            [outcome.before, outcome.after], ("before", f"after ({outcome.evaluation['kind']})"),
-            level=report["intervals"]["level"], title=f"{name}: calibrated by {method}")
+        return bytes(helper.result())
     except ImportError:
         report["warnings"].append("matplotlib is not installed: no reliability diagram "
                                   "(pip install matplotlib, or pass --no-diagram)")
         return None
+
+
+def _png(stats: list[dict[str, Any]], titles: tuple[str, ...], *, level: float, title: str
+         ) -> bytes:
+    """The PNG of :func:`~logitkit.calibration.figure_from_stats`."""
+    from ..calibration import figure_from_stats
+
+    fig = figure_from_stats(stats, titles, level=level, title=title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
