@@ -1042,3 +1042,137 @@ def test_coarse_float32_passes_agree_with_float64_to_the_stated_bound():
             assert np.all(np.abs(gc - g) <= bound)
             # far inside the bounds in practice: the errors of independent rows cancel
             assert abs(fc - f) <= 1e-7 and np.max(np.abs(gc - g)) <= 1e-7
+
+
+def _large_matrix_problem():
+    # in memory and at least COARSE_MIN values: the float32 passes, in two chunks
+    z, y = make(n=40000, k=30, seed=47)
+    assert z.size >= scaling.COARSE_MIN and len(y) > scaling._CHUNK_ELEMENTS // 30
+    return z.astype(np.float32), y
+
+
+@pytest.mark.parametrize("cls", [MatrixScaler, StructuredScaler])
+def test_full_map_fits_do_not_depend_on_the_pass_threads(monkeypatch, cls):
+    # The chunks of a float32 pass and the pieces of the preconditioner run on a thread pool;
+    # their sums are added in order, so the fit is the same bit for bit on one thread.
+    z, y = _large_matrix_problem()
+    pools = []
+    coarse = scaling.coarse_sums
+
+    def spy(*args, **kwargs):
+        pools.append(kwargs.get("pool"))
+        return coarse(*args, **kwargs)
+
+    monkeypatch.setattr(scaling, "coarse_sums", spy)
+    monkeypatch.setattr(scaling, "THREADS", 2)
+    two = cls().fit(z, y)
+    assert pools and all(p is not None for p in pools)
+    monkeypatch.setattr(scaling, "THREADS", 1)
+    pools.clear()
+    one = cls().fit(z, y)
+    assert pools and all(p is None for p in pools)
+    assert np.array_equal(two.coef_, one.coef_)
+    assert np.array_equal(two.intercept_, one.intercept_)
+    assert two.n_iter_ == one.n_iter_ and two.objective_ == one.objective_
+
+
+def test_full_map_fits_run_in_concurrent_python_threads(monkeypatch):
+    # Each fit has a pool of its own: four at once (two per pool thread) give the serial answers.
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(scaling, "THREADS", 2)
+    z, y = _large_matrix_problem()
+    sets = [(z[i::2], y[i::2]) for i in range(2)] * 2
+    alone = [MatrixScaler().fit(a, b).coef_ for a, b in sets[:2]]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda s: MatrixScaler().fit(*s).coef_, sets))
+    for got, want in zip(together, alone * 2, strict=True):
+        assert np.array_equal(got, want)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork here")
+def test_full_map_fits_in_the_child_of_a_fork():
+    # The pool lives for one fit: a child forked after fits in the parent (and while another
+    # thread of the parent fits) fits on a pool of its own and gets the parent's answer.
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import os, threading
+        import numpy as np
+        from logitkit.calibration import MatrixScaler
+        from logitkit.calibration import _scaling as scaling
+        scaling.THREADS = 2
+        rng = np.random.default_rng(0)
+        z = (rng.normal(size=(40000, 30)) * 4).astype(np.float32)
+        y = rng.integers(0, 30, 40000)
+        want = MatrixScaler().fit(z, y).coef_
+        busy = threading.Thread(target=lambda: MatrixScaler().fit(z, y))
+        busy.start()
+        pid = os.fork()
+        if pid == 0:
+            ok = np.array_equal(MatrixScaler().fit(z, y).coef_, want)
+            os._exit(0 if ok else 3)
+        busy.join()
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+    """)
+    out = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-c", code],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "0"
+
+
+def test_full_map_fit_ended_by_the_noise_rule_caches_no_float64_features(monkeypatch):
+    # The float32 passes read their own copy of the features; the float64 one (a tenth of a
+    # fit on 1e5 x 100) is made only for a float64 pass, and the noise rule ends this fit
+    # before any.
+    z, y = _large_matrix_problem()
+    made = []
+    cached = scaling._cached_features
+    monkeypatch.setattr(scaling, "_cached_features",
+                        lambda *a: made.append(1) or cached(*a))
+    ms = MatrixScaler().fit(z, y)
+    assert ms.stopped_by_ == "noise" and not made
+    # a float64 pass still gets them: the gradient test of a tight fit
+    monkeypatch.setattr(scaling, "NOISE_FRACTION", 0.0)
+    ms = MatrixScaler(tol=1e-5).fit(z, y)
+    assert ms.stopped_by_ != "noise" and len(made) == 1
+
+
+def test_temperature_start_is_fitted_on_a_subsample(monkeypatch):
+    # Only a starting point: START_ROWS evenly spaced rows are enough for one scalar.
+    z, y = make(n=50000, k=5, seed=53)
+    seen = []
+    stage = scaling._temperature_stage
+    monkeypatch.setattr(scaling, "_temperature_stage",
+                        lambda data, *a: seen.append(data.n) or stage(data, *a))
+    MatrixScaler().fit(z, y)
+    assert seen and max(seen) <= scaling.START_ROWS
+
+
+def test_curvature_blocks_match_their_definition():
+    # Σ w p_c(1 − p_c) ũũᵀ for every class, ũ = [T (x − μ), 1]: the float32 triangle product
+    # (on a pool or not) against the float64 sums row by row.
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(11)
+    k, n = 7, 1300  # more rows than a piece: pieces are added
+    z = rng.normal(size=(n, k)) * 2
+    w = rng.random(n) + 0.5
+    theta = scaling._identity("full", k, 0.7) + 0.05 * rng.normal(size=k * (k + 1))
+    mu, whiten = rng.normal(size=k), np.eye(k) + 0.1 * rng.normal(size=(k, k))
+    spec = scaling.Features("logits", k)
+    a, b = scaling.unpack(theta, "full", k)
+    p = softmax(z @ a.T + b, axis=1)
+    u = np.concatenate([(z - mu) @ whiten.T, np.ones((n, 1))], axis=1)
+    want = np.einsum("ic,ia,ib->cab", w[:, None] * p * (1 - p), u, u)
+    for pool in (None, ThreadPoolExecutor(2)):
+        s0, s1 = scaling._curvature_sums(z, None, w, theta=theta, spec=spec, from_probs=False,
+                                         mu=mu, whiten=whiten, pool=pool)
+        assert s0 == pytest.approx(w.sum())
+        assert_close(s1, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+        assert np.array_equal(s1, s1.transpose(0, 2, 1))
+        if pool is not None:
+            pool.shutdown()

@@ -726,7 +726,7 @@ class _AffineScaler(Calibrator):
             return _identity(self._form, data.k)
         # only a starting point: an evenly spaced subsample's temperature is as good a one
         # (1e5 x 100, matrix scaling: 0.01 CPU s instead of 0.08, the same passes after it)
-        step = max(1, data.n // START_ROWS)
+        step = -(-data.n // START_ROWS)
         ts = _temperature_stage(data.subsample(step) if not data.partitioned else data)
         # A temperature at its bound means separable data, where that scale is no start (the
         # map would stop at once on a vanishing gradient): start at the identity then.
