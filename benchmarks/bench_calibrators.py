@@ -690,10 +690,10 @@ def _speed_data(n: int, k: int) -> Split:
 
 
 def _breakdown(method: str, z: np.ndarray, y: np.ndarray) -> str:
-    """Where one of logitkit's affine fits spends its CPU seconds: the temperature stage, the
-    features computed once, the whitening moments and the preconditioner (L-BFGS), and the
-    passes over the rows (float32-product, float64 and Newton ones), with the pass count and
-    the test that stopped the fit."""
+    """Where one of logitkit's affine fits spends its CPU and wall seconds: the temperature
+    stage, the features computed once, the whitening moments and the preconditioner (L-BFGS),
+    and the passes over the rows (float32-product, float64 and Newton ones), with the pass
+    count and the test that stopped the fit."""
     from logitkit.calibration import _scaling as sc
 
     parts = {"temperature": (sc, "_temperature_stage"), "features": (sc, "_cached_features"),
@@ -703,15 +703,17 @@ def _breakdown(method: str, z: np.ndarray, y: np.ndarray) -> str:
              "float64 passes": (sc.Objective, "value_grad"),
              "Newton passes": (sc.Objective, "value_grad_hess")}
     spent = dict.fromkeys(parts, 0.0)
+    waited = dict.fromkeys(parts, 0.0)
     calls = dict.fromkeys(parts, 0)
 
     def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def run(*args: Any, **kwargs: Any) -> Any:
-            c0 = time.process_time()
+            c0, w0 = time.process_time(), time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
                 spent[name] += time.process_time() - c0
+                waited[name] += time.perf_counter() - w0
                 calls[name] += 1
         return run
 
@@ -721,18 +723,20 @@ def _breakdown(method: str, z: np.ndarray, y: np.ndarray) -> str:
     try:
         for name, (owner, attr) in parts.items():
             setattr(owner, attr, timed(name, saved[name]))
-        c0 = time.process_time()
+        c0, w0 = time.process_time(), time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             est = cls(**params).fit(z, y)
-        total = time.process_time() - c0
+        total, wall = time.process_time() - c0, time.perf_counter() - w0
     finally:
         for name, (owner, attr) in parts.items():
             setattr(owner, attr, saved[name])
-    shown = ", ".join(f"{name} {spent[name]:.2f}" + (f" ({calls[name]})" if "passes" in name else "")
+    shown = ", ".join(f"{name} {spent[name]:.2f}/{waited[name]:.2f}"
+                      + (f" ({calls[name]})" if "passes" in name else "")
                       for name in parts if calls[name])
-    return (f"{est.n_iter_} passes, stopped by {getattr(est, 'stopped_by_', '?')}; CPU s "
-            f"{total:.2f}: {shown}, other {total - sum(spent.values()):.2f}")
+    return (f"{est.n_iter_} passes, stopped by {getattr(est, 'stopped_by_', '?')}; CPU/wall s "
+            f"{total:.2f}/{wall:.2f}: {shown}, other {total - sum(spent.values()):.2f}/"
+            f"{wall - sum(waited.values()):.2f}")
 
 
 def speed(n: int, k: int, methods: list[str], repeat: int, cap: float,
