@@ -1116,3 +1116,36 @@ def test_the_extension_is_built_from_source_and_numba_is_gone():
     cmake = [line for line in (root / "CMakeLists.txt").read_text().splitlines()
              if not line.lstrip().startswith("#")]
     assert not [line for line in cmake if "march" in line or "mtune" in line]
+
+
+def test_python_thread_pools_count_the_cpus_the_kernels_count() -> None:
+    """The calibrators' Python thread pools, the kernels' pool and the CLI's idle-core test
+    count one thing: the CPUs this process may run on, capped by ``LOGITKIT_NUM_THREADS``
+    (``os.cpu_count()``, the machine's CPUs, oversubscribed a process pinned to fewer)."""
+    if not hasattr(os, "sched_getaffinity"):  # pragma: no cover - not Linux
+        pytest.skip("no CPU affinity on this platform")
+    code = (
+        "import os, logitkit\n"
+        "from logitkit._kernels import cpus_available, python_threads\n"
+        "from logitkit.calibration import _engine, _temperature, TemperatureScaler\n"
+        "print(cpus_available(), python_threads(8), _engine.THREADS,\n"
+        "      TemperatureScaler()._settings()[-1], logitkit.config.num_threads())\n")
+    def run(env: dict[str, str], cpus: set[int]) -> list[int]:
+        full = {k: v for k, v in os.environ.items() if k != "LOGITKIT_NUM_THREADS"} | env
+        out = subprocess.run(["taskset", "-c", ",".join(map(str, sorted(cpus))),
+                              sys.executable, "-c", code], env=full, capture_output=True,
+                             text=True, check=True, timeout=120).stdout
+        return [int(v) for v in out.split()]
+
+    one = {min(os.sched_getaffinity(0))}
+    # pinned to one CPU: every pool has one thread, whatever os.cpu_count() says
+    assert run({}, one) == [1, 1, 1, 1, 1]
+    # LOGITKIT_NUM_THREADS caps the Python pools as it caps the kernels' pool
+    mine = os.sched_getaffinity(0)
+    got = run({"LOGITKIT_NUM_THREADS": "1"}, mine)
+    assert got == [len(mine), 1, 1, 1, 1]
+    got = run({"LOGITKIT_NUM_THREADS": "3"}, mine)
+    assert got[1:] == [3, 3, 3, 3]
+    # anything but a positive integer is ignored, as the kernels ignore it
+    got = run({"LOGITKIT_NUM_THREADS": "two"}, mine)
+    assert got[1] == min(8, len(mine)) and got[2] == min(4, len(mine))

@@ -119,6 +119,28 @@ def num_threads() -> int:
     return 1 if mod is None else int(mod.num_threads())
 
 
+def cpus_available() -> int:
+    """The CPUs this process may run on (its affinity mask; all online CPUs off Linux): the
+    Python twin of ``csrc/pool.cpp``'s rule, so that the kernels' pool, the calibrators' Python
+    thread pools and the CLI's idle-core test count the same CPUs (``os.cpu_count()`` counts
+    the machine's, which oversubscribes a container pinned to a few of them)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def python_threads(cap: int) -> int:
+    """Threads for a pool of Python threads (NumPy releases the GIL in its loops): at most
+    ``cap``, at most ``LOGITKIT_NUM_THREADS`` when it is set (the kernels' setting, read the
+    same way: a positive integer, anything else ignored), else the CPUs available."""
+    env = os.environ.get("LOGITKIT_NUM_THREADS", "").strip()
+    n = cpus_available()
+    if env.isdigit() and int(env) > 0:
+        n = int(env)
+    return max(1, min(cap, n))
+
+
 def set_num_threads(n: int) -> None:
     """Let the kernels use at most ``n`` threads (0: as many as CPUs this process may run on).
 

@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -73,7 +72,7 @@ import array_api_compat
 import numpy as np
 
 from .._core import log_softmax
-from .._kernels import CalibrationPass, calibration_sums
+from .._kernels import CalibrationPass, calibration_sums, python_threads
 from .._namespace import (
     Array,
     LogitkitTypeError,
@@ -96,7 +95,7 @@ MIN_CHUNK_ROWS = 256
 #: Inputs of this many elements and more are split into contiguous shares of chunks, one per
 #: thread (NumPy releases the GIL in its loops); the shares' sums are added in order.
 PARALLEL_ELEMENTS = 1 << 21
-THREADS = max(1, min(4, os.cpu_count() or 1))
+THREADS = python_threads(4)
 #: Rows whose per-row results are binned together.
 FLUSH_ROWS = 1 << 14
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .._core import softmax
+from .._kernels import python_threads
 from .._namespace import LogitkitTypeError, LogitkitValueError, check_int, check_number, expected
 from ._base import CalibrationWarning, Calibrator, FitData, expand_rows, ridge, rowwise
 from ._blocks import row_sums
@@ -20,14 +20,6 @@ __all__ = ["CalibrationWarning", "TemperatureScaler"]
 
 _CHUNK_ELEMENTS = 1 << 16  # float64 temporaries of one chunk stay in cache (512 KiB)
 _WARM_START_ROWS = (5_000, 50_000)
-
-
-def _default_threads() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        n = os.cpu_count() or 1
-    return max(1, min(8, n))
 
 
 def temperature_sums(x: Any, y: Any, w: Any, *, beta: float, from_probs: bool,
@@ -168,7 +160,7 @@ class TemperatureScaler(Calibrator):
                              high_open=True)
         max_iter, tol = self._iteration_settings()
         n = self.n_threads
-        n = _default_threads() if n is None else check_int(n, "n_threads",
+        n = python_threads(8) if n is None else check_int(n, "n_threads",
                                                             what="a positive int or None")
         return t_min, t_max, max_iter, tol, n
 

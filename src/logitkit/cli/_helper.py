@@ -41,6 +41,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+from .._kernels import cpus_available
+
 #: Seconds the parent waits for each answer of the child (ready, result) before it gives up on
 #: it and runs the job itself.
 TIMEOUT = 30.0
@@ -73,10 +75,7 @@ def idle_core() -> bool:
     the load near 1 by itself).  On a busy machine the helper only competes with its
     parent for the same cores (the demo at a load of 13-16 on two cores: 1.46× the wall time
     of drawing in-process, 1.2× the CPU time), so it is not forked there."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
+    cpus = cpus_available()
     try:
         load = os.getloadavg()[0]
     except OSError:  # pragma: no cover - no load average: assume a busy machine
