@@ -431,10 +431,10 @@ def _select(data: FitData, folds: np.ndarray, names: list[str], cv: int, scoring
             progress: Any) -> tuple[list[dict[str, Any]], dict[str, list[Calibrator]]]:
     """Fit every candidate on each fold's training rows and score it on the held-out rows.
 
-    Folds outside, candidates inside: each fold's training rows are copied once (one boolean
-    take, in their original order, so every fit sees exactly the rows and order it always
-    did) and shared by the candidates, and "none" needs no copy at all; the copy is freed
-    before the held-out rows are scored.  Scoring reads the held-out rows a block at a time
+    Folds outside, candidates inside: each fold's training rows are copied once, in their
+    original order (every fit sees exactly the rows, and the order, it always did), into one
+    buffer reused by every fold (:meth:`FitData.take`), and shared by the candidates; "none"
+    reads no rows and needs no copy.  Scoring reads the held-out rows a block at a time
     (:data:`CHUNK_ELEMENTS`): each candidate's calibrated block (:func:`fold_rows`) goes
     through the measurement engine (:class:`CalibrationStats`: NLL, ECE, Brier, accuracy in
     one pass, the softmax fused) and ``log_softmax`` for its per-row NLL (the evidence), so
@@ -453,6 +453,7 @@ def _select(data: FitData, folds: np.ndarray, names: list[str], cv: int, scoring
     for name in names:
         rows[name] = {"method": name, "error": None, "warnings": [], "converged": True,
                       "at_bound": False}
+    buffer: np.ndarray | None = None  # every fold's training rows, in turn
     for f in range(cv):
         train_rows = folds != f
         train: FitData | None = None
@@ -477,7 +478,10 @@ def _select(data: FitData, folds: np.ndarray, names: list[str], cv: int, scoring
                     rows_of_fold = data
                 else:
                     if train is None:
-                        train = data.take(train_rows)
+                        if buffer is None:
+                            most = n - int(np.bincount(folds, minlength=cv).min())
+                            buffer = np.empty((most, *z.shape[1:]), dtype=z.dtype)
+                        train = data.take(train_rows, out=buffer)
                     rows_of_fold = train
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
