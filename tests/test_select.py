@@ -420,8 +420,8 @@ def _naive_table(z, y, folds, names, cv, from_probs=False):
     return out
 
 
-@pytest.mark.parametrize("case", ["float64", "float32", "binary", "probs", "auto"])
-def test_table_equals_a_naive_cross_validation(case):
+@pytest.mark.parametrize("case", ["float64", "float32", "binary", "probs", "auto", "blocks"])
+def test_table_equals_a_naive_cross_validation(case, monkeypatch):
     # select scores the held-out rows a block at a time through the engine, with one copy of
     # each fold's training rows shared by the candidates: the figures must be those of the
     # plain computation (a copy per fit, the whole out-of-fold matrix, the definitions)
@@ -437,6 +437,11 @@ def test_table_equals_a_naive_cross_validation(case):
         z, kw = softmax(z, axis=1), {"from_probs": True}
     elif case == "auto":
         names = list(CANDIDATES)
+    elif case == "blocks":  # held-out rows scored in blocks of 16
+        import logitkit.calibration._select as sel_mod
+
+        monkeypatch.setattr(sel_mod, "CHUNK_ELEMENTS", 64)
+        names = ["none", "temperature", "vector", "isotonic"]
     sel = select(z, y, methods="auto" if case == "auto" else names, random_state=5, **kw)
     naive = _naive_table(z, y, sel.folds_, names, 5, **kw)
     assert [r["method"] for r in sel.table_] == names
