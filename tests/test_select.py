@@ -156,7 +156,8 @@ def test_fold_fits_never_see_their_held_out_rows_and_progress_is_reported():
     sel = select(z, y, methods=["matrix"], random_state=0,
                  progress=lambda done, total, method: calls.append((done, total, method)))
     assert [c[0] for c in calls] == list(range(1, 17)) and {c[1] for c in calls} == {16}
-    assert [c[2] for c in calls[:-1:5]] == ["none", "temperature", "matrix"]
+    # fold by fold (each fold's training rows are copied once for all candidates)
+    assert [c[2] for c in calls[:-1]] == ["none", "temperature", "matrix"] * 5
     for f, fitted in enumerate(sel.fold_calibrators_["matrix"]):
         alone = type(fitted)(**fitted.get_params())
         with warnings.catch_warnings():
@@ -383,3 +384,133 @@ def test_binary_input_as_one_column_or_two_and_separable(columns):
         warnings.simplefilter("ignore")
         sel = select(z, y, random_state=0)
     assert not sel.separable_ and sel.oof_logits_.shape == (200, 2)
+
+
+# ------------------------------------------------------------------------- the fast path
+
+
+def _naive_table(z, y, folds, names, cv, from_probs=False):
+    """Every candidate's out-of-fold figures written out: each fold fitted on a copy of its
+    training rows, its held-out rows transformed, the metrics by their definitions."""
+    from logitkit.calibration._select import make_candidate
+
+    x = z if z.ndim == 2 else z[:, None]
+    out = {}
+    for name in names:
+        oof = np.empty((x.shape[0], 2 if x.shape[1] == 1 else x.shape[1]))
+        for f in range(cv):
+            held = folds == f
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cal = make_candidate(name, from_probs).fit(x[~held], y[~held])
+            oof[held] = np.asarray(cal.transform(x[held]), dtype=np.float64)
+        m = oof.max(axis=1, keepdims=True)
+        logp = oof - m - np.log(np.exp(oof - m).sum(axis=1, keepdims=True))
+        p = np.exp(logp)
+        rows = np.arange(len(y))
+        loss = -logp[rows, y]
+        conf, hit = p.max(axis=1), (p.argmax(axis=1) == y).astype(float)
+        edges = np.linspace(0.0, 1.0, 16)
+        b = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, 14)  # right-closed
+        ece = sum(abs(hit[b == i].sum() - conf[b == i].sum()) for i in range(15)) / len(y)
+        brier = ((p - np.eye(p.shape[1])[y]) ** 2).sum(axis=1).mean()
+        out[name] = {"nll": loss.mean(), "ece": ece, "brier": brier, "accuracy": hit.mean(),
+                     "loss": loss,
+                     "spread": np.std([loss[folds == f].mean() for f in range(cv)])}
+    return out
+
+
+@pytest.mark.parametrize("case", ["float64", "float32", "binary", "probs", "auto", "blocks"])
+def test_table_equals_a_naive_cross_validation(case, monkeypatch):
+    # select scores the held-out rows a block at a time through the engine, with one copy of
+    # each fold's training rows shared by the candidates: the figures must be those of the
+    # plain computation (a copy per fit, the whole out-of-fold matrix, the definitions)
+    z, y = make(n=700, k=4, seed=11)
+    kw = {}
+    names = ["none", "temperature", "vector"]
+    if case == "float32":
+        z = z.astype(np.float32)
+    elif case == "binary":
+        z, y = make(n=500, k=2, seed=12)
+        z = z[:, 1] - z[:, 0]
+    elif case == "probs":
+        z, kw = softmax(z, axis=1), {"from_probs": True}
+    elif case == "auto":
+        names = list(CANDIDATES)
+    elif case == "blocks":  # held-out rows scored in blocks of 16
+        import logitkit.calibration._select as sel_mod
+
+        monkeypatch.setattr(sel_mod, "CHUNK_ELEMENTS", 64)
+        names = ["none", "temperature", "vector", "isotonic"]
+    sel = select(z, y, methods="auto" if case == "auto" else names, random_state=5, **kw)
+    naive = _naive_table(z, y, sel.folds_, names, 5, **kw)
+    assert [r["method"] for r in sel.table_] == names
+    for r in sel.table_:
+        want = naive[r["method"]]
+        for key in ("nll", "ece", "brier", "accuracy"):
+            assert_close(r[key], want[key], rtol=1e-9, atol=1e-12)
+        assert_close(r["fold_spread"], want["spread"], rtol=1e-9, atol=1e-12)
+        gain = naive["none"]["loss"] - want["loss"]
+        if r["method"] != "none":
+            z_score = gain.mean() / (gain.std(ddof=1) / np.sqrt(gain.size))
+            assert_close(r["gain_z"], z_score, rtol=1e-7)
+    assert_close(sel.oof_logits_, sel.oof_logits(sel.best_), rtol=0)
+
+
+def test_each_folds_rows_are_copied_once_for_all_candidates(monkeypatch):
+    # regression: every candidate copied every fold's training rows (and "none", which reads
+    # none): 10 copies of 0.8 x the input for methods="temperature", 50 for "auto"
+    from logitkit.calibration._base import FitData
+
+    z, y = make(n=600, k=3, seed=13)
+    taken = []
+    take = FitData.take
+
+    def counting(self, rows, out=None):
+        taken.append(int(np.count_nonzero(rows)))
+        return take(self, rows, out)
+
+    monkeypatch.setattr(FitData, "take", counting)
+    select(z, y, methods=["temperature", "vector"], random_state=0)
+    assert len(taken) == 5 and sum(taken) == 4 * 600
+
+
+def test_take_into_a_buffer_equals_a_fresh_take():
+    from logitkit.calibration._base import FitData
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40_000, 3)).astype(np.float32)
+    y = rng.integers(0, 3, 40_000)
+    w = rng.random(40_000)
+    data = FitData(x, y, w, 3, float(w.sum()), False)
+    rows = rng.random(40_000) < 0.7
+    buf = np.full((40_000, 3), np.nan, dtype=np.float32)
+    a, b = data.take(rows), data.take(rows, out=buf)
+    assert np.array_equal(a.x, b.x) and np.shares_memory(b.x, buf)
+    assert np.array_equal(a.y, b.y) and np.array_equal(a.w, b.w)
+    assert a.total_weight == b.total_weight and a.n == b.n == int(rows.sum())
+
+
+def test_separable_reads_blocks_and_stops_at_the_first_error(monkeypatch):
+    import logitkit.calibration._select as sel_mod
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 5, 3000)
+    z = np.eye(5)[y] * 4.0 + rng.normal(size=(3000, 5)) * 0.1
+    monkeypatch.setattr(sel_mod, "CHUNK_ELEMENTS", 500)  # blocks of 100 rows
+    assert sel_mod.separable(z, y)
+    assert sel_mod.separable(z.astype(np.float32), y)
+    z[2950, (y[2950] + 1) % 5] = 9.0  # one row wrong, in the last block
+    assert not sel_mod.separable(z, y)
+    seen = []
+    expand = sel_mod.expand_rows
+    monkeypatch.setattr(sel_mod, "expand_rows", lambda x, p: seen.append(len(x)) or expand(x, p))
+    z[10, (y[10] + 1) % 5] = 9.0  # and one in the first: the search ends there
+    assert not sel_mod.separable(z, y) and seen == [100]
+    # a tie is not separable; a one-column (binary) input is [0, z]
+    tie = np.eye(5)[y] * 4.0
+    tie[7, (y[7] + 1) % 5] = 4.0
+    assert not sel_mod.separable(tie, y)
+    zb = np.where(y[:200] % 2 == 1, 3.0, -3.0)
+    assert sel_mod.separable(zb, y[:200] % 2)
+    assert not sel_mod.separable(np.zeros(200), y[:200] % 2)

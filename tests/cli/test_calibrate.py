@@ -144,6 +144,30 @@ def test_after_figures_are_cross_fitted_not_in_sample(cli, make_data):
     np.testing.assert_allclose(again.predict_proba(z), in_sample, rtol=1e-6, atol=1e-9)
 
 
+def test_out_of_fold_figures_never_build_the_whole_calibrated_matrix(cli, make_data,
+                                                                      monkeypatch):
+    # regression: the command read select's oof_logits_ (an N x K float64 copy of the logits,
+    # 800 MB on 1e6 x 100) and rebuilt every other candidate's the same way; it now calibrates
+    # a block of rows at a time through the fold calibrators, with the same figures
+    from logitkit.calibration import Selection, select
+
+    z, y = make_data(300, 4, seed=9)
+    np.savez("d.npz", logits=z, labels=y)
+    sel = select(z, y, methods=["vector"], random_state=0)
+    expected = {m: _figures(sel.oof_logits(m), y) for m in ("temperature", "vector")}
+
+    def refuse(self, method):
+        raise AssertionError("the whole out-of-fold matrix was built")
+
+    monkeypatch.setattr(Selection, "oof_logits", refuse)
+    cli.ok("calibrate", "d.npz", "--method", "vector", "--out", "o", "--no-diagram")
+    rep = cli.report("o")
+    _assert_figures(rep["after"], expected["vector"], rel=1e-9)
+    rows = {c["method"]: c for c in rep["candidates"]}
+    for method, want in expected.items():
+        assert rows[method]["nll"] == pytest.approx(want["nll"], rel=1e-9)
+
+
 def test_after_figures_on_a_test_file(cli, make_data):
     z, y = make_data(600, 4, seed=5)
     np.savez("calib.npz", logits=z[:400], labels=y[:400])

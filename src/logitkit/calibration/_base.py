@@ -92,11 +92,27 @@ class FitData:
         self.n = int(x.shape[0])
         self.partitioned = partitioned(x, y, w)
 
-    def take(self, rows: np.ndarray) -> FitData:
-        """The rows selected by the boolean mask ``rows`` (in-memory arrays)."""
+    def take(self, rows: np.ndarray, out: np.ndarray | None = None) -> FitData:
+        """The rows selected by the boolean mask ``rows`` (in-memory arrays), in their order.
+
+        ``out``: optional buffer for the selected values of ``x`` (same dtype and row shape,
+        at least as many rows), filled a block of rows at a time and returned as a view.  It
+        lets :func:`select` reuse one buffer for every fold: a fresh copy of 0.8 × 1e6 × 100
+        float32 rows took 0.08–1.1 s on two busy cores (page faults of a new 320 MB mapping),
+        the same copy into a reused buffer a steady 0.08 s.
+        """
         w = None if self.w is None else self.w[rows]
         total = float(np.count_nonzero(rows)) if w is None else float(w.sum())
-        return FitData(self.x[rows], self.y[rows], w, self.k, total, self.from_probs)
+        if out is None:
+            x = self.x[rows]
+        else:
+            idx = np.flatnonzero(rows)
+            x = out[:idx.size]
+            step = 1 << 14
+            for start in range(0, idx.size, step):
+                part = idx[start:start + step]
+                x[start:start + part.size] = self.x[part]
+        return FitData(x, self.y[rows], w, self.k, total, self.from_probs)
 
     def warm_starts(self, sizes: tuple[int, ...]) -> Iterator[FitData]:
         """Evenly spaced subsamples of about ``sizes`` rows each (in-memory inputs at least

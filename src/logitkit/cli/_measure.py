@@ -46,17 +46,12 @@ class Options:
 def calibrated_rows(z: np.ndarray, folds: np.ndarray | None, calibrators: Sequence[Any]
                     ) -> np.ndarray:
     """float64 calibrated logits of a block of rows: ``calibrators[f]`` for the rows of fold
-    ``f`` (one calibrator: every row)."""
-    z = np.asarray(z, dtype=np.float64)
-    if folds is None or len(calibrators) == 1:
-        return np.asarray(calibrators[0].transform(z), dtype=np.float64)
-    folds = np.asarray(folds).reshape(-1)
-    out = np.empty(z.shape)
-    for f, cal in enumerate(calibrators):
-        rows = folds == f
-        if rows.any():
-            out[rows] = np.asarray(cal.transform(z[rows]), dtype=np.float64)
-    return out
+    ``f`` (one calibrator: every row), by the rule of ``select``'s out-of-fold logits (each
+    calibrator transforms the rows in their own dtype; the result is widened)."""
+    from ..calibration._select import fold_rows
+
+    z = np.asarray(z)
+    return fold_rows(z, None if folds is None else np.asarray(folds).reshape(-1), calibrators)
 
 
 def _blocks(z: Any, folds: Any, calibrators: Sequence[Any] | None) -> Iterator[Any]:
