@@ -9,7 +9,8 @@ contract).  The switches:
   :func:`set_kernels` for the process, ``with use_kernels(False):`` for a block of code in one
   thread or task (it overrides the other two);
 * their threads: ``LOGITKIT_NUM_THREADS`` (read when the kernels are first used) or
-  :func:`set_num_threads`; by default the CPUs the process may run on.  Work estimated below
+  :func:`set_num_threads`; by default the CPUs the process may run on (:func:`cpus_available`;
+  logitkit's pools of Python threads follow the same count and ``LOGITKIT_NUM_THREADS``).  Work estimated below
   about 50 µs runs on the calling thread, and a call never waits for a busy pool;
 * the output recycling: outputs of 4 MiB and more are kept for reuse once nothing views them (at
   most 4 buffers and 1 GiB, handed to the OS's ``MADV_FREE``), so that a loop of calls does not
@@ -34,6 +35,7 @@ Examples:
 from __future__ import annotations
 
 from ._kernels import buffer_cache_limit as buffer_cache_limit
+from ._kernels import cpus_available as cpus_available
 from ._kernels import fast_path as use_kernels
 from ._kernels import fast_path_enabled as kernels_enabled
 from ._kernels import num_threads as num_threads
@@ -45,6 +47,7 @@ from ._kernels import simd_target as simd_target
 
 __all__ = [
     "buffer_cache_limit",
+    "cpus_available",
     "kernels_enabled",
     "num_threads",
     "release_buffers",

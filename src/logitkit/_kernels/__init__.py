@@ -123,7 +123,13 @@ def cpus_available() -> int:
     """The CPUs this process may run on (its affinity mask; all online CPUs off Linux): the
     Python twin of ``csrc/pool.cpp``'s rule, so that the kernels' pool, the calibrators' Python
     thread pools and the CLI's idle-core test count the same CPUs (``os.cpu_count()`` counts
-    the machine's, which oversubscribes a container pinned to a few of them)."""
+    the machine's, which oversubscribes a container pinned to a few of them).
+
+    Examples:
+        >>> from logitkit import config
+        >>> 1 <= config.cpus_available() <= (os.cpu_count() or 1)
+        True
+    """
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux

@@ -6,7 +6,8 @@
   of the logits, :class:`BetaCalibrator`, :class:`IsotonicCalibrator` and
   :class:`HistogramCalibrator` one-vs-rest maps of the probabilities; every one is a
   :class:`Calibrator`, saved with ``to_dict`` and restored with ``Calibrator.from_dict``.
-- :func:`select` chooses among them (and "none") by cross-validated NLL.
+- :func:`select` chooses among them (and "none") by cross-validated NLL; :func:`out_of_fold_logits`
+  gives any candidate's cross-fitted logits from its fold calibrators.
 - :func:`make_calibrator` makes one by its method name (:data:`METHODS`); :data:`ACCURACY_FLAG`
   is the held-out accuracy change beyond which :func:`select` flags a candidate.
 - :func:`ece`, :func:`mce`, :func:`brier_score`, :func:`nll`, :func:`accuracy` score
@@ -50,6 +51,7 @@ from ._select import ACCURACY_FLAG as ACCURACY_FLAG
 from ._select import METHODS as METHODS
 from ._select import Selection as Selection
 from ._select import make_calibrator as make_calibrator
+from ._select import out_of_fold_logits as out_of_fold_logits
 from ._select import select as select
 from ._smooth import SmoothReliability as SmoothReliability
 from ._smooth import smooth_ece as smooth_ece
@@ -86,6 +88,7 @@ __all__ = [
     "make_calibrator",
     "mce",
     "nll",
+    "out_of_fold_logits",
     "reliability_diagram",
     "select",
     "smooth_ece",

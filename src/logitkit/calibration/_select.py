@@ -118,14 +118,26 @@ def _chunk_rows(z: np.ndarray) -> int:
     return max(1, CHUNK_ELEMENTS // max(1, int(np.prod(z.shape[1:], dtype=np.int64))))
 
 
-def fold_rows(z: np.ndarray, folds: np.ndarray | None, calibrators: Sequence[Calibrator]
+def out_of_fold_logits(z: np.ndarray, folds: np.ndarray | None, calibrators: Sequence[Calibrator]
               ) -> np.ndarray:
     """``(rows, K)`` float64 out-of-fold calibrated logits of a block of input rows ``z``:
     each row transformed by the calibrator of its fold (``folds``), in the input's own dtype
     (as :meth:`Calibrator.transform` returns it), then widened (one calibrator: every row,
     ``folds`` unused).  The one rule for a
     candidate's out-of-fold logits: :func:`select`'s scores, :meth:`Selection.oof_logits` and
-    the command line's out-of-fold figures all come from it."""
+    the command line's out-of-fold figures all come from it.
+
+    Examples:
+        >>> import numpy as np
+        >>> from logitkit.calibration import out_of_fold_logits, select
+        >>> rng = np.random.default_rng(0)
+        >>> z = rng.normal(size=(600, 3)) * 3
+        >>> y = (z + rng.gumbel(size=z.shape) * 3).argmax(1)
+        >>> sel = select(z, y, methods="temperature", random_state=0)
+        >>> oof = out_of_fold_logits(z, sel.folds_, sel.fold_calibrators_["temperature"])
+        >>> bool(np.array_equal(oof, sel.oof_logits("temperature")))
+        True
+    """
     if folds is None or len(calibrators) == 1:
         return np.asarray(calibrators[0].transform(z), dtype=np.float64)
     out = np.empty((z.shape[0], calibrators[0].n_classes_))
@@ -201,7 +213,7 @@ class Selection:
         if method not in self.fold_calibrators_:
             raise LogitkitValueError(expected(
                 "method", f"one of {', '.join(self.fold_calibrators_)}", method))
-        return fold_rows(self._logits, self.folds_, self.fold_calibrators_[method])
+        return out_of_fold_logits(self._logits, self.folds_, self.fold_calibrators_[method])
 
     def row(self, method: str | None = None) -> dict[str, Any]:
         """The table's row of ``method`` (default: the chosen one)."""
@@ -435,7 +447,7 @@ def _select(data: FitData, folds: np.ndarray, names: list[str], cv: int, scoring
     original order (every fit sees exactly the rows, and the order, it always did), into one
     buffer reused by every fold (:meth:`FitData.take`), and shared by the candidates; "none"
     reads no rows and needs no copy.  Scoring reads the held-out rows a block at a time
-    (:data:`CHUNK_ELEMENTS`): each candidate's calibrated block (:func:`fold_rows`) goes
+    (:data:`CHUNK_ELEMENTS`): each candidate's calibrated block (:func:`out_of_fold_logits`) goes
     through the measurement engine (:class:`CalibrationStats`: NLL, ECE, Brier, accuracy in
     one pass, the softmax fused) and ``log_softmax`` for its per-row NLL (the evidence), so
     nothing of size ``N × K`` in float64 is formed.  On 1e6 × 100 float32 logits with
@@ -540,7 +552,7 @@ def _score_fold(z: np.ndarray, labels: np.ndarray, held: np.ndarray,
         idx = held[start:start + step]
         block, y = z[idx], labels[idx]
         for name, cal in fitted.items():
-            logits = fold_rows(block, None, [cal])
+            logits = out_of_fold_logits(block, None, [cal])
             fold_stats[name].update(logits, y, from_logits=True)
             logp = np.asarray(log_softmax(logits, axis=1))
             if name not in losses:

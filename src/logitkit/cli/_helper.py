@@ -41,7 +41,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from .._kernels import cpus_available
+from ..config import cpus_available
 
 #: Seconds the parent waits for each answer of the child (ready, result) before it gives up on
 #: it and runs the job itself.

@@ -48,10 +48,10 @@ def calibrated_rows(z: np.ndarray, folds: np.ndarray | None, calibrators: Sequen
     """float64 calibrated logits of a block of rows: ``calibrators[f]`` for the rows of fold
     ``f`` (one calibrator: every row), by the rule of ``select``'s out-of-fold logits (each
     calibrator transforms the rows in their own dtype; the result is widened)."""
-    from ..calibration._select import fold_rows
+    from ..calibration import out_of_fold_logits
 
     z = np.asarray(z)
-    return fold_rows(z, None if folds is None else np.asarray(folds).reshape(-1), calibrators)
+    return out_of_fold_logits(z, None if folds is None else np.asarray(folds).reshape(-1), calibrators)
 
 
 def _blocks(z: Any, folds: Any, calibrators: Sequence[Any] | None) -> Iterator[Any]:
