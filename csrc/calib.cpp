@@ -32,8 +32,10 @@
 // taken only when its sum is asked for (`nll`).
 //
 // Grouped, a task keeps each (group, bin) of the top-label sums as one cache line (its fields
-// side by side), so that a row of a random group touches one line of them, not one per field;
-// the group's rows and hits are then its cells' counts and hits, added at the end.
+// side by side, with the bin's Σ −log p_y and Σ Brier), so that a row of a random group touches
+// one line of them, not one per field; the group's rows, hits, Σ −log p_y and Σ Brier are then
+// its cells', added bin by bin at the end (the counts and hits integers: the same sums; the
+// other two the same terms summed in another order, within float64 rounding).
 // The rows are cut in `tasks` equal ranges (chosen by the caller from the shape only); each task
 // sums into its own scratch, and the scratches are added to the outputs in task order: the
 // result never depends on the threads.
@@ -48,6 +50,7 @@ namespace {
 
 constexpr int64_t kRowBlock = 64;
 constexpr int64_t kCell = 8;  // doubles per (group, bin) cell of a grouped pass: one cache line
+constexpr int64_t kNllField = 5, kBrierField = 6;  // a cell's Σ −log p_y and Σ Brier (after the 5 bin sums)
 constexpr int64_t kCellRows = 4;  // rows a cell for a grouped range to use the cells
 
 // SplitMix64's finaliser of i mod G (the row groups of calibration/_engine.py), with the modulo
@@ -702,20 +705,11 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
                 for (int64_t j = 0; j < nr; ++j) {
                     cell_at[j] = (grp[j] * nb + bidx[j]) * kCell;
                     __builtin_prefetch(copies + cell_at[j], 1);
-                    if (do_nll || do_brier) __builtin_prefetch(tot + 4 * grp[j], 1);  // and their totals
                 }
         }
         // The totals.
         if (GROUPED && copies != nullptr) {
-            // Through the cells, a group's rows and hits are their cells' counts and hits,
-            // added at the end (integers: exactly the same sums).
-            if (do_nll || do_brier)
-                for (int64_t j = 0; j < nr; ++j) {
-                    if (!all_ok && !ok[j]) continue;
-                    double* t = tot + 4 * grp[j];
-                    if (do_nll) t[2] += nll[j];
-                    if (do_brier) t[3] += brier[j];
-                }
+            // Through the cells (below), a group's totals are its cells', added at the end.
         } else if (GROUPED) {
             for (int64_t j = 0; j < nr; ++j) {
                 if (!all_ok && !ok[j]) continue;
@@ -769,9 +763,17 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
             };
             if (GROUPED && copies != nullptr) {
                 // A group's bin is one cache line of `copies` (its fields side by side, kCell
-                // apart): a row touches one line of the groups' bins, not one per field.
-                for (int64_t j = 0; j < nr; ++j)
-                    if (all_ok || ok[j]) add(copies + cell_at[j], 1, j);
+                // apart, and the row's −log p_y and Brier term in the spare fields kNllField and
+                // kBrierField): a row touches one line of the groups' sums, not one per field,
+                // nor a second line for the group's totals (that second scattered
+                // read-modify-write cost 9% of all five's time from logits, K = 10, one thread).
+                for (int64_t j = 0; j < nr; ++j) {
+                    if (!all_ok && !ok[j]) continue;
+                    double* const cell = copies + cell_at[j];
+                    add(cell, 1, j);
+                    if (do_nll) cell[kNllField] += nll[j];
+                    if (do_brier) cell[kBrierField] += brier[j];
+                }
             } else if (GROUPED) {
                 // A range too short to pay for the cells: the (G, F, B) sums directly (the same
                 // additions in the same order as through the cells).
@@ -803,7 +805,7 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
             std::memcpy(row_hit + b0, hits, sizeof(double) * nr);
         }
     }
-    if (GROUPED) {  // the cells into the (G, F, B) layout of the sums, their counts and hits into the totals
+    if (GROUPED) {  // the cells into the (G, F, B) layout of the sums, and into the totals, bin by bin
         if (copies != nullptr)
             for (int64_t g = 0; g < P.groups; ++g)
                 for (int64_t b = 0; b < nb; ++b) {
@@ -811,6 +813,8 @@ void calib_range(const CalibProblem& P, int64_t r0, int64_t r1, double* acc, T* 
                     for (int64_t f = 0; f < fields; ++f) bins[(g * fields + f) * nb + b] += cell[f];
                     tot[4 * g] += cell[0];
                     tot[4 * g + 1] += cell[2];
+                    tot[4 * g + 2] += cell[kNllField];
+                    tot[4 * g + 3] += cell[kBrierField];
                 }
     } else {
         const int64_t len = fields * nb;

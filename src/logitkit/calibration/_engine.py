@@ -398,7 +398,15 @@ _HASH_ADD = np.uint64(0x9E3779B97F4A7C15)
 
 
 def group_of(start: int, stop: int, groups: int) -> np.ndarray | None:
-    """Groups of rows ``start .. stop - 1``: ``i`` while ``i < G``, then SplitMix64(i) mod G."""
+    """Groups of rows ``start .. stop - 1``: ``i`` while ``i < G``, then SplitMix64(i) mod G.
+
+    Every row hashed on its own, so that a group is a random sample of the rows even when they
+    come sorted (by confidence, say).  A rule for cache locality, 64 consecutive rows to 64
+    consecutive groups from a hashed offset, was measured and rejected: on sorted rows (1e6, 2000
+    bootstrap draws of a mean) its group bootstrap's standard error was 0.83-1.13 of the true one
+    at G = 1024 over four offsets (this rule 0.99-1.02), 0.57-0.97 at G = 256 and 0.002 at G = 64
+    (each block then fills every group once: the groups are near copies), for a gain of 3-5% of
+    the native pass's time (all five figures from 1e7 x 10 logits, one thread)."""
     if groups <= 1:
         return None
     return groups_of(np.arange(start, stop, dtype=np.uint64), groups)
