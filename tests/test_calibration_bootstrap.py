@@ -42,12 +42,17 @@ def test_percentile_intervals_cover_the_true_ece_95_percent_of_the_time():
 @pytest.mark.parametrize("method", ["basic", "bca"])
 @pytest.mark.parametrize("n", [500, 3000])
 def test_other_methods_and_grouped_rows_cover_the_true_ece(method, n):
+    # 1200 replicates, not 400: basic and BCa intervals cover ~94.4% at 500 rows (1200
+    # replicates of another seed: 94.4% each, percentile 95.4%), and 400 replicates' Monte
+    # Carlo error (±1.1 points) put this seed's count at 368 and 371 of 400, below the band
+    # while the methods are within it
+    reps = 1200
     rng = np.random.default_rng(7)
     covered = sum(
         (lambda res: res.low <= 1 / 6 <= res.high)(
             bootstrap(ece, *_known_truth(rng, n), n_bins=10, method=method, random_state=r))
-        for r in range(400))
-    assert 0.93 * 400 <= covered <= 0.97 * 400, covered
+        for r in range(reps))
+    assert 0.93 * reps <= covered <= 0.97 * reps, covered
 
 
 @pytest.mark.parametrize("method", ["percentile", "basic", "bca"])
