@@ -289,8 +289,13 @@ def test_ctrl_c_ends_the_command_and_its_helper(tmp_path):
     rng = np.random.default_rng(1)
     np.savez(tmp_path / "big.npz", logits=rng.normal(size=(60000, 12)).astype(np.float32) * 4,
              labels=rng.integers(0, 12, size=60000))
-    command = ("import sys; from logitkit.cli import _calibrate, main; "
-               "_calibrate.idle_core = lambda: True; sys.exit(main(sys.argv[1:]))")  # any load
+    # any load; and select takes at least 30 s, so the Ctrl-C lands while the command works
+    # (the real select finishes 60,000 rows in well under the 0.3 s the test waits)
+    command = ("import sys, time; import logitkit.calibration as cal; "
+               "from logitkit.cli import _calibrate, main; "
+               "_calibrate.idle_core = lambda: True; real = cal.select; "
+               "cal.select = lambda *a, **k: (time.sleep(30), real(*a, **k))[1]; "
+               "sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", command, "calibrate", str(tmp_path / "big.npz"),
                              "--out", str(tmp_path / "out")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
