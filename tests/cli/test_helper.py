@@ -289,9 +289,12 @@ def test_ctrl_c_ends_the_command_and_its_helper(tmp_path):
     rng = np.random.default_rng(1)
     np.savez(tmp_path / "big.npz", logits=rng.normal(size=(60000, 12)).astype(np.float32) * 4,
              labels=rng.integers(0, 12, size=60000))
-    # any load; and select takes at least 30 s, so the Ctrl-C lands while the command works
-    # (the real select finishes 60,000 rows in well under the 0.3 s the test waits)
-    command = ("import sys, time; import logitkit.calibration as cal; "
+    # any load; select takes at least 30 s, so the Ctrl-C lands while the command works; and
+    # SIGINT handled as in a terminal's foreground job: a runner started in the background of
+    # a non-interactive shell (`cmd &`) hands its children SIGINT ignored, and Python then
+    # keeps it ignored (the command ran to the end, exit 0)
+    command = ("import signal, sys, time; import logitkit.calibration as cal; "
+               "signal.signal(signal.SIGINT, signal.default_int_handler); "
                "from logitkit.cli import _calibrate, main; "
                "_calibrate.idle_core = lambda: True; real = cal.select; "
                "cal.select = lambda *a, **k: (time.sleep(30), real(*a, **k))[1]; "
