@@ -40,6 +40,17 @@ template <class T> LK_INLINE double scale_of(const CeProblem& P, int64_t i) {
                            : static_cast<const double*>(P.scales)[at];
 }
 
+// Whether a z-loss gradient's factor coef·s/T (coef = 1 + 2·c_z·lse, lse ≤ |max/T| + log K)
+// may not fit T although the loss does (float32 [3e38, 0] at T = 1e-10: 6e54): the factor
+// would round to inf and inf·p = NaN where p = 0, whose exact gradient is 0.  Such rows go to
+// the caller, which zeroes the factor where p = 0.  Decided from the row's max alone, so the
+// first read of an in-place row gives the same verdict.
+template <class T> LK_INLINE bool zgrad_overflows(const CeProblem& P, int64_t i, double max_over_t, int64_t k) {
+    if (!(P.cz > 0)) return false;
+    const double coef = 1.0 + 2.0 * P.cz * (std::fabs(max_over_t) + std::log(static_cast<double>(k)) + 1.0);
+    return !(coef * std::fabs(P.inv_t * scale_of<T>(P, i)) < 0.5 * kMaxOf<T>);
+}
+
 // A row's (loss, lse, coef); lse and coef only where the caller asked for them.
 LK_INLINE void put_row(const CeProblem& P, int64_t i, double loss, double lse, double coef) {
     P.loss[i] = loss;
@@ -96,7 +107,7 @@ void plain_range(const CeProblem& P, int64_t r0, int64_t r1, bool stream) {
                 Scan s = scan_row<T, false>(xi, nullptr, k);
                 if (s.nan || !(s.max > -inf<double>() && s.max < inf<double>()) || xt[j] == -inf<double>() ||
                     (inv_t < T(1) && s.max > kShiftSafe<T> && s.max - s.min > kMaxOf<T>) ||
-                    zloss_unsafe(P.cz, s.max * P.inv_t)) {
+                    zloss_unsafe(P.cz, s.max * P.inv_t) || zgrad_overflows<T>(P, i, s.max * P.inv_t, k)) {
                     state[j] = 1;
                     continue;
                 }
@@ -110,7 +121,8 @@ void plain_range(const CeProblem& P, int64_t r0, int64_t r1, bool stream) {
                                    : pass1<T, false, STORE_NONE>(xi, nullptr, k, inv_t, nullptr, cm));
             if (!s.special && inv_t < T(1)) s.special = shift_overflows<T, false>(xi, nullptr, k, s.m);
             // The same verdicts as the first read of an in-place row (one answer either way).
-            s.special = s.special || xt[j] == -inf<double>() || zloss_unsafe(P.cz, s.m * P.inv_t);
+            s.special = s.special || xt[j] == -inf<double>() || zloss_unsafe(P.cz, s.m * P.inv_t) ||
+                        (WRITE && zgrad_overflows<T>(P, i, s.m * P.inv_t, k));
             state[j] = s.special ? 1 : 0;
             ms[j] = s.m;
             sums[j] = s.rest + s.top;
@@ -256,7 +268,9 @@ void options_range(const CeProblem& P, int64_t r0, int64_t r1) {
         const double b_t = PROB ? 0.0 : (1.0 - eps) * wt;
         const bool live_t = PROB || !MASK || mi[t];
         const double s_t = PROB ? 0.0 : static_cast<double>(src[t]);
-        if ((b_t > 0 && !live_t) || zloss_unsafe(P.cz, lse) || !std::isfinite(coef)) {
+        // (coef itself must fit T: the loop below forms coef·p in T, and inf·0 = NaN)
+        if ((b_t > 0 && !live_t) || zloss_unsafe(P.cz, lse) || !std::isfinite(coef) ||
+            (WRITE && !(std::fabs(coef) < kMaxOf<T>))) {
             P.special[i] = 1;  // an infinite loss (label on a masked class), or a z-loss overflow
             continue;
         }

@@ -164,6 +164,26 @@ def test_z_loss_gradient_where_the_coefficient_overflows(path):
 
 
 @pytest.mark.parametrize("path", PATH_IDS)
+def test_z_loss_gradient_factor_beyond_the_dtype_where_the_coefficient_fits(path):
+    # Found by the long differential run: float32 [3e38, 0] at T = 1e-10, c_z = 1e-4.  The
+    # coefficient 1 + 2c·lse = 6e44 fits float64 (where the kernel forms it) but not float32,
+    # nor does its product with 1/T: the kernel rounded it to inf and gave inf·0 = NaN on the
+    # class of probability 0, whose exact gradient is 0 (the generic path gave 0).  With label
+    # smoothing (the kernel's general path) and in place (out = x) too.
+    x = np.array([[3e38, 0.0]], dtype=F32)
+    for opts in ({}, {"label_smoothing": 0.1}):
+        loss, g = run(path, x, np.array([0]), z_loss=1e-4, temperature=1e-10, **opts)
+        assert float(loss) == math.inf
+        assert g[0, 0] == math.inf and not np.isnan(g).any(), g
+        if not opts:
+            assert g[0, 1] == 0.0
+    if path == "numpy_kernel":
+        buf = x.copy()
+        cross_entropy_with_grad(buf, np.array([0]), z_loss=1e-4, temperature=1e-10, out=buf)
+        assert buf[0, 0] == math.inf and buf[0, 1] == 0.0
+
+
+@pytest.mark.parametrize("path", PATH_IDS)
 def test_gradient_keeps_its_digits_at_large_logits(path):
     # p = exp(q − log s) with q = z − max: 1e4 + N(0, 1) in float32 lost 6e-5 through z − lse.
     rng = np.random.default_rng(3)
