@@ -128,6 +128,12 @@ class FitData:
                 return
             yield sub
 
+    def thin(self, step: int) -> FitData:
+        """:meth:`subsample` of in-memory rows; partitioned (Dask) data as it is, since a
+        map-reduce reads every block anyway.  For statistics that only steer a fit (a
+        starting point, a change of variables, a preconditioner)."""
+        return self if self.partitioned else self.subsample(step)
+
     def subsample(self, step: int) -> FitData:
         """Every ``step``-th row (views of in-memory arrays)."""
         w = None if self.w is None else self.w[::step]

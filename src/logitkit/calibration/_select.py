@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -463,7 +464,8 @@ def _select(data: FitData, folds: np.ndarray, names: list[str], cv: int, scoring
     fold_cals: dict[str, list[Calibrator]] = {name: [] for name in names}
     seconds = dict.fromkeys(names, 0.0)
     total, done = len(names) * cv + 1, 0
-    finite: list[bool] = []  # whether every input value is finite, looked at once if asked
+    # whether every input value is finite: looked at once, and only if a candidate asks
+    all_finite = functools.cache(lambda: bool(np.isfinite(z).all()))
     for name in names:
         rows[name] = {"method": name, "error": None, "warnings": [], "converged": True,
                       "at_bound": False}
@@ -477,12 +479,10 @@ def _select(data: FitData, folds: np.ndarray, names: list[str], cv: int, scoring
             if row["error"] is not None:
                 continue
             try:
-                if name != "none" and not make_candidate(name)._allow_neg_inf:
-                    if not finite:
-                        finite.append(bool(np.isfinite(z).all()))
-                    if not finite[0]:
-                        raise LogitkitValueError(expected(
-                            "logits", f"finite for {name} scaling", "infinite values"))
+                if (name != "none" and not make_candidate(name)._allow_neg_inf
+                        and not all_finite()):
+                    raise LogitkitValueError(expected(
+                        "logits", f"finite for {name} scaling", "infinite values"))
                 # Every fold's fit starts cold: started from the fit on all rows, a fit whose
                 # optimum is nearly flat (unpenalised matrix scaling of 449 rows) stopped next
                 # to that start, which had seen the held-out rows, and looked best out of fold
