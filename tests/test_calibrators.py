@@ -247,22 +247,43 @@ def test_matrix_scaling_is_the_optimum():
     assert_close(np.r_[ms.coef_.ravel(), ms.intercept_], ref, atol=1e-5)
 
 
-def test_dirichlet_scaling_with_odir_is_the_optimum():
+@pytest.mark.parametrize("reg_diagonal", [0.0, 1.0, 4.0])
+def test_dirichlet_scaling_with_odir_is_the_optimum(reg_diagonal):
+    # reg_diagonal=0 is the paper's ODIR; otherwise the diagonal is pulled toward 1/T of
+    # temperature scaling fitted on the same rows
     z, y = make(n=700, k=3, seed=5)
-    ds = DirichletScaler(reg_lambda=0.3, reg_mu=0.2).fit(z, y)
+    ds = DirichletScaler(reg_lambda=0.3, reg_mu=0.2, reg_diagonal=reg_diagonal).fit(z, y)
     k = 3
     off = ~np.eye(k, dtype=bool)
+    beta = 1.0 / TemperatureScaler().fit(z, y).temperature_
 
     def unpack(t):
         return lambda x: log_softmax(x, axis=1) @ t[:k * k].reshape(k, k).T + t[k * k:]
 
     def pen(t):
         w = t[:k * k].reshape(k, k)
-        return 0.3 * k * (k - 1) / 700 * np.sum(w[off] ** 2) + 0.2 * k / 700 * np.sum(t[k * k:] ** 2)
+        return (0.3 * k * (k - 1) / 700 * np.sum(w[off] ** 2)
+                + reg_diagonal * k / 700 * np.sum((np.diag(w) - beta) ** 2)
+                + 0.2 * k / 700 * np.sum(t[k * k:] ** 2))
 
     ref, f_ref = _reference(z, y, unpack, pen, np.r_[np.eye(k).ravel(), np.zeros(k)])
     assert ds.converged_ and ds.objective_ <= f_ref + 1e-10
     assert_close(np.r_[ds.coef_.ravel(), ds.intercept_], ref, atol=1e-5)
+
+
+def test_dirichlet_diagonal_ridge_keeps_small_separable_ish_sets_near_temperature_scaling():
+    # 40 rows, one misclassified: with the diagonal free (ODIR) the map sharpens far past
+    # temperature scaling; the default ridge keeps it near 1/T
+    rng = np.random.default_rng(3)
+    k, n = 4, 40
+    y = np.arange(n) % k
+    z = rng.normal(size=(n, k))
+    z[np.arange(n), y] += 4.0
+    z[0, (y[0] + 1) % k] += 9.0
+    beta = 1.0 / TemperatureScaler().fit(z, y).temperature_
+    odir = DirichletScaler(reg_diagonal=0.0).fit(z, y)
+    ours = DirichletScaler().fit(z, y)
+    assert np.abs(np.diag(ours.coef_) - beta).max() < 0.5 * np.abs(np.diag(odir.coef_) - beta).max()
 
 
 @pytest.mark.parametrize("form", ["matrix", "vector"])
@@ -832,6 +853,7 @@ def test_from_dict_refuses_what_it_cannot_restore():
     (MatrixScaler, {"tol": 0.0}, "tol"),
     (DirichletScaler, {"reg_lambda": -1.0}, "reg_lambda"),
     (DirichletScaler, {"reg_mu": math.nan}, "reg_mu"),
+    (DirichletScaler, {"reg_diagonal": -0.5}, "reg_diagonal"),
     (StructuredScaler, {"form": "diagonal"}, "form"),
     (StructuredScaler, {"reg_off_diagonal": -2.0}, "reg_off_diagonal"),
     (BetaCalibrator, {"max_iter": 1.5}, "max_iter"),

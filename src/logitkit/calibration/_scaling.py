@@ -736,25 +736,31 @@ class _AffineScaler(Calibrator):
     def _features(self, data: FitData) -> Features:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _penalty(self, data: FitData) -> Penalty:  # pragma: no cover - abstract
+    def _penalty(self, data: FitData, scale: float) -> Penalty:  # pragma: no cover - abstract
+        """The ridge penalty; ``scale`` is the start's ``1/T`` (:meth:`_start_scale`)."""
         raise NotImplementedError
 
     #: Start from temperature scaling (``A = I/T``): the logits' own scale is the first thing
     #: every map corrects, and the temperature fit costs a few cheap passes.
     _start_at_temperature = True
 
-    def _start(self, data: FitData) -> np.ndarray:
-        warm = getattr(self, "_warm", None)
-        if warm is not None:
-            return np.concatenate([np.ravel(warm.coef_), warm.intercept_])
+    def _start_scale(self, data: FitData) -> float:
+        """``1/T`` of temperature scaling, the scale of the start's diagonal (1 without a
+        temperature start)."""
         if not self._start_at_temperature:
-            return _identity(self._form, data.k)
+            return 1.0
         # only a starting point: an evenly spaced subsample's temperature is as good a one
         # (1e5 x 100, matrix scaling: 0.01 CPU s instead of 0.08, the same passes after it)
         ts = _temperature_stage(data.thin(-(-data.n // START_ROWS)))
         # A temperature at its bound means separable data, where that scale is no start (the
         # map would stop at once on a vanishing gradient): start at the identity then.
-        theta = _identity(self._form, data.k, 1.0 if ts.at_bound_ else ts.beta_)
+        return 1.0 if ts.at_bound_ else float(ts.beta_)
+
+    def _start(self, data: FitData, scale: float) -> np.ndarray:
+        warm = getattr(self, "_warm", None)
+        if warm is not None:
+            return np.concatenate([np.ravel(warm.coef_), warm.intercept_])
+        theta = _identity(self._form, data.k, scale)
         if self._features(data).kind == "margin":
             theta[0] = 1.0  # the scale of the constant 0 column is free
         return theta
@@ -762,8 +768,9 @@ class _AffineScaler(Calibrator):
     def _fit(self, data: FitData) -> None:
         max_iter, tol = self._iteration_settings()
         spec = self._features(data)
-        res = minimise(data, self._form, spec, self._penalty(data), self._start(data),
-                       max_iter=max_iter, tol=tol)
+        scale = self._start_scale(data)
+        res = minimise(data, self._form, spec, self._penalty(data, scale),
+                       self._start(data, scale), max_iter=max_iter, tol=tol)
         a, b = unpack(res.theta, self._form, data.k)
         self.coef_ = np.array(a)
         self.intercept_ = np.array(b)
@@ -865,7 +872,7 @@ class VectorScaler(_AffineScaler):
     def _restored_spec(self) -> Features:
         return Features("margin" if self.n_classes_ == 2 else "logits", self.n_classes_)
 
-    def _penalty(self, data: FitData) -> Penalty:
+    def _penalty(self, data: FitData, scale: float) -> Penalty:
         alpha = ridge(self.alpha, data.total_weight)
         return Penalty(diagonal=alpha, intercept=alpha)
 
@@ -929,7 +936,7 @@ class MatrixScaler(_AffineScaler):
     def _restored_spec(self) -> Features:
         return Features("logits", self.n_classes_)
 
-    def _penalty(self, data: FitData) -> Penalty:
+    def _penalty(self, data: FitData, scale: float) -> Penalty:
         alpha = ridge(self.alpha, data.total_weight)
         return Penalty(diagonal=alpha, off_diagonal=alpha, intercept=alpha)
 
@@ -942,19 +949,34 @@ class DirichletScaler(_AffineScaler):
             + \lambda\frac{K(K-1)}{N}\sum_{i \ne j} W_{ij}^2 + \mu\frac{K}{N}\sum_j b_j^2,
         \qquad p = \operatorname{softmax}(z)
 
-    with the paper's ODIR regulariser (off-diagonal and intercept ridge; the diagonal is
-    free), its strengths scaled with ``K`` and ``N`` as :class:`StructuredScaler`'s (Berta et
-    al. 2026): Kull et al. choose ``λ, μ`` by cross-validation, and fixed strengths either
-    overfit small calibration sets or hold large ones back.  Measured on the benchmark's data
+    with the paper's ODIR regulariser (off-diagonal and intercept ridge), its strengths scaled
+    with ``K`` and ``N`` as :class:`StructuredScaler`'s (Berta et al. 2026): Kull et al. choose
+    ``λ, μ`` by cross-validation, and fixed strengths either overfit small calibration sets or
+    hold large ones back.  Measured on the benchmark's data
     (``benchmarks/bench_calibrators.py``), ``λ = μ = 1`` in this scaling gave the lowest test
     NLL on every set (digits CNN, 449 rows: 0.080, against 0.202 for probmetrics' fixed
     ``1e-3`` and 0.277 for ``1e-2/(K(K−1))``; equal or better on the synthetic sets).
+
+    One addition to ODIR, on by default: a ridge ``δ K/N Σ_j (W_jj − 1/T)²`` pulls the
+    diagonal toward temperature scaling's (``W = I/T`` on ``log p`` *is* temperature scaling,
+    ``T`` fitted on the same rows), as :class:`StructuredScaler` pulls its diagonal.  In ODIR
+    the diagonal is free, and on small, nearly separable calibration sets it runs to large
+    values out of fold: over 30 calibration/test splits of the benchmark's small real files
+    the mean (worst) test NLL with ``δ = 0`` was 0.308 (4.78) on the digits CNN, 0.210
+    (1.12) on the digits MLP, and infinite on the wine file (some test label given
+    probability 0); with ``δ = 1``, 0.061 (0.109), 0.097 (0.136) and 0.169 (0.393), and
+    breast_cancer unchanged (0.133 / 0.198 and 0.133 / 0.193).  ``reg_diagonal=0`` is the
+    paper's ODIR.
+
     ``log p`` is floored at the log of the smallest normal float64, as dirichletcal clips
     ``p``.  Fitted by Newton's method (at most 16 classes) or L-BFGS, in float64.
 
     Args:
-        reg_lambda: ``λ``, the off-diagonal penalty (0 and ``reg_mu=0``: unregularised).
+        reg_lambda: ``λ``, the off-diagonal penalty (0, ``reg_mu=0`` and ``reg_diagonal=0``:
+            unregularised).
         reg_mu: ``μ``, the intercept penalty.
+        reg_diagonal: ``δ``, the pull of the diagonal toward temperature scaling's ``1/T``
+            (0: ODIR, the diagonal free).
         max_iter: the most passes over the data (per stage).
         tol: converged when the largest entry of the objective's gradient is at most ``tol``.
         from_probs: the inputs are probabilities (their logs are used).
@@ -986,10 +1008,12 @@ class DirichletScaler(_AffineScaler):
     _form = "full"
     _allow_neg_inf = True  # an excluded class: log p = -inf, floored
 
-    def __init__(self, *, reg_lambda: float = 1.0, reg_mu: float = 1.0, max_iter: int = 500,
-                 tol: float = 1e-6, from_probs: bool = False) -> None:
+    def __init__(self, *, reg_lambda: float = 1.0, reg_mu: float = 1.0,
+                 reg_diagonal: float = 1.0, max_iter: int = 500, tol: float = 1e-6,
+                 from_probs: bool = False) -> None:
         self.reg_lambda = reg_lambda
         self.reg_mu = reg_mu
+        self.reg_diagonal = reg_diagonal
         self.max_iter = max_iter
         self.tol = tol
         self.from_probs = from_probs
@@ -1000,12 +1024,15 @@ class DirichletScaler(_AffineScaler):
     def _restored_spec(self) -> Features:
         return Features("log_softmax", self.n_classes_)
 
-    def _penalty(self, data: FitData) -> Penalty:
+    def _penalty(self, data: FitData, scale: float) -> Penalty:
         lam = check_number(self.reg_lambda, "reg_lambda", low=0.0, high=math.inf,
                            high_open=True)
         mu = check_number(self.reg_mu, "reg_mu", low=0.0, high=math.inf, high_open=True)
+        delta = check_number(self.reg_diagonal, "reg_diagonal", low=0.0, high=math.inf,
+                             high_open=True)
         k, n = data.k, data.total_weight
-        return Penalty(off_diagonal=lam * k * (k - 1) / n, intercept=mu * k / n)
+        return Penalty(diagonal=delta * k / n, off_diagonal=lam * k * (k - 1) / n,
+                       intercept=mu * k / n, reference=scale)
 
 
 class StructuredScaler(_AffineScaler):
@@ -1099,7 +1126,7 @@ class StructuredScaler(_AffineScaler):
         return Features("tempered", self.n_classes_, beta=1.0 / self.temperature_,
                         mix=self.mix_)
 
-    def _penalty(self, data: FitData) -> Penalty:
+    def _penalty(self, data: FitData, scale: float) -> Penalty:
         names = ("reg_intercept", "reg_diagonal", "reg_off_diagonal")
         lb, ld, lo = (check_number(getattr(self, n), n, low=0.0, high=math.inf, high_open=True)
                       for n in names)
