@@ -610,11 +610,11 @@ RULES: dict[str, Callable[[Losses, list[str]], str]] = {
 
 
 def _selection_evidence(z: np.ndarray, y: np.ndarray,
-                        seed: int) -> tuple[Losses, list[str], bool, str]:
-    """One :func:`select` run: per-row out-of-fold NLL of every candidate, the candidates its
-    guards leave eligible (fitted, converged, off bounds, accuracy kept), whether the rows are
-    separable, and its choice."""
-    from logitkit.calibration._select import ACCURACY_FLAG
+                        seed: int) -> tuple[Losses, list[str], bool, str, Any]:
+    """One :func:`select` run: per-row out-of-fold NLL of every candidate (the mixture's
+    nested), the candidates its guards leave eligible (fitted, converged, off bounds,
+    accuracy kept), whether the rows are separable, its choice, and the selection."""
+    from logitkit.calibration._select import _usable
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -626,10 +626,9 @@ def _selection_evidence(z: np.ndarray, y: np.ndarray,
         if r["error"] is not None:
             continue
         losses[m] = -np.asarray(log_softmax(sel.oof_logits(m), axis=1))[rows, y]
-        if r["converged"] and not r["at_bound"] and math.isfinite(r["nll"]) \
-                and not r["accuracy_change"] < -ACCURACY_FLAG:
+        if _usable(r, "nll"):
             ok.append(m)
-    return losses, ok, sel.separable_, sel.best_
+    return losses, ok, sel.separable_, sel.best_, sel
 
 
 def rules(datasets: list[str], n_splits: int, repeats: int, synthetic_splits: int) -> None:
@@ -657,6 +656,9 @@ def rules(datasets: list[str], n_splits: int, repeats: int, synthetic_splits: in
                     test[method] = _scores(METHODS[method][0](z, y)(zt), yt)["nll"]
             best = min(test[m] for m in names)
             runs = [_selection_evidence(z, y, 1000 * split + r) for r in range(repeats)]
+            if "stacked" in runs[0][0]:  # the mixture: refitted as select refits it
+                mixture = runs[0][4].refit("stacked")
+                test["stacked"] = _scores(np.asarray(mixture.predict_proba(zt)), yt)["nll"]
             apart = runs[0][2]
             choices = {"select (as built)": runs[0][3]}
             for label, used in (("", runs[:1]), (f" cv x{repeats}", runs)):

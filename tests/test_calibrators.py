@@ -25,6 +25,7 @@ from logitkit.calibration import (
     IdentityCalibrator,
     IsotonicCalibrator,
     MatrixScaler,
+    StackedCalibrator,
     StructuredScaler,
     TemperatureScaler,
     VectorScaler,
@@ -34,7 +35,10 @@ from logitkit.calibration._base import FitData
 from logitkit.calibration._binary import isotonic_fit
 
 ALL = [IdentityCalibrator, TemperatureScaler, VectorScaler, MatrixScaler, DirichletScaler,
-       StructuredScaler, BetaCalibrator, IsotonicCalibrator, HistogramCalibrator]
+       StructuredScaler, BetaCalibrator, IsotonicCalibrator, HistogramCalibrator,
+       StackedCalibrator]
+#: the calibrators that take row weights (the mixture's weights come from cross-validation)
+WEIGHTED = [c for c in ALL if c is not StackedCalibrator]
 PARAMETRIC = [TemperatureScaler, VectorScaler, MatrixScaler, DirichletScaler,
               StructuredScaler, BetaCalibrator]
 
@@ -687,7 +691,7 @@ def test_affine_transform_is_differentiable_and_jittable(cls):
 FULL_MAPS = [MatrixScaler, DirichletScaler, StructuredScaler]
 
 
-@pytest.mark.parametrize("cls, lbfgs", [(c, False) for c in ALL] + [(c, True) for c in FULL_MAPS],
+@pytest.mark.parametrize("cls, lbfgs", [(c, False) for c in WEIGHTED] + [(c, True) for c in FULL_MAPS],
                          ids=lambda v: v.__name__ if isinstance(v, type) else ("lbfgs" if v else ""))
 def test_dask_fit_and_transform_equal_numpy(cls, lbfgs, monkeypatch):
     # lbfgs: above the Newton limit the full maps take whitened, class-block preconditioned
@@ -776,7 +780,7 @@ def test_probabilities_with_from_probs_equal_their_logits(cls):
             quiet_fit.fit(p, y)
 
 
-@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", WEIGHTED, ids=lambda c: c.__name__)
 def test_integer_weights_equal_repeated_rows(cls):
     z, y = make(n=300, k=3, seed=25)
     w = np.random.default_rng(25).integers(0, 3, 300)

@@ -350,12 +350,18 @@ def test_temperature_scaling_on_its_own_bar():
     # regression: with one bar of 1.5 standard errors for every candidate, 4 of 30 splits of
     # this model were left uncalibrated, at 2.7x the test NLL of temperature scaling (this
     # split: gain_z 1.42, test NLL 0.41 uncalibrated, 0.15 at T = 3.7)
+    # (the single methods' rule: here, 3 errors or more, "auto" chooses the mixture, whose
+    # test NLL must be as good)
     z, y, zt, yt = _gbm_breast_cancer(4)
-    sel = select(z, y, random_state=0)
+    sel = select(z, y, methods=[m for m in CANDIDATES if m != "stacked"], random_state=0)
     assert 1.0 <= sel.row("temperature")["gain_z"] < EVIDENCE
     assert sel.best_ == "temperature"
-    assert float(nll(sel.transform(zt), yt, from_logits=True)) < 0.5 * float(
-        nll(np.stack([np.zeros_like(zt), zt], 1), yt, from_logits=True))
+    uncalibrated = float(nll(np.stack([np.zeros_like(zt), zt], 1), yt, from_logits=True))
+    single = float(nll(sel.transform(zt), yt, from_logits=True))
+    assert single < 0.5 * uncalibrated
+    auto = select(z, y, random_state=0)
+    assert auto.best_ == "stacked"
+    assert float(nll(auto.transform(zt), yt, from_logits=True)) < 1.05 * single
 
 
 def test_gain_z_is_the_mean_nll_gain_over_its_standard_error():
@@ -389,14 +395,31 @@ def test_binary_input_as_one_column_or_two_and_separable(columns):
 # ------------------------------------------------------------------------- the fast path
 
 
-def _naive_table(z, y, folds, names, cv, from_probs=False):
+def em_weights(logp, prior=1.0, steps=20000):
+    """The mixture weights by plain EM (``w ← (Σ_n r_mn + a) / (N + M a)``), many steps."""
+    m = logp.shape[0]
+    a = np.broadcast_to(np.asarray(prior, dtype=np.float64), (m,))
+    like = np.exp(logp - logp.max(axis=0))
+    w = np.full(m, 1.0 / m)
+    for _ in range(steps):
+        r = w[:, None] * like
+        r /= r.sum(axis=0)
+        w = (r.sum(axis=1) + a) / (logp.shape[1] + a.sum())
+    return w
+
+
+def _naive_table(z, y, folds, names, cv, from_probs=False, mixed=()):
     """Every candidate's out-of-fold figures written out: each fold fitted on a copy of its
-    training rows, its held-out rows transformed, the metrics by their definitions."""
+    training rows, its held-out rows transformed, the metrics by their definitions; the
+    mixture of ``mixed`` nested (fold f's weights by EM on the other folds' losses)."""
     from logitkit.calibration._select import make_candidate
 
     x = z if z.ndim == 2 else z[:, None]
-    out = {}
+    rows = np.arange(len(y))
+    logps = {}
     for name in names:
+        if name == "stacked":
+            continue
         oof = np.empty((x.shape[0], 2 if x.shape[1] == 1 else x.shape[1]))
         for f in range(cv):
             held = folds == f
@@ -405,9 +428,24 @@ def _naive_table(z, y, folds, names, cv, from_probs=False):
                 cal = make_candidate(name, from_probs).fit(x[~held], y[~held])
             oof[held] = np.asarray(cal.transform(x[held]), dtype=np.float64)
         m = oof.max(axis=1, keepdims=True)
-        logp = oof - m - np.log(np.exp(oof - m).sum(axis=1, keepdims=True))
+        logps[name] = oof - m - np.log(np.exp(oof - m).sum(axis=1, keepdims=True))
+    if "stacked" in names:
+        picked = np.stack([logps[c][rows, y] for c in mixed])
+        mix = np.empty_like(logps[mixed[0]])
+        for f in range(cv):
+            held = folds == f
+            w = em_weights(picked[:, ~held])
+            keep = w >= 1e-3
+            w = w[keep] / w[keep].sum()
+            parts = np.stack([logps[c][held] for c, k in zip(mixed, keep, strict=True) if k]) \
+                + np.log(w)[:, None, None]
+            top = parts.max(axis=0)
+            mix[held] = top + np.log(np.exp(parts - top).sum(axis=0))
+        logps["stacked"] = mix
+    out = {}
+    for name in names:
+        logp = logps[name]
         p = np.exp(logp)
-        rows = np.arange(len(y))
         loss = -logp[rows, y]
         conf, hit = p.max(axis=1), (p.argmax(axis=1) == y).astype(float)
         edges = np.linspace(0.0, 1.0, 16)
@@ -443,13 +481,16 @@ def test_table_equals_a_naive_cross_validation(case, monkeypatch):
         monkeypatch.setattr(sel_mod, "CHUNK_ELEMENTS", 64)
         names = ["none", "temperature", "vector", "isotonic"]
     sel = select(z, y, methods="auto" if case == "auto" else names, random_state=5, **kw)
-    naive = _naive_table(z, y, sel.folds_, names, 5, **kw)
+    mixed = tuple(sel.row("stacked")["weights"]) if "stacked" in names else ()
+    naive = _naive_table(z, y, sel.folds_, names, 5, mixed=mixed, **kw)
     assert [r["method"] for r in sel.table_] == names
     for r in sel.table_:
         want = naive[r["method"]]
+        # the mixture's weights: Newton's (to float64) against plain EM's (to ~1e-8)
+        tol = 1e-6 if r["method"] == "stacked" else 1e-9
         for key in ("nll", "ece", "brier", "accuracy"):
-            assert_close(r[key], want[key], rtol=1e-9, atol=1e-12)
-        assert_close(r["fold_spread"], want["spread"], rtol=1e-9, atol=1e-12)
+            assert_close(r[key], want[key], rtol=tol, atol=1e-12)
+        assert_close(r["fold_spread"], want["spread"], rtol=tol, atol=1e-12)
         gain = naive["none"]["loss"] - want["loss"]
         if r["method"] != "none":
             z_score = gain.mean() / (gain.std(ddof=1) / np.sqrt(gain.size))

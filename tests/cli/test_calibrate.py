@@ -469,9 +469,9 @@ def test_progress_always_off_a_terminal_prints_finished_stages_not_stuck_bars(cl
                     "--no-diagram")
     assert "0%" not in err and "\r" not in err
     lines = err.splitlines()
-    assert any(line.startswith("logitkit: cross-validating 10 methods over 5 folds: 51 fits in ")
+    assert any(line.startswith("logitkit: cross-validating 11 methods over 5 folds: 56 fits in ")
                for line in lines), err
-    assert any(line.startswith("logitkit: measuring 10 methods out of fold: 400 rows in ")
+    assert any(line.startswith("logitkit: measuring 11 methods out of fold: 400 rows in ")
                for line in lines), err
     _, err = cli.ok("calibrate", "preds.npz", "--progress", "never", "--out", "n",
                     "--no-diagram")

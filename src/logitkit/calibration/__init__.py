@@ -6,8 +6,10 @@
   of the logits, :class:`BetaCalibrator`, :class:`IsotonicCalibrator` and
   :class:`HistogramCalibrator` one-vs-rest maps of the probabilities; every one is a
   :class:`Calibrator`, saved with ``to_dict`` and restored with ``Calibrator.from_dict``.
-- :func:`select` chooses among them (and "none") by cross-validated NLL; :func:`out_of_fold_logits`
-  gives any candidate's cross-fitted logits from its fold calibrators.
+- :class:`StackedCalibrator` mixes them, weighted by held-out likelihood.
+- :func:`select` chooses among them (and "none", and the mixture) by cross-validated NLL;
+  :func:`candidates_of` says which it fits; :func:`out_of_fold_logits` gives any candidate's
+  cross-fitted logits from its fold calibrators.
 - :func:`make_calibrator` makes one by its method name (:data:`METHODS`); :data:`ACCURACY_FLAG`
   is the held-out accuracy change beyond which :func:`select` flags a candidate.
 - :func:`ece`, :func:`mce`, :func:`brier_score`, :func:`nll`, :func:`accuracy` score
@@ -50,6 +52,8 @@ from ._scaling import VectorScaler as VectorScaler
 from ._select import ACCURACY_FLAG as ACCURACY_FLAG
 from ._select import METHODS as METHODS
 from ._select import Selection as Selection
+from ._select import StackedCalibrator as StackedCalibrator
+from ._select import candidates_of as candidates_of
 from ._select import make_calibrator as make_calibrator
 from ._select import out_of_fold_logits as out_of_fold_logits
 from ._select import select as select
@@ -74,6 +78,7 @@ __all__ = [
     "MatrixScaler",
     "Selection",
     "SmoothReliability",
+    "StackedCalibrator",
     "StructuredScaler",
     "TemperatureScaler",
     "VectorScaler",
@@ -83,6 +88,7 @@ __all__ = [
     "bootstrap",
     "brier_decomposition",
     "brier_score",
+    "candidates_of",
     "ece",
     "figure_from_stats",
     "make_calibrator",

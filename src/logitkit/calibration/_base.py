@@ -512,9 +512,7 @@ class Calibrator(Estimator):
             (True, 'TemperatureScaler')
         """
         check_is_fitted(self)
-        fitted = {"n_classes_": int(self.n_classes_)}
-        for name in self._fitted_fields:
-            fitted[name] = _jsonable(getattr(self, name))
+        fitted = {"n_classes_": int(self.n_classes_), **self._encode_fitted()}
         return {
             "schema_version": SCHEMA_VERSION,
             "method": self.method,
@@ -561,13 +559,23 @@ class Calibrator(Estimator):
                 value = tuple(value)
             params[name] = value
         est = target(**params)
-        fitted = data["fitted"]
+        fitted = dict(data["fitted"])
+        est.n_classes_ = int(fitted.pop("n_classes_"))
+        est._decode_fitted(fitted)
+        est._restore()
+        return est
+
+    def _encode_fitted(self) -> dict[str, Any]:
+        """The fitted attributes of ``_fitted_fields`` as JSON-ready values (numbers, lists)."""
+        return {name: _jsonable(getattr(self, name)) for name in self._fitted_fields}
+
+    def _decode_fitted(self, fitted: dict[str, Any]) -> None:
+        """Set the fitted attributes from :meth:`_encode_fitted`'s values (lists become
+        float64 arrays)."""
         for name, value in fitted.items():
             if isinstance(value, list):
                 value = np.asarray(value, dtype=np.float64)
-            setattr(est, name, value)
-        est._restore()
-        return est
+            setattr(self, name, value)
 
     def _restore(self) -> None:
         """Rebuild derived attributes after :meth:`from_dict` (nothing by default)."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..calibration import METHODS as ALL_METHODS
-from ..calibration import make_calibrator
+from ..calibration import candidates_of
 from ._helper import Helper, idle_core
 from ._io import (
     FORMATS,
@@ -61,8 +61,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", type=Path, metavar="FILE",
                    help="labels for a scores-only input (.npy, .npz, .csv, .parquet, .pt)")
     p.add_argument("--method", choices=("auto", *METHODS), default="auto", metavar="METHOD",
-                   help="the calibrator: auto (default) cross-validates every method and "
-                        "'none' (leave the scores alone) and picks the best out-of-fold NLL; "
+                   help="the calibrator: auto (default) cross-validates every method, "
+                        "'none' (leave the scores alone) and 'stacked' (a mixture of them "
+                        "weighted by held-out likelihood) and picks by out-of-fold NLL; "
                         f"or one of {', '.join(METHODS)} (still compared with none and "
                         "temperature in the table)")
     p.add_argument("--cv", type=fold_count, default=5, metavar="N",
@@ -301,19 +302,19 @@ def fit(train: Labelled, test: Labelled | None, args: argparse.Namespace,
     methods = "auto" if args.method == "auto" else [args.method]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
-        tried = len(_tried(methods))
+        tried = len(candidates_of(methods))
         with progress.stage(f"cross-validating {_plural(tried, 'method')} over {args.cv} folds",
                             tried * args.cv + 1, unit="fits") as tick:
             sel = select(train.logits, train.y, methods=methods, cv=args.cv,
                          random_state=args.seed, progress=lambda done, total, name: tick(1))
         chosen = sel.best_ if args.method == "auto" else args.method
-        if chosen == sel.best_:
-            cal = sel.calibrator_
-        else:  # the method asked for, although another candidate scored better
-            cal = make_calibrator(chosen).fit(train.logits, train.y)
-    row = sel.row(chosen)
-    if row["error"] is not None:
-        raise CliError(f"--method {chosen}: the fit failed in cross-validation: {row['error']}")
+        row = sel.row(chosen)
+        if row["error"] is not None:
+            raise CliError(f"--method {chosen}: the fit failed in cross-validation: "
+                           f"{row['error']}")
+        # the method asked for, although another candidate scored better: refitted on all
+        # rows as select refits its choice
+        cal = sel.refit(chosen)
     said = list(dict.fromkeys([*row["warnings"], *(
         str(w.message) for w in caught if issubclass(w.category, CalibrationWarning))]))
     opts = Options.from_args(args)
@@ -349,6 +350,8 @@ def fit(train: Labelled, test: Labelled | None, args: argparse.Namespace,
     table = candidates(sel.table_, chosen, figures)
     note = (f"{args.cv}-fold stratified cross-validation, seed {args.seed}; near-ties go to the "
             "simpler method")
+    if "stacked" in figures:
+        note += "; stacked's figures are nested: each fold's mixture weighted on the other folds"
     return Outcome(cal, said, before, after, evaluation, table, note)
 
 
@@ -360,12 +363,6 @@ def _measure_oof(sel: Any, method: str, logits: Any, y: Any, opts: Options) -> d
     if method == "none":
         return measure(logits, y, opts)
     return measure(logits, y, opts, calibrators=sel.fold_calibrators_[method], folds=sel.folds_)
-
-
-def _tried(methods: Any) -> list[str]:
-    if methods == "auto":
-        return list(ALL_METHODS)
-    return list(dict.fromkeys(["none", "temperature", *methods]))
 
 
 def _plural(n: int, noun: str) -> str:

@@ -205,6 +205,12 @@ def describe_calibrator(cal: dict[str, Any], *, short: bool = False) -> str:
         return method
     if method == "none":
         return "none (the scores are left as they are)"
+    if method == "stacked":
+        fitted = cal.get("fitted", {})
+        parts = ", ".join(f"{m} {w:.2f}" for m, w in zip(fitted.get("methods_", []),
+                                                          fitted.get("weights_", []),
+                                                          strict=False))
+        return f"stacked (a mixture weighted by held-out likelihood: {parts})"
     return f"{method} ({_METHODS[method]})" if method in _METHODS else method
 
 
