@@ -27,7 +27,12 @@ def test_make_calibrator_makes_each_method_as_select_does():
     for name in METHODS:
         cal = make_calibrator(name)
         assert isinstance(cal, Calibrator) and not hasattr(cal, "n_classes_")  # unfitted
-        assert repr(cal) == repr(sel.fold_calibrators_[name][0])  # configured as select does
+        fold = sel.fold_calibrators_[name][0]
+        if name == "stacked":  # select's is assembled from the fold's usable single methods
+            assert type(cal) is type(fold) and repr(cal) == "StackedCalibrator()"
+            assert fold.methods == fold.methods_ and set(fold.methods_) < set(METHODS)
+        else:
+            assert repr(cal) == repr(fold)  # configured as select does
     assert METHODS[:2] == ("none", "temperature")
     assert repr(make_calibrator("structured-vector", from_probs=True)) == \
         "StructuredScaler(form='vector', from_probs=True)"

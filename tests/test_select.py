@@ -330,6 +330,24 @@ def test_the_two_step_evidence_rule(t_z, s_z, s_zt, chosen):
     assert [r["method"] for r in rows if r["chosen"]] == [chosen]
 
 
+@pytest.mark.parametrize("stacked_nll, mix, scoring, chosen", [
+    (0.2501, True, "nll", "stacked"),  # a near tie with the single pick: still the mixture
+    (0.2400, True, "nll", "stacked"),
+    (0.2400, False, "nll", "temperature"),  # fewer than 3 errors: the single methods only
+    (0.2400, True, "brier", "temperature"),  # its weights maximise the likelihood, not Brier
+    (0.3100, True, "nll", "temperature"),  # worse than "none"
+])
+def test_the_mixture_is_chosen_when_it_beats_none(stacked_nll, mix, scoring, chosen):
+    # measured over 30 splits (select's docstring): holding the mixture to the near-tie rule
+    # against the single methods' pick made the mean test NLL worse on two of three files
+    rows = [_row("none", 0.30, 0.0, -1.2), _row("temperature", 0.25, 1.2, 0.0),
+            _row("stacked", stacked_nll, 2.0, 1.0)]
+    for r in rows:
+        r["brier"] = r["nll"]
+    assert _choose(rows, scoring, mix=mix) == chosen
+    assert [r["method"] for r in rows if r["chosen"]] == [chosen]
+
+
 def _gbm_breast_cancer(split):
     """An overconfident gradient boosting model of half of breast_cancer (the benchmark's):
     its held-out log-odds split into calibration and test rows by ``split``."""
@@ -350,8 +368,8 @@ def test_temperature_scaling_on_its_own_bar():
     # regression: with one bar of 1.5 standard errors for every candidate, 4 of 30 splits of
     # this model were left uncalibrated, at 2.7x the test NLL of temperature scaling (this
     # split: gain_z 1.42, test NLL 0.41 uncalibrated, 0.15 at T = 3.7)
-    # (the single methods' rule: here, 3 errors or more, "auto" chooses the mixture, whose
-    # test NLL must be as good)
+    # (the single methods' rule; with the mixture in, "auto" chooses it, 3 errors or more
+    # and its nested out-of-fold NLL below "none"'s, and its test NLL must be as good)
     z, y, zt, yt = _gbm_breast_cancer(4)
     sel = select(z, y, methods=[m for m in CANDIDATES if m != "stacked"], random_state=0)
     assert 1.0 <= sel.row("temperature")["gain_z"] < EVIDENCE
