@@ -144,6 +144,32 @@ def test_nested_fold_weights_never_see_their_fold():
             assert comp is sel.fold_calibrators_[name][f]
 
 
+def test_components_below_the_minimum_weight_are_left_out(monkeypatch):
+    # regression: the nested fold mixtures were handed every candidate's fold calibrator while
+    # their weights left the light ones out, so select (and StackedCalibrator.fit) stopped
+    # with "Expected `components` to be 9" as soon as a weight fell below MIN_WEIGHT, which
+    # the prior's 1/(N + M) share allows from about a thousand rows (1e5 x 100: every time)
+    import logitkit.calibration._select as sel_mod
+
+    monkeypatch.setattr(sel_mod, "MIN_WEIGHT", 0.03)  # here: histogram's and none's weights
+    z, y = make(n=2000, seed=0, scale=3.0)
+    sel = quiet_select(z, y, methods="stacked", random_state=0)
+    weights = sel.row("stacked")["weights"]
+    light = {m for m, w in weights.items() if w < 0.03}
+    assert light and len(light) < len(weights) - 1
+    folds = sel.fold_calibrators_["stacked"]
+    assert any(len(cal.methods_) < len(weights) for cal in folds)  # the nested ones drop too
+    for f, cal in enumerate(folds):
+        assert len(cal.methods_) == len(cal.components_) == len(cal.weights_)
+        assert all(comp is sel.fold_calibrators_[m][f]
+                   for m, comp in zip(cal.methods_, cal.components_, strict=True))
+    refit = sel.refit("stacked")
+    assert refit.methods_ == [m for m in weights if m not in light]
+    assert_close(refit.weights_.sum(), 1.0, rtol=1e-12)
+    with pytest.raises(LogitkitValueError, match="components"):
+        StackedCalibrator.assembled(["none", "vector"], [0.5, 0.5], [None, None], 4, False)
+
+
 def test_methods_and_candidates():
     assert candidates_of("stacked") == list(CANDIDATES)
     assert candidates_of("auto") == list(CANDIDATES)

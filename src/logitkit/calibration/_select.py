@@ -544,7 +544,7 @@ def _refit(method: str, data: FitData, weights: dict[str, float] | None) -> Cali
             if weights is None:  # pragma: no cover - a stacked row always has weights
                 raise LogitkitValueError(expected("method", "a fitted candidate", method))
             comps = [make_candidate(name, data.from_probs)._fit_data(data)
-                     for name, w in weights.items() if w >= MIN_WEIGHT]
+                     if w >= MIN_WEIGHT else None for name, w in weights.items()]
             return StackedCalibrator.assembled(list(weights), list(weights.values()), comps,
                                                data.k, data.from_probs)
         return make_candidate(method, data.from_probs)._fit_data(data)
@@ -872,20 +872,22 @@ class StackedCalibrator(Calibrator):
 
     @classmethod
     def assembled(cls, names: Sequence[str], weights: Sequence[float],
-                  components: Sequence[Calibrator], k: int, from_probs: bool
+                  components: Sequence[Calibrator | None], k: int, from_probs: bool
                   ) -> StackedCalibrator:
-        """A fitted mixture of fitted ``components`` (those of ``names`` whose weight is at
-        least ``MIN_WEIGHT``, in order; the weights renormalised)."""
-        kept = [(n, float(w)) for n, w in zip(names, weights, strict=True) if w >= MIN_WEIGHT]
-        if len(kept) != len(components):
+        """A fitted mixture of the fitted ``components``, one per name and weight: those whose
+        weight is below ``MIN_WEIGHT`` are left out (they may be ``None``, not fitted), the
+        others' weights renormalised."""
+        kept = [(n, float(w), c) for n, w, c in zip(names, weights, components, strict=True)
+                if w >= MIN_WEIGHT]
+        if any(c is None for _, _, c in kept):
             raise LogitkitValueError(expected(
-                "components", f"{len(kept)} (one per weight of at least {MIN_WEIGHT:g})",
-                len(components)))
-        total = sum(w for _, w in kept)
-        out = cls(methods=[n for n, _ in kept], from_probs=from_probs)
-        out.methods_ = [n for n, _ in kept]
-        out.weights_ = np.array([w / total for _, w in kept])
-        out.components_ = list(components)
+                "components", f"a fitted calibrator for every weight of at least {MIN_WEIGHT:g}",
+                [n for n, _, c in kept if c is None]))
+        total = sum(w for _, w, _ in kept)
+        out = cls(methods=[n for n, _, _ in kept], from_probs=from_probs)
+        out.methods_ = [n for n, _, _ in kept]
+        out.weights_ = np.array([w / total for _, w, _ in kept])
+        out.components_ = [c for _, _, c in kept]
         out.n_classes_ = k
         return out
 
