@@ -527,8 +527,15 @@ def test_beta_reg_is_checked():
         BetaCalibrator(reg=-1.0).fit(*make_binary(n=100))
 
 
-def test_isotonic_matches_scikit_learn_and_never_gives_zero():
+@pytest.mark.parametrize("threaded", [False, True])
+def test_isotonic_matches_scikit_learn_and_never_gives_zero(threaded, monkeypatch):
     from sklearn.isotonic import IsotonicRegression
+
+    from logitkit.calibration import _binary
+
+    if threaded:  # the classes on THREADS threads, however small the fit
+        monkeypatch.setattr(_binary, "ISOTONIC_THREADED", 0)
+        monkeypatch.setattr(_binary, "THREADS", 2)
 
     s, y = make_binary(n=1000, seed=11)
     iso = IsotonicCalibrator().fit(s, y)
@@ -546,6 +553,66 @@ def test_isotonic_matches_scikit_learn_and_never_gives_zero():
                              .predict(pk[:, c]), iso3.floor_, 1 - iso3.floor_)
                      for c in range(3)], axis=1)
     assert_close(iso3.predict_proba(z), cols / cols.sum(axis=1, keepdims=True), rtol=1e-12)
+
+
+def test_isotonic_pools_tied_probabilities_as_scikit_learn_does(monkeypatch):
+    # equal p_k are one point of the regression (their labels averaged, weights summed)
+    from sklearn.isotonic import IsotonicRegression
+
+    from logitkit.calibration import _binary
+
+    monkeypatch.setattr(_binary, "ISOTONIC_THREADED", 0)
+    monkeypatch.setattr(_binary, "THREADS", 2)
+    z, y = make(n=1200, k=4, seed=14)
+    z = np.round(z, 1)  # many ties
+    w = np.random.default_rng(15).random(1200) + 0.5
+    iso = IsotonicCalibrator().fit(z, y, sample_weight=w)
+    p = softmax(z, axis=1)
+    for c in range(4):
+        ref = IsotonicRegression(out_of_bounds="clip").fit(p[:, c], y == c, sample_weight=w)
+        sl = slice(int(iso.knots_start_[c]), int(iso.knots_start_[c + 1]))
+        assert_close(np.interp(p[:, c], iso.knots_x_[sl], iso.knots_y_[sl]),
+                     ref.predict(p[:, c]), rtol=1e-10, atol=1e-12)  # sums' rounding
+
+
+def test_isotonic_threads_in_concurrent_fits_and_a_forked_child():
+    # The class pool lives for one fit: fits in concurrent Python threads, and in a child
+    # forked while another thread fits, give the one-thread answer.
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import os, threading
+        from concurrent.futures import ThreadPoolExecutor
+        import numpy as np
+        from logitkit.calibration import IsotonicCalibrator
+        from logitkit.calibration import _binary
+        rng = np.random.default_rng(0)
+        z = rng.normal(size=(20000, 60)) * 3
+        y = rng.integers(0, 60, 20000)
+        _binary.THREADS = 1
+        want = IsotonicCalibrator().fit(z, y).knots_y_
+        _binary.THREADS, _binary.ISOTONIC_THREADED = 2, 0
+        with ThreadPoolExecutor(3) as pool:
+            got = list(pool.map(lambda _: IsotonicCalibrator().fit(z, y).knots_y_, range(3)))
+        assert all(np.array_equal(g, want) for g in got)
+        busy = threading.Thread(target=lambda: IsotonicCalibrator().fit(z, y))
+        busy.start()
+        pid = os.fork()
+        if pid == 0:
+            ok = np.array_equal(IsotonicCalibrator().fit(z, y).knots_y_, want)
+            os._exit(0 if ok else 3)
+        busy.join()
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+    """)
+    if not hasattr(__import__("os"), "fork"):
+        code = code[:code.index("busy = ")] + "print(0)\n"
+    out = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-c", code],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "0"
 
 
 @settings(max_examples=200, deadline=None)

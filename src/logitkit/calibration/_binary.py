@@ -12,6 +12,7 @@ and the NLL stays finite.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from .._namespace import check_choice, check_int, check_number
 from ._base import Calibrator, FitData, expand_rows, map_rows
 from ._binning import edges_of
 from ._blocks import row_sums
+from ._engine import THREADS
 from ._fitting import CACHE_FEATURES, _check_finite
 
 __all__ = ["BetaCalibrator", "HistogramCalibrator", "IsotonicCalibrator"]
@@ -32,6 +34,8 @@ _CHUNK_ELEMENTS = 1 << 20  # 8 MiB of float64 per chunk: amortises the kernels' 
 _RESIDENT_ELEMENTS = 1 << 15
 #: Beta's warm start: an evenly spaced subsample of about this many rows is fitted first.
 _WARM_START_ROWS = (4_000, 20_000)
+#: Isotonic fits of at least this many class probabilities sort the classes on threads.
+ISOTONIC_THREADED = 1 << 20
 
 
 def _log1mexp(a: np.ndarray) -> np.ndarray:
@@ -538,13 +542,16 @@ class IsotonicCalibrator(_OneVsRest):
         y = np.asarray(data.y)
         t = _targets(y, data.k)
         w = np.ones(data.n) if data.w is None else np.asarray(data.w, dtype=np.float64)
-        xs, ys, starts = [], [], [0]
-        for c in range(p.shape[1]):
-            order = np.argsort(p[:, c], kind="stable")
-            pc, tc, wc = p[order, c], t[order, c], w[order]
+        columns = np.ascontiguousarray(p.T)  # each class's p_k contiguous, to sort
+
+        def knots(c: int) -> tuple[np.ndarray, np.ndarray]:
+            order = np.argsort(columns[c], kind="stable")
+            pc, tc, wc = columns[c][order], t[order, c], w[order]
             keep = wc > 0
             pc, tc, wc = pc[keep], tc[keep], wc[keep]
-            ux, first = np.unique(pc, return_index=True)
+            # equal p_k pooled (np.unique's values and first indices, pc being sorted)
+            first = np.flatnonzero(np.r_[True, pc[1:] != pc[:-1]])
+            ux = pc[first]
             wsum = np.add.reduceat(wc, first)
             ymean = np.add.reduceat(wc * tc, first) / wsum
             fitted = isotonic_fit(ymean, wsum)
@@ -554,12 +561,21 @@ class IsotonicCalibrator(_OneVsRest):
                 same_prev = np.r_[False, fitted[1:] == fitted[:-1]]
                 same_next = np.r_[fitted[:-1] == fitted[1:], False]
                 change = ~(same_prev & same_next)
-            xs.append(ux[change])
-            ys.append(fitted[change])
-            starts.append(starts[-1] + int(change.sum()))
-        self.knots_x_ = np.concatenate(xs)
-        self.knots_y_ = np.concatenate(ys)
-        self.knots_start_ = np.asarray(starts, dtype=np.float64)
+            return ux[change], fitted[change]
+
+        # The classes' sorts release the GIL: on THREADS threads (a pool for one fit, nothing
+        # to survive a fork) once there is enough to share.  8e4 x 100 on two cores: 1.58 s
+        # one class at a time from strided columns with np.unique's second sort, 0.81 s now
+        classes = range(columns.shape[0])
+        workers = min(THREADS, len(classes)) if p.size >= ISOTONIC_THREADED else 1
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                parts = list(pool.map(knots, classes))
+        else:
+            parts = [knots(c) for c in classes]
+        self.knots_x_ = np.concatenate([x for x, _ in parts])
+        self.knots_y_ = np.concatenate([v for _, v in parts])
+        self.knots_start_ = np.r_[0, np.cumsum([x.size for x, _ in parts])].astype(np.float64)
         self.floor_ = 0.5 / (data.total_weight + 1.0)
 
     def _class_probs(self, p: np.ndarray, lp: np.ndarray,
