@@ -1144,6 +1144,30 @@ def _large_matrix_problem():
     return z.astype(np.float32), y
 
 
+@pytest.mark.parametrize("cls", [MatrixScaler, StructuredScaler, DirichletScaler])
+def test_many_classes_precondition_with_the_blocks_diagonals(monkeypatch, cls):
+    # regression: the preconditioner held K (K+1)² floats whatever K (8 GB at K = 1000: a fit
+    # of ImageNet-sized logits was killed for memory); above BLOCK_MAX_CLASSES it keeps the
+    # blocks' diagonals, (K, K+1), and reaches the same optimum
+    monkeypatch.setattr(scaling, "NOISE_FRACTION", 0.0)  # both to the gradient test
+    z, y = make(n=3000, k=20, seed=48)
+    block = cls(tol=1e-7).fit(z, y)
+    shapes = []
+    precondition = scaling.Standardised.precondition
+
+    def spy(self, *args, **kwargs):
+        precondition(self, *args, **kwargs)
+        shapes.append((self.chol.shape, self.chol_inv.shape))
+
+    monkeypatch.setattr(scaling.Standardised, "precondition", spy)
+    monkeypatch.setattr(scaling, "BLOCK_MAX_CLASSES", 16)
+    diagonal = cls(tol=1e-7).fit(z, y)
+    assert shapes and all(s == ((20, 21), (20, 21)) for s in shapes)
+    assert diagonal.converged_ and block.converged_
+    assert diagonal.objective_ == pytest.approx(block.objective_, rel=1e-9, abs=1e-12)
+    assert_close(diagonal.predict_proba(z), block.predict_proba(z), rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize("cls", [MatrixScaler, StructuredScaler])
 def test_full_map_fits_do_not_depend_on_the_pass_threads(monkeypatch, cls):
     # The chunks of a float32 pass and the pieces of the preconditioner run on a thread pool;

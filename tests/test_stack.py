@@ -19,7 +19,14 @@ from logitkit.calibration import (
     nll,
     select,
 )
-from logitkit.calibration._select import CANDIDATES, MIX_MIN_ERRORS, STACK_PRIOR, _choose
+from logitkit.calibration._select import (
+    AUTO_MAX_CLASSES,
+    CANDIDATES,
+    FULL_MAPS,
+    MIX_MIN_ERRORS,
+    STACK_PRIOR,
+    _choose,
+)
 from logitkit.calibration._stack import MIN_WEIGHT, stack_weights
 from test_select import em_weights
 
@@ -173,6 +180,12 @@ def test_components_below_the_minimum_weight_are_left_out(monkeypatch):
 def test_methods_and_candidates():
     assert candidates_of("stacked") == list(CANDIDATES)
     assert candidates_of("auto") == list(CANDIDATES)
+    assert candidates_of("auto", n_classes=AUTO_MAX_CLASSES) == list(CANDIDATES)
+    many = AUTO_MAX_CLASSES + 1
+    assert candidates_of("auto", n_classes=many) == [m for m in CANDIDATES if m not in FULL_MAPS]
+    assert candidates_of(["stacked", "matrix"], n_classes=many) == \
+        [m for m in CANDIDATES if m not in ("structured", "dirichlet")]
+    assert candidates_of("matrix", n_classes=many) == ["none", "temperature", "matrix"]
     assert candidates_of(["vector"]) == ["none", "temperature", "vector"]
     assert candidates_of(["vector", "stacked"]) == list(CANDIDATES)
     with pytest.raises(LogitkitValueError, match="methods"):
@@ -181,6 +194,23 @@ def test_methods_and_candidates():
         StackedCalibrator(cv=1).fit(*make(n=100))
     with pytest.raises(LogitkitValueError, match="cv"):
         StackedCalibrator(cv=50).fit(*make(n=30))
+
+
+def test_auto_leaves_the_full_maps_out_above_the_class_limit(monkeypatch):
+    # regression: "auto" fitted every full map whatever K: on 1e4 x 1000 logits a fit took
+    # 20-70 s (after a first one was killed for memory), six of each in select
+    import logitkit.calibration._select as sel_mod
+
+    monkeypatch.setattr(sel_mod, "AUTO_MAX_CLASSES", 3)
+    z, y = make(n=600, k=4, seed=10)
+    sel = quiet_select(z, y, random_state=0)
+    assert [r["method"] for r in sel.table_] == \
+        [m for m in CANDIDATES if m not in FULL_MAPS]
+    assert set(sel.row("stacked")["weights"]).isdisjoint(FULL_MAPS)
+    named = quiet_select(z, y, methods=["structured"], random_state=0)
+    assert [r["method"] for r in named.table_] == ["none", "temperature", "structured"]
+    st = StackedCalibrator().fit(z, y)
+    assert set(st.methods_).isdisjoint(FULL_MAPS)
 
 
 def test_row_weights_are_refused():

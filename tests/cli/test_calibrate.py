@@ -451,6 +451,27 @@ def test_subprocess_python_m_logitkit(cli, make_data, tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 
 
+def test_many_classes_auto_leaves_the_full_maps_out_and_says_so(cli, data, monkeypatch):
+    # above AUTO_MAX_CLASSES classes (here 3: the data have 4) the progress counts and the
+    # table's note follow select's candidates
+    import logitkit.calibration._select as sel_mod
+    from logitkit.cli import _calibrate
+
+    monkeypatch.setattr(sel_mod, "AUTO_MAX_CLASSES", 3)
+    monkeypatch.setattr(_calibrate, "AUTO_MAX_CLASSES", 3)
+    z, y = data
+    np.savez("preds.npz", logits=z, labels=y)
+    out, err = cli.ok("calibrate", "preds.npz", "--progress", "always", "--out", "p",
+                      "--no-diagram")
+    assert "logitkit: cross-validating 8 methods over 5 folds: 41 fits in " in err, err
+    assert "above 3 classes auto leaves out structured, dirichlet, matrix" in out
+    assert not any(line.startswith(("structured ", "dirichlet ", "matrix "))
+                   for line in out.splitlines())
+    out, _ = cli.ok("calibrate", "preds.npz", "--method", "matrix", "--out", "m",
+                    "--no-diagram")
+    assert "leaves out" not in out and cli.report("m")["calibrator"]["method"] == "matrix"
+
+
 def test_bins_and_binning_options(cli, data):
     z, y = data
     np.savez("preds.npz", logits=z, labels=y)

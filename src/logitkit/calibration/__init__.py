@@ -50,6 +50,8 @@ from ._scaling import MatrixScaler as MatrixScaler
 from ._scaling import StructuredScaler as StructuredScaler
 from ._scaling import VectorScaler as VectorScaler
 from ._select import ACCURACY_FLAG as ACCURACY_FLAG
+from ._select import AUTO_MAX_CLASSES as AUTO_MAX_CLASSES
+from ._select import FULL_MAPS as FULL_MAPS
 from ._select import METHODS as METHODS
 from ._select import Selection as Selection
 from ._select import StackedCalibrator as StackedCalibrator
@@ -65,6 +67,8 @@ from ._temperature import TemperatureScaler as TemperatureScaler
 
 __all__ = [
     "ACCURACY_FLAG",
+    "AUTO_MAX_CLASSES",
+    "FULL_MAPS",
     "METHODS",
     "BetaCalibrator",
     "BootstrapResult",

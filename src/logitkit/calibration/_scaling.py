@@ -56,6 +56,10 @@ NOISE_FRACTION = 1e-3
 #: structured 5 / 5 and Dirichlet 6 / 6 (their fits 0.03-0.08 s slower with 8000).
 PRECONDITION_ROWS = 4000
 MOMENT_ROWS = 20000
+#: Above this many classes the preconditioner keeps each class block's diagonal only: the
+#: blocks take K (K + 1)² floats (8 GB at K = 1000: a fit of ImageNet's logits was killed for
+#: memory) and K (K + 1)²/2 multiply-adds a row.
+BLOCK_MAX_CLASSES = 256
 #: Rows per piece of the preconditioner's products (their float32 temporaries: 10 MiB at K = 100).
 _CURVATURE_PIECE = 512
 #: Rows of the subsample whose temperature starts the maps that start at temperature scaling.
@@ -480,6 +484,27 @@ def _curvature_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, spec: Features
     return s0, s1
 
 
+def _curvature_diagonals(x: Any, y: Any, w: Any, *, theta: np.ndarray, spec: Features,
+                         from_probs: bool, mu: np.ndarray, whiten: np.ndarray
+                         ) -> tuple[Any, Any]:
+    """``(Σw, Σw·p_c(1−p_c) ũ∘ũ for every class c)``: the diagonals ``(K, K+1)`` of the
+    blocks of :func:`_curvature_sums`, one product ``Rᵀ (Ũ∘Ũ)`` a chunk of rows."""
+    x = np.asarray(x)
+    k = spec.k
+    a, b = unpack(theta, "full", k)
+    chunk = max(16, _CHUNK_ELEMENTS // k)
+    s0, s1 = 0.0, np.zeros((k, k + 1))
+    for start in range(0, x.shape[0], chunk):
+        f = features(expand_rows(x[start:start + chunk], from_probs), spec, np)
+        p = np.exp(log_softmax(f @ a.T + b, axis=1))
+        wc = np.ones(f.shape[0]) if w is None else np.asarray(w[start:start + chunk], np.float64)
+        u2 = np.ones((f.shape[0], k + 1))
+        u2[:, :k] = ((f - mu) @ whiten) ** 2  # whiten is symmetric
+        s0 += float(wc.sum())
+        s1 += (p * (1.0 - p) * wc[:, None]).T @ u2
+    return s0, s1
+
+
 class Standardised:
     """The full map in whitened features ``u = T (x − μ)``: ``A x + b = A′ u + b′`` with
     ``A = A′ T`` and ``b = b′ − A μ``, where ``T = Σ^{-1/2}`` (``Σ`` the features' weighted
@@ -511,9 +536,13 @@ class Standardised:
         self.whiten = (vecs * inv_sqrt) @ vecs.T  # T = Σ^{-1/2}, symmetric
         self.unwhiten = (vecs / inv_sqrt) @ vecs.T  # T⁻¹
         self.k = spec.k
-        eye = np.broadcast_to(np.eye(spec.k + 1), (spec.k, spec.k + 1, spec.k + 1))
-        self.chol: np.ndarray = np.array(eye)  # L_c, set by precondition
-        self.chol_inv: np.ndarray = np.array(eye)  # L_c⁻¹
+        # L_c and L_c⁻¹, set by precondition: (K, K+1, K+1) blocks, or (K, K+1) diagonals
+        # above BLOCK_MAX_CLASSES classes
+        shape = ((spec.k, spec.k + 1) if spec.k > BLOCK_MAX_CLASSES
+                 else (spec.k, spec.k + 1, spec.k + 1))
+        one = np.ones(shape[1:]) if len(shape) == 2 else np.eye(spec.k + 1)
+        self.chol: np.ndarray = np.array(np.broadcast_to(one, shape))
+        self.chol_inv: np.ndarray = np.array(self.chol)
 
     def precondition(self, data: FitData, spec: Features, theta: np.ndarray,
                      penalty: np.ndarray, pool: Executor | None = None) -> None:
@@ -528,6 +557,19 @@ class Standardised:
         k = self.k
         rows = PRECONDITION_ROWS * (2 if spec.kind == "logits" else 1)
         sub = data.thin(max(1, data.n // rows))
+        if self.chol.ndim == 2:  # the blocks' diagonals only (Jacobi)
+            s0, s1 = row_sums(_curvature_diagonals, sub.x, sub.y, sub.w, theta=theta,
+                              spec=spec, from_probs=sub.from_probs, mu=self.mu,
+                              whiten=self.whiten)
+            diag = s1 / s0
+            lam_a = penalty[: k * k].reshape(k, k)
+            diag[:, :k] += 2.0 * lam_a @ self.whiten ** 2  # the penalties' diagonals, as below
+            v = np.r_[-(self.whiten @ self.mu), 1.0]
+            diag += 2.0 * penalty[k * k:, None] * v[None] ** 2
+            diag += 1e-10 * max(float(diag.max()), 1e-300)
+            self.chol = np.sqrt(diag)
+            self.chol_inv = 1.0 / self.chol
+            return
         s0, s1 = row_sums(_curvature_sums, sub.x, sub.y, sub.w, theta=theta, spec=spec,
                           from_probs=sub.from_probs, mu=self.mu, whiten=self.whiten,
                           pool=None if sub.partitioned else pool)
@@ -565,11 +607,11 @@ class Standardised:
     def unscale(self, g_psi: np.ndarray) -> np.ndarray:
         """The gradient in the whitened parameters from that in the optimised ones (the
         convergence test is applied there: the preconditioned gradient would make it lax)."""
-        return self._flat(np.einsum("cij,cj->ci", self.chol, self._blocks(g_psi)))
+        return self._flat(_apply(self.chol, self._blocks(g_psi), "cij,cj->ci"))
 
     def theta(self, psi: np.ndarray) -> np.ndarray:
         k = self.k
-        phi = self._flat(np.einsum("cji,cj->ci", self.chol_inv, self._blocks(psi)))
+        phi = self._flat(_apply(self.chol_inv, self._blocks(psi), "cji,cj->ci"))
         a = phi[: k * k].reshape(k, k) @ self.whiten
         return np.concatenate([a.ravel(), phi[k * k:] - a @ self.mu])
 
@@ -577,14 +619,20 @@ class Standardised:
         k = self.k
         a = theta[: k * k].reshape(k, k)
         phi = np.concatenate([(a @ self.unwhiten).ravel(), theta[k * k:] + a @ self.mu])
-        return self._flat(np.einsum("cji,cj->ci", self.chol, self._blocks(phi)))
+        return self._flat(_apply(self.chol, self._blocks(phi), "cji,cj->ci"))
 
     def pullback(self, g: np.ndarray) -> np.ndarray:
         k = self.k
         ga, gb = g[: k * k].reshape(k, k), g[k * k:]
         m = self.whiten @ self.mu
         g_phi = np.concatenate([(ga @ self.whiten - np.outer(gb, m)).ravel(), gb])
-        return self._flat(np.einsum("cij,cj->ci", self.chol_inv, self._blocks(g_phi)))
+        return self._flat(_apply(self.chol_inv, self._blocks(g_phi), "cij,cj->ci"))
+
+
+def _apply(factor: np.ndarray, blocks: np.ndarray, subscripts: str) -> np.ndarray:
+    """Each class's row of ``blocks`` times its factor (or that factor's transpose, by
+    ``subscripts``): a matrix product for block factors, elementwise for diagonal ones."""
+    return factor * blocks if factor.ndim == 2 else np.einsum(subscripts, factor, blocks)
 
 
 def _cached_features(data: FitData, spec: Features) -> FitData:

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..calibration import AUTO_MAX_CLASSES, FULL_MAPS, candidates_of
 from ..calibration import METHODS as ALL_METHODS
-from ..calibration import candidates_of
 from ._helper import Helper, idle_core
 from ._io import (
     FORMATS,
@@ -302,7 +302,8 @@ def fit(train: Labelled, test: Labelled | None, args: argparse.Namespace,
     methods = "auto" if args.method == "auto" else [args.method]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
-        tried = len(candidates_of(methods))
+        k = int(train.logits.shape[1]) if train.logits.ndim == 2 else 2
+        tried = len(candidates_of(methods, n_classes=k))
         with progress.stage(f"cross-validating {_plural(tried, 'method')} over {args.cv} folds",
                             tried * args.cv + 1, unit="fits") as tick:
             sel = select(train.logits, train.y, methods=methods, cv=args.cv,
@@ -352,6 +353,11 @@ def fit(train: Labelled, test: Labelled | None, args: argparse.Namespace,
             "simpler method")
     if "stacked" in figures:
         note += "; stacked's figures are nested: each fold's mixture weighted on the other folds"
+    fitted = {r["method"] for r in sel.table_}
+    left = [m for m in FULL_MAPS if args.method == "auto" and m not in fitted]
+    if left:
+        note += (f"; above {AUTO_MAX_CLASSES} classes auto leaves out {', '.join(left)} "
+                 "(K² parameters, slow): name one with --method to fit it")
     return Outcome(cal, said, before, after, evaluation, table, note)
 
 
