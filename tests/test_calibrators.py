@@ -1144,6 +1144,24 @@ def _large_matrix_problem():
     return z.astype(np.float32), y
 
 
+def test_a_large_diagonal_hessian_is_formed_in_float32_to_the_same_optimum(monkeypatch):
+    # many classes: the diagonal map's exact Hessian (rows x (2K)² multiply-adds) is formed in
+    # float32 on BLAS's threads; it only steers Newton, the answer is the float64 one's
+    z, y = make(n=3000, k=30, seed=49)
+    exact = VectorScaler(tol=1e-9).fit(z, y)
+    grams = []
+    hessian = scaling._hessian
+    monkeypatch.setattr(scaling, "_hessian",
+                        lambda *a, **kw: grams.append(a[4] if len(a) > 4 else kw.get("gram"))
+                        or hessian(*a, **kw))
+    monkeypatch.setattr(scaling, "_THREADED_HESSIAN", 0)
+    big = VectorScaler(tol=1e-9).fit(z, y)
+    assert grams and all(g is np.float32 for g in grams)
+    assert big.converged_ and exact.converged_
+    assert big.objective_ == pytest.approx(exact.objective_, rel=1e-12)
+    assert_close(big.coef_, exact.coef_, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("cls", [MatrixScaler, StructuredScaler, DirichletScaler])
 def test_many_classes_precondition_with_the_blocks_diagonals(monkeypatch, cls):
     # regression: the preconditioner held K (K+1)² floats whatever K (8 GB at K = 1000: a fit

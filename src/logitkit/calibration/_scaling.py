@@ -34,7 +34,14 @@ from .._namespace import LogitkitTypeError, check_number, expected
 from ._base import Calibrator, FitData, expand_rows, ridge
 from ._blocks import row_sums
 from ._engine import THREADS
-from ._fitting import CACHE_FEATURES, Result, lbfgs, newton, small_problem_threads
+from ._fitting import (
+    CACHE_FEATURES,
+    SMALL_INPUT,
+    Result,
+    lbfgs,
+    newton,
+    small_problem_threads,
+)
 
 __all__ = ["DirichletScaler", "MatrixScaler", "StructuredScaler", "VectorScaler"]
 
@@ -45,6 +52,9 @@ LOG_TINY = math.log(np.finfo(np.float64).tiny)
 #: (rows × parameters²): a subsampled Hessian makes Newton converge linearly, and on the
 #: nearly flat directions of an unpenalised matrix map that took 20–110 passes, not 5.
 _EXACT_HESSIAN = 1 << 27
+#: A diagonal map's Hessian of more multiply-adds than this is formed in float32 on BLAS's
+#: threads (it only steers Newton's steps; the gradient, and so the answer, stays float64).
+_THREADED_HESSIAN = 1 << 32
 #: Full maps of at most this many classes (K(K + 1) <= 272 parameters) are fitted by Newton.
 _NEWTON_MAX_CLASSES = 16
 #: L-BFGS stops once the last and the predicted decrease of the objective are at most this
@@ -244,8 +254,12 @@ def _diag_with_hessian(x: np.ndarray, w: Any, sums: np.ndarray, a: np.ndarray, b
     xs = np.asarray(x[::stride], dtype=np.float64)
     p = softmax(xs * a + b, axis=1)
     ws = np.ones(xs.shape[0]) if w is None else np.asarray(w[::stride], dtype=np.float64)
-    with small_problem_threads(0):  # BLAS threads only slow these small products
-        h = _hessian(p, xs, ws, "diag", np.float32 if stride > 1 else np.float64)
+    # BLAS threads only slow the small products; a large one (many classes: 1e4 rows at
+    # K = 1000 is 4e10 multiply-adds, 1.9 s a Newton step on one thread in float64) is
+    # formed in float32 on BLAS's threads (0.35 s on two), as a subsampled one is
+    big = xs.shape[0] * (2 * xs.shape[1]) ** 2 > _THREADED_HESSIAN
+    with small_problem_threads(SMALL_INPUT + 1 if big else 0):
+        h = _hessian(p, xs, ws, "diag", np.float32 if stride > 1 or big else np.float64)
     return float(sums[0]), sums[1:], h, float(ws.sum())
 
 
