@@ -1162,6 +1162,35 @@ def test_a_large_diagonal_hessian_is_formed_in_float32_to_the_same_optimum(monke
     assert_close(big.coef_, exact.coef_, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("structured", [True, False])
+def test_preconditioner_blocks_are_the_curvature_plus_the_penalty_hessian(structured):
+    # the penalty's blocks 2 T diag(λ_c) T + 2 λ_b v vᵀ: by K³ rank-one updates for every
+    # Penalty's λ (the same off the diagonal), by the K⁴ batched product otherwise
+    from logitkit.calibration._base import fit_data
+
+    z, y = make(n=1500, k=12, seed=50)
+    data = fit_data(z, y, None, from_probs=False, allow_neg_inf=False)
+    spec = scaling.Features("logits", 12)
+    pen = scaling.Penalty(diagonal=0.3, off_diagonal=0.05, intercept=0.02)
+    lam, _ = pen.weights("full", 12)
+    if not structured:
+        lam = lam * np.random.default_rng(51).uniform(0.5, 1.5, lam.size)
+    theta = scaling._identity("full", 12, 0.5)
+    std = scaling.Standardised(data, spec)
+    std.precondition(data, spec, theta, lam)
+    s0, s1 = scaling._curvature_sums(z, y, None, theta=theta, spec=spec, from_probs=False,
+                                     mu=std.mu, whiten=std.whiten)
+    t, k = std.whiten, 12
+    v = np.r_[-(t @ std.mu), 1.0]
+    want = s1 / s0
+    for c in range(k):
+        want[c, :k, :k] += 2.0 * t @ np.diag(lam[c * k:(c + 1) * k]) @ t
+        want[c] += 2.0 * lam[k * k + c] * np.outer(v, v)
+    got = np.matmul(std.chol, std.chol.transpose(0, 2, 1))
+    scale = np.abs(want).max()
+    assert_close(got, want, rtol=1e-9, atol=1e-9 * scale)
+
+
 @pytest.mark.parametrize("cls", [MatrixScaler, StructuredScaler, DirichletScaler])
 def test_many_classes_precondition_with_the_blocks_diagonals(monkeypatch, cls):
     # regression: the preconditioner held K (K+1)² floats whatever K (8 GB at K = 1000: a fit
