@@ -575,40 +575,56 @@ def test_isotonic_pools_tied_probabilities_as_scikit_learn_does(monkeypatch):
                      ref.predict(p[:, c]), rtol=1e-10, atol=1e-12)  # sums' rounding
 
 
-def test_isotonic_threads_in_concurrent_fits_and_a_forked_child():
-    # The class pool lives for one fit: fits in concurrent Python threads, and in a child
-    # forked while another thread fits, give the one-thread answer.
+def test_isotonic_threads_in_concurrent_fits(monkeypatch):
+    # The class pool lives for one fit: fits in concurrent Python threads give the one-thread
+    # answer (the forked child: below)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from logitkit.calibration import _binary
+
+    rng = np.random.default_rng(0)
+    z, y = rng.normal(size=(20000, 60)) * 3, rng.integers(0, 60, 20000)
+    monkeypatch.setattr(_binary, "THREADS", 1)
+    want = IsotonicCalibrator().fit(z, y).knots_y_
+    monkeypatch.setattr(_binary, "THREADS", 2)
+    monkeypatch.setattr(_binary, "ISOTONIC_THREADED", 0)
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(lambda _: IsotonicCalibrator().fit(z, y).knots_y_, range(3)))
+    assert all(np.array_equal(g, want) for g in got)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork here")
+def test_isotonic_fits_in_the_child_of_a_fork():
+    same_fit_in_a_forked_child("""
+        from logitkit.calibration import IsotonicCalibrator
+        from logitkit.calibration import _binary
+        _binary.THREADS, _binary.ISOTONIC_THREADED = 2, 0
+        rng = np.random.default_rng(0)
+        z, y = rng.normal(size=(20000, 60)) * 3, rng.integers(0, 60, 20000)
+    """, "IsotonicCalibrator().fit(z, y).knots_y_")
+
+
+def same_fit_in_a_forked_child(setup: str, fit: str) -> None:
+    """In a fresh interpreter: ``setup`` (NumPy is ``np``) defines ``z``, ``y``; ``fit`` (an
+    expression of them) is evaluated, then again in a child forked while another thread of
+    the parent evaluates it: the child must get the parent's answer exactly."""
     import subprocess
     import sys
     import textwrap
 
-    code = textwrap.dedent("""
-        import os, threading
-        from concurrent.futures import ThreadPoolExecutor
-        import numpy as np
-        from logitkit.calibration import IsotonicCalibrator
-        from logitkit.calibration import _binary
-        rng = np.random.default_rng(0)
-        z = rng.normal(size=(20000, 60)) * 3
-        y = rng.integers(0, 60, 20000)
-        _binary.THREADS = 1
-        want = IsotonicCalibrator().fit(z, y).knots_y_
-        _binary.THREADS, _binary.ISOTONIC_THREADED = 2, 0
-        with ThreadPoolExecutor(3) as pool:
-            got = list(pool.map(lambda _: IsotonicCalibrator().fit(z, y).knots_y_, range(3)))
-        assert all(np.array_equal(g, want) for g in got)
-        busy = threading.Thread(target=lambda: IsotonicCalibrator().fit(z, y))
+    code = "import os, threading\nimport numpy as np\n" + textwrap.dedent(setup) + \
+        textwrap.dedent(f"""
+        want = {fit}
+        busy = threading.Thread(target=lambda: {fit})
         busy.start()
         pid = os.fork()
         if pid == 0:
-            ok = np.array_equal(IsotonicCalibrator().fit(z, y).knots_y_, want)
+            ok = np.array_equal({fit}, want)
             os._exit(0 if ok else 3)
         busy.join()
         _, status = os.waitpid(pid, 0)
         print(os.waitstatus_to_exitcode(status))
     """)
-    if not hasattr(__import__("os"), "fork"):
-        code = code[:code.index("busy = ")] + "print(0)\n"
     out = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-c", code],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -1258,34 +1274,14 @@ def test_full_map_fits_run_in_concurrent_python_threads(monkeypatch):
 def test_full_map_fits_in_the_child_of_a_fork():
     # The pool lives for one fit: a child forked after fits in the parent (and while another
     # thread of the parent fits) fits on a pool of its own and gets the parent's answer.
-    import subprocess
-    import sys
-    import textwrap
-
-    code = textwrap.dedent("""
-        import os, threading
-        import numpy as np
+    same_fit_in_a_forked_child("""
         from logitkit.calibration import MatrixScaler
         from logitkit.calibration import _scaling as scaling
         scaling.THREADS = 2
         rng = np.random.default_rng(0)
         z = (rng.normal(size=(40000, 30)) * 4).astype(np.float32)
         y = rng.integers(0, 30, 40000)
-        want = MatrixScaler().fit(z, y).coef_
-        busy = threading.Thread(target=lambda: MatrixScaler().fit(z, y))
-        busy.start()
-        pid = os.fork()
-        if pid == 0:
-            ok = np.array_equal(MatrixScaler().fit(z, y).coef_, want)
-            os._exit(0 if ok else 3)
-        busy.join()
-        _, status = os.waitpid(pid, 0)
-        print(os.waitstatus_to_exitcode(status))
-    """)
-    out = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-c", code],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip() == "0"
+    """, "MatrixScaler().fit(z, y).coef_")
 
 
 def test_full_map_fit_ended_by_the_noise_rule_caches_no_float64_features(monkeypatch):
