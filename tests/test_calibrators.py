@@ -801,6 +801,24 @@ def test_dask_fit_and_transform_equal_numpy(cls, lbfgs, monkeypatch):
     assert len(called) == (2 if lbfgs else 0)
 
 
+@pytest.mark.parametrize("cls", FULL_MAPS, ids=lambda c: c.__name__)
+def test_dask_fit_with_the_diagonal_preconditioner_equals_numpy(cls, monkeypatch):
+    # above BLOCK_MAX_CLASSES the preconditioner's diagonals are a map-reduce over the blocks
+    import dask
+    import dask.array as da
+
+    monkeypatch.setattr(scaling, "_NEWTON_MAX_CLASSES", 2)
+    monkeypatch.setattr(scaling, "BLOCK_MAX_CLASSES", 2)
+    z, y = make(n=900, k=3, seed=22)
+    w = np.random.default_rng(22).uniform(0.5, 1.5, size=900)
+    ref = quiet(cls(), z, y, w)
+    dz, dy, dw = (da.from_array(a, chunks=(250, *a.shape[1:])) for a in (z, y, w))
+    with dask.config.set(scheduler="threads"):
+        est = quiet(cls(), dz, dy, dw)
+        assert_close(est.predict_proba(dz).compute(), ref.predict_proba(z), rtol=1e-6,
+                     atol=1e-9)
+
+
 def test_structured_vector_form_on_every_backend_and_dask(xp):
     # the SVS form fits diagonal maps of tempered features: its own path through Newton
     import dask
@@ -1178,8 +1196,9 @@ def test_a_large_diagonal_hessian_is_formed_in_float32_to_the_same_optimum(monke
     assert_close(big.coef_, exact.coef_, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("structured", [True, False])
-def test_preconditioner_blocks_are_the_curvature_plus_the_penalty_hessian(structured):
+@pytest.mark.parametrize("structured, diagonal", [(True, False), (False, False), (True, True)])
+def test_preconditioner_blocks_are_the_curvature_plus_the_penalty_hessian(structured, diagonal,
+                                                                          monkeypatch):
     # the penalty's blocks 2 T diag(λ_c) T + 2 λ_b v vᵀ: by K³ rank-one updates for every
     # Penalty's λ (the same off the diagonal), by the K⁴ batched product otherwise
     from logitkit.calibration._base import fit_data
@@ -1192,6 +1211,8 @@ def test_preconditioner_blocks_are_the_curvature_plus_the_penalty_hessian(struct
     if not structured:
         lam = lam * np.random.default_rng(51).uniform(0.5, 1.5, lam.size)
     theta = scaling._identity("full", 12, 0.5)
+    if diagonal:  # above BLOCK_MAX_CLASSES: the blocks' diagonals only
+        monkeypatch.setattr(scaling, "BLOCK_MAX_CLASSES", 11)
     std = scaling.Standardised(data, spec)
     std.precondition(data, spec, theta, lam)
     s0, s1 = scaling._curvature_sums(z, y, None, theta=theta, spec=spec, from_probs=False,
@@ -1202,8 +1223,13 @@ def test_preconditioner_blocks_are_the_curvature_plus_the_penalty_hessian(struct
     for c in range(k):
         want[c, :k, :k] += 2.0 * t @ np.diag(lam[c * k:(c + 1) * k]) @ t
         want[c] += 2.0 * lam[k * k + c] * np.outer(v, v)
-    got = np.matmul(std.chol, std.chol.transpose(0, 2, 1))
     scale = np.abs(want).max()
+    if diagonal:
+        assert std.chol.shape == (12, 13)
+        want = np.einsum("cii->ci", want)
+        assert_close(std.chol ** 2, want, rtol=1e-6, atol=1e-9 * scale)  # float64 against float32
+        return
+    got = np.matmul(std.chol, std.chol.transpose(0, 2, 1))
     assert_close(got, want, rtol=1e-9, atol=1e-9 * scale)
 
 

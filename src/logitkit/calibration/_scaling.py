@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -34,14 +35,7 @@ from .._namespace import LogitkitTypeError, check_number, expected
 from ._base import Calibrator, FitData, expand_rows, ridge
 from ._blocks import row_sums
 from ._engine import THREADS
-from ._fitting import (
-    CACHE_FEATURES,
-    SMALL_INPUT,
-    Result,
-    lbfgs,
-    newton,
-    small_problem_threads,
-)
+from ._fitting import CACHE_FEATURES, Result, lbfgs, newton, small_problem_threads
 
 __all__ = ["DirichletScaler", "MatrixScaler", "StructuredScaler", "VectorScaler"]
 
@@ -258,7 +252,7 @@ def _diag_with_hessian(x: np.ndarray, w: Any, sums: np.ndarray, a: np.ndarray, b
     # K = 1000 is 4e10 multiply-adds, 1.9 s a Newton step on one thread in float64) is
     # formed in float32 on BLAS's threads (0.35 s on two), as a subsampled one is
     big = xs.shape[0] * (2 * xs.shape[1]) ** 2 > _THREADED_HESSIAN
-    with small_problem_threads(SMALL_INPUT + 1 if big else 0):
+    with contextlib.nullcontext() if big else small_problem_threads(0):
         h = _hessian(p, xs, ws, "diag", np.float32 if stride > 1 or big else np.float64)
     return float(sums[0]), sums[1:], h, float(ws.sum())
 
@@ -453,6 +447,25 @@ def _feature_moments(x: Any, y: Any, w: Any, *, spec: Features,
     return s0, s1, s2
 
 
+def _curvature_chunks(x: Any, w: Any, *, theta: np.ndarray, spec: Features, from_probs: bool,
+                      mu: np.ndarray, whiten: np.ndarray
+                      ) -> Iterator[tuple[float, np.ndarray, np.ndarray]]:
+    """The rows of a block, a chunk at a time, as the curvature sums read them: ``(Σw, Rᵀ,
+    Ũᵀ)`` with ``R`` the rows' weights ``w p_c(1 − p_c)`` ``(K, rows)`` and ``Ũ`` their
+    whitened features with the constant, ``ũ = [T (x − μ), 1]`` ``(K+1, rows)``."""
+    x = np.asarray(x)
+    k = spec.k
+    a, b = unpack(theta, "full", k)
+    chunk = max(16, _CHUNK_ELEMENTS // k)
+    for start in range(0, x.shape[0], chunk):
+        f = features(expand_rows(x[start:start + chunk], from_probs), spec, np)
+        p = np.exp(log_softmax(f @ a.T + b, axis=1))
+        wc = np.ones(f.shape[0]) if w is None else np.asarray(w[start:start + chunk], np.float64)
+        ut = np.ones((k + 1, f.shape[0]))
+        ut[:k] = whiten @ (f - mu).T
+        yield float(wc.sum()), (p * (1.0 - p) * wc[:, None]).T, ut
+
+
 def _curvature_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, spec: Features,
                     from_probs: bool, mu: np.ndarray, whiten: np.ndarray,
                     pool: Executor | None = None) -> tuple[Any, Any]:
@@ -466,21 +479,14 @@ def _curvature_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, spec: Features
     of :data:`_CURVATURE_PIECE` rows (on ``pool``'s threads when given, added in order).  On
     4000 rows at K = 100 it took 0.058 CPU s against 0.072 for one symmetric product per
     class and 0.6 for float64 batched products (a pass is 0.05)."""
-    x = np.asarray(x)
     k = spec.k
-    a, b = unpack(theta, "full", k)
     upper = np.triu_indices(k + 1)
     ends = np.cumsum(np.arange(k + 1, 0, -1))  # row a of the triangle ends at ends[a]
-    chunk = max(16, _CHUNK_ELEMENTS // k)
     s0, tri = 0.0, np.zeros((k, ends[-1]))
-    for start in range(0, x.shape[0], chunk):
-        f = features(expand_rows(x[start:start + chunk], from_probs), spec, np)
-        p = np.exp(log_softmax(f @ a.T + b, axis=1))
-        wc = np.ones(f.shape[0]) if w is None else np.asarray(w[start:start + chunk], np.float64)
-        ut = np.ones((k + 1, f.shape[0]), dtype=np.float32)  # ũ, one row per feature
-        ut[:k] = whiten @ (f - mu).T
-        s0 += float(wc.sum())
-        rt = (p * (1.0 - p) * wc[:, None]).T.astype(np.float32)  # (K, rows)
+    for wsum, r, u in _curvature_chunks(x, w, theta=theta, spec=spec, from_probs=from_probs,
+                                        mu=mu, whiten=whiten):
+        ut, rt = u.astype(np.float32), r.astype(np.float32)
+        s0 += wsum
 
         def piece(lo: int, ut: np.ndarray = ut, rt: np.ndarray = rt) -> np.ndarray:
             hi = min(lo + _CURVATURE_PIECE, ut.shape[1])
@@ -489,7 +495,7 @@ def _curvature_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, spec: Features
                 np.multiply(ut[j, lo:hi], ut[j:, lo:hi], out=q[ends[j] - (k + 1 - j):ends[j]])
             return rt[:, lo:hi] @ q.T
 
-        los = range(0, f.shape[0], _CURVATURE_PIECE)
+        los = range(0, ut.shape[1], _CURVATURE_PIECE)
         for part in (pool.map(piece, los) if pool is not None else map(piece, los)):
             tri += part
     s1 = np.empty((k, k + 1, k + 1))
@@ -503,19 +509,11 @@ def _curvature_diagonals(x: Any, y: Any, w: Any, *, theta: np.ndarray, spec: Fea
                          ) -> tuple[Any, Any]:
     """``(Σw, Σw·p_c(1−p_c) ũ∘ũ for every class c)``: the diagonals ``(K, K+1)`` of the
     blocks of :func:`_curvature_sums`, one product ``Rᵀ (Ũ∘Ũ)`` a chunk of rows."""
-    x = np.asarray(x)
-    k = spec.k
-    a, b = unpack(theta, "full", k)
-    chunk = max(16, _CHUNK_ELEMENTS // k)
-    s0, s1 = 0.0, np.zeros((k, k + 1))
-    for start in range(0, x.shape[0], chunk):
-        f = features(expand_rows(x[start:start + chunk], from_probs), spec, np)
-        p = np.exp(log_softmax(f @ a.T + b, axis=1))
-        wc = np.ones(f.shape[0]) if w is None else np.asarray(w[start:start + chunk], np.float64)
-        u2 = np.ones((f.shape[0], k + 1))
-        u2[:, :k] = ((f - mu) @ whiten) ** 2  # whiten is symmetric
-        s0 += float(wc.sum())
-        s1 += (p * (1.0 - p) * wc[:, None]).T @ u2
+    s0, s1 = 0.0, np.zeros((spec.k, spec.k + 1))
+    for wsum, r, u in _curvature_chunks(x, w, theta=theta, spec=spec, from_probs=from_probs,
+                                        mu=mu, whiten=whiten):
+        s0 += wsum
+        s1 += r @ (u * u).T
     return s0, s1
 
 

@@ -65,7 +65,7 @@ _ALWAYS = ("none", "temperature")
 FULL_MAPS = ("structured", "dirichlet", "matrix")
 #: Above this many classes ``"auto"`` fits no full map (they are fitted when named): their
 #: passes cost K² a row and their preconditioner is diagonal there.  On 1e4 × 1000 logits one
-#: fit took 32 s (structured), 19 s (Dirichlet) and 66 s (matrix) against 15 s for vector
+#: fit took 32 s (structured), 19 s (Dirichlet) and 66 s (matrix) against 6 s for vector
 #: scaling, and ``select`` fits each six times.
 AUTO_MAX_CLASSES = BLOCK_MAX_CLASSES
 #: The candidate that mixes the others (:class:`StackedCalibrator`).

@@ -302,7 +302,8 @@ def fit(train: Labelled, test: Labelled | None, args: argparse.Namespace,
     methods = "auto" if args.method == "auto" else [args.method]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
-        k = int(train.logits.shape[1]) if train.logits.ndim == 2 else 2
+        shape = train.logits.shape  # the class count as fit_data reads it: one column is K = 2
+        k = int(shape[1]) if len(shape) == 2 and shape[1] > 1 else 2
         tried = len(candidates_of(methods, n_classes=k))
         with progress.stage(f"cross-validating {_plural(tried, 'method')} over {args.cv} folds",
                             tried * args.cv + 1, unit="fits") as tick:
