@@ -892,6 +892,55 @@ def test_probabilities_with_from_probs_equal_their_logits(cls):
             quiet_fit.fit(p, y)
 
 
+def _forest_like_probabilities(n=600, k=4, seed=26, label_zeros=0):
+    # a random forest's votes: multiples of 1/5, most classes exactly 0 on a row
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    votes = np.zeros((n, k))
+    for i in range(n):
+        for _ in range(5):
+            votes[i, y[i] if rng.random() < 0.8 else rng.integers(0, k)] += 1
+    for i in range(label_zeros):  # every tree wrong: probability 0 on the label
+        votes[i] = 0
+        votes[i, (y[i] + 1) % k] = 5
+    return votes / 5, y
+
+
+@pytest.mark.parametrize("cls", PARAMETRIC, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("label_zeros", [0, 3])
+def test_probabilities_of_exactly_zero_are_floored_at_the_smallest_normal(cls, label_zeros):
+    # A random forest's probabilities: a zero was log 0 = -inf, whose gradient 0 * -inf is NaN
+    # (vector and matrix scaling stopped with 'overflow in the calibrated logits'), and a zero
+    # on the label left no finite objective to any map.  Read as log(tiny) = -708.4, in the
+    # fit and in transform alike.
+    p, y = _forest_like_probabilities(label_zeros=label_zeros)
+    assert (p == 0).mean() > 0.3
+    est = quiet(cls(from_probs=True), p, y)
+    q = est.predict_proba(p)
+    assert np.all(np.isfinite(q)) and est.converged_
+    assert_close(q.sum(axis=1), np.ones(len(y)), rtol=1e-12)
+    # the fitted map reads a zero as the floor, whatever else the file holds
+    floored = np.where(p > 0, np.log(np.where(p > 0, p, 1.0)), np.log(np.finfo(float).tiny))
+    ref = cls.from_dict(est.to_dict())
+    ref.from_probs = False
+    assert_close(est.transform(p), ref.transform(floored), rtol=1e-12, atol=1e-9)
+
+
+def test_probability_logs_are_one_rule_for_fit_and_transform(xp):
+    from logitkit.calibration._base import LOG_TINY, expand_rows, input_logits
+
+    p = np.array([[0.0, 0.25, 0.75], [1.0, 0.0, 0.0], [5e-324, 0.5, 0.5]])
+    col = np.array([0.0, 1.0, 0.3, 1e-300])
+    for arr in (p, col):
+        _, got = input_logits(asarray(xp, arr), True)
+        want = expand_rows(arr, True)
+        assert np.all(np.isfinite(want)) and want.min() == LOG_TINY
+        assert_close(to_numpy(got), want, rtol=1e-6 if to_numpy(got).dtype == np.float32
+                     else 1e-15)
+    # P(class 1) read as [log1p(-p), log p]: exact for small p
+    assert expand_rows(np.array([1e-300]), True)[0, 0] == -1e-300
+
+
 @pytest.mark.parametrize("cls", WEIGHTED, ids=lambda c: c.__name__)
 def test_integer_weights_equal_repeated_rows(cls):
     z, y = make(n=300, k=3, seed=25)

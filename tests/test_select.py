@@ -88,6 +88,23 @@ def test_choice_is_best_out_of_fold_and_refitted_on_all_rows():
     assert_close(sel.predict_proba(z), direct.predict_proba(z), rtol=1e-12)
 
 
+def test_every_method_fits_a_random_forests_probabilities():
+    # votes of five trees: most probabilities exactly 0, a few on the label; vector and
+    # matrix scaling failed on every fold (NaN gradients), the maps on a label's 0 too
+    rng = np.random.default_rng(7)
+    n, k = 800, 5
+    y = rng.integers(0, k, n)
+    votes = np.zeros((n, k))
+    for _ in range(5):
+        votes[np.arange(n), np.where(rng.random(n) < 0.5, y, rng.integers(0, k, n))] += 1
+    p = votes / 5
+    assert (p[np.arange(n), y] == 0).sum() > 3
+    sel = select(p, y, from_probs=True, random_state=0)
+    assert all(row["error"] is None for row in sel.table_), [
+        (row["method"], row["error"]) for row in sel.table_ if row["error"]]
+    assert np.isfinite([row["nll"] for row in sel.table_ if row["method"] != "none"]).all()
+
+
 def test_near_ties_go_to_the_simpler_method():
     # perfectly calibrated logits: temperature scaling finds T ≈ 1, a near-tie with "none"
     z, y = make(n=1500, k=3, seed=3, scale=1.0)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .. import _kernels
+from ._base import expand_rows
 
 # -1e300 stands for -inf inside the sums: exp(β·(-1e300)) is 0 for every admissible β, and
 # 0·(-1e300) is 0 where 0·(-inf) would be NaN.
@@ -133,9 +134,8 @@ def nll_sums(
     def one(start: int) -> Sums:
         stop = start + chunk_rows
         chunk = z[start:stop]
-        if from_probs:
-            with np.errstate(divide="ignore"):
-                chunk = np.log(chunk.astype(np.float64))
+        if from_probs:  # their logs, a zero floored (the one rule, probability_logs)
+            chunk = expand_rows(chunk, True)
         return _nll_derivatives(chunk, y[start:stop], beta, None if w is None else w[start:stop])
 
     def block(first: int) -> list[Sums]:

@@ -32,7 +32,7 @@ from .. import _kernels
 from .._core import log_softmax, softmax
 from .._losses._cross_entropy import cross_entropy_with_grad
 from .._namespace import LogitkitTypeError, check_number, expected
-from ._base import Calibrator, FitData, expand_rows, ridge
+from ._base import LOG_TINY, Calibrator, FitData, expand_rows, ridge
 from ._blocks import row_sums
 from ._engine import THREADS
 from ._fitting import CACHE_FEATURES, Result, lbfgs, newton, small_problem_threads
@@ -40,8 +40,6 @@ from ._fitting import CACHE_FEATURES, Result, lbfgs, newton, small_problem_threa
 __all__ = ["DirichletScaler", "MatrixScaler", "StructuredScaler", "VectorScaler"]
 
 _CHUNK_ELEMENTS = 1 << 20  # rows per chunk: 8 MiB of float64 temporaries amortise the kernels' launches
-#: Log-probabilities are floored at log of the smallest normal float64 (as dirichletcal's clip).
-LOG_TINY = math.log(np.finfo(np.float64).tiny)
 #: The Hessian is summed over every row when that takes at most this many multiply-adds
 #: (rows × parameters²): a subsampled Hessian makes Newton converge linearly, and on the
 #: nearly flat directions of an unpenalised matrix map that took 20–110 passes, not 5.
