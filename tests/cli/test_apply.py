@@ -180,6 +180,8 @@ def test_apply_refuses_reports_it_cannot_trust(cli, data):
     pathlib.Path("partial.json").write_text(json.dumps({"schema_version": 1, "n_classes": 1}))
     unknown = dict(good, calibrator=dict(good["calibrator"], method="voodoo"))
     pathlib.Path("unknown.json").write_text(json.dumps(unknown))
+    floor = dict(good, input=dict(good["input"], zero_floor="half"))
+    pathlib.Path("floor.json").write_text(json.dumps(floor))
     cases = [
         (["--report", "bad.json"], "not a JSON report"),
         (["--report", "list.json"], "a JSON list, expected an object"),
@@ -187,6 +189,7 @@ def test_apply_refuses_reports_it_cannot_trust(cli, data):
         (["--report", "truncated.json"], "cannot rebuild its calibrator"),
         (["--report", "partial.json"], "missing or malformed 'calibrator'"),
         (["--report", "unknown.json"], "cannot rebuild its calibrator"),
+        (["--report", "floor.json"], "malformed 'input.zero_floor'"),
     ]
     for args, match in cases:
         cli.error("apply", "logits.npy", *args, "--out", "p.npy", match=match)

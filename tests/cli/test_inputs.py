@@ -269,7 +269,8 @@ def test_one_column_of_probabilities_is_p_of_class_one(cli):
                        "--no-diagram")
     assert code == 0, err
     rep = cli.report("as-logits")
-    assert rep["input"] == {"kind": "logits", "reason": "given (--input logits)"}
+    assert rep["input"] == {"kind": "logits", "reason": "given (--input logits)",
+                            "zero_floor": None}
     assert cli.temperature(rep) == pytest.approx(_t(p, y), rel=1e-9)
 
 
@@ -322,7 +323,37 @@ def test_zero_probabilities_are_read_as_half_the_smallest_with_a_note(cli, data)
                     "one", "--no-diagram")
     assert "3 probabilities of exactly 0 read as 0.125" in err
     _, err = cli.ok("apply", "rounded.npz", "--report", "t/report.json", "--out", "p.npy")
-    assert note in err
+    assert (f"rounded.npz: {zeros} probabilities of exactly 0 read as {smallest / 2:.3g}, as in "
+            "the calibration file of t/report.json") in err
+
+
+def test_zero_probabilities_of_every_file_are_read_as_in_the_calibration_file(cli, data):
+    # apply and --test read a zero as the calibration file's floor, not as half their own
+    # smallest probability: a row's calibrated probabilities depend on the row alone
+    z, y = data
+    p = np.round(softmax(z.astype(np.float64)), 3)
+    p /= p.sum(axis=1, keepdims=True)
+    smallest = p[p > 0].min()
+    few = np.flatnonzero((p == 0).any(axis=1))[:5]
+    assert p[few][p[few] > 0].min() > smallest  # their own floor would differ
+    np.savez("rounded.npz", logits=p, labels=y)
+    np.savez("few.npz", logits=p[few], labels=y[few])
+    cli.ok("calibrate", "rounded.npz", "--method", "temperature", "--out", "t", "--no-diagram",
+           "--test", "few.npz")
+    rep = cli.report("t")
+    assert rep["input"]["zero_floor"] == pytest.approx(np.log(smallest / 2), rel=1e-12)
+    assert any("few.npz" in n and "as in the calibration file" in n for n in rep["notes"])
+    floored = np.where(p == 0, smallest / 2, p)
+    floored = np.log(floored / floored.sum(axis=1, keepdims=True))
+    t = cli.temperature(rep)
+    cli.ok("apply", "few.npz", "--report", "t/report.json", "--out", "few.npy")
+    assert np.allclose(np.load("few.npy"), softmax(floored[few] / t), rtol=1e-6, atol=1e-12)
+    # a calibration file without zeros leaves apply's file its own floor
+    np.savez("clean.npz", logits=softmax(z.astype(np.float64)), labels=y)
+    cli.ok("calibrate", "clean.npz", "--method", "temperature", "--out", "c", "--no-diagram")
+    assert cli.report("c")["input"]["zero_floor"] is None
+    _, err = cli.ok("apply", "few.npz", "--report", "c/report.json", "--out", "few2.npy")
+    assert "half the smallest positive one" in err
 
 
 def test_input_kind_errors_are_one_line(cli, data):

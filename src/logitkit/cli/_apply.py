@@ -126,7 +126,11 @@ def run(args: argparse.Namespace) -> int:
                                  args.report)
     else:
         kind = detect(pred.scores, args.input)
-    logits, notes = logits_of(pred.scores, kind, where)
+    # zeros read as in the calibration file (the report's floor), so that a row's output
+    # depends on the row alone
+    floor = report["input"].get("zero_floor") if report is not None else None
+    logits, notes, _ = logits_of(pred.scores, kind, where, floor=floor,
+                                 source=f"the calibration file of {args.report}")
     for note in notes:
         print(f"logitkit: note: {note}", file=sys.stderr)
     n, k = logits.shape

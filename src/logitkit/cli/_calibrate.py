@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import sys
 import warnings
 from collections.abc import Callable
@@ -107,16 +108,19 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def read_labelled(paths: list[Path], cols: Columns, labels: Path | None, given: str,
-                  what: str = "") -> Labelled:
-    """The one way ``calibrate`` reads a labelled set (the calibration file or ``--test``)."""
+                  what: str = "", floor: float | None = None) -> Labelled:
+    """The one way ``calibrate`` reads a labelled set (the calibration file or ``--test``,
+    whose zero probabilities are read as the calibration file's ``floor``)."""
     pred = read_inputs(paths, cols, labels)
     where = f"{what} {paths[0]}" if what else str(paths[0])
     if pred.labels is None:
         raise missing_labels(where, pred, cols, "--test-labels" if what == "--test" else "--labels")
     kind = detect(pred.scores, given)
-    logits, notes = logits_of(pred.scores, kind, where)
+    logits, notes, used = logits_of(pred.scores, kind, where, floor=floor,
+                                    source="the calibration file")
     check_label_range(pred.labels, logits.shape[1], where)
-    return Labelled(logits, pred.labels, kind, [str(p) for p in paths], pred.notes + notes)
+    return Labelled(logits, pred.labels, kind, [str(p) for p in paths], pred.notes + notes,
+                    used)
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
@@ -200,7 +204,8 @@ def _work(args: argparse.Namespace, files: list[Path], test_files: list[Path], o
                          Kind("logits", "the demo's model outputs logits"), [])
         source, title = demo.description, demo.title
     if test_files:
-        test = read_labelled(test_files, cols, args.test_labels, args.input, "--test")
+        test = read_labelled(test_files, cols, args.test_labels, args.input, "--test",
+                             floor=train.floor)
         _check_test_matches(train, test)
     notes = train.notes + (test.notes if test is not None else [])
     for note in notes:
@@ -227,7 +232,8 @@ def _work(args: argparse.Namespace, files: list[Path], test_files: list[Path], o
         "method": cal.method,
         "calibrator": cal.to_dict(),
         "n_classes": int(k),
-        "input": {"kind": train.kind.name, "reason": train.kind.reason},
+        "input": {"kind": train.kind.name, "reason": train.kind.reason,
+                  "zero_floor": train.floor if train.floor > -math.inf else None},
         "converged": bool(getattr(cal, "converged_", True)),
         "at_bound": bool(getattr(cal, "at_bound_", False)),
         "warnings": outcome.warnings,

@@ -14,7 +14,11 @@ The logits handed on are always ``(N, K)`` with ``K ≥ 2``:
 - log-probabilities: as given; one column ``log p`` becomes ``[log(1 − p), log p]``.
 
 A probability of exactly 0 would be a logit of ``-inf``; it is read as half the smallest positive
-probability in the file instead (:func:`zero_floor`), with a note.
+probability in the calibration file instead (:func:`zero_floor`), with a note.  That one value is
+used for every file read against the fit: ``--test`` and, through the report's
+``input.zero_floor``, ``apply``'s input; a row's calibrated probabilities then depend on the row
+alone, not on the smallest probability of the file it came in (a file with no zeros of its own
+leaves the value to the next file that has some).
 """
 
 from __future__ import annotations
@@ -127,18 +131,26 @@ def zero_floor(scores: np.ndarray, kind: Kind) -> tuple[int, float]:
     return count, math.log(smallest / 2)
 
 
-def floor_note(path: Path | str, count: int, floor: float) -> str:
+def floor_note(path: Path | str, count: int, floor: float, source: str = "") -> str:
+    whose = f"as in {source}" if source else "half the smallest positive one"
     return (f"{path}: {count} probabilit{'y' if count == 1 else 'ies'} of exactly 0 read as "
-            f"{math.exp(floor):.3g}, half the smallest positive one: a logit of -inf leaves most "
-            "calibrators nothing to fit")
+            f"{math.exp(floor):.3g}, {whose}: a logit of -inf leaves most calibrators nothing "
+            "to fit")
 
 
-def logits_of(scores: np.ndarray, kind: Kind, path: Path | str
-              ) -> tuple[np.ndarray, list[str]]:
-    """:func:`to_logits` with zero probabilities floored, and the note that says so."""
-    count, floor = zero_floor(scores, kind)
+def logits_of(scores: np.ndarray, kind: Kind, path: Path | str, *,
+              floor: float | None = None, source: str = ""
+              ) -> tuple[np.ndarray, list[str], float]:
+    """:func:`to_logits` with zero probabilities floored, the note that says so, and the floor
+    (``-inf`` when the scores hold no zero).  ``floor``: the calibration file's (``source``
+    names it in the note), used instead of this file's own when given."""
+    count, own = zero_floor(scores, kind)
+    if not count:
+        return to_logits(scores, kind, path), [], -math.inf
+    if floor is None or floor == -math.inf:
+        floor, source = own, ""
     logits = to_logits(scores, kind, path, floor=floor)
-    return logits, [floor_note(path, count, floor)] if count else []
+    return logits, [floor_note(path, count, floor, source)], floor
 
 
 def to_logits(scores: np.ndarray, kind: Kind, path: Path | str, *,

@@ -4,6 +4,7 @@ local run and the cluster run)."""
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,9 @@ class Labelled:
     kind: Kind
     inputs: list[str]
     notes: list[str] = field(default_factory=list)
+    #: the log-probability that probabilities of exactly 0 were read as (``-inf``: none seen);
+    #: the files read against this set's fit use it too (see :mod:`._kinds`)
+    floor: float = -math.inf
 
 
 def check_label_range(y: np.ndarray, k: int, where: str) -> None:

@@ -12,7 +12,9 @@ Schema (version 1)::
     calibrator       what apply needs to rebuild it: Calibrator.to_dict() (method, params,
                      fitted values, class count; restored by Calibrator.from_dict)
     n_classes        K (apply refuses a file with another class count)
-    input            {"kind": "logits" | "probs" | "log-probs", "reason": ...}
+    input            {"kind": "logits" | "probs" | "log-probs", "reason": ...,
+                      "zero_floor": the log-probability that probabilities of exactly 0 were
+                      read as, or null (none in the calibration file); apply reads its zeros so}
     converged, at_bound, warnings   the fit's health (apply refuses a bound or no convergence
                                     unless --force, and repeats the warnings)
     evaluation       {"kind": "test" | "cross-fitted", "folds": N or null,
@@ -249,6 +251,10 @@ def load_report(path: Path) -> dict[str, Any]:
     kind = report.get("input")
     if not (isinstance(kind, dict) and kind.get("kind") in ("logits", "probs", "log-probs")):
         problems.append("'input' (with 'kind' logits, probs or log-probs)")
+    elif not (kind.get("zero_floor") is None or (
+            isinstance(kind["zero_floor"], (int, float)) and not isinstance(kind["zero_floor"], bool)
+            and kind["zero_floor"] < 0)):
+        problems.append("'input.zero_floor' (a negative number or null)")
     for key in ("converged", "at_bound"):
         if not isinstance(report.get(key), bool):
             problems.append(f"{key!r} (true or false)")
