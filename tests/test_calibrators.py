@@ -1344,11 +1344,8 @@ def test_full_map_fits_do_not_depend_on_the_pass_threads(monkeypatch, cls):
 
 def test_full_map_fits_run_in_concurrent_python_threads(monkeypatch):
     # Each fit has a pool of its own: four at once (two per pool thread) give the serial
-    # answers, to rounding:
-    # with OpenBLAS 0.3.31, threadpoolctl's limit to one BLAS thread does not hold in a
-    # thread other than the main one once the main thread has set and restored it, and the
-    # features' second moments (20,000 x 30, a product whose rounding follows BLAS's thread
-    # count) then differ in the last bits (coefficients 6e-10 apart)
+    # answers, bit for bit (with threadpoolctl 3.8, the one-BLAS-thread limit held only in the
+    # main thread, and a product's rounding in a fit elsewhere differed: 6e-10)
     from concurrent.futures import ThreadPoolExecutor
 
     monkeypatch.setattr(scaling, "THREADS", 2)
@@ -1358,7 +1355,35 @@ def test_full_map_fits_run_in_concurrent_python_threads(monkeypatch):
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(lambda s: MatrixScaler().fit(*s).coef_, sets))
     for got, want in zip(together, alone * 2, strict=True):
-        assert_close(got, want, rtol=1e-6, atol=1e-8)
+        assert np.array_equal(got, want)
+
+
+def test_single_threaded_blas_holds_in_every_python_thread():
+    # regression: threadpoolctl 3.8 lets only one "controlling" thread set OpenBLAS's thread
+    # count, the first to try, for as long as it has not left a `with` block; the limiter is
+    # entered and restored outside one, so after the main thread's first fit the limit did
+    # nothing in any other thread
+    from concurrent.futures import ThreadPoolExecutor
+
+    import threadpoolctl
+
+    from logitkit.calibration._fitting import small_problem_threads
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["user_api"] == "blas"]
+
+    def inside():
+        with small_problem_threads(0):
+            return blas_threads()
+
+    before = blas_threads()
+    assert all(t == 1 for t in inside())
+    for _ in range(2):  # another thread after the main one, and the main one after it
+        with ThreadPoolExecutor(1) as pool:
+            assert all(t == 1 for t in pool.submit(inside).result())
+            assert blas_threads() == before
+        assert all(t == 1 for t in inside()) and blas_threads() == before
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork here")

@@ -69,7 +69,8 @@ def small_problem_threads(n_values: int) -> Iterator[None]:
     # leave BLAS single-threaded for good when the exits interleave).
     with _LIMIT_LOCK:
         if _LIMIT["depth"] == 0:
-            _LIMIT["limiter"] = controller.limit(limits=1, user_api="blas")
+            with _any_thread_may_set():
+                _LIMIT["limiter"] = controller.limit(limits=1, user_api="blas")
         _LIMIT["depth"] += 1
     try:
         yield
@@ -77,7 +78,37 @@ def small_problem_threads(n_values: int) -> Iterator[None]:
         with _LIMIT_LOCK:
             _LIMIT["depth"] -= 1
             if _LIMIT["depth"] == 0:
-                _LIMIT.pop("limiter").restore_original_limits()
+                with _any_thread_may_set():
+                    _LIMIT.pop("limiter").restore_original_limits()
+
+
+@contextlib.contextmanager
+def _any_thread_may_set() -> Iterator[None]:
+    """Let this thread set OpenBLAS's (process-wide) thread count, and no thread keep that
+    right after.  threadpoolctl 3.8 lets only a "controlling" thread set it, the first to try,
+    which keeps the right until it leaves a ``with`` block; the limiter above is entered by
+    one thread and restored by whichever leaves last, so no block ends, and the first fit's
+    thread (the main one, mostly) kept the right for good: a fit in any other thread got
+    OpenBLAS's full thread count where it asked for one (and on a busy machine the thread
+    hand-offs this limit avoids), and a product's rounding that follows the thread count
+    made it differ from the same fit in the main thread.  The set and the restore happen
+    under ``_LIMIT_LOCK``, so the right is cleared just around them."""
+    clear = getattr(_openblas_controller(), "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+    try:
+        yield
+    finally:
+        if clear is not None:
+            clear(force=True)
+
+
+def _openblas_controller() -> Any:
+    try:
+        from threadpoolctl import OpenBLASController
+    except ImportError:  # pragma: no cover - older threadpoolctl
+        return None
+    return OpenBLASController
 
 
 _LIMIT_LOCK = threading.Lock()
