@@ -1172,6 +1172,52 @@ def test_lbfgs_noise_rule_stops_within_its_threshold_of_the_optimum(cls, monkeyp
     assert type(est).from_dict(est.to_dict()).stopped_by_ == "noise"
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_prior_bias_is_the_prior_shift_correction(weighted):
+    # b_c = log f_c - log p̄_c, centred: f the class frequencies of every row, p̄ the start's
+    # mean probabilities (at b = 0) on the subsample; written here from the definition
+    from logitkit.calibration._base import fit_data
+
+    z, y = make(n=3000, k=20, seed=53)
+    w = np.random.default_rng(53).uniform(0.2, 2.0, 3000) if weighted else None
+    y[y == 7] = 8  # a class without rows counts half a row
+    data = fit_data(z, y, w, from_probs=False, allow_neg_inf=False)
+    spec = scaling.Features("logits", 20)
+    scale = np.full(20, 0.7)
+    ww = np.ones(3000) if w is None else w
+    freq = np.bincount(y, weights=ww, minlength=20) / ww.sum()
+    freq[7] = 0.5 / ww.sum()
+    mean_p = ww @ np.exp(log_softmax(0.7 * z, axis=1)) / ww.sum()
+    want = np.log(freq) - np.log(mean_p)
+    got = scaling._prior_bias(data, spec, scale)
+    assert_close(got, want - want.mean(), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("cls", FULL_MAPS)
+def test_full_maps_fitted_by_lbfgs_start_from_the_prior_biases(cls, monkeypatch):
+    # the start: the temperature map (or the identity) with the prior-shift biases, whose
+    # objective is below the zero biases'; the preconditioner leaves the biases' coupling out
+    z, y = make(n=4000, k=20, seed=54)
+    y = np.where(np.random.default_rng(54).random(4000) < 0.3, 3, y)  # a skewed prior
+    starts = []
+    real = scaling.minimise
+
+    def spy(data, form, spec, penalty, theta, **kw):
+        starts.append((data, spec, penalty, theta.copy()))
+        return real(data, form, spec, penalty, theta, **kw)
+
+    monkeypatch.setattr(scaling, "minimise", spy)
+    quiet(cls(), z, y)
+    data, spec, penalty, theta = starts[-1]
+    k = 20
+    a, b = theta[: k * k].reshape(k, k), theta[k * k:]
+    assert np.count_nonzero(a - np.diag(np.diagonal(a))) == 0
+    assert_close(b, scaling._prior_bias(data, spec, np.diagonal(a)), rtol=1e-12)
+    obj = scaling.Objective(data, "full", spec, penalty)
+    zero = np.concatenate([a.ravel(), np.zeros(k)])
+    assert obj.value_grad(theta)[0] < obj.value_grad(zero)[0] - 1e-3
+
+
 def test_lbfgs_moves_along_the_gauge_for_free(monkeypatch):
     # Adding one vector to every row of [A | b] changes no probability, only the ridge: a small
     # ridge makes that direction nearly flat, and L-BFGS crawled along it (a quarter of the

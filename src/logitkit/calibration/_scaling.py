@@ -66,6 +66,8 @@ BLOCK_MAX_CLASSES = 256
 _CURVATURE_PIECE = 512
 #: Rows of the subsample whose temperature starts the maps that start at temperature scaling.
 START_ROWS = 20000
+#: Rows of the subsample whose class frequencies set the full maps' starting biases.
+PRIOR_ROWS = 5000
 #: In-memory L-BFGS fits of at least this many feature values take their steps on float32
 #: products (:meth:`Objective.coarse_value_grad`); smaller ones are all float64.
 COARSE_MIN = 1 << 20
@@ -774,6 +776,52 @@ def _identity(form: str, k: int, scale: float = 1.0) -> np.ndarray:
     return np.concatenate([a, np.zeros(k)])
 
 
+def _prior_bias(data: FitData, spec: Features, scale: np.ndarray) -> np.ndarray:
+    """The biases of the start ``diag(scale) x + b``: ``b_c = log f_c − log p̄_c`` (centred),
+    the prior-shift correction that makes the start's mean probabilities ``p̄`` (at ``b = 0``)
+    the class frequencies ``f``, as the biases' own optimum given the matrix does (where their
+    gradient ``p̄_c − f_c`` vanishes).  ``f`` counts every row (a class absent from them counts
+    half a row); ``p̄`` comes from an evenly spaced subsample of :data:`PRIOR_ROWS` in-memory
+    rows (an average of probabilities varies far less than one of labels), from every row of
+    partitioned ones (two map-reduces).
+
+    The full maps' block preconditioner leaves out how the classes pull on one another through
+    the softmax (``−p_c p_d``), and the biases, shared by every row, are where that coupling is
+    strongest: from the temperature start's zero biases L-BFGS spent a pass on them.  On
+    1e5 × 100 (the speed benchmark) the start's objective gap falls from 0.065 to 0.051
+    (matrix scaling), and matrix / structured / Dirichlet scaling stop after 6 / 4 / 5 passes
+    instead of 7 / 5 / 6, the noise rule's last decrease far below its threshold (9e-7, 5e-7
+    and 2e-6 against 4e-6), the test NLL within 1.3e-5; median wall (CPU) seconds of ten fits
+    each, interleaved: 0.446 → 0.411 (0.750 → 0.682), 0.358 → 0.338 (0.599 → 0.530),
+    0.400 → 0.361 (0.657 → 0.590).  More proportional-fitting steps changed nothing; ``p̄``
+    from 5,000 rows against 50,000, nothing; label frequencies from 10,000 rows instead of
+    every row cost back the pass."""
+    k = data.k
+    counts = row_sums(_class_totals, data.y, data.w, k=k)
+    sub = data.thin(-(-data.n // PRIOR_ROWS))
+    rows, probs = row_sums(_probability_totals, sub.x, sub.w, spec=spec, scale=scale,
+                           from_probs=sub.from_probs)
+    log_freq = np.log(np.maximum(counts / data.total_weight, 0.5 / data.total_weight))
+    b = log_freq - np.log(np.maximum(probs / rows, 1e-300))
+    return b - b.mean()
+
+
+def _class_totals(y: Any, w: Any, *, k: int) -> np.ndarray:
+    """Σw of each class's rows, over a block of labels."""
+    return np.bincount(np.asarray(y), weights=None if w is None else
+                       np.asarray(w, dtype=np.float64), minlength=k).astype(np.float64)
+
+
+def _probability_totals(x: Any, w: Any, *, spec: Features, scale: np.ndarray,
+                        from_probs: bool) -> tuple[float, np.ndarray]:
+    """``(Σw, Σw·softmax(scale ⊙ features))`` over a block of rows."""
+    p = softmax(features(expand_rows(np.asarray(x), from_probs), spec, np) * scale, axis=1)
+    if w is None:
+        return float(p.shape[0]), p.sum(axis=0)
+    wc = np.asarray(w, dtype=np.float64)
+    return float(wc.sum()), wc @ p
+
+
 def _temperature_stage(data: FitData, warm: Any = None) -> Any:
     """Temperature scaling fitted on ``data`` (from ``warm``'s temperature when given) as a
     first stage of an affine map, its warnings silenced: a bound it hits is not the answer,
@@ -828,13 +876,17 @@ class _AffineScaler(Calibrator):
         # map would stop at once on a vanishing gradient): start at the identity then.
         return 1.0 if ts.at_bound_ else float(ts.beta_)
 
-    def _start(self, data: FitData, scale: float) -> np.ndarray:
+    def _start(self, data: FitData, scale: float, spec: Features) -> np.ndarray:
         warm = getattr(self, "_warm", None)
         if warm is not None:
             return np.concatenate([np.ravel(warm.coef_), warm.intercept_])
         theta = _identity(self._form, data.k, scale)
-        if self._features(data).kind == "margin":
+        if spec.kind == "margin":
             theta[0] = 1.0  # the scale of the constant 0 column is free
+        if self._form == "full" and data.k > _NEWTON_MAX_CLASSES:  # L-BFGS: see _prior_bias
+            k = data.k
+            with small_problem_threads(0):  # small products: BLAS threads would only spin
+                theta[k * k:] = _prior_bias(data, spec, theta[: k * k: k + 1])
         return theta
 
     def _fit(self, data: FitData) -> None:
@@ -842,7 +894,7 @@ class _AffineScaler(Calibrator):
         spec = self._features(data)
         scale = self._start_scale(data)
         res = minimise(data, self._form, spec, self._penalty(data, scale),
-                       self._start(data, scale), max_iter=max_iter, tol=tol)
+                       self._start(data, scale, spec), max_iter=max_iter, tol=tol)
         a, b = unpack(res.theta, self._form, data.k)
         self.coef_ = np.array(a)
         self.intercept_ = np.array(b)
