@@ -1172,6 +1172,32 @@ def test_lbfgs_noise_rule_stops_within_its_threshold_of_the_optimum(cls, monkeyp
     assert type(est).from_dict(est.to_dict()).stopped_by_ == "noise"
 
 
+def test_subsamples_of_weighted_rows_pick_rows_that_weigh():
+    # every 12th of 60,000 rows, weighted on every 10th: no picked row weighed anything
+    from logitkit.calibration._base import fit_data
+
+    z, y = make(n=60000, k=3, seed=55)
+    w = (np.arange(60000) % 10 == 1).astype(float)
+    data = fit_data(z, y, w, from_probs=False, allow_neg_inf=False)
+    sub = data.thin(12)
+    assert np.all(np.asarray(sub.w) > 0) and sub.total_weight == float(np.sum(sub.w))
+    assert 5000 <= sub.n < 10000
+    plain = fit_data(z, y, None, from_probs=False, allow_neg_inf=False).thin(12)
+    assert plain.n == 5000 and np.shares_memory(plain.x, z)
+
+
+@pytest.mark.parametrize("cls", FULL_MAPS)
+def test_full_maps_fit_rows_weighted_on_a_stride(cls):
+    # regression: the starts' evenly spaced subsamples held only rows of weight 0 (structured
+    # scaling: a NaN temperature start; matrix scaling: NaN starting biases)
+    z, y = make(n=60000, k=20, seed=56)
+    w = (np.arange(60000) % 10 == 1).astype(float)
+    est = quiet(cls(), z, y, w)
+    ref = quiet(cls(), z[1::10], y[1::10])
+    assert est.converged_
+    assert_close(est.predict_proba(z[:50]), ref.predict_proba(z[:50]), rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_prior_bias_is_the_prior_shift_correction(weighted):
     # b_c = log f_c - log p̄_c, centred: f the class frequencies of every row, p̄ the start's
