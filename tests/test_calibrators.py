@@ -1206,7 +1206,8 @@ def test_prior_bias_is_the_prior_shift_correction(weighted):
 
     z, y = make(n=3000, k=20, seed=53)
     w = np.random.default_rng(53).uniform(0.2, 2.0, 3000) if weighted else None
-    y[y == 7] = 8  # a class without rows counts half a row
+    y[y == 7] = 8  # a class without rows counts half a row (one the model rarely gives:
+    z[:, 7] -= 6.0  # the correction stays within log K, see the next test)
     data = fit_data(z, y, w, from_probs=False, allow_neg_inf=False)
     spec = scaling.Features("logits", 20)
     scale = np.full(20, 0.7)
@@ -1217,6 +1218,25 @@ def test_prior_bias_is_the_prior_shift_correction(weighted):
     want = np.log(freq) - np.log(mean_p)
     got = scaling._prior_bias(data, spec, scale)
     assert_close(got, want - want.mean(), rtol=1e-10, atol=1e-10)
+
+
+def test_prior_bias_is_not_trusted_far_from_the_rows(monkeypatch):
+    # logits x 300 (and a temperature start at its bound: the identity): corrections of
+    # hundreds of nats (up to 411) sent L-BFGS to max_iter where zero biases converged; beyond
+    # log K in some class the start keeps zero biases, and a separable start never asks
+    from logitkit.calibration._base import fit_data
+
+    z, y = make(n=40, k=17, seed=57)
+    data = fit_data(300 * z, y, None, from_probs=False, allow_neg_inf=False)
+    spec = scaling.Features("logits", 17)
+    assert np.array_equal(scaling._prior_bias(data, spec, np.ones(17)), np.zeros(17))
+    asked = []
+    real = scaling._prior_bias
+    monkeypatch.setattr(scaling, "_prior_bias", lambda *a: asked.append(a) or real(*a))
+    quiet(MatrixScaler(), 300 * z, y)
+    assert not asked  # the temperature hit its bound: the identity start, zero biases
+    quiet(MatrixScaler(), z, y)
+    assert asked
 
 
 @pytest.mark.parametrize("cls", FULL_MAPS)
