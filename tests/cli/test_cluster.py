@@ -109,3 +109,27 @@ def test_sharded_bad_input_is_one_line_and_exit_2(cli, client, make_data, tmp_pa
               match="no file matches")
     (tmp_path / "empty").mkdir()
     cli.error("calibrate", tmp_path / "empty", "--out", "o5", match="no prediction files")
+
+
+def test_cluster_zero_probabilities_use_one_floor_for_every_shard_and_the_test(
+        cli, client, make_data, tmp_path):
+    # every shard and the --test file read a probability of 0 as half the smallest positive one
+    # over all the shards; the report keeps it (input.zero_floor) for apply
+    from logitkit import softmax
+
+    z, y = make_data(2000, 4, seed=11)
+    p = np.round(softmax(z.astype(np.float64)), 3)
+    p /= p.sum(axis=1, keepdims=True)
+    (tmp_path / "shards").mkdir()
+    for i, rows in enumerate(np.array_split(np.arange(1500), 3)):
+        np.savez(tmp_path / "shards" / f"part-{i:02d}.npz", logits=p[rows], labels=y[rows])
+    test = np.flatnonzero((p[1500:] == 0).any(axis=1))[:20] + 1500
+    smallest = p[:1500][p[:1500] > 0].min()
+    assert p[test][p[test] > 0].min() > smallest and (p[:1500] == 0).any()
+    np.savez("test.npz", logits=p[test], labels=y[test])
+    _, err = cli.ok("calibrate", tmp_path / "shards", "--test", "test.npz", "--method",
+                    "temperature", "--scheduler", client.scheduler.address, "--out", "z",
+                    "--no-diagram", "--progress", "never")
+    rep = cli.report("z")
+    assert rep["input"]["zero_floor"] == pytest.approx(np.log(smallest / 2), rel=1e-12)
+    assert "test.npz" in err and "as in the calibration file" in err

@@ -182,9 +182,8 @@ def probability_logs(p: Any, xp: Any) -> Any:
     one = xp.ones((), dtype=p.dtype)
     if int(p.shape[1]) == 1:
         # log1p(-p) for the complement, not log(1 - p): exact for small p
-        rest = xp.log1p(-xp.where(p < one, p, xp.zeros_like(one)))
-        logs = xp.concat([xp.where(p < one, rest, floor), xp.log(xp.where(p > 0, p, one))],
-                         axis=1)
+        logs = xp.concat([xp.log1p(-xp.where(p < one, p, xp.zeros_like(one))),
+                          xp.log(xp.where(p > 0, p, one))], axis=1)
         positive = xp.concat([p < one, p > 0], axis=1)
     else:
         logs, positive = xp.log(xp.where(p > 0, p, one)), p > 0

@@ -93,7 +93,11 @@ def _any_thread_may_set() -> Iterator[None]:
     hand-offs this limit avoids), and a product's rounding that follows the thread count
     made it differ from the same fit in the main thread.  The set and the restore happen
     under ``_LIMIT_LOCK``, so the right is cleared just around them."""
-    clear = getattr(_openblas_controller(), "clear_controlling_thread", None)
+    try:
+        from threadpoolctl import OpenBLASController
+        clear = OpenBLASController.clear_controlling_thread
+    except (ImportError, AttributeError):  # pragma: no cover - threadpoolctl before 3.8
+        clear = None
     if clear is not None:
         clear(force=True)
     try:
@@ -101,14 +105,6 @@ def _any_thread_may_set() -> Iterator[None]:
     finally:
         if clear is not None:
             clear(force=True)
-
-
-def _openblas_controller() -> Any:
-    try:
-        from threadpoolctl import OpenBLASController
-    except ImportError:  # pragma: no cover - older threadpoolctl
-        return None
-    return OpenBLASController
 
 
 _LIMIT_LOCK = threading.Lock()

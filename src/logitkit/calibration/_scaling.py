@@ -67,7 +67,8 @@ BLOCK_MAX_CLASSES = 256
 _CURVATURE_PIECE = 512
 #: Rows of the subsample whose temperature starts the maps that start at temperature scaling.
 START_ROWS = 20000
-#: Rows of the subsample whose class frequencies set the full maps' starting biases.
+#: Rows of the subsample whose mean probabilities (against every row's class frequencies) set
+#: the full maps' starting biases (see :func:`_prior_bias`).
 PRIOR_ROWS = 5000
 #: In-memory L-BFGS fits of at least this many feature values take their steps on float32
 #: products (:meth:`Objective.coarse_value_grad`); smaller ones are all float64.
@@ -433,15 +434,23 @@ class Objective:
         return hv / self.data.total_weight + 2.0 * self.lam * v
 
 
-def _feature_moments(x: Any, y: Any, w: Any, *, spec: Features,
-                     from_probs: bool) -> tuple[Any, Any, Any]:
-    """``(Σw, Σw·x, Σw·x xᵀ)`` of the features over a block of rows."""
+def _feature_chunks(x: Any, w: Any, *, spec: Features, from_probs: bool
+                    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """A block of rows a chunk at a time (8 MiB of float64 features): ``(first row, the
+    chunk's float64 features, its float64 weights (ones without weights))``."""
     x = np.asarray(x)
     chunk = max(16, _CHUNK_ELEMENTS // spec.k)
-    s0, s1, s2 = 0.0, np.zeros(spec.k), np.zeros((spec.k, spec.k))
     for start in range(0, x.shape[0], chunk):
         f = features(expand_rows(x[start:start + chunk], from_probs), spec, np)
         wc = np.ones(f.shape[0]) if w is None else np.asarray(w[start:start + chunk], np.float64)
+        yield start, f, wc
+
+
+def _feature_moments(x: Any, y: Any, w: Any, *, spec: Features,
+                     from_probs: bool) -> tuple[Any, Any, Any]:
+    """``(Σw, Σw·x, Σw·x xᵀ)`` of the features over a block of rows."""
+    s0, s1, s2 = 0.0, np.zeros(spec.k), np.zeros((spec.k, spec.k))
+    for _, f, wc in _feature_chunks(x, w, spec=spec, from_probs=from_probs):
         s0 += float(wc.sum())
         s1 += wc @ f
         s2 += (f * wc[:, None]).T @ f
@@ -454,14 +463,10 @@ def _curvature_chunks(x: Any, w: Any, *, theta: np.ndarray, spec: Features, from
     """The rows of a block, a chunk at a time, as the curvature sums read them: ``(Σw, Rᵀ,
     Ũᵀ)`` with ``R`` the rows' weights ``w p_c(1 − p_c)`` ``(K, rows)`` and ``Ũ`` their
     whitened features with the constant, ``ũ = [T (x − μ), 1]`` ``(K+1, rows)``."""
-    x = np.asarray(x)
     k = spec.k
     a, b = unpack(theta, "full", k)
-    chunk = max(16, _CHUNK_ELEMENTS // k)
-    for start in range(0, x.shape[0], chunk):
-        f = features(expand_rows(x[start:start + chunk], from_probs), spec, np)
+    for _, f, wc in _feature_chunks(x, w, spec=spec, from_probs=from_probs):
         p = np.exp(log_softmax(f @ a.T + b, axis=1))
-        wc = np.ones(f.shape[0]) if w is None else np.asarray(w[start:start + chunk], np.float64)
         ut = np.ones((k + 1, f.shape[0]))
         ut[:k] = whiten @ (f - mu).T
         yield float(wc.sum()), (p * (1.0 - p) * wc[:, None]).T, ut
@@ -536,13 +541,12 @@ class Standardised:
     """
 
     def __init__(self, data: FitData, spec: Features) -> None:
-        # the moments only choose the change of variables: an evenly spaced subsample of
-        # in-memory rows estimates them well enough
-        # With the class blocks (see precondition) the whitening only conditions the float32
-        # curvature products: the blocks' Cholesky factors absorb any linear change of the
-        # features, and 5,000 rows leave the passes as they were with 20,000 (1e5 x 100:
-        # the same objective at every pass; the moments 14 -> 4 ms).  The blocks' diagonals
-        # alone (many classes) rely on it.
+        # The moments only choose the change of variables: an evenly spaced subsample of
+        # in-memory rows estimates them well enough.  With the class blocks (see precondition)
+        # the whitening only conditions the float32 curvature products, since the blocks'
+        # Cholesky factors absorb any linear change of the features: 5,000 rows leave the
+        # passes as they were with 20,000 (1e5 x 100: the same objective at every pass; the
+        # moments 14 -> 4 ms).  The blocks' diagonals alone (many classes) rely on it.
         rows = MOMENT_ROWS if spec.k > BLOCK_MAX_CLASSES else MOMENT_ROWS // 4
         sub = data.thin(max(1, data.n // rows))
         s0, s1, s2 = row_sums(_feature_moments, sub.x, sub.y, sub.w, spec=spec,
@@ -675,12 +679,9 @@ def _apply(factor: np.ndarray, blocks: np.ndarray, transpose: bool) -> np.ndarra
 
 def _cached_features(data: FitData, spec: Features) -> FitData:
     """``data`` with its rows replaced by their float64 features (in memory)."""
-    x = np.asarray(data.x)
     out = np.empty((data.n, spec.k))
-    chunk = max(16, _CHUNK_ELEMENTS // spec.k)
-    for start in range(0, data.n, chunk):
-        out[start:start + chunk] = features(expand_rows(x[start:start + chunk], data.from_probs),
-                                            spec, np)
+    for start, f, _ in _feature_chunks(data.x, None, spec=spec, from_probs=data.from_probs):
+        out[start:start + f.shape[0]] = f
     return FitData(out, data.y, data.w, data.k, data.total_weight, False)
 
 
@@ -838,11 +839,11 @@ def _class_totals(y: Any, w: Any, *, k: int) -> np.ndarray:
 def _probability_totals(x: Any, w: Any, *, spec: Features, scale: np.ndarray,
                         from_probs: bool) -> tuple[float, np.ndarray]:
     """``(Σw, Σw·softmax(scale ⊙ features))`` over a block of rows."""
-    p = softmax(features(expand_rows(np.asarray(x), from_probs), spec, np) * scale, axis=1)
-    if w is None:
-        return float(p.shape[0]), p.sum(axis=0)
-    wc = np.asarray(w, dtype=np.float64)
-    return float(wc.sum()), wc @ p
+    s0, s1 = 0.0, np.zeros(spec.k)
+    for _, f, wc in _feature_chunks(x, w, spec=spec, from_probs=from_probs):
+        s0 += float(wc.sum())
+        s1 += wc @ softmax(f * scale, axis=1)
+    return s0, s1
 
 
 def _temperature_stage(data: FitData, warm: Any = None) -> Any:
