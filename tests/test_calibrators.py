@@ -1172,6 +1172,22 @@ def test_lbfgs_noise_rule_stops_within_its_threshold_of_the_optimum(cls, monkeyp
     assert type(est).from_dict(est.to_dict()).stopped_by_ == "noise"
 
 
+def test_lbfgs_noise_rule_does_not_stop_on_a_plateau(monkeypatch):
+    # Structured scaling of 40 classes on 60 rows of nearly constant logits: L-BFGS crosses a
+    # plateau whose first decreases (7e-8, 1e-5, 2e-5) are below the noise threshold (7e-5)
+    # and then grow 2.6x a pass.  The rule stopped there, "converged", 0.22 above the
+    # minimum; with the decreases required to shrink it goes on to the valley's floor.
+    rng = np.random.default_rng(340)
+    true = rng.normal(size=(60, 40)) * 1.5
+    y = (softmax(true, axis=1).cumsum(axis=1) > rng.random((60, 1))).argmax(axis=1)
+    z = 0.01 * (true @ (np.eye(40) + rng.normal(size=(40, 40)) * 0.1).T) + rng.normal(size=40) * 0.5
+    est = quiet(StructuredScaler(), z, y)
+    monkeypatch.setattr(scaling, "NOISE_FRACTION", 0.0)
+    exact = quiet(StructuredScaler(tol=1e-9, max_iter=3000), z, y)
+    assert est.stopped_by_ == "noise" and exact.stopped_by_ in ("gradient", "precision")
+    assert 0.0 <= est.objective_ - exact.objective_ < 0.01
+
+
 def test_subsamples_of_weighted_rows_pick_rows_that_weigh():
     # every 12th of 60,000 rows, weighted on every 10th: no picked row weighed anything
     from logitkit.calibration._base import fit_data

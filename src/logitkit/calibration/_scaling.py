@@ -692,7 +692,8 @@ def minimise(data: FitData, form: str, spec: Features, penalty: Penalty, theta: 
 
     L-BFGS stops at ``max |∇f| <= tol`` or, earlier, once the objective's last decrease and
     the decrease its quadratic model predicts are both at most :data:`NOISE_FRACTION` (1e-3)
-    standard errors of the mean loss (``Result.stopped_by == "noise"``): the objective is
+    standard errors of the mean loss, and shrinking (not on a plateau: see
+    :func:`~._fitting.lbfgs`) (``Result.stopped_by == "noise"``): the objective is
     itself an estimate whose sampling error is that standard error, and ``select`` tells
     methods apart at 1-1.5 of them, so a thousandth of one changes no comparison and no
     figure a user reads.  Measured on 1e5 × 100 (the speed benchmark; standard error 6e-3,
