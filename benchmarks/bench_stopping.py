@@ -3,12 +3,13 @@
 The full maps above 16 classes (matrix, Dirichlet and structured matrix scaling) are fitted by
 L-BFGS, which stops once the last step lowered the objective by at most ``ε``
 (``NOISE_FRACTION`` = 1e-3 standard errors of the mean loss) and the quadratic model predicts
-at most ``ε`` more, provided the decreases are shrinking (``_fitting.SHRINKING``: the last at
-most the one before it, the predicted one at most the last).
+at most ``ε`` more, provided the fit has settled (``_fitting.SHRINKING``: the decreases
+shrinking, the last at most the one before it and the predicted one at most the last, and a
+gradient step finding at most ``ε`` at the least curvature the steps have seen).
 
 For each fit of a grid (method × classes × rows × the logits' scale) this prints the passes
 and the gap to the optimum (the same fit run with no noise rule to ``tol = 1e-9``) in units of
-``ε``, without the shrinking guard and with it, and a summary.  A gap above 1 means the rule
+``ε``, without that guard and with it, and a summary.  A gap above 1 means the rule
 stopped further from the minimum than it promises.
 
     python benchmarks/bench_stopping.py [--quick]

@@ -1172,20 +1172,27 @@ def test_lbfgs_noise_rule_stops_within_its_threshold_of_the_optimum(cls, monkeyp
     assert type(est).from_dict(est.to_dict()).stopped_by_ == "noise"
 
 
-def test_lbfgs_noise_rule_does_not_stop_on_a_plateau(monkeypatch):
-    # Structured scaling of 40 classes on 60 rows of nearly constant logits: L-BFGS crosses a
-    # plateau whose first decreases (7e-8, 1e-5, 2e-5) are below the noise threshold (7e-5)
-    # and then grow 2.6x a pass.  The rule stopped there, "converged", 0.22 above the
-    # minimum; with the decreases required to shrink it goes on to the valley's floor.
-    rng = np.random.default_rng(340)
-    true = rng.normal(size=(60, 40)) * 1.5
+@pytest.mark.parametrize("k", [40, 100])
+def test_lbfgs_noise_rule_does_not_stop_on_a_plateau(k, monkeypatch):
+    # Structured scaling on 60 rows of nearly constant logits: L-BFGS crosses plateaus whose
+    # decreases are below the noise threshold and then grow 2.6x a pass.  The rule stopped
+    # there, "converged", 0.22 (40 classes) and 0.65 (100 classes) above the best objective
+    # a long run reaches.  A fit that says it converged must now be within the threshold.
+    rng = np.random.default_rng(k * 7 + 60)
+    true = rng.normal(size=(60, k)) * 1.5
     y = (softmax(true, axis=1).cumsum(axis=1) > rng.random((60, 1))).argmax(axis=1)
-    z = 0.01 * (true @ (np.eye(40) + rng.normal(size=(40, 40)) * 0.1).T) + rng.normal(size=40) * 0.5
+    z = 0.01 * (true @ (np.eye(k) + rng.normal(size=(k, k)) * 0.1).T) + rng.normal(size=k) * 0.5
     est = quiet(StructuredScaler(), z, y)
+    losses = -np.log(np.asarray(est.predict_proba(z))[np.arange(60), y])
+    eps = scaling.NOISE_FRACTION * losses.std() / math.sqrt(60)
+    if k == 100:  # still far after 500 passes (3,000 do not converge): it says so
+        assert not est.converged_ and est.stopped_by_ == "max_iter"
+        return
     monkeypatch.setattr(scaling, "NOISE_FRACTION", 0.0)
-    exact = quiet(StructuredScaler(tol=1e-9, max_iter=3000), z, y)
-    assert est.stopped_by_ == "noise" and exact.stopped_by_ in ("gradient", "precision")
-    assert 0.0 <= est.objective_ - exact.objective_ < 0.01
+    best = quiet(StructuredScaler(tol=1e-9, max_iter=3000), z, y)
+    assert est.converged_ and est.stopped_by_ == "noise"
+    assert best.converged_ and best.stopped_by_ in ("gradient", "precision")
+    assert 0.0 <= est.objective_ - best.objective_ <= 2 * eps
 
 
 def test_subsamples_of_weighted_rows_pick_rows_that_weigh():

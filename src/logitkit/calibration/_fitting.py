@@ -216,8 +216,8 @@ def newton(
     return Result(theta, f, gmax, passes, gmax <= tol, "gradient" if gmax <= tol else "max_iter")
 
 
-#: Whether L-BFGS's noise rule asks that the decreases be shrinking (see :func:`lbfgs`);
-#: False drops that guard (for ``benchmarks/bench_stopping.py``, which compares the two).
+#: Whether L-BFGS's noise rule asks that the fit have settled (see :func:`lbfgs`); False
+#: drops that guard (for ``benchmarks/bench_stopping.py``, which compares the two).
 SHRINKING = True
 
 
@@ -262,13 +262,20 @@ def lbfgs(
         noise: the current noise threshold ``ε`` of the objective: the minimiser also stops
             (converged) once the last step lowered ``f`` by at most ``ε`` and the quadratic
             model predicts at most ``ε`` more (``-½ gᵀd`` along the next direction ``d``),
-            provided the decreases are shrinking, seen and foretold (:data:`SHRINKING`):
-            the last at most the one before it, the predicted one at most the last.  On a
-            plateau (nearly separable directions: an L-BFGS step's decrease then grows
-            pass after pass, 2.6× a pass with the model short by 1.6×, until the valley's
-            floor) the decreases can start below ``ε`` and grow: structured scaling of 40
-            classes on 60 rows of logits × 0.01 stopped there 0.22 above its minimum, 3,200
-            thresholds, and now goes on (``benchmarks/bench_stopping.py``).
+            provided the fit has settled (:data:`SHRINKING`): the decreases are shrinking,
+            seen and foretold (the last at most the one before it, the predicted one at most
+            the last), and a gradient step would find at most ``ε`` even at the least
+            curvature the steps have seen (``½‖g‖² / min sᵀy/sᵀs <= ε``), which the model's
+            inverse Hessian can hide in directions it has not explored.  On a plateau (nearly
+            constant logits, nearly separable directions) the decreases can start below
+            ``ε`` and then grow 2.6× a pass: structured scaling of 40 classes on 60 rows of
+            logits × 0.01 stopped there, "converged", 0.22 above its minimum, and of 100
+            classes on 60 rows 0.65 above the best point 3,000 passes reach (its test NLL
+            worse than the uncalibrated logits'); the first now ends within ``ε``, the second
+            at ``max_iter``, reported.  ``benchmarks/bench_stopping.py`` (144 fits): noise
+            stops more than ``ε`` above the optimum 29 → 1 (1.06 ``ε``), for 21% more passes
+            in all, nearly all on small or nearly constant logits; the speed benchmark's
+            1e5 × 100 fits stop after the same passes.
         project: ``(θ, f, ∇f) -> (θ′, f′, ∇f′)`` with ``f′ <= f`` computed without a pass
             (an exact minimisation over directions the data term does not see), applied to
             the start and to every accepted step; the pairs are taken between projected
@@ -339,8 +346,11 @@ def lbfgs(
         if noise is not None and pairs:
             eps = noise()
             predicted = -0.5 * slope
-            shrinking = not SHRINKING or (decrease <= earlier and predicted <= decrease)
-            if decrease <= eps and predicted <= eps and shrinking:
+            settled = not SHRINKING or (
+                decrease <= earlier and predicted <= decrease
+                and 0.5 * float(g @ g) <= eps * min(float(s_i @ y_i) / float(s_i @ s_i)
+                                                   for s_i, y_i, _ in pairs))
+            if decrease <= eps and predicted <= eps and settled:
                 return finish(theta, f, g, True, "noise")
         # the first step (no curvature yet) moves by at most 1 in the largest entry
         t = 1.0 if pairs else min(1.0, 1.0 / max(float(np.max(np.abs(g))), 1e-300))
