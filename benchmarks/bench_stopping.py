@@ -3,7 +3,7 @@
 The full maps above 16 classes (matrix, Dirichlet and structured matrix scaling) are fitted by
 L-BFGS, which stops once the last step lowered the objective by at most ``ε``
 (``NOISE_FRACTION`` = 1e-3 standard errors of the mean loss) and the quadratic model predicts
-at most ``ε`` more, provided the fit has settled (``_fitting.SHRINKING``: the decreases
+at most ``ε`` more, provided the fit has settled (``_fitting.SETTLED``: the decreases
 shrinking, the last at most the one before it and the predicted one at most the last, and a
 gradient step finding at most ``ε`` at the least curvature the steps have seen).
 
@@ -41,8 +41,8 @@ def _data(k: int, n: int, scale: float, seed: int) -> tuple[np.ndarray, np.ndarr
 
 def _fit(cls: type, z: np.ndarray, y: np.ndarray, *, guard: bool, exact: bool = False
          ) -> tuple[float, int, str, float, Any]:
-    saved = (_fitting.SHRINKING, _scaling.NOISE_FRACTION)
-    _fitting.SHRINKING = guard
+    saved = (_fitting.SETTLED, _scaling.NOISE_FRACTION)
+    _fitting.SETTLED = guard
     if exact:
         _scaling.NOISE_FRACTION = 0.0
     try:
@@ -53,7 +53,7 @@ def _fit(cls: type, z: np.ndarray, y: np.ndarray, *, guard: bool, exact: bool = 
             est.fit(z, y)
             wall = time.perf_counter() - t0
     finally:
-        _fitting.SHRINKING, _scaling.NOISE_FRACTION = saved
+        _fitting.SETTLED, _scaling.NOISE_FRACTION = saved
     return float(est.objective_), int(est.n_iter_), str(est.stopped_by_), wall, est
 
 

@@ -1183,11 +1183,11 @@ def test_lbfgs_noise_rule_does_not_stop_on_a_plateau(k, monkeypatch):
     y = (softmax(true, axis=1).cumsum(axis=1) > rng.random((60, 1))).argmax(axis=1)
     z = 0.01 * (true @ (np.eye(k) + rng.normal(size=(k, k)) * 0.1).T) + rng.normal(size=k) * 0.5
     est = quiet(StructuredScaler(), z, y)
-    losses = -np.log(np.asarray(est.predict_proba(z))[np.arange(60), y])
-    eps = scaling.NOISE_FRACTION * losses.std() / math.sqrt(60)
     if k == 100:  # still far after 500 passes (3,000 do not converge): it says so
         assert not est.converged_ and est.stopped_by_ == "max_iter"
         return
+    losses = -np.log(np.asarray(est.predict_proba(z))[np.arange(60), y])
+    eps = scaling.NOISE_FRACTION * losses.std() / math.sqrt(60)
     monkeypatch.setattr(scaling, "NOISE_FRACTION", 0.0)
     best = quiet(StructuredScaler(tol=1e-9, max_iter=3000), z, y)
     assert est.converged_ and est.stopped_by_ == "noise"

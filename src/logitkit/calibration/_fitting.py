@@ -218,7 +218,7 @@ def newton(
 
 #: Whether L-BFGS's noise rule asks that the fit have settled (see :func:`lbfgs`); False
 #: drops that guard (for ``benchmarks/bench_stopping.py``, which compares the two).
-SHRINKING = True
+SETTLED = True
 
 
 def lbfgs(
@@ -262,7 +262,7 @@ def lbfgs(
         noise: the current noise threshold ``ε`` of the objective: the minimiser also stops
             (converged) once the last step lowered ``f`` by at most ``ε`` and the quadratic
             model predicts at most ``ε`` more (``-½ gᵀd`` along the next direction ``d``),
-            provided the fit has settled (:data:`SHRINKING`): the decreases are shrinking,
+            provided the fit has settled (:data:`SETTLED`): the decreases are shrinking,
             seen and foretold (the last at most the one before it, the predicted one at most
             the last), and a gradient step would find at most ``ε`` even at the least
             curvature the steps have seen (``½‖g‖² / min sᵀy/sᵀs <= ε``), which the model's
@@ -346,7 +346,7 @@ def lbfgs(
         if noise is not None and pairs:
             eps = noise()
             predicted = -0.5 * slope
-            settled = not SHRINKING or (
+            settled = not SETTLED or (
                 decrease <= earlier and predicted <= decrease
                 and 0.5 * float(g @ g) <= eps * min(float(s_i @ y_i) / float(s_i @ s_i)
                                                    for s_i, y_i, _ in pairs))

@@ -34,7 +34,7 @@ from .._losses._cross_entropy import cross_entropy_with_grad
 from .._namespace import LogitkitTypeError, check_number, expected
 from ._base import LOG_TINY, Calibrator, FitData, expand_rows, ridge
 from ._blocks import row_sums
-from ._engine import THREADS
+from ._engine import THREADS, _bincount
 from ._fitting import CACHE_FEATURES, Result, lbfgs, newton, small_problem_threads
 
 __all__ = ["DirichletScaler", "MatrixScaler", "StructuredScaler", "VectorScaler"]
@@ -695,14 +695,14 @@ def minimise(data: FitData, form: str, spec: Features, penalty: Penalty, theta: 
 
     L-BFGS stops at ``max |∇f| <= tol`` or, earlier, once the objective's last decrease and
     the decrease its quadratic model predicts are both at most :data:`NOISE_FRACTION` (1e-3)
-    standard errors of the mean loss, and shrinking (not on a plateau: see
+    standard errors of the mean loss, once the fit has settled (not on a plateau: see
     :func:`~._fitting.lbfgs`) (``Result.stopped_by == "noise"``): the objective is
     itself an estimate whose sampling error is that standard error, and ``select`` tells
     methods apart at 1-1.5 of them, so a thousandth of one changes no comparison and no
-    figure a user reads.  Measured on 1e5 × 100 (the speed benchmark; standard error 6e-3,
-    so ``ε`` = 6e-6): matrix, structured and Dirichlet scaling stop after 9 / 5 / 6 passes
-    instead of 16 / 23 / 17 for the gradient test at ``tol = 1e-6``, 3e-7 or less above its
-    objective, their test NLL within 1.3e-5 of it.  Every accepted step is also moved along
+    figure a user reads.  Measured on 1e5 × 100 (the speed benchmark; standard error
+    4.4e-3, so ``ε`` = 4.4e-6): matrix, structured and Dirichlet scaling stop after 6 / 4 / 5
+    passes, their last decreases 9e-7 / 5e-7 / 2e-6 (the gradient test at ``tol = 1e-6``
+    took 16 / 23 / 17 before the prior-shift start).  Every accepted step is also moved along
     the gauge (:func:`_gauge`) at no pass's cost.  The steps of in-memory fits of at least
     :data:`COARSE_MIN` values use float32 products (:meth:`Objective.coarse_value_grad`); the
     gradient test is always passed on float64's, and the objective reported is float64's but
@@ -836,8 +836,7 @@ def _prior_bias(data: FitData, spec: Features, scale: np.ndarray) -> np.ndarray:
 
 def _class_totals(y: Any, w: Any, *, k: int) -> np.ndarray:
     """Σw of each class's rows, over a block of labels."""
-    return np.bincount(np.asarray(y), weights=None if w is None else
-                       np.asarray(w, dtype=np.float64), minlength=k).astype(np.float64)
+    return _bincount(np.asarray(y), None if w is None else np.asarray(w, dtype=np.float64), k)
 
 
 def _probability_totals(x: Any, w: Any, *, spec: Features, scale: np.ndarray,
@@ -893,8 +892,9 @@ class _AffineScaler(Calibrator):
     _start_at_temperature = True
 
     def _start_scale(self, data: FitData) -> tuple[float, bool]:
-        """``(1/T of temperature scaling, the scale of the start's diagonal (1 without a
-        temperature start), whether that temperature hit its bound)``."""
+        """``(scale, separable)``: ``1/T`` of temperature scaling, the scale of the start's
+        diagonal (1 without a temperature start or when that temperature hit its bound), and
+        whether it hit its bound (separable rows)."""
         if not self._start_at_temperature:
             return 1.0, False
         # only a starting point: an evenly spaced subsample's temperature is as good a one
