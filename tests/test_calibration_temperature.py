@@ -243,6 +243,33 @@ def test_chunk_sums_are_mergeable_and_match_derivatives():
     assert_close(threaded, whole, rtol=1e-12)
 
 
+def test_temperature_sums_start_a_pool_only_for_two_tasks_or_more(monkeypatch):
+    # A pool that can get one task (rows <= _CHUNKS_PER_TASK chunks) costs a thread's start
+    # and its hand-offs on every Newton pass and saves nothing: the temperature that starts
+    # the affine maps (5,000 rows at K = 100, one task) spent 3-4 ms of its 18 there.
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = []
+
+    class Counted(ThreadPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            started.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(temperature_module, "ThreadPoolExecutor", Counted)
+    k = 100
+    one_task = nll_sums_module._CHUNKS_PER_TASK * (temperature_module._CHUNK_ELEMENTS // k)
+    for n, pools in ((one_task, 0), (one_task + 1, 1)):
+        z, y = _overconfident(n=n, k=k, seed=3)
+        started.clear()
+        threaded = temperature_module.temperature_sums(z, y, None, beta=0.7, from_probs=False,
+                                                       n_threads=2)
+        assert len(started) == pools
+        alone = temperature_module.temperature_sums(z, y, None, beta=0.7, from_probs=False,
+                                                    n_threads=1)
+        assert threaded == alone
+
+
 def test_label_shift_and_max_shift_paths_agree():
     # The fast path shifts each row by its label's logit; rows that would overflow there
     # (beta * (max z - z_y) > 709), and chunks with -inf entries, are shifted by the row max.

@@ -14,7 +14,7 @@ from .._kernels import python_threads
 from .._namespace import LogitkitTypeError, LogitkitValueError, check_int, check_number, expected
 from ._base import CalibrationWarning, Calibrator, FitData, expand_rows, ridge, rowwise
 from ._blocks import row_sums
-from ._nll_sums import nll_sums
+from ._nll_sums import _CHUNKS_PER_TASK, nll_sums
 
 __all__ = ["CalibrationWarning", "TemperatureScaler"]
 
@@ -37,7 +37,10 @@ def temperature_sums(x: Any, y: Any, w: Any, *, beta: float, from_probs: bool,
     chunk_rows = max(1, _CHUNK_ELEMENTS // k)
     if x.shape[1] == 1:  # [0, z] or [log(1 - p), log p]: the sums want two columns
         x, from_probs = expand_rows(x, from_probs), False
-    pool = ThreadPoolExecutor(n_threads) if n_threads > 1 and x.shape[0] > chunk_rows else None
+    # a pool only when it gets two tasks or more (a task is _CHUNKS_PER_TASK chunks): one task
+    # on a new pool costs its thread's start and hand-offs and saves nothing
+    many = x.shape[0] > _CHUNKS_PER_TASK * chunk_rows
+    pool = ThreadPoolExecutor(n_threads) if n_threads > 1 and many else None
     try:
         return nll_sums(x, y, beta, w, chunk_rows=chunk_rows, from_probs=from_probs, pool=pool)
     finally:
