@@ -65,6 +65,8 @@ MOMENT_ROWS = 20000
 BLOCK_MAX_CLASSES = 256
 #: Rows per piece of the preconditioner's products (their float32 temporaries: 10 MiB at K = 100).
 _CURVATURE_PIECE = 512
+#: Rows per task of the preconditioner's sums (see :func:`_curvature_sums`).
+_CURVATURE_TASK = 4 * _CURVATURE_PIECE
 #: Rows of the subsample whose temperature starts the maps that start at temperature scaling
 #: (one scalar: 5,000 rows start 1e5 x 100 fits as 20,000 did, the same passes, 35-90 ms
 #: sooner: median of six interleaved fits, matrix 0.872 -> 0.836 s, Dirichlet 0.693 -> 0.667,
@@ -401,7 +403,10 @@ class Objective:
             # never makes one, and the cache cost a tenth of a fit (1e5 x 100: 0.04-0.08 s)
             x = np.asarray(d.x)
             k = self.spec.k
-            out = self._coarse_x = np.ones((d.n, k + 1), dtype=np.float32)
+            # written by the threads only, the column of ones too: the first touch of its
+            # pages (40 MB at 1e5 x 100) is theirs, not the calling thread's alone (the copy
+            # 16 -> 9 ms on two threads)
+            out = self._coarse_x = np.empty((d.n, k + 1), dtype=np.float32)
             chunk = max(16, _CHUNK_ELEMENTS // k)
 
             def fill(start: int) -> None:
@@ -410,6 +415,7 @@ class Objective:
                         and not d.from_probs):  # logits as given are only rounded
                     rows = features(expand_rows(rows, d.from_probs), self.spec, np)
                 out[start:start + chunk, :-1] = rows
+                out[start:start + chunk, -1] = 1.0
 
             starts = range(0, d.n, chunk)
             list(self.pool.map(fill, starts) if self.pool is not None else map(fill, starts))
@@ -460,19 +466,16 @@ def _feature_moments(x: Any, y: Any, w: Any, *, spec: Features,
     return s0, s1, s2
 
 
-def _curvature_chunks(x: Any, w: Any, *, theta: np.ndarray, spec: Features, from_probs: bool,
-                      mu: np.ndarray, whiten: np.ndarray
-                      ) -> Iterator[tuple[float, np.ndarray, np.ndarray]]:
-    """The rows of a block, a chunk at a time, as the curvature sums read them: ``(Σw, Rᵀ,
-    Ũᵀ)`` with ``R`` the rows' weights ``w p_c(1 − p_c)`` ``(K, rows)`` and ``Ũ`` their
-    whitened features with the constant, ``ũ = [T (x − μ), 1]`` ``(K+1, rows)``."""
-    k = spec.k
-    a, b = unpack(theta, "full", k)
-    for _, f, wc in _feature_chunks(x, w, spec=spec, from_probs=from_probs):
-        p = np.exp(log_softmax(f @ a.T + b, axis=1))
-        ut = np.ones((k + 1, f.shape[0]))
-        ut[:k] = whiten @ (f - mu).T
-        yield float(wc.sum()), (p * (1.0 - p) * wc[:, None]).T, ut
+def _curvature_rows(f: np.ndarray, wc: np.ndarray, *, a: np.ndarray, b: np.ndarray,
+                    mu: np.ndarray, whiten: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows' parts of the class blocks of :func:`_curvature_sums` and
+    :func:`_curvature_diagonals` (one rule for both): ``(Rᵀ, Ũᵀ)``, with ``R`` the rows'
+    weights ``w p_c(1 − p_c)`` ``(K, rows)`` at the map ``(a, b)`` and ``Ũ`` their whitened
+    features with the constant, ``ũ = [T (x − μ), 1]`` ``(K+1, rows)``."""
+    p = np.exp(log_softmax(f @ a.T + b, axis=1))
+    ut = np.ones((f.shape[1] + 1, f.shape[0]))
+    ut[:-1] = whiten @ (f - mu).T
+    return (p * (1.0 - p) * wc[:, None]).T, ut
 
 
 def _curvature_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, spec: Features,
@@ -485,31 +488,44 @@ def _curvature_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, spec: Features
     All classes at once, in float32 (the blocks only steer the steps): with ``Q`` the rows'
     products ``ũ_a ũ_b`` (``a ≤ b``, the upper triangle) and ``R`` their weights
     ``w p_c(1 − p_c)``, the blocks' triangles are the one product ``Rᵀ Q``, summed over pieces
-    of :data:`_CURVATURE_PIECE` rows (on ``pool``'s threads when given, added in order).  On
-    4000 rows at K = 100 it took 0.058 CPU s against 0.072 for one symmetric product per
-    class and 0.6 for float64 batched products (a pass is 0.05)."""
+    of :data:`_CURVATURE_PIECE` rows.  Tasks of :data:`_CURVATURE_TASK` rows, on ``pool``'s
+    threads when given, each compute their rows' probabilities and features and add their
+    pieces' products (float32); the tasks' sums are added in order, so the result does not
+    depend on the threads or their timing (before, the calling thread computed the rows'
+    probabilities and features alone: the 8,000-row preconditioner of 1e5 x 100, 224 -> 199
+    ms, median of 12 interleaved).  On 4000 rows at K = 100 the one product took 0.058 CPU s
+    against 0.072 for one symmetric product per class and 0.6 for float64 batched products (a
+    pass is 0.05)."""
     k = spec.k
-    upper = np.triu_indices(k + 1)
-    ends = np.cumsum(np.arange(k + 1, 0, -1))  # row a of the triangle ends at ends[a]
+    a, b = unpack(theta, "full", k)
+    ends = np.cumsum(np.arange(k + 1, 0, -1))  # row j of the triangle ends at ends[j]
     s0, tri = 0.0, np.zeros((k, ends[-1]))
-    for wsum, r, u in _curvature_chunks(x, w, theta=theta, spec=spec, from_probs=from_probs,
-                                        mu=mu, whiten=whiten):
-        ut, rt = u.astype(np.float32), r.astype(np.float32)
-        s0 += wsum
+    for _, f, wc in _feature_chunks(x, w, spec=spec, from_probs=from_probs):
+        s0 += float(wc.sum())
 
-        def piece(lo: int, ut: np.ndarray = ut, rt: np.ndarray = rt) -> np.ndarray:
-            hi = min(lo + _CURVATURE_PIECE, ut.shape[1])
-            q = np.empty((ends[-1], hi - lo), dtype=np.float32)
-            for j in range(k + 1):
-                np.multiply(ut[j, lo:hi], ut[j:, lo:hi], out=q[ends[j] - (k + 1 - j):ends[j]])
-            return rt[:, lo:hi] @ q.T
+        def task(lo: int, f: np.ndarray = f, wc: np.ndarray = wc) -> np.ndarray:
+            hi = min(lo + _CURVATURE_TASK, f.shape[0])
+            r, u = _curvature_rows(f[lo:hi], wc[lo:hi], a=a, b=b, mu=mu, whiten=whiten)
+            rt, ut = r.astype(np.float32), u.astype(np.float32)
+            acc = np.zeros((k, ends[-1]), dtype=np.float32)
+            q = np.empty((ends[-1], min(_CURVATURE_PIECE, hi - lo)), dtype=np.float32)
+            for start in range(0, hi - lo, _CURVATURE_PIECE):
+                stop = min(start + _CURVATURE_PIECE, hi - lo)
+                qs = q[:, :stop - start]
+                for j in range(k + 1):
+                    np.multiply(ut[j, start:stop], ut[j:, start:stop],
+                                out=qs[ends[j] - (k + 1 - j):ends[j]])
+                acc += rt[:, start:stop] @ qs.T
+            return acc
 
-        los = range(0, ut.shape[1], _CURVATURE_PIECE)
-        for part in (pool.map(piece, los) if pool is not None else map(piece, los)):
+        los = range(0, f.shape[0], _CURVATURE_TASK)
+        for part in (pool.map(task, los) if pool is not None else map(task, los)):
             tri += part
     s1 = np.empty((k, k + 1, k + 1))
-    s1[:, upper[0], upper[1]] = tri
-    s1[:, upper[1], upper[0]] = tri
+    for j in range(k + 1):  # row and column j of every block (slices: 7 -> 4 ms at K = 100)
+        seg = tri[:, ends[j] - (k + 1 - j):ends[j]]
+        s1[:, j, j:] = seg
+        s1[:, j:, j] = seg
     return s0, s1
 
 
@@ -518,10 +534,11 @@ def _curvature_diagonals(x: Any, y: Any, w: Any, *, theta: np.ndarray, spec: Fea
                          ) -> tuple[Any, Any]:
     """``(Σw, Σw·p_c(1−p_c) ũ∘ũ for every class c)``: the diagonals ``(K, K+1)`` of the
     blocks of :func:`_curvature_sums`, one product ``Rᵀ (Ũ∘Ũ)`` a chunk of rows."""
+    a, b = unpack(theta, "full", spec.k)
     s0, s1 = 0.0, np.zeros((spec.k, spec.k + 1))
-    for wsum, r, u in _curvature_chunks(x, w, theta=theta, spec=spec, from_probs=from_probs,
-                                        mu=mu, whiten=whiten):
-        s0 += wsum
+    for _, f, wc in _feature_chunks(x, w, spec=spec, from_probs=from_probs):
+        r, u = _curvature_rows(f, wc, a=a, b=b, mu=mu, whiten=whiten)
+        s0 += float(wc.sum())
         s1 += r @ (u * u).T
     return s0, s1
 
@@ -623,18 +640,19 @@ class Standardised:
             blocks += 2.0 * penalty[k * k:, None, None] * vv[None]
         diag = np.einsum("cii->ci", blocks)  # a view
         diag += 1e-10 * max(float(diag.max()), 1e-300)
-        self.chol = np.asarray(np.linalg.cholesky(blocks), dtype=np.float64)
-        eye = np.broadcast_to(np.eye(k + 1), blocks.shape)
-        # the inverses, on the pool's threads when given (a fifth of the preconditioner's cost
-        # at K = 100 on one)
+        # the factors and their inverses, on the pool's threads when given (a fifth of the
+        # preconditioner's cost at K = 100 on one)
         share = k if pool is None else -(-k // THREADS)
         shares = [slice(c, c + share) for c in range(0, k, share)]
+        eye = np.broadcast_to(np.eye(k + 1), blocks.shape)
 
-        def invert(s: slice) -> np.ndarray:
-            return np.asarray(np.linalg.solve(self.chol[s], eye[s]), dtype=np.float64)
+        def factor(s: slice) -> tuple[np.ndarray, np.ndarray]:
+            chol = np.asarray(np.linalg.cholesky(blocks[s]), dtype=np.float64)
+            return chol, np.asarray(np.linalg.solve(chol, eye[s]), dtype=np.float64)
 
-        self.chol_inv = np.concatenate(list(pool.map(invert, shares) if pool is not None
-                                            else map(invert, shares)))
+        parts = list(pool.map(factor, shares) if pool is not None else map(factor, shares))
+        self.chol = np.concatenate([chol for chol, _ in parts])
+        self.chol_inv = np.concatenate([inv for _, inv in parts])
 
     def _blocks(self, v: np.ndarray) -> np.ndarray:
         k = self.k
@@ -661,11 +679,18 @@ class Standardised:
         phi = np.concatenate([(a @ self.unwhiten).ravel(), theta[k * k:] + a @ self.mu])
         return self._flat(_apply(self.chol, self._blocks(phi), True))
 
-    def pullback(self, g: np.ndarray) -> np.ndarray:
+    def whitened(self, g: np.ndarray) -> np.ndarray:
+        """The gradient in the whitened parameters from that in ``θ`` (what :meth:`unscale`
+        returns for :meth:`pullback`'s result, without the round trip)."""
         k = self.k
         ga, gb = g[: k * k].reshape(k, k), g[k * k:]
         m = self.whiten @ self.mu
-        g_phi = np.concatenate([(ga @ self.whiten - np.outer(gb, m)).ravel(), gb])
+        return np.concatenate([(ga @ self.whiten - np.outer(gb, m)).ravel(), gb])
+
+    def pullback(self, g: np.ndarray, whitened: np.ndarray | None = None) -> np.ndarray:
+        """The gradient in the optimised parameters from that in ``θ`` (or from its
+        :meth:`whitened` form, when given)."""
+        g_phi = self.whitened(g) if whitened is None else whitened
         return self._flat(_apply(self.chol_inv, self._blocks(g_phi), False))
 
 
@@ -741,28 +766,52 @@ def minimise(data: FitData, form: str, spec: Features, penalty: Penalty, theta: 
         def run(d: FitData, start: np.ndarray) -> Result:
             obj = Objective(d, form, spec, penalty, cache=cache)
             obj.pool = pool
+            # Each map between the parameters reads 16 MB of factors at K = 100 (1-2 ms once a
+            # pass has evicted them): L-BFGS projects each point it evaluates and tests each
+            # gradient it is given, so the last point's θ and the last gradient's whitened
+            # form are kept (keyed by the arrays themselves, which L-BFGS never writes into)
+            last: list[np.ndarray] = []  # [φ, θ(φ)]
+            grad: list[np.ndarray] = []  # [∇ψ, its whitened form]
+
+            def theta_of(phi: np.ndarray) -> np.ndarray:
+                if not last or last[0] is not phi:
+                    last[:] = [phi, std.theta(phi)]
+                return last[1]
+
+            def pulled(g: np.ndarray) -> np.ndarray:
+                g_phi = std.whitened(g)
+                grad[:] = [std.pullback(g, g_phi), g_phi]
+                return grad[0]
+
+            def grad_max(g_psi: np.ndarray) -> float:
+                g_phi = grad[1] if grad and grad[0] is g_psi else std.unscale(g_psi)
+                return float(np.max(np.abs(g_phi)))
 
             def evaluate(phi: np.ndarray) -> tuple[float, np.ndarray]:
-                f, g = obj.value_grad(std.theta(phi))
-                return f, std.pullback(g)
+                f, g = obj.value_grad(theta_of(phi))
+                return f, pulled(g)
 
             def coarse(phi: np.ndarray) -> tuple[float, np.ndarray]:
-                f, g = obj.coarse_value_grad(std.theta(phi))
-                return f, std.pullback(g)
+                f, g = obj.coarse_value_grad(theta_of(phi))
+                return f, pulled(g)
 
             def project(phi: np.ndarray, f: float,
                         g: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
-                theta = std.theta(phi)
+                theta = theta_of(phi)
                 moved = _gauge(theta, obj.lam, obj.ref, d.k)
                 pf, pg = obj._penalty(theta)
                 pf1, pg1 = obj._penalty(moved)
-                return std.phi(moved), f - pf + pf1, g + std.pullback(pg1 - pg)
+                shift = std.whitened(pg1 - pg)
+                g_moved = g + std.pullback(pg1 - pg, shift)
+                if grad and grad[0] is g:
+                    grad[:] = [g_moved, grad[1] + shift]
+                last[:] = [std.phi(moved), moved]
+                return last[0], f - pf + pf1, g_moved
 
             res = lbfgs(evaluate, std.phi(start), max_iter=max_iter, tol=tol,
-                        grad_max=lambda g: float(np.max(np.abs(std.unscale(g)))),
-                        coarse=coarse if use_coarse else None, noise=lambda: obj.noise,
-                        project=project)
-            res.theta = std.theta(res.theta)
+                        grad_max=grad_max, coarse=coarse if use_coarse else None,
+                        noise=lambda: obj.noise, project=project)
+            res.theta = theta_of(res.theta)
             return res
 
         return run(data, theta)
