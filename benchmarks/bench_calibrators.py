@@ -4,6 +4,7 @@ a user would make it.
     python benchmarks/bench_calibrators.py quality          # the method x data table
     python benchmarks/bench_calibrators.py spread --splits 20 --methods beta vector
     python benchmarks/bench_calibrators.py rules --splits 30  # select's rule over many splits
+    python benchmarks/bench_calibrators.py floors --splits 30  # isotonic/histogram's floor
     python benchmarks/bench_calibrators.py speed            # fits on 1e5 x 100 float32 logits
     python benchmarks/bench_calibrators.py speed --n 20000 --k 50 --methods vector structured
     python benchmarks/bench_calibrators.py speed --methods matrix --breakdown  # where ours spends
@@ -22,6 +23,12 @@ the best single method.
 ``spread``: ``quality``'s NLL ratio to the best peer over ``--splits`` random calibration/test
 splits of each data set (the four models trained once, their held-out half re-divided; the
 synthetic sets drawn afresh, ``--synthetic-splits`` times): mean, worst and best per method.
+
+``floors``: the isotonic and histogram calibrators' probability floor ``1/(2(N + 1))`` against
+fractions of it (1/2, 1/4, 1/10, 1/100) over the same splits of the four real files: the mean
+test NLL of each, and its ratio to the best peer's (scikit-learn's isotonic regression gives 0
+and an infinite NLL wherever a test row falls outside the calibration rows) on the splits
+where that is finite.
 
 ``rules``: ``select``'s rule and its alternatives (evidence against "none" at several z bars,
 stepwise through temperature, the one-standard-error rule, each on one and on ``--cv-repeats``
@@ -533,6 +540,58 @@ def spread(methods: list[str], datasets: list[str], n_splits: int,
         print()
 
 
+def _nll(p: np.ndarray, y: np.ndarray) -> float:
+    """Mean NLL of the labels' probabilities, ``inf`` for a zero or a NaN (a peer's
+    probabilities may hold either)."""
+    p = np.asarray(p, dtype=np.float64)
+    p = np.stack([1.0 - p, p], axis=1) if p.ndim == 1 else p
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = float(-np.mean(np.log(p[np.arange(len(y)), y])))
+    return value if math.isfinite(value) else math.inf
+
+
+FLOOR_FRACTIONS = (1.0, 0.5, 0.25, 0.1, 0.01)
+
+
+def floors(n_splits: int) -> None:
+    """The isotonic and histogram calibrators' floor against fractions of it (see the module)."""
+    from logitkit.calibration import HistogramCalibrator, IsotonicCalibrator
+
+    real = [name for name in DATASETS if not name.startswith("synthetic")]
+    print(f"test NLL over {n_splits} calibration/test splits: mean, and over the splits where "
+          "the best peer's is finite, the mean ratio to it\n")
+    for method, cls in (("isotonic", IsotonicCalibrator), ("histogram", HistogramCalibrator)):
+        print(f"== {method}: floor x " + "  ".join(f"{f:>16g}" for f in FLOOR_FRACTIONS))
+        for name in real:
+            nll: dict[float, list[float]] = {f: [] for f in FLOOR_FRACTIONS}
+            peer_nll = []
+            for split in range(n_splits):
+                z, y, zt, yt = DATASETS[name](split)
+                k = 2 if z.ndim == 1 else z.shape[1]
+                best = math.inf
+                for peer, fit in METHODS[method][1].items():
+                    if _applies(method, peer, k):
+                        predict = _timed(fit, z, y)[1]
+                        if predict is not None:
+                            best = min(best, _nll(predict(zt), yt))
+                peer_nll.append(best)
+                est = cls().fit(z, y)
+                floor = est.floor_
+                for f in FLOOR_FRACTIONS:  # the floor only clips what transform gives
+                    est.floor_ = floor * f
+                    nll[f].append(_nll(np.asarray(est.predict_proba(zt)), yt))
+            peer = np.array(peer_nll)
+            finite = np.isfinite(peer)
+            cells = []
+            for f in FLOOR_FRACTIONS:
+                a = np.array(nll[f])
+                ratio = np.mean(a[finite] / peer[finite]) if finite.any() else math.nan
+                cells.append(f"{a.mean():.4f} ({ratio:5.3f})")
+            print(f"  {name:18s} " + "  ".join(f"{c:>16s}" for c in cells)
+                  + f"   peer finite on {finite.sum()}/{n_splits}", flush=True)
+        print()
+
+
 # --------------------------------------------------------------------------------------------
 # select's rule, studied over many calibration/test splits
 # --------------------------------------------------------------------------------------------
@@ -782,12 +841,12 @@ def speed(n: int, k: int, methods: list[str], repeat: int, cap: float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("part", choices=["quality", "spread", "rules", "speed"])
+    parser.add_argument("part", choices=["quality", "spread", "rules", "floors", "speed"])
     parser.add_argument("--methods", nargs="*", default=None)
     parser.add_argument("--datasets", nargs="*", default=None, choices=list(DATASETS),
                         help="quality only: the data sets to score (default: all six)")
     parser.add_argument("--splits", type=int, default=30,
-                        help="spread and rules: calibration/test splits of each real data set")
+                        help="spread, rules and floors: calibration/test splits of each real data set")
     parser.add_argument("--synthetic-splits", type=int, default=5,
                         help="spread and rules: splits (fresh draws) of each synthetic set")
     parser.add_argument("--cv-repeats", type=int, default=3,
@@ -808,6 +867,8 @@ def main() -> None:
     elif args.part == "spread":
         spread(args.methods or list(METHODS), args.datasets or list(DATASETS), args.splits,
                args.synthetic_splits)
+    elif args.part == "floors":
+        floors(args.splits)
     elif args.part == "rules":
         rules(args.datasets or list(DATASETS), args.splits, args.cv_repeats,
               args.synthetic_splits)

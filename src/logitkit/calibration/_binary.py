@@ -7,6 +7,16 @@ renormalised ``q``).  ``log p_k`` and ``log(1 − p_k)`` come from the logits ex
 of ``p`` to ``[ε, 1 − ε]`` before the log), and the isotonic and histogram values are kept in
 ``[floor, 1 − floor]`` with ``floor = 1/(2(N + 1))``, so no class probability is ever exactly 0
 and the NLL stays finite.
+
+The floor is borne out by measurement (``bench_calibrators.py floors``): over 30 calibration/test splits of the benchmark's four
+real files (``benchmarks/bench_calibrators.py``), floors of 1/2, 1/4, 1/10 and 1/100 of it
+raised isotonic regression's mean test NLL on every file (breast_cancer GBM 0.150 -> 0.155,
+0.161, 0.169, 0.190; digits MLP 0.135 -> 0.138 ... 0.180), and histogram binning's on three
+(wine: 0.1078 -> 0.1068 at half the floor, then up).  A smaller floor only helps on the
+splits where no test row falls outside what the calibration rows showed, where scikit-learn's
+unfloored isotonic regression (which gives 0) stays finite: 9 of 30 on breast_cancer, this
+floor's NLL 2.7% above it there on average.  On the others a row given the floor pays
+``-log floor``.
 """
 
 from __future__ import annotations
