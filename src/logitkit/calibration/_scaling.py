@@ -687,10 +687,10 @@ class Standardised:
         m = self.whiten @ self.mu
         return np.concatenate([(ga @ self.whiten - np.outer(gb, m)).ravel(), gb])
 
-    def pullback(self, g: np.ndarray, whitened: np.ndarray | None = None) -> np.ndarray:
-        """The gradient in the optimised parameters from that in ``θ`` (or from its
-        :meth:`whitened` form, when given)."""
-        g_phi = self.whitened(g) if whitened is None else whitened
+    def pullback(self, g: np.ndarray, g_phi: np.ndarray | None = None) -> np.ndarray:
+        """The gradient in the optimised parameters from that in ``θ`` (``g_phi``: its
+        :meth:`whitened` form, when already computed)."""
+        g_phi = self.whitened(g) if g_phi is None else g_phi
         return self._flat(_apply(self.chol_inv, self._blocks(g_phi), False))
 
 
