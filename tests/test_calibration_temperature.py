@@ -239,7 +239,8 @@ def test_chunk_sums_are_mergeable_and_match_derivatives():
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(3) as pool:
-        threaded = nll_sums(z, y, 0.4, w, chunk_rows=16, from_probs=False, pool=pool)
+        threaded = nll_sums(z, y, 0.4, w, chunk_rows=16, from_probs=False,
+                            floor=-np.inf, pool=pool)
     assert_close(threaded, whole, rtol=1e-12)
 
 
@@ -263,10 +264,10 @@ def test_temperature_sums_start_a_pool_only_for_two_tasks_or_more(monkeypatch):
         z, y = _overconfident(n=n, k=k, seed=3)
         started.clear()
         threaded = temperature_module.temperature_sums(z, y, None, beta=0.7, from_probs=False,
-                                                       n_threads=2)
+                                                       floor=-np.inf, n_threads=2)
         assert len(started) == pools
         alone = temperature_module.temperature_sums(z, y, None, beta=0.7, from_probs=False,
-                                                    n_threads=1)
+                                                    floor=-np.inf, n_threads=1)
         assert threaded == alone
 
 

@@ -86,6 +86,24 @@ def test_binary_column_and_probabilities_equal_numpy(client):
     np.testing.assert_allclose(got.temperature_, ref.temperature_, rtol=1e-8)
 
 
+def test_zero_probabilities_read_with_the_least_over_every_block(client):
+    # the least positive probability is a map-reduce (Least) over the blocks: the floor of a
+    # partitioned fit, and so its temperature and transform, equal NumPy's
+    z, y = overconfident(2100, 4, 5)
+    p = np.round(softmax(z, axis=1), 2)  # rounded: zeros, and a least of 0.01
+    p /= p.sum(axis=1, keepdims=True)
+    p[1500, :] = [0.0, 0.0, 0.0, 1.0]
+    p[1500, 3] = 1.0 - 3e-5  # the least positive probability, in the third block only
+    p[1500, 0] = 3e-5
+    assert (p == 0).sum() > 100
+    dp, dy = chunked(p, y)
+    ref = TemperatureScaler(from_probs=True).fit(p, y)
+    got = TemperatureScaler(from_probs=True).fit(dp, dy)
+    assert got.zero_floor_ == ref.zero_floor_ == np.log(3e-5) - np.log(2.0)
+    np.testing.assert_allclose(got.temperature_, ref.temperature_, rtol=1e-8)
+    np.testing.assert_allclose(np.asarray(got.transform(dp)), ref.transform(p), **TOL)
+
+
 @pytest.mark.parametrize(
     "options",
     [{}, {"norm": "l2"}, {"norm": "max"}, {"norm": "l2", "debias": True},

@@ -558,7 +558,7 @@ def test_take_into_a_buffer_equals_a_fresh_take():
     x = rng.normal(size=(40_000, 3)).astype(np.float32)
     y = rng.integers(0, 3, 40_000)
     w = rng.random(40_000)
-    data = FitData(x, y, w, 3, float(w.sum()), False)
+    data = FitData(x, y, w, 3, float(w.sum()), False, floor=-np.inf)
     rows = rng.random(40_000) < 0.7
     buf = np.full((40_000, 3), np.nan, dtype=np.float32)
     a, b = data.take(rows), data.take(rows, out=buf)
@@ -580,7 +580,7 @@ def test_separable_reads_blocks_and_stops_at_the_first_error(monkeypatch):
     assert not sel_mod.separable(z, y)
     seen = []
     expand = sel_mod.expand_rows
-    monkeypatch.setattr(sel_mod, "expand_rows", lambda x, p: seen.append(len(x)) or expand(x, p))
+    monkeypatch.setattr(sel_mod, "expand_rows", lambda x, p, f: seen.append(len(x)) or expand(x, p, f))
     z[10, (y[10] + 1) % 5] = 9.0  # and one in the first: the search ends there
     assert not sel_mod.separable(z, y) and seen == [100]
     # a tie is not separable; a one-column (binary) input is [0, z]

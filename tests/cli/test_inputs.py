@@ -348,12 +348,19 @@ def test_zero_probabilities_of_every_file_are_read_as_in_the_calibration_file(cl
     t = cli.temperature(rep)
     cli.ok("apply", "few.npz", "--report", "t/report.json", "--out", "few.npy")
     assert np.allclose(np.load("few.npy"), softmax(floored[few] / t), rtol=1e-6, atol=1e-12)
-    # a calibration file without zeros leaves apply's file its own floor
-    np.savez("clean.npz", logits=softmax(z.astype(np.float64)), labels=y)
+    # a calibration file without zeros fixes the floor too (the library's rule: half the
+    # least probability the fit saw), and apply reads its file's zeros with it
+    clean = softmax(z.astype(np.float64))
+    np.savez("clean.npz", logits=clean, labels=y)
     cli.ok("calibrate", "clean.npz", "--method", "temperature", "--out", "c", "--no-diagram")
-    assert cli.report("c")["input"]["zero_floor"] is None
+    floor = cli.report("c")["input"]["zero_floor"]
+    assert floor == np.log(clean.min()) - np.log(2.0)
     _, err = cli.ok("apply", "few.npz", "--report", "c/report.json", "--out", "few2.npy")
-    assert "half the smallest positive one" in err
+    assert "as in the calibration file of c/report.json" in err
+    logs = np.where(p[few] == 0, floor, np.log(np.where(p[few] > 0, p[few], 1.0)))
+    logs -= np.logaddexp.reduce(logs, axis=1, keepdims=True)
+    t = cli.temperature(cli.report("c"))
+    assert np.allclose(np.load("few2.npy"), softmax(logs / t), rtol=1e-6, atol=1e-12)
 
 
 def test_input_kind_errors_are_one_line(cli, data):

@@ -60,13 +60,14 @@ def _log1mexp(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def class_logs(x: Any, from_probs: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``(log p, log(1 − p))`` of the calibrated classes for a block of input rows, float64.
+def class_logs(x: Any, from_probs: bool, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(log p, log(1 − p))`` of the calibrated classes for a block of input rows, float64
+    (probabilities' zeros read as ``floor``: :func:`._base.expand_rows`).
 
     Two classes: class 1 only, from the margin ``m = z₁ − z₀`` (``−softplus(∓m)``); ``K ≥ 3``:
     every class, from ``log_softmax``.
     """
-    z = expand_rows(x, from_probs)
+    z = expand_rows(x, from_probs, floor)
     if z.shape[1] == 2:
         m = z[:, 1:2] - z[:, 0:1]
         return -np.logaddexp(0.0, -m), -np.logaddexp(0.0, m)
@@ -79,9 +80,9 @@ def class_logs(x: Any, from_probs: bool) -> tuple[np.ndarray, np.ndarray]:
 LOG_EPS = math.log(np.finfo(np.float64).eps)
 
 
-def beta_logs(x: Any, from_probs: bool) -> tuple[np.ndarray, np.ndarray]:
+def beta_logs(x: Any, from_probs: bool, floor: float) -> tuple[np.ndarray, np.ndarray]:
     """:func:`class_logs` floored at :data:`LOG_EPS`."""
-    lp, l1mp = class_logs(x, from_probs)
+    lp, l1mp = class_logs(x, from_probs, floor)
     return np.maximum(lp, LOG_EPS), np.maximum(l1mp, LOG_EPS)
 
 
@@ -111,7 +112,7 @@ class _OneVsRest(Calibrator):
 
     def _transform_rows(self, x: np.ndarray) -> np.ndarray:
         k = self.n_classes_
-        lp, l1mp = class_logs(x, False)
+        lp, l1mp = class_logs(x, False, -math.inf)
         logq, log1mq = self._class_probs(np.exp(lp), lp, l1mp)
         return _from_class_probs(logq, log1mq, k)
 
@@ -131,7 +132,7 @@ def _clipped_logs(q: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 
-def beta_features(x: Any, from_probs: bool, k: int) -> np.ndarray:
+def beta_features(x: Any, from_probs: bool, floor: float, k: int) -> np.ndarray:
     """``[log p | −log(1 − p)]`` of the calibrated classes, floored (:func:`beta_logs`), for a
     block of input rows: ``(r, 2C)`` float64, the two features :func:`beta_sums` reads (from
     logits of ``K >= 3`` classes by the native kernel: one read of each row, no temporaries)."""
@@ -145,7 +146,7 @@ def beta_features(x: Any, from_probs: bool, k: int) -> np.ndarray:
     out = np.empty((n, 2 * n_cls))
     chunk = max(16, _CHUNK_ELEMENTS // max(k, 2))
     for start in range(0, n, chunk):
-        lp, l1mp = beta_logs(x[start:start + chunk], from_probs)
+        lp, l1mp = beta_logs(x[start:start + chunk], from_probs, floor)
         out[start:start + chunk, :n_cls] = lp
         np.negative(l1mp, out=out[start:start + chunk, n_cls:])
     return out
@@ -201,7 +202,7 @@ def _class_sums(feat: np.ndarray, w: np.ndarray | None, th: np.ndarray,
 
 
 def beta_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, free: np.ndarray,
-              from_probs: bool, k: int, features: bool = False,
+              from_probs: bool, floor: float, k: int, features: bool = False,
               classes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per calibrated class ``c``: ``Σ w·loss``, its gradient and Hessian in ``(a, b, c)`` for
     the logistic model ``logit q = a log p − b log(1 − p) + c`` (``free`` masks fixed
@@ -228,7 +229,8 @@ def beta_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, free: np.ndarray,
     chunk = max(n, 1) if features else max(16, _CHUNK_ELEMENTS // max(k, 2))
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        feat = x[start:stop] if features else beta_features(x[start:stop], from_probs, k)
+        feat = (x[start:stop] if features
+                else beta_features(x[start:stop], from_probs, floor, k))
         wc = None if wall is None else wall[start:stop]
         sums += _class_sums(feat, wc, th, cls)
         lab = label[start:stop]
@@ -384,8 +386,8 @@ class BetaCalibrator(_OneVsRest):
         # Newton makes 10-50 passes: in memory, the features are computed once, not per pass
         cached = not data.partitioned and data.n * 2 * n_cls <= CACHE_FEATURES
         if cached:
-            data = FitData(beta_features(data.x, data.from_probs, k), data.y, data.w, k,
-                           data.total_weight, data.from_probs)
+            data = FitData(beta_features(data.x, data.from_probs, data.floor, k), data.y,
+                           data.w, k, data.total_weight, data.from_probs, floor=data.floor)
 
         def objective(part: FitData) -> Any:
             lam = reg / part.total_weight
@@ -394,7 +396,8 @@ class BetaCalibrator(_OneVsRest):
                          idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 fr = free[idx]
                 f, g, h = row_sums(beta_sums, part.x, part.y, part.w, theta=theta, free=fr,
-                                   from_probs=part.from_probs, k=k, features=cached,
+                                   from_probs=part.from_probs, floor=part.floor, k=k,
+                                   features=cached,
                                    classes=None if idx.size == n_cls else idx)
                 tw = part.total_weight
                 d = (theta - identity) * fr
@@ -413,7 +416,7 @@ class BetaCalibrator(_OneVsRest):
             for sub in data.warm_starts(_WARM_START_ROWS):
                 if cached:  # one copy of the strided rows, not one a pass
                     sub = FitData(np.ascontiguousarray(sub.x), sub.y, sub.w, k,
-                                  sub.total_weight, sub.from_probs)
+                                  sub.total_weight, sub.from_probs, floor=sub.floor)
                 # only a start: solved to a tenth of the sampling noise of its gradient
                 # (~1/√n of the mean loss), not to tol; the full fit's answer is unchanged
                 loose = max(tol, 0.1 / math.sqrt(sub.total_weight))
@@ -448,7 +451,7 @@ def _class_probabilities(data: FitData) -> np.ndarray:
     """``p`` of the calibrated classes for every row, ``(N, C)`` float64 (in memory)."""
     x = np.asarray(data.x)
     chunk = max(16, _CHUNK_ELEMENTS // data.k)
-    parts = [np.exp(class_logs(x[s:s + chunk], data.from_probs)[0])
+    parts = [np.exp(class_logs(x[s:s + chunk], data.from_probs, data.floor)[0])
              for s in range(0, x.shape[0], chunk)]
     return np.concatenate(parts, axis=0)
 
@@ -604,7 +607,7 @@ class IsotonicCalibrator(_OneVsRest):
 
 
 def histogram_sums(x: Any, y: Any, w: Any, *, edges: np.ndarray, from_probs: bool,
-                   k: int) -> tuple[np.ndarray, np.ndarray]:
+                   floor: float, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per calibrated class and bin: ``(Σ w, Σ w·[y = c])``, each ``(C, B)``; ``edges`` is
     ``(C, B + 1)``, bins right-closed (the first also holds its left edge)."""
     x = np.asarray(x)
@@ -614,7 +617,7 @@ def histogram_sums(x: Any, y: Any, w: Any, *, edges: np.ndarray, from_probs: boo
     chunk = max(16, _CHUNK_ELEMENTS // max(k, 2))
     for start in range(0, x.shape[0], chunk):
         stop = min(start + chunk, x.shape[0])
-        p = np.exp(class_logs(x[start:stop], from_probs)[0])
+        p = np.exp(class_logs(x[start:stop], from_probs, floor)[0])
         t = _targets(np.asarray(y[start:stop]), k)
         wc = None if w is None else np.asarray(w[start:stop], dtype=np.float64)
         for c in range(n_cls):
@@ -683,7 +686,7 @@ class HistogramCalibrator(_OneVsRest):
             w = None if data.w is None else np.asarray(data.w, dtype=np.float64)
             edges = np.stack([_quantile_edges(p[:, c], n_bins, w) for c in range(n_cls)])
         count, hits = row_sums(histogram_sums, data.x, data.y, data.w, edges=edges,
-                               from_probs=data.from_probs, k=data.k)
+                               from_probs=data.from_probs, floor=data.floor, k=data.k)
         prior = hits.sum(axis=1, keepdims=True) / count.sum(axis=1, keepdims=True)
         with np.errstate(invalid="ignore", divide="ignore"):
             values = np.where(count > 0, hits / count, prior)

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["add", "map_rows", "partitioned", "register", "register_mapper", "row_reduce",
-           "row_sums"]
+__all__ = ["Least", "add", "map_rows", "partitioned", "register", "register_mapper",
+           "row_reduce", "row_sums"]
 
 #: ``adapter(fn, arrays, kwargs, *, finish, offset, lazy)`` returns ``finish`` of the sums (see
 #: :func:`row_reduce`), or ``NotImplemented`` for arrays it does not handle.
@@ -45,6 +45,31 @@ def partitioned(*arrays: Any) -> bool:
     """True when an adapter handles one of ``arrays`` (their sums are then a map-reduce, and
     a metric's result may stay lazy): the one question calibration code asks about them."""
     return any(claim(a) for a in arrays if a is not None for claim in _CLAIMS)
+
+
+class Least:
+    """A number that :func:`add` combines by keeping the lesser: a block function returns
+    ``Least(its block's minimum)`` and :func:`row_sums` gives ``Least(the minimum over every
+    block)`` through the same map-reduce as its sums (``+`` is ``min``).
+
+    Examples:
+        >>> (Least(3.0) + Least(2.0)).value
+        2.0
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: float) -> None:
+        self.value = float(value)
+
+    def __add__(self, other: Least) -> Least:
+        return Least(min(self.value, other.value))
+
+    def __repr__(self) -> str:
+        return f"Least({self.value!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # adapters may pickle block results
+        return (Least, (self.value,))
 
 
 def add(a: Any, b: Any) -> Any:

@@ -121,6 +121,7 @@ def nll_sums(
     *,
     chunk_rows: int,
     from_probs: bool,
+    floor: float,
     pool: ThreadPoolExecutor | None = None,
     progress: Callable[[int], Any] | None = None,
 ) -> Sums:
@@ -134,8 +135,8 @@ def nll_sums(
     def one(start: int) -> Sums:
         stop = start + chunk_rows
         chunk = z[start:stop]
-        if from_probs:  # their logs, a zero floored (the one rule, probability_logs)
-            chunk = expand_rows(chunk, True)
+        if from_probs:  # their logs, a zero read as floor (the one rule, probability_logs)
+            chunk = expand_rows(chunk, True, floor)
         return _nll_derivatives(chunk, y[start:stop], beta, None if w is None else w[start:stop])
 
     def block(first: int) -> list[Sums]:

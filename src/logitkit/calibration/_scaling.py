@@ -127,7 +127,7 @@ def unpack(theta: np.ndarray, form: str, k: int) -> tuple[np.ndarray, np.ndarray
 
 
 def affine_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, form: str, spec: Features,
-                from_probs: bool, order: int, stride: int = 1,
+                from_probs: bool, floor: float, order: int, stride: int = 1,
                 direction: np.ndarray | None = None) -> tuple[Any, ...]:
     """Sums over a block of rows for the objective's data term.
 
@@ -159,7 +159,7 @@ def affine_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, form: str, spec: F
         stop = min(start + chunk, n)
         yc = y[start:stop].astype(np.intp, copy=False)
         wc = None if w is None else np.asarray(w[start:stop], dtype=np.float64)
-        feats = features(expand_rows(x[start:stop], from_probs), spec, np)
+        feats = features(expand_rows(x[start:stop], from_probs, floor), spec, np)
         z = feats * a + b if form == "diag" else feats @ a.T + b
         if order == -1:
             p = np.exp(log_softmax(z, axis=1))
@@ -369,7 +369,8 @@ class Objective:
             self._cache = False
         d = self.data
         return row_sums(affine_sums, d.x, d.y, d.w, theta=theta, form=self.form,
-                        spec=self.spec, from_probs=d.from_probs, order=order, **kw)
+                        spec=self.spec, from_probs=d.from_probs, floor=d.floor, order=order,
+                        **kw)
 
     def _penalty(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         dev = theta - self.ref
@@ -413,7 +414,7 @@ class Objective:
                 rows = x[start:start + chunk]
                 if not (self.spec.kind == "logits" and rows.shape[1:] == (k,)
                         and not d.from_probs):  # logits as given are only rounded
-                    rows = features(expand_rows(rows, d.from_probs), self.spec, np)
+                    rows = features(expand_rows(rows, d.from_probs, d.floor), self.spec, np)
                 out[start:start + chunk, :-1] = rows
                 out[start:start + chunk, -1] = 1.0
 
@@ -443,23 +444,23 @@ class Objective:
         return hv / self.data.total_weight + 2.0 * self.lam * v
 
 
-def _feature_chunks(x: Any, w: Any, *, spec: Features, from_probs: bool
+def _feature_chunks(x: Any, w: Any, *, spec: Features, from_probs: bool, floor: float
                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """A block of rows a chunk at a time (8 MiB of float64 features): ``(first row, the
     chunk's float64 features, its float64 weights (ones without weights))``."""
     x = np.asarray(x)
     chunk = max(16, _CHUNK_ELEMENTS // spec.k)
     for start in range(0, x.shape[0], chunk):
-        f = features(expand_rows(x[start:start + chunk], from_probs), spec, np)
+        f = features(expand_rows(x[start:start + chunk], from_probs, floor), spec, np)
         wc = np.ones(f.shape[0]) if w is None else np.asarray(w[start:start + chunk], np.float64)
         yield start, f, wc
 
 
 def _feature_moments(x: Any, y: Any, w: Any, *, spec: Features,
-                     from_probs: bool) -> tuple[Any, Any, Any]:
+                     from_probs: bool, floor: float) -> tuple[Any, Any, Any]:
     """``(Σw, Σw·x, Σw·x xᵀ)`` of the features over a block of rows."""
     s0, s1, s2 = 0.0, np.zeros(spec.k), np.zeros((spec.k, spec.k))
-    for _, f, wc in _feature_chunks(x, w, spec=spec, from_probs=from_probs):
+    for _, f, wc in _feature_chunks(x, w, spec=spec, from_probs=from_probs, floor=floor):
         s0 += float(wc.sum())
         s1 += wc @ f
         s2 += (f * wc[:, None]).T @ f
@@ -479,7 +480,7 @@ def _curvature_rows(f: np.ndarray, wc: np.ndarray, *, a: np.ndarray, b: np.ndarr
 
 
 def _curvature_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, spec: Features,
-                    from_probs: bool, mu: np.ndarray, whiten: np.ndarray,
+                    from_probs: bool, floor: float, mu: np.ndarray, whiten: np.ndarray,
                     pool: Executor | None = None) -> tuple[Any, Any]:
     """``(Σw, Σw·p_c(1−p_c) ũũᵀ for every class c)``: the class-diagonal blocks ``(K, K+1,
     K+1)`` of the data term's Hessian in the whitened parameters ``[A′_c | b′_c]``
@@ -500,7 +501,7 @@ def _curvature_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, spec: Features
     a, b = unpack(theta, "full", k)
     ends = np.cumsum(np.arange(k + 1, 0, -1))  # row j of the triangle ends at ends[j]
     s0, tri = 0.0, np.zeros((k, ends[-1]))
-    for _, f, wc in _feature_chunks(x, w, spec=spec, from_probs=from_probs):
+    for _, f, wc in _feature_chunks(x, w, spec=spec, from_probs=from_probs, floor=floor):
         s0 += float(wc.sum())
 
         def task(lo: int, f: np.ndarray = f, wc: np.ndarray = wc) -> np.ndarray:
@@ -530,13 +531,13 @@ def _curvature_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, spec: Features
 
 
 def _curvature_diagonals(x: Any, y: Any, w: Any, *, theta: np.ndarray, spec: Features,
-                         from_probs: bool, mu: np.ndarray, whiten: np.ndarray
-                         ) -> tuple[Any, Any]:
+                         from_probs: bool, floor: float, mu: np.ndarray,
+                         whiten: np.ndarray) -> tuple[Any, Any]:
     """``(Σw, Σw·p_c(1−p_c) ũ∘ũ for every class c)``: the diagonals ``(K, K+1)`` of the
     blocks of :func:`_curvature_sums`, one product ``Rᵀ (Ũ∘Ũ)`` a chunk of rows."""
     a, b = unpack(theta, "full", spec.k)
     s0, s1 = 0.0, np.zeros((spec.k, spec.k + 1))
-    for _, f, wc in _feature_chunks(x, w, spec=spec, from_probs=from_probs):
+    for _, f, wc in _feature_chunks(x, w, spec=spec, from_probs=from_probs, floor=floor):
         r, u = _curvature_rows(f, wc, a=a, b=b, mu=mu, whiten=whiten)
         s0 += float(wc.sum())
         s1 += r @ (u * u).T
@@ -570,7 +571,7 @@ class Standardised:
         rows = MOMENT_ROWS if spec.k > BLOCK_MAX_CLASSES else MOMENT_ROWS // 4
         sub = data.thin(max(1, data.n // rows))
         s0, s1, s2 = row_sums(_feature_moments, sub.x, sub.y, sub.w, spec=spec,
-                              from_probs=sub.from_probs)
+                              from_probs=sub.from_probs, floor=sub.floor)
         self.mu = s1 / s0
         cov = s2 / s0 - np.outer(self.mu, self.mu)
         vals, vecs = np.linalg.eigh(0.5 * (cov + cov.T))
@@ -603,7 +604,7 @@ class Standardised:
         sub = data.thin(max(1, data.n // rows))
         if self.chol.ndim == 2:  # the blocks' diagonals only (Jacobi)
             s0, s1 = row_sums(_curvature_diagonals, sub.x, sub.y, sub.w, theta=theta,
-                              spec=spec, from_probs=sub.from_probs, mu=self.mu,
+                              spec=spec, from_probs=sub.from_probs, floor=sub.floor, mu=self.mu,
                               whiten=self.whiten)
             diag = s1 / s0
             lam_a = penalty[: k * k].reshape(k, k)
@@ -615,7 +616,8 @@ class Standardised:
             self.chol_inv = 1.0 / self.chol
             return
         s0, s1 = row_sums(_curvature_sums, sub.x, sub.y, sub.w, theta=theta, spec=spec,
-                          from_probs=sub.from_probs, mu=self.mu, whiten=self.whiten,
+                          from_probs=sub.from_probs, floor=sub.floor, mu=self.mu,
+                          whiten=self.whiten,
                           pool=None if sub.partitioned else pool)
         blocks = s1 / s0  # (K, K + 1, K + 1)
         # penalty Σ_j λ_cj A_cj², A_c = A′_c T: Hessian 2 T diag(λ_c) T in A′_c;
@@ -708,9 +710,10 @@ def _apply(factor: np.ndarray, blocks: np.ndarray, transpose: bool) -> np.ndarra
 def _cached_features(data: FitData, spec: Features) -> FitData:
     """``data`` with its rows replaced by their float64 features (in memory)."""
     out = np.empty((data.n, spec.k))
-    for start, f, _ in _feature_chunks(data.x, None, spec=spec, from_probs=data.from_probs):
+    for start, f, _ in _feature_chunks(data.x, None, spec=spec, from_probs=data.from_probs,
+                                       floor=data.floor):
         out[start:start + f.shape[0]] = f
-    return FitData(out, data.y, data.w, data.k, data.total_weight, False)
+    return FitData(out, data.y, data.w, data.k, data.total_weight, False, floor=-math.inf)
 
 
 def minimise(data: FitData, form: str, spec: Features, penalty: Penalty, theta: np.ndarray,
@@ -874,7 +877,7 @@ def _prior_bias(data: FitData, spec: Features, scale: np.ndarray) -> np.ndarray:
     counts = row_sums(_class_totals, data.y, data.w, k=k)
     sub = data.thin(-(-data.n // PRIOR_ROWS))
     rows, probs = row_sums(_probability_totals, sub.x, sub.w, spec=spec, scale=scale,
-                           from_probs=sub.from_probs)
+                           from_probs=sub.from_probs, floor=sub.floor)
     log_freq = np.log(np.maximum(counts / data.total_weight, 0.5 / data.total_weight))
     b = log_freq - np.log(np.maximum(probs / rows, 1e-300))
     b -= b.mean()
@@ -889,10 +892,10 @@ def _class_totals(y: Any, w: Any, *, k: int) -> np.ndarray:
 
 
 def _probability_totals(x: Any, w: Any, *, spec: Features, scale: np.ndarray,
-                        from_probs: bool) -> tuple[float, np.ndarray]:
+                        from_probs: bool, floor: float) -> tuple[float, np.ndarray]:
     """``(Σw, Σw·softmax(scale ⊙ features))`` over a block of rows."""
     s0, s1 = 0.0, np.zeros(spec.k)
-    for _, f, wc in _feature_chunks(x, w, spec=spec, from_probs=from_probs):
+    for _, f, wc in _feature_chunks(x, w, spec=spec, from_probs=from_probs, floor=floor):
         s0 += float(wc.sum())
         s1 += wc @ softmax(f * scale, axis=1)
     return s0, s1
@@ -909,6 +912,8 @@ def _temperature_stage(data: FitData, warm: Any = None) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ts._fit(data)
+    if data.from_probs:
+        ts.zero_floor_ = data.floor
     return ts
 
 

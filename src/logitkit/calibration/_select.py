@@ -104,18 +104,19 @@ def stratified_folds(y: np.ndarray, cv: int, rng: np.random.Generator) -> np.nda
     return folds
 
 
-def misclassified(logits: np.ndarray, y: np.ndarray, from_probs: bool = False, *,
-                  up_to: int | None = None) -> int:
+def misclassified(logits: np.ndarray, y: np.ndarray, from_probs: bool = False,
+                  floor: float = -math.inf, *, up_to: int | None = None) -> int:
     """The number of rows whose label does not have the strictly largest logit, counting no
     further than ``up_to`` (the search stops there).
 
-    ``logits`` are input rows (:func:`._base.expand_rows` makes them float64 logits), read a
-    block of :data:`CHUNK_ELEMENTS` at a time: no float64 copy of the whole input is made.
+    ``logits`` are input rows (:func:`._base.expand_rows` makes them float64 logits, zero
+    probabilities ``floor``), read a block of :data:`CHUNK_ELEMENTS` at a time: no float64
+    copy of the whole input is made.
     """
     step = _chunk_rows(logits)
     count = 0
     for start in range(0, logits.shape[0], step):
-        block = expand_rows(logits[start:start + step], from_probs)
+        block = expand_rows(logits[start:start + step], from_probs, floor)
         labels = y[start:start + step]
         rows = np.arange(labels.shape[0])
         own = block[rows, labels].copy()
@@ -126,12 +127,13 @@ def misclassified(logits: np.ndarray, y: np.ndarray, from_probs: bool = False, *
     return count
 
 
-def separable(logits: np.ndarray, y: np.ndarray, from_probs: bool = False) -> bool:
+def separable(logits: np.ndarray, y: np.ndarray, from_probs: bool = False,
+              floor: float = -math.inf) -> bool:
     """Whether every row's label has the strictly largest logit: then no row is misclassified,
     the NLL keeps falling as the logits are sharpened (temperature scaling runs to its bound),
     and rows held out of such data cannot show what over-confidence costs.  The first block
     with a misclassified row ends the search (:func:`misclassified`)."""
-    return misclassified(logits, y, from_probs, up_to=1) == 0
+    return misclassified(logits, y, from_probs, floor, up_to=1) == 0
 
 
 #: What :func:`select` says (as a :class:`CalibrationWarning`) when it leaves separable data
@@ -517,7 +519,7 @@ def select(logits: Any, y: Any, /, *, methods: Any = "auto", cv: int = 5,
     ticks = _Ticks(progress, total)
     with small_problem_threads(n * data.k):
         rows, fold_cals, losses, stats = _select(data, folds, names, cv, scoring, ticks)
-        errors = misclassified(data.x, data.y, from_probs, up_to=MIX_MIN_ERRORS)
+        errors = misclassified(data.x, data.y, from_probs, data.floor, up_to=MIX_MIN_ERRORS)
         apart = errors == 0
         weights = None
         if STACKED in names:
@@ -536,7 +538,8 @@ def _in_memory(data: FitData) -> FitData:
     """Validated rows in host memory (a Dask or device input read once), without weights."""
     z = np.asarray(data.x)
     labels = np.asarray(data.y).astype(np.intp, copy=False)
-    return FitData(z, labels, None, data.k, float(z.shape[0]), data.from_probs)
+    return FitData(z, labels, None, data.k, float(z.shape[0]), data.from_probs,
+                   floor=data.floor)
 
 
 class _Ticks:
@@ -571,7 +574,7 @@ def _refit(method: str, data: FitData, weights: dict[str, float] | None) -> Cali
             comps = [make_candidate(name, data.from_probs)._fit_data(data)
                      if w >= MIN_WEIGHT else None for name, w in weights.items()]
             return StackedCalibrator.assembled(list(weights), list(weights.values()), comps,
-                                               data.k, data.from_probs)
+                                               data.k, data.from_probs, data.floor)
         return make_candidate(method, data.from_probs)._fit_data(data)
 
 
@@ -627,8 +630,9 @@ def _select(data: FitData, folds: np.ndarray, names: list[str], cv: int, scoring
                 # to that start, which had seen the held-out rows, and looked best out of fold
                 # (chosen: test NLL 0.30 against 0.075 for the best method).
                 cal = make_candidate(name, from_probs)
-                if name == "none":  # the identity reads no rows: its fold needs no copy
-                    rows_of_fold = data
+                if name == "none" and not from_probs:
+                    rows_of_fold = data  # the identity reads no rows: its fold needs no copy
+                    # (probabilities: it reads zeros by the floor of its fold's rows, below)
                 else:
                     if train is None:
                         if buffer is None:
@@ -738,8 +742,9 @@ def _stacked_candidate(data: FitData, folds: np.ndarray, rows: list[dict[str, An
     for f in range(cv):
         held = folds == f
         w = stack_weights(logp[:, ~held], prior=STACK_PRIOR)
-        cal = StackedCalibrator.assembled(names, list(w), [fold_cals[m][f] for m in names],
-                                          data.k, data.from_probs)
+        comps = [fold_cals[m][f] for m in names]  # fitted on the fold's rows: their floor
+        cal = StackedCalibrator.assembled(names, list(w), comps, data.k, data.from_probs,
+                                          comps[0]._zero_floor())
         fold_cals[STACKED].append(cal)
         _score_fold(z, labels, np.flatnonzero(held), {STACKED: cal}, stats, losses, n)
         ticks(STACKED)
@@ -898,11 +903,12 @@ class StackedCalibrator(Calibrator):
 
     @classmethod
     def assembled(cls, names: Sequence[str], weights: Sequence[float],
-                  components: Sequence[Calibrator | None], k: int, from_probs: bool
-                  ) -> StackedCalibrator:
+                  components: Sequence[Calibrator | None], k: int, from_probs: bool,
+                  floor: float) -> StackedCalibrator:
         """A fitted mixture of the fitted ``components``, one per name and weight: those whose
         weight is below ``MIN_WEIGHT`` are left out (they may be ``None``, not fitted), the
-        others' weights renormalised."""
+        others' weights renormalised.  ``floor``: probabilities' ``zero_floor_`` (that of the
+        rows the components were fitted on), which reads the mixture's input."""
         kept = [(n, float(w), c) for n, w, c in zip(names, weights, components, strict=True)
                 if w >= MIN_WEIGHT]
         if any(c is None for _, _, c in kept):
@@ -914,6 +920,8 @@ class StackedCalibrator(Calibrator):
         out.methods_ = [n for n, _, _ in kept]
         out.weights_ = np.array([w / total for _, w, _ in kept])
         out.components_ = [c for _, _, c in kept]
+        if from_probs:
+            out.zero_floor_ = floor
         out.n_classes_ = k
         return out
 

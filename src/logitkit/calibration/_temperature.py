@@ -22,13 +22,14 @@ _CHUNK_ELEMENTS = 1 << 16  # float64 temporaries of one chunk stay in cache (512
 _WARM_START_ROWS = (5_000, 50_000)
 
 
-def temperature_sums(x: Any, y: Any, w: Any, *, beta: float, from_probs: bool,
+def temperature_sums(x: Any, y: Any, w: Any, *, beta: float, from_probs: bool, floor: float,
                      n_threads: int) -> tuple[float, float, float, float]:
     """``(Σ w, Σ w·nll, Σ w·nll', Σ w·nll'')`` at ``β`` over a block of input rows.
 
     A single column is expanded to ``[0, z]`` (``[1 − p, p]`` with ``from_probs``) and
-    probabilities are logged a chunk at a time; chunks are summed in order (on ``n_threads``
-    threads: NumPy releases the GIL), so the sums do not depend on the thread count.
+    probabilities are logged a chunk at a time (a zero read as ``floor``); chunks are summed
+    in order (on ``n_threads`` threads: NumPy releases the GIL), so the sums do not depend on
+    the thread count.
     """
     x = np.asarray(x)
     y = np.asarray(y).astype(np.intp, copy=False)
@@ -36,13 +37,14 @@ def temperature_sums(x: Any, y: Any, w: Any, *, beta: float, from_probs: bool,
     k = max(2, x.shape[1])
     chunk_rows = max(1, _CHUNK_ELEMENTS // k)
     if x.shape[1] == 1:  # [0, z] or [log(1 - p), log p]: the sums want two columns
-        x, from_probs = expand_rows(x, from_probs), False
+        x, from_probs = expand_rows(x, from_probs, floor), False
     # a pool only when it gets two tasks or more (a task is _CHUNKS_PER_TASK chunks): one task
     # on a new pool costs its thread's start and hand-offs and saves nothing
     many = x.shape[0] > _CHUNKS_PER_TASK * chunk_rows
     pool = ThreadPoolExecutor(n_threads) if n_threads > 1 and many else None
     try:
-        return nll_sums(x, y, beta, w, chunk_rows=chunk_rows, from_probs=from_probs, pool=pool)
+        return nll_sums(x, y, beta, w, chunk_rows=chunk_rows, from_probs=from_probs,
+                        floor=floor, pool=pool)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -208,7 +210,7 @@ class TemperatureScaler(Calibrator):
 
             def evaluate(beta: float) -> tuple[float, float, float, float, float]:
                 sums = row_sums(temperature_sums, d.x, d.y, d.w, beta=beta,
-                                from_probs=d.from_probs, n_threads=n_threads)
+                                from_probs=d.from_probs, floor=d.floor, n_threads=n_threads)
                 if report is not None:
                     report(d.n)
                 return (*sums, alpha)

@@ -14,11 +14,12 @@ The logits handed on are always ``(N, K)`` with ``K ≥ 2``:
 - log-probabilities: as given; one column ``log p`` becomes ``[log(1 − p), log p]``.
 
 A probability of exactly 0 would be a logit of ``-inf``; it is read as half the smallest positive
-probability in the calibration file instead (:func:`zero_floor`), with a note.  That one value is
-used for every file read against the fit: ``--test`` and, through the report's
-``input.zero_floor``, ``apply``'s input; a row's calibrated probabilities then depend on the row
-alone, not on the smallest probability of the file it came in (a file with no zeros of its own
-leaves the value to the next file that has some).
+probability in the calibration file instead, and its row renormalised (:func:`zero_floor`, the
+library's rule for ``from_probs=True``), with a note.  That one value, fixed by the calibration
+file whether or not it holds a zero, is used for every file read against the fit: ``--test``
+and, through the report's ``input.zero_floor``, ``apply``'s input; a row's calibrated
+probabilities then depend on the row alone, not on the smallest probability of the file it came
+in.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..calibration._base import floored_logs, least_probability
+from ..calibration._base import zero_floor as library_zero_floor
 from ._io import CliError
 
 KINDS = ("auto", "logits", "probs", "log-probs")
@@ -111,24 +114,20 @@ def _check_sums(sums: np.ndarray, path: Path | str, rule: str, kind: Kind) -> No
 
 
 def zero_floor(scores: np.ndarray, kind: Kind) -> tuple[int, float]:
-    """``(how many probabilities are exactly 0, the log-probability that replaces them)``.
+    """``(how many probabilities are exactly 0, the log-probability that a zero is read as)``.
 
-    A class given probability 0 has a logit of ``-inf``, which most calibrators cannot fit
-    (an affine map of ``-inf`` is not a number) and which temperature scaling can never move.
-    In a file, such zeros are nearly always probabilities rounded below the file's resolution,
-    so they are read as half the smallest positive probability in the file.  One column of
-    probabilities counts ``p = 1`` too (its ``1 − p`` is 0).
+    The library's rule (:func:`logitkit.calibration._base.zero_floor`, that of its calibrators
+    with ``from_probs=True``): half the smallest positive probability of the scores, computed
+    whether or not they hold a zero, so that the calibration file fixes it for every file read
+    against the fit.  One column of probabilities counts ``p = 1`` too (its ``1 − p`` is 0).
+    ``(0, -inf)`` for logits.
     """
     if kind.name == "logits":
         return 0, -math.inf
     p = np.exp(scores.astype(np.float64)) if kind.name == "log-probs" else scores
     parts = [p, 1 - p] if scores.shape[1] == 1 else [p]
     count = sum(int(np.count_nonzero(q == 0)) for q in parts)
-    if count == 0:
-        return 0, -math.inf
-    positive = [q[q > 0] for q in parts]
-    smallest = min(float(q.min()) for q in positive if q.size)
-    return count, math.log(smallest / 2)
+    return count, library_zero_floor(least_probability(p).value)
 
 
 def floor_note(path: Path | str, count: int, floor: float, source: str = "") -> str:
@@ -141,32 +140,30 @@ def floor_note(path: Path | str, count: int, floor: float, source: str = "") -> 
 def logits_of(scores: np.ndarray, kind: Kind, path: Path | str, *,
               floor: float | None = None, source: str = ""
               ) -> tuple[np.ndarray, list[str], float]:
-    """:func:`to_logits` with zero probabilities floored, the note that says so, and the floor
-    (``-inf`` when the scores hold no zero).  ``floor``: the calibration file's (``source``
-    names it in the note), used instead of this file's own when given."""
+    """:func:`to_logits` with zero probabilities floored, the note that says so (when there
+    are zeros), and the floor used (``-inf`` for logits).  ``floor``: the calibration file's
+    (``source`` names it in the note), used instead of this file's own when given."""
     count, own = zero_floor(scores, kind)
-    if not count:
-        return to_logits(scores, kind, path), [], -math.inf
     if floor is None or floor == -math.inf:
         floor, source = own, ""
     logits = to_logits(scores, kind, path, floor=floor)
-    return logits, [floor_note(path, count, floor, source)], floor
+    return logits, [floor_note(path, count, floor, source)] if count else [], floor
 
 
 def to_logits(scores: np.ndarray, kind: Kind, path: Path | str, *,
               floor: float = -math.inf) -> np.ndarray:
     """The ``(N, K ≥ 2)`` logits of ``scores`` read as ``kind`` (checked; see the module).
 
-    Log-probabilities of ``-inf`` from probabilities of 0 become ``floor`` (see
-    :func:`zero_floor`; the default keeps them ``-inf``), and their rows are renormalised.
+    Log-probabilities of ``-inf`` from probabilities of 0 become ``floor`` and their rows are
+    renormalised, by the library's rule (:func:`logitkit.calibration._base.floored_logs`; see
+    :func:`zero_floor`; the default keeps them ``-inf``).
     """
     out = _logits(scores, kind, path)
     if kind.name != "logits" and floor > -math.inf:
         hit = np.isneginf(out)
         if hit.any():
             rows = hit.any(axis=1)
-            block = np.where(hit[rows], floor, out[rows]).astype(np.float64)
-            block -= np.logaddexp.reduce(block, axis=1, keepdims=True)
+            block = floored_logs(out[rows].astype(np.float64), np, floor)
             out = out.copy() if out is scores else out
             out[rows] = block.astype(out.dtype)
     return out

@@ -13,8 +13,9 @@ Schema (version 1)::
                      fitted values, class count; restored by Calibrator.from_dict)
     n_classes        K (apply refuses a file with another class count)
     input            {"kind": "logits" | "probs" | "log-probs", "reason": ...,
-                      "zero_floor": the log-probability that probabilities of exactly 0 were
-                      read as, or null (none in the calibration file); apply reads its zeros so}
+                      "zero_floor": the log-probability that probabilities of exactly 0 are
+                      read as (half the calibration file's least positive probability), or
+                      null (logits); apply reads its zeros so}
     converged, at_bound, warnings   the fit's health (apply refuses a bound or no convergence
                                     unless --force, and repeats the warnings)
     evaluation       {"kind": "test" | "cross-fitted", "folds": N or null,

@@ -113,8 +113,7 @@ def load_on_cluster(args: argparse.Namespace, files: list[Path]) -> Any:
     low, high = dask.compute(labels.min(), labels.max())
     check_label_range(np.array([low, high]), k, str(files[0]))
     notes = [floor_note(files[0].parent, count, floor)] if count else []
-    return Labelled(logits, labels, kind, [str(p) for p in files], notes,
-                    floor if count else -math.inf)
+    return Labelled(logits, labels, kind, [str(p) for p in files], notes, floor)
 
 
 def fit_on_cluster(train: Any, test: Any, args: argparse.Namespace, progress: Any) -> Any:
