@@ -984,18 +984,25 @@ def test_a_random_forests_zeros_are_read_at_half_its_least_probability():
 
 
 def test_probability_logs_are_one_rule_for_fit_and_transform(xp):
-    from logitkit.calibration._base import expand_rows, input_logits, least_probability, zero_floor
+    from logitkit.calibration import zero_floor
+    from logitkit.calibration._base import (
+        expand_rows,
+        floor_of_least,
+        input_logits,
+        least_probability,
+    )
 
     # half the least subnormal is 0 in float64: the floor is log(least) - log 2
     tiny = np.array([[0.0, 0.5, 0.5], [5e-324, 0.5, 0.5]])
     assert least_probability(tiny).value == 5e-324
-    assert np.isfinite(zero_floor(5e-324)) and zero_floor(5e-324) == math.log(5e-324) - math.log(2)
+    assert floor_of_least(5e-324) == math.log(5e-324) - math.log(2) == zero_floor(tiny)
     # (JAX flushes subnormals to zero: the backends are compared on normal numbers)
     p = np.array([[0.0, 0.25, 0.75], [1.0, 0.0, 0.0], [1e-300, 0.5, 0.5]])
     col = np.array([0.0, 1.0, 0.3, 1e-300])
     for arr, least in ((p, 1e-300), (col, 1e-300)):
         assert least_probability(arr).value == least
-        floor = zero_floor(least)
+        floor = floor_of_least(least)
+        assert zero_floor(arr) == floor
         _, got = input_logits(asarray(xp, arr), True, floor)
         want = expand_rows(arr, True, floor)
         two = arr if arr.ndim == 2 else np.stack([1.0 - arr, arr], axis=1)
@@ -1647,7 +1654,8 @@ def test_curvature_blocks_match_their_definition():
 def test_a_folds_zero_floor_is_that_of_its_own_rows():
     # select's folds are fitted as their own data: a fold that does not hold the least
     # probability reads its zeros by the least of the rows it has
-    from logitkit.calibration._base import fit_data, zero_floor
+    from logitkit.calibration._base import fit_data
+    from logitkit.calibration._base import floor_of_least as zero_floor
 
     p, y = _forest_like_probabilities(n=200)
     p[7] = [1e-4, 1.0 - 1e-4, 0.0, 0.0]

@@ -6,6 +6,8 @@
   of the logits, :class:`BetaCalibrator`, :class:`IsotonicCalibrator` and
   :class:`HistogramCalibrator` one-vs-rest maps of the probabilities; every one is a
   :class:`Calibrator`, saved with ``to_dict`` and restored with ``Calibrator.from_dict``.
+  With ``from_probs=True`` they read probabilities, a zero as :func:`zero_floor` of the fit's
+  rows (half their least positive probability), its row renormalised (:func:`floored_logs`).
 - :class:`StackedCalibrator` mixes them, weighted by held-out likelihood.
 - :func:`select` chooses among them (and "none", and the mixture) by cross-validated NLL;
   :func:`candidates_of` says which it fits; :func:`out_of_fold_logits` gives any candidate's
@@ -30,6 +32,8 @@ from . import _dask  # noqa: F401  (registers the Dask adapter of _blocks.row_su
 from ._base import CalibrationWarning as CalibrationWarning
 from ._base import Calibrator as Calibrator
 from ._base import IdentityCalibrator as IdentityCalibrator
+from ._base import floored_logs as floored_logs
+from ._base import zero_floor as zero_floor
 from ._binary import BetaCalibrator as BetaCalibrator
 from ._binary import HistogramCalibrator as HistogramCalibrator
 from ._binary import IsotonicCalibrator as IsotonicCalibrator
@@ -95,6 +99,7 @@ __all__ = [
     "candidates_of",
     "ece",
     "figure_from_stats",
+    "floored_logs",
     "make_calibrator",
     "mce",
     "nll",
@@ -103,4 +108,5 @@ __all__ = [
     "select",
     "smooth_ece",
     "smooth_reliability",
+    "zero_floor",
 ]

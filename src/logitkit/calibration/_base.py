@@ -122,7 +122,7 @@ class FitData:
             for start in range(0, idx.size, step):
                 part = idx[start:start + step]
                 x[start:start + part.size] = self.x[part]
-        floor = zero_floor(least_probability(x).value) if self.from_probs else -math.inf
+        floor = floor_of_least(least_probability(x).value) if self.from_probs else -math.inf
         return FitData(x, self.y[rows], w, self.k, total, self.from_probs, floor=floor)
 
     def warm_starts(self, sizes: tuple[int, ...]) -> Iterator[FitData]:
@@ -202,7 +202,7 @@ def least_probability(x: Any) -> Least:
     return Least(least)
 
 
-def zero_floor(least: float) -> float:
+def floor_of_least(least: float) -> float:
     """The log-probability that a probability of exactly 0 is read as: ``log(least / 2)``,
     half the smallest positive probability ``least`` of the rows a calibrator is fitted on
     (:func:`least_probability`; :data:`LOG_TINY` when there is none).
@@ -230,6 +230,26 @@ def zero_floor(least: float) -> float:
     return math.log(least) - math.log(2.0) if least < math.inf else LOG_TINY
 
 
+def zero_floor(p: Any) -> float:
+    """The log-probability that a probability of exactly 0 in ``p`` is read as: half the least
+    positive probability of ``p`` (:func:`floor_of_least`), the floor a calibrator fitted on
+    ``p`` with ``from_probs=True`` keeps as ``zero_floor_``.
+
+    Args:
+        p: probabilities ``(N, K)``, or ``(N,)`` / ``(N, 1)`` for ``P(class 1)`` (whose
+            ``1 − p`` counts too), of any array library (read on the host).
+
+    Returns:
+        ``log(least) − log 2``; the log of the smallest normal float64 when nothing is positive.
+
+    Examples:
+        >>> import math, numpy as np
+        >>> zero_floor(np.array([[0.0, 0.2, 0.8], [0.5, 0.5, 0.0]])) == math.log(0.2) - math.log(2)
+        True
+    """
+    return floor_of_least(least_probability(to_numpy(p)).value)
+
+
 def probability_logs(p: Any, xp: Any, floor: float) -> Any:
     """The logits of probabilities ``p`` ``(N, K)``, or ``(N, 1)`` (``P(class 1)``, read as
     ``[1 − p, p]``): their natural logs, a zero read as ``floor`` (:func:`zero_floor`) and its
@@ -246,16 +266,25 @@ def probability_logs(p: Any, xp: Any, floor: float) -> Any:
         positive = xp.concat([p < one, p > 0], axis=1)
     else:
         logs, positive = xp.log(xp.where(p > 0, p, one)), p > 0
-    return floored_logs(xp.where(positive, logs, low), xp, floor)
+    return floored_logs(xp.where(positive, logs, low), floor)
 
 
-def floored_logs(logs: Any, xp: Any, floor: float) -> Any:
+def floored_logs(logs: Any, floor: float) -> Any:
     """Log-probabilities ``(N, K)`` with each ``-inf`` (a probability of 0) read as ``floor``,
     and each row that held one renormalised (``log_softmax`` of the floored row: ``exp`` of it
     sums to 1 again, the floors' share taken from the others).  Rows without a zero are
     returned as they are (``log1p(-p)`` of a single column stays exact for tiny ``p``).  The
     one treatment of a zero, for the calibrators' input (:func:`probability_logs`) and the
-    command line's files (probabilities and log-probabilities alike)."""
+    command line's files (probabilities and log-probabilities alike), in ``logs``' array library
+    (lazily on Dask).
+
+    Examples:
+        >>> import numpy as np
+        >>> logs = np.array([[-np.inf, np.log(0.5), np.log(0.5)]])  # the log of [0, 1/2, 1/2]
+        >>> np.exp(floored_logs(logs, np.log(0.25))).round(6)
+        array([[0.2, 0.4, 0.4]])
+    """
+    xp = namespace(logs)
     hit = logs == -math.inf
     floored = xp.where(hit, xp.asarray(floor, dtype=logs.dtype), logs)
     top = xp.max(floored, axis=1, keepdims=True)
@@ -387,7 +416,7 @@ def fit_data(logits: Any, y: Any, sample_weight: Any, *, from_probs: bool,
                 "calibrators need logits. Pass from_probs=True to use their log.",
                 CalibrationWarning, stacklevel=4)
     return FitData(x, labels, w, k, total, from_probs,
-                   floor=zero_floor(least.value) if from_probs else -math.inf)
+                   floor=floor_of_least(least.value) if from_probs else -math.inf)
 
 
 def input_logits(logits: Any, from_probs: bool, floor: float) -> tuple[Any, Any]:

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..calibration._base import floored_logs, least_probability
-from ..calibration._base import zero_floor as library_zero_floor
+from ..calibration import floored_logs
+from ..calibration import zero_floor as library_zero_floor
 from ._io import CliError
 
 KINDS = ("auto", "logits", "probs", "log-probs")
@@ -116,7 +116,7 @@ def _check_sums(sums: np.ndarray, path: Path | str, rule: str, kind: Kind) -> No
 def zero_floor(scores: np.ndarray, kind: Kind) -> tuple[int, float]:
     """``(how many probabilities are exactly 0, the log-probability that a zero is read as)``.
 
-    The library's rule (:func:`logitkit.calibration._base.zero_floor`, that of its calibrators
+    The library's rule (:func:`logitkit.calibration.zero_floor`, that of its calibrators
     with ``from_probs=True``): half the smallest positive probability of the scores, computed
     whether or not they hold a zero, so that the calibration file fixes it for every file read
     against the fit.  One column of probabilities counts ``p = 1`` too (its ``1 − p`` is 0).
@@ -127,7 +127,7 @@ def zero_floor(scores: np.ndarray, kind: Kind) -> tuple[int, float]:
     p = np.exp(scores.astype(np.float64)) if kind.name == "log-probs" else scores
     parts = [p, 1 - p] if scores.shape[1] == 1 else [p]
     count = sum(int(np.count_nonzero(q == 0)) for q in parts)
-    return count, library_zero_floor(least_probability(p).value)
+    return count, library_zero_floor(p)
 
 
 def floor_note(path: Path | str, count: int, floor: float, source: str = "") -> str:
@@ -155,7 +155,7 @@ def to_logits(scores: np.ndarray, kind: Kind, path: Path | str, *,
     """The ``(N, K ≥ 2)`` logits of ``scores`` read as ``kind`` (checked; see the module).
 
     Log-probabilities of ``-inf`` from probabilities of 0 become ``floor`` and their rows are
-    renormalised, by the library's rule (:func:`logitkit.calibration._base.floored_logs`; see
+    renormalised, by the library's rule (:func:`logitkit.calibration.floored_logs`; see
     :func:`zero_floor`; the default keeps them ``-inf``).
     """
     out = _logits(scores, kind, path)
@@ -163,7 +163,7 @@ def to_logits(scores: np.ndarray, kind: Kind, path: Path | str, *,
         hit = np.isneginf(out)
         if hit.any():
             rows = hit.any(axis=1)
-            block = floored_logs(out[rows].astype(np.float64), np, floor)
+            block = floored_logs(out[rows].astype(np.float64), floor)
             out = out.copy() if out is scores else out
             out[rows] = block.astype(out.dtype)
     return out
