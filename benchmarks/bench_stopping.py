@@ -7,9 +7,13 @@ at most ``ε`` more, provided the fit has settled (``_fitting.SETTLED``: the dec
 shrinking, the last at most the one before it and the predicted one at most the last, and a
 gradient step finding at most ``ε`` at the least curvature the steps have seen).
 
+The rule may also stop after a step larger than ``ε`` that the model foretold
+(``_fitting.FORETOLD``: that step's decrease within a factor 1.25 of its forecast, and the
+forecast's geometric sum, what the model says is left, at most ``ε``).
+
 For each fit of a grid (method × classes × rows × the logits' scale) this prints the passes
 and the gap to the optimum (the same fit run with no noise rule to ``tol = 1e-9``) in units of
-``ε``, without that guard and with it, and a summary.  A gap above 1 means the rule
+``ε``, without that guard, with it, and with it and the foretold step, and a summary.  A gap above 1 means the rule
 stopped further from the minimum than it promises.
 
     python benchmarks/bench_stopping.py [--quick]
@@ -39,10 +43,10 @@ def _data(k: int, n: int, scale: float, seed: int) -> tuple[np.ndarray, np.ndarr
     return z.astype(np.float32 if n * k >= 1 << 20 else np.float64), y
 
 
-def _fit(cls: type, z: np.ndarray, y: np.ndarray, *, guard: bool, exact: bool = False
-         ) -> tuple[float, int, str, float, Any]:
-    saved = (_fitting.SETTLED, _scaling.NOISE_FRACTION)
-    _fitting.SETTLED = guard
+def _fit(cls: type, z: np.ndarray, y: np.ndarray, *, guard: bool, foretold: bool = True,
+         exact: bool = False) -> tuple[float, int, str, float, Any]:
+    saved = (_fitting.SETTLED, _fitting.FORETOLD, _scaling.NOISE_FRACTION)
+    _fitting.SETTLED, _fitting.FORETOLD = guard, foretold
     if exact:
         _scaling.NOISE_FRACTION = 0.0
     try:
@@ -53,7 +57,7 @@ def _fit(cls: type, z: np.ndarray, y: np.ndarray, *, guard: bool, exact: bool = 
             est.fit(z, y)
             wall = time.perf_counter() - t0
     finally:
-        _fitting.SETTLED, _scaling.NOISE_FRACTION = saved
+        _fitting.SETTLED, _fitting.FORETOLD, _scaling.NOISE_FRACTION = saved
     return float(est.objective_), int(est.n_iter_), str(est.stopped_by_), wall, est
 
 
@@ -65,26 +69,29 @@ def main() -> None:
     ns = (60, 600, 6000, 60000) if not args.quick else (60, 6000)
     scales = (0.01, 1.0, 30.0, 300.0) if not args.quick else (1.0, 30.0)
     print(f"{'method':10s} {'K':>4s} {'N':>6s} {'scale':>6s} | {'no guard':>8s} {'gap/ε':>8s} | "
-          f"{'guard':>5s} {'gap/ε':>8s} {'stop':>9s} | {'optimum':>7s}")
+          f"{'guard':>5s} {'gap/ε':>8s} | {'+fore':>5s} {'gap/ε':>8s} {'stop':>9s} | {'optimum':>7s}")
     rows = []
     for (name, cls), k, n, scale in itertools.product(METHODS.items(), ks, ns, scales):
         z, y = _data(k, n, scale, seed=k * 7 + n)
         f_opt, p_opt, _, _, _ = _fit(cls, z, y, guard=True, exact=True)
-        f_old, p_old, _, _, _ = _fit(cls, z, y, guard=False)
+        f_old, p_old, _, _, _ = _fit(cls, z, y, guard=False, foretold=False)
+        f_mid, p_mid, _, _, _ = _fit(cls, z, y, guard=True, foretold=False)
         f_new, p_new, why, _, est = _fit(cls, z, y, guard=True)
         p = np.clip(est.predict_proba(z), 1e-300, None)
         loss = -np.log(p[np.arange(n), y])
         eps = _scaling.NOISE_FRACTION * float(loss.std()) / np.sqrt(n)
-        g_old, g_new = (f_old - f_opt) / eps, (f_new - f_opt) / eps
-        rows.append((p_old, p_new, g_old, g_new))
-        print(f"{name:10s} {k:4d} {n:6d} {scale:6g} | {p_old:8d} {g_old:8.3f} | {p_new:5d} "
-              f"{g_new:8.3f} {why:>9s} | {p_opt:7d}", flush=True)
+        gaps = [(f - f_opt) / eps for f in (f_old, f_mid, f_new)]
+        rows.append((p_old, p_mid, p_new, *gaps))
+        print(f"{name:10s} {k:4d} {n:6d} {scale:6g} | {p_old:8d} {gaps[0]:8.3f} | {p_mid:5d} "
+              f"{gaps[1]:8.3f} | {p_new:5d} {gaps[2]:8.3f} {why:>9s} | {p_opt:7d}", flush=True)
     a = np.array(rows)
     print(f"\n{len(rows)} fits: passes without the guard {a[:, 0].sum():.0f}, with it "
-          f"{a[:, 1].sum():.0f}; gap/ε without max {a[:, 2].max():.3f} (above 1: {(a[:, 2] > 1).sum():.0f}, above 10: "
-          f"{(a[:, 2] > 10).sum():.0f}), with max {a[:, 3].max():.3f} (above 1: "
-          f"{(a[:, 3] > 1).sum():.0f}, above 10: {(a[:, 3] > 10).sum():.0f}); more passes in "
-          f"{(a[:, 1] > a[:, 0]).sum():.0f} fits")
+          f"{a[:, 1].sum():.0f}, with it and a foretold step {a[:, 2].sum():.0f}")
+    for label, col in (("without the guard", 3), ("with it", 4), ("with a foretold step", 5)):
+        print(f"  gap/ε {label}: max {a[:, col].max():.3f}, above 1: "
+              f"{(a[:, col] > 1).sum():.0f}, above 10: {(a[:, col] > 10).sum():.0f}")
+    print(f"  a foretold step: fewer passes in {(a[:, 2] < a[:, 1]).sum():.0f} fits, more in "
+          f"{(a[:, 2] > a[:, 1]).sum():.0f}")
 
 
 if __name__ == "__main__":

@@ -728,9 +728,10 @@ def minimise(data: FitData, form: str, spec: Features, penalty: Penalty, theta: 
     itself an estimate whose sampling error is that standard error, and ``select`` tells
     methods apart at 1-1.5 of them, so a thousandth of one changes no comparison and no
     figure a user reads.  Measured on 1e5 × 100 (the speed benchmark; standard error
-    4.4e-3, so ``ε`` = 4.4e-6): matrix, structured and Dirichlet scaling stop after 6 / 4 / 5
-    passes, their last decreases 9e-7 / 5e-7 / 2e-6 (the gradient test at ``tol = 1e-6``
-    took 16 / 23 / 17 before the prior-shift start).  Every accepted step is also moved along
+    4.4e-3, so ``ε`` = 4.4e-6): matrix, structured and Dirichlet scaling stop after 5 / 3 / 4
+    passes, after last steps the model foretold (1.7e-5 / 2.1e-5 / 2.9e-5, with 1.2e-6 / 5e-7 /
+    2e-6 predicted to be left; a pass more each when the rule waited for a step below ``ε``;
+    the gradient test at ``tol = 1e-6`` took 16 / 23 / 17 before the prior-shift start).  Every accepted step is also moved along
     the gauge (:func:`_gauge`) at no pass's cost.  The steps of in-memory fits of at least
     :data:`COARSE_MIN` values use float32 products (:meth:`Objective.coarse_value_grad`); the
     gradient test is always passed on float64's, and the objective reported is float64's but
