@@ -327,6 +327,25 @@ def test_zero_probabilities_are_read_as_half_the_smallest_with_a_note(cli, data)
             "the calibration file of t/report.json") in err
 
 
+def test_log_probabilities_of_minus_inf_are_read_as_zero_probabilities(cli, data):
+    # a zero probability given as log 0 = -inf (--input log-probs) is read by the same rule as
+    # the probability 0 itself: the same floor, the same rows, the same fit
+    z, y = data
+    p = np.round(softmax(z.astype(np.float64)), 3)
+    p /= p.sum(axis=1, keepdims=True)
+    assert (p == 0).sum() > 50
+    np.savez("p.npz", logits=p, labels=y)
+    with np.errstate(divide="ignore"):
+        np.savez("lp.npz", logits=np.log(p), labels=y)
+    cli.ok("calibrate", "p.npz", "--method", "temperature", "--out", "a", "--no-diagram")
+    _, err = cli.ok("calibrate", "lp.npz", "--input", "log-probs", "--method", "temperature",
+                    "--out", "b", "--no-diagram")
+    assert "probabilities of exactly 0 read as" in err
+    a, b = cli.report("a"), cli.report("b")
+    assert b["input"]["zero_floor"] == pytest.approx(a["input"]["zero_floor"], rel=1e-12)
+    assert cli.temperature(b) == pytest.approx(cli.temperature(a), rel=1e-9)
+
+
 def test_zero_probabilities_of_every_file_are_read_as_in_the_calibration_file(cli, data):
     # apply and --test read a zero as the calibration file's floor, not as half their own
     # smallest probability: a row's calibrated probabilities depend on the row alone
