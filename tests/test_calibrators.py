@@ -1694,3 +1694,31 @@ def test_a_folds_zero_floor_is_that_of_its_own_rows():
     assert data.take(~rows).floor == zero_floor(1e-4)
     assert fit_data(np.log(p + 1e-3), y, None, from_probs=False,
                     allow_neg_inf=False).take(rows).floor == -math.inf
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int64])
+def test_least_probability_is_the_least_positive_value_whatever_the_layout(dtype):
+    # least_probability reads the floats' bits (bits - 1 as unsigned: negative values, -0 and
+    # NaN never win): it must equal the plain min over the positive values
+    from logitkit.calibration._base import least_probability
+
+    rng = np.random.default_rng(7)
+    x = rng.random((300, 7)) * (rng.random((300, 7)) < 0.6)
+    if dtype is np.int64:
+        x = (x > 0.5).astype(np.int64) * 3
+    else:
+        x = x.astype(dtype)
+        x[0, 0], x[1, 1], x[2, 2], x[3, 3] = -0.0, -0.25, np.nan, np.finfo(dtype).smallest_subnormal
+    want = float(x[x > 0].min())
+    for arr in (x, np.asfortranarray(x), x[::3], x[:, ::2]):
+        assert least_probability(arr).value == float(arr[arr > 0].min())
+    assert least_probability(x).value == want
+    assert least_probability(np.zeros((4, 3), dtype=dtype)).value == math.inf
+    if dtype is not np.int64:
+        nan_only = np.full((2, 2), np.nan, dtype=dtype)
+        assert least_probability(nan_only).value == math.inf
+    # one column: 1 - p counts too, in float64
+    col = x[:, :1]
+    q = col.astype(np.float64)
+    both = np.concatenate([q[q > 0], (1.0 - q)[(1.0 - q) > 0]])
+    assert least_probability(col).value == float(both.min())

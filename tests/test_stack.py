@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import warnings
 
 import numpy as np
@@ -175,8 +174,7 @@ def test_components_below_the_minimum_weight_are_left_out(monkeypatch):
     assert refit.methods_ == [m for m in weights if m not in light]
     assert_close(refit.weights_.sum(), 1.0, rtol=1e-12)
     with pytest.raises(LogitkitValueError, match="components"):
-        StackedCalibrator.assembled(["none", "vector"], [0.5, 0.5], [None, None], 4, False,
-                                    -math.inf)
+        StackedCalibrator.assembled(["none", "vector"], [0.5, 0.5], [None, None], 4, False)
 
 
 def test_methods_and_candidates():

@@ -913,8 +913,6 @@ def _temperature_stage(data: FitData, warm: Any = None) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ts._fit(data)
-    if data.from_probs:
-        ts.zero_floor_ = data.floor
     return ts
 
 

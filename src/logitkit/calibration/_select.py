@@ -574,7 +574,7 @@ def _refit(method: str, data: FitData, weights: dict[str, float] | None) -> Cali
             comps = [make_candidate(name, data.from_probs)._fit_data(data)
                      if w >= MIN_WEIGHT else None for name, w in weights.items()]
             return StackedCalibrator.assembled(list(weights), list(weights.values()), comps,
-                                               data.k, data.from_probs, data.floor)
+                                               data.k, data.from_probs)
         return make_candidate(method, data.from_probs)._fit_data(data)
 
 
@@ -742,9 +742,8 @@ def _stacked_candidate(data: FitData, folds: np.ndarray, rows: list[dict[str, An
     for f in range(cv):
         held = folds == f
         w = stack_weights(logp[:, ~held], prior=STACK_PRIOR)
-        comps = [fold_cals[m][f] for m in names]  # fitted on the fold's rows: their floor
-        cal = StackedCalibrator.assembled(names, list(w), comps, data.k, data.from_probs,
-                                          comps[0]._zero_floor())
+        cal = StackedCalibrator.assembled(names, list(w), [fold_cals[m][f] for m in names],
+                                          data.k, data.from_probs)
         fold_cals[STACKED].append(cal)
         _score_fold(z, labels, np.flatnonzero(held), {STACKED: cal}, stats, losses, n)
         ticks(STACKED)
@@ -903,12 +902,12 @@ class StackedCalibrator(Calibrator):
 
     @classmethod
     def assembled(cls, names: Sequence[str], weights: Sequence[float],
-                  components: Sequence[Calibrator | None], k: int, from_probs: bool,
-                  floor: float) -> StackedCalibrator:
+                  components: Sequence[Calibrator | None], k: int, from_probs: bool
+                  ) -> StackedCalibrator:
         """A fitted mixture of the fitted ``components``, one per name and weight: those whose
         weight is below ``MIN_WEIGHT`` are left out (they may be ``None``, not fitted), the
-        others' weights renormalised.  ``floor``: probabilities' ``zero_floor_`` (that of the
-        rows the components were fitted on), which reads the mixture's input."""
+        others' weights renormalised.  Probabilities' zeros are read as the components read
+        them (``zero_floor_`` of the rows they were all fitted on)."""
         kept = [(n, float(w), c) for n, w, c in zip(names, weights, components, strict=True)
                 if w >= MIN_WEIGHT]
         if any(c is None for _, _, c in kept):
@@ -921,7 +920,7 @@ class StackedCalibrator(Calibrator):
         out.weights_ = np.array([w / total for _, w, _ in kept])
         out.components_ = [c for _, _, c in kept]
         if from_probs:
-            out.zero_floor_ = floor
+            out.zero_floor_ = out.components_[0].zero_floor_
         out.n_classes_ = k
         return out
 
