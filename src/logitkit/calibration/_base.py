@@ -268,30 +268,31 @@ def zero_floor(p: Any) -> float:
 def probability_logs(p: Any, xp: Any, floor: float) -> Any:
     """The logits of probabilities ``p`` ``(N, K)``, or ``(N, 1)`` (``P(class 1)``, read as
     ``[1 − p, p]``): their natural logs, a zero read as ``floor`` (:func:`zero_floor`) and its
-    row renormalised (:func:`floored_logs`).  The one reading of probabilities, for the
-    fit's rows (:func:`expand_rows`), for ``transform``'s input (:func:`input_logits`) and for
-    the command line's files, in ``p``'s array library and floating dtype (lazily on Dask),
-    without a warning for a zero."""
+    row renormalised (:func:`floored_logs`, from the row's sum of ``p``: no exponentials).
+    The one reading of probabilities, for the fit's rows (:func:`expand_rows`), for
+    ``transform``'s input (:func:`input_logits`) and for the command line's files, in ``p``'s
+    array library and floating dtype (lazily on Dask), without a warning for a zero."""
     one = xp.ones((), dtype=p.dtype)
-    low = xp.asarray(-math.inf, dtype=p.dtype)
     if int(p.shape[1]) == 1:
         # log1p(-p) for the complement, not log(1 - p): exact for small p
         logs = xp.concat([xp.log1p(-xp.where(p < one, p, xp.zeros_like(one))),
                           xp.log(xp.where(p > 0, p, one))], axis=1)
         positive = xp.concat([p < one, p > 0], axis=1)
+        total = one  # 1 − p + p: a row with a zero holds 0 and 1
     else:
         logs, positive = xp.log(xp.where(p > 0, p, one)), p > 0
-    return floored_logs(xp.where(positive, logs, low), floor)
+        total = xp.sum(p, axis=1, keepdims=True)
+    return _floor_rows(logs, positive, total, floor, xp)
 
 
 def floored_logs(logs: Any, floor: float) -> Any:
     """Log-probabilities ``(N, K)`` with each ``-inf`` (a probability of 0) read as ``floor``,
-    and each row that held one renormalised (``log_softmax`` of the floored row: ``exp`` of it
-    sums to 1 again, the floors' share taken from the others).  Rows without a zero are
-    returned as they are (``log1p(-p)`` of a single column stays exact for tiny ``p``).  The
-    one treatment of a zero, for the calibrators' input (:func:`probability_logs`) and the
-    command line's files (probabilities and log-probabilities alike), in ``logs``' array library
-    (lazily on Dask).
+    and each row that held one renormalised (``exp`` of it sums to 1 again, the floors' share
+    taken from the others: the row minus ``log(Σ exp(logs) + n·exp(floor))`` for its ``n``
+    zeros).  Rows without a zero are returned as they are (``log1p(-p)`` of a single column
+    stays exact for tiny ``p``).  The one treatment of a zero, for the calibrators' input
+    (:func:`probability_logs`) and the command line's files (probabilities and
+    log-probabilities alike), in ``logs``' array library (lazily on Dask).
 
     Examples:
         >>> import numpy as np
@@ -300,15 +301,22 @@ def floored_logs(logs: Any, floor: float) -> Any:
         array([[0.2, 0.4, 0.4]])
     """
     xp = namespace(logs)
-    hit = logs == -math.inf
-    floored = xp.where(hit, xp.asarray(floor, dtype=logs.dtype), logs)
-    # log_softmax written out in xp's operations: the core log_softmax is not lazy on Dask
-    # (it gathers with take_along_axis, which Dask lacks), and transform's input may be Dask
-    top = xp.max(floored, axis=1, keepdims=True)
-    top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
-    shifted = floored - top
-    renormalised = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
-    return xp.where(xp.any(hit, axis=1, keepdims=True), renormalised, floored)
+    positive = logs > -math.inf
+    # log-probabilities (at most 0 but for rounding): their exponentials cannot overflow
+    return _floor_rows(logs, positive, xp.sum(xp.exp(logs), axis=1, keepdims=True), floor, xp)
+
+
+def _floor_rows(logs: Any, positive: Any, total: Any, floor: float, xp: Any) -> Any:
+    """:func:`floored_logs` given the rows' ``Σ exp(logs)`` over their positive entries
+    (``total``): each entry that is not ``positive`` is ``floor``, and a row with ``n`` such
+    entries is shifted by ``−log(total + n·exp(floor))``.  A whole-row ``log_softmax`` of
+    every row (as before) made reading 1e5 × 100 float32 probabilities 175 -> 392 ms, for
+    rows that mostly hold no zero; the row sums cost one pass without exponentials."""
+    zeros = xp.sum(xp.astype(~positive, logs.dtype), axis=1, keepdims=True)
+    floored = xp.where(positive, logs, xp.asarray(floor, dtype=logs.dtype))
+    # a row without a zero is shifted by log 1 = 0, and x − 0 is x: one full-width pass
+    shift = xp.log(xp.where(zeros > 0, total + zeros * math.exp(floor), xp.ones_like(zeros)))
+    return floored - shift
 
 
 def expand_rows(x: np.ndarray, from_probs: bool, floor: float) -> np.ndarray:
