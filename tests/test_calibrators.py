@@ -939,6 +939,22 @@ def test_probabilities_of_exactly_zero_are_read_at_half_the_fits_least(cls, labe
     assert_close(est.transform(other)[:50], est.transform(p[:50]), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("cls", [IdentityCalibrator, IsotonicCalibrator, HistogramCalibrator],
+                         ids=lambda c: c.__name__)
+def test_the_nonparametric_calibrators_read_zeros_by_the_same_floor(cls):
+    # the one rule holds for the maps that have no parameters to converge: the fit's floor,
+    # kept and applied to any later input's zeros
+    p, y = _forest_like_probabilities(label_zeros=3)
+    est = quiet(cls(from_probs=True), p, y)
+    assert est.zero_floor_ == math.log(0.2) - math.log(2.0)
+    ref = cls.from_dict(est.to_dict())
+    ref.from_probs = False
+    other = np.vstack([p[:50], [[1e-9, 1.0 - 1e-9] + [0.0] * (p.shape[1] - 2)]])
+    assert_close(est.transform(other), ref.transform(_floored(other, est.zero_floor_)),
+                 rtol=1e-12, atol=1e-9)
+    assert np.all(np.isfinite(est.predict_proba(other)))
+
+
 def test_zero_floor_is_saved_and_old_saves_keep_the_old_floor():
     p, y = _forest_like_probabilities(label_zeros=2)
     est = quiet(MatrixScaler(from_probs=True), p, y)
@@ -1681,19 +1697,16 @@ def test_curvature_blocks_match_their_definition():
 def test_a_folds_zero_floor_is_that_of_its_own_rows():
     # select's folds are fitted as their own data: a fold that does not hold the least
     # probability reads its zeros by the least of the rows it has
-    from logitkit.calibration._base import fit_data
-    from logitkit.calibration._base import floor_of_least as zero_floor
+    from logitkit.calibration._base import fit_data, floor_of_least
 
     p, y = _forest_like_probabilities(n=200)
     p[7] = [1e-4, 1.0 - 1e-4, 0.0, 0.0]
     data = fit_data(p, y, None, from_probs=True, allow_neg_inf=False)
-    assert data.floor == zero_floor(1e-4)
+    assert data.floor == floor_of_least(1e-4)
     rows = np.ones(200, dtype=bool)
     rows[7] = False
-    assert data.take(rows).floor == zero_floor(0.2)
-    assert data.take(~rows).floor == zero_floor(1e-4)
-    assert fit_data(np.log(p + 1e-3), y, None, from_probs=False,
-                    allow_neg_inf=False).take(rows).floor == -math.inf
+    assert data.take(rows).floor == floor_of_least(0.2)
+    assert data.take(~rows).floor == floor_of_least(1e-4)
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int64])

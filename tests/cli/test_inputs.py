@@ -327,6 +327,29 @@ def test_zero_probabilities_are_read_as_half_the_smallest_with_a_note(cli, data)
             "the calibration file of t/report.json") in err
 
 
+def test_a_report_without_a_floor_leaves_apply_its_files_own(cli, data):
+    # reports written before every probability file recorded its floor hold null there:
+    # apply then reads its file's zeros as half that file's own least probability, and says so
+    z, y = data
+    p = np.round(softmax(z.astype(np.float64)), 3)
+    p /= p.sum(axis=1, keepdims=True)
+    few = np.flatnonzero((p == 0).any(axis=1))[:5]
+    np.savez("rounded.npz", logits=p, labels=y)
+    np.savez("few.npz", logits=p[few], labels=y[few])
+    cli.ok("calibrate", "rounded.npz", "--method", "temperature", "--out", "t", "--no-diagram")
+    rep = cli.report("t")
+    rep["input"]["zero_floor"] = None
+    with open("old.json", "w") as fh:
+        json.dump(rep, fh)
+    _, err = cli.ok("apply", "few.npz", "--report", "old.json", "--out", "few.npy")
+    assert "half the smallest positive one" in err
+    own = p[few][p[few] > 0].min()
+    logs = np.where(p[few] == 0, np.log(own / 2), np.log(np.where(p[few] > 0, p[few], 1.0)))
+    logs -= np.logaddexp.reduce(logs, axis=1, keepdims=True)
+    t = cli.temperature(rep)
+    assert np.allclose(np.load("few.npy"), softmax(logs / t), rtol=1e-6, atol=1e-12)
+
+
 def test_log_probabilities_of_minus_inf_are_read_as_zero_probabilities(cli, data):
     # a zero probability given as log 0 = -inf (--input log-probs) is read by the same rule as
     # the probability 0 itself: the same floor, the same rows, the same fit
