@@ -596,16 +596,13 @@ class Calibrator(Estimator):
 
     def _checked_input(self, logits: Any) -> tuple[Any, Any]:
         check_is_fitted(self)
-        xp, z = input_logits(logits, self.from_probs, self._zero_floor())
+        xp, z = input_logits(logits, self.from_probs,
+                             float(self.zero_floor_) if self.from_probs else -math.inf)
         if int(z.shape[1]) != self.n_classes_:
             raise LogitkitValueError(expected(
                 "logits", f"with {self.n_classes_} classes (columns) like the fit",
                 Described(f"{int(z.shape[1])} columns")))
         return xp, z
-
-    def _zero_floor(self) -> float:
-        """The fitted ``zero_floor_`` (probabilities), ``-inf`` for logits."""
-        return float(self.zero_floor_) if self.from_probs else -math.inf
 
     def transform(self, logits: Any) -> Any:
         """Calibrated logits: ``softmax`` of them is the calibrated probabilities.
