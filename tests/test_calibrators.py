@@ -1494,16 +1494,21 @@ def test_a_large_diagonal_hessian_is_formed_in_float32_to_the_same_optimum(monke
     assert_close(big.coef_, exact.coef_, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("structured, diagonal", [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize("structured, diagonal, kind", [(True, False, "log_softmax"),
+                                                       (False, False, "log_softmax"),
+                                                       (True, True, "log_softmax"),
+                                                       (True, False, "logits"),
+                                                       (False, False, "logits")])
 def test_preconditioner_blocks_are_the_curvature_plus_the_penalty_hessian(structured, diagonal,
-                                                                          monkeypatch):
+                                                                          kind, monkeypatch):
     # the penalty's blocks 2 T diag(λ_c) T + 2 λ_b v vᵀ: by K³ rank-one updates for every
-    # Penalty's λ (the same off the diagonal), by the K⁴ batched product otherwise
+    # Penalty's λ (the same off the diagonal), by the K⁴ batched product otherwise; the data
+    # term's blocks are exact for log-probability features, the arrow blocks for logits
     from logitkit.calibration._base import fit_data
 
     z, y = make(n=1500, k=12, seed=50)
     data = fit_data(z, y, None, from_probs=False, allow_neg_inf=False)
-    spec = scaling.Features("logits", 12)
+    spec = scaling.Features(kind, 12)
     pen = scaling.Penalty(diagonal=0.3, off_diagonal=0.05, intercept=0.02)
     lam, _ = pen.weights("full", 12)
     if not structured:
@@ -1513,11 +1518,12 @@ def test_preconditioner_blocks_are_the_curvature_plus_the_penalty_hessian(struct
         monkeypatch.setattr(scaling, "BLOCK_MAX_CLASSES", 11)
     std = scaling.Standardised(data, spec)
     std.precondition(data, spec, theta, lam)
-    s0, s1 = scaling._curvature_sums(z, y, None, theta=theta, spec=spec, from_probs=False, floor=-np.inf,
-                                     mu=std.mu, whiten=std.whiten)
+    sums = scaling._curvature_arrows if kind == "logits" else scaling._curvature_sums
+    s0, s1 = sums(z, y, None, theta=theta, spec=spec, from_probs=False, floor=-np.inf,
+                  mu=std.mu, whiten=std.whiten)
     t, k = std.whiten, 12
     v = np.r_[-(t @ std.mu), 1.0]
-    want = s1 / s0
+    want = scaling._arrow_blocks(s1 / s0) if kind == "logits" else s1 / s0
     for c in range(k):
         want[c, :k, :k] += 2.0 * t @ np.diag(lam[c * k:(c + 1) * k]) @ t
         want[c] += 2.0 * lam[k * k + c] * np.outer(v, v)
@@ -1692,6 +1698,69 @@ def test_curvature_blocks_match_their_definition():
         assert np.array_equal(s1, s1.transpose(0, 2, 1))
         if pool is not None:
             pool.shutdown()
+
+
+def _curvature_reference(k, n, seed):
+    # rows, weights, a map and a whitening, and the blocks Σ w p_c(1 − p_c) ũũᵀ row by row
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, k)) * 2
+    w = rng.random(n) + 0.5
+    theta = scaling._identity("full", k, 0.7) + 0.05 * rng.normal(size=k * (k + 1))
+    mu, whiten = rng.normal(size=k), np.eye(k) + 0.1 * rng.normal(size=(k, k))
+    a, b = scaling.unpack(theta, "full", k)
+    p = softmax(z @ a.T + b, axis=1)
+    u = np.concatenate([(z - mu) @ whiten.T, np.ones((n, 1))], axis=1)
+    blocks = np.einsum("ic,ia,ib->cab", w[:, None] * p * (1 - p), u, u)
+    return z, w, theta, mu, whiten, blocks
+
+
+def test_curvature_arrows_match_their_definition():
+    # each class block's diagonal, its own feature's row and the constant's row: float32
+    # products of float32 rows (on a pool or not, the same bits) against the float64 blocks
+    from concurrent.futures import ThreadPoolExecutor
+
+    k, n = 7, 4500  # more rows than a task: tasks are added
+    z, w, theta, mu, whiten, blocks = _curvature_reference(k, n, 12)
+    spec = scaling.Features("logits", k)
+    idx = np.arange(k)
+    want = np.stack([np.einsum("cii->ci", blocks), blocks[idx, idx], blocks[:, k]], axis=1)
+    got = []
+    for pool in (None, ThreadPoolExecutor(2)):
+        s0, s1 = scaling._curvature_arrows(z, None, w, theta=theta, spec=spec, from_probs=False,
+                                           floor=-np.inf, mu=mu, whiten=whiten, pool=pool)
+        assert s0 == pytest.approx(w.sum())
+        assert s1.shape == (k, 3, k + 1) and s1.dtype == np.float64
+        assert_close(s1, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+        got.append(s1)
+        if pool is not None:
+            pool.shutdown()
+    assert np.array_equal(got[0], got[1])
+
+
+def test_arrow_blocks_are_exact_on_the_own_feature_the_constant_and_the_diagonal():
+    # rows and columns c and K and the diagonal as the exact block; positive semidefinite,
+    # where the arrow alone (zero elsewhere) is not
+    k = 9
+    *_, blocks = _curvature_reference(k, 600, 13)
+    idx = np.arange(k)
+    parts = np.stack([np.einsum("cii->ci", blocks), blocks[idx, idx], blocks[:, k]], axis=1)
+    got = scaling._arrow_blocks(parts)
+    scale = np.abs(blocks).max()
+    assert_close(got[idx, idx], blocks[idx, idx], rtol=1e-10, atol=1e-12 * scale)
+    assert_close(got[idx, :, idx], blocks[idx, :, idx], rtol=1e-10, atol=1e-12 * scale)
+    assert_close(got[:, k], blocks[:, k], rtol=1e-10, atol=1e-12 * scale)
+    assert_close(np.einsum("cii->ci", got), np.einsum("cii->ci", blocks), rtol=1e-10,
+                 atol=1e-12 * scale)
+    assert_close(got, got.transpose(0, 2, 1), rtol=0, atol=1e-13 * scale)
+    assert np.linalg.eigvalsh(got).min() >= -1e-12 * scale
+    arrow = np.zeros_like(blocks)
+    arrow[idx, idx], arrow[idx, :, idx] = blocks[idx, idx], blocks[idx, :, idx]
+    arrow[:, k], arrow[:, :, k] = blocks[:, k], blocks[:, :, k]
+    arrow[:, np.arange(k + 1), np.arange(k + 1)] = np.einsum("cii->ci", blocks)
+    assert np.linalg.eigvalsh(arrow).min() < -1e-6 * scale  # why the Schur complement's diagonal
+    # a class that no row weighs: zeros, not NaN
+    parts[2] = 0.0
+    assert np.array_equal(scaling._arrow_blocks(parts)[2], np.zeros((k + 1, k + 1)))
 
 
 def test_a_folds_zero_floor_is_that_of_its_own_rows():
