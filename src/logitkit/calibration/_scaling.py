@@ -817,7 +817,8 @@ def minimise(data: FitData, form: str, spec: Features, penalty: Penalty, theta: 
     4.4e-3, so ``ε`` = 4.4e-6): matrix, structured and Dirichlet scaling stop after 5 / 3 / 4
     passes, after last steps the model foretold (1.7e-5 / 2.1e-5 / 2.9e-5, with 1.2e-6 / 5e-7 /
     2e-6 predicted to be left; a pass more each when the rule waited for a step below ``ε``;
-    the gradient test at ``tol = 1e-6`` took 16 / 23 / 17 before the prior-shift start).  Every accepted step is also moved along
+    the gradient test at ``tol = 1e-6`` took 16 / 23 / 17 before the prior-shift start;
+    matrix scaling now takes 4, preconditioned by :func:`_arrow_blocks` of more rows).  Every accepted step is also moved along
     the gauge (:func:`_gauge`) at no pass's cost.  The steps of in-memory fits of at least
     :data:`COARSE_MIN` values use float32 products (:meth:`Objective.coarse_value_grad`); the
     gradient test is always passed on float64's, and the objective reported is float64's but
