@@ -430,6 +430,40 @@ def test_report_schema_and_table_come_from_one_place(cli, data):
     assert out.startswith(render(rep))
 
 
+def test_an_interval_above_its_figure_is_explained(cli, data):
+    # the percentile interval of a binned error near the noise of its bins lies mostly or
+    # wholly above the figure (a --test file of 558 rows: RMS CE 0.0410 [0.0437, 0.0917]);
+    # the table says why, and only then (figures of other kinds are not named: the reason
+    # given is the bins')
+    import copy
+    import pathlib
+
+    from logitkit.cli._report import load_report, render
+
+    z, y = data
+    np.savez("preds.npz", logits=z, labels=y)
+    cli.ok("calibrate", "preds.npz", "--out", "o", "--no-diagram")
+    rep = load_report(pathlib.Path("o/report.json"))
+    inside = copy.deepcopy(rep)
+    for part in ("before", "after"):
+        for key, v in inside[part].items():
+            if inside["intervals"][part].get(key) and v is not None:
+                inside["intervals"][part][key] = [v - 0.01, v + 0.01]
+    assert "above their figures" not in render(inside)
+    above = copy.deepcopy(inside)
+    v = above["after"]["rms_ce"]
+    above["intervals"]["after"]["rms_ce"] = [v + 0.003, v + 0.05]  # wholly above
+    text = render(above)
+    assert ("(RMS CE: intervals mostly above their figures; a binned error is biased upward\n"
+            " where its bins hold few rows, and each bootstrap replicate is biased again)") in text
+    v = above["before"]["ece"]
+    above["intervals"]["before"]["ece"] = [v - 0.001, v + 0.03]  # mostly above
+    above["intervals"]["after"]["nll"] = [above["after"]["nll"] + 0.1, 9.0]  # not a binned error
+    assert "(ECE, RMS CE: intervals mostly above their figures" in render(above)
+    above["intervals"]["before"]["ece"] = [v - 0.002, v + 0.002]  # in the middle: not named
+    assert "(RMS CE: intervals mostly above" in render(above)
+
+
 # ------------------------------------------------------------------------- options
 
 
