@@ -1674,6 +1674,34 @@ def test_temperature_start_is_fitted_on_a_subsample(monkeypatch):
     assert seen and max(seen) <= scaling.START_ROWS
 
 
+@pytest.mark.parametrize("cls", [MatrixScaler, StructuredScaler])
+def test_small_full_map_fits_precondition_on_the_pool_to_the_same_bits(monkeypatch, cls):
+    # below COARSE_MIN the passes are float64 on the calling thread, but the preconditioner's
+    # tasks still go to the pool (they were most of a 1e4 x 100 structured fit on one thread);
+    # their sums are added in order, so the fit is the same bit for bit on one thread
+    z, y = make(n=5000, k=20, seed=48)
+    assert z.size < scaling.COARSE_MIN
+    pools = []
+    for name in ("_curvature_arrows", "_curvature_sums"):
+        inner = getattr(scaling, name)
+
+        def spy(*args, inner=inner, **kwargs):
+            pools.append(kwargs.get("pool"))
+            return inner(*args, **kwargs)
+
+        monkeypatch.setattr(scaling, name, spy)
+    monkeypatch.setattr(scaling, "THREADS", 2)
+    two = cls().fit(z, y)
+    assert pools and all(p is not None for p in pools)
+    monkeypatch.setattr(scaling, "THREADS", 1)
+    pools.clear()
+    one = cls().fit(z, y)
+    assert pools and all(p is None for p in pools)
+    assert np.array_equal(two.coef_, one.coef_)
+    assert np.array_equal(two.intercept_, one.intercept_)
+    assert two.n_iter_ == one.n_iter_ and two.objective_ == one.objective_
+
+
 def test_curvature_blocks_match_their_definition():
     # Σ w p_c(1 − p_c) ũũᵀ for every class, ũ = [T (x − μ), 1]: the float32 triangle product
     # (on a pool or not) against the float64 sums row by row.

@@ -847,7 +847,10 @@ def minimise(data: FitData, form: str, spec: Features, penalty: Penalty, theta: 
     # (0.62), structured scaling 0.78 (0.52) against 0.69 (0.58).
     use_coarse = not data.partitioned and data.n * data.k >= COARSE_MIN
     chunks = -(-data.n // max(16, _CHUNK_ELEMENTS // data.k))
-    workers = min(THREADS, chunks) if use_coarse else 1
+    # the preconditioner's tasks go to the pool too, float32 passes or not: on 1e4 x 100 its
+    # products are a dozen float64 passes' worth, and took most of a structured fit on one thread
+    tasks = -(-min(data.n, max(ARROW_ROWS, 2 * PRECONDITION_ROWS)) // _CURVATURE_TASK)
+    workers = 1 if data.partitioned else min(THREADS, max(chunks if use_coarse else 1, tasks))
     executor = ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext(None)
     with small_problem_threads(0), executor as pool:
         std = Standardised(data, spec)
