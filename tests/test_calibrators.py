@@ -1487,11 +1487,34 @@ def test_a_large_diagonal_hessian_is_formed_in_float32_to_the_same_optimum(monke
                         lambda *a, **kw: grams.append(a[4] if len(a) > 4 else kw.get("gram"))
                         or hessian(*a, **kw))
     monkeypatch.setattr(scaling, "_THREADED_HESSIAN", 0)
+    monkeypatch.setattr(scaling, "_EXACT_HESSIAN", 0)  # large: float32 (see _gram_dtype)
     big = VectorScaler(tol=1e-9).fit(z, y)
     assert grams and all(g is np.float32 for g in grams)
     assert big.converged_ and exact.converged_
     assert big.objective_ == pytest.approx(exact.objective_, rel=1e-12)
     assert_close(big.coef_, exact.coef_, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("cls, params", [(VectorScaler, {}), (StructuredScaler, {"form": "vector"})])
+def test_a_whole_diagonal_hessian_above_the_exact_size_is_float32(monkeypatch, cls, params):
+    # every row's Hessian (stride 1) but more than _EXACT_HESSIAN multiply-adds (4,000 rows x
+    # 200² here): its Gram products in float32, which only steer Newton, as a subsampled
+    # one's; the steps and the optimum are the float64 Hessian's
+    z, y = make(n=4000, k=100, seed=52)
+    grams = []
+    hessian = scaling._hessian
+    monkeypatch.setattr(scaling, "_hessian",
+                        lambda *a, **kw: grams.append(a[4] if len(a) > 4 else kw.get("gram"))
+                        or hessian(*a, **kw))
+    fast = cls(**params).fit(z, y)
+    assert grams and all(g is np.float32 for g in grams)
+    monkeypatch.setattr(scaling, "_gram_dtype", lambda rows, dim, stride: np.float64)
+    grams.clear()
+    exact = cls(**params).fit(z, y)
+    assert grams and all(g is np.float64 for g in grams)
+    assert fast.converged_ and exact.converged_ and fast.n_iter_ == exact.n_iter_
+    assert fast.objective_ == pytest.approx(exact.objective_, rel=1e-12)
+    assert_close(fast.coef_, exact.coef_, rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("structured, diagonal, kind", [(True, False, "log_softmax"),
