@@ -1725,6 +1725,51 @@ def test_small_full_map_fits_precondition_on_the_pool_to_the_same_bits(monkeypat
     assert two.n_iter_ == one.n_iter_ and two.objective_ == one.objective_
 
 
+@pytest.mark.parametrize("cls, params, k", [(VectorScaler, {}, 30),
+                                            (StructuredScaler, {"form": "vector"}, 30),
+                                            (MatrixScaler, {}, 10)])
+def test_newton_hessians_are_summed_in_pieces_on_the_pool_to_the_same_bits(monkeypatch, cls,
+                                                                           params, k):
+    # Newton's Hessian of more than a piece of rows (native diagonal path, NumPy diagonal
+    # path, full map) is summed piece by piece on the fit's pool; the pieces are fixed, so one
+    # thread gives the same bits
+    z, y = make(n=5000, k=k, seed=53)
+    pools = []
+    inner = scaling._hessian_pieces
+
+    def spy(*args, **kwargs):
+        pools.append(args[5] if len(args) > 5 else kwargs.get("pool"))
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(scaling, "_hessian_pieces", spy)
+    monkeypatch.setattr(scaling, "THREADS", 2)
+    two = cls(**params).fit(z, y)
+    assert pools and any(p is not None for p in pools)
+    monkeypatch.setattr(scaling, "THREADS", 1)
+    pools.clear()
+    one = cls(**params).fit(z, y)
+    assert pools and all(p is None for p in pools)
+    assert np.array_equal(two.coef_, one.coef_)
+    assert np.array_equal(two.intercept_, one.intercept_)
+    assert two.n_iter_ == one.n_iter_ and two.objective_ == one.objective_
+
+
+def test_hessian_pieces_add_up_to_the_hessian():
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(54)
+    for form, k in (("diag", 6), ("full", 4)):
+        n = 2 * scaling._HESSIAN_PIECE + 7
+        x = rng.normal(size=(n, k))
+        p = softmax(rng.normal(size=(n, k)), axis=1)
+        w = rng.uniform(0.5, 2, n)
+        want = scaling._hessian(p, x, w, form)
+        with ThreadPoolExecutor(2) as pool:
+            got = scaling._hessian_pieces(p, x, w, form, np.float64, pool)
+        assert_close(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+        assert np.array_equal(got, scaling._hessian_pieces(p, x, w, form, np.float64, None))
+
+
 def test_curvature_blocks_match_their_definition():
     # Σ w p_c(1 − p_c) ũũᵀ for every class, ũ = [T (x − μ), 1]: the float32 triangle product
     # (on a pool or not) against the float64 sums row by row.
