@@ -1589,20 +1589,29 @@ def test_full_map_fits_do_not_depend_on_the_pass_threads(monkeypatch, cls):
     # The chunks of a float32 pass and the pieces of the preconditioner run on a thread pool;
     # their sums are added in order, so the fit is the same bit for bit on one thread.
     z, y = _large_matrix_problem()
+    _same_bits_on_one_thread(monkeypatch, ["coarse_sums"], lambda: cls().fit(z, y))
+
+
+def _same_bits_on_one_thread(monkeypatch, spied, fit, pool_at=None):
+    # fit() with THREADS = 2, then 1, recording the pool each of the `spied` functions of
+    # _scaling is given (keyword `pool`, or positional `pool_at`): a pool on every call with two
+    # threads, none with one, and the same fit bit for bit
     pools = []
-    coarse = scaling.coarse_sums
+    for name in spied:
+        inner = getattr(scaling, name)
 
-    def spy(*args, **kwargs):
-        pools.append(kwargs.get("pool"))
-        return coarse(*args, **kwargs)
+        def spy(*args, inner=inner, **kwargs):
+            at = pool_at is not None and len(args) > pool_at
+            pools.append(args[pool_at] if at else kwargs.get("pool"))
+            return inner(*args, **kwargs)
 
-    monkeypatch.setattr(scaling, "coarse_sums", spy)
+        monkeypatch.setattr(scaling, name, spy)
     monkeypatch.setattr(scaling, "THREADS", 2)
-    two = cls().fit(z, y)
+    two = fit()
     assert pools and all(p is not None for p in pools)
     monkeypatch.setattr(scaling, "THREADS", 1)
     pools.clear()
-    one = cls().fit(z, y)
+    one = fit()
     assert pools and all(p is None for p in pools)
     assert np.array_equal(two.coef_, one.coef_)
     assert np.array_equal(two.intercept_, one.intercept_)
@@ -1704,25 +1713,8 @@ def test_small_full_map_fits_precondition_on_the_pool_to_the_same_bits(monkeypat
     # their sums are added in order, so the fit is the same bit for bit on one thread
     z, y = make(n=5000, k=20, seed=48)
     assert z.size < scaling.COARSE_MIN
-    pools = []
-    for name in ("_curvature_arrows", "_curvature_sums"):
-        inner = getattr(scaling, name)
-
-        def spy(*args, inner=inner, **kwargs):
-            pools.append(kwargs.get("pool"))
-            return inner(*args, **kwargs)
-
-        monkeypatch.setattr(scaling, name, spy)
-    monkeypatch.setattr(scaling, "THREADS", 2)
-    two = cls().fit(z, y)
-    assert pools and all(p is not None for p in pools)
-    monkeypatch.setattr(scaling, "THREADS", 1)
-    pools.clear()
-    one = cls().fit(z, y)
-    assert pools and all(p is None for p in pools)
-    assert np.array_equal(two.coef_, one.coef_)
-    assert np.array_equal(two.intercept_, one.intercept_)
-    assert two.n_iter_ == one.n_iter_ and two.objective_ == one.objective_
+    _same_bits_on_one_thread(monkeypatch, ["_curvature_arrows", "_curvature_sums"],
+                             lambda: cls().fit(z, y))
 
 
 @pytest.mark.parametrize("cls, params, k", [(VectorScaler, {}, 30),
@@ -1734,24 +1726,8 @@ def test_newton_hessians_are_summed_in_pieces_on_the_pool_to_the_same_bits(monke
     # path, full map) is summed piece by piece on the fit's pool; the pieces are fixed, so one
     # thread gives the same bits
     z, y = make(n=5000, k=k, seed=53)
-    pools = []
-    inner = scaling._hessian_pieces
-
-    def spy(*args, **kwargs):
-        pools.append(args[5] if len(args) > 5 else kwargs.get("pool"))
-        return inner(*args, **kwargs)
-
-    monkeypatch.setattr(scaling, "_hessian_pieces", spy)
-    monkeypatch.setattr(scaling, "THREADS", 2)
-    two = cls(**params).fit(z, y)
-    assert pools and any(p is not None for p in pools)
-    monkeypatch.setattr(scaling, "THREADS", 1)
-    pools.clear()
-    one = cls(**params).fit(z, y)
-    assert pools and all(p is None for p in pools)
-    assert np.array_equal(two.coef_, one.coef_)
-    assert np.array_equal(two.intercept_, one.intercept_)
-    assert two.n_iter_ == one.n_iter_ and two.objective_ == one.objective_
+    _same_bits_on_one_thread(monkeypatch, ["_hessian_pieces"], lambda: cls(**params).fit(z, y),
+                             pool_at=5)
 
 
 def test_hessian_pieces_add_up_to_the_hessian():
