@@ -64,7 +64,8 @@ from __future__ import annotations
 
 import functools
 import math
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -96,6 +97,12 @@ MIN_CHUNK_ROWS = 256
 #: thread (NumPy releases the GIL in its loops); the shares' sums are added in order.
 PARALLEL_ELEMENTS = 1 << 21
 THREADS = python_threads(4)
+
+
+def in_order(fn: Callable[[Any], Any], items: Iterable[Any], pool: Executor | None) -> Iterator[Any]:
+    """``fn`` of each item, on ``pool``'s threads when given, the results in the items' order:
+    callers add them in that order, so their sums do not depend on the threads."""
+    return pool.map(fn, items) if pool is not None else map(fn, items)
 #: Rows whose per-row results are binned together.
 FLUSH_ROWS = 1 << 14
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import _kernels
 from ._base import expand_rows
+from ._engine import in_order
 
 # -1e300 stands for -inf inside the sums: exp(β·(-1e300)) is 0 for every admissible β, and
 # 0·(-1e300) is 0 where 0·(-inf) would be NaN.
@@ -146,7 +147,7 @@ def nll_sums(
 
     n = z.shape[0]
     firsts = range(0, n, _CHUNKS_PER_TASK * chunk_rows)
-    blocks = pool.map(block, firsts) if pool is not None else map(block, firsts)
+    blocks = in_order(block, firsts, pool)
     totals = [0.0, 0.0, 0.0, 0.0]
     for first, parts in zip(firsts, blocks, strict=True):
         for part in parts:  # summed in chunk order: the result does not depend on threads

@@ -34,7 +34,7 @@ from .._losses._cross_entropy import cross_entropy_with_grad
 from .._namespace import LogitkitTypeError, check_number, expected
 from ._base import LOG_TINY, Calibrator, FitData, expand_rows, ridge
 from ._blocks import row_sums
-from ._engine import THREADS, _bincount
+from ._engine import THREADS, _bincount, in_order
 from ._fitting import CACHE_FEATURES, Result, lbfgs, newton, small_problem_threads
 
 __all__ = ["DirichletScaler", "MatrixScaler", "StructuredScaler", "VectorScaler"]
@@ -245,7 +245,7 @@ def coarse_sums(x: np.ndarray, y: np.ndarray, w: np.ndarray | None, *, theta: np
         return f, grad.T @ xc, spread
 
     starts = range(0, x.shape[0], chunk)
-    parts = pool.map(chunk_sums, starts) if pool is not None else map(chunk_sums, starts)
+    parts = in_order(chunk_sums, starts, pool)
     g_ab = np.zeros((k, k + 1))
     f_sum = 0.0
     spread = np.zeros(3)
@@ -296,7 +296,7 @@ def _hessian_pieces(p: np.ndarray, x: np.ndarray, w: np.ndarray, form: str, gram
         return _hessian(p[lo:hi], x[lo:hi], w[lo:hi], form, gram)
 
     starts = range(0, r, _HESSIAN_PIECE)
-    parts = iter(pool.map(piece, starts) if pool is not None else map(piece, starts))
+    parts = in_order(piece, starts, pool)
     total = next(parts)
     for h in parts:
         total += h
@@ -471,7 +471,7 @@ class Objective:
                 out[start:start + chunk, -1] = 1.0
 
             starts = range(0, d.n, chunk)
-            list(self.pool.map(fill, starts) if self.pool is not None else map(fill, starts))
+            list(in_order(fill, starts, self.pool))
         f, g, spread = coarse_sums(self._coarse_x, d.y, d.w, theta=theta, pool=self.pool)
         return self._finish(theta, f, g, spread)
 
@@ -575,7 +575,7 @@ def _curvature_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, spec: Features
             return acc
 
         los = range(0, f.shape[0], _CURVATURE_TASK)
-        for part in (pool.map(task, los) if pool is not None else map(task, los)):
+        for part in in_order(task, los, pool):
             tri += part
     s1 = np.empty((k, k + 1, k + 1))
     for j in range(k + 1):  # row and column j of every block (slices: 7 -> 4 ms at K = 100)
@@ -612,7 +612,7 @@ def _curvature_arrows(x: Any, y: Any, w: Any, *, theta: np.ndarray, spec: Featur
             return out
 
         los = range(0, f.shape[0], _CURVATURE_TASK)
-        for part in (pool.map(task, los) if pool is not None else map(task, los)):
+        for part in in_order(task, los, pool):
             parts += part
     return s0, parts
 
@@ -783,7 +783,7 @@ class Standardised:
             chol = np.asarray(np.linalg.cholesky(blocks[s]), dtype=np.float64)
             return chol, np.asarray(np.linalg.solve(chol, eye[s]), dtype=np.float64)
 
-        parts = list(pool.map(factor, shares) if pool is not None else map(factor, shares))
+        parts = list(in_order(factor, shares, pool))
         self.chol = np.concatenate([chol for chol, _ in parts])
         self.chol_inv = np.concatenate([inv for _, inv in parts])
 
