@@ -1,4 +1,5 @@
-"""The full maps' fit on 1e5 x 100 float32 logits as users meet it: cold, forked and busy.
+"""The scaling fits on 1e5 x 100 float32 logits (or ``--n`` rows) as users meet them: cold,
+forked and busy.
 
 For each method, in one run:
 
@@ -10,7 +11,8 @@ For each method, in one run:
 
 Figures are wall seconds and ratios to the warm fit timed in the same process.
 
-    python benchmarks/bench_fit_conditions.py [--methods matrix structured dirichlet]
+    python benchmarks/bench_fit_conditions.py [--methods matrix structured dirichlet vector
+                                               structured-vector] [--n 10000]
 """
 from __future__ import annotations
 
@@ -29,14 +31,15 @@ import logitkit.calibration as cal
 t_import = time.perf_counter() - t0
 sys.path.insert(0, "benchmarks")
 from bench_calibrators import _speed_data
-z, y, _, _ = _speed_data(100000, 100)
-cls = {"matrix": cal.MatrixScaler, "structured": cal.StructuredScaler,
-       "dirichlet": cal.DirichletScaler}[sys.argv[1]]
+z, y, _, _ = _speed_data(int(sys.argv[3]), 100)
+make = {"matrix": cal.MatrixScaler, "structured": cal.StructuredScaler,
+        "dirichlet": cal.DirichletScaler, "vector": cal.VectorScaler,
+        "structured-vector": lambda: cal.StructuredScaler(form="vector")}[sys.argv[1]]
 warnings.simplefilter("ignore")
 
 def fit():
     t = time.perf_counter()
-    est = cls().fit(z, y)
+    est = make().fit(z, y)
     return time.perf_counter() - t, est
 
 first, est = fit()
@@ -60,7 +63,7 @@ try:
 finally:
     for h in hogs:
         h.kill()
-print(f"{sys.argv[1]:10s} import {t_import:5.2f} s | first fit {first:5.2f} ({first / warm:4.2f}x) "
+print(f"{sys.argv[1]:17s} import {t_import:5.2f} s | first fit {first:5.2f} ({first / warm:4.2f}x) "
       f"| warm {warm:5.2f} | forked child {float(t_fork):5.2f} ({float(t_fork) / warm:4.2f}x, "
       f"same coefficients: {same}) | two busy processes {busy:5.2f} ({busy / warm:4.2f}x)")
 """
@@ -68,11 +71,13 @@ print(f"{sys.argv[1]:10s} import {t_import:5.2f} s | first fit {first:5.2f} ({fi
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--methods", nargs="*", default=["matrix", "structured", "dirichlet"])
+    parser.add_argument("--methods", nargs="*", default=["matrix", "structured", "dirichlet"],
+                        choices=["matrix", "structured", "dirichlet", "vector", "structured-vector"])
+    parser.add_argument("--n", type=int, default=100_000, help="rows (default 1e5)")
     args = parser.parse_args()
-    print(f"{os.cpu_count()} CPUs; each line is one fresh process")
+    print(f"{os.cpu_count()} CPUs, {args.n} x 100; each line is one fresh process")
     for method in args.methods:
-        out = subprocess.run([sys.executable, "-c", CHILD, method, HOG], capture_output=True,
+        out = subprocess.run([sys.executable, "-c", CHILD, method, HOG, str(args.n)], capture_output=True,
                              text=True, check=True)
         print(out.stdout.strip(), flush=True)
 
