@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -553,30 +553,24 @@ def _curvature_sums(x: Any, y: Any, w: Any, *, theta: np.ndarray, spec: Features
     against 0.072 for one symmetric product per class and 0.6 for float64 batched products (a
     pass is 0.05)."""
     k = spec.k
-    a, b = unpack(theta, "full", k)
     ends = np.cumsum(np.arange(k + 1, 0, -1))  # row j of the triangle ends at ends[j]
-    s0, tri = 0.0, np.zeros((k, ends[-1]))
-    for _, f, wc in _feature_chunks(x, w, spec=spec, from_probs=from_probs, floor=floor):
-        s0 += float(wc.sum())
 
-        def task(lo: int, f: np.ndarray = f, wc: np.ndarray = wc) -> np.ndarray:
-            hi = min(lo + _CURVATURE_TASK, f.shape[0])
-            r, u = _curvature_rows(f[lo:hi], wc[lo:hi], a=a, b=b, mu=mu, whiten=whiten)
-            rt, ut = r.astype(np.float32), u.astype(np.float32)
-            acc = np.zeros((k, ends[-1]), dtype=np.float32)
-            q = np.empty((ends[-1], min(_CURVATURE_PIECE, hi - lo)), dtype=np.float32)
-            for start in range(0, hi - lo, _CURVATURE_PIECE):
-                stop = min(start + _CURVATURE_PIECE, hi - lo)
-                qs = q[:, :stop - start]
-                for j in range(k + 1):
-                    np.multiply(ut[j, start:stop], ut[j:, start:stop],
-                                out=qs[ends[j] - (k + 1 - j):ends[j]])
-                acc += rt[:, start:stop] @ qs.T
-            return acc
+    def products(r: np.ndarray, u: np.ndarray) -> np.ndarray:
+        rt, ut = r.astype(np.float32), u.astype(np.float32)
+        acc = np.zeros((k, ends[-1]), dtype=np.float32)
+        q = np.empty((ends[-1], min(_CURVATURE_PIECE, r.shape[1])), dtype=np.float32)
+        for start in range(0, r.shape[1], _CURVATURE_PIECE):
+            stop = min(start + _CURVATURE_PIECE, r.shape[1])
+            qs = q[:, :stop - start]
+            for j in range(k + 1):
+                np.multiply(ut[j, start:stop], ut[j:, start:stop],
+                            out=qs[ends[j] - (k + 1 - j):ends[j]])
+            acc += rt[:, start:stop] @ qs.T
+        return acc
 
-        los = range(0, f.shape[0], _CURVATURE_TASK)
-        for part in in_order(task, los, pool):
-            tri += part
+    s0, tri = _curvature_tasks(x, w, theta=theta, spec=spec, from_probs=from_probs,
+                               floor=floor, mu=mu, whiten=whiten, pool=pool, dtype=np.float64,
+                               products=products, shape=(k, ends[-1]))
     s1 = np.empty((k, k + 1, k + 1))
     for j in range(k + 1):  # row and column j of every block (slices: 7 -> 4 ms at K = 100)
         seg = tri[:, ends[j] - (k + 1 - j):ends[j]]
@@ -596,25 +590,41 @@ def _curvature_arrows(x: Any, y: Any, w: Any, *, theta: np.ndarray, spec: Featur
     threads when given and their sums are added in order (the result does not depend on the
     threads)."""
     k = spec.k
-    a, b = unpack(theta, "full", k)
-    s0, parts = 0.0, np.zeros((k, 3, k + 1))
+
+    def products(r: np.ndarray, u: np.ndarray) -> np.ndarray:
+        out = np.empty((k, 3, k + 1))
+        out[:, 0] = r @ (u * u).T
+        out[:, 1] = (r * u[:k]) @ u.T
+        out[:, 2] = r @ u.T
+        return out
+
+    return _curvature_tasks(x, w, theta=theta, spec=spec, from_probs=from_probs, floor=floor,
+                            mu=mu, whiten=whiten, pool=pool, dtype=np.float32,
+                            products=products, shape=(k, 3, k + 1))
+
+
+def _curvature_tasks(x: Any, w: Any, *, theta: np.ndarray, spec: Features, from_probs: bool,
+                     floor: float, mu: np.ndarray, whiten: np.ndarray, pool: Executor | None,
+                     dtype: Any, products: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                     shape: tuple[int, ...]) -> tuple[float, np.ndarray]:
+    """``(Σw, Σ products(Rᵀ, Ũᵀ))`` over a block of rows (one driver for
+    :func:`_curvature_sums` and :func:`_curvature_arrows`): tasks of :data:`_CURVATURE_TASK`
+    rows, each its rows' :func:`_curvature_rows` in ``dtype`` and their ``products``, on
+    ``pool``'s threads when given, added in order into a float64 ``shape``."""
+    a, b = unpack(theta, "full", spec.k)
+    s0, total = 0.0, np.zeros(shape)
     for _, f, wc in _feature_chunks(x, w, spec=spec, from_probs=from_probs, floor=floor):
         s0 += float(wc.sum())
 
         def task(lo: int, f: np.ndarray = f, wc: np.ndarray = wc) -> np.ndarray:
             hi = min(lo + _CURVATURE_TASK, f.shape[0])
             r, u = _curvature_rows(f[lo:hi], wc[lo:hi], a=a, b=b, mu=mu, whiten=whiten,
-                                   dtype=np.float32)
-            out = np.empty((k, 3, k + 1))
-            out[:, 0] = r @ (u * u).T
-            out[:, 1] = (r * u[:k]) @ u.T
-            out[:, 2] = r @ u.T
-            return out
+                                   dtype=dtype)
+            return products(r, u)
 
-        los = range(0, f.shape[0], _CURVATURE_TASK)
-        for part in in_order(task, los, pool):
-            parts += part
-    return s0, parts
+        for part in in_order(task, range(0, f.shape[0], _CURVATURE_TASK), pool):
+            total += part
+    return s0, total
 
 
 def _arrow_blocks(parts: np.ndarray) -> np.ndarray:
