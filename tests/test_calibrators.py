@@ -1626,19 +1626,22 @@ def test_small_full_map_fits_take_float32_passes_on_the_pool_to_the_same_bits(mo
     z, y = make(n=3000, k=30, seed=55)
     minimum = scaling.COARSE_MIN
     assert minimum <= z.size < 1 << 20
-    calls = []
-    coarse = scaling.coarse_sums
+    calls, chunks = [], []
+    coarse, chunk_of = scaling.coarse_sums, scaling.coarse_chunk
     monkeypatch.setattr(scaling, "coarse_sums",
                         lambda x, *a, **kw: calls.append(x.shape) or coarse(x, *a, **kw))
+    monkeypatch.setattr(scaling, "coarse_chunk",
+                        lambda n, k: chunks.append(-(-n // chunk_of(n, k))) or chunk_of(n, k))
     fast = cls().fit(z, y)
     assert calls and all(shape == (3000, 31) for shape in calls)
-    assert -(-3000 // scaling.coarse_chunk(3000, 30)) >= 4
+    assert chunks and min(chunks) >= 4  # the chunks the passes were cut into
     monkeypatch.setattr(scaling, "COARSE_MIN", 1 << 40)  # float64 passes throughout
     exact = cls().fit(z, y)
     assert fast.n_iter_ == exact.n_iter_
     assert fast.objective_ == pytest.approx(exact.objective_, abs=1e-7)
     monkeypatch.setattr(scaling, "COARSE_MIN", minimum)
     monkeypatch.setattr(scaling, "coarse_sums", coarse)
+    monkeypatch.setattr(scaling, "coarse_chunk", chunk_of)
     _same_bits_on_one_thread(monkeypatch, ["coarse_sums"], lambda: cls().fit(z, y))
 
 

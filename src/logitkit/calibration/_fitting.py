@@ -268,8 +268,8 @@ def lbfgs(
             below :data:`COARSE_RESOLUTION` of the objective: the coarse values' rounding,
             ~``2⁻²⁴|f|`` at worst, can then hide it; backtracking on to ``1e-12`` cost a dozen
             passes in flat fits, ``bench_stopping.py``'s Dirichlet scaling of 17 classes on
-            60,000 rows of logits × 0.01 21 passes where float64 took 6).  The gradient test is always passed on ``evaluate``'s
-            values, and a fit that ends for any reason but ``noise`` reports them (one more
+            60,000 rows of logits × 0.01 21 passes where float64 took 6).  The gradient test
+            is always passed on ``evaluate``'s values, and a fit that ends for any reason but ``noise`` reports them (one more
             pass when it stopped on coarse ones); one that the noise rule ends reports the
             coarse value, whose error the caller bounds far below ``ε``.
         noise: the current noise threshold ``ε`` of the objective: the minimiser also stops

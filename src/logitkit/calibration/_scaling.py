@@ -83,9 +83,9 @@ START_ROWS = 5000
 #: the full maps' starting biases (see :func:`_prior_bias`).
 PRIOR_ROWS = 5000
 #: In-memory L-BFGS fits of at least this many feature values take their steps on float32
-#: products (:meth:`Objective.coarse_value_grad`); smaller ones are all float64.  It was 2²⁰,
-#: so that a user's 8,000 x 100 calibration fold took nine float64 passes on one thread
-#: (20 ms each, more than half the fit): in four float32 chunks on the pool, matrix
+#: products (:meth:`Objective.coarse_value_grad`); smaller ones are all float64.  At 2²⁰ (until
+#: 2026-12) a user's 8,000 x 100 calibration fold took nine float64 passes on one thread
+#: (20 ms each, more than half the fit); in four float32 chunks on the pool, matrix
 #: scaling of 8,000 x 100 0.34 -> 0.17 s, structured 0.23 -> 0.17, Dirichlet 0.19 -> 0.14,
 #: the same passes, objectives within 2e-8; below 2¹⁶ values a fit takes milliseconds and
 #: the pool's hand-offs are a visible share of them.
