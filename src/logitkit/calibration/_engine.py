@@ -97,14 +97,14 @@ MIN_CHUNK_ROWS = 256
 #: thread (NumPy releases the GIL in its loops); the shares' sums are added in order.
 PARALLEL_ELEMENTS = 1 << 21
 THREADS = python_threads(4)
+#: Rows whose per-row results are binned together.
+FLUSH_ROWS = 1 << 14
 
 
 def in_order(fn: Callable[[Any], Any], items: Iterable[Any], pool: Executor | None) -> Iterator[Any]:
     """``fn`` of each item, on ``pool``'s threads when given, the results in the items' order:
     callers add them in that order, so their sums do not depend on the threads."""
     return pool.map(fn, items) if pool is not None else map(fn, items)
-#: Rows whose per-row results are binned together.
-FLUSH_ROWS = 1 << 14
 
 
 def row_sum_tolerance(dtype: Any) -> float:
