@@ -153,6 +153,180 @@ def test_pandas_column_numbers_are_a_header_not_a_row(cli, data):
     assert "column names" in err
 
 
+def _applied(cli, path, out, *args):
+    """``apply --temperature 2`` of ``path``: the probabilities it wrote."""
+    _, err = cli.ok("apply", path, "--temperature", "2", "--out", out, *args)
+    return np.load(out), err
+
+
+def test_pandas_index_that_does_not_count_is_dropped_too(cli, data):
+    import pandas as pd
+
+    z, y = data
+    frame = pd.DataFrame(z.astype(np.float64), columns=[f"logit_{k}" for k in range(4)])
+    frame["label"] = y
+    t = _t(z, y)
+    shuffled = frame.sample(frac=1.0, random_state=0)
+    shuffled.to_csv("shuffled.csv")  # an index of 0..N-1 in shuffled order
+    frame.iloc[::2].to_csv("every_other.csv")  # 0, 2, 4, …
+    frame.to_csv("once.csv")
+    pd.read_csv("once.csv").to_csv("twice.csv")  # ",Unnamed: 0,logit_0,…": two index columns
+    for path, (zz, yy) in [("shuffled.csv", (z[shuffled.index], y[shuffled.index])),
+                           ("every_other.csv", (z[::2], y[::2])), ("twice.csv", (z, y))]:
+        rep, _, err = _calibrate(cli, path, out=path + "-out")
+        assert rep["n_classes"] == 4, path
+        assert cli.temperature(rep) == pytest.approx(_t(zz, yy), rel=1e-6), path
+        assert "pandas index" in err and "index=False" in err
+        p, err = _applied(cli, path, path + ".npy")
+        assert p.shape == (len(yy), 4) and "pandas index" in err
+        np.testing.assert_allclose(p, softmax(zz.astype(np.float64) / 2), rtol=1e-6)
+    assert "'Unnamed: 0'" in " ".join(cli.report("twice.csv-out")["notes"])
+    assert t == pytest.approx(_t(z, y))
+
+
+def test_a_series_written_by_pandas_has_its_header_0_read_as_a_name(cli, data):
+    import pandas as pd
+
+    z, y = data
+    s = (z[:, 1] - z[:, 0]).astype(np.float64)
+    yb = (y % 2).astype(np.int64)
+    p1 = 1 / (1 + np.exp(-s))
+    pd.Series(p1).to_csv("p1.csv", index=False)  # first line "0"
+    pd.Series(yb).to_csv("y.csv", index=False)  # "0", then the labels
+    np.save("p1.npy", p1)
+    rep, _, err = _calibrate(cli, "p1.csv", "--labels", "y.csv")
+    assert rep["n_samples"] == len(yb) and rep["input"]["kind"] == "probs"
+    assert cli.temperature(rep) == pytest.approx(_t(s, yb), rel=1e-6)
+    assert "column's name" in err
+    rep, _, _ = _calibrate(cli, "p1.npy", "--labels", "y.csv", out="npy")
+    assert rep["n_samples"] == len(yb)
+    p, err = _applied(cli, "p1.csv", "p1-out.npy")
+    assert p.shape == (len(yb), 2) and "column's name" in err
+    assert "exactly 0" not in err  # the header is not a probability of 0
+    # labels without a header whose first label is 0: as many as the rows, all of them read
+    first0 = np.r_[0, yb[1:]]
+    np.savetxt("y-plain.csv", first0, fmt="%d")
+    rep, _, _ = _calibrate(cli, "p1.npy", "--labels", "y-plain.csv", out="plain")
+    assert rep["n_samples"] == len(yb)
+    assert cli.temperature(rep) == pytest.approx(_t(s, first0), rel=1e-6)
+
+
+def test_a_headerless_first_row_with_an_empty_cell_is_an_error_not_a_header(cli, data):
+    z, _ = data
+    rows = [",".join(f"{v:.6f}" for v in row) for row in z[:50]]
+    rows[0] = rows[0].replace(rows[0].split(",")[1], "", 1)
+    with open("nohdr.csv", "w") as fh:
+        fh.write("\n".join(rows) + "\n")
+    for command in (["calibrate", "nohdr.csv"], ["apply", "nohdr.csv", "--temperature", "2"]):
+        cli.error(*command, "--out", "x.npy" if command[0] == "apply" else "x",
+                  match="column '1' has an empty cell (line 1)")
+    assert not os.path.exists("x") and not os.path.exists("x.npy")
+
+
+def test_a_column_of_text_is_left_out_and_text_where_numbers_belong_is_named(cli, data):
+    import pandas as pd
+
+    z, y = data
+    frame = pd.DataFrame(z.astype(np.float64), columns=[f"logit_{k}" for k in range(4)])
+    frame.insert(0, "file", [f"img_{i}.png" for i in range(len(y))])
+    frame["label"] = y
+    frame.to_csv("with_id.csv", index=False)
+    frame.to_parquet("with_id.parquet", index=False)
+    t = _t(z, y)
+    for path in ("with_id.csv", "with_id.parquet"):
+        rep, _, err = _calibrate(cli, path, out=path + "-auto")
+        assert rep["n_classes"] == 4 and "left out the column 'file'" in err
+        assert cli.temperature(rep) == pytest.approx(t, rel=1e-6)
+        rep, _, _ = _calibrate(cli, path, "--logit-columns", "logit_", "--label-column",
+                               "label", out=path + "-named")
+        assert cli.temperature(rep) == pytest.approx(t, rel=1e-6)
+        line = cli.error("calibrate", path, "--logit-columns", "file,logit_0", "--out", "x",
+                         match="the score column 'file' holds text ('img_0.png' in")
+        assert "--logit-columns" in line
+    words = frame.assign(label=np.where(y == 0, "cat", "dog"))
+    words.to_csv("words.csv", index=False)
+    line = cli.error("calibrate", "words.csv", "--out", "x",
+                     match="the label column 'label' holds text (")
+    assert "line 2" in line and "integer class indices" in line
+    typo = frame.astype({"logit_2": object})
+    typo.loc[5, "logit_2"] = "0.3.1"
+    typo.to_csv("typo.csv", index=False)  # one bad cell in a column of numbers: an error
+    cli.error("calibrate", "typo.csv", "--out", "x",
+              match="the score column 'logit_2' holds text ('0.3.1' in line 7)")
+    assert not os.path.exists("x")
+
+
+def test_apply_ignores_a_label_column_that_is_empty(cli, data):
+    import pandas as pd
+
+    z, _ = data
+    frame = pd.DataFrame(z[:50].astype(np.float64), columns=[f"logit_{k}" for k in range(4)])
+    frame["label"] = np.nan
+    frame.to_csv("unlab_empty.csv", index=False)
+    frame.to_csv("unlab_nan.csv", index=False, na_rep="nan")
+    np.savez("unlab_nan.npz", logits=z[:50], labels=np.full(50, np.nan))
+    want = softmax(z[:50].astype(np.float64) / 2)
+    for path in ("unlab_empty.csv", "unlab_nan.csv", "unlab_nan.npz"):
+        p, _ = _applied(cli, path, path + ".npy")
+        np.testing.assert_allclose(p, want, rtol=1e-6)
+    cli.error("calibrate", "unlab_empty.csv", "--out", "x",
+              match="the label column 'label' has an empty cell (line 2)")
+    cli.error("calibrate", "unlab_nan.csv", "--out", "x",
+              match="the label column 'label' holds nan in line 2")
+
+
+def test_csv_cell_errors_name_the_line_and_the_column(cli):
+    import pathlib
+
+    pathlib.Path("empty.csv").write_text("a,b,label\n0.1,0.2,0\n0.3,,1\n")
+    pathlib.Path("inf.csv").write_text("a,b,label\n0.1,0.2,0\n0.3,inf,1\n")
+    pathlib.Path("ragged.csv").write_text("a,b,label\n0.1,0.2,0\n0.3,0.4\n")
+    pathlib.Path("same.csv").write_text("a,b,a\n0.1,0.2,0\n0.3,0.4,1\n")
+    cli.error("calibrate", "empty.csv", "--out", "x",
+              match="the score column 'b' has an empty cell (line 3)")
+    cli.error("calibrate", "inf.csv", "--out", "x", match="found inf in line 3, column 'b'")
+    line = cli.error("calibrate", "ragged.csv", "--out", "x",
+                     match="line 3 has 2 fields, expected 3")
+    assert "usecols" not in line
+    cli.error("calibrate", "same.csv", "--out", "x", match="the header names 'a' more than once")
+    # a line of blanks at the end is no row
+    rng = np.random.default_rng(0)
+    rows = "".join(f"{a:.4f},{b:.4f},{int(c)}\n" for a, b, c in
+                   zip(rng.normal(size=60), rng.normal(size=60), rng.integers(0, 2, 60),
+                       strict=True))
+    pathlib.Path("blanks.csv").write_text("a,b,label\n" + rows + "   \n \t\n")
+    rep, _, _ = _calibrate(cli, "blanks.csv")
+    assert rep["n_samples"] == 60
+    assert not os.path.exists("x")
+
+
+def test_labels_of_shape_n_by_1_are_one_column_in_every_format(cli, data):
+    z, y = data
+    np.savez("col.npz", logits=z, labels=y[:, None])
+    np.save("z.npy", z)
+    np.save("ycol.npy", y[:, None])
+    t = _t(z, y)
+    assert cli.temperature(_calibrate(cli, "col.npz")[0]) == pytest.approx(t, rel=1e-6)
+    rep = _calibrate(cli, "z.npy", "--labels", "ycol.npy", out="npy")[0]
+    assert cli.temperature(rep) == pytest.approx(t, rel=1e-6)
+    np.savez("onehot.npz", logits=z, labels=np.eye(4)[y])
+    cli.error("calibrate", "onehot.npz", "--out", "x",
+              match="expected a 1-D array of labels (class indices), got shape (400, 4)")
+
+
+def test_columns_named_by_position_get_one_note_that_says_so(cli, data):
+    import pandas as pd
+
+    z, y = data
+    pd.DataFrame(np.column_stack([y, z])).to_csv("numbered.csv", index=False)
+    _, _, err = _calibrate(cli, "numbered.csv")
+    assert "no header row" not in err and "columns named by position" in err
+    pd.DataFrame(np.column_stack([y, z])).to_csv("numbered-index.csv")  # ",0,1,2,3,4"
+    rep, _, err = _calibrate(cli, "numbered-index.csv", out="ix")
+    assert rep["n_classes"] == 4 and "pandas index" in err
+    assert "column 0 (integers 0–3) read as the labels" in err
+
+
 def test_headerless_csv_label_first_or_scores_only(cli, data):
     z, y = data
     np.savetxt("labelled.csv", np.column_stack([y, z]), delimiter=",", fmt="%.9g")
@@ -167,6 +341,12 @@ def test_headerless_csv_label_first_or_scores_only(cli, data):
     assert code == 0, err
     assert "all 4 columns read as scores" in err
     assert cli.temperature(cli.report("b")) == pytest.approx(t, rel=1e-6)
+    # beside one column of scores (P(class 1) or a binary logit), 0/1 in column 0 are labels
+    s1, yb = z[:, 1] - z[:, 0], (y % 2)
+    np.savetxt("binary.csv", np.column_stack([yb, s1]), delimiter=",", fmt="%.17g")
+    rep, _, err = _calibrate(cli, "binary.csv", out="binary")
+    assert rep["n_classes"] == 2 and "read as the labels" in err
+    assert cli.temperature(rep) == pytest.approx(_t(s1, yb), rel=1e-6)
     # a column chosen by its number
     code, _, err = cli.run("calibrate", "--method", "temperature", "labelled.csv", "--label-column", "0",
                        "--logit-columns", "1,2,3,4", "--out", "c", "--no-diagram")
@@ -224,6 +404,9 @@ def test_npz_and_pt_errors_name_the_keys_found_and_the_option(cli, data):
     assert "arrays: 'logits'" in line and "--labels-key" in line and "--labels FILE" in line
     line = cli.error("calibrate", "named.pt", match="no entry named 'logits'")
     assert "'scores'" in line and "--logits-key" in line
+    torch.save([torch.from_numpy(z), torch.from_numpy(y)], "list.pt")
+    line = cli.error("calibrate", "list.pt", match="holds a list of 2 items")
+    assert "as a dict" in line
 
 
 def test_pt_refused_by_weights_only_loading_is_one_clean_complete_line(cli, data):
@@ -295,6 +478,10 @@ def test_log_probabilities_kind(cli, data):
     assert code == 0, err
     assert cli.temperature(cli.report("lp1")) == pytest.approx(
         _t(s, yb), rel=1e-6)
+    # auto reads the column as a binary logit, and says how to read it as log P(class 1)
+    rep, out, _ = _calibrate(cli, "logp1.npz", out="lp1-auto")
+    assert rep["input"]["kind"] == "logits" and "--input log-probs" in rep["input"]["reason"]
+    assert "pass --input log-probs if it is log P(class 1)" in out
 
 
 def test_zero_probabilities_are_read_as_half_the_smallest_with_a_note(cli, data):
@@ -453,7 +640,7 @@ def test_bad_files_are_one_line_and_exit_2(cli, data):
     pathlib.Path("corrupt.npz").write_bytes(b"PK\x03\x04 this is not a zip archive at all")
     pathlib.Path("corrupt.npy").write_bytes(b"\x93NUMPY garbage")
     pathlib.Path("corrupt.pt").write_bytes(b"not a torch file")
-    pathlib.Path("text.csv").write_text("label,a,b\n1,0.5,oops\n")
+    pathlib.Path("text.csv").write_text("label,a,b\n1,0.5,0.2\n0,0.1,oops\n")
     pathlib.Path("ragged.csv").write_text("label,a,b\n1,0.5,0.2\n0,0.1\n")
     pathlib.Path("header_only.csv").write_text("label,a,b\n")
     pathlib.Path("blank.csv").write_text("\n\n")
@@ -467,7 +654,7 @@ def test_bad_files_are_one_line_and_exit_2(cli, data):
         (["corrupt.npy", "--labels", "labels.npy"], "cannot read"),
         (["corrupt.pt"], "cannot read"),
         (["corrupt.parquet"], "cannot read"),
-        (["text.csv"], "non-numeric"),
+        (["text.csv"], "the score column 'b' holds text ('oops' in line 3)"),
         (["ragged.csv"], "fields"),
         (["header_only.csv"], "no data rows"),
         (["blank.csv"], "no rows"),

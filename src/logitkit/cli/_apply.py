@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         transform = lambda z: np.asarray(softmax(z, axis=1, temperature=t))  # noqa: E731
         described = f"temperature (T = {t:.6g})"
     # ---- the work
-    pred = read_inputs(files, Columns.from_args(args))
+    pred = read_inputs(files, Columns.from_args(args, want_labels=False))
     for note in pred.notes:
         print(f"logitkit: note: {note}", file=sys.stderr)
     where = str(files[0])

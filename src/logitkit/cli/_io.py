@@ -9,19 +9,29 @@ CSV) comes back as a note that the command prints.
 Tables (``.csv`` and ``.parquet``) are read by one layout rule, decided by the file and the column
 options only, never by the command:
 
-1. An unnamed first column that counts 0, 1, 2, … (the index ``pandas.DataFrame.to_csv`` writes
-   by default; in a file without header, a first column of consecutive integers in a file with
-   more rows than columns) is dropped, with a note.  Parquet files drop the columns pandas'
-   metadata names as the index.
+1. pandas' index is dropped, with a note: leading columns named ``""`` or ``Unnamed: N`` that
+   hold integers (what ``pandas.DataFrame.to_csv`` writes by default, counting 0, 1, 2, … or,
+   after a shuffle or a filter, not), or, in a file without header, a first column of
+   consecutive integers in a file with more rows than columns.  Parquet files drop the columns
+   pandas' metadata names as the index.
 2. The label column is ``--label-column`` when given (it must exist), else a column named
    ``label``.  In a CSV without header, columns are named by their position (``0``, ``1``, …) and
    the first one is the label when every value in it is an integer class index that the other
-   columns could hold (0 ≤ value < number of other columns); otherwise the file has no labels.
+   columns could hold (0 ≤ value < number of other columns, or 0 and 1 beside one column: a
+   binary score); otherwise the file has no labels.
 3. The score columns are ``--logit-columns`` (names separated by commas, or one prefix: every
-   column whose name starts with it) when given, else every remaining column.
+   column whose name starts with it) when given, else every remaining column that holds
+   numbers (a column of text, such as file names, is left out with a note).
 
-A CSV's first line is its header unless every field in it is a number; a first line that reads
-``0,1,…,W-1`` (the column names pandas gives a frame made from an array) is a header too.
+The layout is the same for both commands; ``apply`` only skips checking the labels it does not
+use (an empty label column is no error there).  A cell that is empty or not a number is an
+error only in a column the layout uses, and the message names the column and the file's line.
+
+A CSV's first line is its header unless every field in it is a number or empty (a data row with
+a missing value); a first line that reads ``0,1,…,W-1`` (the column names pandas gives a frame
+made from an array, after an empty field for its index or not) is a header too, and so is a
+lone ``0`` above numbers that are not all integers (``pandas.Series.to_csv``'s column name).
+Lines of blanks are skipped.
 
 Every problem with the user's files is raised as :class:`CliError`, whose message is the one line
 the command prints: it names what was found (keys, columns) and the option that selects another.
@@ -31,7 +41,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import io
 import json
 import os
 import re
@@ -60,11 +69,15 @@ class Columns:
     logit_columns: str | None = None  # "a,b,c" or a prefix; None: every other column
     logits_key: str = "logits"
     labels_key: str = "labels"
+    #: False (``apply``): labels are not read, so a label column that is empty, or holds
+    #: text, is no obstacle; it is still left out of the scores
+    want_labels: bool = True
 
     @classmethod
-    def from_args(cls, args: Any) -> Columns:
+    def from_args(cls, args: Any, *, want_labels: bool = True) -> Columns:
         return cls(label_column=args.label_column, logit_columns=args.logit_columns,
-                   logits_key=args.logits_key, labels_key=args.labels_key)
+                   logits_key=args.logits_key, labels_key=args.labels_key,
+                   want_labels=want_labels)
 
 
 @dataclass
@@ -257,9 +270,9 @@ def read_predictions(path: Path, cols: Columns, labels: Path | None = None) -> P
         elif suffix == ".npy":
             pred = Predictions(_load_npy(path), None, found="one array")
         elif suffix == ".csv":
-            pred = _from_table(path, *_read_csv(path), cols)
+            pred = _from_table(path, _read_csv(path), cols)
         elif suffix == ".parquet":
-            pred = _from_table(path, *_read_parquet(path), cols)
+            pred = _from_table(path, _read_parquet(path), cols)
         else:
             pred = _read_pt(path, cols)
     except (CliError, MemoryError):
@@ -268,7 +281,8 @@ def read_predictions(path: Path, cols: Columns, labels: Path | None = None) -> P
         raise CliError(f"{path}: cannot read it as {suffix[1:]} ({_first_line(exc)})") from None
     pred.scores = check_scores(pred.scores, path)
     if labels is not None:
-        pred.labels = read_labels(labels, cols)
+        pred.labels, notes = read_labels(labels, cols, expected=pred.scores.shape[0])
+        pred.notes.extend(notes)
         source = labels
     else:
         source = path
@@ -292,12 +306,20 @@ def missing_labels(path: Path | str, pred: Predictions, cols: Columns,
     return CliError(f"{path}: no labels found ({pred.found}); {hint}")
 
 
-def read_labels(path: Path, cols: Columns) -> np.ndarray:
+def read_labels(path: Path, cols: Columns, expected: int | None = None
+                ) -> tuple[np.ndarray, list[str]]:
     """A 1-D label array from ``.npy``, ``.npz`` (``--labels-key``, or its only array),
-    ``.csv``/``.parquet`` (the label column, or the only column), or ``.pt``."""
+    ``.csv``/``.parquet`` (the label column, or the only column), or ``.pt``; and the
+    reader's notes.
+
+    ``expected``: the number of rows of scores.  A one-column CSV whose first line is ``0``
+    and that holds one label more than that has the header ``pandas.Series.to_csv`` writes
+    (a label 0 and a column named ``0`` read alike; the count tells them apart).
+    """
     check_input_file(path, "--labels")
     suffix = _suffix(path)
     arr: Any
+    notes: list[str] = []
     try:
         if suffix == ".npy":
             arr = _load_npy(path)
@@ -310,16 +332,17 @@ def read_labels(path: Path, cols: Columns) -> np.ndarray:
                                    f"{_listing(data.files)}); use --labels-key")
                 arr = data[key]
         elif suffix in (".csv", ".parquet"):
-            names, table, notes = _read_csv(path) if suffix == ".csv" else _read_parquet(path)
-            names, table, _ = _drop_index(path, names, table, notes)
-            if table.shape[1] == 1:
-                arr = table[:, 0]
-            else:
-                j = _label_index(path, names, table, cols)
-                if j is None:
-                    raise CliError(f"{path}: expected one column of labels or a label column "
-                                   f"(columns: {_listing(names)}); use --label-column")
-                arr = table[:, j]
+            table = _drop_index(path, _read_csv(path) if suffix == ".csv"
+                                else _read_parquet(path))
+            if (expected is not None and not table.header and table.first_field == "0"
+                    and table.values.shape == (expected + 1, 1)):
+                table = _without_first_row(path, table)
+            notes = table.notes
+            j = 0 if table.values.shape[1] == 1 else _label_index(path, table, cols)
+            if j is None:
+                raise CliError(f"{path}: expected one column of labels or a label column "
+                               f"(columns: {_listing(table.names)}); use --label-column")
+            arr = _table_labels(path, table, j)
         else:
             obj = _torch_load(path)
             if isinstance(obj, dict):
@@ -332,12 +355,7 @@ def read_labels(path: Path, cols: Columns) -> np.ndarray:
         raise
     except Exception as exc:
         raise CliError(f"{path}: cannot read it as {suffix[1:]} ({_first_line(exc)})") from None
-    arr = np.asarray(arr)
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 1:
-        raise CliError(f"{path}: expected a 1-D array of labels, got shape {arr.shape}")
-    return as_labels(arr, path)
+    return as_labels(np.asarray(arr), path), notes
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -361,48 +379,159 @@ def _read_npz(path: Path, cols: Columns) -> Predictions:
             raise CliError(f"{path}: no array named {cols.logits_key!r} ({found}); use "
                            "--logits-key")
         scores = data[cols.logits_key]
-        labels = data[cols.labels_key] if cols.labels_key in data.files else None
+        labels = (data[cols.labels_key] if cols.want_labels and cols.labels_key in data.files
+                  else None)
     return Predictions(scores, None if labels is None else as_labels(np.asarray(labels), path),
                        found=found)
 
 
 # ------------------------------------------------------------------------------ tables
 
+#: pandas' names for columns without one (``read_csv`` of a file whose index had no name)
+_UNNAMED = re.compile(r"Unnamed: \d+")
 
-def _read_csv(path: Path) -> tuple[list[str], np.ndarray, list[str]]:
-    """Column names (positions ``0``, ``1``, … without a header), the numbers, and notes."""
-    notes: list[str] = []
+
+@dataclass
+class _Table:
+    """A CSV's or Parquet file's columns, before the layout rule picks labels and scores."""
+
+    names: list[str]
+    values: np.ndarray  # (n, W) float64; NaN where a cell is empty or not a number
+    notes: list[str]
+    header: bool  # the file named its columns (else they are named by position)
+    lines: np.ndarray | None = None  # each row's line in the file (CSV); None: "row i"
+    # each column's first cell that is not a number: (row, its text); "" for an empty cell
+    text: dict[int, tuple[int, str]] = field(default_factory=dict)
+    empty: dict[int, int] = field(default_factory=dict)  # each column's first empty cell
+    words: set[int] = field(default_factory=set)  # columns of text only, no cell a number
+    first_field: str = ""  # the first line's first field, as written (CSV)
+
+    def where(self, i: int) -> str:
+        return f"row {i}" if self.lines is None else f"line {int(self.lines[i])}"
+
+    def cell_problem(self, j: int) -> str | None:
+        """What keeps column ``j`` from being numbers, or None."""
+        if j in self.text:
+            i, cell = self.text[j]
+            return f"holds text ({cell!r} in {self.where(i)})"
+        if j in self.empty:
+            return f"has an empty cell ({self.where(self.empty[j])})"
+        return None
+
+    def columns(self, keep: Sequence[int]) -> _Table:
+        """The table of the columns ``keep``, in that order."""
+        at = {j: new for new, j in enumerate(keep)}
+        return _Table([self.names[j] for j in keep], self.values[:, list(keep)], self.notes,
+                      self.header, self.lines,
+                      {at[j]: v for j, v in self.text.items() if j in at},
+                      {at[j]: v for j, v in self.empty.items() if j in at},
+                      {at[j] for j in self.words if j in at}, self.first_field)
+
+
+def _read_csv(path: Path) -> _Table:
+    """A CSV's columns: names (positions ``0``, ``1``, … without a header) and numbers.
+
+    Lines of nothing but blanks are skipped.  A cell that is empty or not a number does not
+    stop the reading: it is NaN in the values and recorded (:attr:`_Table.text`,
+    :attr:`_Table.empty`), and the layout rule refuses it only in a column it uses (a column
+    of file names next to the scores is left out; ``apply`` ignores the labels).
+    """
     with open(path, newline="", encoding="utf-8-sig") as fh:
         text = fh.read()
-    lines = text.splitlines(keepends=True)
-    first = next((i for i, line in enumerate(lines) if line.strip()), None)
-    if first is None:
+    numbered = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
+    del text
+    if not numbered:
         raise CliError(f"{path}: the file has no rows")
-    fields = [c.strip() for c in next(csv.reader([lines[first]]))]
-    header = _as_numbers(fields) is None or _is_position_header(fields)
+    fields = [c.strip() for c in next(csv.reader([numbered[0][1]]))]
+    notes: list[str] = []
+    header = _is_header(fields)
     if header:
-        if _as_numbers(fields) is not None:
+        if _as_numbers([f for f in fields if f]) is not None:
             notes.append(f"{path}: the first line {','.join(fields)} read as the column names "
                          "(pandas' names for the columns of an array), not as data")
-        names = fields
-        text = "".join(lines[first + 1:])
+        repeated = sorted({n for n in fields if fields.count(n) > 1})
+        if repeated:
+            raise CliError(f"{path}: the header names {_listing(repeated)} more than once; "
+                           "give every column its own name")
+        names, rows = fields, numbered[1:]
     else:
-        names = [str(j) for j in range(len(fields))]
-    del lines
-    if not text.strip():
+        names, rows = [str(j) for j in range(len(fields))], numbered
+    if not rows:
         raise CliError(f"{path}: the file has a header but no data rows")
+    lines = np.array([n for n, _ in rows], dtype=np.int64)
+    table = _Table(names, np.empty((0, 0)), notes, header, lines, first_field=fields[0])
     try:
-        table = np.loadtxt(io.StringIO(text), delimiter=",", dtype=np.float64, ndmin=2,
-                           quotechar='"')
-    except ValueError as exc:
-        msg = _first_line(exc)
-        if "number of columns changed" in msg:
-            raise CliError(f"{path}: rows have different numbers of fields ({msg})") from None
-        raise CliError(f"{path}: non-numeric value ({msg})") from None
-    if table.shape[1] != len(names):
-        raise CliError(f"{path}: the header has {len(names)} names for {table.shape[1]} "
-                       "columns")
-    return names, table, notes
+        table.values = np.loadtxt([line for _, line in rows], delimiter=",",
+                                  dtype=np.float64, ndmin=2, quotechar='"')
+    except ValueError:  # a ragged row, or a cell that is empty or not a number
+        _read_cells(path, table, [line for _, line in rows])
+    if table.values.shape[1] != len(names):
+        raise CliError(f"{path}: the header has {len(names)} names for "
+                       f"{table.values.shape[1]} columns")
+    return _headerless_series(path, table)
+
+
+def _read_cells(path: Path, table: _Table, rows: list[str]) -> None:
+    """The slow reading, cell by cell where needed, that records what is not a number."""
+    cells = list(csv.reader(rows))
+    width = len(cells[0]) if not table.header else len(table.names)
+    for i, row in enumerate(cells):
+        if len(row) != width:
+            raise CliError(f"{path}: {table.where(i)} has {len(row)} fields, expected {width} "
+                           f"(as {'the header' if table.header else 'the first line'})")
+    table.values = np.empty((len(cells), width))
+    for j in range(width):
+        column = [row[j].strip() for row in cells]
+        try:
+            table.values[:, j] = np.array(column, dtype=np.float64)
+            continue
+        except ValueError:
+            pass
+        numbers = 0
+        for i, cell in enumerate(column):
+            if not cell:
+                table.values[i, j] = np.nan
+                table.empty.setdefault(j, i)
+                continue
+            try:
+                table.values[i, j] = float(cell)
+                numbers += 1
+            except ValueError:
+                table.values[i, j] = np.nan
+                table.text.setdefault(j, (i, cell))
+        if j in table.text and not numbers:
+            table.words.add(j)
+
+
+def _headerless_series(path: Path, table: _Table) -> _Table:
+    """A one-column file whose first line is ``0`` over numbers that are not all integers: the
+    column name ``pandas.Series.to_csv`` writes, not a value (a column of integers, such as
+    labels, is decided by its length: :func:`read_labels`)."""
+    if (table.header or table.values.shape != (table.values.shape[0], 1)
+            or table.first_field != "0" or table.values.shape[0] < 2 or table.text
+            or table.empty):
+        return table
+    rest = table.values[1:, 0]
+    if np.all(rest == np.round(rest)):
+        return table
+    return _without_first_row(path, table)
+
+
+def _without_first_row(path: Path, table: _Table) -> _Table:
+    note = (f"{path}: the first line 0 read as the column's name (pandas' name for a "
+            "Series), not as data")
+    return _Table(table.names, table.values[1:], [*table.notes, note], True,
+                  None if table.lines is None else table.lines[1:], first_field=table.first_field)
+
+
+def _is_header(fields: Sequence[str]) -> bool:
+    """Whether a CSV's first line names its columns: some field is not a number (empty fields
+    are missing numbers, not names), or it reads ``0,1,…,W-1`` (pandas' names for the columns
+    of an array), after an empty field for pandas' index or not."""
+    if _as_numbers([f for f in fields if f]) is None:
+        return True
+    return _is_position_header(fields) or (
+        len(fields) > 1 and fields[0] == "" and fields[1:] == _positions(len(fields) - 1))
 
 
 def _as_numbers(fields: Sequence[str]) -> list[float] | None:
@@ -412,11 +541,15 @@ def _as_numbers(fields: Sequence[str]) -> list[float] | None:
         return None
 
 
+def _positions(width: int) -> list[str]:
+    return [str(j) for j in range(width)]
+
+
 def _is_position_header(fields: Sequence[str]) -> bool:
-    return len(fields) > 1 and list(fields) == [str(j) for j in range(len(fields))]
+    return len(fields) > 1 and list(fields) == _positions(len(fields))
 
 
-def _read_parquet(path: Path) -> tuple[list[str], np.ndarray, list[str]]:
+def _read_parquet(path: Path) -> _Table:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -438,39 +571,63 @@ def _read_parquet(path: Path) -> tuple[list[str], np.ndarray, list[str]]:
     keep = [n for n in names if n not in index_cols]
     if table.num_rows == 0 or not keep:
         raise CliError(f"{path}: the table has no rows")
-    columns = []
-    for name in keep:
+    repeated = sorted({n for n in keep if keep.count(n) > 1})
+    if repeated:
+        raise CliError(f"{path}: the table names {_listing(repeated)} more than once; give "
+                       "every column its own name")
+    out = _Table(keep, np.empty((table.num_rows, len(keep))), notes, True)
+    for j, name in enumerate(keep):
         col = table.column(name).to_numpy()
-        if col.dtype.kind not in "biuf":
-            raise CliError(f"{path}: column {name!r} is not numeric ({col.dtype}); choose the "
-                           "score columns with --logit-columns")
-        columns.append(col.astype(np.float64))
-    return keep, np.stack(columns, axis=1), notes
+        if col.dtype.kind in "biuf":
+            out.values[:, j] = col
+            missing = np.flatnonzero(np.isnan(out.values[:, j]))
+            if missing.size:
+                out.empty[j] = int(missing[0])
+        else:
+            out.values[:, j] = np.nan
+            out.text[j] = (0, str(col[0]))
+            out.words.add(j)
+    return out
 
 
-def _drop_index(path: Path, names: list[str], table: np.ndarray, notes: list[str]
-                ) -> tuple[list[str], np.ndarray, list[str]]:
-    """Drop an unnamed first column that counts 0, 1, 2, … (a pandas index)."""
-    n, width = table.shape
-    headerless = names == [str(j) for j in range(width)]
-    unnamed = names[0] in ("", "Unnamed: 0") or (headerless and n > width)
-    col = table[:, 0]
-    counts = (width > 1 and unnamed and col[0] == np.round(col[0])
-              and bool(np.all(np.diff(col) == 1)))
-    if not counts:
-        return names, table, notes
-    notes = [*notes, f"{path}: dropped the first column (unnamed, counting {col[0]:.0f}, "
-                     f"{col[0] + 1:.0f}, …: a pandas index; write the file with index=False to "
-                     "leave it out)"]
-    rest = names[1:]
-    if headerless:
-        rest = [str(j) for j in range(width - 1)]
-    return rest, table[:, 1:], notes
+def _drop_index(path: Path, table: _Table) -> _Table:
+    """Drop the index pandas wrote: leading columns named ``""`` or ``Unnamed: N`` that hold
+    integers (``DataFrame.to_csv`` without ``index=False``, however the rows were shuffled or
+    filtered before; ``Unnamed: 0`` when such a file was read and written again), or, without
+    a header, a first column counting up by one in a file of more rows than columns."""
+    n, width = table.values.shape
+    drop = []
+    for j in range(width - 1):  # never the last column
+        col = table.values[:, j]
+        integers = j not in table.text and j not in table.empty and bool(
+            np.all(col == np.round(col)))
+        if table.header:
+            if not (integers and (table.names[j] == "" or _UNNAMED.fullmatch(table.names[j]))):
+                break
+        elif not (j == 0 and integers and n > width and bool(np.all(np.diff(col) == 1))):
+            break
+        drop.append(j)
+    if not drop:
+        return table
+    notes = list(table.notes)
+    for j in drop:
+        col = table.values[:, j]
+        counting = bool(np.all(np.diff(col) == 1))
+        what = (f"counting {col[0]:.0f}, {col[0] + 1:.0f}, …" if counting
+                else f"integers {col.min():.0f}–{col.max():.0f}")
+        name = f"the column {table.names[j]!r}" if table.header else "the first column"
+        notes.append(f"{path}: dropped {name} (unnamed, {what}: a pandas index; write the file "
+                     "with index=False to leave it out)")
+    out = table.columns(range(len(drop), width))
+    out.notes = notes
+    if not table.header:
+        out.names = _positions(width - len(drop))
+    return out
 
 
-def _label_index(path: Path, names: list[str], table: np.ndarray, cols: Columns
-                 ) -> int | None:
+def _label_index(path: Path, table: _Table, cols: Columns) -> int | None:
     """Where the label column is (see the module docstring), or None."""
+    names = table.names
     if cols.label_column is not None:
         if cols.label_column not in names:
             raise CliError(f"{path}: no column named {cols.label_column!r} (columns: "
@@ -478,11 +635,13 @@ def _label_index(path: Path, names: list[str], table: np.ndarray, cols: Columns
         return names.index(cols.label_column)
     if "label" in names:
         return names.index("label")
-    width = table.shape[1]
-    if names == [str(j) for j in range(width)] and width > 1 and (
+    width = table.values.shape[1]
+    if names == _positions(width) and width > 1 and 0 not in table.text and (
+            0 not in table.empty) and (
             cols.logit_columns is None or "0" not in _split_list(cols.logit_columns)):
-        col = table[:, 0]
-        if bool(np.all(col == np.round(col))) and col.min() >= 0 and col.max() < width - 1:
+        col = table.values[:, 0]
+        classes = max(2, width - 1)  # one other column: a binary score (P(class 1), a logit)
+        if bool(np.all(col == np.round(col))) and col.min() >= 0 and col.max() < classes:
             return 0
     return None
 
@@ -491,10 +650,16 @@ def _split_list(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
-def _score_indices(path: Path, names: list[str], label: int | None, cols: Columns
-                   ) -> list[int]:
+def _score_indices(path: Path, table: _Table, label: int | None, cols: Columns
+                   ) -> tuple[list[int], list[int]]:
+    """The score columns, and the columns of text left out of them (only when the scores are
+    every other column, and only columns without a single number: a typo in a column of
+    scores is an error, and a column named in ``--logit-columns`` must hold numbers)."""
+    names = table.names
     if cols.logit_columns is None:
-        return [j for j in range(len(names)) if j != label]
+        others = [j for j in range(len(names)) if j != label]
+        return ([j for j in others if j not in table.words],
+                [j for j in others if j in table.words])
     wanted = _split_list(cols.logit_columns)
     if not wanted:
         raise CliError(f"--logit-columns: expected column names or a prefix, got "
@@ -505,7 +670,7 @@ def _score_indices(path: Path, names: list[str], label: int | None, cols: Column
         if not picked:
             raise CliError(f"{path}: no column named or starting with {prefix!r} (columns: "
                            f"{_listing(names)}); use --logit-columns")
-        return picked
+        return picked, []
     missing = [w for w in wanted if w not in names]
     if missing:
         raise CliError(f"{path}: no column named {_listing(missing)} (columns: "
@@ -514,24 +679,69 @@ def _score_indices(path: Path, names: list[str], label: int | None, cols: Column
     if label is not None and label in picked:
         raise CliError(f"{path}: column {names[label]!r} is both the label column and a score "
                        "column; use --label-column and --logit-columns to separate them")
-    return picked
+    return picked, []
 
 
-def _from_table(path: Path, names: list[str], table: np.ndarray, notes: list[str],
-                cols: Columns) -> Predictions:
-    width = table.shape[1]
-    headerless = names == [str(j) for j in range(width)]
-    names, table, notes = _drop_index(path, names, table, notes)
-    label = _label_index(path, names, table, cols)
-    scores = _score_indices(path, names, label, cols)
-    if headerless and cols.label_column is None and cols.logit_columns is None:
-        what = (f"column 0 (integers {table[:, 0].min():.0f}–{table[:, 0].max():.0f}) read as "
-                f"the labels and columns 1–{len(names) - 1} as the scores" if label == 0 else
+def _table_labels(path: Path, table: _Table, j: int) -> np.ndarray:
+    """The label column ``j`` as class indices, or an error naming the column and the line."""
+    name = table.names[j]
+    problem = table.cell_problem(j)
+    if problem is not None:
+        raise CliError(f"{path}: the label column {name!r} {problem}; labels must be integer "
+                       "class indices 0, 1, …")
+    col = table.values[:, j]
+    odd = np.flatnonzero(col != np.round(col))
+    if odd.size:
+        i = int(odd[0])
+        raise CliError(f"{path}: the label column {name!r} holds {col[i]:g} in "
+                       f"{table.where(i)}; labels must be integer class indices 0, 1, …")
+    return as_labels(col, path)
+
+
+def _table_scores(path: Path, table: _Table, scores: list[int]) -> np.ndarray:
+    """The score columns, every cell a number (``-inf`` allowed: an excluded class), or an
+    error naming the column and the line."""
+    for j in scores:
+        problem = table.cell_problem(j)
+        if problem is not None:
+            raise CliError(f"{path}: the score column {table.names[j]!r} {problem}; every score "
+                           "must be a number (choose the score columns with --logit-columns)")
+    values = table.values[:, scores]
+    bad = np.isnan(values) | np.isposinf(values)
+    if bad.any():
+        i, j = (int(v) for v in np.argwhere(bad)[0])
+        raise CliError(f"{path}: scores must be finite (-inf marks an excluded class), found "
+                       f"{values[i, j]} in {table.where(i)}, column {table.names[scores[j]]!r}")
+    none = np.flatnonzero(np.all(np.isneginf(values), axis=1))
+    if none.size:
+        raise CliError(f"{path}: {table.where(int(none[0]))} has no finite score (all -inf)")
+    return values
+
+
+def _from_table(path: Path, table: _Table, cols: Columns) -> Predictions:
+    table = _drop_index(path, table)
+    label = _label_index(path, table, cols)
+    scores, text = _score_indices(path, table, label, cols)
+    names, notes = table.names, list(table.notes)
+    if text:
+        notes.append(f"{path}: left out the column{'s' if len(text) > 1 else ''} "
+                     f"{_listing([names[j] for j in text])} (text, not scores)")
+    if not scores:
+        raise CliError(f"{path}: no score columns (columns: {_listing(names)}); use "
+                       "--logit-columns")
+    if (names == _positions(len(names)) and cols.label_column is None
+            and cols.logit_columns is None):
+        what = (f"column 0 (integers {table.values[:, 0].min():.0f}–"
+                f"{table.values[:, 0].max():.0f}) read as the labels and columns "
+                f"1–{len(names) - 1} as the scores" if label == 0 else
                 f"all {len(names)} columns read as scores (no label column)")
-        notes.append(f"{path}: no header row: {what}; give the file a header, or choose with "
+        where = "no header row" if not table.header else "columns named by position"
+        notes.append(f"{path}: {where}: {what}; give the file a header, or choose with "
                      "--label-column and --logit-columns (columns are numbered from 0)")
-    labels = None if label is None else as_labels(table[:, label], path)
-    return Predictions(table[:, scores], labels, notes, f"columns: {_listing(names)}")
+    labels = (None if label is None or not cols.want_labels
+              else _table_labels(path, table, label))
+    return Predictions(_table_scores(path, table, scores), labels, notes,
+                       f"columns: {_listing(names)}")
 
 
 # ------------------------------------------------------------------------------ PyTorch
@@ -595,10 +805,14 @@ def _read_pt(path: Path, cols: Columns) -> Predictions:
         if cols.logits_key not in obj:
             raise CliError(f"{path}: no entry named {cols.logits_key!r} ({found}); use "
                            "--logits-key")
-        labels = obj.get(cols.labels_key)
+        labels = obj.get(cols.labels_key) if cols.want_labels else None
         return Predictions(_tensor_to_numpy(obj[cols.logits_key]),
                            None if labels is None else as_labels(
                                np.asarray(_tensor_to_numpy(labels)), path), found=found)
+    if isinstance(obj, (list, tuple)):
+        raise CliError(f"{path}: holds a {type(obj).__name__} of {len(obj)} items; save the "
+                       "logits and labels as a dict (torch.save({'logits': tensor, 'labels': "
+                       "tensor}, path)) or as one tensor of logits")
     return Predictions(_tensor_to_numpy(obj), None, found="one tensor")
 
 
@@ -606,7 +820,14 @@ def _read_pt(path: Path, cols: Columns) -> Predictions:
 
 
 def as_labels(arr: np.ndarray, path: Path | str) -> np.ndarray:
-    """Integer labels (integral floats from text formats accepted)."""
+    """Integer labels ``(N,)`` (integral floats from text formats accepted; an ``(N, 1)``
+    column is read as ``(N,)``, as NumPy's ``savetxt``/``reshape(-1, 1)`` leave it)."""
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        hint = ("; one-hot or probability labels: pass their argmax" if arr.ndim == 2 else "")
+        raise CliError(f"{path}: expected a 1-D array of labels (class indices), got shape "
+                       f"{arr.shape}{hint}")
     if arr.dtype.kind in "biu":
         return arr.astype(np.int64)
     if arr.dtype.kind == "f":

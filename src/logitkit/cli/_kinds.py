@@ -2,8 +2,11 @@
 
 ``--input auto`` (the default) reads rows that are non-negative and sum to 1 within 1e-3, or a
 single column with every value in [0, 1], as probabilities; everything else is logits.
-Log-probabilities are logits already (``softmax(log p) = p``), so ``auto`` never needs to tell
-them apart; ``--input log-probs`` checks that they are.  The decision, and why, is written into
+Log-probabilities of ``K ≥ 2`` classes are logits already (``softmax(log p) = p``), so ``auto``
+never needs to tell them apart; ``--input log-probs`` checks that they are.  One column of
+values at most 0 is the exception: read as logits it is the binary logit ``z`` (``P = σ(z)``),
+while as ``log P(class 1)`` it is another model, so ``auto`` reads it as logits and says how to
+read it the other way.  The decision, and why, is written into
 the table and the report, so that ``apply`` reads its file the same way.
 
 The logits handed on are always ``(N, K)`` with ``K ≥ 2``:
@@ -85,6 +88,10 @@ def detect(scores: np.ndarray, given: str) -> Kind:
         else:
             why = f"every row is non-negative and sums to 1 within {SUM_TOL:g}"
         return Kind("probs", f"assumed: {why}; pass --input logits if they are logits")
+    if scores.shape[1] == 1 and scores.max() <= 0:
+        # log P(class 1) looks the same, and read as a logit it is a different model
+        return Kind("logits", "assumed: one column, every value at most 0, read as the binary "
+                              "logit; pass --input log-probs if it is log P(class 1)")
     if scores.min() < 0:
         why = "some values are negative"
     elif scores.shape[1] == 1:
