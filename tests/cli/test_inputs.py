@@ -181,6 +181,11 @@ def test_pandas_index_that_does_not_count_is_dropped_too(cli, data):
         assert p.shape == (len(yy), 4) and "pandas index" in err
         np.testing.assert_allclose(p, softmax(zz.astype(np.float64) / 2), rtol=1e-6)
     assert "'Unnamed: 0'" in " ".join(cli.report("twice.csv-out")["notes"])
+    # an index the user named is read as named, with a note
+    shuffled.rename_axis("id").to_csv("named_index.csv")
+    rep, _, err = _calibrate(cli, "named_index.csv", out="named-out")
+    assert rep["n_classes"] == 5 and "the column 'id' holds the integers 0–399" in err
+    assert "--logit-columns" in err
     assert t == pytest.approx(_t(z, y))
 
 

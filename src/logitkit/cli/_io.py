@@ -718,6 +718,24 @@ def _table_scores(path: Path, table: _Table, scores: list[int]) -> np.ndarray:
     return values
 
 
+def _index_like(path: Path, table: _Table, scores: list[int]) -> list[str]:
+    """Notes on named score columns that hold each of ``N`` consecutive integers once (an
+    index a user named, ``id``): read as scores, as named, but never without a word."""
+    n = table.values.shape[0]
+    if n < 3:
+        return []
+    values = table.values[:, scores]
+    integral = np.flatnonzero(np.all(values == np.round(values), axis=0))
+    notes = []
+    for j in integral:
+        col = values[:, j]
+        if col.max() - col.min() == n - 1 and np.unique(col).size == n:
+            notes.append(f"{path}: the column {table.names[scores[j]]!r} holds the integers "
+                         f"{col.min():.0f}–{col.max():.0f}, each once, like an index: read as "
+                         "scores; if it is an index, choose the scores with --logit-columns")
+    return notes
+
+
 def _from_table(path: Path, table: _Table, cols: Columns) -> Predictions:
     table = _drop_index(path, table)
     label = _label_index(path, table, cols)
@@ -738,6 +756,8 @@ def _from_table(path: Path, table: _Table, cols: Columns) -> Predictions:
         where = "no header row" if not table.header else "columns named by position"
         notes.append(f"{path}: {where}: {what}; give the file a header, or choose with "
                      "--label-column and --logit-columns (columns are numbered from 0)")
+    if cols.logit_columns is None:
+        notes.extend(_index_like(path, table, scores))
     labels = (None if label is None or not cols.want_labels
               else _table_labels(path, table, label))
     return Predictions(_table_scores(path, table, scores), labels, notes,
