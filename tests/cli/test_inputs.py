@@ -240,7 +240,7 @@ def test_a_column_of_text_is_left_out_and_text_where_numbers_belong_is_named(cli
     t = _t(z, y)
     for path in ("with_id.csv", "with_id.parquet"):
         rep, _, err = _calibrate(cli, path, out=path + "-auto")
-        assert rep["n_classes"] == 4 and "left out the column 'file'" in err
+        assert rep["n_classes"] == 4 and "left out the column 'file' (not a number" in err
         assert cli.temperature(rep) == pytest.approx(t, rel=1e-6)
         rep, _, _ = _calibrate(cli, path, "--logit-columns", "logit_", "--label-column",
                                "label", out=path + "-named")
@@ -294,6 +294,9 @@ def test_csv_cell_errors_name_the_line_and_the_column(cli):
                      match="line 3 has 2 fields, expected 3")
     assert "usecols" not in line
     cli.error("calibrate", "same.csv", "--out", "x", match="the header names 'a' more than once")
+    pathlib.Path("semicolons.csv").write_text("a;b;label\n0.1;0.2;0\n0.3;0.4;1\n")
+    cli.error("calibrate", "semicolons.csv", "--out", "x",
+              match="one field a line, with ';' in it; logitkit reads comma-separated values")
     # a line of blanks at the end is no row
     rng = np.random.default_rng(0)
     rows = "".join(f"{a:.4f},{b:.4f},{int(c)}\n" for a, b, c in
@@ -302,6 +305,13 @@ def test_csv_cell_errors_name_the_line_and_the_column(cli):
     pathlib.Path("blanks.csv").write_text("a,b,label\n" + rows + "   \n \t\n")
     rep, _, _ = _calibrate(cli, "blanks.csv")
     assert rep["n_samples"] == 60
+    # a comma at the end of every line: a column of nothing, left out
+    with open("blanks.csv") as fh:
+        trailing = "".join(line.rstrip("\n") + ",\n" for line in fh if line.strip())
+    pathlib.Path("trailing.csv").write_text(trailing)
+    rep, _, err = _calibrate(cli, "trailing.csv", out="trailing")
+    assert rep["n_samples"] == 60 and rep["n_classes"] == 2
+    assert "left out the column ''" in err
     assert not os.path.exists("x")
 
 

@@ -403,7 +403,7 @@ class _Table:
     # each column's first cell that is not a number: (row, its text); "" for an empty cell
     text: dict[int, tuple[int, str]] = field(default_factory=dict)
     empty: dict[int, int] = field(default_factory=dict)  # each column's first empty cell
-    words: set[int] = field(default_factory=set)  # columns of text only, no cell a number
+    words: set[int] = field(default_factory=set)  # columns without a single number
     first_field: str = ""  # the first line's first field, as written (CSV)
 
     def where(self, i: int) -> str:
@@ -443,6 +443,10 @@ def _read_csv(path: Path) -> _Table:
     if not numbered:
         raise CliError(f"{path}: the file has no rows")
     fields = [c.strip() for c in next(csv.reader([numbered[0][1]]))]
+    separator = next((c for c in ";\t|" if c in numbered[0][1]), None)
+    if len(fields) == 1 and separator is not None:
+        raise CliError(f"{path}: one field a line, with {separator!r} in it; logitkit reads "
+                       "comma-separated values (pandas: to_csv without sep)")
     notes: list[str] = []
     header = _is_header(fields)
     if header:
@@ -499,7 +503,7 @@ def _read_cells(path: Path, table: _Table, rows: list[str]) -> None:
             except ValueError:
                 table.values[i, j] = np.nan
                 table.text.setdefault(j, (i, cell))
-        if j in table.text and not numbers:
+        if not numbers:  # text only, or nothing (a trailing comma's column)
             table.words.add(j)
 
 
@@ -743,7 +747,7 @@ def _from_table(path: Path, table: _Table, cols: Columns) -> Predictions:
     names, notes = table.names, list(table.notes)
     if text:
         notes.append(f"{path}: left out the column{'s' if len(text) > 1 else ''} "
-                     f"{_listing([names[j] for j in text])} (text, not scores)")
+                     f"{_listing([names[j] for j in text])} (not a number in it: not scores)")
     if not scores:
         raise CliError(f"{path}: no score columns (columns: {_listing(names)}); use "
                        "--logit-columns")
