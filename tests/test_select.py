@@ -590,3 +590,24 @@ def test_separable_reads_blocks_and_stops_at_the_first_error(monkeypatch):
     zb = np.where(y[:200] % 2 == 1, 3.0, -3.0)
     assert sel_mod.separable(zb, y[:200] % 2)
     assert not sel_mod.separable(np.zeros(200), y[:200] % 2)
+
+
+def test_refitting_an_asked_for_method_on_separable_rows_says_it_was_fitted_anyway():
+    # regression: with --method temperature on separable rows the command line repeated
+    # select's "left as they are (method none)" while it saved temperature scaling
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(300, 3))
+    y = rng.integers(0, 3, 300)
+    z[np.arange(300), y] += 6
+    with pytest.warns(CalibrationWarning, match="left as they are"):
+        sel = select(z, y, methods=["temperature"], random_state=0)
+    assert sel.separable_ and sel.best_ == "none"
+    with pytest.warns(CalibrationWarning) as said:
+        cal = sel.refit("temperature")
+    text = " ".join(str(w.message) for w in said)
+    assert "separable" in text and "temperature was fitted anyway" in text
+    assert "over-confident" in text and "left as they are" not in text
+    assert cal.method == "temperature"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sel.refit("none")  # the choice itself: nothing more to say

@@ -57,6 +57,7 @@ from ._select import ACCURACY_FLAG as ACCURACY_FLAG
 from ._select import AUTO_MAX_CLASSES as AUTO_MAX_CLASSES
 from ._select import FULL_MAPS as FULL_MAPS
 from ._select import METHODS as METHODS
+from ._select import SEPARABLE as SEPARABLE
 from ._select import Selection as Selection
 from ._select import StackedCalibrator as StackedCalibrator
 from ._select import candidates_of as candidates_of
@@ -74,6 +75,7 @@ __all__ = [
     "AUTO_MAX_CLASSES",
     "FULL_MAPS",
     "METHODS",
+    "SEPARABLE",
     "BetaCalibrator",
     "BootstrapResult",
     "CalibrationStats",

@@ -502,6 +502,100 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+#: A fitted field's check for :meth:`Calibrator.from_dict`: ``(shape, rule)``.  Each extent of
+#: the shape is a number, ``"K"`` (the class count), ``"C"`` (the calibrated classes of the
+#: one-vs-rest calibrators: 1 for two classes, else K) or another name, bound by its first use
+#: and equal wherever it recurs, with an optional ``"+1"``; the rule is ``"finite"``,
+#: ``"positive"`` (finite, > 0), ``"non-negative"`` (finite, ≥ 0) or ``"probability"`` (in
+#: [0, 1]).
+FieldCheck = tuple[tuple[Any, ...], str]
+
+_RULES: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = {
+    "finite": ("finite number", np.isfinite),
+    "positive": ("finite number > 0", lambda a: np.isfinite(a) & (a > 0)),
+    "non-negative": ("finite number ≥ 0", lambda a: np.isfinite(a) & (a >= 0)),
+    "probability": ("number in [0, 1]", lambda a: (a >= 0) & (a <= 1)),
+}
+
+
+def _numbers(value: Any) -> np.ndarray | None:
+    """``value`` (a number, or nested lists of numbers) as a float64 array; None for anything
+    else (a bool, a string, ``None``, a ragged list)."""
+    def numeric(v: Any) -> bool:
+        if isinstance(v, list):
+            return all(numeric(u) for u in v)
+        if isinstance(v, np.ndarray):
+            return v.dtype.kind in "fiu"
+        return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+    if not numeric(value):
+        return None
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except ValueError:  # ragged
+        return None
+
+
+def _extent(dim: Any, sizes: dict[str, int]) -> int | None:
+    """The extent ``dim`` stands for, None while its name is unbound."""
+    if isinstance(dim, int):
+        return dim
+    name, _, plus = str(dim).partition("+")
+    return sizes[name] + int(plus or 0) if name in sizes else None
+
+
+def _wanted(shape: tuple[Any, ...], rule: str, sizes: dict[str, int]) -> str:
+    """What a field should hold, in words: "a finite number > 0", "4 finite numbers"."""
+    one = _RULES[rule][0]
+    many = one.replace("number", "numbers", 1)
+    if not shape:
+        return f"a {one}"
+    dims = [_extent(d, sizes) for d in shape]
+    if len(dims) == 1:
+        return f"a list of {many}" if dims[0] is None else f"{dims[0]} {many}"
+    return f"a {' × '.join('n' if d is None else str(d) for d in dims)} array of {many}"
+
+
+def check_fitted(checks: dict[str, FieldCheck], fitted: dict[str, Any], k: int,
+                 where: str) -> dict[str, int]:
+    """Raise :class:`LogitkitValueError` unless every field of ``checks`` is in ``fitted``:
+    numbers of the shape and rule it declares for ``k`` classes.  The one check of saved
+    calibrators (:meth:`Calibrator.from_dict`), driven by each class's own declaration
+    (:meth:`Calibrator._fitted_checks`), so that a hand-edited or damaged save is refused when
+    it is read, not found out as NaN probabilities or a broadcast error when it is applied.
+
+    Returns the extents the named dimensions were bound to."""
+    sizes = {"K": k, "C": 1 if k == 2 else k}
+    for name, (shape, rule) in checks.items():
+        arg = f"{where}['fitted'][{name!r}]"
+        if name not in fitted:
+            raise LogitkitValueError(expected(arg, _wanted(shape, rule, sizes),
+                                              Described("nothing (it is missing)")))
+        arr = _numbers(fitted[name])
+        if arr is None:
+            raise LogitkitValueError(expected(arg, _wanted(shape, rule, sizes), fitted[name]))
+        if arr.ndim != len(shape):
+            raise LogitkitValueError(expected(arg, _wanted(shape, rule, sizes),
+                                              Described(f"shape {arr.shape}")))
+        for dim, got in zip(shape, arr.shape, strict=True):
+            need = _extent(dim, sizes)
+            if need is None:
+                base, _, plus = str(dim).partition("+")
+                need = sizes[base] = got - int(plus or 0)
+                if need < 1:
+                    raise LogitkitValueError(expected(arg, _wanted(shape, rule, sizes),
+                                                      Described(f"shape {arr.shape}")))
+                need = got
+            if got != need:
+                raise LogitkitValueError(expected(arg, _wanted(shape, rule, sizes),
+                                                  Described(f"shape {arr.shape}")))
+        bad = ~_RULES[rule][1](arr)
+        if bad.any():
+            raise LogitkitValueError(expected(arg, _wanted(shape, rule, sizes),
+                                              Described(f"{float(arr[bad].flat[0])!r}")))
+    return sizes
+
+
 class Calibrator(Estimator):
     """Base of every calibrator: logits in, calibrated logits (and probabilities) out.
 
@@ -712,19 +806,36 @@ class Calibrator(Estimator):
         """
         if isinstance(data, str):
             data = json.loads(data)
+        return cls._from_dict(data, "data")
+
+    @classmethod
+    def _from_dict(cls, data: Any, where: str) -> Calibrator:
+        """:meth:`from_dict`, its errors naming the dictionary ``where`` (a report's
+        ``calibrator``, a mixture's component).
+
+        Everything ``transform`` reads is checked before it is set (:func:`check_fitted`, by
+        each class's :meth:`_fitted_checks`): a missing, non-numeric, non-finite or misshapen
+        value, or a class count that disagrees, is a :class:`LogitkitValueError` here, not a
+        NaN or a broadcast error when the calibrator is applied.  The fit's diagnostics
+        (``n_iter_``, ``converged_``, ...) are restored as saved, unchecked: nothing reads
+        them to compute."""
         if not isinstance(data, dict):
-            raise LogitkitTypeError(expected("data", "a dict written by to_dict", data))
+            raise LogitkitTypeError(expected(where, "a dict written by to_dict", data))
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise LogitkitValueError(expected("data['schema_version']", str(SCHEMA_VERSION),
-                                              version))
+        if type(version) is not int or version != SCHEMA_VERSION:  # not True, not 1.0
+            raise LogitkitValueError(expected(f"{where}['schema_version']",
+                                              str(SCHEMA_VERSION), version))
         method = data.get("method")
         if method not in _REGISTRY:
             raise LogitkitValueError(expected(
-                "data['method']", f"one of {', '.join(sorted(_REGISTRY))}", method))
+                f"{where}['method']", f"one of {', '.join(sorted(_REGISTRY))}", method))
         target = _REGISTRY[str(method)]
         if cls is not Calibrator and not issubclass(target, cls):
-            raise LogitkitValueError(expected("data['method']", repr(cls.method), method))
+            raise LogitkitValueError(expected(f"{where}['method']", repr(cls.method), method))
+        for part in ("params", "fitted"):
+            if not isinstance(data.get(part), dict):
+                raise LogitkitValueError(expected(f"{where}[{part!r}]", "a dict",
+                                                  data.get(part)))
         defaults = {p: getattr(target(), p) for p in target._param_names()}
         params = {}
         for name, value in data["params"].items():
@@ -732,13 +843,36 @@ class Calibrator(Estimator):
                 value = tuple(value)
             params[name] = value
         est = target(**params)
+        est._check_params()
         fitted = dict(data["fitted"])
-        est.n_classes_ = int(fitted.pop("n_classes_"))
+        k = fitted.pop("n_classes_", None)
+        if type(k) is not int or k < 2:
+            raise LogitkitValueError(expected(f"{where}['fitted']['n_classes_']",
+                                              "an integer ≥ 2", k))
+        if "n_classes" in data and data["n_classes"] != k:
+            raise LogitkitValueError(expected(
+                f"{where}['n_classes']", f"{k}, the fitted class count", data["n_classes"]))
+        checks = est._fitted_checks()
+        if est.from_probs and "zero_floor_" in fitted:
+            checks["zero_floor_"] = ((), "finite")
+        check_fitted(checks, fitted, k, where)
+        est.n_classes_ = k
         if est.from_probs:  # saved before the floor was fitted: the rule of then, LOG_TINY
             est.zero_floor_ = float(fitted.pop("zero_floor_", LOG_TINY))
+        est._check_fitted(fitted, where)
         est._decode_fitted(fitted)
         est._restore()
         return est
+
+    def _fitted_checks(self) -> dict[str, FieldCheck]:
+        """What :meth:`from_dict` checks of the saved fields ``transform`` reads (``{name:
+        (shape, rule)}``, see :data:`FieldCheck`); parameters are set, the class count not yet
+        (it is ``K`` in the shapes)."""
+        return {}
+
+    def _check_fitted(self, fitted: dict[str, Any], where: str) -> None:
+        """Checks of saved values beyond :meth:`_fitted_checks`'s (how fields relate), after
+        those passed; nothing by default."""
 
     def _encode_fitted(self) -> dict[str, Any]:
         """The fitted attributes of ``_fitted_fields`` as JSON-ready values (numbers, lists)."""

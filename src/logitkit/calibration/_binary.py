@@ -29,8 +29,8 @@ import numpy as np
 
 from .. import _kernels
 from .._core import log_softmax
-from .._namespace import check_choice, check_int, check_number
-from ._base import Calibrator, FitData, expand_rows, map_rows
+from .._namespace import LogitkitValueError, check_choice, check_int, check_number, expected
+from ._base import Calibrator, FieldCheck, FitData, expand_rows, map_rows
 from ._binning import edges_of
 from ._blocks import row_sums
 from ._engine import THREADS
@@ -369,6 +369,9 @@ class BetaCalibrator(_OneVsRest):
     method = "beta"
     _fitted_fields = ("coef_", "n_iter_", "converged_")
 
+    def _fitted_checks(self) -> dict[str, FieldCheck]:
+        return {"coef_": (("C", 3), "finite")}
+
     def __init__(self, *, reg: float = 0.5, max_iter: int = 100, tol: float = 1e-6,
                  from_probs: bool = False) -> None:
         self.reg = reg
@@ -547,6 +550,22 @@ class IsotonicCalibrator(_OneVsRest):
     _allow_neg_inf = True
     _fitted_fields = ("knots_x_", "knots_y_", "knots_start_", "floor_")
 
+    def _fitted_checks(self) -> dict[str, FieldCheck]:
+        return {"knots_x_": (("n",), "finite"), "knots_y_": (("n",), "probability"),
+                "knots_start_": (("C+1",), "non-negative"), "floor_": ((), "positive")}
+
+    def _check_fitted(self, fitted: dict[str, Any], where: str) -> None:
+        """Class ``c``'s knots are ``knots_start_[c]:knots_start_[c + 1]``: whole offsets from
+        0 to the knot count, each class with at least one knot (``np.interp`` needs one)."""
+        starts = np.asarray(fitted["knots_start_"], dtype=np.float64)
+        n = len(fitted["knots_x_"])
+        if not (np.all(starts == np.round(starts)) and starts[0] == 0 and starts[-1] == n
+                and np.all(np.diff(starts) >= 1)):
+            raise LogitkitValueError(expected(
+                f"{where}['fitted']['knots_start_']",
+                f"increasing whole offsets from 0 to the knot count {n}",
+                fitted["knots_start_"]))
+
     def __init__(self, *, from_probs: bool = False) -> None:
         self.from_probs = from_probs
 
@@ -668,6 +687,10 @@ class HistogramCalibrator(_OneVsRest):
     method = "histogram"
     _allow_neg_inf = True
     _fitted_fields = ("edges_", "values_", "floor_")
+
+    def _fitted_checks(self) -> dict[str, FieldCheck]:
+        return {"edges_": (("C", "B+1"), "finite"), "values_": (("C", "B"), "probability"),
+                "floor_": ((), "positive")}
 
     def __init__(self, *, n_bins: int = 10, binning: str = "uniform",
                  from_probs: bool = False) -> None:

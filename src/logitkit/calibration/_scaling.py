@@ -32,7 +32,7 @@ from .. import _kernels
 from .._core import log_softmax, softmax
 from .._losses._cross_entropy import cross_entropy_with_grad
 from .._namespace import LogitkitTypeError, check_number, expected
-from ._base import LOG_TINY, Calibrator, FitData, expand_rows, ridge
+from ._base import LOG_TINY, Calibrator, FieldCheck, FitData, expand_rows, ridge
 from ._blocks import row_sums
 from ._engine import THREADS, _bincount, in_order
 from ._fitting import CACHE_FEATURES, Result, lbfgs, newton, small_problem_threads
@@ -1157,6 +1157,10 @@ class _AffineScaler(Calibrator):
     def _spec_from_fitted(self) -> Features:
         return self._spec
 
+    def _fitted_checks(self) -> dict[str, FieldCheck]:
+        coef = ("K",) if self._form == "diag" else ("K", "K")
+        return {"coef_": (coef, "finite"), "intercept_": (("K",), "finite")}
+
     def _restore(self) -> None:
         self._spec = self._restored_spec()
 
@@ -1499,6 +1503,10 @@ class StructuredScaler(_AffineScaler):
     def _restored_spec(self) -> Features:
         return Features("tempered", self.n_classes_, beta=1.0 / self.temperature_,
                         mix=self.mix_)
+
+    def _fitted_checks(self) -> dict[str, FieldCheck]:
+        return {**super()._fitted_checks(), "temperature_": ((), "positive"),
+                "mix_": ((), "probability")}
 
     def _penalty(self, data: FitData, scale: float) -> Penalty:
         names = ("reg_intercept", "reg_diagonal", "reg_off_diagonal")

@@ -14,6 +14,7 @@ import numpy as np
 
 from .._core import log_softmax, logsumexp
 from .._namespace import (
+    Described,
     LogitkitError,
     LogitkitTypeError,
     LogitkitValueError,
@@ -24,6 +25,7 @@ from .._namespace import (
 from ._base import (
     CalibrationWarning,
     Calibrator,
+    FieldCheck,
     FitData,
     IdentityCalibrator,
     expand_rows,
@@ -144,6 +146,18 @@ SEPARABLE = ("every calibration row's label has the largest logit (the rows are 
              "as they are (method none); calibrate on more data, or on data with errors")
 
 
+def separable_fitted(method: str) -> str:
+    """What :meth:`Selection.refit` says (as a :class:`CalibrationWarning`) when it fits a
+    method on separable rows that :func:`select` left alone (the method was asked for): the
+    rows are separable, the method was fitted anyway, and what that risks; not
+    :data:`SEPARABLE`, which says the logits were left as they are."""
+    return ("every calibration row's label has the largest logit (the rows are separable): "
+            f"{method} was fitted anyway, as asked, but these rows cannot show how confident "
+            "to be on rows the model gets wrong (out of fold, sharpening the logits always "
+            "looks better), so it may be over-confident on new data; calibrate on more data, "
+            "or on data with errors")
+
+
 #: Entries of the input per block of rows when held-out rows are scored (or searched):
 #: a block's float64 calibrated logits take 8 MiB, whatever N.
 CHUNK_ELEMENTS = 1 << 20
@@ -241,12 +255,18 @@ class Selection:
 
         Returns:
             The fitted calibrator.
+
+        Warns:
+            CalibrationWarning: the rows are separable (:attr:`separable_`, so :func:`select`
+                chose "none") and ``method`` is another: it is fitted anyway.
         """
         if method not in self.fold_calibrators_:
             raise LogitkitValueError(expected(
                 "method", f"one of {', '.join(self.fold_calibrators_)}", method))
         if method == self.best_:
             return self.calibrator_
+        if self.separable_ and method != "none":
+            warnings.warn(separable_fitted(method), CalibrationWarning, stacklevel=2)
         return _refit(method, self._data, self._stack_weights)
 
     @cached_property
@@ -971,10 +991,43 @@ class StackedCalibrator(Calibrator):
         return {"methods_": list(self.methods_), "weights_": self.weights_.tolist(),
                 "components_": [c.to_dict() for c in self.components_]}
 
+    def _fitted_checks(self) -> dict[str, FieldCheck]:
+        return {"weights_": (("m",), "non-negative")}
+
+    def _check_fitted(self, fitted: dict[str, Any], where: str) -> None:
+        """One name and one component (itself checked, with this class count) per weight,
+        the weights summing to a positive number; the components are rebuilt here."""
+        m = len(fitted["weights_"])
+        arg = f"{where}['fitted']"
+        if not float(np.sum(fitted["weights_"])) > 0:
+            raise LogitkitValueError(expected(f"{arg}['weights_']",
+                                              "weights with a positive sum",
+                                              fitted["weights_"]))
+        names, parts = fitted.get("methods_"), fitted.get("components_")
+        if not (isinstance(names, list) and len(names) == m
+                and all(isinstance(n, str) for n in names)):
+            raise LogitkitValueError(expected(f"{arg}['methods_']",
+                                              f"{m} method names, one per weight", names))
+        if not (isinstance(parts, list) and len(parts) == m):
+            raise LogitkitValueError(expected(
+                f"{arg}['components_']", f"{m} calibrators, one per weight",
+                Described(f"{len(parts)} of them") if isinstance(parts, list) else parts))
+        built = [Calibrator._from_dict(c, f"{arg}['components_'][{i}]")
+                 for i, c in enumerate(parts)]
+        for i, c in enumerate(built):
+            if c.n_classes_ != self.n_classes_ or c.from_probs != self.from_probs:
+                raise LogitkitValueError(expected(
+                    f"{arg}['components_'][{i}]",
+                    f"a calibrator of {self.n_classes_} classes reading "
+                    f"{'probabilities' if self.from_probs else 'logits'} like the mixture",
+                    Described(f"one of {c.n_classes_} classes")))
+        fitted["components_"] = built
+
     def _decode_fitted(self, fitted: dict[str, Any]) -> None:
         self.methods_ = [str(m) for m in fitted["methods_"]]
         self.weights_ = np.asarray(fitted["weights_"], dtype=np.float64)
-        self.components_ = [Calibrator.from_dict(c) for c in fitted["components_"]]
+        self.components_ = [c if isinstance(c, Calibrator) else Calibrator.from_dict(c)
+                            for c in fitted["components_"]]
 
 
 CANDIDATES[STACKED] = (StackedCalibrator, {})

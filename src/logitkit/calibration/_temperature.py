@@ -12,7 +12,15 @@ import numpy as np
 from .._core import softmax
 from .._kernels import python_threads
 from .._namespace import LogitkitTypeError, LogitkitValueError, check_int, check_number, expected
-from ._base import CalibrationWarning, Calibrator, FitData, expand_rows, ridge, rowwise
+from ._base import (
+    CalibrationWarning,
+    Calibrator,
+    FieldCheck,
+    FitData,
+    expand_rows,
+    ridge,
+    rowwise,
+)
 from ._blocks import row_sums
 from ._nll_sums import _CHUNKS_PER_TASK, nll_sums
 
@@ -245,6 +253,9 @@ class TemperatureScaler(Calibrator):
 
     def _transform(self, z: Any, xp: Any) -> Any:
         return z / self.temperature_
+
+    def _fitted_checks(self) -> dict[str, FieldCheck]:
+        return {"temperature_": ((), "positive"), "beta_": ((), "positive")}
 
     def transform(self, logits: Any) -> Any:
         """The scaled logits ``z / T`` (log-probabilities ``/ T`` with ``from_probs``).
