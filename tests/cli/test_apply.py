@@ -186,9 +186,9 @@ def test_apply_refuses_reports_it_cannot_trust(cli, data):
         (["--report", "bad.json"], "not a JSON report"),
         (["--report", "list.json"], "a JSON list, expected an object"),
         (["--report", "old.json"], "has no schema_version"),
-        (["--report", "truncated.json"], "cannot rebuild its calibrator"),
+        (["--report", "truncated.json"], "malformed calibrator"),
         (["--report", "partial.json"], "missing or malformed 'calibrator'"),
-        (["--report", "unknown.json"], "cannot rebuild its calibrator"),
+        (["--report", "unknown.json"], "malformed calibrator (Expected `calibrator['method']`"),
         (["--report", "floor.json"], "malformed 'input.zero_floor'"),
     ]
     for args, match in cases:
@@ -226,3 +226,77 @@ def test_apply_reproduces_the_reports_calibrator(cli, data, method):
     cli.ok("apply", "preds.npz", "--report", "cal/report.json", "--out", "p.npy")
     expected = make_calibrator(method).fit(z, y).predict_proba(z)  # fitted on every row
     np.testing.assert_allclose(np.load("p.npy"), expected, rtol=1e-5, atol=1e-7)
+
+
+def _edited(report, path, edit):
+    import copy
+
+    rep = copy.deepcopy(report)
+    edit(rep, rep["calibrator"]["fitted"])
+    pathlib.Path(path).write_text(json.dumps(rep))
+    return path
+
+
+@pytest.mark.parametrize("method,edit,match", [
+    ("vector", lambda r, f: f.update(coef_=[float("nan")] * 4), "['coef_']` to be 4 finite"),
+    ("vector", lambda r, f: f.pop("coef_"), "['coef_']` to be 4 finite numbers, but got nothing"),
+    ("vector", lambda r, f: f.update(coef_=[1.0] * 3), "but got shape (3,)"),
+    ("vector", lambda r, f: f.update(coef_=[[1.0] * 4] * 4), "but got shape (4, 4)"),
+    ("vector", lambda r, f: f.update(coef_="1,1,1,1"), "but got '1,1,1,1'"),
+    ("vector", lambda r, f: f.update(intercept_=[1, True, 0, 0]), "['intercept_']"),
+    ("matrix", lambda r, f: f.update(coef_=[[1.0] * 4] * 3), "a 4 × 4 array"),
+    ("temperature", lambda r, f: f.pop("temperature_"), "['temperature_']` to be a finite "
+                                                        "number > 0"),
+    ("temperature", lambda r, f: f.update(temperature_=-2.0), "number > 0, but got -2.0"),
+    ("temperature", lambda r, f: f.update(temperature_=None), "number > 0, but got None"),
+    ("temperature", lambda r, f: r["calibrator"].update(n_classes=3), "calibrator.n_classes"),
+    ("temperature", lambda r, f: r.update(schema_version=True), "schema_version True"),
+    ("temperature", lambda r, f: r.update(schema_version=1.0), "schema_version 1.0"),
+    ("stacked", lambda r, f: f["weights_"].__setitem__(0, -0.5), "['weights_']` to be"),
+    ("stacked", lambda r, f: f.update(weights_=[0.0] * len(f["weights_"])), "positive sum"),
+    ("stacked", lambda r, f: f.update(weights_=f["weights_"][:-1]), "one per weight"),
+    ("stacked", lambda r, f: f["components_"].pop(), "one per weight, but got"),
+    ("stacked", lambda r, f: f["components_"][-1]["fitted"].update(n_classes_=3),
+     "['components_']"),
+])
+def test_apply_refuses_a_malformed_calibrator_before_reading_the_input(cli, data, method, edit,
+                                                                        match, monkeypatch):
+    # every fitted value the calibrator reads is checked when the report is loaded: one
+    # line naming --report, before the input is read (not NaN probabilities, a broadcast
+    # error or an internal error after it)
+    from logitkit.cli import _apply
+
+    z, y = data
+    np.savez("preds.npz", logits=z, labels=y)
+    rep = _calibrated(cli, "preds.npz", "cal", "--resamples", "0", method=method)
+    bad = _edited(rep, "bad.json", edit)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the input was read before the report was checked")
+
+    monkeypatch.setattr(_apply, "read_inputs", forbidden)
+    line = cli.error("apply", "preds.npz", "--report", bad, "--out", "p.npy", match=match)
+    assert line.startswith("logitkit: error: --report bad.json: ")
+    assert not pathlib.Path("p.npy").exists()
+
+
+def test_structured_vector_is_named_so_and_older_reports_still_apply(cli, data):
+    z, y = data
+    np.savez("preds.npz", logits=z, labels=y)
+    code, out, err = cli.run("calibrate", "preds.npz", "--method", "structured-vector", "--out",
+                             "sv", "--no-diagram", "--resamples", "0")
+    assert code == 0, err
+    assert "chosen: structured-vector (structured vector scaling" in out
+    rep = cli.report("sv")
+    assert rep["method"] == "structured-vector"
+    # the library's own format, as before
+    assert rep["calibrator"]["method"] == "structured"
+    assert rep["calibrator"]["params"]["form"] == "vector"
+    out, _ = cli.ok("apply", "preds.npz", "--report", "sv/report.json", "--out", "p.npy")
+    assert "calibrated by structured-vector (structured vector scaling" in out
+    # a report written before: "method": "structured", told apart by params.form only
+    rep["method"] = "structured"
+    pathlib.Path("old.json").write_text(json.dumps(rep))
+    out, _ = cli.ok("apply", "preds.npz", "--report", "old.json", "--out", "q.npy")
+    assert "calibrated by structured-vector (structured vector scaling" in out
+    np.testing.assert_array_equal(np.load("q.npy"), np.load("p.npy"))

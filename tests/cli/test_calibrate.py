@@ -573,7 +573,7 @@ def test_bad_options_are_one_line_and_exit_2(cli):
                         (["--input", "odds"], "invalid choice"),
                         (["--progress", "sometimes"], "invalid choice"),
                         (["--method", "auto", "--cv", "two"], "expected an integer ≥ 2"),
-                        (["--seed", "x"], "invalid int value"),
+                        (["--seed", "x"], "--seed: expected a non-negative integer, got 'x'"),
                         (["--unknown"], "unrecognized arguments")]:
         cli.error("calibrate", *args, "--out", "never", match=match)
     assert not os.path.exists("never")
@@ -626,3 +626,50 @@ def test_bench_bad_options_are_one_line_and_exit_2(cli):
     cli.error("bench", "--dtypes", "float16", match="--dtypes")
     cli.error("bench", "--peers", "numpy", match="--peers")
     cli.error("bench", "--repeats", "0", match="--repeats")
+
+
+def test_a_negative_seed_is_an_argument_error(cli, data):
+    np.savez("preds.npz", logits=data[0], labels=data[1])
+    cli.error("calibrate", "preds.npz", "--seed", "-1", "--out", "s", "--no-diagram",
+              match="argument --seed: expected a non-negative integer, got '-1'")
+    assert not os.path.exists("s")
+
+
+def test_a_method_named_on_separable_rows_is_said_to_be_fitted_anyway(cli):
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(300, 3))
+    y = rng.integers(0, 3, 300)
+    z[np.arange(300), y] += 6
+    np.savez("sep.npz", logits=z, labels=y)
+    code, out, err = cli.run("calibrate", "sep.npz", "--method", "temperature", "--out", "sp",
+                             "--no-diagram", "--resamples", "0")
+    assert code == 0, err
+    assert "chosen: temperature" in out
+    assert "separable" in err and "temperature was fitted anyway" in err
+    assert "left as they are" not in err
+    rep = cli.report("sp")
+    assert rep["method"] == "temperature"
+    assert not any("left as they are" in w for w in rep["warnings"])
+    # apply repeats the report's warnings: the same words
+    code, _, err = cli.run("apply", "sep.npz", "--report", "sp/report.json", "--out", "p.npy",
+                           "--force")
+    assert code == 0, err
+    assert "temperature was fitted anyway" in err and "left as they are" not in err
+
+
+def test_ctrl_c_at_start_up_is_one_line_and_130(cli, monkeypatch):
+    # regression: Ctrl-C during `from ._io import CliError` (the first thing main does)
+    # printed a traceback
+    import builtins
+
+    real = builtins.__import__
+
+    def importing(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "_io" or name.endswith("cli._io"):
+            raise KeyboardInterrupt
+        return real(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", importing)
+    code, out, err = cli.run("calibrate", "x.npz")
+    assert code == 130
+    assert err == "logitkit: interrupted\n" and "Traceback" not in out + err

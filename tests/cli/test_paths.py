@@ -160,3 +160,44 @@ def test_existing_output_needs_force_and_writes_are_atomic(make_data, cli):
     assert code == 0
     assert pathlib.Path("out/report.json").read_text() != before
     assert sorted(os.listdir("out")) == ["reliability.png", "report.json"]  # no temp files
+
+
+def test_force_refuses_a_folder_where_it_would_write_a_file_before_any_work(cli, files, no_work):
+    # --force replaces report.json and reliability.png: a folder of either name is refused
+    # before the fit (not an internal IsADirectoryError after it, the new diagram written)
+    for name in ("report.json", "reliability.png"):
+        pathlib.Path(f"out-{name}", name).mkdir(parents=True)
+        cli.error("calibrate", "preds.npz", "--out", f"out-{name}", "--force",
+                  match=f"--out out-{name}: out-{name}/{name} is a folder, expected a file")
+        assert os.listdir(f"out-{name}") == [name]
+
+
+def test_paths_are_checked_before_the_scheduler_is_reached(cli, files, monkeypatch):
+    import time
+
+    from logitkit.cli import _scheduler
+
+    def forbidden(address):
+        raise AssertionError("the scheduler was reached before every path was checked")
+
+    monkeypatch.setattr(_scheduler, "on_cluster", forbidden)
+    start = time.perf_counter()
+    cli.error("calibrate", "nosuch.npz", "--scheduler", "tcp://127.0.0.1:1", "--out", "q",
+              match="nosuch.npz: no such file")
+    cli.error("calibrate", "preds.npz", "--scheduler", "tcp://127.0.0.1:1", "--out", "afile/q",
+              match="--out afile/q: afile is a file, not a folder")
+    assert time.perf_counter() - start < 5  # well under the 10 s connect timeout
+
+
+def test_force_without_a_diagram_removes_the_earlier_runs_diagram(make_data, cli):
+    z, y = make_data()
+    np.savez("preds.npz", logits=z, labels=y)
+    pathlib.Path("out").mkdir()
+    pathlib.Path("out/mine.txt").write_text("keep")
+    cli.ok("calibrate", "preds.npz", "--out", "out", "--force", "--resamples", "0")
+    assert pathlib.Path("out/reliability.png").is_file()
+    cli.ok("calibrate", "preds.npz", "--out", "out", "--force", "--no-diagram",
+           "--resamples", "0")
+    assert cli.report("out")["diagram"] is None
+    # the old diagram showed another fit: gone; nothing else in the folder is touched
+    assert sorted(os.listdir("out")) == ["mine.txt", "report.json"]

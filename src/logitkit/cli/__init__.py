@@ -82,8 +82,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments without the program name (default ``sys.argv[1:]``).
 
     Returns:
-        0 on success, 2 for a user error (one line on stderr), 1 for an internal error.
+        0 on success, 2 for a user error (one line on stderr), 1 for an internal error, 130
+        when interrupted (Ctrl-C), at any point: the imports, which take a noticeable part of
+        a second, included.
     """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("logitkit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from .. import LogitkitError
     from ._io import CliError
 

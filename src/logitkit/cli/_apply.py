@@ -67,15 +67,21 @@ def _refusal(report: dict[str, Any]) -> str | None:
 def calibrator_from_report(cal: dict[str, Any], where: str
                            ) -> Callable[[np.ndarray], np.ndarray]:
     """The calibrated probabilities as a function of ``(N, K)`` logits, from the report's
-    ``Calibrator.to_dict()``."""
+    ``Calibrator.to_dict()``.
+
+    Rebuilt, and so checked, when the report is loaded, before any input is read: the library
+    checks every fitted value ``transform`` reads (present, numeric, finite, shaped for the
+    class count, temperatures > 0, mixture weights ≥ 0 with a positive sum, one component per
+    weight), so a damaged report is one line naming it, never NaN probabilities or a
+    traceback (an unknown method too: the line lists the known ones)."""
     from .. import LogitkitError
     from ..calibration import Calibrator
 
     try:
-        calibrator = Calibrator.from_dict(cal)
+        calibrator = Calibrator._from_dict(cal, "calibrator")
     except (LogitkitError, KeyError, TypeError, ValueError) as exc:
         text = str(exc).strip().splitlines()
-        raise CliError(f"{where}: cannot rebuild its calibrator "
+        raise CliError(f"{where}: malformed calibrator "
                        f"({text[0] if text else type(exc).__name__})") from None
     return lambda z: np.asarray(calibrator.predict_proba(z))
 

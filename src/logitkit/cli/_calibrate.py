@@ -45,7 +45,14 @@ from ._options import (
 )
 from ._outcome import Labelled, Outcome, check_label_range, held_out
 from ._progress import Progress
-from ._report import SCHEMA_VERSION, candidates, describe_calibrator, measured, render
+from ._report import (
+    SCHEMA_VERSION,
+    candidates,
+    describe_calibrator,
+    measured,
+    method_name,
+    render,
+)
 
 DEFAULT_OUT = "logitkit-calibration"
 REPORT = "report.json"
@@ -69,7 +76,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "temperature in the table)")
     p.add_argument("--cv", type=fold_count, default=5, metavar="N",
                    help="folds of the cross-validation (default: 5)")
-    p.add_argument("--seed", type=int, default=0, metavar="N",
+    p.add_argument("--seed", type=non_negative_int, default=0, metavar="N",
                    help="seed of the fold assignment (default: 0, so reruns agree)")
     p.add_argument("--test", type=Path, metavar="FILE",
                    help="held-out predictions with labels (or a folder of them): every 'after' "
@@ -132,7 +139,15 @@ def _out_dir(args: argparse.Namespace) -> Path:
         check_output_folder(candidate, force=False, replaces=())
         return candidate
     check_output_folder(args.out, force=args.force, replaces=(REPORT, DIAGRAM))
-    return Path(args.out)
+    out = Path(args.out)
+    for name in (REPORT, DIAGRAM):
+        # what --force replaces must be a file: a folder (or anything else) there would only
+        # fail at the write, after the whole fit
+        entry = out / name
+        if (entry.exists() or entry.is_symlink()) and not entry.is_file():
+            what = "a folder" if entry.is_dir() else "not a regular file"
+            raise CliError(f"--out {args.out}: {entry} is {what}, expected a file")
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,12 +155,16 @@ def _out_dir(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.files and args.scheduler is not None:
+    """Every path is checked before the Dask scheduler is reached: a typo is reported at once,
+    not after a connection attempt (up to its 10 s timeout)."""
+    files, test_files = _check_paths(args)
+    out = _out_dir(args)
+    if files and args.scheduler is not None:
         from ._scheduler import on_cluster
 
         with on_cluster(args.scheduler):
-            return _run(args)
-    return _run(args)
+            return _run(args, files, test_files, out)
+    return _run(args, files, test_files, out)
 
 
 def _check_paths(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
@@ -168,9 +187,8 @@ def _check_paths(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     return files, test
 
 
-def _run(args: argparse.Namespace) -> int:
-    files, test_files = _check_paths(args)
-    out = _out_dir(args)
+def _run(args: argparse.Namespace, files: list[Path], test_files: list[Path], out: Path
+         ) -> int:
     # ---- every path is fine: the work starts here, with the diagram's helper process forked
     # first (before anything reads, fits or starts a thread; never beside a Dask client; only
     # with an idle core): it imports matplotlib while this process reads and fits, then draws
@@ -229,7 +247,7 @@ def _work(args: argparse.Namespace, files: list[Path], test_files: list[Path], o
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "logitkit_version": _version(),
-        "method": cal.method,
+        "method": method_name(cal.to_dict()),
         "calibrator": cal.to_dict(),
         "n_classes": int(k),
         "input": {"kind": train.kind.name, "reason": train.kind.reason,
@@ -256,6 +274,11 @@ def _work(args: argparse.Namespace, files: list[Path], test_files: list[Path], o
     if png is not None:
         atomic_write(out / DIAGRAM, lambda fh: fh.write(png))
     write_json(out / REPORT, report)
+    if png is None and (out / DIAGRAM).is_file():
+        # an earlier run's diagram (--force into its folder) would sit beside a report that
+        # says "diagram": null and show another fit; it is this command's own file name
+        # (checked a file before the work), and nothing else in the folder is touched
+        (out / DIAGRAM).unlink()
 
     for note in report["warnings"]:
         print(f"logitkit: warning: {note}", file=sys.stderr)
@@ -302,7 +325,7 @@ def fit(train: Labelled, test: Labelled | None, args: argparse.Namespace,
     ``ready(calibrator, before, after, evaluation)`` is called as soon as those figures are
     measured, before the other candidates' (the diagram is drawn meanwhile).
     """
-    from ..calibration import CalibrationWarning, select
+    from ..calibration import SEPARABLE, CalibrationWarning, select
 
     n = int(train.logits.shape[0])
     methods = "auto" if args.method == "auto" else [args.method]
@@ -323,8 +346,11 @@ def fit(train: Labelled, test: Labelled | None, args: argparse.Namespace,
         # the method asked for, although another candidate scored better: refitted on all
         # rows as select refits its choice
         cal = sel.refit(chosen)
+    # select's separable warning says it left the logits alone: not so when another method
+    # was asked for, whose refit says instead that it was fitted anyway (and what it risks)
     said = list(dict.fromkeys([*row["warnings"], *(
-        str(w.message) for w in caught if issubclass(w.category, CalibrationWarning))]))
+        str(w.message) for w in caught if issubclass(w.category, CalibrationWarning)
+        and not (chosen != sel.best_ and str(w.message) == SEPARABLE))]))
     opts = Options.from_args(args)
     # every candidate's out-of-fold figures, from the engine (no refit: each fold's calibrator
     # on the rows it did not see); "none"'s are the model's own figures on these rows.  The

@@ -8,7 +8,10 @@ report does not.  ``apply`` reads it back through :func:`load_report`, which che
 Schema (version 1)::
 
     schema_version   1
-    method           the chosen calibrator ("none": the scores are left as they are)
+    method           the chosen calibrator, as --method names it ("none": the scores are
+                     left as they are; "structured-vector", whose calibrator.method is
+                     "structured" with params.form "vector"; earlier reports wrote
+                     "structured" there too, and apply reads only calibrator)
     calibrator       what apply needs to rebuild it: Calibrator.to_dict() (method, params,
                      fitted values, class count; restored by Calibrator.from_dict)
     n_classes        K (apply refuses a file with another class count)
@@ -216,10 +219,22 @@ _METHODS = {
 }
 
 
+def method_name(cal: dict[str, Any]) -> str:
+    """The method's name as ``--method`` and the candidates table spell it, from a
+    calibrator's ``to_dict()``: ``StructuredScaler(form="vector")`` saves itself as method
+    "structured" with ``params.form`` "vector" (the library's format, which ``from_dict``
+    reads and reports of every version hold), and is "structured-vector" to a reader."""
+    method = str(cal["method"])
+    params = cal.get("params")
+    if method == "structured" and isinstance(params, dict) and params.get("form") == "vector":
+        return "structured-vector"
+    return method
+
+
 def describe_calibrator(cal: dict[str, Any], *, short: bool = False) -> str:
     """The chosen calibrator in a few words (``cal``: its ``to_dict()``); ``short`` for a
     title."""
-    method = cal["method"]
+    method = method_name(cal)
     t = cal.get("fitted", {}).get("temperature_")
     if method == "temperature" and isinstance(t, (int, float)):
         return f"temperature, T = {t:.3g}" if short else f"temperature (T = {t:.4g})"
@@ -256,7 +271,7 @@ def load_report(path: Path) -> dict[str, Any]:
         raise CliError(f"--report {path}: not a report of `logitkit calibrate` (a JSON "
                        f"{type(report).__name__}, expected an object)")
     version = report.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:  # true and 1.0 are not 1
         what = "has no schema_version" if version is None else f"has schema_version {version!r}"
         raise CliError(f"--report {path}: {what}; this logitkit reads version "
                        f"{SCHEMA_VERSION}: run `logitkit calibrate` again to write one")
@@ -268,6 +283,9 @@ def load_report(path: Path) -> dict[str, Any]:
     k = report.get("n_classes")
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         problems.append("'n_classes' (an integer ≥ 2)")
+    elif isinstance(cal, dict) and cal.get("n_classes", k) != k:
+        problems.append(f"'calibrator.n_classes' ({k}, the report's n_classes; got "
+                        f"{cal['n_classes']!r})")
     kind = report.get("input")
     if not (isinstance(kind, dict) and kind.get("kind") in ("logits", "probs", "log-probs")):
         problems.append("'input' (with 'kind' logits, probs or log-probs)")
