@@ -693,3 +693,16 @@ def test_bad_files_are_one_line_and_exit_2(cli, data):
     for args, match in cases:
         cli.error("calibrate", *args, "--out", "never", match=match)
     assert not os.path.exists("never")
+
+
+def test_a_calibration_set_of_one_class_or_fewer_rows_than_folds_is_refused(cli, data):
+    z, y = data
+    np.savez("one.npz", logits=z, labels=np.full(len(y), 2))
+    cli.error("calibrate", "one.npz", "--out", "x",
+              match="one.npz: every label is 2; calibration needs rows of at least two classes")
+    np.savez("small.npz", logits=z[:3], labels=np.array([0, 1, 0]))
+    cli.error("calibrate", "small.npz", "--out", "x",
+              match="--cv 5: more folds than the 3 rows of small.npz; pass --cv 3 or fewer")
+    rep, _, _ = _calibrate(cli, "small.npz", "--cv", "3", out="three")
+    assert rep["n_samples"] == 3
+    assert not os.path.exists("x")

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..calibration import AUTO_MAX_CLASSES, FULL_MAPS, candidates_of
 from ..calibration import METHODS as ALL_METHODS
 from ._helper import Helper, idle_core
@@ -130,6 +132,19 @@ def read_labelled(paths: list[Path], cols: Columns, labels: Path | None, given: 
                     used)
 
 
+def _check_fit_rows(y: np.ndarray, where: str, cv: int) -> None:
+    """A calibration set that cross-validation can use: rows of two classes at least (with one,
+    every calibrator learns to predict it, and the held-out table says "accuracy 1.0"), and a
+    row for every fold (the library's own message names neither the file nor ``--cv``)."""
+    classes = np.unique(y)
+    if classes.size < 2:
+        raise CliError(f"{where}: every label is {int(classes[0])}; calibration needs rows of "
+                       "at least two classes")
+    if y.shape[0] < cv:
+        raise CliError(f"--cv {cv}: more folds than the {y.shape[0]} rows of {where}; pass "
+                       f"--cv {y.shape[0]} or fewer")
+
+
 def _out_dir(args: argparse.Namespace) -> Path:
     if args.out is None:
         candidate, i = Path(DEFAULT_OUT), 1
@@ -213,6 +228,7 @@ def _work(args: argparse.Namespace, files: list[Path], test_files: list[Path], o
         source, title = ", ".join(train.inputs), _data_name(args.files, files)
     elif files:
         train = read_labelled(files, cols, args.labels, args.input)
+        _check_fit_rows(train.y, str(files[0]), args.cv)
         source, title = ", ".join(train.inputs), _data_name(args.files, files)
     else:
         from ._demo import make_demo
