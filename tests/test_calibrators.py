@@ -1939,3 +1939,85 @@ def test_least_probability_is_the_least_positive_value_whatever_the_layout(dtype
     q = col.astype(np.float64)
     both = np.concatenate([q[q > 0], (1.0 - q)[(1.0 - q) > 0]])
     assert least_probability(col).value == float(both.min())
+
+
+# --------------------------------------------------------------------------------------------
+# half precision, masked Dask arrays, tracing, seeds: what a tester's inputs found
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [TemperatureScaler, VectorScaler, BetaCalibrator])
+def test_bfloat16_logits_are_fitted_as_their_float32_values(cls):
+    torch = pytest.importorskip("torch")
+    jnp = pytest.importorskip("jax.numpy")
+    z, y = make(n=600, k=3)
+    zt = torch.tensor(z, dtype=torch.bfloat16)
+    want = quiet(cls(), zt.float().numpy(), y)
+    for logits, labels in [(zt, torch.tensor(y)),
+                           (jnp.asarray(z, dtype=jnp.bfloat16), jnp.asarray(y))]:
+        got = quiet(cls(), logits, labels)
+        for name in got._fitted_fields:
+            np.testing.assert_array_equal(np.asarray(getattr(got, name)),
+                                          np.asarray(getattr(want, name)))
+
+
+@pytest.mark.parametrize("cls", [VectorScaler, MatrixScaler, DirichletScaler, StructuredScaler,
+                                 StackedCalibrator])
+def test_float16_logits_are_mapped_in_float32_and_rounded_at_the_end(cls):
+    torch = pytest.importorskip("torch")
+    da = pytest.importorskip("dask.array")
+    z, y = make(n=800, k=3)
+    cal = quiet(cls(), z, y)
+    x16 = (10 * z).astype(np.float16)  # logits of a few hundred
+    exact = np.asarray(cal.predict_proba(x16.astype(np.float64)))
+    for x, back in [(x16, np.asarray), (torch.from_numpy(x16), lambda t: t.numpy()),
+                    (da.from_array(x16, chunks=(300, 3)), lambda d: d.compute())]:
+        p = back(cal.predict_proba(x))
+        assert p.dtype == np.float16
+        # float16's own rounding of a probability, not of logits of a few hundred (0.02-0.1)
+        np.testing.assert_allclose(p.astype(np.float64), exact, atol=2e-3)
+        logp = back(cal.predict_log_proba(x)).astype(np.float64)
+        assert np.all(np.isfinite(logp) | (exact == 0))
+    big = np.array([[60000.0, 59000.0, 0.0]], dtype=np.float16)
+    if cls is not StackedCalibrator:
+        assert np.asarray(cal.predict_proba(big)).argmax() == np.asarray(
+            cal.predict_proba(big.astype(np.float64))).argmax()
+        assert np.all(np.isfinite(np.asarray(cal.predict_proba(big), dtype=np.float64)))
+
+
+@pytest.mark.parametrize("cls", [TemperatureScaler, VectorScaler, MatrixScaler])
+def test_boolean_masked_dask_arrays_are_fitted(cls):
+    da = pytest.importorskip("dask.array")
+    z, y = make(n=600, k=3)
+    zd, yd = da.from_array(z, chunks=(100, 3)), da.from_array(y, chunks=100)
+    keep = yd >= 0  # every row, but Dask no longer knows how many
+    assert math.isnan(zd[keep].shape[0])
+    got, want = quiet(cls(), zd[keep], yd[keep]), quiet(cls(), z, y)
+    np.testing.assert_allclose(np.asarray(got.predict_proba(z)),
+                               np.asarray(want.predict_proba(z)), rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [BetaCalibrator, IsotonicCalibrator, HistogramCalibrator])
+def test_calibrators_mapped_in_numpy_refuse_jit_in_one_line(cls):
+    jax = pytest.importorskip("jax")
+    jnp = pytest.importorskip("jax.numpy")
+    z, y = make(n=600, k=3)
+    cal = quiet(cls(), z, y)
+    with pytest.raises(LogitkitTypeError, match="cannot be traced"):
+        jax.jit(cal.predict_proba)(jnp.asarray(z))
+    np.testing.assert_allclose(np.asarray(cal.predict_proba(jnp.asarray(z))),
+                               np.asarray(cal.predict_proba(z)), rtol=1e-6)
+
+
+def test_bad_seeds_and_forms_name_the_argument():
+    from logitkit.calibration import select
+
+    z, y = make(n=300, k=3)
+    with pytest.raises(LogitkitTypeError, match="random_state"):
+        select(z, y, methods="temperature", random_state="seed")
+    with pytest.raises(LogitkitValueError, match="random_state"):
+        select(z, y, methods="temperature", random_state=-1)
+    with pytest.raises(LogitkitTypeError, match="random_state"):
+        StackedCalibrator(random_state=1.5).fit(z, y)
+    with pytest.raises(LogitkitValueError, match="form"):
+        StructuredScaler(form="diag").fit(z, y)

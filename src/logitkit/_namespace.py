@@ -255,7 +255,8 @@ def default_float(xp: Any, x: Array | None = None) -> Any:
         return xp.float64 if is_numpy(xp) else xp.float32
 
 
-def _is_low_precision(dtype: Any, xp: Any) -> bool:
+def is_low_precision(dtype: Any, xp: Any) -> bool:
+    """float16 or bfloat16 (of any library; not every namespace has float16)."""
     # Not every namespace has float16 (array_api_strict does not): look it up, do not assume it.
     f16 = getattr(xp, "float16", None)
     if f16 is not None and dtype == f16:
@@ -278,13 +279,13 @@ def compute_dtypes(x: Array, dtype: Any, xp: Any) -> tuple[Any, Any]:
         return x.dtype, x.dtype  # the common case, without the namespace's dtype queries
     if dtype is not None:
         dtype = _resolve_dtype(dtype, xp)
-        acc = xp.float32 if _is_low_precision(dtype, xp) else dtype
+        acc = xp.float32 if is_low_precision(dtype, xp) else dtype
         return acc, dtype
     in_dtype = x.dtype
     if not xp.isdtype(in_dtype, "real floating"):
         out = default_float(xp, x)
         return out, out
-    if _is_low_precision(in_dtype, xp):
+    if is_low_precision(in_dtype, xp):
         return xp.float32, in_dtype
     return in_dtype, in_dtype
 
@@ -306,7 +307,7 @@ def _resolve_dtype(dtype: Any, xp: Any) -> Any:
 
 def _is_float_dtype(dtype: Any, xp: Any) -> bool:
     try:
-        return bool(xp.isdtype(dtype, "real floating")) or _is_low_precision(dtype, xp)
+        return bool(xp.isdtype(dtype, "real floating")) or is_low_precision(dtype, xp)
     except Exception:
         return False
 

@@ -40,8 +40,10 @@ from .._namespace import (
     check_choice,
     check_int,
     check_number,
+    compute_dtypes,
     default_float,
     expected,
+    is_low_precision,
     is_numpy,
     namespace,
     to_numpy,
@@ -363,11 +365,20 @@ def _check_block(x: Any, y: Any, w: Any, *, k: int, from_probs: bool
 
 
 def _host(x: Any, arg: str) -> Any:
-    """``x`` as a NumPy array (a view where possible), or as is when partitioned."""
+    """``x`` as a NumPy array (a view where possible), or as is when partitioned.
+
+    float16 and bfloat16 come to the host as float32 (NumPy has no bfloat16: torch's and
+    JAX's were refused as "traced" or "not numeric"; every fit is in float64 anyway).  A
+    partitioned array whose row count is unknown (a boolean-masked Dask array) has it
+    computed first, as the metrics do (``compute_chunk_sizes``, one pass)."""
     if partitioned(x):
+        if any(math.isnan(float(d)) for d in x.shape) and hasattr(x, "compute_chunk_sizes"):
+            x.compute_chunk_sizes()
         return x
     xp = namespace(x)
     arr = as_array(x, arg, xp)
+    if is_low_precision(arr.dtype, xp):
+        arr = astype(arr, xp.float32, xp)
     try:
         return np.asarray(to_numpy(arr))
     except Exception:  # a JAX tracer, a lazy array that cannot be read
@@ -477,7 +488,13 @@ def map_rows(fn: Callable[[np.ndarray], np.ndarray], z: Any, xp: Any) -> Any:
 
     if partitioned(z):
         return map_row_blocks(rows, z)
-    out = rows(to_numpy(z))
+    try:
+        host = to_numpy(z)
+    except Exception:  # a JAX tracer (jax.jit), which has no values to read
+        raise LogitkitTypeError(expected(
+            "logits", "a concrete array: this calibrator maps its rows in NumPy, so it cannot "
+            "be traced (jax.jit) or differentiated", z)) from None
+    out = rows(host)
     if is_numpy(xp):
         return out
     import array_api_compat
@@ -708,23 +725,43 @@ class Calibrator(Estimator):
         Returns:
             ``(N, K)`` logits of the input's array type, floating dtype and device.
         """
+        return self._calibrated(logits)
+
+    def _calibrated(self, logits: Any, then: Callable[[Any], Any] | None = None) -> Any:
+        """``then`` (``softmax``, ``log_softmax``; nothing for :meth:`transform`) of the
+        calibrated logits, in the input's dtype, computed in float32 at least: float16 and
+        bfloat16 input is mapped in float32 and only the result is rounded to its dtype (the
+        library's rule for half precision).  Mapped in float16, calibrated logits of a few
+        hundred are rounded by a tenth, and their probabilities were 0.02-0.1 off (a row of
+        60000 overflowed to ``inf``); rounded after the softmax, a probability is off by at
+        most float16's 2⁻¹¹."""
         xp, z = self._checked_input(logits)
+        finish = (lambda t: t) if then is None else then
         if partitioned(z):  # the NumPy map on each row block, lazily
-            return map_row_blocks(lambda b: self._transform(np.asarray(b), np).astype(
-                b.dtype, copy=False), z)
-        return self._transform(z, xp)
+            def block(b: Any) -> np.ndarray:
+                host = np.asarray(b)
+                work = host.astype(np.promote_types(host.dtype, np.float32), copy=False)
+                return np.asarray(finish(self._transform(work, np))).astype(host.dtype,
+                                                                             copy=False)
+
+            return map_row_blocks(block, z)
+        work, out = compute_dtypes(z, None, xp)
+        if work == out:
+            return finish(self._transform(z, xp))
+        return astype(finish(self._transform(astype(z, work, xp), xp)), out, xp)
 
     def fit_transform(self, logits: Any, y: Any, sample_weight: Any = None) -> Any:
         """``fit(logits, y, sample_weight).transform(logits)``."""
         return self.fit(logits, y, sample_weight).transform(logits)
 
     def predict_proba(self, logits: Any) -> Any:
-        """Calibrated probabilities ``softmax(transform(logits))``, ``(N, K)``, input's type."""
-        return rowwise(lambda z: softmax(z, axis=-1), self.transform(logits))
+        """Calibrated probabilities ``softmax(transform(logits))``, ``(N, K)``, input's type
+        (and dtype: half precision is calibrated in float32, then rounded)."""
+        return self._calibrated(logits, lambda z: softmax(z, axis=-1))
 
     def predict_log_proba(self, logits: Any) -> Any:
         """``log_softmax(transform(logits))``, exact where the probability underflows."""
-        return rowwise(lambda z: log_softmax(z, axis=-1), self.transform(logits))
+        return self._calibrated(logits, lambda z: log_softmax(z, axis=-1))
 
     def predict(self, logits: Any) -> Any:
         """The most probable class of each row after calibration, ``(N,)``, input's type."""

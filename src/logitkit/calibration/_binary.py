@@ -339,6 +339,10 @@ class BetaCalibrator(_OneVsRest):
     and below) drove the map to extreme probabilities on new rows (digits MLP: test NLL 0.169
     against betacal's 0.115).
 
+    Its map runs in NumPy on the host: the result comes back in the input's array type, but
+    it is not differentiable (torch gradients do not flow through it) and cannot be traced
+    (``jax.jit`` gets a :class:`~logitkit.LogitkitTypeError` saying so).
+
     Args:
         reg: the ridge's weight (per ``N`` rows of total weight) toward the identity map;
             0 for the unpenalised method.
@@ -520,6 +524,10 @@ class IsotonicCalibrator(_OneVsRest):
     (scikit-learn's ``out_of_bounds="clip"``).  Values are kept in ``[floor, 1 − floor]``,
     ``floor = 1/(2(N + 1))``, so a class never gets probability exactly 0.
 
+    Its map runs in NumPy on the host: the result comes back in the input's array type, but
+    it is not differentiable (torch gradients do not flow through it) and cannot be traced
+    (``jax.jit`` gets a :class:`~logitkit.LogitkitTypeError` saying so).
+
     Args:
         from_probs: the inputs are probabilities (their logs are used).
 
@@ -659,6 +667,10 @@ class HistogramCalibrator(_OneVsRest):
     equal-mass bins from the fit's quantiles) and mapped to its bin's (weighted) share of
     ``[y = k]``; an empty bin gets the class's overall share.  Values are kept in
     ``[floor, 1 − floor]``, ``floor = 1/(2(N + 1))``, so a class never gets probability 0.
+
+    Its map runs in NumPy on the host: the result comes back in the input's array type, but
+    it is not differentiable (torch gradients do not flow through it) and cannot be traced
+    (``jax.jit`` gets a :class:`~logitkit.LogitkitTypeError` saying so).
 
     Args:
         n_bins: bins per class.

@@ -31,7 +31,7 @@ import numpy as np
 from .. import _kernels
 from .._core import log_softmax, softmax
 from .._losses._cross_entropy import cross_entropy_with_grad
-from .._namespace import LogitkitTypeError, check_number, expected
+from .._namespace import LogitkitValueError, check_number, expected
 from ._base import LOG_TINY, Calibrator, FieldCheck, FitData, expand_rows, ridge
 from ._blocks import row_sums
 from ._engine import THREADS, _bincount, in_order
@@ -1491,7 +1491,7 @@ class StructuredScaler(_AffineScaler):
     def _check_params(self) -> None:
         super()._check_params()
         if self.form not in ("matrix", "vector"):
-            raise LogitkitTypeError(expected("form", "one of 'matrix', 'vector'", self.form))
+            raise LogitkitValueError(expected("form", "one of 'matrix', 'vector'", self.form))
 
     def _features(self, data: FitData) -> Features:
         # a warm start's temperature_ starts the first stage

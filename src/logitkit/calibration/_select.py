@@ -146,6 +146,19 @@ SEPARABLE = ("every calibration row's label has the largest logit (the rows are 
              "as they are (method none); calibrate on more data, or on data with errors")
 
 
+def _generator(random_state: Any) -> np.random.Generator:
+    """The fold assignment's generator: ``None``, an int ≥ 0 (not a bool) or a Generator."""
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    want = "None, an integer ≥ 0 or a numpy.random.Generator"
+    if random_state is not None and (isinstance(random_state, bool) or not isinstance(
+            random_state, (int, np.integer))):
+        raise LogitkitTypeError(expected("random_state", want, random_state))
+    if random_state is not None and random_state < 0:
+        raise LogitkitValueError(expected("random_state", want, random_state))
+    return np.random.default_rng(random_state)
+
+
 def separable_fitted(method: str) -> str:
     """What :meth:`Selection.refit` says (as a :class:`CalibrationWarning`) when it fits a
     method on separable rows that :func:`select` left alone (the method was asked for): the
@@ -532,8 +545,7 @@ def select(logits: Any, y: Any, /, *, methods: Any = "auto", cv: int = 5,
     n = data.n
     if cv > n:
         raise LogitkitValueError(expected("cv", f"at most the number of rows ({n})", cv))
-    rng = random_state if isinstance(random_state, np.random.Generator) else \
-        np.random.default_rng(random_state)
+    rng = _generator(random_state)
     folds = stratified_folds(data.y, cv, rng)
     total = len(names) * cv + 1
     ticks = _Ticks(progress, total)
@@ -963,8 +975,7 @@ class StackedCalibrator(Calibrator):
                                               cv))
         names = [n for n in candidates_of(self.methods, n_classes=data.k)
                  if n != STACKED] + [STACKED]
-        rs = self.random_state
-        rng = rs if isinstance(rs, np.random.Generator) else np.random.default_rng(rs)
+        rng = _generator(self.random_state)
         folds = stratified_folds(data.y, cv, rng)
         ticks = _Ticks(None, 0)
         rows, fold_cals, losses, stats = _select(data, folds, names, cv, "nll", ticks)
