@@ -1367,9 +1367,9 @@ def test_prior_bias_is_the_prior_shift_correction(weighted):
 
 
 def test_prior_bias_is_not_trusted_far_from_the_rows(monkeypatch):
-    # logits x 300 (and a temperature start at its bound: the identity): corrections of
-    # hundreds of nats (up to 411) sent L-BFGS to max_iter where zero biases converged; beyond
-    # log K in some class the start keeps zero biases, and a separable start never asks
+    # logits x 300 at the identity: corrections of hundreds of nats (up to 411) sent L-BFGS
+    # to max_iter where zero biases converged; beyond log K in some class the start keeps
+    # zero biases
     from logitkit.calibration._base import fit_data
 
     z, y = make(n=40, k=17, seed=57)
@@ -1379,10 +1379,10 @@ def test_prior_bias_is_not_trusted_far_from_the_rows(monkeypatch):
     asked = []
     real = scaling._prior_bias
     monkeypatch.setattr(scaling, "_prior_bias", lambda *a: asked.append(a) or real(*a))
+    # x 300 is not separable: the start is the temperature map (T about 1350, past
+    # TemperatureScaler's own bound) with its prior biases
     quiet(MatrixScaler(), 300 * z, y)
-    assert not asked  # the temperature hit its bound: the identity start, zero biases
-    quiet(MatrixScaler(), z, y)
-    assert asked
+    assert asked and asked[0][2][0] == pytest.approx(1 / 1351.6, rel=1e-3)
 
 
 @pytest.mark.parametrize("cls", FULL_MAPS)
@@ -2021,3 +2021,18 @@ def test_bad_seeds_and_forms_name_the_argument():
         StackedCalibrator(random_state=1.5).fit(z, y)
     with pytest.raises(LogitkitValueError, match="form"):
         StructuredScaler(form="diag").fit(z, y)
+
+
+@pytest.mark.parametrize("cls", [VectorScaler, StructuredScaler, MatrixScaler])
+def test_scores_of_a_few_thousand_are_calibrated_like_logits(cls):
+    """The temperature stage's T is not cut at TemperatureScaler's 1e3: logits x 3000 and
+    x 30000 are fitted as well as x 3 (vector scaling had started at the identity and run out
+    of passes; structured scaling's first stage stopped at T = 1e3)."""
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=(500, 3)) * 2
+    y = (softmax(t, axis=1).cumsum(axis=1) > rng.random((500, 1))).argmax(axis=1)
+    base = -quiet(cls(), 3 * t, y).score(3 * t, y)
+    for scale in (3e3, 3e4):
+        cal = quiet(cls(), scale * t, y)
+        assert cal.converged_, (scale, cal.n_iter_)
+        assert -cal.score(scale * t, y) == pytest.approx(base, abs=1e-3), scale

@@ -1070,13 +1070,22 @@ def _probability_totals(x: Any, w: Any, *, spec: Features, scale: np.ndarray,
     return s0, s1
 
 
+#: The temperature stage's largest T.  TemperatureScaler's own bound, 1e3, is a bound on an
+#: answer; as a stage it cut scores of a few thousand short (logits x 3000: T = 1e3 "at its
+#: bound", read as separable, so vector scaling started at the identity and Newton ran out
+#: of passes, 100 of them, at a training NLL 760x matrix scaling's at x 3e4).  Only fits
+#: whose T would pass 1e3 change.
+STAGE_T_MAX = 1e12
+
+
 def _temperature_stage(data: FitData, warm: Any = None) -> Any:
     """Temperature scaling fitted on ``data`` (from ``warm``'s temperature when given) as a
     first stage of an affine map, its warnings silenced: a bound it hits is not the answer,
-    the map that follows is."""
+    the map that follows is.  T may reach :data:`STAGE_T_MAX`; at its lower bound the rows
+    are separable."""
     from ._temperature import TemperatureScaler
 
-    ts = TemperatureScaler(from_probs=data.from_probs)
+    ts = TemperatureScaler(from_probs=data.from_probs, bounds=(1e-2, STAGE_T_MAX))
     ts._warm = warm
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
