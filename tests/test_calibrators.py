@@ -2036,3 +2036,26 @@ def test_scores_of_a_few_thousand_are_calibrated_like_logits(cls):
         cal = quiet(cls(), scale * t, y)
         assert cal.converged_, (scale, cal.n_iter_)
         assert -cal.score(scale * t, y) == pytest.approx(base, abs=1e-3), scale
+
+
+@pytest.mark.parametrize("cls", [c for c in ALL if c._allow_neg_inf])
+def test_an_excluded_class_stays_excluded_after_calibration(cls):
+    """-inf marks a class excluded from a row (the command line says so too): every
+    calibrator that accepts it gives that class probability exactly 0 (structured scaling's
+    uniform mixture gave 0.10, histogram binning 0.099), and the other rows are unchanged."""
+    torch = pytest.importorskip("torch")
+    da = pytest.importorskip("dask.array")
+    z, y = make(n=600, k=3)
+    masked = z.copy()
+    rows = np.flatnonzero(y != 2)[:60]
+    masked[rows, 2] = -np.inf
+    cal = quiet(cls(), masked, y)
+    free = np.setdiff1d(np.arange(len(y)), rows)
+    for x, back in [(masked, np.asarray), (torch.from_numpy(masked), lambda t: t.numpy()),
+                    (da.from_array(masked, chunks=(200, 3)), lambda d: d.compute())]:
+        p = back(cal.predict_proba(x))
+        assert np.all(p[rows, 2] == 0.0)
+        np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-12)
+        np.testing.assert_allclose(p[free], np.asarray(cal.predict_proba(masked[free])),
+                                   rtol=1e-12)
+        assert np.all(np.isneginf(back(cal.transform(x))[rows, 2]))

@@ -723,7 +723,9 @@ class Calibrator(Estimator):
                 supported array library.
 
         Returns:
-            ``(N, K)`` logits of the input's array type, floating dtype and device.
+            ``(N, K)`` logits of the input's array type, floating dtype and device.  A class
+            whose input logit is ``-inf`` (excluded from its row) stays ``-inf``, so its
+            probability is exactly 0 whatever the map.
         """
         return self._calibrated(logits)
 
@@ -741,14 +743,27 @@ class Calibrator(Estimator):
             def block(b: Any) -> np.ndarray:
                 host = np.asarray(b)
                 work = host.astype(np.promote_types(host.dtype, np.float32), copy=False)
-                return np.asarray(finish(self._transform(work, np))).astype(host.dtype,
-                                                                             copy=False)
+                return np.asarray(finish(self._excluded(self._transform(work, np), work,
+                                                        np))).astype(host.dtype, copy=False)
 
             return map_row_blocks(block, z)
         work, out = compute_dtypes(z, None, xp)
         if work == out:
-            return finish(self._transform(z, xp))
-        return astype(finish(self._transform(astype(z, work, xp), xp)), out, xp)
+            return finish(self._excluded(self._transform(z, xp), z, xp))
+        z = astype(z, work, xp)
+        return astype(finish(self._excluded(self._transform(z, xp), z, xp)), out, xp)
+
+    def _excluded(self, out: Any, z: Any, xp: Any) -> Any:
+        """``out`` with ``-inf`` wherever the logits ``z`` are ``-inf``: a class excluded from
+        a row (masked) stays excluded, probability exactly 0, whatever the map (structured
+        scaling's uniform mixture gave one 0.10, histogram binning its bin's share).  Not for
+        probabilities (``from_probs``): a probability of 0 is read as the fit's floor."""
+        if self.from_probs:
+            return out
+        if is_numpy(xp):
+            mask = np.isneginf(z)
+            return np.where(mask, -np.inf, out) if mask.any() else out
+        return xp.where(xp.isinf(z) & (z < 0), xp.asarray(-math.inf, dtype=out.dtype), out)
 
     def fit_transform(self, logits: Any, y: Any, sample_weight: Any = None) -> Any:
         """``fit(logits, y, sample_weight).transform(logits)``."""
