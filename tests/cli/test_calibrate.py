@@ -620,6 +620,18 @@ def test_bench_json_and_table(cli):
     assert "output recycling" in out
 
 
+def test_bench_quick_keeps_the_repeats_and_shapes_it_is_given(cli):
+    argv = ["bench", "--quick", "--ops", "softmax", "--dtypes", "float32", "--peers", "none",
+            "--json"]
+    code, out, err = cli.run(*argv, "--repeats", "2", "--shapes", "8x16")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["repeats"] == 2 and [r["shape"] for r in report["results"]] == [[8, 16]]
+    code, out, err = cli.run(*argv, "--shapes", "8x16")
+    assert code == 0, err
+    assert json.loads(out)["repeats"] == 3
+
+
 def test_bench_bad_options_are_one_line_and_exit_2(cli):
     cli.error("bench", "--shapes", "12by4", match="--shapes")
     cli.error("bench", "--ops", "softmax,frobnicate", match="--ops")
@@ -673,3 +685,56 @@ def test_ctrl_c_at_start_up_is_one_line_and_130(cli, monkeypatch):
     code, out, err = cli.run("calibrate", "x.npz")
     assert code == 130
     assert err == "logitkit: interrupted\n" and "Traceback" not in out + err
+
+
+def test_a_test_file_that_is_also_a_calibration_file_is_refused(cli, data):
+    z, y = data
+    np.savez("cal.npz", logits=z, labels=y)
+    os.mkdir("shards")
+    np.savez("shards/a.npz", logits=z[:200], labels=y[:200])
+    np.savez("shards/b.npz", logits=z[200:], labels=y[200:])
+    cli.error("calibrate", "cal.npz", "--test", "cal.npz", "--out", "x",
+              match="cal.npz is a calibration file too")
+    cli.error("calibrate", "shards", "--test", "shards/b.npz", "--out", "x",
+              match="is a calibration file too")
+    cli.error("calibrate", "--scheduler", "tcp://127.0.0.1:1", "--out", "x",
+              match="--scheduler needs an input file")
+    assert not os.path.exists("x")
+
+
+def test_too_few_resamples_for_the_level_are_refused(cli, data):
+    z, y = data
+    np.savez("cal.npz", logits=z, labels=y)
+    cli.error("calibrate", "cal.npz", "--resamples", "2", "--out", "x",
+              match="--resamples 2: too few for a 0.95 interval (at least 40")
+    cli.error("calibrate", "cal.npz", "--resamples", "100", "--level", "0.99", "--out", "x",
+              match="(at least 200")
+    cli.ok("calibrate", "cal.npz", "--method", "temperature", "--resamples", "40", "--out",
+           "ok", "--no-diagram")
+    assert not os.path.exists("x")
+
+
+def test_an_undefined_mce_reads_n_a_not_inf(cli, data):
+    z, y = data
+    np.savez("cal.npz", logits=z, labels=y)
+    np.savez("test8.npz", logits=z[:8], labels=y[:8])
+    out, _ = cli.ok("calibrate", "cal.npz", "--test", "test8.npz", "--method", "temperature",
+                    "--out", "o", "--no-diagram")
+    mce = next(line for line in out.splitlines() if line.startswith("MCE"))
+    assert "inf" not in mce and mce.split()[1:] == ["n/a", "n/a"]
+    assert cli.report("o")["after"]["mce"] is None
+
+
+def test_test_labels_errors_and_notes_name_test_labels(cli, data):
+    z, y = data
+    np.savez("cal.npz", logits=z, labels=y)
+    os.mkdir("testshards")
+    np.savez("testshards/a.npz", logits=z[:200], labels=y[:200])
+    np.savez("testshards/b.npz", logits=z[200:], labels=y[200:])
+    np.save("labels.npy", y)
+    cli.error("calibrate", "cal.npz", "--test", "testshards", "--test-labels", "labels.npy",
+              "--out", "x", match="--test-labels works with one input file")
+    np.savez("test.npz", logits=z, labels=y)
+    _, err = cli.ok("calibrate", "cal.npz", "--test", "test.npz", "--test-labels",
+                    "labels.npy", "--method", "temperature", "--out", "o", "--no-diagram")
+    assert "test.npz: its own labels are replaced by those of --test-labels labels.npy" in err

@@ -133,3 +133,17 @@ def test_cluster_zero_probabilities_use_one_floor_for_every_shard_and_the_test(
     rep = cli.report("z")
     assert rep["input"]["zero_floor"] == pytest.approx(np.log(smallest / 2), rel=1e-12)
     assert "test.npz" in err and "as in the calibration file" in err
+
+
+def test_the_cluster_path_refuses_one_class_and_too_few_rows_as_the_local_path(
+        cli, client, tmp_path):
+    rng = np.random.default_rng(0)
+    write_shards(tmp_path / "one", rng.normal(size=(60, 3)), np.zeros(60, dtype=np.int64))
+    write_shards(tmp_path / "tiny", rng.normal(size=(6, 3)), np.array([0, 1] * 3))
+    address = client.scheduler.address
+    line = cli.error("calibrate", tmp_path / "one", "--scheduler", address, "--out", "x",
+                     match="every label is 0; calibration needs rows of at least two classes")
+    local = cli.error("calibrate", tmp_path / "one", "--out", "x", match="every label is 0")
+    assert line == local
+    cli.error("calibrate", tmp_path / "tiny", "--scheduler", address, "--cv", "10", "--out",
+              "x", match="--cv 10: more folds than the 6 rows of")

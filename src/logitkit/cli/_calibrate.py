@@ -18,8 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..calibration import AUTO_MAX_CLASSES, FULL_MAPS, candidates_of
 from ..calibration import METHODS as ALL_METHODS
 from ._helper import Helper, idle_core
@@ -45,7 +43,7 @@ from ._options import (
     non_negative_int,
     probability,
 )
-from ._outcome import Labelled, Outcome, check_label_range, held_out
+from ._outcome import Labelled, Outcome, check_fit_rows, check_label_range, held_out
 from ._progress import Progress
 from ._report import (
     SCHEMA_VERSION,
@@ -79,7 +77,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cv", type=fold_count, default=5, metavar="N",
                    help="folds of the cross-validation (default: 5)")
     p.add_argument("--seed", type=non_negative_int, default=0, metavar="N",
-                   help="seed of the fold assignment (default: 0, so reruns agree)")
+                   help="seed of the fold assignment (default: 0, so reruns agree; with "
+                        "--scheduler the folds interleave the rows, row i in fold (i + seed) "
+                        "mod N, so the seed only renumbers them)")
     p.add_argument("--test", type=Path, metavar="FILE",
                    help="held-out predictions with labels (or a folder of them): every 'after' "
                         "figure is measured there; without it they are cross-fitted")
@@ -120,7 +120,7 @@ def read_labelled(paths: list[Path], cols: Columns, labels: Path | None, given: 
                   what: str = "", floor: float | None = None) -> Labelled:
     """The one way ``calibrate`` reads a labelled set (the calibration file or ``--test``,
     whose zero probabilities are read as the calibration file's ``floor``)."""
-    pred = read_inputs(paths, cols, labels)
+    pred = read_inputs(paths, cols, labels, "--test-labels" if what == "--test" else "--labels")
     where = f"{what} {paths[0]}" if what else str(paths[0])
     if pred.labels is None:
         raise missing_labels(where, pred, cols, "--test-labels" if what == "--test" else "--labels")
@@ -130,19 +130,6 @@ def read_labelled(paths: list[Path], cols: Columns, labels: Path | None, given: 
     check_label_range(pred.labels, logits.shape[1], where)
     return Labelled(logits, pred.labels, kind, [str(p) for p in paths], pred.notes + notes,
                     used)
-
-
-def _check_fit_rows(y: np.ndarray, where: str, cv: int) -> None:
-    """A calibration set that cross-validation can use: rows of two classes at least (with one,
-    every calibrator learns to predict it, and the held-out table says "accuracy 1.0"), and a
-    row for every fold (the library's own message names neither the file nor ``--cv``)."""
-    classes = np.unique(y)
-    if classes.size < 2:
-        raise CliError(f"{where}: every label is {int(classes[0])}; calibration needs rows of "
-                       "at least two classes")
-    if y.shape[0] < cv:
-        raise CliError(f"--cv {cv}: more folds than the {y.shape[0]} rows of {where}; pass "
-                       f"--cv {y.shape[0]} or fewer")
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
@@ -184,8 +171,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_paths(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     """Every input path, before any work: the files (expanded), then the --test files."""
+    if 0 < args.resamples and args.resamples * (1.0 - args.level) / 2.0 < 1.0:
+        least = math.ceil(2.0 / (1.0 - args.level) - 1e-9)
+        raise CliError(f"--resamples {args.resamples}: too few for a {args.level:g} interval "
+                       f"(at least {least}: each tail needs a resample); pass 0 for no "
+                       "intervals")
     if not args.files:
-        for option in ("labels", "test", "test_labels"):
+        for option in ("labels", "test", "test_labels", "scheduler"):
             if getattr(args, option) is not None:
                 raise CliError(f"--{option.replace('_', '-')} needs an input file")
         return [], []
@@ -199,6 +191,12 @@ def _check_paths(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
         if args.test is None:
             raise CliError("--test-labels needs --test FILE")
         check_input_file(args.test_labels, "--test-labels")
+    calibration = {p.resolve() for p in files}
+    both = [p for p in test if p.resolve() in calibration]
+    if both:
+        raise CliError(f"--test {args.test}: {both[0]} is a calibration file too; the "
+                       "figures measured on --test are held out only on rows the calibrator "
+                       "did not see (leave --test out for cross-fitted figures)")
     return files, test
 
 
@@ -228,7 +226,8 @@ def _work(args: argparse.Namespace, files: list[Path], test_files: list[Path], o
         source, title = ", ".join(train.inputs), _data_name(args.files, files)
     elif files:
         train = read_labelled(files, cols, args.labels, args.input)
-        _check_fit_rows(train.y, str(files[0]), args.cv)
+        check_fit_rows(len(train.y), int(train.y.min()), int(train.y.max()),
+                       str(files[0]), args.cv)
         source, title = ", ".join(train.inputs), _data_name(args.files, files)
     else:
         from ._demo import make_demo

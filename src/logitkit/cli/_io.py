@@ -237,15 +237,18 @@ def _suffix(path: Path) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def read_inputs(paths: Sequence[Path], cols: Columns, labels: Path | None = None
-                ) -> Predictions:
+def read_inputs(paths: Sequence[Path], cols: Columns, labels: Path | None = None,
+                option: str = "--labels") -> Predictions:
     """Scores and labels of several files (already expanded), concatenated in order.
 
-    With ``labels`` (one input file only) the labels come from that file instead.
+    With ``labels`` (one input file only; ``option`` names it: ``--labels`` or
+    ``--test-labels``) the labels come from that file instead, with a note when the input file
+    had labels of its own.
     """
     if labels is not None and len(paths) > 1:
-        raise CliError("--labels works with one input file; give each file its labels instead")
-    parts = [read_predictions(p, cols, labels) for p in paths]
+        raise CliError(f"{option} works with one input file; give each file its labels "
+                       "instead")
+    parts = [read_predictions(p, cols, labels, option) for p in paths]
     widths = sorted({p.scores.shape[1] for p in parts})
     if len(widths) > 1:
         raise CliError(f"the input files have different numbers of columns: {widths}")
@@ -261,7 +264,8 @@ def read_inputs(paths: Sequence[Path], cols: Columns, labels: Path | None = None
     return Predictions(scores, y, notes, parts[0].found)
 
 
-def read_predictions(path: Path, cols: Columns, labels: Path | None = None) -> Predictions:
+def read_predictions(path: Path, cols: Columns, labels: Path | None = None,
+                     option: str = "--labels") -> Predictions:
     """Scores (and labels, when the file or ``labels`` has them) from one file."""
     suffix = _suffix(path)
     try:
@@ -281,6 +285,9 @@ def read_predictions(path: Path, cols: Columns, labels: Path | None = None) -> P
         raise CliError(f"{path}: cannot read it as {suffix[1:]} ({_first_line(exc)})") from None
     pred.scores = check_scores(pred.scores, path)
     if labels is not None:
+        if pred.labels is not None:
+            pred.notes.append(f"{path}: its own labels are replaced by those of {option} "
+                              f"{labels}")
         pred.labels, notes = read_labels(labels, cols, expected=pred.scores.shape[0])
         pred.notes.extend(notes)
         source = labels

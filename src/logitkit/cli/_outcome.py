@@ -35,6 +35,20 @@ def check_label_range(y: np.ndarray, k: int, where: str) -> None:
                        f"in 0..{k - 1})")
 
 
+def check_fit_rows(n: int, low: int, high: int, where: str, cv: int) -> None:
+    """A calibration set that cross-validation can use (``low``, ``high``: its least and
+    greatest label): rows of two classes at least (with one, every calibrator learns to
+    predict it, and the held-out table says "accuracy 1.0"), and a row for every fold (the
+    library's own message names neither the file nor ``--cv``).  The one check of the local
+    and the ``--scheduler`` paths."""
+    if low == high:
+        raise CliError(f"{where}: every label is {low}; calibration needs rows of at least "
+                       "two classes")
+    if n < cv:
+        raise CliError(f"--cv {cv}: more folds than the {n} rows of {where}; pass --cv {n} "
+                       "or fewer")
+
+
 @dataclass
 class Outcome:
     """What a fit produced: the calibrator and the held-out figures (the report's content)."""

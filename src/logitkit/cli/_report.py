@@ -27,7 +27,8 @@ Schema (version 1)::
                      "intervals", fit_seconds, fold_spread, accuracy_change, flagged,
                      converged, at_bound, error, chosen; and
     candidates_note  how they were scored
-    before, after    accuracy, nll, ece, mce, rms_ce, brier on the evaluation rows (null = inf)
+    before, after    accuracy, nll, ece, mce, rms_ce, brier on the evaluation rows (null: an
+                     infinite nll; for mce, not defined: no bin holds mce_min_count rows)
     intervals        {"level", "resamples", "before": {figure: [low, high]}, "after": {...}}
     bins, binning, mce_min_count, mce_excluded_bins, brier_decomposition
     inputs, test_inputs, source, notes, n_samples, diagram, logitkit_version
@@ -123,13 +124,22 @@ def candidates(table: list[dict[str, Any]], chosen: str,
 # --------------------------------------------------------------------------------------------
 
 
-def _fmt(v: float | None) -> str:
-    return "inf" if v is None else f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"
+def _fmt(v: float | None, missing: str = "inf") -> str:
+    return missing if v is None else f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"
 
 
-def _with_interval(v: float | None, ci: list[float | None] | None) -> str:
+#: How a figure that JSON holds as null reads in the table: the NLL is null when it is
+#: infinite; the MCE (bounded by 1) only when no bin holds ``mce_min_count`` predictions, where
+#: it is not defined (the table printed "inf [inf, inf]" there).
+UNDEFINED = {"mce": "n/a"}
+
+
+def _with_interval(v: float | None, ci: list[float | None] | None, key: str = "") -> str:
     """``value [low, high]``."""
-    return _fmt(v) if not ci else f"{_fmt(v)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+    missing = UNDEFINED.get(key, "inf")
+    if not ci or (v is None and missing != "inf"):
+        return _fmt(v, missing)
+    return f"{_fmt(v, missing)} [{_fmt(ci[0], missing)}, {_fmt(ci[1], missing)}]"
 
 
 def _with_spread(v: float | None, ci: list[float | None] | None) -> str:
@@ -170,8 +180,8 @@ def render(report: dict[str, Any]) -> str:
     lines.append(f"{'':10}{head:>28}{'after':>28}")
     b, a = report["before"], report["after"]
     for key, name in METRICS:
-        lines.append(f"{name:10}{_with_interval(b[key], ci['before'].get(key)):>28}"
-                     f"{_with_interval(a[key], ci['after'].get(key)):>28}")
+        lines.append(f"{name:10}{_with_interval(b[key], ci['before'].get(key), key):>28}"
+                     f"{_with_interval(a[key], ci['after'].get(key), key):>28}")
     if report["mce_excluded_bins"]["before"] or report["mce_excluded_bins"]["after"]:
         lines.append(f"(MCE over the bins of at least {report['mce_min_count']} predictions)")
     high = [name for key, name in METRICS if key in BINNED_ERRORS

@@ -77,7 +77,7 @@ def load_on_cluster(args: argparse.Namespace, files: list[Path]) -> Any:
     import dask.array as da
     from dask import delayed
 
-    from ._outcome import Labelled, check_label_range
+    from ._outcome import Labelled, check_fit_rows, check_label_range
 
     if args.binning == "quantile":
         raise CliError("--binning quantile needs every confidence in one place; use uniform "
@@ -112,6 +112,7 @@ def load_on_cluster(args: argparse.Namespace, files: list[Path]) -> Any:
         for s, m in zip(shards, meta, strict=True)])
     low, high = dask.compute(labels.min(), labels.max())
     check_label_range(np.array([low, high]), k, str(files[0]))
+    check_fit_rows(sum(int(m[0]) for m in meta), int(low), int(high), str(files[0]), args.cv)
     notes = [floor_note(files[0].parent, count, floor)] if count else []
     return Labelled(logits, labels, kind, [str(p) for p in files], notes, floor)
 

@@ -42,10 +42,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated subset of %(default)s")
     parser.add_argument("--peers", default=",".join(PEERS),
                         help="comma-separated subset of %(default)s, or 'none'")
-    parser.add_argument("--repeats", type=int, default=7,
+    parser.add_argument("--repeats", type=int, default=REPEATS,
                         help="timed repeats per figure; the median is reported (default 7)")
     parser.add_argument("--quick", action="store_true",
-                        help="small shapes and 3 repeats: a check that everything runs")
+                        help="small shapes and 3 repeats (unless --shapes or --repeats say "
+                             "otherwise): a check that everything runs")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -77,6 +78,8 @@ def _shapes(text: str) -> list[tuple[int, int]]:
     return out
 
 
+#: Timed repeats per figure by default (``--quick``: 3, unless ``--repeats`` is given).
+REPEATS = 7
 #: Untimed calls before the repeats: at least this many, and for at least this long.
 WARMUP_CALLS = 3
 WARMUP_SECONDS = 0.2
@@ -312,9 +315,9 @@ def run(args: argparse.Namespace) -> int:
     from ._io import CliError
 
     try:
-        if args.quick:
+        if args.quick:  # small shapes and 3 repeats, unless those are given too
             shapes = [(256, 4096), (8, 32768), (4096, 128)]
-            repeats = 3
+            repeats = 3 if args.repeats == REPEATS else args.repeats
         else:
             shapes = _shapes(args.shapes)
             repeats = args.repeats
