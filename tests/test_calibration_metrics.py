@@ -344,3 +344,80 @@ def test_norm_ordering_and_range(problem, n_bins, mode):
     assert_close(ece(p[perm], y[perm], n_bins=n_bins, mode=mode), l1, rtol=1e-12, atol=1e-15)
     assert 0.0 <= float(brier_score(p, y)) <= 2.0
     assert float(to_numpy(accuracy(p, y))) in {i / len(y) for i in range(len(y) + 1)}
+
+
+# --------------------------------------------------------------------------------------------
+# what a tester of the metrics found
+# --------------------------------------------------------------------------------------------
+
+
+def test_metrics_of_boolean_masked_dask_arrays():
+    da = pytest.importorskip("dask.array")
+    from logitkit.calibration import brier_decomposition, smooth_ece
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), 1000)
+    y = rng.integers(0, 3, 1000)
+    for fn in (ece, nll, brier_score, smooth_ece):
+        pd, yd = da.from_array(p, chunks=(250, 3)), da.from_array(y, chunks=250)
+        keep = yd >= 0  # every row, but Dask no longer knows how many
+        got = fn(pd[keep], yd[keep])
+        assert float(got.compute() if hasattr(got, "compute") else got) == pytest.approx(
+            float(fn(p, y)), rel=1e-12), fn.__name__
+    pd, yd = da.from_array(p, chunks=(250, 3)), da.from_array(y, chunks=250)
+    keep = yd >= 0
+    assert CalibrationStats().update(pd[keep], yd[keep]).compute()["ece"] == pytest.approx(
+        CalibrationStats().update(p, y).compute()["ece"], rel=1e-12)
+    dec = brier_decomposition(pd[keep], yd[keep])
+    assert float(dec["brier"].compute()) == pytest.approx(float(brier_score(p, y)), rel=1e-12)
+
+
+def test_nan_or_empty_edges_and_confidences_are_refused():
+    from logitkit.calibration import bin_edges
+
+    with pytest.raises(LogitkitValueError, match="edges"):
+        CalibrationStats(edges=[0.0, np.nan, 1.0])
+    with pytest.raises(LogitkitValueError, match="confidences"):
+        bin_edges(np.array([np.nan, 0.6, 0.9, 0.7]), 2)
+    with pytest.raises(LogitkitValueError, match="confidences"):
+        bin_edges(np.array([]), 3)
+    with pytest.raises(LogitkitValueError, match="confidences"):
+        bin_edges(np.array([0.5, 1.5]), 2)
+
+
+def test_a_binary_column_out_of_range_is_reported_as_given():
+    with pytest.raises(LogitkitValueError, match=r"but got 1\.5"):
+        ece(np.array([1.5, 0.2, 0.7]), np.array([1, 0, 1]))
+    with pytest.raises(LogitkitValueError, match=r"but got -0\.25"):
+        ece(np.array([0.3, -0.25, 0.7]), np.array([1, 0, 1]))
+
+
+def test_stats_of_another_min_count_are_not_merged():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), 200)
+    y = rng.integers(0, 3, 200)
+    a = CalibrationStats(min_count=1).update(p, y)
+    b = CalibrationStats(min_count=50).update(p, y)
+    with pytest.raises(LogitkitValueError, match="min_count=1"):
+        a.merge(b)
+    assert a.merge(CalibrationStats(min_count=1).update(p, y)).compute()["mce_min_count"] == 1
+
+
+def test_figure_from_stats_refuses_what_it_cannot_draw_in_one_line():
+    pytest.importorskip("matplotlib")
+    from logitkit.calibration import figure_from_stats
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), 500)
+    y = rng.integers(0, 3, 500)
+    top = CalibrationStats().update(p, y).compute()
+    classwise = CalibrationStats(mode="classwise").update(p, y).compute()
+    with pytest.raises(LogitkitValueError, match="top-label result"):
+        figure_from_stats([classwise], ["model"])
+    with pytest.raises(LogitkitValueError, match="titles"):
+        figure_from_stats([top], "model")
+    with pytest.raises(LogitkitValueError, match="titles"):
+        figure_from_stats([top, top], ["m"])
+    with pytest.raises(LogitkitValueError, match="stats"):
+        figure_from_stats([], [])
+    assert figure_from_stats([top, top], ["a", "b"]) is not None

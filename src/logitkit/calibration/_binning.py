@@ -16,6 +16,7 @@ import numpy as np
 
 from .._namespace import (
     Array,
+    Described,
     LogitkitTypeError,
     LogitkitValueError,
     as_array,
@@ -115,7 +116,7 @@ def check_edges(edges: object) -> np.ndarray:
     """User-given bin edges: ``B + 1`` non-decreasing float64 values from 0 to 1."""
     e = np.asarray(to_numpy(edges), dtype=np.float64) if edges is not None else None
     if e is None or e.ndim != 1 or e.size < 2 or e[0] != 0.0 or e[-1] != 1.0 \
-            or np.any(np.diff(e) < 0):
+            or not np.all(np.diff(e) >= 0):  # NaN fails this too (it passed "< 0")
         raise LogitkitValueError(expected("edges", "non-decreasing bin edges from 0 to 1", edges))
     return e
 
@@ -182,4 +183,8 @@ def bin_edges(confidences: Any, n_bins: int | str = "auto", *,
     v = np.asarray(to_numpy(confidences), dtype=np.float64)
     if v.ndim != 1:
         raise LogitkitValueError(expected("confidences", "a 1-D array", f"shape {v.shape}"))
+    if v.size == 0 or not np.all((v >= 0) & (v <= 1)):  # NaN fails this too
+        bad = "no values" if v.size == 0 else repr(float(v[~((v >= 0) & (v <= 1))][0]))
+        raise LogitkitValueError(expected("confidences", "at least one value, each in [0, 1]",
+                                          Described(bad)))
     return edges_of(v, resolve_bins(check_n_bins(n_bins), int(v.shape[0])), binning)

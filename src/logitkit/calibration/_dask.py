@@ -102,9 +102,9 @@ def _row_sums(fn: Callable[..., Any], arrays: Any, kwargs: dict[str, Any], *,
         if a is None:
             aligned.append([None] * len(chunks[0]))
             continue
-        if a is not first and not is_dask(a):
-            a = np.asarray(a)
-            a = _as_dask(a, "arrays", chunks=(chunks[0], *((-1,) * (a.ndim - 1))))
+        if a is not first:  # a masked Dask array's chunk sizes are computed (_as_dask)
+            a = _as_dask(a, "arrays", chunks=None if is_dask(a) else (
+                chunks[0], *((-1,) * (np.ndim(a) - 1))))
         arr = rows if a is first else a.rechunk((chunks[0], *((-1,) * (a.ndim - 1))))
         aligned.append(_blocks_of(arr))
     block = delayed(fn, pure=True)

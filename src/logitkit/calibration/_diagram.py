@@ -9,7 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from .._namespace import LogitkitTypeError, check_choice, check_int, check_number, expected
+from .._namespace import (
+    Described,
+    LogitkitTypeError,
+    LogitkitValueError,
+    check_choice,
+    check_int,
+    check_number,
+    expected,
+)
 from ._binning import BINNINGS, check_n_bins, resolve_bins
 from ._engine import Spec
 from ._measure import Binning, host_sums, n_rows, resolve
@@ -350,6 +358,34 @@ def reliability_diagram(
                              level=level, smooth=curves, classwise=cw, title=title)
 
 
+def _checked_panels(stats: Any, titles: Any, smooth: Any) -> tuple[list[Any], list[str]]:
+    """``figure_from_stats``'s panels: a non-empty list of top-label results (one row of bins
+    each; a class-wise result has a row per class, which its panel cannot draw), and one title
+    (and smooth curve, when given) per result."""
+    if not isinstance(stats, (list, tuple)) or not stats:
+        raise LogitkitValueError(expected("stats", "a non-empty list of "
+                                          "CalibrationStats.compute() results", stats))
+    for i, s in enumerate(stats):
+        if not isinstance(s, dict) or "bin_count" not in s:
+            raise LogitkitValueError(expected(f"stats[{i}]", "a CalibrationStats.compute() "
+                                              "result", s))
+        if np.ndim(s["bin_count"]) != 1:
+            raise LogitkitValueError(expected(
+                f"stats[{i}]", "a top-label result (one row of bins); draw a class-wise one "
+                "with reliability_diagram(..., classwise=N)",
+                Described(f"bins of shape {np.shape(s['bin_count'])} (class-wise)")))
+    if titles is None:
+        titles = [""] * len(stats)
+    if isinstance(titles, str) or not isinstance(titles, (list, tuple)) \
+            or len(titles) != len(stats):
+        raise LogitkitValueError(expected("titles", f"a list of {len(stats)} titles, one per "
+                                          "result", titles))
+    if smooth is not None and len(smooth) != len(stats):
+        raise LogitkitValueError(expected("smooth", f"{len(stats)} curves (or None), one per "
+                                          "result", Described(f"{len(smooth)} of them")))
+    return list(stats), list(titles)
+
+
 def figure_from_stats(
     stats: list[dict[str, Any]], titles: Any, *, figsize: tuple[float, float] | None = None,
     dpi: int = 100, ax: Any = None, level: float = 0.95, smooth: list[Any] | None = None,
@@ -357,6 +393,7 @@ def figure_from_stats(
 ) -> Any:
     """The diagram of :meth:`CalibrationStats.compute` results, one panel each (no raw data
     needed; ``smooth`` curves and a ``classwise`` panel when given)."""
+    stats, titles = _checked_panels(stats, titles, smooth)
     import matplotlib as mpl
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -570,6 +570,15 @@ def as_rows_2d(x: np.ndarray, from_logits: bool) -> np.ndarray:
         x = x[:, None]
     if x.shape[1] == 1:
         col = x.astype(_work_dtype(x.dtype))
+        if not from_logits:
+            # checked here, where the value is the user's: in [1 − p, p] the range check saw
+            # 1 − p first (1.5 was reported as -0.5)
+            outside = ~((col >= 0) & (col <= 1))
+            if outside.any():
+                v = float(col[outside][0])
+                raise LogitkitValueError(
+                    expected("probs", "probabilities without NaN", "NaN") if v != v else
+                    expected("probs", "probabilities in [0, 1] (one column: P(class 1))", v))
         other = np.zeros_like(col) if from_logits else 1.0 - col
         x = np.concatenate([other, col], axis=1)
     return x

@@ -13,6 +13,7 @@ user's options (bins, binning, mode) and runs it where the data are:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
@@ -59,9 +60,14 @@ Value = Callable[[Sums, Any], Any]
 
 
 def n_rows(x: Any) -> int:
+    """The rows of ``x``; a partitioned array that does not know them (a boolean-masked Dask
+    array) has its chunk sizes computed first, in place, as the Dask adapter does."""
     shape = getattr(x, "shape", None)
     if shape is None:
         x = np.asarray(x)
+        shape = x.shape
+    if len(shape) and math.isnan(float(shape[0])) and hasattr(x, "compute_chunk_sizes"):
+        x.compute_chunk_sizes()
         shape = x.shape
     return int(shape[0]) if len(shape) else 0
 

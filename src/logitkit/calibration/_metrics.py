@@ -201,7 +201,15 @@ def ece(
         bin it closes: bins are right-closed, as in Guo et al. (2017).  torchmetrics, netcal and
         relplot close their bins on the left, so the figures agree except for confidences
         exactly on an edge (such as the 0.5 of a two-class tie).  ``argmax`` ties pick the
-        first class.
+        first class.  For two classes, torchmetrics' ``BinaryCalibrationError`` and netcal's
+        ``ECE`` (given ``p`` or ``[1 − p, p]``) measure the calibration of ``P(class 1)``, which
+        is ``mode="classwise"`` here; the default top-label ECE bins ``max(p, 1 − p)``, another
+        figure.
+
+        **Under jax.jit** the values cannot be read, so nothing is checked there: labels out
+        of range and rows that are not probabilities give numbers, not errors (the losses give
+        NaN for such labels).  Check the inputs eagerly, or compute the metric outside
+        ``jit``.
 
         **One pass.** NumPy arrays and CPU torch tensors are read once, a chunk of rows at a
         time, in their own precision (float32 stays float32; no float64 copy of the matrix);

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .._namespace import LogitkitValueError, check_choice, check_int, expected
+from .._namespace import Described, LogitkitValueError, check_choice, check_int, expected
 from ._binning import MODES, check_edges, check_n_bins, uniform_edges
 from ._engine import Spec, Sums
 from ._measure import check_temperature, host_sums
@@ -133,7 +133,7 @@ class CalibrationStats:
         """A new object holding the sums of ``self`` and ``other`` (neither is changed).
 
         Args:
-            other: stats with the same bins, mode and number of classes.
+            other: stats with the same bins, mode, ``min_count`` and number of classes.
 
         Returns:
             The merged :class:`CalibrationStats`.
@@ -143,6 +143,10 @@ class CalibrationStats:
         if other.mode != self.mode or not np.array_equal(other.edges, self.edges):
             raise LogitkitValueError(expected(
                 "other", f"stats with mode={self.mode!r} and the same {self.n_bins} bins", other))
+        if other.min_count != self.min_count:  # else the merged MCE hung on the order
+            raise LogitkitValueError(expected(
+                "other", f"stats with min_count={self.min_count}",
+                Described(f"min_count={other.min_count}")))
         if None not in (self.n_classes, other.n_classes) and self.n_classes != other.n_classes:
             raise LogitkitValueError(
                 expected("other", f"stats over {self.n_classes} classes", other.n_classes))
