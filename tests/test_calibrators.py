@@ -2059,3 +2059,75 @@ def test_an_excluded_class_stays_excluded_after_calibration(cls):
         np.testing.assert_allclose(p[free], np.asarray(cal.predict_proba(masked[free])),
                                    rtol=1e-12)
         assert np.all(np.isneginf(back(cal.transform(x))[rows, 2]))
+
+
+def test_scikit_learn_scorers_and_searches_see_the_classes():
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+
+    z, y = make(n=600, k=3)
+    cal = quiet(VectorScaler(), z, y)
+    np.testing.assert_array_equal(cal.classes_, [0, 1, 2])
+    assert not hasattr(VectorScaler(), "classes_")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        scores = cross_val_score(VectorScaler(), z, y, cv=3, scoring="neg_log_loss")
+        assert np.all(np.isfinite(scores))
+        grid = GridSearchCV(VectorScaler(), {"alpha": [10.0, 0.0]}, cv=3,
+                            scoring="neg_log_loss").fit(z, y)
+    means = grid.cv_results_["mean_test_score"]
+    assert np.all(np.isfinite(means))
+    assert grid.best_params_["alpha"] == [10.0, 0.0][int(np.argmax(means))]
+
+
+def test_score_checks_labels_and_weights_as_fit_does():
+    z, y = make(n=300, k=3)
+    cal = quiet(TemperatureScaler(), z, y)
+    bad = y.copy()
+    bad[0] = -1
+    with pytest.raises(LogitkitValueError, match=r"class labels in \[0, 3\)"):
+        cal.score(z, bad)
+    with pytest.raises(LogitkitValueError, match=r"class labels in \[0, 3\)"):
+        cal.score(z, np.where(np.arange(300) == 0, 3, y))
+    with pytest.raises(LogitkitTypeError, match="integer class labels"):
+        cal.score(z, y + 0.9)
+    with pytest.raises(LogitkitValueError, match="sample_weight"):
+        cal.score(z, y, -np.ones(300))
+    with pytest.raises(LogitkitValueError, match=r"sample_weight.*of shape \(300,\)"):
+        cal.score(z, y, np.ones(5))
+    assert cal.score(z, y, np.full(300, 2.0)) == pytest.approx(cal.score(z, y), rel=1e-12)
+
+
+def test_methods_as_an_iterator_and_logits_without_columns_are_refused():
+    from logitkit.calibration import select
+
+    z, y = make(n=300, k=3)
+    with pytest.raises(LogitkitTypeError, match="not an iterator"):
+        select(z, y, methods=(m for m in ["vector", "beta"]), random_state=0)
+    with pytest.raises(LogitkitTypeError, match="not an iterator"):
+        StackedCalibrator(methods=iter(["vector", "beta"])).fit(z, y)
+    for cls in (TemperatureScaler, VectorScaler, IsotonicCalibrator):
+        with pytest.raises(LogitkitValueError, match=r"K ≥ 1.*\(5, 0\)"):
+            cls().fit(np.empty((5, 0)), np.zeros(5, dtype=np.int64))
+    cal = quiet(TemperatureScaler(), z, y)
+    with pytest.raises(LogitkitValueError, match=r"K ≥ 1"):
+        cal.predict_proba(np.empty((5, 0)))
+
+
+def test_check_estimator_starts_on_a_calibrator():
+    """scikit-learn's checks refused to start on a calibrator (it has transform but did not
+    say so in its tags).  Some checks then fail for what a calibrator is (labels must be
+    class indices of the logits' columns, 1-D input is a binary logit); the contract's own
+    checks pass."""
+    from sklearn.utils import get_tags
+    from sklearn.utils.estimator_checks import check_estimator
+
+    tags = get_tags(TemperatureScaler())
+    assert tags.transformer_tags is not None and tags.classifier_tags is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = {r["check_name"]: r["status"]
+                   for r in check_estimator(TemperatureScaler(), on_fail=None)}
+    for name in ("check_get_params_invariance", "check_set_params",
+                 "check_dont_overwrite_parameters",
+                 "check_fit_idempotent", "check_estimators_unfitted"):
+        assert results.get(name) == "passed", (name, results.get(name))

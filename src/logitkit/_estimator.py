@@ -144,12 +144,15 @@ class Estimator(ParamsMixin):
         return getattr(self, type(self)._fitted_attr, None) is not None
 
     def __sklearn_tags__(self) -> Any:
-        from sklearn.utils import ClassifierTags, InputTags, Tags, TargetTags
+        from sklearn.utils import ClassifierTags, InputTags, Tags, TargetTags, TransformerTags
 
         classifier = self._estimator_type == "classifier"
         return Tags(
             estimator_type=self._estimator_type,
             target_tags=TargetTags(required=True),
             classifier_tags=ClassifierTags() if classifier else None,
+            # an estimator with transform (a calibrator) says so: check_estimator refused to
+            # start on one without the tag
+            transformer_tags=TransformerTags() if hasattr(self, "transform") else None,
             input_tags=InputTags(),
         )

@@ -405,34 +405,14 @@ def fit_data(logits: Any, y: Any, sample_weight: Any, *, from_probs: bool,
     n = int(x.shape[0])
     if n == 0:
         raise LogitkitValueError(expected("logits", "non-empty (at least one row)", "0 rows"))
+    if int(x.shape[1]) == 0:
+        raise LogitkitValueError(expected("logits", "of shape (N, K) with K ≥ 1, or (N,)",
+                                          Described(f"shape {tuple(x.shape)}")))
     k = 2 if int(x.shape[1]) == 1 else int(x.shape[1])
-    labels = _host(y, "y")
-    if labels.dtype.kind not in "iub":
-        raise LogitkitTypeError(expected("y", "an array of integer class labels",
-                                         Described(f"dtype {labels.dtype}")))
-    if labels.ndim != 1 or int(labels.shape[0]) != n:
-        raise LogitkitValueError(expected("y", f"of shape ({n},) to match the logits",
-                                          Described(f"shape {tuple(labels.shape)}")))
-    if labels.dtype.kind == "b":
-        labels = labels.astype(np.int64)
-    if not partitioned(labels):
-        labels = labels.astype(np.intp, copy=False)
-    w = None
-    if sample_weight is not None:
-        w = _host(sample_weight, "sample_weight")
-        if w.ndim != 1 or int(w.shape[0]) != n:
-            raise LogitkitValueError(expected("sample_weight", f"of shape ({n},)",
-                                              Described(f"shape {tuple(w.shape)}")))
-        w = w.astype(np.float64)
+    labels, w = _labels_and_weights(y, sample_weight, n)
     counts, least = row_sums(_check_block, x, labels, w, k=k, from_probs=from_probs)
     _, bad_y, nan, pinf, ninf, bad_p, bad_w, total = (float(c) for c in counts)
-    if bad_y:
-        raise LogitkitValueError(expected("y", f"class labels in [0, {k})",
-                                          Described(f"{int(bad_y)} labels outside that range")))
-    if bad_w or not total > 0:
-        raise LogitkitValueError(expected("sample_weight", "finite, non-negative and not all zero",
-                                          Described(f"{int(bad_w)} negative or non-finite "
-                                                    f"weights, total {total:g}")))
+    _check_label_and_weight_counts(bad_y, bad_w, total, k)
     if from_probs:
         if bad_p or nan:
             raise LogitkitValueError(expected(
@@ -455,6 +435,43 @@ def fit_data(logits: Any, y: Any, sample_weight: Any, *, from_probs: bool,
                    floor=floor_of_least(least.value) if from_probs else -math.inf)
 
 
+def _labels_and_weights(y: Any, sample_weight: Any, n: int) -> tuple[Any, Any]:
+    """``y`` and ``sample_weight`` on the host (or partitioned), of the right dtype and shape
+    for ``n`` rows: the checks of :func:`fit_data` and :meth:`Calibrator.score` (their values
+    are checked by :func:`_check_label_and_weight_counts`)."""
+    labels = _host(y, "y")
+    if labels.dtype.kind not in "iub":
+        raise LogitkitTypeError(expected("y", "an array of integer class labels",
+                                         Described(f"dtype {labels.dtype}")))
+    if labels.ndim != 1 or int(labels.shape[0]) != n:
+        raise LogitkitValueError(expected("y", f"of shape ({n},) to match the logits",
+                                          Described(f"shape {tuple(labels.shape)}")))
+    if labels.dtype.kind == "b":
+        labels = labels.astype(np.int64)
+    if not partitioned(labels):
+        labels = labels.astype(np.intp, copy=False)
+    w = None
+    if sample_weight is not None:
+        w = _host(sample_weight, "sample_weight")
+        if w.ndim != 1 or int(w.shape[0]) != n:
+            raise LogitkitValueError(expected("sample_weight", f"of shape ({n},)",
+                                              Described(f"shape {tuple(w.shape)}")))
+        w = w.astype(np.float64)
+    return labels, w
+
+
+def _check_label_and_weight_counts(bad_y: float, bad_w: float, total: float, k: int) -> None:
+    """One error for labels outside ``[0, k)`` or for weights that are negative, non-finite or
+    all zero (``total`` their sum), from counts of them."""
+    if bad_y:
+        raise LogitkitValueError(expected("y", f"class labels in [0, {k})",
+                                          Described(f"{int(bad_y)} labels outside that range")))
+    if bad_w or not total > 0:
+        raise LogitkitValueError(expected("sample_weight", "finite, non-negative and not all zero",
+                                          Described(f"{int(bad_w)} negative or non-finite "
+                                                    f"weights, total {total:g}")))
+
+
 def input_logits(logits: Any, from_probs: bool, floor: float) -> tuple[Any, Any]:
     """``(xp, z)``: the input as ``(N, K)`` floating logits of its own array library
     (probabilities read with ``floor``, the calibrator's ``zero_floor_``)."""
@@ -464,9 +481,9 @@ def input_logits(logits: Any, from_probs: bool, floor: float) -> tuple[Any, Any]
         z = astype(z, default_float(xp, z), xp)
     if z.ndim == 1:
         z = xp.reshape(z, (int(z.shape[0]), 1))
-    if z.ndim != 2:
-        raise LogitkitValueError(
-            expected("logits", "of shape (N, K) or (N,)", Described(f"shape {tuple(z.shape)}")))
+    if z.ndim != 2 or int(z.shape[1]) == 0:
+        raise LogitkitValueError(expected("logits", "of shape (N, K) with K ≥ 1, or (N,)",
+                                          Described(f"shape {tuple(z.shape)}")))
     if from_probs:
         return xp, probability_logs(z, xp, floor)
     if int(z.shape[1]) == 1:
@@ -784,6 +801,16 @@ class Calibrator(Estimator):
         z = self.transform(logits)
         return namespace(z).argmax(z, axis=-1)
 
+    @property
+    def classes_(self) -> np.ndarray:
+        """The class labels ``0, 1, …, K − 1`` once fitted (scikit-learn's scorers read them
+        beside ``predict_proba``: without them ``neg_log_loss`` in ``cross_val_score`` or
+        ``GridSearchCV`` was NaN, and a grid search chose its first point)."""
+        k = getattr(self, "n_classes_", None)
+        if k is None:
+            raise AttributeError(f"{type(self).__name__} is not fitted: no classes_")
+        return np.arange(int(k))
+
     def score(self, logits: Any, y: Any, sample_weight: Any = None) -> float:
         """Mean (weighted) log-likelihood of the labels: the negative NLL, higher is better.
 
@@ -799,12 +826,16 @@ class Calibrator(Estimator):
             A float ``≤ 0``.
         """
         logp = np.asarray(to_numpy(self.predict_log_proba(logits)), dtype=np.float64)
-        labels = np.asarray(to_numpy(as_array(y, "y", namespace(y))))
-        if labels.shape != (logp.shape[0],):
-            raise LogitkitValueError(expected("y", f"of shape ({logp.shape[0]},)",
-                                              Described(f"shape {labels.shape}")))
-        picked = logp[np.arange(logp.shape[0]), labels.astype(np.intp)]
-        w = None if sample_weight is None else np.asarray(to_numpy(sample_weight), np.float64)
+        n, k = logp.shape
+        # the labels and weights are checked as fit checks them (a label of -1 was scored as
+        # the last class, 2.9 as 2, negative weights were taken)
+        y_in, w_in = _labels_and_weights(y, sample_weight, n)
+        labels = np.asarray(y_in)
+        w = None if w_in is None else np.asarray(w_in)
+        bad_w = 0.0 if w is None else float(np.count_nonzero(~(np.isfinite(w) & (w >= 0))))
+        _check_label_and_weight_counts(float(np.count_nonzero((labels < 0) | (labels >= k))),
+                                       bad_w, float(n if w is None else w.sum()), k)
+        picked = logp[np.arange(n), labels]
         return float(np.average(picked, weights=w))
 
     # ---------------------------------------------------------------- JSON

@@ -6,7 +6,7 @@ import functools
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from typing import Any
 
@@ -389,6 +389,10 @@ def candidates_of(methods: Any, *, n_classes: int | None = None) -> list[str]:
     """
     if isinstance(methods, str):
         names = [methods]
+    elif isinstance(methods, Iterator):  # read twice (checked, then fitted): used up at once
+        raise LogitkitTypeError(expected(
+            "methods", "'auto', a method name or a list of them (not an iterator, which "
+            "would be used up by the first reading)", methods))
     else:
         try:
             names = list(methods)
