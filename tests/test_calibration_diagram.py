@@ -216,3 +216,16 @@ def test_diagram_validates_its_inputs():
     assert f"{100 * float(ece(softmax(z), y)):.2f}%" in fig.axes[0].get_title()
     auto = reliability_diagram(z, y, from_logits=True, n_bins="auto")  # 600 rows: 9 bins
     assert f"{100 * float(ece(softmax(z), y, n_bins=9)):.2f}%" in auto.axes[0].get_title()
+
+
+def test_reliability_diagram_names_a_bad_titles_or_calibrated():
+    from logitkit.calibration import reliability_diagram
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), 200)
+    y = rng.integers(0, 3, 200)
+    with pytest.raises(LogitkitValueError, match=r"titles.*'my model'"):
+        reliability_diagram(p, y, titles="my model")
+    with pytest.raises(LogitkitValueError, match=r"calibrated.*\(200, 3\).*\(50, 3\)"):
+        reliability_diagram(p, y, calibrated=p[:50])
+    assert reliability_diagram(p, y, titles=None) is not None

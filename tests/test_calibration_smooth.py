@@ -109,3 +109,38 @@ def test_bad_options_are_clear_errors():
         smooth_ece(p, y, mode="marginal")
     with pytest.raises(LogitkitValueError, match="rows sum to 1"):
         smooth_ece(p * 0.5, y)
+
+
+def test_the_smooth_reliability_curve_is_relplots():
+    """The curve is the kernel average of ``correct`` near t, as relplot's diagram draws it:
+    it was ``t − R(t)/D(t)``, half a unit off relplot's (and below 0) where the confidences
+    thin out."""
+    import relplot.config
+    import relplot.diagrams
+
+    rng = np.random.default_rng(0)
+    f = rng.uniform(0.5, 1.0, 2000)
+    y = np.where(rng.uniform(size=2000) < f ** 2, 0, 1)
+    probs = np.stack([f, 1 - f], 1)
+    curve = smooth_reliability(probs, y, n_resamples=0, points=relplot.config.plot_mesh_pts)
+    ref = relplot.diagrams.prepare_rel_diagram(
+        probs.max(1), (probs.argmax(1) == y).astype(float), plot_confidence_band=False,
+        report_CE_std=False)
+    shown = np.isfinite(curve.accuracy)
+    assert curve.bandwidth == pytest.approx(ref["sigma"], rel=1e-12)
+    np.testing.assert_allclose(curve.accuracy[shown], ref["mu"][shown], atol=1e-4)
+    assert np.nanmin(curve.accuracy) >= 0.0
+
+
+def test_smooth_reliability_checks_its_counts():
+    from logitkit import LogitkitTypeError
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), 200)
+    y = rng.integers(0, 3, 200)
+    with pytest.raises(LogitkitValueError, match="n_resamples"):
+        smooth_reliability(p, y, n_resamples=-1)
+    with pytest.raises((LogitkitTypeError, LogitkitValueError), match="n_resamples"):
+        smooth_reliability(p, y, n_resamples=1.5)
+    with pytest.raises((LogitkitTypeError, LogitkitValueError), match="points"):
+        smooth_reliability(p, y, points=2.5)

@@ -2131,3 +2131,12 @@ def test_check_estimator_starts_on_a_calibrator():
                  "check_dont_overwrite_parameters",
                  "check_fit_idempotent", "check_estimators_unfitted"):
         assert results.get(name) == "passed", (name, results.get(name))
+
+
+def test_zero_floor_refuses_what_is_not_probabilities():
+    from logitkit.calibration import zero_floor
+
+    for bad in (np.array([[-0.1, 1.1]]), np.array([[np.nan, 1.0]]), np.empty((0, 3))):
+        with pytest.raises(LogitkitValueError, match="probabilities in"):
+            zero_floor(bad)
+    assert zero_floor(np.array([[0.0, 0.2, 0.8]])) == pytest.approx(math.log(0.1))

@@ -611,3 +611,19 @@ def test_refitting_an_asked_for_method_on_separable_rows_says_it_was_fitted_anyw
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sel.refit("none")  # the choice itself: nothing more to say
+
+
+def test_out_of_fold_logits_refuses_folds_without_a_calibrator():
+    from logitkit.calibration import make_calibrator, out_of_fold_logits
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(300, 3)) * 3
+    y = (z + rng.gumbel(size=z.shape) * 3).argmax(1)
+    folds = np.arange(300) % 3
+    cals = [make_calibrator("temperature").fit(z[folds != f], y[folds != f]) for f in range(2)]
+    with pytest.raises(LogitkitValueError, match=r"folds.*\[0, 2\)"):
+        out_of_fold_logits(z, folds, cals)  # fold 2 has no calibrator
+    with pytest.raises(LogitkitValueError, match="folds"):
+        out_of_fold_logits(z, folds[:10], cals)
+    with pytest.raises(LogitkitValueError, match="calibrators"):
+        out_of_fold_logits(z, folds, [])

@@ -264,7 +264,14 @@ def zero_floor(p: Any) -> float:
         >>> zero_floor(np.array([[0.0, 0.2, 0.8], [0.5, 0.5, 0.0]])) == math.log(0.2) - math.log(2)
         True
     """
-    return floor_of_least(least_probability(to_numpy(p)).value)
+    arr = np.asarray(to_numpy(p))
+    if arr.size == 0 or arr.dtype.kind not in "biuf" or not np.all((arr >= 0) & (arr <= 1)):
+        what = ("no values" if arr.size == 0 else f"dtype {arr.dtype}"
+                if arr.dtype.kind not in "biuf"
+                else f"{float(arr[~((arr >= 0) & (arr <= 1))][0])!r}")  # NaN fails too
+        raise LogitkitValueError(expected("p", "probabilities in [0, 1], at least one",
+                                          Described(what)))
+    return floor_of_least(least_probability(arr).value)
 
 
 def probability_logs(p: Any, xp: Any, floor: float) -> Any:

@@ -349,6 +349,18 @@ def reliability_diagram(
             "ax", "None when drawing `calibrated` or a `classwise` panel (they need their own "
             "axes)", ax))
     panels = [probs] if calibrated is None else [probs, calibrated]
+    if titles is None:
+        titles = ("before", "after")
+    if isinstance(titles, str) or not isinstance(titles, (list, tuple)) \
+            or len(titles) < len(panels):
+        raise LogitkitValueError(expected("titles", f"a list of {len(panels)} titles (a "
+                                          "list, not a string)", titles))
+    if calibrated is not None:
+        shapes = [tuple(getattr(a, "shape", np.shape(a))) for a in panels]
+        if shapes[0] != shapes[1]:  # else y's check blamed y for calibrated's rows
+            raise LogitkitValueError(expected(
+                "calibrated", f"predictions of probs' shape {shapes[0]}",
+                Described(f"shape {shapes[1]}")))
     stats = [_stats(p, y, n_bins, binning, from_logits, min_count) for p in panels]
     curves = [smooth_reliability(p, y, from_logits=from_logits, level=level,
                                  random_state=random_state) if smooth else None

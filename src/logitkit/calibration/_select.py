@@ -200,9 +200,21 @@ def out_of_fold_logits(z: np.ndarray, folds: np.ndarray | None, calibrators: Seq
         >>> bool(np.array_equal(oof, sel.oof_logits("temperature")))
         True
     """
+    if len(calibrators) == 0:
+        raise LogitkitValueError(expected("calibrators", "one fitted calibrator per fold",
+                                          Described("none")))
     if folds is None or len(calibrators) == 1:
         return np.asarray(calibrators[0].transform(z), dtype=np.float64)
-    out = np.empty((z.shape[0], calibrators[0].n_classes_))
+    folds = np.asarray(folds)
+    n = int(np.shape(z)[0])
+    if folds.shape != (n,) or folds.dtype.kind not in "iu" or (folds.size and (
+            folds.min() < 0 or folds.max() >= len(calibrators))):
+        # a row without its fold's calibrator would keep np.empty's bytes
+        raise LogitkitValueError(expected(
+            "folds", f"({n},) integers in [0, {len(calibrators)}), one calibrator each",
+            Described(f"shape {folds.shape}, dtype {folds.dtype}" + (
+                f", values {folds.min()}..{folds.max()}" if folds.size else ""))))
+    out = np.empty((n, calibrators[0].n_classes_))
     for f, cal in enumerate(calibrators):
         rows = folds == f
         if rows.any():

@@ -33,6 +33,7 @@ import numpy as np
 from .._namespace import (
     LogitkitValueError,
     check_choice,
+    check_int,
     check_number,
     expected,
     namespace,
@@ -446,9 +447,12 @@ def smooth_reliability(
 ) -> SmoothReliability:
     """The smoothed (top-label) reliability curve of relplot, with a bootstrap band.
 
-    The curve is ``t − R(t)/D(t)``, with ``R`` and ``D`` the reflected-kernel smoothings of the
-    residuals ``conf − correct`` and of the weights 1 at the smooth ECE's bandwidth (the
-    automatic one unless ``bandwidth`` is given); the band is the pointwise ``level`` interval
+    The curve is ``(C(t) − R(t))/D(t)``, the kernel average of ``correct`` near ``t``, with
+    ``C``, ``R`` and ``D`` the reflected-kernel smoothings of the confidences, of the residuals
+    ``conf − correct`` and of the weights 1 at the smooth ECE's bandwidth (the automatic one
+    unless ``bandwidth`` is given), as relplot's diagram draws it.  (It was ``t − R(t)/D(t)``,
+    which takes the kernel average of the confidences to be ``t``: half a unit off relplot's
+    where the confidences thin out, and below 0 there.)  The band is the pointwise ``level`` interval
     of the curves of ``n_resamples`` resamples of the row groups (see
     :func:`~logitkit.calibration.bootstrap`).
 
@@ -477,7 +481,8 @@ def smooth_reliability(
         True
     """
     bw = _check("top-label", bandwidth, from_logits)
-    points = int(check_number(points, "points", low=2))
+    points = check_int(points, "points", low=2)
+    n_resamples = check_int(n_resamples, "n_resamples", low=0)
     level = check_number(level, "level", low=0.0, high=1.0, low_open=True, high_open=True)
     cols, sums = _columns(probs, y, "top-label", from_logits)
     (col,) = cols
@@ -485,18 +490,20 @@ def smooth_reliability(
     m = mesh_size(sigma)
     n = col.f.shape[0]
 
-    def curve(res: np.ndarray, dens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        sr = interpolate(smooth_mesh(res, np.full(res.shape[0], sigma)), points)
-        sd = interpolate(smooth_mesh(dens, np.full(dens.shape[0], sigma)), points)
-        t = np.linspace(0.0, 1.0, points)
+    def curve(res: np.ndarray, dens: np.ndarray, conf: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        width = np.full(res.shape[0], sigma)
+        sr = interpolate(smooth_mesh(res, width), points)
+        sd = interpolate(smooth_mesh(dens, width), points)
+        sc = interpolate(smooth_mesh(conf, width), points)
         # shown where the kernel weights add up to at least one prediction's worth of data
         # (Σ_i φ_σ(t − f_i) · σ√(2π) ≥ 1): elsewhere the ratio is noise over nothing
         with np.errstate(invalid="ignore", divide="ignore"):
-            acc = np.where(sd * sigma * np.sqrt(2 * np.pi) >= 1.0, t - sr / sd, np.nan)
+            acc = np.where(sd * sigma * np.sqrt(2 * np.pi) >= 1.0, (sc - sr) / sd, np.nan)
         return acc, sd
 
     res, dens = col.meshes(m)
-    acc, sd = curve(res, dens)
+    acc, sd = curve(res, dens, splat(col.f, col.f, m))
     acc, sd = acc[0], sd[0]
     low = high = acc
     if n_resamples:
@@ -506,10 +513,11 @@ def smooth_reliability(
         group = rows["group"] if g == MAX_GROUPS or n <= g else group_of(0, n, g)
         assert group is not None
         res_g, dens_g = _group_meshes(col, group, g, m)
+        conf_g = splat(col.f, col.f, m, group, g)
         live = np.flatnonzero(dens_g.sum(axis=1) > 0)
         (counts,) = resample_counts(np.random.default_rng(random_state), int(n_resamples),
                                     live.size, int(n_resamples))
-        reps, _ = curve(counts @ res_g[live], counts @ dens_g[live])
+        reps, _ = curve(counts @ res_g[live], counts @ dens_g[live], counts @ conf_g[live])
         alpha = (1 - level) / 2
         seen = np.flatnonzero(np.isfinite(acc) & np.isfinite(reps).any(axis=0))
         low, high = np.full(points, np.nan), np.full(points, np.nan)
