@@ -134,6 +134,8 @@ def zero_floor(scores: np.ndarray, kind: Kind) -> tuple[int, float]:
     p = np.exp(scores.astype(np.float64)) if kind.name == "log-probs" else scores
     parts = [p, 1 - p] if scores.shape[1] == 1 else [p]
     count = sum(int(np.count_nonzero(q == 0)) for q in parts)
+    if not np.all((p >= 0) & (p <= 1)):  # refused by logits_of, naming the file and the kind
+        return count, -math.inf
     return count, library_zero_floor(p)
 
 
