@@ -48,7 +48,7 @@ from .._namespace import (
     namespace,
     to_numpy,
 )
-from ._blocks import Least, partitioned, row_sums
+from ._blocks import Least, known_rows, partitioned, row_sums
 from ._blocks import map_rows as map_row_blocks
 from ._fitting import small_problem_threads
 
@@ -377,11 +377,9 @@ def _host(x: Any, arg: str) -> Any:
     float16 and bfloat16 come to the host as float32 (NumPy has no bfloat16: torch's and
     JAX's were refused as "traced" or "not numeric"; every fit is in float64 anyway).  A
     partitioned array whose row count is unknown (a boolean-masked Dask array) has it
-    computed first, as the metrics do (``compute_chunk_sizes``, one pass)."""
+    computed first (:func:`._blocks.known_rows`, as for the metrics)."""
     if partitioned(x):
-        if any(math.isnan(float(d)) for d in x.shape) and hasattr(x, "compute_chunk_sizes"):
-            x.compute_chunk_sizes()
-        return x
+        return known_rows(x)
     xp = namespace(x)
     arr = as_array(x, arg, xp)
     if is_low_precision(arr.dtype, xp):

@@ -15,10 +15,11 @@ returns ``finish(total)`` as a lazy 0-d array of its own kind (array type in = a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Least", "add", "map_rows", "partitioned", "register", "register_mapper",
+__all__ = ["Least", "add", "known_rows", "map_rows", "partitioned", "register", "register_mapper",
            "row_reduce", "row_sums"]
 
 #: ``adapter(fn, arrays, kwargs, *, finish, offset, lazy)`` returns ``finish`` of the sums (see
@@ -45,6 +46,16 @@ def partitioned(*arrays: Any) -> bool:
     """True when an adapter handles one of ``arrays`` (their sums are then a map-reduce, and
     a metric's result may stay lazy): the one question calibration code asks about them."""
     return any(claim(a) for a in arrays if a is not None for claim in _CLAIMS)
+
+
+def known_rows(x: Any) -> Any:
+    """``x`` with its shape known: a partitioned array whose chunk sizes are not (a
+    boolean-masked Dask array) has them computed, in place (``compute_chunk_sizes``, one
+    pass); anything else as it is.  The one rule for the fits, the metrics and the adapter."""
+    shape = getattr(x, "shape", ())
+    if any(math.isnan(float(d)) for d in shape) and hasattr(x, "compute_chunk_sizes"):
+        x.compute_chunk_sizes()
+    return x
 
 
 class Least:

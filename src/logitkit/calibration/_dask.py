@@ -18,7 +18,6 @@ import time.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 
 from .._namespace import LogitkitTypeError, LogitkitValueError, expected, is_dask
 from ._blocks import add as _add_sums
+from ._blocks import known_rows
 from ._blocks import register as _register
 from ._blocks import register_mapper as _register_mapper
 
@@ -49,9 +49,7 @@ def _as_dask(x: Any, arg: str, chunks: Any = None) -> Any:
         except Exception:
             raise LogitkitTypeError(expected(arg, "a numeric array", x)) from None
         arr = da.from_array(host, chunks=chunks if chunks is not None else "auto")
-    if any(math.isnan(c) for dim in arr.chunks for c in dim):
-        arr = arr.compute_chunk_sizes()
-    return arr
+    return known_rows(arr)
 
 
 def _rows(probs: Any, y: Any, w: Any = None, *, arg: str = "probs") -> tuple[Any, Any, Any]:

@@ -13,7 +13,6 @@ user's options (bins, binning, mode) and runs it where the data are:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
@@ -39,7 +38,7 @@ from ._binning import (
     resolve_bins,
     uniform_edges,
 )
-from ._blocks import partitioned, row_reduce
+from ._blocks import known_rows, partitioned, row_reduce
 from ._engine import (
     Rows,
     Spec,
@@ -61,14 +60,10 @@ Value = Callable[[Sums, Any], Any]
 
 def n_rows(x: Any) -> int:
     """The rows of ``x``; a partitioned array that does not know them (a boolean-masked Dask
-    array) has its chunk sizes computed first, in place, as the Dask adapter does."""
-    shape = getattr(x, "shape", None)
+    array) has its chunk sizes computed first (:func:`._blocks.known_rows`)."""
+    shape = getattr(known_rows(x), "shape", None)
     if shape is None:
-        x = np.asarray(x)
-        shape = x.shape
-    if len(shape) and math.isnan(float(shape[0])) and hasattr(x, "compute_chunk_sizes"):
-        x.compute_chunk_sizes()
-        shape = x.shape
+        shape = np.asarray(x).shape
     return int(shape[0]) if len(shape) else 0
 
 
