@@ -687,12 +687,17 @@ def test_ctrl_c_at_start_up_is_one_line_and_130(cli, monkeypatch):
     assert err == "logitkit: interrupted\n" and "Traceback" not in out + err
 
 
+def _two_shards(folder, z, y):
+    """``folder/a.npz`` and ``folder/b.npz``: the first 200 rows and the rest."""
+    os.mkdir(folder)
+    np.savez(f"{folder}/a.npz", logits=z[:200], labels=y[:200])
+    np.savez(f"{folder}/b.npz", logits=z[200:], labels=y[200:])
+
+
 def test_a_test_file_that_is_also_a_calibration_file_is_refused(cli, data):
     z, y = data
     np.savez("cal.npz", logits=z, labels=y)
-    os.mkdir("shards")
-    np.savez("shards/a.npz", logits=z[:200], labels=y[:200])
-    np.savez("shards/b.npz", logits=z[200:], labels=y[200:])
+    _two_shards("shards", z, y)
     cli.error("calibrate", "cal.npz", "--test", "cal.npz", "--out", "x",
               match="cal.npz is a calibration file too")
     cli.error("calibrate", "shards", "--test", "shards/b.npz", "--out", "x",
@@ -728,9 +733,7 @@ def test_an_undefined_mce_reads_n_a_not_inf(cli, data):
 def test_test_labels_errors_and_notes_name_test_labels(cli, data):
     z, y = data
     np.savez("cal.npz", logits=z, labels=y)
-    os.mkdir("testshards")
-    np.savez("testshards/a.npz", logits=z[:200], labels=y[:200])
-    np.savez("testshards/b.npz", logits=z[200:], labels=y[200:])
+    _two_shards("testshards", z, y)
     np.save("labels.npy", y)
     cli.error("calibrate", "cal.npz", "--test", "testshards", "--test-labels", "labels.npy",
               "--out", "x", match="--test-labels works with one input file")

@@ -485,7 +485,7 @@ def _read_csv(path: Path) -> _Table:
 def _read_cells(path: Path, table: _Table, rows: list[str]) -> None:
     """The slow reading, cell by cell where needed, that records what is not a number."""
     cells = list(csv.reader(rows))
-    width = len(cells[0]) if not table.header else len(table.names)
+    width = len(table.names)  # the header's, or the first line's fields (named by position)
     for i, row in enumerate(cells):
         if len(row) != width:
             raise CliError(f"{path}: {table.where(i)} has {len(row)} fields, expected {width} "
