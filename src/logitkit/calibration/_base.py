@@ -764,7 +764,7 @@ class Calibrator(Estimator):
         if partitioned(z):  # the NumPy map on each row block, lazily
             def block(b: Any) -> np.ndarray:
                 host = np.asarray(b)
-                work = host.astype(np.promote_types(host.dtype, np.float32), copy=False)
+                work = host.astype(compute_dtypes(host, None, np)[0], copy=False)
                 return np.asarray(finish(self._excluded(self._transform(work, np), work,
                                                         np))).astype(host.dtype, copy=False)
 
